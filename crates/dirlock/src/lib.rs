@@ -1,0 +1,1 @@
+//! lockyard backend dirlock: not yet implemented (see its issue).

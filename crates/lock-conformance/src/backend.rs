@@ -1,0 +1,203 @@
+//! What a backend tells the suite: how to make stores, and which capabilities it claims.
+
+use std::fmt;
+
+use lock_api::{Error, Fenced, Inspect, Leased, LockData, Manager, Result};
+
+/// The capabilities a backend claims. A behaviour runs iff every capability it needs is claimed;
+/// the rest are reported as not applicable, never silently skipped.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Capabilities(u32);
+
+impl Capabilities {
+    /// No optional capability: the in-process contract only.
+    pub const NONE: Capabilities = Capabilities(0);
+    /// Stores are shared between processes: `open` in a child sees the parent's table.
+    pub const MULTIPROCESS: Capabilities = Capabilities(1 << 0);
+    /// A holder that dies (SIGKILL) releases its locks, and the next acquirer gets `OwnerDied`.
+    pub const OWNER_DEATH: Capabilities = Capabilities(1 << 1);
+    /// Stores have names and outlive the manager: create / open / open-or-create / remove.
+    pub const PERSISTENT: Capabilities = Capabilities(1 << 2);
+    /// Lockers implement [`Fenced`].
+    pub const FENCED: Capabilities = Capabilities(1 << 3);
+    /// Lockers implement [`Leased`].
+    pub const LEASED: Capabilities = Capabilities(1 << 4);
+    /// Lockers implement [`Inspect`].
+    pub const INSPECT: Capabilities = Capabilities(1 << 5);
+    /// Lockers implement [`LockData`].
+    pub const LOCK_DATA: Capabilities = Capabilities(1 << 6);
+
+    const NAMES: [(Capabilities, &'static str); 7] = [
+        (Self::MULTIPROCESS, "multiprocess"),
+        (Self::OWNER_DEATH, "owner-death"),
+        (Self::PERSISTENT, "persistent"),
+        (Self::FENCED, "fenced"),
+        (Self::LEASED, "leased"),
+        (Self::INSPECT, "inspect"),
+        (Self::LOCK_DATA, "lock-data"),
+    ];
+
+    /// Whether every capability in `other` is in `self`.
+    pub const fn contains(self, other: Capabilities) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The union of two sets.
+    pub const fn union(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 | other.0)
+    }
+
+    /// The names of the capabilities in this set.
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .filter(|(c, _)| self.contains(*c))
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+impl std::ops::BitOr for Capabilities {
+    type Output = Capabilities;
+    fn bitor(self, rhs: Capabilities) -> Capabilities {
+        self.union(rhs)
+    }
+}
+
+impl fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
+
+/// A way to damage a store on disk or in memory, for the damaged-store behaviours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// The store's magic number or format marker is wrong: a foreign file or directory.
+    Foreign,
+    /// The store claims a format version this code does not know.
+    FutureVersion,
+    /// The store is cut short (a truncated segment, a missing lock file).
+    Truncated,
+    /// Header fields hold garbage (sizes and counts that do not add up).
+    Garbage,
+}
+
+impl Damage {
+    /// Every kind of damage, in the order the suite applies them.
+    pub const ALL: [Damage; 4] = [
+        Damage::Foreign,
+        Damage::FutureVersion,
+        Damage::Truncated,
+        Damage::Garbage,
+    ];
+}
+
+/// The locker type of a backend's manager.
+pub type LockerOf<B> = <<B as Backend>::Manager as Manager>::Locker;
+
+/// A backend under test.
+///
+/// Store names given to the backend are short, unique per trial, and valid as a file name and a
+/// shm name (`[a-z0-9-]`, at most 40 bytes). The backend decides where a store of that name lives
+/// (`/dev/shm/<name>`, a directory under a temporary root, a key prefix) and must find the same
+/// store from a child process given the same name: a child process builds its backend value the
+/// same way the parent did, from the same test binary.
+pub trait Backend: Send + Sync + 'static {
+    /// The manager type under test.
+    type Manager: Manager + 'static;
+
+    /// A short name for the matrix (`mem`, `shm`, `file`, `dirlock`, `etcd`).
+    fn name(&self) -> &'static str;
+
+    /// The capabilities this backend claims.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates a store of `capacity` locks named `store`.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when a persistent store of that name exists; `InvalidArgument` for a zero
+    /// capacity.
+    fn create(&self, store: &str, capacity: u32) -> Result<Self::Manager>;
+
+    /// Opens the existing store `store`, checking that it has `capacity` locks.
+    ///
+    /// The default is `Unsupported`, for backends without [`Capabilities::PERSISTENT`].
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when it does not exist; `Incompatible` when its capacity differs; `Corrupt` or
+    /// `Incompatible` when it is damaged.
+    fn open(&self, store: &str, capacity: u32) -> Result<Self::Manager> {
+        let _ = (store, capacity);
+        Err(Error::Unsupported("open"))
+    }
+
+    /// Opens `store`, creating it when missing; the flag says whether this call created it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`create`](Backend::create) and [`open`](Backend::open).
+    fn open_or_create(&self, store: &str, capacity: u32) -> Result<(Self::Manager, bool)> {
+        let _ = (store, capacity);
+        Err(Error::Unsupported("open_or_create"))
+    }
+
+    /// Removes the store; the suite calls it at the end of every trial that made one.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors; removing a missing store is not an error.
+    fn remove(&self, store: &str) -> Result<()> {
+        let _ = store;
+        Ok(())
+    }
+
+    /// Damages a persistent store the way `damage` says, for the damaged-store behaviours.
+    ///
+    /// # Errors
+    ///
+    /// Any error while damaging it: the trial then fails.
+    fn damage(&self, store: &str, damage: Damage) -> Result<()> {
+        let _ = (store, damage);
+        Err(Error::Unsupported("damage"))
+    }
+
+    /// A second, independent owner of the same table as `manager`, as another process opening
+    /// the same store would get. The default opens the store again.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Backend::open).
+    fn second_owner(&self, store: &str, manager: &Self::Manager) -> Result<Self::Manager> {
+        let capacity = manager
+            .capacity()
+            .ok_or(Error::Unsupported("second_owner of an unbounded table"))?;
+        self.open(store, capacity)
+    }
+
+    /// The locker as [`Fenced`], for backends that claim [`Capabilities::FENCED`].
+    fn as_fenced<'a>(&self, locker: &'a LockerOf<Self>) -> Option<&'a dyn Fenced> {
+        let _ = locker;
+        None
+    }
+
+    /// The locker as [`Leased`], for backends that claim [`Capabilities::LEASED`].
+    fn as_leased<'a>(&self, locker: &'a LockerOf<Self>) -> Option<&'a dyn Leased> {
+        let _ = locker;
+        None
+    }
+
+    /// The locker as [`Inspect`], for backends that claim [`Capabilities::INSPECT`].
+    fn as_inspect<'a>(&self, locker: &'a LockerOf<Self>) -> Option<&'a dyn Inspect> {
+        let _ = locker;
+        None
+    }
+
+    /// The locker as [`LockData`], for backends that claim [`Capabilities::LOCK_DATA`].
+    fn as_lock_data<'a>(&self, locker: &'a LockerOf<Self>) -> Option<&'a dyn LockData> {
+        let _ = locker;
+        None
+    }
+}

@@ -1,0 +1,1 @@
+//! lockyard backend lock-etcd: not yet implemented (see its issue).

@@ -1,0 +1,1 @@
+//! lockyard backend lock-file: not yet implemented (see its issue).
