@@ -26,8 +26,17 @@ impl Capabilities {
     pub const INSPECT: Capabilities = Capabilities(1 << 5);
     /// Lockers implement [`LockData`].
     pub const LOCK_DATA: Capabilities = Capabilities(1 << 6);
+    /// The manager keeps allocation state: `allocate`, `allocate_and_retrieve`, `free`,
+    /// `free_all` and `available` work (a lone dirlock has only `retrieve`).
+    pub const ALLOCATION: Capabilities = Capabilities(1 << 7);
+    /// Every handle retrieved from one manager acts for the same owner, so a lock taken through
+    /// one handle (or thread) may be unlocked through another. Without it, each handle is its
+    /// own owner (dirlock, etcd).
+    pub const OWNER_PER_MANAGER: Capabilities = Capabilities(1 << 8);
 
-    const NAMES: [(Capabilities, &'static str); 7] = [
+    const NAMES: [(Capabilities, &'static str); 9] = [
+        (Self::ALLOCATION, "allocation"),
+        (Self::OWNER_PER_MANAGER, "owner-per-manager"),
         (Self::MULTIPROCESS, "multiprocess"),
         (Self::OWNER_DEATH, "owner-death"),
         (Self::PERSISTENT, "persistent"),
