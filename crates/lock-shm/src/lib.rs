@@ -1,1 +1,14 @@
-//! lockyard backend lock-shm: not yet implemented (see its issue).
+//! lock-shm: lockyard's production lock table in a /dev/shm segment.
+#![doc = include_str!("../README.md")]
+
+mod bitmap;
+mod client;
+mod futex;
+mod layout;
+mod manager;
+mod segment;
+
+pub use layout::MAX_CAPACITY;
+pub use lock_api::{self, Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manager, Result};
+pub use manager::{ShmLocker, ShmManager};
+pub use segment::MAX_NAME_LEN;

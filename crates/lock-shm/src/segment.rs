@@ -1,0 +1,311 @@
+//! The segment file in /dev/shm: race-free creation, validating open, atomic access, OFD locks.
+#![allow(unsafe_code)] // reason: shared memory is reached through raw pointers, OFD locks through fcntl(2)
+//!
+//! # Invariants
+//!
+//! 1. `Segment::map` maps exactly `Segment::len` bytes of the file, read-write and shared, for
+//!    the whole life of the `Segment`; the mapping starts on a page boundary.
+//! 2. `len` equals the total size of the [`Layout`] that was validated (or computed) for this
+//!    segment, and that layout's regions all lie inside `0..len`.
+//! 3. Every access to the mapping goes through [`Segment::u32`] or [`Segment::u64`], which check
+//!    the offset's bounds and alignment before forming a reference; the references are atomics,
+//!    because other processes change the memory underneath at any time.
+//! 4. Before the segment is published under its name (a `linkat(2)` of an `O_TMPFILE` inode)
+//!    no other process can reach it, so its creator may initialise it with plain writes.
+//!
+//! The mapping can still fault (`SIGBUS`) if another process truncates the file after open:
+//! that is a property of every shared mapping, and only a process with write access to the
+//! segment can do it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use lock_api::{Error, Result};
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::layout::{self, HEADER_SIZE, Layout, field};
+
+/// Where shm segments live on Linux (`shm_open(3)` and `rustix::shm` use this directory).
+pub(crate) const SHM_DIR: &str = "/dev/shm";
+/// The longest segment name accepted (NAME_MAX is 255; this leaves room for tooling).
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Checks that `name` is a plain shm name: not empty, at most [`MAX_NAME_LEN`] bytes, no `/`,
+/// no NUL, no `..`.
+///
+/// # Errors
+///
+/// `InvalidArgument` naming what is wrong.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid(format!("segment name {name:?}: {why}")));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad(&format!("longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.contains('/') {
+        return bad("contains '/'");
+    }
+    if name.contains('\0') {
+        return bad("contains NUL");
+    }
+    if name.contains("..") || name == "." {
+        return bad("contains '..' or is '.'");
+    }
+    Ok(())
+}
+
+/// The path of segment `name`, for error messages and `linkat(2)`.
+pub(crate) fn path_of(name: &str) -> PathBuf {
+    PathBuf::from(SHM_DIR).join(name)
+}
+
+/// An open, mapped segment.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    map: MmapRaw,
+    len: usize,
+    file: File,
+    path: PathBuf,
+}
+
+fn io_err(op: &'static str, path: &std::path::Path, e: rustix::io::Errno) -> Error {
+    Error::io(op, path, io::Error::from(e))
+}
+
+impl Segment {
+    /// Creates segment `name` with `layout`, initialised and marked ready, published atomically:
+    /// an `O_TMPFILE` inode in /dev/shm is sized, mapped and initialised, then linked under its
+    /// name with `linkat(2)`, which fails with `EEXIST` rather than replace anything.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when a segment of that name exists; `Io` for OS errors.
+    pub(crate) fn create(name: &str, layout: &Layout) -> Result<Segment> {
+        let path = path_of(name);
+        let fd: OwnedFd = rustix::fs::open(
+            SHM_DIR,
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_err("open(O_TMPFILE)", std::path::Path::new(SHM_DIR), e))?;
+        rustix::fs::ftruncate(&fd, layout.total_size as u64)
+            .map_err(|e| io_err("ftruncate", &path, e))?;
+        let file = File::from(fd);
+        let seg = Segment::map(file, layout.total_size, path.clone())?;
+        seg.initialise(layout)?;
+        let proc_path = format!("/proc/self/fd/{}", seg.file.as_raw_fd());
+        match rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            rustix::fs::CWD,
+            &path,
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Ok(seg),
+            Err(rustix::io::Errno::EXIST) => Err(Error::AlreadyExists {
+                what: format!("segment {}", path.display()),
+            }),
+            Err(e) => Err(io_err("linkat", &path, e)),
+        }
+    }
+
+    /// Opens and validates segment `name`; `capacity` is checked when given.
+    ///
+    /// Nothing is written to the segment: the header is read with `pread(2)` and validated
+    /// before anything is mapped, so a failed open leaves the segment byte for byte unchanged.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when it does not exist; `Incompatible` or `Corrupt` as [`Layout::validate`]
+    /// says; `Io` for OS errors.
+    pub(crate) fn open(name: &str, capacity: Option<u32>) -> Result<(Segment, Layout)> {
+        let path = path_of(name);
+        let fd = match rustix::shm::open(
+            name,
+            rustix::shm::OFlags::RDWR,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::NotFound {
+                    what: format!("segment {}", path.display()),
+                });
+            }
+            Err(e) => return Err(io_err("shm_open", &path, e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(Error::incompatible(
+                format!("segment {} file type", path.display()),
+                "regular file",
+                "something else",
+            ));
+        }
+        let file_size = u64::try_from(stat.st_size).unwrap_or(0);
+        let mut header = [0u8; HEADER_SIZE];
+        let mut got = 0;
+        while got < HEADER_SIZE {
+            match rustix::io::pread(&fd, &mut header[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io_err("pread", &path, e)),
+            }
+        }
+        let what = path.display().to_string();
+        let layout = Layout::validate(&what, &header[..got], file_size, capacity)?;
+        let seg = Segment::map(File::from(fd), layout.total_size, path)?;
+        Ok((seg, layout))
+    }
+
+    fn map(file: File, len: usize, path: PathBuf) -> Result<Segment> {
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(&file)
+            .map_err(|e| Error::io("mmap", &path, e))?;
+        if map.len() != len {
+            return Err(Error::io(
+                "mmap",
+                &path,
+                io::Error::other(format!("mapped {} bytes, asked for {len}", map.len())),
+            ));
+        }
+        Ok(Segment {
+            map,
+            len,
+            file,
+            path,
+        })
+    }
+
+    /// Writes the header and the bitmap's padding bits, then sets the ready flag.
+    fn initialise(&self, layout: &Layout) -> Result<()> {
+        let header = layout.header_bytes();
+        for (i, chunk) in header.chunks_exact(4).enumerate() {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(chunk);
+            self.u32(i * 4)?
+                .store(u32::from_le_bytes(b), Ordering::Relaxed);
+        }
+        crate::bitmap::Bitmap::new(self, layout).reset()?;
+        self.u32(field::READY)?
+            .store(layout::READY, Ordering::Release);
+        Ok(())
+    }
+
+    /// The path of the segment, for error messages.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The 32-bit atomic at byte offset `off`.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt` when `off` is out of bounds or misaligned (a bug or a hostile index).
+    #[inline]
+    pub(crate) fn u32(&self, off: usize) -> Result<&AtomicU32> {
+        if off % 4 != 0 || off.checked_add(4).is_none_or(|end| end > self.len) {
+            return Err(self.out_of_bounds(off));
+        }
+        // SAFETY: by invariant 1 the mapping is live, writable and page-aligned for as long as
+        // `self`; the check above keeps `off..off + 4` inside it and 4-aligned (invariant 3), and
+        // the memory is only ever accessed atomically, by this and other processes.
+        Ok(unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast::<u32>()) })
+    }
+
+    /// The 64-bit atomic at byte offset `off`.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt` when `off` is out of bounds or misaligned.
+    #[inline]
+    pub(crate) fn u64(&self, off: usize) -> Result<&AtomicU64> {
+        if off % 8 != 0 || off.checked_add(8).is_none_or(|end| end > self.len) {
+            return Err(self.out_of_bounds(off));
+        }
+        // SAFETY: as for `u32`: invariants 1 and 3, with an 8-byte bounds and alignment check.
+        Ok(unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast::<u64>()) })
+    }
+
+    #[cold]
+    fn out_of_bounds(&self, off: usize) -> Error {
+        Error::corrupt(format!(
+            "segment {}: access at offset {off} outside its {} bytes",
+            self.path.display(),
+            self.len
+        ))
+    }
+
+    /// Takes an exclusive OFD lock (`fcntl(2)` `F_OFD_SETLK`) on byte `off` of the file, without
+    /// waiting. Returns whether it was taken. The lock lasts until the file is closed.
+    ///
+    /// # Errors
+    ///
+    /// `Io` for errors other than a conflicting lock.
+    pub(crate) fn ofd_try_lock(&self, off: usize) -> Result<bool> {
+        let mut fl = flock_at(off, libc::F_WRLCK as libc::c_short);
+        // SAFETY: `fl` is a valid, initialised `struct flock` that outlives the call, and the fd
+        // is open for the life of `self`.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+            _ => Err(Error::io("fcntl(F_OFD_SETLK)", &self.path, e)),
+        }
+    }
+
+    /// Whether another open file description holds an OFD lock on byte `off` (`fcntl(2)`
+    /// `F_OFD_GETLK`). Locks held through this segment's own description are not seen.
+    ///
+    /// # Errors
+    ///
+    /// `Io` for OS errors.
+    pub(crate) fn ofd_is_locked(&self, off: usize) -> Result<bool> {
+        let mut fl = flock_at(off, libc::F_WRLCK as libc::c_short);
+        // SAFETY: as for `ofd_try_lock`; F_OFD_GETLK only writes into `fl`.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+        if r != 0 {
+            return Err(Error::io(
+                "fcntl(F_OFD_GETLK)",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+    }
+}
+
+fn flock_at(off: usize, l_type: libc::c_short) -> libc::flock {
+    // SAFETY: `struct flock` is plain old data for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = l_type;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = off as libc::off_t;
+    fl.l_len = 1;
+    fl.l_pid = 0;
+    fl
+}
+
+/// Unlinks segment `name`. Returns whether it existed.
+///
+/// # Errors
+///
+/// `InvalidArgument` for a bad name; `Io` for OS errors other than a missing segment.
+pub(crate) fn remove(name: &str) -> Result<bool> {
+    validate_name(name)?;
+    match rustix::shm::unlink(name) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(io_err("shm_unlink", &path_of(name), e)),
+    }
+}

@@ -1,0 +1,76 @@
+//! Single-process behaviour of the public API: lifecycle, allocation order, names, ownership.
+
+use std::time::Duration;
+
+use lock_shm::{Acquired, Error, Inspect, LockId, Locker, Manager, ShmManager};
+
+/// A segment name unique to this test and process, removed on drop.
+struct Name(String);
+
+impl Name {
+    fn new(test: &str) -> Name {
+        let name = format!("lockyard-test-basic-{test}-{}", std::process::id());
+        let _ = ShmManager::remove(&name);
+        Name(name)
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let _ = ShmManager::remove(&self.0);
+    }
+}
+
+#[test]
+fn lifecycle_and_lowest_free_first() {
+    let n = Name::new("lifecycle");
+    let m = ShmManager::create(&n.0, 200).unwrap();
+    assert_eq!(m.capacity(), Some(200));
+    assert_eq!(m.available().unwrap(), Some(200));
+    let ids: Vec<u32> = (0..200).map(|_| m.allocate().unwrap().id().get()).collect();
+    assert_eq!(ids, (0..200).collect::<Vec<_>>());
+    assert!(matches!(m.allocate(), Err(Error::Exhausted { capacity: 200 })));
+    assert_eq!(m.available().unwrap(), Some(0));
+    m.retrieve(LockId(130)).unwrap().free().unwrap();
+    m.retrieve(LockId(7)).unwrap().free().unwrap();
+    assert_eq!(m.available().unwrap(), Some(2));
+    assert_eq!(m.allocate().unwrap().id(), LockId(7));
+    assert_eq!(m.allocate().unwrap().id(), LockId(130));
+    assert!(matches!(m.retrieve(LockId(200)), Err(Error::OutOfRange { .. })));
+    let l = m.retrieve(LockId(5)).unwrap();
+    assert_eq!(l.lock().unwrap(), Acquired::Clean);
+    assert_eq!(l.try_lock().unwrap(), None);
+    let h = l.holder().unwrap().unwrap();
+    assert_eq!(h.pid, Some(std::process::id()));
+    assert_eq!(m.held().unwrap().len(), 1);
+    l.unlock().unwrap();
+    assert!(matches!(l.unlock(), Err(Error::NotHeld(LockId(5)))));
+    assert!(matches!(l.try_lock_for(Duration::from_millis(1)), Ok(Acquired::Clean)));
+    let other = ShmManager::open(&n.0, 200).unwrap();
+    assert_ne!(other.client_slot(), m.client_slot());
+    let ol = other.retrieve(LockId(5)).unwrap();
+    assert!(matches!(ol.unlock(), Err(Error::NotHeld(_))));
+    assert_eq!(ol.try_lock().unwrap(), None);
+    assert!(matches!(ol.try_lock_for(Duration::from_millis(20)), Err(Error::Timeout)));
+    l.unlock().unwrap();
+    assert_eq!(ol.try_lock().unwrap(), Some(Acquired::Clean));
+    ol.unlock().unwrap();
+    m.free_all().unwrap();
+    assert_eq!(m.available().unwrap(), Some(200));
+    assert!(matches!(
+        ShmManager::open(&n.0, 100),
+        Err(Error::Incompatible { .. })
+    ));
+}
+
+#[test]
+fn names_are_validated() {
+    for bad in ["", "a/b", "..", "a..b", "x\0y", &"n".repeat(201)] {
+        assert!(
+            matches!(ShmManager::create(bad, 8), Err(Error::InvalidArgument { .. })),
+            "{bad:?}"
+        );
+        assert!(matches!(ShmManager::open(bad, 8), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(ShmManager::remove(bad), Err(Error::InvalidArgument { .. })));
+    }
+}
