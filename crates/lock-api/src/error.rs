@@ -152,7 +152,9 @@ impl Error {
     }
 
     /// Builds an [`Error::Unavailable`] from any error.
-    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+    pub fn unavailable(
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Error::Unavailable {
             source: source.into(),
         }
@@ -166,7 +168,10 @@ mod tests {
     #[test]
     fn exhausted_message_names_the_capacity() {
         let e = Error::Exhausted { capacity: 2048 };
-        assert_eq!(e.to_string(), "allocation failed; exceeded num_locks (2048)");
+        assert_eq!(
+            e.to_string(),
+            "allocation failed; exceeded num_locks (2048)"
+        );
     }
 
     #[test]

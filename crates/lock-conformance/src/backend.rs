@@ -46,6 +46,16 @@ impl Capabilities {
         (Self::LOCK_DATA, "lock-data"),
     ];
 
+    /// The raw bits (for set arithmetic).
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// A set from raw bits; unknown bits are kept and name nothing.
+    pub const fn from_bits(bits: u32) -> Capabilities {
+        Capabilities(bits)
+    }
+
     /// Whether every capability in `other` is in `self`.
     pub const fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0
@@ -113,8 +123,9 @@ pub type LockerOf<B> = <<B as Backend>::Manager as Manager>::Locker;
 /// store from a child process given the same name: a child process builds its backend value the
 /// same way the parent did, from the same test binary.
 pub trait Backend: Send + Sync + 'static {
-    /// The manager type under test.
-    type Manager: Manager + 'static;
+    /// The manager type under test. Its handles must be `'static` so the suite can move them
+    /// into threads whose time it bounds.
+    type Manager: Manager<Locker: 'static> + 'static;
 
     /// A short name for the matrix (`mem`, `shm`, `file`, `dirlock`, `etcd`).
     fn name(&self) -> &'static str;

@@ -1,0 +1,451 @@
+//! Child processes: the test binary re-executes itself in a role and reports over a pipe.
+//!
+//! The parent sets [`ROLE_ENV`] and the parameters below; [`crate::run`] sees the variable and
+//! runs the role instead of the test harness. Children talk line by line: the parent reads their
+//! stdout through [`ChildProcess::expect`] with a timeout and writes commands to their stdin.
+//! Every wait is bounded, and a child is SIGKILLed and reaped when its handle is dropped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lock_api::{Acquired, Error, LockId, Locker, Manager};
+
+use crate::{Backend, Failed};
+
+/// The environment variable that turns the test binary into a child in the named role.
+pub const ROLE_ENV: &str = "LOCKYARD_CONFORMANCE_ROLE";
+const STORE_ENV: &str = "LOCKYARD_CONFORMANCE_STORE";
+const CAPACITY_ENV: &str = "LOCKYARD_CONFORMANCE_CAPACITY";
+const ID_ENV: &str = "LOCKYARD_CONFORMANCE_ID";
+const COUNT_ENV: &str = "LOCKYARD_CONFORMANCE_COUNT";
+const COUNTER_ENV: &str = "LOCKYARD_CONFORMANCE_COUNTER";
+
+/// How long a child in a waiting role lives at most if nobody tells it to stop.
+const CHILD_LIFETIME: Duration = Duration::from_secs(120);
+
+/// What a child process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Echoes every stdin line back as `echo <line>` until EOF (machinery self-test).
+    Echo,
+    /// Prints `ready`, then says nothing until killed or its lifetime ends (machinery self-test).
+    Silent,
+    /// Opens the store, locks `id`, prints `locked clean|owner-died`, unlocks on an `unlock`
+    /// line (printing `unlocked`), and exits at stdin EOF.
+    Hold,
+    /// Like `Hold`, but never unlocks: it waits to be SIGKILLed.
+    HoldThenDie,
+    /// Locks `id` `count` times, each time incrementing the decimal counter in the file
+    /// `counter` non-atomically (read, yield, write), then prints `done`.
+    Hammer,
+    /// Prints `ready`, waits for `go`, allocates until `Exhausted` or `count` ids, printing
+    /// `id N` for each, then `done`; keeps its allocations and exits at stdin EOF.
+    Allocate,
+    /// Prints `ready`, waits for `go`, calls `open_or_create`, prints `created` or `opened`,
+    /// allocates one id and prints `id N`, then exits at stdin EOF.
+    OpenOrCreate,
+}
+
+impl Role {
+    const ALL: [(Role, &'static str); 7] = [
+        (Role::Echo, "echo"),
+        (Role::Silent, "silent"),
+        (Role::Hold, "hold"),
+        (Role::HoldThenDie, "hold-then-die"),
+        (Role::Hammer, "hammer"),
+        (Role::Allocate, "allocate"),
+        (Role::OpenOrCreate, "open-or-create"),
+    ];
+
+    fn name(self) -> &'static str {
+        Role::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("unknown")
+    }
+
+    fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.iter().find(|(_, n)| *n == name).map(|(r, _)| *r)
+    }
+}
+
+/// The parameters of a child's role.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    /// The store to open.
+    pub store: String,
+    /// The capacity to open it with.
+    pub capacity: u32,
+    /// The lock to work on.
+    pub id: u32,
+    /// How many iterations or allocations.
+    pub count: u32,
+    /// The shared counter file of the `Hammer` role.
+    pub counter: Option<PathBuf>,
+}
+
+/// A running child process of the test binary.
+#[derive(Debug)]
+pub struct ChildProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    role: Role,
+}
+
+impl ChildProcess {
+    /// Starts the test binary again in `role`.
+    ///
+    /// # Errors
+    ///
+    /// The binary cannot be found or started.
+    pub fn spawn(role: Role, params: &Params) -> Result<ChildProcess, Failed> {
+        let exe = std::env::current_exe()?;
+        let mut command = Command::new(exe);
+        command
+            .env(ROLE_ENV, role.name())
+            .env(STORE_ENV, &params.store)
+            .env(CAPACITY_ENV, params.capacity.to_string())
+            .env(ID_ENV, params.id.to_string())
+            .env(COUNT_ENV, params.count.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(counter) = &params.counter {
+            command.env(COUNTER_ENV, counter);
+        }
+        let mut child = command.spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Failed("child has no stdout pipe".into()))?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ChildProcess {
+            child,
+            stdin,
+            lines,
+            role,
+        })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the child prints, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// The time elapsed, or the child closed its stdout (exited).
+    pub fn next_line(&mut self, timeout: Duration) -> Result<String, Failed> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(line),
+            Err(RecvTimeoutError::Timeout) => Err(Failed(format!(
+                "child {} ({}) printed nothing within {timeout:?}",
+                self.pid(),
+                self.role.name()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(Failed(format!(
+                "child {} ({}) exited early: {:?}",
+                self.pid(),
+                self.role.name(),
+                self.child.try_wait()
+            ))),
+        }
+    }
+
+    /// Waits at most `timeout` for a line starting with `prefix`; returns the rest of it.
+    /// A line starting with `error` fails at once with the child's message.
+    ///
+    /// # Errors
+    ///
+    /// The child reported an error, printed something else, exited, or the time elapsed.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, Failed> {
+        let line = self.next_line(timeout)?;
+        match line.strip_prefix(prefix) {
+            Some(rest) => Ok(rest.trim().to_string()),
+            None => Err(Failed(format!(
+                "child {} ({}) said {line:?}, expected {prefix:?}",
+                self.pid(),
+                self.role.name()
+            ))),
+        }
+    }
+
+    /// Sends one line to the child's stdin.
+    ///
+    /// # Errors
+    ///
+    /// The child's stdin is closed.
+    pub fn send(&mut self, line: &str) -> Result<(), Failed> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Failed("child stdin already closed".into()))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Closes the child's stdin: roles that wait for EOF then exit.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent or the child was not reaped within 10 s.
+    pub fn sigkill(&mut self) -> Result<ExitStatus, Failed> {
+        kill(self.pid(), rustix::process::Signal::KILL)?;
+        self.wait(Duration::from_secs(10))
+    }
+
+    /// Sends `signal` to the child without waiting.
+    ///
+    /// # Errors
+    ///
+    /// The signal could not be sent.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Result<(), Failed> {
+        kill(self.pid(), signal)
+    }
+
+    /// Waits at most `timeout` for the child to exit.
+    ///
+    /// # Errors
+    ///
+    /// It is still running after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, Failed> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(Failed(format!(
+                    "child {} ({}) still running after {timeout:?}",
+                    self.pid(),
+                    self.role.name()
+                )));
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Closes stdin and waits at most `timeout` for a successful exit.
+    ///
+    /// # Errors
+    ///
+    /// The child is still running, or exited with a failure.
+    pub fn finish(&mut self, timeout: Duration) -> Result<(), Failed> {
+        self.close_stdin();
+        let status = self.wait(timeout)?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Failed(format!(
+                "child {} ({}) exited with {status}",
+                self.pid(),
+                self.role.name()
+            )))
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn kill(pid: u32, signal: rustix::process::Signal) -> Result<(), Failed> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| Failed(format!("bad pid {pid}")))?;
+    rustix::process::kill_process(pid, signal)
+        .map_err(|e| Failed(format!("kill({pid:?}, {signal:?}): {e}")))
+}
+
+/// Runs the role named `role` in this (child) process; see [`Role`].
+pub(crate) fn main<B: Backend>(backend: &B, role: &str) -> ExitCode {
+    let Some(role) = Role::from_name(role) else {
+        eprintln!("lock-conformance: unknown child role {role:?}");
+        return ExitCode::from(2);
+    };
+    match run_role(backend, role) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => {
+            say(&format!("error {failed}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn param(name: &str) -> Result<String, Failed> {
+    std::env::var(name).map_err(|_| Failed(format!("child started without {name}")))
+}
+
+fn number(name: &str) -> Result<u32, Failed> {
+    param(name)?
+        .parse()
+        .map_err(|e| Failed(format!("{name}: {e}")))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn acquired_word(acquired: Acquired) -> &'static str {
+    match acquired {
+        Acquired::Clean => "clean",
+        Acquired::OwnerDied => "owner-died",
+    }
+}
+
+/// Reads stdin lines until one equals `want` (returns true) or EOF (returns false).
+fn wait_for_line(want: &str) -> bool {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        match line {
+            Ok(line) if line.trim() == want => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
+    match role {
+        Role::Echo => {
+            for line in std::io::stdin().lock().lines() {
+                say(&format!("echo {}", line?));
+            }
+            Ok(())
+        }
+        Role::Silent => {
+            say("ready");
+            thread::sleep(CHILD_LIFETIME);
+            Ok(())
+        }
+        Role::Hold | Role::HoldThenDie => {
+            let manager = backend.open(&param(STORE_ENV)?, number(CAPACITY_ENV)?)?;
+            let lock = manager.retrieve(LockId(number(ID_ENV)?))?;
+            let acquired = lock.try_lock_for(Duration::from_secs(60))?;
+            say(&format!("locked {}", acquired_word(acquired)));
+            if role == Role::HoldThenDie {
+                thread::sleep(CHILD_LIFETIME);
+                return Err(Failed("hold-then-die was never killed".into()));
+            }
+            if wait_for_line("unlock") {
+                lock.unlock()?;
+                say("unlocked");
+                wait_for_line("exit");
+            } else {
+                lock.unlock()?;
+            }
+            Ok(())
+        }
+        Role::Hammer => {
+            let manager = backend.open(&param(STORE_ENV)?, number(CAPACITY_ENV)?)?;
+            let lock = manager.retrieve(LockId(number(ID_ENV)?))?;
+            let counter = PathBuf::from(param(COUNTER_ENV)?);
+            for _ in 0..number(COUNT_ENV)? {
+                let _ = lock.try_lock_for(Duration::from_secs(60))?;
+                let value = read_counter(&counter)?;
+                thread::yield_now();
+                write_counter(&counter, value + 1)?;
+                lock.unlock()?;
+            }
+            say("done");
+            Ok(())
+        }
+        Role::Allocate => {
+            let manager = backend.open(&param(STORE_ENV)?, number(CAPACITY_ENV)?)?;
+            say("ready");
+            if !wait_for_line("go") {
+                return Ok(());
+            }
+            let count = number(COUNT_ENV)?;
+            let mut kept = Vec::new();
+            for _ in 0..count {
+                match manager.allocate() {
+                    Ok(lock) => {
+                        say(&format!("id {}", lock.id()));
+                        kept.push(lock);
+                    }
+                    Err(Error::Exhausted { .. }) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            say("done");
+            wait_for_line("exit");
+            Ok(())
+        }
+        Role::OpenOrCreate => {
+            let store = param(STORE_ENV)?;
+            let capacity = number(CAPACITY_ENV)?;
+            say("ready");
+            if !wait_for_line("go") {
+                return Ok(());
+            }
+            let (manager, created) = backend.open_or_create(&store, capacity)?;
+            say(if created { "created" } else { "opened" });
+            let lock = manager.allocate()?;
+            say(&format!("id {}", lock.id()));
+            wait_for_line("exit");
+            Ok(())
+        }
+    }
+}
+
+/// Reads the decimal counter in `path` (a missing file counts as 0).
+///
+/// # Errors
+///
+/// The file cannot be read or does not hold a number.
+pub fn read_counter(path: &Path) -> Result<u64, Failed> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Ok(0),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| Failed(format!("counter {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Overwrites the decimal counter in `path` in place (not atomically: that is the point).
+///
+/// # Errors
+///
+/// The file cannot be written.
+pub fn write_counter(path: &Path, value: u64) -> Result<(), Failed> {
+    std::fs::write(path, format!("{value:020}"))?;
+    Ok(())
+}
