@@ -1,1 +1,377 @@
-//! lockyard backend dirlock: not yet implemented (see its issue).
+//! dirlock: one lock over a directory, with multi-level recovery from dead holders.
+#![doc = include_str!("../README.md")]
+
+mod dir;
+mod levels;
+mod liveness;
+mod record;
+mod wait;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use lock_api;
+use lock_api::{Acquired, Error, Holder, Inspect, LockGuard, LockId, Locker, Result};
+use rustix::process::{Pid, getpid};
+
+pub use crate::liveness::{HeldBecause, StaleBecause, Verdict};
+pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, Record};
+
+use crate::dir::{Dir, Owned, level_name, takeover_name};
+use crate::levels::{Attempt, tidy, try_take};
+use crate::wait::Waiter;
+
+/// The name of the master lock file inside the directory.
+pub const MASTER: &str = "lock0";
+
+/// The number of levels (`lock0` to `lock15`): how many reclaimers in a row may die in the
+/// middle of a takeover before an operator must call [`DirLock::break_lock`].
+pub const LEVELS: usize = dir::LEVELS;
+
+/// One lock over a directory, held through the file `lock0` inside it.
+///
+/// Ownership is per handle: a lock taken through one `DirLock` is held by that handle (in this
+/// process), not by the process. Another handle, in this or any process, sees it held. The
+/// handle is `Sync`, so threads may share it; any of them may unlock what it holds.
+///
+/// Dropping a handle that holds the lock releases it (errors are ignored: call
+/// [`unlock`](DirLock::unlock) to see them). A forked child inherits a copy of the handle but
+/// not the lock: the lock belongs to the process that took it, and the child's copy reports
+/// `NotHeld`.
+///
+/// # Re-locking
+///
+/// Not re-entrant: [`try_lock`](DirLock::try_lock) on a handle that holds the lock returns
+/// `false`, and [`lock`](DirLock::lock) waits until the lock is released (by another thread
+/// through the same handle), so a single thread that locks twice waits forever and
+/// [`lock_timeout`](DirLock::lock_timeout) times out.
+pub struct DirLock {
+    dir: Dir,
+    id: LockId,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// Our published record, kept open so its inode number cannot be reused while we hold it.
+    file: Owned,
+    /// The process that took the lock (a forked child does not hold it).
+    pid: Pid,
+}
+
+impl DirLock {
+    /// A handle on the lock over `dir`, which must exist and be writable.
+    ///
+    /// Nothing is written until the lock is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when `dir` does not exist; [`Error::InvalidArgument`] when it is not
+    /// a directory or is a symlink; [`Error::Io`] when it cannot be opened or is not writable.
+    pub fn new(dir: impl AsRef<Path>) -> Result<DirLock> {
+        Ok(DirLock {
+            dir: Dir::open(dir.as_ref())?,
+            id: LockId(0),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The same handle reporting `id` from [`Locker::id`] (for tables of directory locks).
+    #[must_use]
+    pub fn with_id(mut self, id: LockId) -> DirLock {
+        self.id = id;
+        self
+    }
+
+    /// The locked directory, as given to [`new`](DirLock::new).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Takes the lock if it is free or its holder is certainly dead; `false` when it is held
+    /// (by anyone, this handle included) or another process is reclaiming it.
+    ///
+    /// Use [`try_acquire`](DirLock::try_acquire) to learn whether the holder had died.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](DirLock::try_acquire).
+    pub fn try_lock(&self) -> Result<bool> {
+        Ok(self.try_acquire()?.is_some())
+    }
+
+    /// Takes the lock without waiting and says how: [`Acquired::OwnerDied`] when it was
+    /// reclaimed from a dead holder (whatever it protected may be half-written).
+    ///
+    /// Returns `Ok(None)` when the lock is held by a live process (this handle included), by a
+    /// process on another host or in another pid namespace, or while another process reclaims
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] when a lock file is not a valid record (garbage, truncated, too
+    /// large, a directory, a symlink): it is never treated as stale and never removed;
+    /// [`Error::Incompatible`] for a record of another format version; [`Error::Io`] for OS
+    /// errors (`open`, `write`, `link`, `rename`, `kill`). After an error this handle does not
+    /// hold the lock.
+    pub fn try_acquire(&self) -> Result<Option<Acquired>> {
+        let mut state = self.state();
+        if self.holds(&state) {
+            return Ok(None);
+        }
+        let me = liveness::current()?;
+        let file = self.dir.write_record(&me.record())?;
+        self.attempt(&mut state, file, &me)
+    }
+
+    /// Waits until the lock is taken.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](DirLock::try_acquire); a damaged lock file ends the wait with
+    /// its error rather than waiting forever.
+    pub fn lock(&self) -> Result<Acquired> {
+        self.acquire(None)
+    }
+
+    /// Waits at most `timeout` for the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the time elapsed first; otherwise as for
+    /// [`try_acquire`](DirLock::try_acquire).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<Acquired> {
+        self.acquire(Some(Instant::now() + timeout))
+    }
+
+    /// Waits for the lock and returns a guard that releases it when dropped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock`](DirLock::lock).
+    pub fn guard(&self) -> Result<LockGuard<'_, DirLock>> {
+        let acquired = self.lock()?;
+        Ok(LockGuard::new(self, acquired))
+    }
+
+    /// Releases the lock this handle holds.
+    ///
+    /// Only the file this handle published is removed: the name `lock0` is checked to still be
+    /// our file (same device and inode, kept open while held) before `unlink(2)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] when this handle does not hold the lock; [`Error::Lost`] when it did,
+    /// but `lock0` is no longer its record (an operator broke the lock): nothing is removed
+    /// and the handle no longer holds it; [`Error::Io`] when `unlink(2)` fails (the handle then
+    /// still holds the lock).
+    pub fn unlock(&self) -> Result<()> {
+        let mut state = self.state();
+        if !self.holds(&state) {
+            return Err(Error::NotHeld(self.id));
+        }
+        let Some(held) = state.held.take() else {
+            return Err(Error::NotHeld(self.id));
+        };
+        match self.dir.remove_if(MASTER, held.file.id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Lost),
+            Err(e) => {
+                state.held = Some(held);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this handle holds the lock.
+    pub fn is_held(&self) -> bool {
+        self.holds(&self.state())
+    }
+
+    /// The record in `lock0`, or `None` when the lock is free.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](DirLock::try_acquire) when `lock0` is damaged.
+    pub fn holder_record(&self) -> Result<Option<Record>> {
+        Ok(self.dir.read(0)?.map(|seen| seen.record))
+    }
+
+    /// The record in `lock0` and what this process concludes from it (alive, dead, foreign).
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_acquire`](DirLock::try_acquire).
+    pub fn status(&self) -> Result<Option<(Record, Verdict)>> {
+        let me = liveness::current()?;
+        match self.dir.read(0)? {
+            Some(seen) => {
+                let verdict = liveness::judge(&seen.record, &me)?;
+                Ok(Some((seen.record, verdict)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// For operators: removes every level's lock file (`lock0` to `lock15`) and staging file,
+    /// whoever holds them. Returns whether `lock0` existed.
+    ///
+    /// Use it when a holder on another host or in another pid namespace is known to be dead,
+    /// or when a lock file is damaged. Breaking a lock whose holder is alive breaks mutual
+    /// exclusion: that holder keeps working as if it held the lock (its `unlock` then reports
+    /// [`Error::Lost`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] when a lock file is a directory, symlink or other non-regular file
+    /// (it is not removed; an operator must look at it), [`Error::Io`] for OS errors. Files
+    /// already removed stay removed.
+    pub fn break_lock(&self) -> Result<bool> {
+        let mut state = self.state();
+        state.held = None;
+        let master = self.dir.remove_regular(MASTER)?;
+        for n in 0..LEVELS {
+            if n > 0 {
+                self.dir.remove_regular(&level_name(n))?;
+            }
+            self.dir.remove_regular(&takeover_name(n))?;
+        }
+        Ok(master)
+    }
+
+    fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
+        let me = liveness::current()?;
+        // One record for the whole wait: it says when the wait began.
+        let file = self.dir.write_record(&me.record())?;
+        let mut waiter = Waiter::new(&self.dir);
+        loop {
+            {
+                let mut state = self.state();
+                if !self.holds(&state) {
+                    match try_take(&self.dir, &file, &me, 0)? {
+                        Attempt::Taken(acquired) => {
+                            return Ok(self.taken(&mut state, file, &me, acquired));
+                        }
+                        Attempt::Busy => {}
+                    }
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+            waiter.wait(deadline);
+        }
+    }
+
+    fn attempt(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        file: dir::RecordFile<'_>,
+        me: &liveness::Identity,
+    ) -> Result<Option<Acquired>> {
+        match try_take(&self.dir, &file, me, 0)? {
+            Attempt::Taken(acquired) => Ok(Some(self.taken(state, file, me, acquired))),
+            Attempt::Busy => Ok(None),
+        }
+    }
+
+    /// Records that we hold level 0 and clears leftovers of dead reclaimers.
+    fn taken(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        file: dir::RecordFile<'_>,
+        me: &liveness::Identity,
+        acquired: Acquired,
+    ) -> Acquired {
+        // Tidying is best effort: the lock is held whatever it finds, and a level it cannot
+        // read will give its error to whoever needs that level.
+        let _ = tidy(&self.dir, &file, me);
+        state.held = Some(Held {
+            file: file.into_owned(),
+            pid: me.pid,
+        });
+        acquired
+    }
+
+    fn holds(&self, state: &State) -> bool {
+        state.held.as_ref().is_some_and(|held| held.pid == getpid())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if self.is_held() {
+            // Drop cannot report; `unlock` is the way to see this error.
+            let _ = self.unlock();
+        }
+    }
+}
+
+impl fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirLock")
+            .field("path", &self.dir.path())
+            .field("id", &self.id)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+/// The lock-api view of a directory lock.
+///
+/// What does not fit: `free` is [`Error::Unsupported`] (a directory lock is not allocated from
+/// a table); ownership is per handle, not per manager; `try_lock` is the inherent
+/// [`DirLock::try_lock`] when called as a method (use `Locker::try_lock(&lock)` for this one).
+impl Locker for DirLock {
+    fn id(&self) -> LockId {
+        self.id
+    }
+
+    fn lock(&self) -> Result<Acquired> {
+        DirLock::lock(self)
+    }
+
+    fn try_lock(&self) -> Result<Option<Acquired>> {
+        self.try_acquire()
+    }
+
+    fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
+        self.lock_timeout(timeout)
+    }
+
+    fn unlock(&self) -> Result<()> {
+        DirLock::unlock(self)
+    }
+
+    fn free(&self) -> Result<()> {
+        Err(Error::Unsupported("free of a directory lock"))
+    }
+}
+
+/// The holder as recorded in `lock0`: pid, host, write time, and `owner` as
+/// `uid=<uid> boot=<boot id> pidns=<inode>`.
+impl Inspect for DirLock {
+    fn holder(&self) -> Result<Option<Holder>> {
+        Ok(self.holder_record()?.map(|record| {
+            let mut holder = Holder::with_pid(record.pid);
+            holder.host = Some(record.host.clone());
+            holder.since = Some(record.time());
+            holder.owner = Some(format!(
+                "uid={} boot={} pidns={}",
+                record.uid, record.boot_id, record.pid_ns
+            ));
+            holder
+        }))
+    }
+}

@@ -1,0 +1,404 @@
+//! The lock directory: publishing records with `link(2)`, replacing them with `rename(2)`,
+//! reading them back with bounds, and removing only the ones we own.
+//!
+//! Every operation goes through the directory's file descriptor (`*at` calls), so the lock stays
+//! on the directory that was opened even if its path is renamed. Names never follow symlinks.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use lock_api::{Error, Result};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::record::{MAX_RECORD_LEN, Record};
+
+/// How many levels a directory lock has: `lock0` (the master) up to `lock15`.
+///
+/// A stale level N is reclaimed through level N+1, so level N+1 is only ever left behind by a
+/// process that died while reclaiming level N. Running out of levels takes 15 reclaimers dying
+/// one after another in the middle of a reclaim; it is reported as an error and cleared with
+/// `break_lock`.
+pub(crate) const LEVELS: usize = 16;
+
+/// Prefix of the private names of records on file systems without `O_TMPFILE`.
+pub(crate) const TEMP_PREFIX: &str = ".dirlock-tmp.";
+
+/// The open lock directory.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(stat: &Stat) -> FileId {
+        FileId {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+        }
+    }
+}
+
+/// A record read from a level: its file identity, its exact bytes and their meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) id: FileId,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) record: Record,
+}
+
+/// A record of ours, written in full, not yet (or no longer only) published.
+///
+/// The file is unnamed (`O_TMPFILE`) where the file system allows it, so a process killed at any
+/// point leaves nothing behind; elsewhere it has a private name that the drop guard removes on
+/// every path, errors included (only SIGKILL between create and drop can leave it).
+#[derive(Debug)]
+pub(crate) struct RecordFile<'d> {
+    fd: OwnedFd,
+    id: FileId,
+    temp: TempName<'d>,
+}
+
+/// The drop guard of a record's private name, when the file system has no `O_TMPFILE`.
+#[derive(Debug)]
+struct TempName<'d> {
+    dir: &'d Dir,
+    name: Option<CString>,
+}
+
+/// A published record this handle holds: the open file keeps its inode number from being
+/// reused while we hold the lock, so comparing inode numbers is exact.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    _fd: OwnedFd,
+    pub(crate) id: FileId,
+}
+
+/// The name of level `n`.
+pub(crate) fn level_name(n: usize) -> String {
+    format!("lock{n}")
+}
+
+/// The staging name used to replace level `n`; only the holder of level `n + 1` touches it.
+pub(crate) fn takeover_name(n: usize) -> String {
+    format!("lock{n}.takeover")
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    e.into()
+}
+
+impl Dir {
+    /// Opens `path` as a lock directory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when it does not exist, [`Error::InvalidArgument`] when it is not a
+    /// directory (or is a symlink to one: the lock must not move under a changed link),
+    /// [`Error::Io`] when it cannot be opened or written (`access(2)` with `W_OK`).
+    pub(crate) fn open(path: &Path) -> Result<Dir> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
+            Errno::NOENT => Error::NotFound {
+                what: format!("lock directory {}", path.display()),
+            },
+            Errno::NOTDIR | Errno::LOOP => Error::invalid(format!(
+                "{} is not a directory (symlinks are not followed)",
+                path.display()
+            )),
+            e => Error::io("open", path, errno_io(e)),
+        })?;
+        rustix::fs::accessat(&fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS)
+            .map_err(|e| Error::io("access", path, errno_io(e)))?;
+        Ok(Dir {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The directory's path, as given.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn at(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `record` in full to a new file that nobody can see under a level's name yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `open(2)` (an unwritable directory gives `PermissionDenied`),
+    /// `write(2)` or `fstat(2)`.
+    pub(crate) fn write_record(&self, record: &Record) -> Result<RecordFile<'_>> {
+        let bytes = record.to_bytes();
+        let mode = Mode::from_raw_mode(0o644);
+        let tmpfile = rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            mode,
+        );
+        let (fd, temp) = match tmpfile {
+            Ok(fd) => (fd, None),
+            // No O_TMPFILE on this file system (or kernel): a private name instead.
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
+                let name = format!(
+                    "{TEMP_PREFIX}{}.{:016x}",
+                    record.pid,
+                    rand::random::<u64>()
+                );
+                let fd = rustix::fs::openat(
+                    &self.fd,
+                    &name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                    mode,
+                )
+                .map_err(|e| Error::io("open", self.at(&name), errno_io(e)))?;
+                let name = CString::new(name).map_err(|_| Error::invalid("temporary name"))?;
+                (fd, Some(name))
+            }
+            Err(e) => return Err(Error::io("open(O_TMPFILE)", &self.path, errno_io(e))),
+        };
+        // From here on the guard removes the private name on every path.
+        let mut file = RecordFile {
+            fd,
+            id: FileId { dev: 0, ino: 0 },
+            temp: TempName {
+                dir: self,
+                name: temp,
+            },
+        };
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match rustix::io::write(&file.fd, rest) {
+                Ok(0) => {
+                    return Err(Error::io(
+                        "write",
+                        &self.path,
+                        io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                Ok(n) => rest = &rest[n..],
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("write", &self.path, errno_io(e))),
+            }
+        }
+        let stat = rustix::fs::fstat(&file.fd).map_err(|e| Error::io("fstat", &self.path, errno_io(e)))?;
+        file.id = FileId::of(&stat);
+        Ok(file)
+    }
+
+    /// Publishes `file` as level `n` with `link(2)`; `false` when the level exists.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `linkat(2)` for anything but `EEXIST`.
+    pub(crate) fn publish(&self, file: &RecordFile<'_>, n: usize) -> Result<bool> {
+        let name = level_name(n);
+        match file.link_as(&name) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(Error::io("link", self.at(&name), errno_io(e))),
+        }
+    }
+
+    /// Reads level `n`; `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] when the level is a symlink, a directory or anything but a regular
+    /// file, is larger than a record may be, or does not parse; [`Error::Incompatible`] for a
+    /// record of another format version; [`Error::Io`] for OS errors. Nothing is removed.
+    pub(crate) fn read(&self, n: usize) -> Result<Option<Seen>> {
+        let name = level_name(n);
+        let path = self.at(&name);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.fd, &name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::LOOP) => {
+                return Err(Error::corrupt(format!(
+                    "{}: a symlink where a lock record belongs",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(Error::io("open", path, errno_io(e))),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io("fstat", &path, errno_io(e)))?;
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        if file_type != FileType::RegularFile {
+            return Err(Error::corrupt(format!(
+                "{}: a {file_type:?} where a lock record belongs",
+                path.display()
+            )));
+        }
+        // Read one byte more than allowed, so that a huge record is seen without reading it all.
+        let mut bytes = vec![0u8; MAX_RECORD_LEN + 1];
+        let mut len = 0;
+        while len < bytes.len() {
+            match rustix::io::read(&fd, &mut bytes[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(Error::io("read", path, errno_io(e))),
+            }
+        }
+        bytes.truncate(len);
+        let what = format!("lock record {}", path.display());
+        if len > MAX_RECORD_LEN {
+            return Err(Error::corrupt(format!(
+                "{what}: more than the {MAX_RECORD_LEN} bytes a record may have"
+            )));
+        }
+        let record = Record::parse(&bytes, &what)?;
+        Ok(Some(Seen {
+            id: FileId::of(&stat),
+            bytes,
+            record,
+        }))
+    }
+
+    /// The identity of level `n`'s file, without following symlinks; `None` when missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `fstatat(2)` for anything but `ENOENT`.
+    pub(crate) fn file_id(&self, name: &str) -> Result<Option<FileId>> {
+        match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(FileId::of(&stat))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io("stat", self.at(name), errno_io(e))),
+        }
+    }
+
+    /// Replaces level `n` by our record in one step: `link(2)` to the level's staging name,
+    /// then `rename(2)` over the level. Only the holder of level `n + 1` may call this, and
+    /// only after checking that level `n` still holds the stale record it judged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `unlinkat`, `linkat` or `renameat`; the staging name is removed on
+    /// error, and level `n` is then unchanged.
+    pub(crate) fn replace(&self, file: &RecordFile<'_>, n: usize) -> Result<()> {
+        let staging = takeover_name(n);
+        // A reclaimer that died holding level n + 1 may have left the staging name behind;
+        // we hold level n + 1 now, so it is ours to remove.
+        self.remove_staging(n)?;
+        file.link_as(&staging)
+            .map_err(|e| Error::io("link", self.at(&staging), errno_io(e)))?;
+        if let Err(e) = rustix::fs::renameat(&self.fd, &staging, &self.fd, level_name(n)) {
+            let _ = rustix::fs::unlinkat(&self.fd, &staging, AtFlags::empty());
+            return Err(Error::io("rename", self.at(&staging), errno_io(e)));
+        }
+        Ok(())
+    }
+
+    /// Removes level `n`'s staging name if it exists; the caller holds level `n + 1`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `unlinkat(2)` for anything but `ENOENT`.
+    pub(crate) fn remove_staging(&self, n: usize) -> Result<()> {
+        let staging = takeover_name(n);
+        match rustix::fs::unlinkat(&self.fd, &staging, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io("unlink", self.at(&staging), errno_io(e))),
+        }
+    }
+
+    /// Removes `name` if it is still the file `id`; returns whether it was.
+    ///
+    /// Between the check and `unlink(2)` the name could only change hands if its holder (us)
+    /// were judged dead, which never happens to a live process, or if an operator broke the
+    /// lock: the crate README discusses that window.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `fstatat(2)` or `unlinkat(2)`.
+    pub(crate) fn remove_if(&self, name: &str, id: FileId) -> Result<bool> {
+        if self.file_id(name)? != Some(id) {
+            return Ok(false);
+        }
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io("unlink", self.at(name), errno_io(e))),
+        }
+    }
+
+    /// Removes `name` if it is a regular file (operators' `break_lock`); whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] when it is not a regular file (nothing is removed then);
+    /// [`Error::Io`] from `fstatat(2)` or `unlinkat(2)`.
+    pub(crate) fn remove_regular(&self, name: &str) -> Result<bool> {
+        let stat = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(Error::io("stat", self.at(name), errno_io(e))),
+        };
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        if file_type != FileType::RegularFile {
+            return Err(Error::corrupt(format!(
+                "{}: a {file_type:?} where a lock record belongs; not removed",
+                self.at(name).display()
+            )));
+        }
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io("unlink", self.at(name), errno_io(e))),
+        }
+    }
+}
+
+impl RecordFile<'_> {
+    /// The file's identity.
+    pub(crate) fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Gives the file a name in the directory with `link(2)`, failing with `EEXIST` if taken.
+    fn link_as(&self, name: &str) -> std::result::Result<(), Errno> {
+        let dir = &self.temp.dir.fd;
+        match &self.temp.name {
+            Some(temp) => rustix::fs::linkat(dir, temp.as_c_str(), dir, name, AtFlags::empty()),
+            None => {
+                // An O_TMPFILE file is linked through its /proc/self/fd entry: AT_EMPTY_PATH
+                // would need CAP_DAC_READ_SEARCH.
+                let proc_path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+                rustix::fs::linkat(CWD, proc_path.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)
+            }
+        }
+    }
+
+    /// Keeps the open file as proof of ownership and drops the private name.
+    pub(crate) fn into_owned(self) -> Owned {
+        let RecordFile { fd, id, temp } = self;
+        drop(temp);
+        Owned { _fd: fd, id }
+    }
+}
+
+impl Drop for TempName<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            // Best effort: the name is ours alone, and Drop cannot report; failing to remove it
+            // leaves a stray file, which is all a SIGKILL at this point could leave too.
+            let _ = rustix::fs::unlinkat(&self.dir.fd, name.as_c_str(), AtFlags::empty());
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The multi-level takeover: a stale level N is replaced only by the holder of level N+1.
+//!
+//! Invariants (argued in the crate README):
+//! 1. A level name is created only by `link(2)`, which fails if it exists, or replaced by
+//!    `rename(2)` from its staging name by the holder of the next level.
+//! 2. A level is removed only by its holder (`unlock`, checked by inode), by the holder of the
+//!    next level replacing it, or by an operator's `break_lock`.
+//! 3. A level is replaced only after its holder was judged certainly dead, and only if, once
+//!    the next level is held, it still holds the very record (inode and bytes) that was judged.
+//!    A dead holder cannot change its level, and nobody else can while we hold the next one, so
+//!    the record we replace is the one we judged.
+
+use lock_api::{Acquired, Error, Result};
+
+use crate::dir::{Dir, LEVELS, RecordFile, level_name};
+use crate::liveness::{Identity, Verdict, judge};
+
+/// How often a level is re-examined within one attempt when it keeps changing under us
+/// (released, re-taken) before the attempt reports it as busy.
+const RETRIES: usize = 8;
+
+/// The result of one attempt on one level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// We now hold the level.
+    Taken(Acquired),
+    /// A live (or unverifiable) holder has it, or another process is reclaiming it.
+    Busy,
+}
+
+/// Tries to take level `n` with `file` without waiting, reclaiming it from a dead holder
+/// through level `n + 1` if needed.
+///
+/// # Errors
+///
+/// Any error reading, judging or replacing a level: a damaged record (`Corrupt`,
+/// `Incompatible`), an OS error (`Io`), or every level up to the last one stale (`Corrupt`).
+/// On error this call holds no level it did not hold before.
+pub(crate) fn try_take(dir: &Dir, file: &RecordFile<'_>, me: &Identity, n: usize) -> Result<Attempt> {
+    if n >= LEVELS {
+        return Err(Error::corrupt(format!(
+            "lock directory {}: every level up to lock{} is held by a dead process; an operator \
+             must break the lock",
+            dir.path().display(),
+            LEVELS - 1
+        )));
+    }
+    for _ in 0..RETRIES {
+        if dir.publish(file, n)? {
+            return Ok(Attempt::Taken(Acquired::Clean));
+        }
+        let Some(seen) = dir.read(n)? else {
+            // Released between our link and our read: try the link again.
+            continue;
+        };
+        if let Verdict::Held(_) = judge(&seen.record, me)? {
+            return Ok(Attempt::Busy);
+        }
+        // Stale. Only the holder of the next level may replace it.
+        if try_take(dir, file, me, n + 1)? == Attempt::Busy {
+            return Ok(Attempt::Busy);
+        }
+        let replaced = replace_if_unchanged(dir, file, n, &seen);
+        let released = dir.remove_if(&level_name(n + 1), file.id());
+        match (replaced, released) {
+            (Ok(true), Ok(_)) => return Ok(Attempt::Taken(Acquired::OwnerDied)),
+            // The level changed hands (someone reclaimed it before we held the next level, or
+            // an operator broke it): look again.
+            (Ok(false), Ok(_)) => continue,
+            (Ok(true), Err(e)) => {
+                // We hold level n but could not release level n + 1: give level n back rather
+                // than report an error while holding it.
+                let _ = dir.remove_if(&level_name(n), file.id());
+                return Err(e);
+            }
+            (Err(e), _) | (Ok(false), Err(e)) => return Err(e),
+        }
+    }
+    Ok(Attempt::Busy)
+}
+
+/// Replaces level `n` by our record if it still is exactly `seen`; whether it did.
+fn replace_if_unchanged(
+    dir: &Dir,
+    file: &RecordFile<'_>,
+    n: usize,
+    seen: &crate::dir::Seen,
+) -> Result<bool> {
+    match dir.read(n)? {
+        Some(now) if now == *seen => {
+            dir.replace(file, n)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Clears what reclaimers that died mid-takeover left above the master level: every stale
+/// level N >= 1 is reclaimed and released, and the staging name it guarded removed.
+///
+/// Leftovers are harmless (the next takeover of the level below goes through them), so this
+/// runs only after taking the master level, never blocks, and skips levels held by live
+/// processes.
+///
+/// # Errors
+///
+/// As for [`try_take`]; the caller holds the master level whatever happens here.
+pub(crate) fn tidy(dir: &Dir, file: &RecordFile<'_>, me: &Identity) -> Result<()> {
+    for n in 1..LEVELS {
+        let name = level_name(n);
+        if dir.file_id(&name)?.is_none() {
+            continue;
+        }
+        if let Attempt::Taken(_) = try_take(dir, file, me, n)? {
+            let staging = dir.remove_staging(n - 1);
+            dir.remove_if(&name, file.id())?;
+            staging?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Who we are (boot, pid namespace, pid, start time, host) and whether a record's holder is dead.
+//!
+//! The rule is "stale only when certain": a holder is dead only when it ran on this host, in
+//! this boot and this pid namespace, and its pid is gone (`kill(pid, 0)` fails with `ESRCH`),
+//! is a zombie, or now belongs to a process with another start time (the pid was reused); or
+//! when it ran on this host in another boot. Everything else, including every case where
+//! `/proc` cannot tell, counts as held.
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lock_api::{Error, Result};
+use rustix::process::{Pid, getpid, getuid, test_kill_process};
+
+use crate::record::{Record, checked_word};
+
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+const PID_NS: &str = "/proc/self/ns/pid";
+
+/// The identity of this process, as written into its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) boot_id: String,
+    pub(crate) pid_ns: u64,
+    pub(crate) pid: Pid,
+    pub(crate) start_time: u64,
+    pub(crate) host: String,
+}
+
+/// The identity of the current process, cached per pid (a forked child computes its own).
+///
+/// The host name is read once per process: a holder renamed while it runs keeps its old name
+/// in records it has already written anyway.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/proc` cannot be read (dirlock needs Linux with `/proc` mounted);
+/// [`Error::InvalidArgument`] when the host name or boot id cannot be stored in a record.
+pub(crate) fn current() -> Result<Arc<Identity>> {
+    static CACHE: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
+    let pid = getpid();
+    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(identity) = cache.as_ref().filter(|id| id.pid == pid) {
+        return Ok(Arc::clone(identity));
+    }
+    let boot_id = std::fs::read_to_string(BOOT_ID).map_err(|e| Error::io("read", BOOT_ID, e))?;
+    let boot_id = checked_word(boot_id.trim(), "boot_id").map_err(Error::invalid)?;
+    let pid_ns = rustix::fs::stat(PID_NS)
+        .map_err(|e| Error::io("stat", PID_NS, e.into()))?
+        .st_ino;
+    let start_time = match read_stat(pid)? {
+        Some(stat) => stat.start_time,
+        None => {
+            return Err(Error::io(
+                "read",
+                format!("/proc/{}/stat", pid.as_raw_nonzero()),
+                io::ErrorKind::NotFound.into(),
+            ));
+        }
+    };
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    let host = checked_word(&host, "host name").map_err(Error::invalid)?;
+    let identity = Arc::new(Identity {
+        boot_id,
+        pid_ns: pid_ns as u64,
+        pid,
+        start_time,
+        host,
+    });
+    *cache = Some(Arc::clone(&identity));
+    Ok(identity)
+}
+
+impl Identity {
+    /// A fresh record of this process, stamped now.
+    pub(crate) fn record(&self) -> Record {
+        let time_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Record {
+            boot_id: self.boot_id.clone(),
+            pid_ns: self.pid_ns,
+            pid: self.pid.as_raw_nonzero().get() as u32,
+            start_time: self.start_time,
+            host: self.host.clone(),
+            uid: getuid().as_raw(),
+            time_ns,
+            nonce: rand::random(),
+        }
+    }
+}
+
+/// What a record says about its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The holder is alive, or cannot be proven dead.
+    Held(HeldBecause),
+    /// The holder is certainly dead; the level may be reclaimed.
+    Stale(StaleBecause),
+}
+
+/// Why a record counts as held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldBecause {
+    /// The holding process is alive (same pid and start time).
+    Alive,
+    /// The record was written on another host: its process cannot be checked from here.
+    ForeignHost,
+    /// The record was written in another pid namespace: its pid means nothing here.
+    ForeignPidNamespace,
+    /// The pid exists but `/proc` does not show its start time (for example `hidepid`).
+    Unverifiable,
+}
+
+/// Why a record counts as stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleBecause {
+    /// No process has the pid (`kill(pid, 0)` fails with `ESRCH`).
+    NoSuchProcess,
+    /// The pid belongs to a process that has exited and not yet been reaped.
+    Zombie,
+    /// The pid belongs to a process with another start time: the holder died, its pid was reused.
+    PidReused,
+    /// The record was written on this host in another (hence earlier) boot.
+    EarlierBoot,
+}
+
+/// Decides whether `record`'s holder is alive, from the point of view of `me`.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `kill(2)` fails with anything but `ESRCH` or `EPERM`, or `/proc/<pid>/stat`
+/// cannot be parsed.
+pub(crate) fn judge(record: &Record, me: &Identity) -> Result<Verdict> {
+    if record.host != me.host {
+        return Ok(Verdict::Held(HeldBecause::ForeignHost));
+    }
+    if record.boot_id != me.boot_id {
+        // Same host name, another boot: this boot is running, so that one is over.
+        return Ok(Verdict::Stale(StaleBecause::EarlierBoot));
+    }
+    if record.pid_ns != me.pid_ns {
+        return Ok(Verdict::Held(HeldBecause::ForeignPidNamespace));
+    }
+    let Some(pid) = i32::try_from(record.pid).ok().and_then(Pid::from_raw) else {
+        // Record::parse refuses such pids; a forged record in memory is still not "stale".
+        return Ok(Verdict::Held(HeldBecause::Unverifiable));
+    };
+    // Our own pid with another start time is the reuse case too, and is handled below.
+    if !exists(pid)? {
+        return Ok(Verdict::Stale(StaleBecause::NoSuchProcess));
+    }
+    match read_stat(pid)? {
+        Some(stat) if stat.zombie => Ok(Verdict::Stale(StaleBecause::Zombie)),
+        Some(stat) if stat.start_time != record.start_time => {
+            Ok(Verdict::Stale(StaleBecause::PidReused))
+        }
+        Some(_) => Ok(Verdict::Held(HeldBecause::Alive)),
+        // /proc/<pid> vanished after kill(2) saw it (the process just exited) or is hidden;
+        // only a second ESRCH is certain.
+        None if !exists(pid)? => Ok(Verdict::Stale(StaleBecause::NoSuchProcess)),
+        None => Ok(Verdict::Held(HeldBecause::Unverifiable)),
+    }
+}
+
+/// `kill(pid, 0)`: whether a process with this pid exists. `EPERM` means it exists.
+fn exists(pid: Pid) -> Result<bool> {
+    match test_kill_process(pid) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => Ok(true),
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        Err(e) => Err(Error::io(
+            "kill",
+            format!("pid {}", pid.as_raw_nonzero()),
+            e.into(),
+        )),
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` that liveness needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    zombie: bool,
+    start_time: u64,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` when it does not exist or cannot be read.
+///
+/// # Errors
+///
+/// [`Error::Io`] (kind `InvalidData`) when the file exists but cannot be parsed.
+fn read_stat(pid: Pid) -> Result<Option<ProcStat>> {
+    let path = format!("/proc/{}/stat", pid.as_raw_nonzero());
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) || e.raw_os_error() == Some(libc_esrch()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    parse_stat(&text)
+        .map(Some)
+        .ok_or_else(|| Error::io("parse", path, io::ErrorKind::InvalidData.into()))
+}
+
+/// `ESRCH`, which reading a `/proc` file of an exiting process may return.
+fn libc_esrch() -> i32 {
+    rustix::io::Errno::SRCH.raw_os_error()
+}
+
+/// Parses the state (field 3) and start time (field 22) of a `/proc/<pid>/stat` line.
+///
+/// The command name (field 2) is in parentheses and may itself contain `)` and spaces, so the
+/// fields are counted from the last `)`.
+fn parse_stat(text: &[u8]) -> Option<ProcStat> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    // Field 3 was just taken; field 22 is 19 further on.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat {
+        zombie: matches!(state, "Z" | "X" | "x"),
+        start_time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_hostile_command_names() {
+        let line = b"42 (a) b) c (d) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10\n";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                zombie: false,
+                start_time: 987654
+            })
+        );
+        let zombie = b"7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0\n";
+        assert!(parse_stat(zombie).unwrap().zombie);
+        assert_eq!(parse_stat(b"7 (x) S 1 2"), None);
+        assert_eq!(parse_stat(b"no parenthesis"), None);
+    }
+
+    #[test]
+    fn own_identity_is_alive_and_a_reused_pid_is_stale() {
+        let me = current().unwrap();
+        let mine = me.record();
+        assert_eq!(judge(&mine, &me).unwrap(), Verdict::Held(HeldBecause::Alive));
+        let reused = Record {
+            start_time: mine.start_time + 1,
+            ..mine.clone()
+        };
+        assert_eq!(
+            judge(&reused, &me).unwrap(),
+            Verdict::Stale(StaleBecause::PidReused)
+        );
+        let earlier = Record {
+            boot_id: "another-boot".into(),
+            ..mine.clone()
+        };
+        assert_eq!(
+            judge(&earlier, &me).unwrap(),
+            Verdict::Stale(StaleBecause::EarlierBoot)
+        );
+        let foreign = Record {
+            host: "elsewhere".into(),
+            boot_id: "another-boot".into(),
+            ..mine.clone()
+        };
+        assert_eq!(
+            judge(&foreign, &me).unwrap(),
+            Verdict::Held(HeldBecause::ForeignHost)
+        );
+        let namespaced = Record {
+            pid_ns: mine.pid_ns + 1,
+            start_time: 1,
+            ..mine
+        };
+        assert_eq!(
+            judge(&namespaced, &me).unwrap(),
+            Verdict::Held(HeldBecause::ForeignPidNamespace)
+        );
+    }
+}
