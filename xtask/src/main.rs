@@ -1,1 +1,196 @@
-fn main() {}
+//! lockyard's task runner: `cargo xtask conformance | test | bench | etcd | lint | ci`.
+
+mod bench;
+mod conformance;
+mod prereq;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+  conformance [--backend NAME]   run the conformance suite; print backend x behaviour matrix
+  test                           install prerequisites if possible, then run every test
+  bench [BACKEND] [--quick]      run criterion benchmarks; print `NAME: ours X, peer Y, ratio Z`
+  etcd up|down                   start or stop a local 3-member etcd cluster for manual use
+  lint                           cargo fmt --check, clippy -D warnings, cargo doc --no-deps
+  ci                             lint, then test
+
+backends: mem, shm, file, dirlock, etcd";
+
+/// A backend crate and how to reach its suite and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackendCrate {
+    pub(crate) name: &'static str,
+    pub(crate) package: &'static str,
+    /// Extra cargo arguments its benchmarks need.
+    pub(crate) bench_args: &'static [&'static str],
+    /// Whether it needs etcd and protoc.
+    pub(crate) needs_etcd: bool,
+}
+
+pub(crate) const BACKENDS: [BackendCrate; 5] = [
+    BackendCrate {
+        name: "mem",
+        package: "lock-mem",
+        bench_args: &[],
+        needs_etcd: false,
+    },
+    BackendCrate {
+        name: "shm",
+        package: "lock-shm",
+        bench_args: &[],
+        needs_etcd: false,
+    },
+    BackendCrate {
+        name: "file",
+        package: "lock-file",
+        bench_args: &[],
+        needs_etcd: false,
+    },
+    BackendCrate {
+        name: "dirlock",
+        package: "dirlock",
+        bench_args: &[],
+        needs_etcd: false,
+    },
+    BackendCrate {
+        name: "etcd",
+        package: "lock-etcd",
+        bench_args: &["--features", "testkit"],
+        needs_etcd: true,
+    },
+];
+
+pub(crate) fn backend(name: &str) -> Result<BackendCrate, String> {
+    BACKENDS
+        .iter()
+        .find(|b| b.name == name || b.package == name)
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<_> = BACKENDS.iter().map(|b| b.name).collect();
+            format!("unknown backend {name:?}; known: {}", names.join(", "))
+        })
+}
+
+/// The workspace root, found from this crate's manifest directory.
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo target directory in use.
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A `cargo` command run from the workspace root.
+pub(crate) fn cargo() -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(root());
+    command
+}
+
+/// Prints a command, runs it, and fails unless it succeeds.
+pub(crate) fn run(command: &mut Command) -> Result<(), String> {
+    eprintln!("$ {}", show(command));
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", show(command)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed: {status}", show(command)))
+    }
+}
+
+pub(crate) fn show(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+fn lint() -> Result<(), String> {
+    prereq::ensure(true)?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+fn test() -> Result<(), String> {
+    prereq::ensure(true)?;
+    let before = prereq::shm_segments();
+    run(cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]))?;
+    let leaked: Vec<_> = prereq::shm_segments()
+        .difference(&before)
+        .cloned()
+        .collect();
+    if leaked.is_empty() {
+        eprintln!("xtask: no lockyard segments left in /dev/shm");
+        Ok(())
+    } else {
+        Err(format!("the tests left segments in /dev/shm: {leaked:?}"))
+    }
+}
+
+fn etcd(args: &[String]) -> Result<(), String> {
+    let action = match args.first().map(String::as_str) {
+        Some(a @ ("up" | "down")) => a,
+        _ => return Err("usage: cargo xtask etcd up|down".into()),
+    };
+    prereq::ensure(true)?;
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "lock-etcd",
+        "--features",
+        "testkit",
+        "--bin",
+        "lockyard-etcd-cluster",
+        "--",
+        action,
+    ]))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("conformance") => conformance::main(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench::main(&args[1..]),
+        Some("etcd") => etcd(&args[1..]),
+        Some("lint") => lint(),
+        Some("ci") => lint().and_then(|()| test()),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -148,13 +148,11 @@ impl<'a, B: Backend> Ctx<'a, B> {
 impl<B: Backend> Drop for Ctx<'_, B> {
     fn drop(&mut self) {
         let made = self.made.lock().map(|m| *m).unwrap_or(true);
-        if made {
-            if let Err(e) = self.backend.remove(&self.store) {
-                eprintln!(
-                    "lock-conformance: could not remove store {}: {e}",
-                    self.store
-                );
-            }
+        if made && let Err(e) = self.backend.remove(&self.store) {
+            eprintln!(
+                "lock-conformance: could not remove store {}: {e}",
+                self.store
+            );
         }
     }
 }

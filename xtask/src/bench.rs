@@ -1,0 +1,136 @@
+//! `cargo xtask bench`: runs criterion and prints `NAME: ours X, peer Y, ratio Z` per target.
+//!
+//! Convention (see ARCHITECTURE.md): a compared figure is a criterion group named
+//! `<backend>-<what>` with the functions `ours` and `peer`. A figure that is not a timing of two
+//! functions is written by the benchmark itself as one finished line into
+//! `<target>/lockyard-bench/<backend>-<what>.line`.
+
+use std::fs;
+use std::path::Path;
+
+use crate::{BACKENDS, BackendCrate, backend, cargo, prereq, run, target_dir};
+
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let mut quick = false;
+    let mut selected = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            name => selected.push(backend(name)?),
+        }
+    }
+    if selected.is_empty() {
+        selected = BACKENDS.to_vec();
+        if prereq::etcd_missing().is_some() {
+            let _ = prereq::ensure(false);
+        }
+    }
+    let mut lines = Vec::new();
+    for b in &selected {
+        if b.needs_etcd
+            && let Some(missing) = prereq::etcd_missing()
+        {
+            lines.push(format!(
+                "{}: unavailable ({missing}; install with: {})",
+                b.name,
+                prereq::install_hint()
+            ));
+            continue;
+        }
+        lines.extend(bench_one(b, quick)?);
+    }
+    println!();
+    for line in &lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn bench_one(b: &BackendCrate, quick: bool) -> Result<Vec<String>, String> {
+    let criterion = target_dir().join("criterion");
+    let extra = target_dir().join("lockyard-bench");
+    let prefix = format!("{}-", b.name);
+    remove_matching(&criterion, &prefix);
+    remove_matching(&extra, &prefix);
+    let mut command = cargo();
+    command
+        .args(["bench", "--package", b.package, "--bench", "*"])
+        .args(b.bench_args)
+        .arg("--");
+    if quick {
+        command.arg("--quick");
+    }
+    run(&mut command)?;
+    let mut lines = Vec::new();
+    for group in names_matching(&criterion, &prefix) {
+        let dir = criterion.join(&group);
+        let Some(ours) = mean_ns(&dir.join("ours")) else {
+            continue;
+        };
+        lines.push(match mean_ns(&dir.join("peer")) {
+            Some(peer) => format!(
+                "{group}: ours {}, peer {}, ratio {:.2}",
+                human(ours),
+                human(peer),
+                ours / peer
+            ),
+            None => format!("{group}: ours {}", human(ours)),
+        });
+    }
+    for name in names_matching(&extra, &prefix) {
+        if let Ok(text) = fs::read_to_string(extra.join(&name)) {
+            lines.extend(text.lines().map(str::to_string));
+        }
+    }
+    if lines.is_empty() {
+        return Err(format!(
+            "{} benchmarks produced no `{prefix}*` results in {}",
+            b.name,
+            criterion.display()
+        ));
+    }
+    Ok(lines)
+}
+
+fn names_matching(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn remove_matching(dir: &Path, prefix: &str) {
+    for name in names_matching(dir, prefix) {
+        let path = dir.join(name);
+        let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+    }
+}
+
+/// The mean of a criterion benchmark, in nanoseconds per iteration, from its estimates.json.
+fn mean_ns(bench: &Path) -> Option<f64> {
+    let text = fs::read_to_string(bench.join("new").join("estimates.json")).ok()?;
+    let mean = &text[text.find("\"mean\"")?..];
+    let point = &mean[mean.find("\"point_estimate\"")? + "\"point_estimate\"".len()..];
+    let number: String = point
+        .trim_start_matches([':', ' '])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    number.parse().ok()
+}
+
+fn human(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.1} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1_000.0)
+    } else {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    }
+}

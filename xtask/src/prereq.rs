@@ -1,0 +1,102 @@
+//! System prerequisites (etcd, protoc): found, installed with apt-get as root, or named.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The Debian packages the etcd backend needs: the server for its tests, protoc and the
+/// well-known protobuf types to build `etcd-client`.
+pub(crate) const PACKAGES: [&str; 3] = ["etcd-server", "protobuf-compiler", "libprotobuf-dev"];
+
+/// The command a user runs to install them.
+pub(crate) fn install_hint() -> String {
+    format!(
+        "sudo apt-get update && sudo apt-get install -y {}",
+        PACKAGES.join(" ")
+    )
+}
+
+fn works(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What is missing for the etcd backend, or `None` when everything is there.
+pub(crate) fn etcd_missing() -> Option<String> {
+    let mut missing = Vec::new();
+    if !works("etcd", "--version") {
+        missing.push("etcd");
+    }
+    if !works("protoc", "--version") {
+        missing.push("protoc");
+    }
+    if !Path::new("/usr/include/google/protobuf/descriptor.proto").exists() {
+        missing.push("protobuf headers");
+    }
+    (!missing.is_empty()).then(|| format!("{} not installed", missing.join(", ")))
+}
+
+fn is_root() -> bool {
+    rustix_free_euid() == Some(0)
+}
+
+/// The effective uid from /proc (keeps xtask free of dependencies).
+fn rustix_free_euid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Makes sure the etcd prerequisites exist: installs them with apt-get when running as root,
+/// otherwise fails (when `required`) with the exact command to run.
+pub(crate) fn ensure(required: bool) -> Result<(), String> {
+    let Some(missing) = etcd_missing() else {
+        return Ok(());
+    };
+    if is_root() && works("apt-get", "--version") {
+        eprintln!(
+            "xtask: {missing}; installing {} with apt-get",
+            PACKAGES.join(" ")
+        );
+        crate::run(
+            Command::new("apt-get")
+                .args(["update", "-qq"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        crate::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(PACKAGES)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        return match etcd_missing() {
+            None => Ok(()),
+            Some(still) if required => Err(format!("{still} after apt-get install")),
+            Some(_) => Ok(()),
+        };
+    }
+    if required {
+        Err(format!(
+            "{missing}; install them with:\n    {}",
+            install_hint()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The lockyard segments now in /dev/shm.
+pub(crate) fn shm_segments() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("lockyard") || n.starts_with("lyc-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
