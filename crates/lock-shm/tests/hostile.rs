@@ -1,0 +1,240 @@
+//! Hostile segments: garbage headers, truncated files, foreign versions, mismatched capacities,
+//! and garbage in the mutable words. Every case gives a typed error or a repair, never a panic,
+//! and a failed open leaves the segment byte for byte as it was.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lock_shm::{Acquired, Error, LockId, Locker, MAX_CAPACITY, Manager, ShmManager};
+
+/// A segment name unique to this test and process, removed on drop.
+struct Name(String);
+
+impl Name {
+    fn new(test: &str) -> Name {
+        let name = format!("lockyard-test-hostile-{test}-{}", std::process::id());
+        let _ = ShmManager::remove(&name);
+        Name(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/dev/shm").join(&self.0)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(self.path()).expect("read segment")
+    }
+
+    fn write_at(&self, off: u64, bytes: &[u8]) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path())
+            .expect("open segment for writing");
+        f.write_all_at(bytes, off).expect("write segment");
+    }
+
+    fn set_len(&self, len: u64) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path())
+            .expect("open segment for writing");
+        f.set_len(len).expect("truncate segment");
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let _ = ShmManager::remove(&self.0);
+    }
+}
+
+const CAPACITY: u32 = 5000;
+/// Header fields that open checks, with their widths (bytes 0..88 of the header).
+const FIELDS: [(u64, usize); 15] = [
+    (0, 4),
+    (4, 4),
+    (8, 4),
+    (12, 4),
+    (16, 4),
+    (20, 4),
+    (24, 4),
+    (28, 4),
+    (32, 4),
+    (36, 4),
+    (40, 8),
+    (48, 8),
+    (56, 8),
+    (64, 8),
+    (72, 8),
+];
+
+/// Opens the damaged segment every way and checks the error and that nothing was written.
+fn assert_refused(n: &Name, why: &str) {
+    let before = n.bytes();
+    for attempt in 0..3 {
+        let r = match attempt {
+            0 => ShmManager::open(&n.0, CAPACITY).map(|_| ()),
+            1 => ShmManager::open_existing(&n.0).map(|_| ()),
+            _ => ShmManager::open_or_create(&n.0, CAPACITY).map(|_| ()),
+        };
+        assert!(
+            matches!(r, Err(Error::Incompatible { .. } | Error::Corrupt { .. })),
+            "{why}: open #{attempt} gave {r:?}"
+        );
+        assert!(n.bytes() == before, "{why}: failed open #{attempt} modified the segment");
+    }
+}
+
+/// Garbage in any header field is refused with Incompatible or Corrupt, and changes nothing.
+#[test]
+fn garbage_in_every_header_field_is_refused() {
+    let n = Name::new("garbage");
+    drop(ShmManager::create(&n.0, CAPACITY).unwrap());
+    let pristine = n.bytes();
+    for (off, width) in FIELDS {
+        for garbage in [0u64, u64::MAX, 0x0101_0101_0101_0101, 1, 4096, 1 << 40] {
+            let bytes = &garbage.to_le_bytes()[..width];
+            if pristine[off as usize..off as usize + width] == *bytes {
+                continue;
+            }
+            n.write_at(0, &pristine[..256]);
+            n.write_at(off, bytes);
+            assert_refused(&n, &format!("field at {off} = {garbage:#x}"));
+        }
+    }
+    // Restored, it opens again.
+    n.write_at(0, &pristine[..256]);
+    ShmManager::open(&n.0, CAPACITY).unwrap();
+}
+
+/// A truncated or extended file is refused.
+#[test]
+fn truncated_and_resized_files_are_refused() {
+    let n = Name::new("truncated");
+    drop(ShmManager::create(&n.0, CAPACITY).unwrap());
+    let full = n.bytes().len() as u64;
+    for len in [full + 4096, full - 1, full - 4096, 300, 256, 255, 100, 8, 7, 0] {
+        n.set_len(len);
+        assert_refused(&n, &format!("length {len} of {full}"));
+    }
+}
+
+/// A segment of another format version is Incompatible.
+#[test]
+fn other_version_is_incompatible() {
+    let n = Name::new("version");
+    drop(ShmManager::create(&n.0, CAPACITY).unwrap());
+    for v in [0u32, 2, 99, u32::MAX] {
+        n.write_at(8, &v.to_le_bytes());
+        let r = ShmManager::open(&n.0, CAPACITY);
+        assert!(matches!(r, Err(Error::Incompatible { .. })), "version {v}: {r:?}");
+    }
+}
+
+/// Opening with another capacity is Incompatible and changes nothing.
+#[test]
+fn capacity_mismatch_is_incompatible() {
+    let n = Name::new("capacity");
+    drop(ShmManager::create(&n.0, CAPACITY).unwrap());
+    let before = n.bytes();
+    for c in [1, CAPACITY - 1, CAPACITY + 1, MAX_CAPACITY] {
+        let r = ShmManager::open(&n.0, c);
+        assert!(matches!(r, Err(Error::Incompatible { .. })), "capacity {c}: {r:?}");
+        let r = ShmManager::open_or_create(&n.0, c);
+        assert!(matches!(r, Err(Error::Incompatible { .. })), "capacity {c}: {r:?}");
+    }
+    assert!(n.bytes() == before);
+}
+
+/// Zero and absurd capacities are refused before anything is created.
+#[test]
+fn zero_and_absurd_capacities_are_refused() {
+    let n = Name::new("zero");
+    for c in [0, MAX_CAPACITY + 1, u32::MAX] {
+        assert!(matches!(ShmManager::create(&n.0, c), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            ShmManager::open_or_create(&n.0, c),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    assert!(!n.path().exists());
+}
+
+/// A file that is not a lock-shm segment at all (random bytes of a plausible size).
+#[test]
+fn foreign_file_is_incompatible() {
+    let n = Name::new("foreign");
+    std::fs::write(n.path(), vec![0xa5u8; 1 << 16]).unwrap();
+    assert_refused(&n, "random bytes");
+    std::fs::write(n.path(), b"").unwrap();
+    assert_refused(&n, "empty file");
+}
+
+/// Offsets of the mutable header words.
+const ALLOC_LOCK: u64 = 128;
+const ALLOCATED: u64 = 132;
+
+/// An allocation lock left by a dead owner, with a summary half-updated, is taken over and the
+/// bitmap repaired from its leaves.
+#[test]
+fn dead_allocation_lock_is_taken_over_and_repaired() {
+    let n = Name::new("alloclock");
+    let m = ShmManager::create(&n.0, 4096).unwrap();
+    for _ in 0..70 {
+        drop(m.allocate().unwrap());
+    }
+    let bitmap = 256 + 1024 * 16;
+    // Slot 1000 generation 7: nobody holds that slot, so the owner is dead.
+    let token: u32 = (7 << 10) | 1000;
+    n.write_at(ALLOC_LOCK, &token.to_le_bytes());
+    // Leaf word 1 gets a bit nobody counted; the summary claims leaf 0 is free; the counter lies.
+    n.write_at(bitmap + 8, &(0b11_1111u64 | 1 << 40).to_le_bytes());
+    n.write_at(bitmap + 64 * 8, &0u64.to_le_bytes());
+    n.write_at(ALLOCATED, &3u32.to_le_bytes());
+    let l = m.allocate().unwrap();
+    assert_eq!(l.id(), LockId(70));
+    assert_eq!(m.available().unwrap(), Some(4096 - 72));
+}
+
+/// Garbage in a lock word (a token no manager writes) is taken over as a dead owner.
+#[test]
+fn garbage_lock_word_is_taken_over() {
+    let n = Name::new("lockword");
+    let m = ShmManager::create(&n.0, 64).unwrap();
+    let locks = 256 + 1024 * 16 + 64;
+    n.write_at(locks + 4 * 3, &0x8000_03ffu32.to_le_bytes());
+    n.write_at(locks + 4 * 4, &0x7fff_fc05u32.to_le_bytes());
+    let held = m.held().unwrap();
+    assert_eq!(held.iter().map(|h| h.id).collect::<Vec<_>>(), [LockId(3), LockId(4)]);
+    let a = m.retrieve(LockId(3)).unwrap();
+    assert_eq!(a.try_lock().unwrap(), Some(Acquired::OwnerDied));
+    a.unlock().unwrap();
+    let b = m.retrieve(LockId(4)).unwrap();
+    assert_eq!(b.try_lock_for(Duration::from_secs(5)).unwrap(), Acquired::OwnerDied);
+    b.unlock().unwrap();
+    assert!(m.held().unwrap().is_empty());
+}
+
+/// A counter or summary damaged after open gives Corrupt, never a panic.
+#[test]
+fn runtime_damage_is_corrupt() {
+    let n = Name::new("runtime");
+    let m = ShmManager::create(&n.0, 4096).unwrap();
+    n.write_at(ALLOCATED, &5000u32.to_le_bytes());
+    assert!(matches!(m.available(), Err(Error::Corrupt { .. })));
+    n.write_at(ALLOCATED, &0u32.to_le_bytes());
+    let bitmap = 256 + 1024 * 16;
+    // Leaf 0 full while the summary says it is not.
+    n.write_at(bitmap, &u64::MAX.to_le_bytes());
+    assert!(matches!(m.allocate(), Err(Error::Corrupt { .. })));
+    // Padding bits of the top word cleared: would point past the table.
+    let m2n = Name::new("padding");
+    let m2 = ShmManager::create(&m2n.0, 10).unwrap();
+    for _ in 0..10 {
+        drop(m2.allocate().unwrap());
+    }
+    assert!(matches!(m2.allocate(), Err(Error::Exhausted { .. })));
+    m2n.write_at(bitmap, &0x3ffu64.to_le_bytes());
+    assert!(matches!(m2.allocate(), Err(Error::Corrupt { .. })));
+}
