@@ -1,0 +1,91 @@
+//! `flock(2)` through fs4, with `EINTR` retried, errors typed, and a bounded wait by polling.
+//!
+//! `flock` locks belong to an open file description: the kernel drops them when the last
+//! descriptor of it closes, which is how a dead holder's locks are released. Two descriptions of
+//! one file conflict even within one process; one description never conflicts with itself, so
+//! callers serialise their own threads before calling in (see `slot.rs`).
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fs4::fs_std::FileExt;
+use lock_api::{Error, Result};
+
+/// First sleep of a bounded wait: a lock held for a few µs is taken almost at once.
+const FIRST_NAP: Duration = Duration::from_micros(20);
+/// Longest sleep of a bounded wait: a release is noticed within about a millisecond.
+const LONGEST_NAP: Duration = Duration::from_millis(1);
+
+/// Blocks until `file` is locked exclusively (`flock(LOCK_EX)`).
+///
+/// # Errors
+///
+/// `Io` naming `path` for any error but `EINTR`, which is retried.
+pub(crate) fn lock(file: &File, path: &Path) -> Result<()> {
+    loop {
+        match FileExt::lock_exclusive(file) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("flock", path, e)),
+        }
+    }
+}
+
+/// Locks `file` exclusively if no other description holds it (`flock(LOCK_EX | LOCK_NB)`).
+///
+/// # Errors
+///
+/// `Io` naming `path`.
+#[inline]
+pub(crate) fn try_lock(file: &File, path: &Path) -> Result<bool> {
+    loop {
+        match FileExt::try_lock_exclusive(file) {
+            Ok(taken) => return Ok(taken),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("flock", path, e)),
+        }
+    }
+}
+
+/// Unlocks `file` (`flock(LOCK_UN)`).
+///
+/// # Errors
+///
+/// `Io` naming `path`.
+#[inline]
+pub(crate) fn unlock(file: &File, path: &Path) -> Result<()> {
+    loop {
+        match FileExt::unlock(file) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("flock", path, e)),
+        }
+    }
+}
+
+/// Tries to lock `file` until `deadline`, sleeping between attempts with a backoff that doubles
+/// from 20 µs to 1 ms; returns whether the lock was taken. The last attempt is made at or after
+/// the deadline, so a `false` never comes early.
+///
+/// `flock` has no timed form and a blocking call cannot be cancelled, so a bounded wait polls.
+///
+/// # Errors
+///
+/// `Io` naming `path`.
+#[cold]
+pub(crate) fn lock_until(file: &File, path: &Path, deadline: Instant) -> Result<bool> {
+    let mut nap = FIRST_NAP;
+    loop {
+        if try_lock(file, path)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(LONGEST_NAP);
+    }
+}
