@@ -4,6 +4,7 @@
 //! Every operation goes through the directory's file descriptor (`*at` calls), so the lock stays
 //! on the directory that was opened even if its path is renamed. Names never follow symlinks.
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -67,6 +68,9 @@ pub(crate) struct RecordFile<'d> {
     fd: OwnedFd,
     id: FileId,
     temp: TempName<'d>,
+    /// Whether the file was ever given a name: an `O_TMPFILE` file whose names are all gone
+    /// again cannot be linked a second time (`linkat` fails with `ENOENT`).
+    linked: Cell<bool>,
 }
 
 /// The drop guard of a record's private name, when the file system has no `O_TMPFILE`.
@@ -154,11 +158,7 @@ impl Dir {
             Ok(fd) => (fd, None),
             // No O_TMPFILE on this file system (or kernel): a private name instead.
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
-                let name = format!(
-                    "{TEMP_PREFIX}{}.{:016x}",
-                    record.pid,
-                    rand::random::<u64>()
-                );
+                let name = format!("{TEMP_PREFIX}{}.{:016x}", record.pid, rand::random::<u64>());
                 let fd = rustix::fs::openat(
                     &self.fd,
                     &name,
@@ -179,6 +179,7 @@ impl Dir {
                 dir: self,
                 name: temp,
             },
+            linked: Cell::new(false),
         };
         let mut rest = &bytes[..];
         while !rest.is_empty() {
@@ -195,7 +196,8 @@ impl Dir {
                 Err(e) => return Err(Error::io("write", &self.path, errno_io(e))),
             }
         }
-        let stat = rustix::fs::fstat(&file.fd).map_err(|e| Error::io("fstat", &self.path, errno_io(e)))?;
+        let stat =
+            rustix::fs::fstat(&file.fd).map_err(|e| Error::io("fstat", &self.path, errno_io(e)))?;
         file.id = FileId::of(&stat);
         Ok(file)
     }
@@ -371,8 +373,31 @@ impl RecordFile<'_> {
         self.id
     }
 
+    /// Whether this file can no longer be published: an unnamed (`O_TMPFILE`) file that was
+    /// linked and has lost every name since (we released the levels it held).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `fstat(2)`.
+    pub(crate) fn is_spent(&self) -> Result<bool> {
+        if self.temp.name.is_some() || !self.linked.get() {
+            return Ok(false);
+        }
+        let stat = rustix::fs::fstat(&self.fd)
+            .map_err(|e| Error::io("fstat", self.temp.dir.path(), errno_io(e)))?;
+        Ok(stat.st_nlink == 0)
+    }
+
     /// Gives the file a name in the directory with `link(2)`, failing with `EEXIST` if taken.
     fn link_as(&self, name: &str) -> std::result::Result<(), Errno> {
+        let result = self.link_raw(name);
+        if result.is_ok() {
+            self.linked.set(true);
+        }
+        result
+    }
+
+    fn link_raw(&self, name: &str) -> std::result::Result<(), Errno> {
         let dir = &self.temp.dir.fd;
         match &self.temp.name {
             Some(temp) => rustix::fs::linkat(dir, temp.as_c_str(), dir, name, AtFlags::empty()),
@@ -387,7 +412,7 @@ impl RecordFile<'_> {
 
     /// Keeps the open file as proof of ownership and drops the private name.
     pub(crate) fn into_owned(self) -> Owned {
-        let RecordFile { fd, id, temp } = self;
+        let RecordFile { fd, id, temp, .. } = self;
         drop(temp);
         Owned { _fd: fd, id }
     }

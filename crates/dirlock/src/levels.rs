@@ -26,6 +26,9 @@ pub(crate) enum Attempt {
     Taken(Acquired),
     /// A live (or unverifiable) holder has it, or another process is reclaiming it.
     Busy,
+    /// Our record file lost every name and cannot be linked again: the caller writes a new
+    /// one and tries again at once. We hold no level.
+    Spent,
 }
 
 /// Tries to take level `n` with `file` without waiting, reclaiming it from a dead holder
@@ -36,7 +39,12 @@ pub(crate) enum Attempt {
 /// Any error reading, judging or replacing a level: a damaged record (`Corrupt`,
 /// `Incompatible`), an OS error (`Io`), or every level up to the last one stale (`Corrupt`).
 /// On error this call holds no level it did not hold before.
-pub(crate) fn try_take(dir: &Dir, file: &RecordFile<'_>, me: &Identity, n: usize) -> Result<Attempt> {
+pub(crate) fn try_take(
+    dir: &Dir,
+    file: &RecordFile<'_>,
+    me: &Identity,
+    n: usize,
+) -> Result<Attempt> {
     if n >= LEVELS {
         return Err(Error::corrupt(format!(
             "lock directory {}: every level up to lock{} is held by a dead process; an operator \
@@ -46,6 +54,9 @@ pub(crate) fn try_take(dir: &Dir, file: &RecordFile<'_>, me: &Identity, n: usize
         )));
     }
     for _ in 0..RETRIES {
+        if file.is_spent()? {
+            return Ok(Attempt::Spent);
+        }
         if dir.publish(file, n)? {
             return Ok(Attempt::Taken(Acquired::Clean));
         }
@@ -57,8 +68,9 @@ pub(crate) fn try_take(dir: &Dir, file: &RecordFile<'_>, me: &Identity, n: usize
             return Ok(Attempt::Busy);
         }
         // Stale. Only the holder of the next level may replace it.
-        if try_take(dir, file, me, n + 1)? == Attempt::Busy {
-            return Ok(Attempt::Busy);
+        match try_take(dir, file, me, n + 1)? {
+            Attempt::Taken(_) => {}
+            other => return Ok(other),
         }
         let replaced = replace_if_unchanged(dir, file, n, &seen);
         let released = dir.remove_if(&level_name(n + 1), file.id());
@@ -111,10 +123,15 @@ pub(crate) fn tidy(dir: &Dir, file: &RecordFile<'_>, me: &Identity) -> Result<()
         if dir.file_id(&name)?.is_none() {
             continue;
         }
-        if let Attempt::Taken(_) = try_take(dir, file, me, n)? {
-            let staging = dir.remove_staging(n - 1);
-            dir.remove_if(&name, file.id())?;
-            staging?;
+        match try_take(dir, file, me, n)? {
+            Attempt::Taken(_) => {
+                let staging = dir.remove_staging(n - 1);
+                dir.remove_if(&name, file.id())?;
+                staging?;
+            }
+            Attempt::Busy => {}
+            // Cannot happen while we hold the master level through this file; stop anyway.
+            Attempt::Spent => break,
         }
     }
     Ok(())

@@ -23,6 +23,9 @@ use crate::dir::{Dir, Owned, level_name, takeover_name};
 use crate::levels::{Attempt, tidy, try_take};
 use crate::wait::Waiter;
 
+/// How many fresh record files one `try_acquire` writes when the previous one was spent.
+const SPENT_RETRIES: usize = 4;
+
 /// The name of the master lock file inside the directory.
 pub const MASTER: &str = "lock0";
 
@@ -127,8 +130,18 @@ impl DirLock {
             return Ok(None);
         }
         let me = liveness::current()?;
-        let file = self.dir.write_record(&me.record())?;
-        self.attempt(&mut state, file, &me)
+        for _ in 0..SPENT_RETRIES {
+            let file = self.dir.write_record(&me.record())?;
+            match try_take(&self.dir, &file, &me, 0)? {
+                Attempt::Taken(acquired) => {
+                    return Ok(Some(self.taken(&mut state, file, &me, acquired)));
+                }
+                Attempt::Busy => return Ok(None),
+                Attempt::Spent => {}
+            }
+        }
+        // The levels kept changing under us: as good as busy.
+        Ok(None)
     }
 
     /// Waits until the lock is taken.
@@ -249,7 +262,7 @@ impl DirLock {
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let me = liveness::current()?;
         // One record for the whole wait: it says when the wait began.
-        let file = self.dir.write_record(&me.record())?;
+        let mut file = self.dir.write_record(&me.record())?;
         let mut waiter = Waiter::new(&self.dir);
         loop {
             {
@@ -260,6 +273,10 @@ impl DirLock {
                             return Ok(self.taken(&mut state, file, &me, acquired));
                         }
                         Attempt::Busy => {}
+                        Attempt::Spent => {
+                            file = self.dir.write_record(&me.record())?;
+                            continue;
+                        }
                     }
                 }
             }
@@ -267,18 +284,6 @@ impl DirLock {
                 return Err(Error::Timeout);
             }
             waiter.wait(deadline);
-        }
-    }
-
-    fn attempt(
-        &self,
-        state: &mut MutexGuard<'_, State>,
-        file: dir::RecordFile<'_>,
-        me: &liveness::Identity,
-    ) -> Result<Option<Acquired>> {
-        match try_take(&self.dir, &file, me, 0)? {
-            Attempt::Taken(acquired) => Ok(Some(self.taken(state, file, me, acquired))),
-            Attempt::Busy => Ok(None),
         }
     }
 

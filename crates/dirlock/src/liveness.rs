@@ -236,7 +236,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_hostile_command_names() {
-        let line = b"42 (a) b) c (d) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10\n";
+        let line =
+            b"42 (a) b) c (d) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10\n";
         assert_eq!(
             parse_stat(line),
             Some(ProcStat {
@@ -254,7 +255,10 @@ mod tests {
     fn own_identity_is_alive_and_a_reused_pid_is_stale() {
         let me = current().unwrap();
         let mine = me.record();
-        assert_eq!(judge(&mine, &me).unwrap(), Verdict::Held(HeldBecause::Alive));
+        assert_eq!(
+            judge(&mine, &me).unwrap(),
+            Verdict::Held(HeldBecause::Alive)
+        );
         let reused = Record {
             start_time: mine.start_time + 1,
             ..mine.clone()

@@ -138,9 +138,8 @@ impl Record {
         }
         let [boot_id, pid_ns, pid, start_time, host, uid, time_ns, nonce] = values;
         fn number<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T> {
-            parse_number(value).ok_or_else(|| {
-                Error::corrupt(format!("{what}: {key} {value:?} is not a number"))
-            })
+            parse_number(value)
+                .ok_or_else(|| Error::corrupt(format!("{what}: {key} {value:?} is not a number")))
         }
         let pid: u32 = number("pid", pid, what)?;
         if pid == 0 || pid > i32::MAX as u32 {
@@ -177,7 +176,9 @@ pub(crate) fn checked_word(text: &str, key: &str) -> std::result::Result<String,
         return Err(format!("{key} has length {}", text.len()));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{key} {text:?} contains spaces or control characters"));
+        return Err(format!(
+            "{key} {text:?} contains spaces or control characters"
+        ));
     }
     Ok(text.to_owned())
 }

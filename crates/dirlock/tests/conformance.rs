@@ -198,7 +198,10 @@ impl Backend for DirlockBackend {
                     .map_err(|_| Error::corrupt(format!("{}: no store marker", dir.display())))?
                     .len();
                 if len > MAX_MARKER_LEN {
-                    return Err(Error::corrupt(format!("{}: marker too large", marker.display())));
+                    return Err(Error::corrupt(format!(
+                        "{}: marker too large",
+                        marker.display()
+                    )));
                 }
                 let bytes = std::fs::read(&marker).map_err(io("read", &marker))?;
                 String::from_utf8(bytes)

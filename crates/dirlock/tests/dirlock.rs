@@ -1,0 +1,866 @@
+//! dirlock behaviour with real processes: the level state machine, staleness, bad input, kills.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dirlock::lock_api::{Acquired, Error, Inspect, Locker};
+use dirlock::{DirLock, HeldBecause, StaleBecause, Verdict};
+
+// ---------------------------------------------------------------------------------------------
+// Child roles
+// ---------------------------------------------------------------------------------------------
+
+fn say(line: &str) {
+    println!("{SAY}{line}");
+}
+
+fn word(acquired: Acquired) -> &'static str {
+    match acquired {
+        Acquired::Clean => "clean",
+        Acquired::OwnerDied => "owner-died",
+    }
+}
+
+fn error_word(e: &Error) -> String {
+    match e {
+        Error::Io { source, .. } => format!("io {:?}", source.kind()),
+        Error::Corrupt { .. } => "corrupt".into(),
+        Error::Incompatible { .. } => "incompatible".into(),
+        Error::InvalidArgument { .. } => "invalid".into(),
+        Error::NotFound { .. } => "not-found".into(),
+        other => format!("other {other:?}"),
+    }
+}
+
+/// Blocks until stdin reaches EOF (the parent closed it or died), at most a minute.
+fn wait_for_eof() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            line.clear();
+        }
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(60));
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The entry point of child processes; does nothing in a normal test run.
+#[test]
+fn child_role() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return;
+    };
+    let dir = std::env::var_os(DIR_ENV).expect("dir");
+    let dir = Path::new(&dir);
+    let work = std::env::var_os(WORK_ENV).expect("work");
+    let work = Path::new(&work);
+    let count: u32 = std::env::var(COUNT_ENV)
+        .expect("count")
+        .parse()
+        .expect("count");
+    match role.as_str() {
+        "sleep" => {
+            say("ready");
+            wait_for_eof();
+        }
+        "hold" => {
+            let lock = DirLock::new(dir).expect("new");
+            say(word(lock.lock().expect("lock")));
+            wait_for_eof();
+            lock.unlock().expect("unlock");
+        }
+        "try" => {
+            let lock = DirLock::new(dir).expect("new");
+            say("ready");
+            wait_for_file(&work.join("go"));
+            match lock.try_acquire() {
+                Ok(Some(acquired)) => say(word(acquired)),
+                Ok(None) => say("busy"),
+                Err(e) => say(&format!("error {}", error_word(&e))),
+            }
+            wait_for_eof();
+        }
+        "hammer" => hammer(dir, work, count),
+        "judge" => match DirLock::new(dir) {
+            Err(e) => say(&format!("new-error {}", error_word(&e))),
+            Ok(lock) => {
+                match lock.status() {
+                    Ok(Some((_, verdict))) => say(&format!("verdict {verdict:?}")),
+                    Ok(None) => say("verdict free"),
+                    Err(e) => say(&format!("error {}", error_word(&e))),
+                }
+                match lock.try_lock() {
+                    Ok(taken) => say(&format!("try {taken}")),
+                    Err(e) => say(&format!("error {}", error_word(&e))),
+                }
+            }
+        },
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+/// Locks `count` times (forever when 0), checking exclusion with a marker file and updating a
+/// counter non-atomically inside the critical section.
+fn hammer(dir: &Path, work: &Path, count: u32) {
+    let lock = DirLock::new(dir).expect("new");
+    let marker = work.join("inside");
+    let counter = work.join("counter");
+    let started = Instant::now();
+    let mut done = 0;
+    while (count == 0 || done < count) && started.elapsed() < Duration::from_secs(60) {
+        let acquired = lock.lock().expect("lock");
+        if acquired == Acquired::OwnerDied {
+            // The dead holder may have died inside: repairing its state is the new holder's job.
+            let _ = fs::remove_file(&marker);
+        }
+        if fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_err()
+        {
+            let _ = fs::write(
+                work.join("violation"),
+                format!(
+                    "{} found another holder inside ({acquired:?})",
+                    std::process::id()
+                ),
+            );
+            std::process::exit(3);
+        }
+        let value: u64 = fs::read_to_string(&counter)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        std::thread::yield_now();
+        fs::write(&counter, (value + 1).to_string()).expect("write counter");
+        fs::remove_file(&marker).expect("remove marker");
+        lock.unlock().expect("unlock");
+        done += 1;
+        let mut progress = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(work.join("progress"))
+            .expect("progress log");
+        let mark: &[u8] = if acquired == Acquired::OwnerDied {
+            b"D"
+        } else {
+            b"."
+        };
+        std::io::Write::write_all(&mut progress, mark).expect("progress");
+    }
+    say("done");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dirlock-work-")
+        .tempdir()
+        .expect("work dir")
+}
+
+fn level(n: usize) -> String {
+    format!("lock{n}")
+}
+
+fn write_level(dir: &Path, n: usize, text: &str) {
+    fs::write(dir.join(level(n)), text).expect("write record");
+}
+
+/// A live process (a sleeping child) and its record.
+struct Live {
+    kid: Kid,
+    record: String,
+}
+
+fn live(me: &Me, dir: &Path, work: &Path) -> Live {
+    let mut kid = spawn("sleep", dir, work, 0, None);
+    assert_eq!(kid.line(), "ready");
+    let pid = kid.pid();
+    let record = record(me, pid, start_time(pid));
+    Live { kid, record }
+}
+
+/// A pid that certainly belongs to no process now (a child that was killed and reaped).
+fn dead_pid(dir: &Path, work: &Path) -> u32 {
+    let mut kid = spawn("sleep", dir, work, 0, None);
+    assert_eq!(kid.line(), "ready");
+    let pid = kid.pid();
+    kid.kill();
+    pid
+}
+
+fn is_corrupt<T: std::fmt::Debug>(r: dirlock::lock_api::Result<T>) -> bool {
+    matches!(r, Err(Error::Corrupt { .. }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The level state machine
+// ---------------------------------------------------------------------------------------------
+
+/// What a level holds before the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Free,
+    Held,
+    Stale,
+}
+
+fn parse_states(s: &str) -> [St; 3] {
+    let mut out = [St::Free; 3];
+    for (slot, c) in out.iter_mut().zip(s.chars()) {
+        *slot = match c {
+            'F' => St::Free,
+            'H' => St::Held,
+            'S' => St::Stale,
+            _ => panic!("state {c}"),
+        };
+    }
+    out
+}
+
+/// The original's table, over three levels: the state of lock0, lock1, lock2 before a
+/// `try_acquire` by a fresh handle, its result, and the exact levels present afterwards.
+/// `-` means busy (not acquired).
+const TABLE: [(&str, &str, &str); 27] = [
+    ("FFF", "clean", "0"),
+    ("FFH", "clean", "0 2"),
+    ("FFS", "clean", "0"),
+    ("FHF", "clean", "0 1"),
+    ("FHH", "clean", "0 1 2"),
+    ("FHS", "clean", "0 1"),
+    ("FSF", "clean", "0"),
+    ("FSH", "clean", "0 1 2"),
+    ("FSS", "clean", "0"),
+    ("HFF", "-", "0"),
+    ("HFH", "-", "0 2"),
+    ("HFS", "-", "0 2"),
+    ("HHF", "-", "0 1"),
+    ("HHH", "-", "0 1 2"),
+    ("HHS", "-", "0 1 2"),
+    ("HSF", "-", "0 1"),
+    ("HSH", "-", "0 1 2"),
+    ("HSS", "-", "0 1 2"),
+    ("SFF", "owner-died", "0"),
+    ("SFH", "owner-died", "0 2"),
+    ("SFS", "owner-died", "0"),
+    ("SHF", "-", "0 1"),
+    ("SHH", "-", "0 1 2"),
+    ("SHS", "-", "0 1 2"),
+    ("SSF", "owner-died", "0"),
+    ("SSH", "-", "0 1 2"),
+    ("SSS", "owner-died", "0"),
+];
+
+/// Every combination of free, held and stale over three levels gives the original's outcome,
+/// leaves exactly the expected files, never touches a held record, and leaves no temporary file.
+#[test]
+fn level_state_machine() {
+    let me = me();
+    let work = work_dir();
+    let scratch = lock_dir();
+    let holder = live(&me, scratch.path(), work.path());
+    let dead = dead_pid(scratch.path(), work.path());
+    let own = std::process::id();
+    // Three ways to be stale, one per level: a dead pid, a reused pid, an earlier boot.
+    let stale = [
+        record(&me, dead, 12345),
+        record(&me, own, start_time(own) + 1),
+        record_with(&me.host, "an-earlier-boot", me.pid_ns, holder.kid.pid(), 1),
+    ];
+    for (states, result, after) in TABLE {
+        let dir = lock_dir();
+        let levels = parse_states(states);
+        for (n, state) in levels.iter().enumerate() {
+            match state {
+                St::Free => {}
+                St::Held => write_level(dir.path(), n, &holder.record),
+                St::Stale => write_level(dir.path(), n, &stale[n]),
+            }
+        }
+        let lock = DirLock::new(dir.path()).expect("new");
+        let got = match lock.try_acquire().expect(states) {
+            Some(acquired) => word(acquired),
+            None => "-",
+        };
+        assert_eq!(got, result, "{states}: result");
+        let want: Vec<String> = after.split(' ').map(|n| format!("lock{n}")).collect();
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        assert_entries(dir.path(), &want, states);
+        for (n, state) in levels.iter().enumerate() {
+            if *state == St::Held {
+                assert_eq!(
+                    fs::read_to_string(dir.path().join(level(n))).expect("held record"),
+                    holder.record,
+                    "{states}: a held record was changed"
+                );
+            }
+        }
+        if result != "-" {
+            let (record, verdict) = lock.status().expect("status").expect("held");
+            assert_eq!(record.pid, own, "{states}: lock0 is not ours");
+            assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
+            lock.unlock().expect("unlock");
+            let rest: Vec<&str> = want.iter().copied().filter(|n| *n != "lock0").collect();
+            assert_entries(dir.path(), &rest, &format!("{states} after unlock"));
+        } else {
+            assert!(matches!(lock.unlock(), Err(Error::NotHeld(_))));
+            assert_entries(dir.path(), &want, &format!("{states} after refused unlock"));
+        }
+    }
+}
+
+/// A damaged record at any level the algorithm reads is an error, never "stale", and nothing
+/// is removed; a damaged level the algorithm does not need to read does not matter.
+#[test]
+fn damaged_levels_are_errors_and_are_kept() {
+    let me = me();
+    let work = work_dir();
+    let scratch = lock_dir();
+    let holder = live(&me, scratch.path(), work.path());
+    let own = std::process::id();
+    let stale = record(&me, own, start_time(own) + 1);
+    let future = stale.replacen("dirlock-record 1", "dirlock-record 7", 1);
+    let garbage = "\u{1}\u{2}garbage";
+    // (lock0, lock1, lock2) contents; None = free.
+    type Case<'a> = ([Option<&'a str>; 3], &'a str);
+    let cases: [Case<'_>; 6] = [
+        ([Some(garbage), None, None], "corrupt"),
+        ([Some(&future), None, None], "incompatible"),
+        ([Some(&stale), Some(garbage), None], "corrupt"),
+        ([Some(&stale), Some(&stale), Some(&future)], "incompatible"),
+        ([Some(&holder.record), Some(garbage), None], "busy"),
+        ([None, Some(garbage), None], "clean"),
+    ];
+    for (i, (levels, want)) in cases.iter().enumerate() {
+        let dir = lock_dir();
+        let mut present = Vec::new();
+        for (n, text) in levels.iter().enumerate() {
+            if let Some(text) = text {
+                write_level(dir.path(), n, text);
+                present.push(level(n));
+            }
+        }
+        let lock = DirLock::new(dir.path()).expect("new");
+        let got = match lock.try_acquire() {
+            Ok(Some(acquired)) => word(acquired).to_owned(),
+            Ok(None) => "busy".to_owned(),
+            Err(e) => error_word(&e),
+        };
+        assert_eq!(&got, want, "case {i}");
+        if got == "clean" {
+            present.push("lock0".into());
+        }
+        let present: Vec<&str> = present.iter().map(String::as_str).collect();
+        assert_entries(dir.path(), &present, &format!("case {i}"));
+        for (n, text) in levels.iter().enumerate() {
+            if let Some(text) = text {
+                assert_eq!(
+                    fs::read_to_string(dir.path().join(level(n))).expect("kept"),
+                    *text,
+                    "case {i}: level {n} changed"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staleness
+// ---------------------------------------------------------------------------------------------
+
+/// A live process whose start time differs from the record (its pid was reused) is stale.
+#[test]
+fn reused_pid_is_stale() {
+    let me = me();
+    let work = work_dir();
+    let dir = lock_dir();
+    let other = live(&me, dir.path(), work.path());
+    let pid = other.kid.pid();
+    write_level(dir.path(), 0, &record(&me, pid, start_time(pid) + 7));
+    let lock = DirLock::new(dir.path()).expect("new");
+    let (_, verdict) = lock.status().expect("status").expect("record");
+    assert_eq!(verdict, Verdict::Stale(StaleBecause::PidReused));
+    assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::OwnerDied));
+    lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "after unlock");
+}
+
+/// A record from an earlier boot of this host is stale, even if its pid is alive now.
+#[test]
+fn earlier_boot_is_stale() {
+    let me = me();
+    let work = work_dir();
+    let dir = lock_dir();
+    let other = live(&me, dir.path(), work.path());
+    let pid = other.kid.pid();
+    let earlier = record_with(&me.host, "0f0f0f0f-earlier-boot", 1, pid, start_time(pid));
+    write_level(dir.path(), 0, &earlier);
+    let lock = DirLock::new(dir.path()).expect("new");
+    let (_, verdict) = lock.status().expect("status").expect("record");
+    assert_eq!(verdict, Verdict::Stale(StaleBecause::EarlierBoot));
+    assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::OwnerDied));
+    lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "after unlock");
+}
+
+/// A record of another host, or of another pid namespace, is held whatever its pid says,
+/// until an operator breaks the lock.
+#[test]
+fn foreign_host_and_namespace_are_held_until_broken() {
+    let me = me();
+    let work = work_dir();
+    let dir = lock_dir();
+    let dead = dead_pid(dir.path(), work.path());
+    let cases = [
+        (
+            record_with("some-other-host", &me.boot_id, me.pid_ns, dead, 1),
+            HeldBecause::ForeignHost,
+        ),
+        (
+            record_with(&me.host, &me.boot_id, me.pid_ns + 1, dead, 1),
+            HeldBecause::ForeignPidNamespace,
+        ),
+    ];
+    for (text, why) in cases {
+        write_level(dir.path(), 0, &text);
+        let lock = DirLock::new(dir.path()).expect("new");
+        let (_, verdict) = lock.status().expect("status").expect("record");
+        assert_eq!(verdict, Verdict::Held(why));
+        assert!(!lock.try_lock().expect("try"));
+        assert!(matches!(
+            lock.lock_timeout(Duration::from_millis(60)),
+            Err(Error::Timeout)
+        ));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("lock0")).expect("kept"),
+            text
+        );
+        assert!(lock.break_lock().expect("break"));
+        assert_entries(dir.path(), &[], "after break_lock");
+        assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::Clean));
+        lock.unlock().expect("unlock");
+    }
+}
+
+/// A holder that was SIGKILLed and not yet reaped (a zombie) is stale, and so is one reaped.
+#[test]
+fn killed_holder_is_reclaimed_with_owner_died() {
+    let work = work_dir();
+    let dir = lock_dir();
+    for reap in [false, true] {
+        let mut kid = spawn("hold", dir.path(), work.path(), 0, None);
+        assert_eq!(kid.line(), "clean");
+        kid.kill_only();
+        if reap {
+            kid.reap();
+        }
+        let lock = DirLock::new(dir.path()).expect("new");
+        let acquired = lock.lock_timeout(PATIENCE).expect("take over");
+        assert_eq!(acquired, Acquired::OwnerDied, "reaped: {reap}");
+        lock.unlock().expect("unlock");
+        assert_entries(dir.path(), &[], "after unlock");
+        kid.reap();
+    }
+}
+
+/// `kill(pid, 0)` failing with EPERM means alive: an unprivileged process sees a root-owned
+/// holder as held. Unprivileged, an unwritable directory is a typed error at `new`.
+#[test]
+fn eperm_is_alive_and_unwritable_directory_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: cannot start a process as another user; the check runs as root in CI");
+        return;
+    }
+    let me = me();
+    let work = work_dir();
+    let dir = lock_dir();
+    let holder = live(&me, dir.path(), work.path());
+    write_level(dir.path(), 0, &holder.record);
+    let mut judge = spawn("judge", dir.path(), work.path(), 0, Some(65534));
+    assert_eq!(judge.line(), "verdict Held(Alive)");
+    assert_eq!(judge.line(), "try false");
+    judge.reap();
+    assert_eq!(
+        fs::read_to_string(dir.path().join("lock0")).expect("kept"),
+        holder.record
+    );
+    // Unwritable for nobody: a root-owned directory with mode 0755.
+    let locked = tempfile::Builder::new()
+        .prefix("dirlock-ro-")
+        .tempdir()
+        .expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(locked.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut judge = spawn("judge", locked.path(), work.path(), 0, Some(65534));
+    assert_eq!(judge.line(), "new-error io PermissionDenied");
+    judge.reap();
+    assert_entries(locked.path(), &[], "unwritable directory");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------------------------
+
+/// A path that is missing, a file, or a symlink to a directory is refused with a typed error.
+#[test]
+fn bad_paths_are_typed_errors() {
+    let root = work_dir();
+    let file = root.path().join("file");
+    fs::write(&file, "x").expect("file");
+    let real = root.path().join("real");
+    fs::create_dir(&real).expect("dir");
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    assert!(matches!(
+        DirLock::new(root.path().join("missing")),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        DirLock::new(&file),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        DirLock::new(&link),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(fs::read_to_string(&file).expect("file kept"), "x");
+    assert_entries(&real, &[], "symlink target");
+}
+
+/// Lock files that are directories, symlinks, FIFOs, huge, truncated, empty, garbage or of an
+/// unknown version are typed errors, and none of them is removed by locking or unlocking.
+#[test]
+fn bad_lock_files_are_typed_errors_and_kept() {
+    let me = me();
+    let own = std::process::id();
+    let valid = record(&me, own, start_time(own) + 1);
+    let outside = work_dir();
+    let target = outside.path().join("target");
+    fs::write(&target, &valid).expect("target");
+
+    type Maker = Box<dyn Fn(&Path)>;
+    let valid2 = valid.clone();
+    let makers: Vec<(&str, Maker, bool)> = vec![
+        (
+            "directory",
+            Box::new(|p: &Path| fs::create_dir(p).expect("mkdir")),
+            false,
+        ),
+        (
+            "symlink",
+            Box::new(move |p: &Path| std::os::unix::fs::symlink(&target, p).expect("symlink")),
+            false,
+        ),
+        (
+            "fifo",
+            Box::new(|p: &Path| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    p,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o644),
+                    0,
+                )
+                .expect("mkfifo")
+            }),
+            false,
+        ),
+        (
+            "huge",
+            Box::new(|p: &Path| fs::write(p, vec![b'x'; 1 << 20]).expect("huge")),
+            true,
+        ),
+        (
+            "just-too-big",
+            Box::new(|p: &Path| fs::write(p, vec![b'x'; dirlock::MAX_RECORD_LEN + 1]).expect("w")),
+            true,
+        ),
+        (
+            "truncated",
+            Box::new(move |p: &Path| fs::write(p, &valid2[..valid2.len() / 2]).expect("w")),
+            true,
+        ),
+        (
+            "empty",
+            Box::new(|p: &Path| fs::write(p, "").expect("w")),
+            true,
+        ),
+        (
+            "garbage",
+            Box::new(|p: &Path| fs::write(p, "\0\0\0 lock me").expect("w")),
+            true,
+        ),
+    ];
+    for (what, make, regular) in &makers {
+        let dir = lock_dir();
+        let path = dir.path().join("lock0");
+        make(&path);
+        let lock = DirLock::new(dir.path()).expect("new");
+        assert!(is_corrupt(lock.try_acquire()), "{what}: try_acquire");
+        assert!(
+            is_corrupt(lock.lock_timeout(Duration::from_millis(50))),
+            "{what}: lock"
+        );
+        assert!(is_corrupt(lock.status()), "{what}: status");
+        assert!(is_corrupt(Inspect::holder(&lock)), "{what}: holder");
+        assert!(
+            matches!(lock.unlock(), Err(Error::NotHeld(_))),
+            "{what}: unlock"
+        );
+        assert_entries(dir.path(), &["lock0"], what);
+        assert!(fs::symlink_metadata(&path).is_ok(), "{what}: removed");
+        if *regular {
+            assert!(lock.break_lock().expect("break"), "{what}: break_lock");
+            assert_entries(dir.path(), &[], &format!("{what} broken"));
+        } else {
+            assert!(is_corrupt(lock.break_lock()), "{what}: break_lock");
+            assert_entries(dir.path(), &["lock0"], &format!("{what} not broken"));
+        }
+    }
+    assert_eq!(
+        fs::read_to_string(outside.path().join("target")).expect("symlink target kept"),
+        valid
+    );
+    // An unknown version is Incompatible, not Corrupt.
+    let dir = lock_dir();
+    write_level(
+        dir.path(),
+        0,
+        &valid.replacen("dirlock-record 1", "dirlock-record 2", 1),
+    );
+    let lock = DirLock::new(dir.path()).expect("new");
+    assert!(matches!(
+        lock.try_acquire(),
+        Err(Error::Incompatible { .. })
+    ));
+    assert_entries(dir.path(), &["lock0"], "future version");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ownership and the API
+// ---------------------------------------------------------------------------------------------
+
+/// Ownership is per handle; unlock removes only this handle's lock; re-locking is not re-entrant.
+#[test]
+fn ownership_is_per_handle() {
+    let dir = lock_dir();
+    let a = Arc::new(DirLock::new(dir.path()).expect("a"));
+    let b = DirLock::new(dir.path()).expect("b");
+    assert!(matches!(a.unlock(), Err(Error::NotHeld(_))));
+    assert_eq!(a.try_acquire().expect("a"), Some(Acquired::Clean));
+    assert!(a.is_held());
+    assert!(
+        !DirLock::try_lock(&a).expect("again"),
+        "re-lock by the owner must fail"
+    );
+    assert!(matches!(
+        a.lock_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
+    assert!(!b.try_lock().expect("b"));
+    assert!(matches!(b.unlock(), Err(Error::NotHeld(_))));
+    assert_entries(dir.path(), &["lock0"], "held by a");
+    let holder = Inspect::holder(&*a).expect("holder").expect("held");
+    assert_eq!(holder.pid, Some(std::process::id()));
+    // A blocked lock() on the same handle proceeds when another thread unlocks through it.
+    let waiter = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || a.lock_timeout(PATIENCE))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    a.unlock().expect("unlock");
+    assert_eq!(
+        waiter.join().expect("thread").expect("relock"),
+        Acquired::Clean
+    );
+    a.unlock().expect("unlock again");
+    assert!(matches!(a.unlock(), Err(Error::NotHeld(_))));
+    assert_entries(dir.path(), &[], "released");
+    assert!(matches!(Locker::free(&*a), Err(Error::Unsupported(_))));
+}
+
+/// After an operator breaks the lock and someone else takes it, the old holder's unlock is
+/// `Lost` and removes nothing.
+#[test]
+fn unlock_after_break_is_lost_and_removes_nothing() {
+    let dir = lock_dir();
+    let a = DirLock::new(dir.path()).expect("a");
+    let operator = DirLock::new(dir.path()).expect("operator");
+    let b = DirLock::new(dir.path()).expect("b");
+    assert!(a.try_lock().expect("a"));
+    assert!(operator.break_lock().expect("break"));
+    assert!(b.try_lock().expect("b"));
+    assert!(matches!(a.unlock(), Err(Error::Lost)));
+    assert_entries(dir.path(), &["lock0"], "b's lock kept");
+    assert!(!a.try_lock().expect("a again"));
+    b.unlock().expect("b unlock");
+    assert_entries(dir.path(), &[], "released");
+}
+
+/// Guards and dropped handles release the lock.
+#[test]
+fn guard_and_drop_release() {
+    let dir = lock_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    {
+        let guard = lock.guard().expect("guard");
+        assert_eq!(guard.acquired(), Acquired::Clean);
+        assert!(
+            !DirLock::new(dir.path())
+                .expect("other")
+                .try_lock()
+                .expect("try")
+        );
+    }
+    assert_entries(dir.path(), &[], "guard dropped");
+    let other = DirLock::new(dir.path()).expect("other");
+    assert!(other.try_lock().expect("try"));
+    drop(other);
+    assert_entries(dir.path(), &[], "handle dropped");
+    let guard = lock.guard().expect("guard");
+    guard.unlock().expect("explicit unlock");
+    assert_entries(dir.path(), &[], "guard unlocked");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many processes
+// ---------------------------------------------------------------------------------------------
+
+/// Processes contending on one directory never hold it together: a counter updated
+/// non-atomically inside the critical section comes out exact.
+#[test]
+fn contending_processes_exclude_each_other() {
+    const KIDS: usize = 4;
+    const EACH: u32 = 60;
+    let dir = lock_dir();
+    let work = work_dir();
+    let mut kids: Vec<Kid> = (0..KIDS)
+        .map(|_| spawn("hammer", dir.path(), work.path(), EACH, None))
+        .collect();
+    for kid in &mut kids {
+        assert_eq!(kid.line(), "done");
+        assert!(kid.reap().success());
+    }
+    assert!(!work.path().join("violation").exists());
+    let counter = fs::read_to_string(work.path().join("counter")).expect("counter");
+    assert_eq!(counter, (KIDS as u32 * EACH).to_string());
+    assert_entries(dir.path(), &[], "after contention");
+}
+
+/// Processes hammering one directory while random ones are SIGKILLed never hold it together,
+/// and the lock is never lost for good: afterwards it is taken promptly and the directory is
+/// left clean.
+#[test]
+fn kill_storm_never_gives_two_holders() {
+    const KIDS: usize = 5;
+    let dir = lock_dir();
+    let work = work_dir();
+    let mut kids: Vec<Kid> = (0..KIDS)
+        .map(|_| spawn("hammer", dir.path(), work.path(), 0, None))
+        .collect();
+    let started = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(rand::random_range(5..60)));
+        let victim = rand::random_range(0..KIDS);
+        kids[victim].kill();
+        kills += 1;
+        kids[victim] = spawn("hammer", dir.path(), work.path(), 0, None);
+        assert!(
+            !work.path().join("violation").exists(),
+            "{}",
+            fs::read_to_string(work.path().join("violation")).unwrap_or_default()
+        );
+    }
+    for kid in &mut kids {
+        kid.kill();
+    }
+    assert!(kills > 10);
+    assert!(
+        !work.path().join("violation").exists(),
+        "{}",
+        fs::read_to_string(work.path().join("violation")).unwrap_or_default()
+    );
+    // The counter itself may be half-written by a killed holder; the progress log is appended.
+    let progress = fs::read(work.path().join("progress")).unwrap_or_default();
+    assert!(!progress.is_empty(), "no process ever got the lock");
+    let takeovers = progress.iter().filter(|&&b| b == b'D').count();
+    eprintln!(
+        "kill storm: {kills} kills, {} critical sections, {takeovers} taken over from a dead holder",
+        progress.len()
+    );
+    let lock = DirLock::new(dir.path()).expect("new");
+    let _ = lock.lock_timeout(PATIENCE).expect("lock after the storm");
+    lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "after the storm");
+}
+
+/// A dead holder is reclaimed by exactly one of many processes trying at once; the others are
+/// told the lock is busy, and nothing is left behind but the winner's lock.
+#[test]
+fn exactly_one_of_many_reclaimers_wins() {
+    const RECLAIMERS: usize = 6;
+    let dir = lock_dir();
+    for round in 0..4 {
+        let work = work_dir();
+        let mut holder = spawn("hold", dir.path(), work.path(), 0, None);
+        assert_eq!(holder.line(), "clean");
+        holder.kill();
+        let mut kids: Vec<Kid> = (0..RECLAIMERS)
+            .map(|_| spawn("try", dir.path(), work.path(), 0, None))
+            .collect();
+        for kid in &mut kids {
+            assert_eq!(kid.line(), "ready");
+        }
+        fs::write(work.path().join("go"), "").expect("go");
+        let results: Vec<String> = kids.iter_mut().map(Kid::line).collect();
+        let winners = results.iter().filter(|r| *r == "owner-died").count();
+        let busy = results.iter().filter(|r| *r == "busy").count();
+        assert_eq!(
+            (winners, busy),
+            (1, RECLAIMERS - 1),
+            "round {round}: {results:?}"
+        );
+        assert_entries(dir.path(), &["lock0"], &format!("round {round}"));
+        for kid in &mut kids {
+            kid.close_stdin();
+            assert!(kid.reap().success());
+        }
+        assert_entries(dir.path(), &[], &format!("round {round} released"));
+    }
+}
+
+/// A process blocked in `lock` takes the lock soon after another process releases it.
+#[test]
+fn blocked_waiter_proceeds_after_release() {
+    let dir = lock_dir();
+    let work = work_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    assert!(lock.try_lock().expect("try"));
+    let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
+    std::thread::sleep(Duration::from_millis(50));
+    lock.unlock().expect("unlock");
+    assert_eq!(waiter.line(), "clean");
+    waiter.close_stdin();
+    assert!(waiter.reap().success());
+    assert_entries(dir.path(), &[], "after release");
+}
