@@ -1,1 +1,175 @@
-//! lockyard backend lock-etcd: not yet implemented (see its issue).
+//! lock-etcd: distributed locks on an etcd cluster, with leases, fencing tokens and a lost signal.
+#![doc = include_str!("../README.md")]
+
+mod client;
+mod handle;
+mod lease;
+mod mutex;
+mod options;
+mod record;
+mod table;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use lock_api;
+pub use lock_api::{
+    Acquired, Error, Fenced, HeldLock, Holder, Inspect, Leased, LockData, LockGuard, LockId,
+    Locker, LostSignal, Manager, Result,
+};
+
+pub use crate::handle::{EtcdGuard, EtcdLock};
+pub use crate::options::{
+    EtcdOptions, MAX_DATA_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TTL, MIN_TTL, validate_name,
+};
+pub use crate::table::EtcdTable;
+
+use crate::client::Shared;
+
+/// A connection to an etcd cluster: named locks under `<prefix>/lock/<name>/` and lock tables
+/// under `<prefix>/table/<store>/`.
+///
+/// Cheap to clone; every clone shares one client and one runtime thread, which stops when the last
+/// clone and the last lock handle are dropped.
+#[derive(Clone)]
+pub struct EtcdLocks {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for EtcdLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdLocks")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdLocks {
+    /// Connects to the cluster at `endpoints` (`http://host:port`) and checks, within the connect
+    /// timeout, that a member with a leader answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for bad options (a TTL below [`MIN_TTL`], an empty prefix, no
+    /// endpoint); [`Error::Unavailable`] when no endpoint answered in time.
+    pub fn connect<I, S>(endpoints: I, options: EtcdOptions) -> Result<EtcdLocks>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.as_ref().to_owned())
+            .collect();
+        Ok(EtcdLocks {
+            shared: Shared::connect(&endpoints, options)?,
+        })
+    }
+
+    /// The options this connection was made with.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.shared.options
+    }
+
+    /// A handle on the named lock `name` (nothing is acquired yet). Each handle is its own owner.
+    ///
+    /// Named locks report [`LockId`] 0 and cannot be freed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a name [`validate_name`] refuses.
+    pub fn named(&self, name: &str) -> Result<EtcdLock> {
+        validate_name(name)?;
+        Ok(EtcdLock::new(
+            Arc::clone(&self.shared),
+            LockId(0),
+            format!("{}/lock/{name}/", self.shared.options.prefix_value()),
+            None,
+        ))
+    }
+
+    /// Acquires the named lock, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// As for [`named`](Self::named) and [`Locker::lock`]; [`Error::Lost`] when this
+    /// acquisition's lease expired while it waited (it is then never reported as held).
+    pub fn lock(&self, name: &str) -> Result<EtcdGuard> {
+        let lock = self.named(name)?;
+        let acquired = lock.lock()?;
+        Ok(EtcdGuard::new(lock, acquired))
+    }
+
+    /// Acquires the named lock if nobody holds it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`lock`](Self::lock).
+    pub fn try_lock(&self, name: &str) -> Result<Option<EtcdGuard>> {
+        let lock = self.named(name)?;
+        Ok(lock.try_lock()?.map(|acquired| EtcdGuard::new(lock, acquired)))
+    }
+
+    /// Acquires the named lock, waiting at most `timeout`; a timed-out attempt leaves no key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the time ran out; otherwise as for [`lock`](Self::lock).
+    pub fn try_lock_for(&self, name: &str, timeout: Duration) -> Result<EtcdGuard> {
+        let lock = self.named(name)?;
+        let acquired = lock.try_lock_for(timeout)?;
+        Ok(EtcdGuard::new(lock, acquired))
+    }
+
+    fn table_root(&self, store: &str) -> Result<String> {
+        validate_name(store)?;
+        Ok(format!("{}/table/{store}", self.shared.options.prefix_value()))
+    }
+
+    /// Creates the lock table `store` of `capacity` locks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyExists`] when it exists; [`Error::InvalidArgument`] for a zero capacity
+    /// or a bad name; [`Error::Unavailable`].
+    pub fn create_table(&self, store: &str, capacity: u32) -> Result<EtcdTable> {
+        let root = self.table_root(store)?;
+        EtcdTable::open_at(Arc::clone(&self.shared), root, capacity, true, true).map(|(t, _)| t)
+    }
+
+    /// Opens the existing lock table `store`, checking its capacity.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when it does not exist; [`Error::Incompatible`] when its capacity or
+    /// format differs; [`Error::Corrupt`] when its header cannot be parsed.
+    pub fn open_table(&self, store: &str, capacity: u32) -> Result<EtcdTable> {
+        let root = self.table_root(store)?;
+        EtcdTable::open_at(Arc::clone(&self.shared), root, capacity, false, false).map(|(t, _)| t)
+    }
+
+    /// Opens the lock table `store`, creating it when missing; the flag says whether this call
+    /// created it. Any number of processes may race here: exactly one creates.
+    ///
+    /// # Errors
+    ///
+    /// As for [`create_table`](Self::create_table) and [`open_table`](Self::open_table).
+    pub fn open_or_create_table(&self, store: &str, capacity: u32) -> Result<(EtcdTable, bool)> {
+        let root = self.table_root(store)?;
+        EtcdTable::open_at(Arc::clone(&self.shared), root, capacity, true, false)
+    }
+
+    /// Deletes the lock table `store` and every key under it; removing a missing table is not an
+    /// error. Locks still held in it are lost (their holders' lost signals fire).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a bad name; [`Error::Unavailable`].
+    pub fn remove_table(&self, store: &str) -> Result<()> {
+        let root = self.table_root(store)?;
+        EtcdTable::remove_at(&self.shared, &root)
+    }
+}

@@ -1,0 +1,260 @@
+//! The library's own runtime thread and etcd client: blocking calls, retries and error mapping.
+//!
+//! Every public operation is one future run on a private multi-threaded tokio runtime (one worker
+//! thread named `lock-etcd`); the calling thread waits on a channel, never inside the runtime, so
+//! the blocking API may be used from any thread, even one that runs another tokio runtime.
+//! Lease keepalives and key watches are tasks on the same runtime: they continue while the caller
+//! is busy inside its critical section.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use lock_api::{Error, Result};
+use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::time::{sleep, timeout_at};
+
+use crate::options::EtcdOptions;
+
+/// Who this process is, written into every owner record.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub(crate) pid: u32,
+    pub(crate) host: String,
+}
+
+impl Identity {
+    fn current() -> Identity {
+        let uname = rustix::system::uname();
+        Identity {
+            pid: std::process::id(),
+            host: uname.nodename().to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// Everything a task needs: cheap to clone, owns no runtime (a task that dropped the last
+/// reference to the runtime would try to shut it down from inside itself).
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) ttl_secs: i64,
+    pub(crate) request_timeout: Duration,
+    pub(crate) identity: Arc<Identity>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("ttl_secs", &self.ttl_secs)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runtime and the context, shared by every handle of one connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    runtime: Option<Runtime>,
+    handle: Handle,
+    pub(crate) ctx: Ctx,
+    pub(crate) options: EtcdOptions,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks and never panics, even when dropped inside another runtime.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the runtime, connects and proves the cluster answers within the connect timeout.
+    pub(crate) fn connect(endpoints: &[String], options: EtcdOptions) -> Result<Arc<Shared>> {
+        let ttl_secs = options.validate()?;
+        if endpoints.is_empty() {
+            return Err(Error::invalid("no etcd endpoint given"));
+        }
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lock-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start runtime thread", "lock-etcd", e))?;
+        let handle = runtime.handle().clone();
+        let connect_timeout = options.connect_timeout_value();
+        let request_timeout = options.request_timeout_value();
+        let probe_key = options.prefix_value().to_owned();
+        let eps = endpoints.to_vec();
+        let client = run(&handle, async move {
+            let deadline = Instant::now() + connect_timeout;
+            let connect_options = ConnectOptions::new()
+                .with_connect_timeout(connect_timeout)
+                .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+                .with_keep_alive_while_idle(true)
+                .with_require_leader(true);
+            let client = match timeout_at(
+                deadline.into(),
+                Client::connect(eps.clone(), Some(connect_options)),
+            )
+            .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => return Err(map_err(e)),
+                Err(_) => {
+                    return Err(Error::unavailable(format!(
+                        "no etcd endpoint of {eps:?} answered within {connect_timeout:?}"
+                    )));
+                }
+            };
+            // Connecting is lazy: one linearizable read proves that a member with a leader answers.
+            let probe = retry(&client, deadline, |mut c| {
+                let key = probe_key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await;
+            match probe {
+                Ok(_) => Ok(client),
+                Err(Error::Unavailable { source }) => Err(Error::unavailable(format!(
+                    "no etcd endpoint of {eps:?} answered within {connect_timeout:?}: {source}"
+                ))),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(Arc::new(Shared {
+            runtime: Some(runtime),
+            handle,
+            ctx: Ctx {
+                client,
+                ttl_secs,
+                request_timeout,
+                identity: Arc::new(Identity::current()),
+            },
+            options,
+        }))
+    }
+
+    /// Runs `fut` on the runtime thread and waits for its result.
+    pub(crate) fn block_on<T, F>(&self, fut: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        run(&self.handle, fut)
+    }
+
+    /// Starts `fut` on the runtime thread without waiting for it.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(fut));
+    }
+}
+
+fn run<T, F>(handle: &Handle, fut: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    drop(handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    }));
+    rx.recv()
+        .unwrap_or_else(|_| Err(Error::unavailable("the lock-etcd runtime has shut down")))
+}
+
+impl Ctx {
+    /// The deadline of a request started now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.request_timeout
+    }
+
+    /// Runs one request, retrying transient failures until the request timeout.
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        retry(&self.client, self.deadline(), f).await
+    }
+}
+
+/// Runs `f` until it succeeds, fails for good, or `deadline` passes.
+///
+/// Every operation this crate retries is safe to repeat: lock keys are unique per lease and are
+/// created under a `create_revision == 0` compare, and a repeated delete or revoke is recognised.
+pub(crate) async fn retry<T, F, Fut>(client: &Client, deadline: Instant, mut f: F) -> Result<T>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut backoff = Duration::from_millis(20);
+    let mut last: Option<etcd_client::Error> = None;
+    loop {
+        match timeout_at(deadline.into(), f(client.clone())).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if is_transient(&e) => {
+                if Instant::now() + backoff >= deadline {
+                    return Err(Error::unavailable(format!(
+                        "etcd did not answer in time; last error: {e}"
+                    )));
+                }
+                last = Some(e);
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Ok(Err(e)) => return Err(map_err(e)),
+            Err(_) => {
+                return Err(Error::unavailable(match last {
+                    Some(e) => format!("etcd did not answer in time; last error: {e}"),
+                    None => "etcd did not answer in time".to_owned(),
+                }));
+            }
+        }
+    }
+}
+
+/// Whether a failed request may succeed when repeated (possibly on another member).
+pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::Internal
+                | Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// Whether an error says the lease no longer exists.
+pub(crate) fn is_lease_gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::NotFound || s.message().contains("lease not found")
+        }
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        _ => false,
+    }
+}
+
+/// Maps a client error to the shared error enum: a vanished lease is [`Error::Lost`], anything
+/// else means the service did not do what was asked, [`Error::Unavailable`] with the cause.
+pub(crate) fn map_err(e: etcd_client::Error) -> Error {
+    if is_lease_gone(&e) {
+        Error::Lost
+    } else {
+        Error::unavailable(e)
+    }
+}

@@ -1,0 +1,223 @@
+//! One acquisition's lease: the keepalive task, the own-key watch, and the lost signal they fire.
+//!
+//! Invariants:
+//! 1. `confirmed_until` is the send time of the last keepalive the server answered plus the TTL it
+//!    granted: the server cannot expire the lease before then (it renewed it after we sent), so
+//!    the lock is certainly ours until then and possibly not after.
+//! 2. The lost signal fires at most once per acquisition and never un-fires; it fires when a
+//!    keepalive answer says TTL <= 0 (the lease is gone), when `confirmed_until` passes with no
+//!    newer answer, or when the own key is deleted, but never for a deletion this handle is making
+//!    itself (`releasing`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Event, GetOptions, WatchFilterType, WatchOptions};
+use lock_api::{LostSignal, LostTrigger};
+use tokio::sync::watch;
+use tokio::time::{sleep, sleep_until, timeout_at};
+
+use crate::client::{Ctx, is_lease_gone};
+
+/// How long to wait before retrying a broken stream.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The state shared by a held lock and its background tasks.
+#[derive(Debug)]
+pub(crate) struct Monitor {
+    trigger: LostTrigger,
+    lost_tx: watch::Sender<bool>,
+    confirmed_until: Mutex<Instant>,
+    releasing: AtomicBool,
+}
+
+impl Monitor {
+    pub(crate) fn new(confirmed_until: Instant) -> Arc<Monitor> {
+        let (trigger, _signal) = LostTrigger::new();
+        Arc::new(Monitor {
+            trigger,
+            lost_tx: watch::Sender::new(false),
+            confirmed_until: Mutex::new(confirmed_until),
+            releasing: AtomicBool::new(false),
+        })
+    }
+
+    /// Fires the lost signal, unless this handle is deleting its own key right now.
+    pub(crate) fn fire(&self) {
+        if self.releasing.load(Ordering::SeqCst) {
+            return;
+        }
+        self.trigger.fire();
+        self.lost_tx.send_replace(true);
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        *self.lost_tx.borrow()
+    }
+
+    pub(crate) fn signal(&self) -> LostSignal {
+        self.trigger.signal()
+    }
+
+    /// Marks the start (or, on failure, the end) of this handle's own release.
+    pub(crate) fn set_releasing(&self, releasing: bool) {
+        self.releasing.store(releasing, Ordering::SeqCst);
+    }
+
+    /// Resolves when the lock is lost.
+    pub(crate) async fn lost(&self) {
+        let mut rx = self.lost_tx.subscribe();
+        // The sender lives as long as `self`, so this only ends when the value is true.
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    pub(crate) fn confirmed_until(&self) -> Instant {
+        *self
+            .confirmed_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn confirm(&self, until: Instant) {
+        let mut current = self
+            .confirmed_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if until > *current {
+            *current = until;
+        }
+    }
+
+    /// Time the lease certainly has left, or `None` once it may have expired.
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        if self.is_lost() {
+            return None;
+        }
+        self.confirmed_until().checked_duration_since(Instant::now())
+    }
+}
+
+/// Keeps `lease` alive every TTL/3 until aborted; fires the lost signal when it cannot.
+pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc<Monitor>) {
+    let period = ttl / 3;
+    let mut stream = None;
+    let mut next = Instant::now() + period;
+    loop {
+        sleep_until(next.into()).await;
+        // One renewal, retried until it succeeds or the lease may have expired (invariant 1).
+        loop {
+            let deadline = monitor.confirmed_until();
+            let sent = Instant::now();
+            if sent >= deadline {
+                monitor.fire();
+                return;
+            }
+            let attempt_deadline = deadline.min(sent + ctx.request_timeout);
+            let attempt = timeout_at(attempt_deadline.into(), async {
+                if stream.is_none() {
+                    // Opening the stream sends one keepalive and awaits its answer.
+                    stream = Some(ctx.client.clone().lease_keep_alive(lease).await?);
+                    return Ok(None);
+                }
+                let Some((keeper, answers)) = stream.as_mut() else {
+                    return Ok(None);
+                };
+                keeper.keep_alive().await?;
+                answers.message().await.map(|answer| answer.map(|a| a.ttl()))
+            })
+            .await;
+            match attempt {
+                // A fresh stream: its opening keepalive was answered with a positive TTL.
+                Ok(Ok(None)) if stream.is_some() => {
+                    monitor.confirm(sent + ttl);
+                    break;
+                }
+                Ok(Ok(Some(granted))) if granted > 0 => {
+                    let granted = u64::try_from(granted).unwrap_or(0);
+                    monitor.confirm(sent + Duration::from_secs(granted));
+                    break;
+                }
+                Ok(Ok(Some(_))) => {
+                    monitor.fire();
+                    return;
+                }
+                Ok(Err(e)) if is_lease_gone(&e) => {
+                    monitor.fire();
+                    return;
+                }
+                _ => {
+                    stream = None;
+                    sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+        next = Instant::now() + period;
+    }
+}
+
+/// Watches the own key `key` (created at `revision`) until aborted; fires the lost signal when it
+/// is deleted by anyone but this handle.
+pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor: Arc<Monitor>) {
+    let mut from = revision + 1;
+    loop {
+        if monitor.is_lost() {
+            return;
+        }
+        let options = WatchOptions::new()
+            .with_start_revision(from)
+            .with_filters([WatchFilterType::NoPut]);
+        let opened = timeout_at(
+            ctx.deadline().into(),
+            ctx.client.clone().watch(key.clone(), Some(options)),
+        )
+        .await;
+        if let Ok(Ok(mut stream)) = opened {
+            loop {
+                match stream.message().await {
+                    Ok(Some(answer)) => {
+                        let deleted = answer.events().iter().any(is_delete);
+                        if deleted {
+                            monitor.fire();
+                            return;
+                        }
+                        if answer.canceled() {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        // The watch broke (compaction, no leader, a dead member): check the key by reading it,
+        // then watch again from the revision of that read.
+        let read = ctx
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_keys_only())).await }
+            })
+            .await;
+        match read {
+            Ok(answer) => {
+                let ours = answer
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == revision);
+                if !ours {
+                    monitor.fire();
+                    return;
+                }
+                if let Some(header) = answer.header() {
+                    from = from.max(header.revision() + 1);
+                }
+            }
+            Err(_) => sleep(RETRY_PAUSE).await,
+        }
+    }
+}
+
+/// Whether a watch event is a deletion (read from the raw field: the client's own accessor panics
+/// on an event type it does not know).
+pub(crate) fn is_delete(event: &Event) -> bool {
+    event.0.r#type == 1
+}

@@ -1,0 +1,420 @@
+//! The mutex recipe over KV, Txn, Watch and Lease (not etcd's `Lock` RPC).
+//!
+//! A lock is a key range, its *queue*: `<lock prefix>/` followed by one key per acquisition,
+//! `<lock prefix>/<lease id in hex>`, attached to that acquisition's own lease. The key with the
+//! lowest CreateRevision holds the lock; the others wait in CreateRevision order.
+//!
+//! Invariants:
+//! 1. An acquisition creates its key in one Txn guarded by `create_revision == 0`, which also reads
+//!    the first key of the queue: an uncontended lock costs a lease grant and one Txn.
+//! 2. A waiter watches only its immediate predecessor (the last key created before its own), from
+//!    the revision of the read that found it, so no deletion is missed and a release wakes one
+//!    waiter, not the herd.
+//! 3. A waiter that finds no predecessor left re-reads its own key before it claims the lock: if
+//!    its lease expired while it waited (etcd#11456) the key is gone and the answer is
+//!    `Error::Lost`, never success.
+//! 4. The fencing token is the own key's CreateRevision: etcd revisions only grow, so tokens of
+//!    successive holders strictly increase.
+//! 5. Every acquisition that does not end holding the lock revokes its lease, which deletes its
+//!    key; if even that fails the lease is no longer kept alive and expires within the TTL.
+//! 6. Release deletes the key only while its CreateRevision is still ours, then revokes the lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::proto::{PbKeyValue, PbTxnOpResponse, PbTxnResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType,
+    WatchOptions,
+};
+use lock_api::{Error, Result};
+use tokio::task::AbortHandle;
+use tokio::time::{sleep, timeout_at};
+
+use crate::client::Ctx;
+use crate::lease::{Monitor, is_delete, keep_alive, watch_own_key};
+use crate::record::Record;
+
+/// A pause before re-reading the queue after a watch broke.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// One acquisition that holds the lock.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) key: String,
+    pub(crate) lease: i64,
+    pub(crate) revision: i64,
+    pub(crate) ttl: Duration,
+    pub(crate) since: SystemTime,
+    pub(crate) monitor: Arc<Monitor>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Held {
+    /// Stops the keepalive and the key watch.
+    pub(crate) fn stop_tasks(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How long an acquisition may wait for the holder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Do not wait at all (`try_lock`).
+    Never,
+    /// Wait until the deadline, or forever.
+    Until(Option<Instant>),
+}
+
+/// The first key of a Txn's `index`-th response, read without the client's panicking accessor.
+fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
+    match resp.responses.get(index)?.response.as_ref()? {
+        PbTxnOpResponse::ResponseRange(range) => range.kvs.first(),
+        _ => None,
+    }
+}
+
+fn queue_options() -> GetOptions {
+    GetOptions::new().with_prefix()
+}
+
+/// Acquires the lock whose queue is `queue` (ending in `/`).
+///
+/// Returns `Ok(None)` when `wait` is [`Wait::Never`] and someone holds it.
+pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Option<Held>> {
+    let deadline = match wait {
+        Wait::Never => None,
+        Wait::Until(deadline) => deadline,
+    };
+    if matches!(wait, Wait::Never) {
+        // Cheap refusal without creating a lease while the lock is visibly held.
+        let answer = ctx
+            .call(|mut c| {
+                let queue = queue.clone();
+                async move {
+                    c.get(queue, Some(queue_options().with_count_only()))
+                        .await
+                }
+            })
+            .await?;
+        if answer.count() > 0 {
+            return Ok(None);
+        }
+    }
+    let sent = Instant::now();
+    let grant_deadline = deadline.map_or(ctx.deadline(), |d| d.min(ctx.deadline()));
+    let ttl_secs = ctx.ttl_secs;
+    let grant = crate::client::retry(&ctx.client, grant_deadline, |mut c| async move {
+        c.lease_grant(ttl_secs, None).await
+    })
+    .await
+    .map_err(|e| match (e, deadline) {
+        (Error::Unavailable { .. }, Some(d)) if Instant::now() >= d => Error::Timeout,
+        (e, _) => e,
+    })?;
+    let lease = grant.id();
+    let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
+    if ttl.is_zero() {
+        return Err(Error::unavailable(format!(
+            "etcd granted lease {lease:x} with TTL {}",
+            grant.ttl()
+        )));
+    }
+    let monitor = Monitor::new(sent + ttl);
+    let mut tasks = vec![
+        tokio::spawn(keep_alive(ctx.clone(), lease, ttl, Arc::clone(&monitor))).abort_handle(),
+    ];
+    let key = format!("{queue}{lease:016x}");
+    let since = SystemTime::now();
+    let record = Record {
+        pid: ctx.identity.pid,
+        host: ctx.identity.host.clone(),
+        since,
+        data: Vec::new(),
+    };
+    let attempt = enqueue_and_wait(&ctx, &queue, &key, lease, &record, wait, &monitor, &mut tasks);
+    let outcome = match deadline {
+        Some(d) => timeout_at(d.into(), attempt)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+        None => attempt.await,
+    };
+    match outcome {
+        Ok(Some(revision)) => Ok(Some(Held {
+            key,
+            lease,
+            revision,
+            ttl,
+            since,
+            monitor,
+            tasks,
+        })),
+        other => {
+            for task in &tasks {
+                task.abort();
+            }
+            revoke(&ctx, lease).await;
+            other.map(|_| None)
+        }
+    }
+}
+
+/// Creates the own key, then waits for the turn; returns the own key's CreateRevision once the
+/// lock is ours, `None` when `wait` is [`Wait::Never`] and it is not.
+#[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
+async fn enqueue_and_wait(
+    ctx: &Ctx,
+    queue: &str,
+    key: &str,
+    lease: i64,
+    record: &Record,
+    wait: Wait,
+    monitor: &Arc<Monitor>,
+    tasks: &mut Vec<AbortHandle>,
+) -> Result<Option<i64>> {
+    let value = record.encode();
+    let answer = ctx
+        .call(|mut c| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease))),
+                    TxnOp::get(
+                        queue,
+                        Some(
+                            queue_options()
+                                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                                .with_limit(1)
+                                .with_keys_only(),
+                        ),
+                    ),
+                ])
+                .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    let raw = &answer.0;
+    let revision = if raw.succeeded {
+        // Every write of a Txn happens at the Txn's revision.
+        raw.header.as_ref().map(|h| h.revision).unwrap_or(0)
+    } else {
+        // A retried Txn whose first attempt was applied: our key exists already.
+        txn_first_kv(raw, 0).map(|kv| kv.create_revision).unwrap_or(0)
+    };
+    if revision <= 0 {
+        return Err(Error::unavailable(format!(
+            "etcd answered the acquisition of {key} without a revision"
+        )));
+    }
+    tasks.push(
+        tokio::spawn(watch_own_key(
+            ctx.clone(),
+            key.to_owned(),
+            revision,
+            Arc::clone(monitor),
+        ))
+        .abort_handle(),
+    );
+    if raw.succeeded && txn_first_kv(raw, 1).is_some_and(|kv| kv.create_revision == revision) {
+        // Invariant 1: the Txn itself saw our key first in the queue.
+        return Ok(Some(revision));
+    }
+    if matches!(wait, Wait::Never) {
+        return Ok(None);
+    }
+    wait_for_turn(ctx, queue, revision, monitor).await?;
+    // Invariant 3: claim only if our key (hence our lease) still exists.
+    let own = ctx
+        .call(|mut c| async move {
+            c.get(key, Some(GetOptions::new().with_keys_only())).await
+        })
+        .await?;
+    let ours = own
+        .kvs()
+        .first()
+        .is_some_and(|kv| kv.create_revision() == revision && kv.lease() == lease);
+    if !ours || monitor.is_lost() {
+        return Err(Error::Lost);
+    }
+    Ok(Some(revision))
+}
+
+/// Waits until no key created before `revision` is left in `queue` (invariant 2).
+async fn wait_for_turn(ctx: &Ctx, queue: &str, revision: i64, monitor: &Monitor) -> Result<()> {
+    loop {
+        if monitor.is_lost() {
+            return Err(Error::Lost);
+        }
+        let answer = ctx
+            .call(|mut c| async move {
+                c.get(
+                    queue,
+                    Some(
+                        queue_options()
+                            .with_sort(SortTarget::Create, SortOrder::Descend)
+                            .with_max_create_revision(revision - 1)
+                            .with_limit(1)
+                            .with_keys_only(),
+                    ),
+                )
+                .await
+            })
+            .await?;
+        let Some(predecessor) = answer.kvs().first() else {
+            return Ok(());
+        };
+        let from = answer.header().map_or(0, |h| h.revision()) + 1;
+        let key = predecessor.key().to_vec();
+        tokio::select! {
+            () = wait_deleted(ctx, key, from) => {}
+            () = monitor.lost() => return Err(Error::Lost),
+        }
+    }
+}
+
+/// Resolves when `key` is deleted at or after revision `from`, or when the watch breaks (the
+/// caller then reads the queue again).
+async fn wait_deleted(ctx: &Ctx, key: Vec<u8>, from: i64) {
+    let options = WatchOptions::new()
+        .with_start_revision(from)
+        .with_filters([WatchFilterType::NoPut]);
+    let opened = timeout_at(
+        ctx.deadline().into(),
+        ctx.client.clone().watch(key, Some(options)),
+    )
+    .await;
+    let Ok(Ok(mut stream)) = opened else {
+        sleep(RETRY_PAUSE).await;
+        return;
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(answer)) => {
+                if answer.events().iter().any(is_delete) {
+                    return;
+                }
+                if answer.canceled() {
+                    sleep(RETRY_PAUSE).await;
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                sleep(RETRY_PAUSE).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Releases a held lock (invariant 6).
+pub(crate) async fn release(ctx: Ctx, held: Held) -> Result<()> {
+    held.monitor.set_releasing(true);
+    if held.monitor.is_lost() {
+        held.stop_tasks();
+        revoke(&ctx, held.lease).await;
+        return Err(Error::Lost);
+    }
+    let mut attempts = 0u32;
+    let answer = ctx
+        .call(|mut c| {
+            attempts += 1;
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    held.key.as_str(),
+                    CompareOp::Equal,
+                    held.revision,
+                )])
+                .and_then([TxnOp::delete(held.key.as_str(), None)]);
+            async move { c.txn(txn).await }
+        })
+        .await;
+    held.stop_tasks();
+    match answer {
+        Ok(answer) if answer.succeeded() => {
+            revoke(&ctx, held.lease).await;
+            Ok(())
+        }
+        // A retried delete whose first attempt was applied (the keepalive still vouched for the
+        // lease, so nobody else removed the key).
+        Ok(_) if attempts > 1 && held.monitor.time_left().is_some() => {
+            revoke(&ctx, held.lease).await;
+            Ok(())
+        }
+        Ok(_) => {
+            held.monitor.set_releasing(false);
+            held.monitor.fire();
+            revoke(&ctx, held.lease).await;
+            Err(Error::Lost)
+        }
+        Err(e) => {
+            // The lease is no longer kept alive, so the key goes within the TTL; try to make it
+            // sooner in the background.
+            let lease = held.lease;
+            tokio::spawn(async move { revoke(&ctx, lease).await });
+            Err(e)
+        }
+    }
+}
+
+/// Revokes `lease` (deleting its keys); a lease that is already gone is not an error, and other
+/// errors are dropped because the lease expires by itself once no longer kept alive.
+pub(crate) async fn revoke(ctx: &Ctx, lease: i64) {
+    let _ = ctx
+        .call(|mut c| async move { c.lease_revoke(lease).await })
+        .await;
+}
+
+/// Rewrites the own key's value while it is still ours.
+pub(crate) async fn rewrite(ctx: &Ctx, held_key: &str, revision: i64, lease: i64, value: Vec<u8>) -> Result<()> {
+    let answer = ctx
+        .call(|mut c| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(held_key, CompareOp::Equal, revision)])
+                .and_then([TxnOp::put(
+                    held_key,
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    if answer.succeeded() {
+        Ok(())
+    } else {
+        Err(Error::Lost)
+    }
+}
+
+/// The first key of `queue` (the holder's), with its value.
+pub(crate) async fn first(ctx: &Ctx, queue: &str) -> Result<Option<etcd_client::KeyValue>> {
+    let mut answer = ctx
+        .call(|mut c| async move {
+            c.get(
+                queue,
+                Some(
+                    queue_options()
+                        .with_sort(SortTarget::Create, SortOrder::Ascend)
+                        .with_limit(1),
+                ),
+            )
+            .await
+        })
+        .await?;
+    Ok(answer.take_kvs().into_iter().next())
+}
+
+/// When the lease `lease` expires, as far as the server says now.
+pub(crate) async fn lease_expiry(ctx: &Ctx, lease: i64) -> Result<Option<SystemTime>> {
+    let answer = ctx
+        .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
+        .await;
+    match answer {
+        Ok(a) if a.ttl() >= 0 => {
+            Ok(Some(SystemTime::now() + Duration::from_secs(u64::try_from(a.ttl()).unwrap_or(0))))
+        }
+        Ok(_) | Err(Error::Lost) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

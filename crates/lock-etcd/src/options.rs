@@ -1,0 +1,209 @@
+//! Connection options and the limits every name, TTL and payload is checked against.
+
+use std::time::Duration;
+
+use lock_api::{Error, Result};
+
+/// The shortest lease TTL this crate accepts.
+///
+/// etcd itself raises any lease shorter than 1.5 × its election timeout to that minimum (2 s with
+/// the default 1 s election timeout, rounded up to whole seconds); a lease of 1 s leaves a
+/// keepalive every 333 ms no room for a single slow round trip. [`Leased::ttl`] reports the TTL the
+/// server really granted.
+///
+/// [`Leased::ttl`]: lock_api::Leased::ttl
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// The longest lease TTL etcd grants (its `MaxLeaseTTL`, about 285 years).
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
+/// The longest lock or table name, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The longest key prefix, in bytes.
+pub const MAX_PREFIX_LEN: usize = 512;
+
+/// The largest payload [`LockData::write_data`](lock_api::LockData::write_data) accepts.
+///
+/// etcd refuses requests over 1.5 MiB by default; the owner record shares the value.
+pub const MAX_DATA_LEN: usize = 1024 * 1024;
+
+/// How to reach the cluster and how locks behave on it.
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_etcd::EtcdOptions;
+///
+/// let options = EtcdOptions::new()
+///     .prefix("myapp/locks")
+///     .ttl(Duration::from_secs(5))
+///     .request_timeout(Duration::from_secs(2));
+/// assert_eq!(options.ttl_value(), Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    prefix: String,
+    ttl: Duration,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            prefix: "lockyard".to_owned(),
+            ttl: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl EtcdOptions {
+    /// The defaults: prefix `lockyard`, TTL 10 s, connect and request timeouts 5 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The key prefix every key of this connection lives under (a trailing `/` is ignored).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The lease TTL of every acquisition, rounded up to whole seconds; at least [`MIN_TTL`].
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long [`EtcdLocks::connect`](crate::EtcdLocks::connect) may take to reach the cluster.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one request (with its retries on another member) may take before it fails with
+    /// [`Error::Unavailable`].
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The key prefix, without a trailing `/`.
+    pub fn prefix_value(&self) -> &str {
+        self.prefix.trim_end_matches('/')
+    }
+
+    /// The lease TTL as configured.
+    pub fn ttl_value(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The request timeout.
+    pub fn request_timeout_value(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Checks every field; returns the TTL in whole seconds.
+    pub(crate) fn validate(&self) -> Result<i64> {
+        let prefix = self.prefix_value();
+        if prefix.is_empty() {
+            return Err(Error::invalid("the etcd key prefix is empty"));
+        }
+        if prefix.len() > MAX_PREFIX_LEN {
+            return Err(Error::invalid(format!(
+                "the etcd key prefix is {} bytes long, more than {MAX_PREFIX_LEN}",
+                prefix.len()
+            )));
+        }
+        if prefix.contains('\0') {
+            return Err(Error::invalid("the etcd key prefix contains a NUL byte"));
+        }
+        if self.ttl < MIN_TTL {
+            return Err(Error::invalid(format!(
+                "lease TTL {:?} is below the minimum of {MIN_TTL:?}",
+                self.ttl
+            )));
+        }
+        if self.ttl > MAX_TTL {
+            return Err(Error::invalid(format!(
+                "lease TTL {:?} is above etcd's maximum of {MAX_TTL:?}",
+                self.ttl
+            )));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(Error::invalid("etcd timeouts must be longer than zero"));
+        }
+        let whole = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        i64::try_from(whole).map_err(|_| Error::invalid("lease TTL does not fit etcd's range"))
+    }
+}
+
+/// Checks a lock or table name: not empty, at most [`MAX_NAME_LEN`] bytes, no `/` (it would
+/// escape the lock's own key range) and no NUL or other control character.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] naming what is wrong.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("the lock name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "the lock name is {} bytes long, more than {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name.chars().find(|&c| c == '/' || c.is_control()) {
+        return Err(Error::invalid(format!(
+            "the lock name {name:?} contains {c:?}, which is not allowed in a key segment"
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::invalid(format!("the lock name {name:?} is reserved")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_escape_the_prefix_are_refused() {
+        for bad in ["", "a/b", "/", "a\0b", "a\nb", ".", ".."] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::InvalidArgument { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+        for good in ["a", "lock-1", "ünïcode", &"x".repeat(MAX_NAME_LEN)] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_is_checked_and_rounded_up() {
+        let short = EtcdOptions::new().ttl(Duration::from_millis(1999));
+        assert!(matches!(short.validate(), Err(Error::InvalidArgument { .. })));
+        let ok = EtcdOptions::new().ttl(Duration::from_millis(2500));
+        assert_eq!(ok.validate().ok(), Some(3));
+        let long = EtcdOptions::new().ttl(MAX_TTL + Duration::from_secs(1));
+        assert!(long.validate().is_err());
+    }
+
+    #[test]
+    fn prefix_is_checked() {
+        assert!(EtcdOptions::new().prefix("/").validate().is_err());
+        assert!(EtcdOptions::new().prefix("a\0").validate().is_err());
+        assert_eq!(EtcdOptions::new().prefix("a/b/").prefix_value(), "a/b");
+    }
+}
