@@ -1,0 +1,263 @@
+//! Child processes for the integration tests: the test binary re-executes itself as a child.
+//!
+//! A test binary that uses this module defines `#[test] fn child_entry() { common::child_entry() }`;
+//! in a normal run it does nothing, and in a child (the `CHILD_ENV` variable names a role) it runs
+//! the role and exits. Children speak lines starting with `@ ` on stdout, read by the parent with
+//! a timeout; a `Child` is SIGKILLed and reaped when dropped, so no test leaves a process behind.
+#![allow(dead_code)] // each test binary uses a different part of this module.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use lock_file::{Acquired, Error, FileManager, LockId, Locker, Manager};
+
+/// The variable naming the role of a child.
+const CHILD_ENV: &str = "LOCK_FILE_TEST_CHILD";
+const STORE_ENV: &str = "LOCK_FILE_TEST_STORE";
+const ARG_ENV: &str = "LOCK_FILE_TEST_ARG";
+
+/// How long any child lives at most.
+const CHILD_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A running child process.
+pub(crate) struct Child {
+    child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Child {
+    /// Starts the test binary as a child in `role` on `store`, with an extra argument.
+    pub(crate) fn spawn(role: &str, store: &Path, arg: &str) -> Child {
+        Child::spawn_with(role, store, arg, |_| {})
+    }
+
+    /// As `spawn`, letting the caller adjust the command (for example its uid).
+    pub(crate) fn spawn_with(
+        role: &str,
+        store: &Path,
+        arg: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Child {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut command = Command::new(exe);
+        command
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, role)
+            .env(STORE_ENV, store)
+            .env(ARG_ENV, arg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The harness may have printed "test child_entry ... " on the same line.
+                if let Some((_, msg)) = line.split_once("@ ") {
+                    if tx.send(msg.to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Child {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The child's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line the child says, within `timeout`.
+    pub(crate) fn next(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The next line, which must come within 30 s.
+    pub(crate) fn expect_line(&self) -> String {
+        self.next(Duration::from_secs(30))
+            .expect("child said nothing within 30 s")
+    }
+
+    /// Sends a line to the child.
+    pub(crate) fn say(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}");
+        }
+    }
+
+    /// SIGKILLs the child and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Closes the child's stdin and waits (at most 30 s) for it to exit; true if it exited 0.
+    pub(crate) fn finish(mut self) -> bool {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a child prints for an error: its variant and message.
+fn describe(e: &Error) -> String {
+    let kind = match e {
+        Error::Io { source, .. } => format!("Io {:?}", source.kind()),
+        Error::Incompatible { .. } => "Incompatible".into(),
+        Error::Corrupt { .. } => "Corrupt".into(),
+        Error::NotFound { .. } => "NotFound".into(),
+        other => format!("{other:?}"),
+    };
+    format!("err {kind} | {e}")
+}
+
+fn say(line: impl std::fmt::Display) {
+    println!("@ {line}");
+}
+
+/// Reads stdin lines on a thread; the receiver closes at EOF.
+fn stdin_lines() -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the child's role if this process is a child; returns at once otherwise.
+pub(crate) fn child_entry() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let store = std::env::var_os(STORE_ENV).expect("store path");
+    let arg = std::env::var(ARG_ENV).unwrap_or_default();
+    // A child never outlives its budget, whatever its parent does.
+    std::thread::spawn(|| {
+        std::thread::sleep(CHILD_LIFETIME);
+        std::process::exit(3);
+    });
+    let code = match role.as_str() {
+        "open" => {
+            match FileManager::open(&store) {
+                Ok(_) => say("opened"),
+                Err(e) => say(describe(&e)),
+            }
+            0
+        }
+        "hold" => hold(Path::new(&store), &arg),
+        "hammer" => hammer(Path::new(&store), &arg),
+        other => {
+            say(format!("unknown role {other}"));
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Locks the id in `arg`, says `locked clean|owner-died`, unlocks on `unlock`, exits at EOF.
+fn hold(store: &Path, arg: &str) -> i32 {
+    let id: u32 = arg.parse().expect("id");
+    let manager = FileManager::open(store).expect("open store");
+    let lock = manager.retrieve(LockId(id)).expect("retrieve");
+    match lock.lock() {
+        Ok(Acquired::Clean) => say("locked clean"),
+        Ok(Acquired::OwnerDied) => say("locked owner-died"),
+        Err(e) => {
+            say(describe(&e));
+            return 1;
+        }
+    }
+    for line in stdin_lines() {
+        if line == "unlock" {
+            match lock.unlock() {
+                Ok(()) => say("unlocked"),
+                Err(e) => say(describe(&e)),
+            }
+        }
+    }
+    0
+}
+
+/// Hammers the locks `0..n` (`arg` = n) until killed or stdin closes. Inside each critical
+/// section it checks the lock's occupant file: a `Clean` acquisition must find it empty; it then
+/// writes its pid there, and empties it before unlocking. A holder killed in between leaves its
+/// pid for the next one, who must have been told `OwnerDied`.
+fn hammer(store: &Path, arg: &str) -> i32 {
+    let n: u32 = arg.parse().expect("lock count");
+    let manager = FileManager::open(store).expect("open store");
+    let locks: Vec<_> = (0..n)
+        .map(|id| manager.retrieve(LockId(id)).expect("retrieve"))
+        .collect();
+    let occupants: Vec<_> = (0..n)
+        .map(|id| store.parent().expect("root").join(format!("occupant-{id}")))
+        .collect();
+    let stop = stdin_lines();
+    say("ready");
+    let me = std::process::id().to_string();
+    let mut round = 0u64;
+    loop {
+        if matches!(stop.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+            return 0;
+        }
+        round += 1;
+        let i = (round % u64::from(n)) as usize;
+        let how = match locks[i].lock() {
+            Ok(how) => how,
+            Err(e) => {
+                say(describe(&e));
+                return 1;
+            }
+        };
+        let found = std::fs::read_to_string(&occupants[i]).unwrap_or_default();
+        if how == Acquired::OwnerDied {
+            say(format!("owner-died {i}"));
+        } else if !found.is_empty() {
+            say(format!(
+                "violation lock {i}: clean acquisition found occupant {found}"
+            ));
+        }
+        std::fs::write(&occupants[i], &me).expect("write occupant");
+        std::thread::yield_now();
+        let now = std::fs::read_to_string(&occupants[i]).unwrap_or_default();
+        if now != me {
+            say(format!(
+                "violation lock {i}: occupant {now} inside my critical section"
+            ));
+        }
+        std::fs::write(&occupants[i], "").expect("clear occupant");
+        if let Err(e) = locks[i].unlock() {
+            say(describe(&e));
+            return 1;
+        }
+    }
+}

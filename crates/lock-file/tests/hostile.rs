@@ -1,0 +1,423 @@
+//! Hostile directories and bad input: typed errors naming the path, and nothing changed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::Child;
+use lock_file::{Error, FileManager, LockId, Locker, MAX_CAPACITY, Manager, StoreOptions};
+
+#[test]
+fn child_entry() {
+    common::child_entry();
+}
+
+/// Every file under `dir` with its content (directories and symlinks marked), to prove that a
+/// failed call changed nothing.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let what = if meta.file_type().is_symlink() {
+                format!("-> {:?}", std::fs::read_link(&path).expect("readlink"))
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else {
+                format!("{:?}", std::fs::read(&path).expect("read"))
+            };
+            out.insert(path, format!("{:o} {what}", meta.permissions().mode()));
+        }
+    }
+    out
+}
+
+fn fresh(capacity: u32) -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("store");
+    drop(FileManager::create(&path, capacity).expect("create"));
+    (root, path)
+}
+
+/// Asserts `result` failed with the variant `check` accepts and that its message names `path`.
+fn assert_err<T: std::fmt::Debug>(
+    result: lock_file::Result<T>,
+    check: impl Fn(&Error) -> bool,
+    path: &Path,
+) {
+    match result {
+        Err(e) => {
+            assert!(check(&e), "unexpected error variant: {e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains(&path.display().to_string()),
+                "{text:?} does not name {}",
+                path.display()
+            );
+        }
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn incompatible(e: &Error) -> bool {
+    matches!(e, Error::Incompatible { .. })
+}
+
+fn corrupt(e: &Error) -> bool {
+    matches!(e, Error::Corrupt { .. })
+}
+
+#[test]
+fn a_directory_that_is_not_a_store_is_incompatible_and_left_alone() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = root.path().join("photos");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("table"), b"holiday").expect("write");
+    std::fs::create_dir(dir.join("locks")).expect("mkdir");
+    let before = snapshot(root.path());
+    assert_err(FileManager::open(&dir), incompatible, &dir);
+    assert_err(
+        StoreOptions::new(8).open_or_create(&dir),
+        incompatible,
+        &dir,
+    );
+    assert_err(FileManager::remove(&dir), incompatible, &dir);
+    assert!(matches!(
+        FileManager::create(&dir, 8),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(
+        snapshot(root.path()),
+        before,
+        "a failed call changed the directory"
+    );
+}
+
+#[test]
+fn a_plain_file_is_not_a_store() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = root.path().join("file");
+    std::fs::write(&file, b"x").expect("write");
+    assert_err(FileManager::open(&file), incompatible, &file);
+    assert_err(FileManager::remove(&file), incompatible, &file);
+    assert_eq!(std::fs::read(&file).expect("read"), b"x");
+}
+
+#[test]
+fn a_missing_store_is_not_found() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("nothing");
+    assert_err(
+        FileManager::open(&path),
+        |e| matches!(e, Error::NotFound { .. }),
+        &path,
+    );
+    assert!(matches!(
+        FileManager::remove(&path),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn another_format_version_is_incompatible_and_left_alone() {
+    let (root, path) = fresh(8);
+    let marker = path.join(lock_file::MARKER_FILE);
+    std::fs::write(
+        &marker,
+        "lockyard lock-file store\nformat 2\ncapacity 8\nshiny new field\n",
+    )
+    .expect("write");
+    let before = snapshot(root.path());
+    match FileManager::open(&path) {
+        Err(Error::Incompatible {
+            what,
+            expected,
+            found,
+        }) => {
+            assert!(what.contains(&path.display().to_string()), "{what}");
+            assert_eq!((expected.as_str(), found.as_str()), ("1", "2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(snapshot(root.path()), before);
+    // A store of another version is still a store: it may be removed.
+    FileManager::remove(&path).expect("remove");
+    assert!(!path.exists());
+}
+
+#[test]
+fn damaged_tables_are_corrupt_and_left_alone() {
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 5] = [
+        ("truncated", |t| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t)
+                .expect("open");
+            f.set_len(100).expect("truncate");
+        }),
+        ("grown", |t| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t)
+                .expect("open");
+            let len = f.metadata().expect("stat").len();
+            f.set_len(len + 8).expect("grow");
+        }),
+        ("garbage header", |t| {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t)
+                .expect("open");
+            f.write_all_at(&[0xff; 16], 16).expect("write");
+        }),
+        ("symlink", |t| {
+            let elsewhere = t.with_file_name("elsewhere");
+            std::fs::rename(t, &elsewhere).expect("rename");
+            std::os::unix::fs::symlink(&elsewhere, t).expect("symlink");
+        }),
+        ("directory", |t| {
+            std::fs::remove_file(t).expect("rm");
+            std::fs::create_dir(t).expect("mkdir");
+        }),
+    ];
+    for (name, damage) in damages {
+        let (root, path) = fresh(100);
+        let table = path.join("table");
+        damage(&table);
+        let before = snapshot(root.path());
+        match FileManager::open(&path) {
+            Err(e @ Error::Corrupt { .. }) => {
+                assert!(
+                    e.to_string().contains(&table.display().to_string()),
+                    "{name}: {e}"
+                );
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(snapshot(root.path()), before, "{name}");
+    }
+}
+
+#[test]
+fn a_marker_that_disagrees_with_the_table_is_corrupt() {
+    let (_root, path) = fresh(64);
+    let marker = path.join(lock_file::MARKER_FILE);
+    // Same capacity, other owner-death flag: the table header disagrees.
+    std::fs::write(
+        &marker,
+        "lockyard lock-file store\nformat 1\ncapacity 64\nowner-death off\n",
+    )
+    .expect("write");
+    assert_err(FileManager::open(&path), corrupt, &path);
+    // Another capacity: the table has the wrong size.
+    std::fs::write(
+        &marker,
+        "lockyard lock-file store\nformat 1\ncapacity 65\nowner-death on\n",
+    )
+    .expect("write");
+    assert_err(FileManager::open(&path), corrupt, &path);
+}
+
+#[test]
+fn a_symlinked_marker_or_locks_dir_is_corrupt() {
+    let (root, path) = fresh(4);
+    let marker = path.join(lock_file::MARKER_FILE);
+    let copy = root.path().join("marker-copy");
+    std::fs::copy(&marker, &copy).expect("copy");
+    std::fs::remove_file(&marker).expect("rm");
+    std::os::unix::fs::symlink(&copy, &marker).expect("symlink");
+    assert_err(FileManager::open(&path), corrupt, &marker);
+    std::fs::remove_file(&marker).expect("rm");
+    std::fs::copy(&copy, &marker).expect("restore");
+    FileManager::open(&path).expect("restored store opens");
+
+    let locks = path.join("locks");
+    let moved = root.path().join("locks-elsewhere");
+    std::fs::rename(&locks, &moved).expect("move locks");
+    std::os::unix::fs::symlink(&moved, &locks).expect("symlink");
+    assert_err(FileManager::open(&path), corrupt, &locks);
+    std::fs::remove_file(&locks).expect("rm");
+    assert_err(FileManager::open(&path), corrupt, &locks);
+}
+
+#[test]
+fn a_lock_file_replaced_by_a_directory_a_symlink_or_nothing_is_corrupt() {
+    let (root, path) = fresh(8);
+    let manager = FileManager::open(&path).expect("open");
+    let outside = root.path().join("outside");
+    std::fs::write(&outside, b"keep me").expect("write");
+    let lock = |id: u32| path.join("locks").join(id.to_string());
+
+    std::fs::remove_file(lock(1)).expect("rm");
+    std::fs::create_dir(lock(1)).expect("mkdir");
+    std::fs::remove_file(lock(2)).expect("rm");
+    std::os::unix::fs::symlink(&outside, lock(2)).expect("symlink");
+    std::fs::remove_file(lock(3)).expect("rm");
+    std::fs::remove_file(lock(4)).expect("rm");
+    std::os::unix::fs::symlink(root.path().join("dangling"), lock(4)).expect("symlink");
+
+    for id in 1..=4 {
+        assert_err(manager.retrieve(LockId(id)), corrupt, &lock(id));
+        assert_err(
+            manager.allocate_and_retrieve(LockId(id)),
+            corrupt,
+            &lock(id),
+        );
+    }
+    // The refused allocate_and_retrieve calls allocated nothing; healthy ids still work.
+    assert_eq!(manager.available().expect("available"), Some(8));
+    let ok = manager.retrieve(LockId(5)).expect("retrieve");
+    let _ = ok.lock().expect("lock");
+    ok.unlock().expect("unlock");
+    assert_eq!(std::fs::read(&outside).expect("read"), b"keep me");
+}
+
+#[test]
+fn ids_out_of_range_are_refused_everywhere() {
+    let (_root, path) = fresh(10);
+    let manager = FileManager::open(&path).expect("open");
+    for id in [10, 11, u32::MAX] {
+        assert!(matches!(
+            manager.retrieve(LockId(id)),
+            Err(Error::OutOfRange { capacity: 10, .. })
+        ));
+        assert!(matches!(
+            manager.allocate_and_retrieve(LockId(id)),
+            Err(Error::OutOfRange { capacity: 10, .. })
+        ));
+    }
+    assert_eq!(manager.available().expect("available"), Some(10));
+}
+
+#[test]
+fn bad_capacities_and_paths_are_invalid_arguments() {
+    let root = tempfile::tempdir().expect("temp dir");
+    for capacity in [0, MAX_CAPACITY + 1, u32::MAX] {
+        assert!(matches!(
+            FileManager::create(root.path().join("s"), capacity),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    let long = root.path().join("x".repeat(250));
+    for path in [root.path().join(".."), long, PathBuf::from("/")] {
+        assert!(
+            matches!(
+                FileManager::create(&path, 4),
+                Err(Error::InvalidArgument { .. })
+            ),
+            "{}",
+            path.display()
+        );
+    }
+    let missing_parent = root.path().join("no/such/parent/store");
+    assert_err(
+        FileManager::create(&missing_parent, 4),
+        |e| matches!(e, Error::Io { .. }),
+        &root.path().join("no/such/parent"),
+    );
+    assert_eq!(
+        std::fs::read_dir(root.path()).expect("read_dir").count(),
+        0,
+        "failed creates left something behind"
+    );
+}
+
+#[test]
+fn concurrent_creates_have_exactly_one_winner_and_leave_no_temporaries() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("store");
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| FileManager::create(&path, 300).map(drop)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(Error::AlreadyExists { .. })))
+    );
+    let names: Vec<_> = std::fs::read_dir(root.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["store"]);
+    FileManager::open(&path).expect("open");
+    FileManager::remove(&path).expect("remove");
+    assert_eq!(std::fs::read_dir(root.path()).expect("read_dir").count(), 0);
+}
+
+/// Tests run as root here, and root ignores permission bits, so the check runs in a child
+/// process that drops to `nobody` (uid/gid 65534); as an ordinary user it runs in-process.
+#[test]
+fn missing_permissions_are_io_errors_naming_the_path() {
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = root.path().join("store");
+    drop(FileManager::create(&path, 4).expect("create"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let before = snapshot(root.path());
+    let is_root = rustix::process::geteuid().is_root();
+    if is_root {
+        // Nobody may not enter the store at all.
+        let child = Child::spawn_with("open", &path, "", |c| {
+            std::os::unix::process::CommandExt::uid(c, 65534);
+            std::os::unix::process::CommandExt::gid(c, 65534);
+        });
+        let line = child.expect_line();
+        assert!(line.starts_with("err Io PermissionDenied"), "{line}");
+        assert!(line.contains(&path.display().to_string()), "{line}");
+        // Nobody may enter, but not write the table.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let child = Child::spawn_with("open", &path, "", |c| {
+            std::os::unix::process::CommandExt::uid(c, 65534);
+            std::os::unix::process::CommandExt::gid(c, 65534);
+        });
+        let line = child.expect_line();
+        assert!(line.starts_with("err Io PermissionDenied"), "{line}");
+        assert!(
+            line.contains(&path.join("table").display().to_string()),
+            "{line}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    } else {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        assert_err(
+            FileManager::open(&path),
+            |e| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+            &path,
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    assert_eq!(snapshot(root.path()), before);
+}
+
+#[test]
+fn remove_then_open_is_not_found_and_create_works_again() {
+    let (_root, path) = fresh(4);
+    let manager = FileManager::open(&path).expect("open");
+    let lock = manager.allocate().expect("allocate");
+    FileManager::remove(&path).expect("remove");
+    assert!(matches!(
+        FileManager::open(&path),
+        Err(Error::NotFound { .. })
+    ));
+    // The old manager keeps working on the removed files.
+    let _ = lock.lock().expect("lock");
+    lock.unlock().expect("unlock");
+    let (fresh, created) = FileManager::open_or_create(&path, 4).expect("recreate");
+    assert!(created);
+    assert_eq!(fresh.available().expect("available"), Some(4));
+}

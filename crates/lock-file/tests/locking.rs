@@ -1,0 +1,251 @@
+//! Locking through the public API: owners, threads, real processes and SIGKILLed holders.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Child;
+use lock_file::{Acquired, Error, FileManager, Inspect, LockId, Locker, Manager, StoreOptions};
+use rand::Rng;
+
+/// Generous liveness bound: long enough for a loaded 2-core machine, short enough to fail fast.
+const LIVENESS: Duration = Duration::from_secs(10);
+
+#[test]
+fn child_entry() {
+    common::child_entry();
+}
+
+fn fresh(capacity: u32) -> (tempfile::TempDir, PathBuf, FileManager) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("store");
+    let manager = FileManager::create(&path, capacity).expect("create store");
+    (root, path, manager)
+}
+
+#[test]
+fn same_owner_relock_waits_for_the_owner_and_try_lock_says_none() {
+    let (_root, _path, manager) = fresh(4);
+    let first = manager.retrieve(LockId(1)).expect("retrieve");
+    let second = manager.retrieve(LockId(1)).expect("retrieve again");
+    assert_eq!(first.lock().expect("lock"), Acquired::Clean);
+    assert!(second.try_lock().expect("try_lock").is_none());
+    assert!(matches!(
+        second.try_lock_for(Duration::from_millis(30)),
+        Err(Error::Timeout)
+    ));
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let got = second.lock();
+            let _ = tx.send(got.map_err(|e| e.to_string()));
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "a second lock by the same owner must wait"
+        );
+        first.unlock().expect("unlock");
+        let got = rx
+            .recv_timeout(LIVENESS)
+            .expect("waiter proceeds after unlock");
+        assert_eq!(got, Ok(Acquired::Clean));
+    });
+    // Either handle of the owner may release it, once.
+    first.unlock().expect("unlock through the other handle");
+    assert!(matches!(second.unlock(), Err(Error::NotHeld(LockId(1)))));
+}
+
+#[test]
+fn two_managers_in_one_process_are_two_owners() {
+    let (_root, path, a) = fresh(2);
+    let b = FileManager::open(&path).expect("second open");
+    let la = a.retrieve(LockId(0)).expect("retrieve");
+    let lb = b.retrieve(LockId(0)).expect("retrieve");
+    assert_eq!(la.lock().expect("lock"), Acquired::Clean);
+    assert!(lb.try_lock().expect("try_lock").is_none());
+    assert!(matches!(lb.unlock(), Err(Error::NotHeld(_))));
+    let holder = lb.holder().expect("holder").expect("held");
+    assert_eq!(holder.pid, Some(std::process::id()));
+    la.unlock().expect("unlock");
+    assert_eq!(lb.try_lock().expect("try_lock"), Some(Acquired::Clean));
+    lb.unlock().expect("unlock");
+    assert!(lb.holder().expect("holder").is_none());
+}
+
+#[test]
+fn killed_holder_is_reported_once_and_named_while_alive() {
+    let (_root, path, manager) = fresh(4);
+    let mut child = Child::spawn("hold", &path, "2");
+    assert_eq!(child.expect_line(), "locked clean");
+    let held = manager.held().expect("held");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].id, LockId(2));
+    let holder = held[0].holder.clone().expect("holder known");
+    assert_eq!(holder.pid, Some(child.pid()));
+    assert!(holder.since.is_some());
+
+    let lock = manager.retrieve(LockId(2)).expect("retrieve");
+    assert!(lock.try_lock().expect("try_lock").is_none());
+    child.kill();
+    assert_eq!(
+        lock.try_lock_for(LIVENESS).expect("take over"),
+        Acquired::OwnerDied
+    );
+    lock.unlock().expect("unlock");
+    assert_eq!(lock.lock().expect("lock again"), Acquired::Clean);
+    lock.unlock().expect("unlock");
+    assert!(manager.held().expect("held").is_empty());
+}
+
+#[test]
+fn dead_holders_left_records_are_not_reported_as_held() {
+    let (_root, path, manager) = fresh(4);
+    let mut child = Child::spawn("hold", &path, "3");
+    assert_eq!(child.expect_line(), "locked clean");
+    child.kill();
+    // The record still says "held", but nobody holds the flock.
+    assert!(manager.held().expect("held").is_empty());
+    let lock = manager.retrieve(LockId(3)).expect("retrieve");
+    assert!(lock.holder().expect("holder").is_none());
+    // Looking did not consume the news: the next acquirer is still told.
+    assert_eq!(lock.lock().expect("lock"), Acquired::OwnerDied);
+    lock.unlock().expect("unlock");
+}
+
+#[test]
+fn store_without_owner_records_reports_clean_and_still_knows_who_holds() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("store");
+    let manager = StoreOptions::new(4)
+        .owner_death(false)
+        .create(&path)
+        .expect("create");
+    assert!(!manager.owner_death());
+    let mut child = Child::spawn("hold", &path, "1");
+    assert_eq!(child.expect_line(), "locked clean");
+    let held = manager.held().expect("held");
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].id, held[0].holder.clone()), (LockId(1), None));
+    child.kill();
+    let lock = manager.retrieve(LockId(1)).expect("retrieve");
+    assert_eq!(lock.try_lock_for(LIVENESS).expect("lock"), Acquired::Clean);
+    lock.unlock().expect("unlock");
+    // A reopen sees the store's own setting, whatever the caller asks for.
+    let again = StoreOptions::new(4).open(&path).expect("open");
+    assert!(!again.owner_death());
+}
+
+#[test]
+fn unlock_by_another_process_is_refused_and_changes_nothing() {
+    let (_root, path, manager) = fresh(2);
+    let mut child = Child::spawn("hold", &path, "0");
+    assert_eq!(child.expect_line(), "locked clean");
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    assert!(matches!(lock.unlock(), Err(Error::NotHeld(LockId(0)))));
+    assert!(lock.try_lock().expect("try_lock").is_none());
+    child.say("unlock");
+    assert_eq!(child.expect_line(), "unlocked");
+    assert_eq!(lock.try_lock_for(LIVENESS).expect("lock"), Acquired::Clean);
+    lock.unlock().expect("unlock");
+    assert!(child.finish());
+}
+
+#[test]
+fn locking_a_freed_lock_never_reallocates_it() {
+    let (_root, _path, manager) = fresh(3);
+    let lock = manager.allocate().expect("allocate");
+    assert_eq!(lock.id(), LockId(0));
+    lock.free().expect("free");
+    assert!(matches!(lock.free(), Err(Error::NotAllocated(LockId(0)))));
+    assert_eq!(lock.lock().expect("lock freed"), Acquired::Clean);
+    assert_eq!(manager.available().expect("available"), Some(3));
+    let next = manager.allocate().expect("allocate");
+    assert_eq!(next.id(), LockId(0), "the freed id is the lowest free one");
+    lock.unlock().expect("unlock");
+}
+
+#[test]
+fn descriptors_stay_bounded_and_held_locks_survive_eviction() {
+    let (_root, path, manager) = fresh(2048);
+    let count_fds = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let before = count_fds();
+    let kept = manager.retrieve(LockId(7)).expect("retrieve");
+    let _ = kept.lock().expect("lock");
+    drop(kept);
+    for id in 0..2048 {
+        let lock = manager.retrieve(LockId(id)).expect("retrieve");
+        if id != 7 {
+            let _ = lock.lock().expect("lock");
+            lock.unlock().expect("unlock");
+        }
+    }
+    let grown = count_fds().saturating_sub(before);
+    assert!(
+        grown < 1024,
+        "{grown} descriptors kept for 2048 touched ids"
+    );
+    // Lock 7 is still held by this manager although no handle was left.
+    let other = FileManager::open(&path).expect("open");
+    let theirs = other.retrieve(LockId(7)).expect("retrieve");
+    assert!(theirs.try_lock().expect("try_lock").is_none());
+    manager
+        .retrieve(LockId(7))
+        .expect("retrieve")
+        .unlock()
+        .expect("unlock through a new handle");
+    assert!(theirs.try_lock().expect("try_lock").is_some());
+    theirs.unlock().expect("unlock");
+}
+
+/// Processes hammer two locks while the driver SIGKILLs random ones (often holders) and starts
+/// replacements: never two holders at once, no clean acquisition after a death, and every lock
+/// still acquirable at the end.
+#[test]
+fn kill_test_no_overlap_and_every_takeover_reported() {
+    const WORKERS: usize = 3;
+    const LOCKS: &str = "2";
+    let (_root, path, manager) = fresh(2);
+    let start = || {
+        let child = Child::spawn("hammer", &path, LOCKS);
+        assert_eq!(child.expect_line(), "ready");
+        child
+    };
+    let mut workers: Vec<Child> = (0..WORKERS).map(|_| start()).collect();
+    let mut retired = Vec::new();
+    let mut rng = rand::rng();
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut kills = 0;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..80)));
+        let victim = rng.random_range(0..WORKERS);
+        let mut dead = std::mem::replace(&mut workers[victim], start());
+        dead.kill();
+        kills += 1;
+        retired.push(dead);
+    }
+    for worker in &mut workers {
+        worker.kill();
+    }
+    let mut said: HashMap<String, usize> = HashMap::new();
+    for child in retired.iter().chain(&workers) {
+        while let Some(line) = child.next(Duration::ZERO) {
+            let key = line.split(' ').next().unwrap_or("").to_string();
+            assert!(
+                key != "violation" && key != "err",
+                "a worker reported: {line}"
+            );
+            *said.entry(key).or_default() += 1;
+        }
+    }
+    eprintln!("kill test: {kills} kills, worker lines {said:?}");
+    for id in 0..2 {
+        let lock = manager.retrieve(LockId(id)).expect("retrieve");
+        let _ = lock
+            .try_lock_for(LIVENESS)
+            .expect("no lock is lost for good");
+        lock.unlock().expect("unlock");
+    }
+}
