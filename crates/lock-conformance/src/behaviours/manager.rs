@@ -300,6 +300,36 @@ pub fn held_is_exact<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
     Ok(())
 }
 
+/// `held()` lists a lock held by another process, and any holder pid it names is that
+/// process's.
+pub fn held_names_holders_in_other_processes<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    let manager = ctx.create(8)?;
+    let mut holder = ctx.child(Role::Hold, 8, 6, 0)?;
+    holder.expect("locked", PROMPTLY)?;
+    let held = manager.held()?;
+    let ids: Vec<LockId> = held.iter().map(|h| h.id).collect();
+    ensure!(
+        ids == [LockId(6)],
+        "held() ids = {ids:?} while a child holds 6"
+    );
+    if let Some(pid) = held[0].holder.as_ref().and_then(|h| h.pid) {
+        ensure!(
+            pid == holder.pid(),
+            "held() names pid {pid}, the holder is {}",
+            holder.pid()
+        );
+    }
+    holder.send("unlock")?;
+    holder.expect("unlocked", PROMPTLY)?;
+    ensure!(
+        manager.held()?.is_empty(),
+        "held() = {:?} after the child unlocked",
+        manager.held()?
+    );
+    holder.finish(PROMPTLY)?;
+    Ok(())
+}
+
 /// Threads allocating concurrently from one manager never receive the same id.
 pub fn concurrent_allocation_from_threads_never_duplicates<B: Backend>(
     ctx: &Ctx<'_, B>,

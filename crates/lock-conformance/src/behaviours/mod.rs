@@ -48,6 +48,7 @@ registry! {
     manager::free_all_frees_everything_and_keeps_held_locks_held => ALLOC,
     manager::available_is_exact => ALLOC,
     manager::held_is_exact => NONE,
+    manager::held_names_holders_in_other_processes => MP,
     manager::concurrent_allocation_from_threads_never_duplicates => ALLOC,
     manager::concurrent_allocation_from_processes_never_duplicates => MP_ALLOC,
     manager::zero_capacity_is_refused => NONE,
