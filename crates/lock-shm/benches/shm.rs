@@ -90,13 +90,13 @@ impl Ctl {
     }
 
     fn u32(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= CTL_SIZE);
+        assert!(off.is_multiple_of(4) && off + 4 <= CTL_SIZE);
         // SAFETY: invariant 1; bounds and alignment asserted above.
         unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
     }
 
     fn u64(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= CTL_SIZE);
+        assert!(off.is_multiple_of(8) && off + 8 <= CTL_SIZE);
         // SAFETY: invariant 1; bounds and alignment asserted above.
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
     }
@@ -204,7 +204,9 @@ fn uncontended(c: &mut Criterion) {
     let mut g = c.benchmark_group("shm-uncontended");
     g.bench_function("ours", |b| b.iter(|| ours_lock_unlock(&l)));
     // SAFETY: invariant 2: `peer` was initialised by `PeerMutex::new`.
-    g.bench_function("peer", |b| b.iter(|| unsafe { peer_lock_unlock(peer.ptr()) }));
+    g.bench_function("peer", |b| {
+        b.iter(|| unsafe { peer_lock_unlock(peer.ptr()) })
+    });
     g.finish();
 }
 
@@ -356,7 +358,10 @@ fn alloc_free(c: &mut Criterion) {
         }
         let mean = t.as_nanos() as f64 / n.max(1) as f64;
         let group = format!("shm-alloc-free-2e{shift}");
-        write_line(&group, &format!("{group}: ours {}, target 1.00 µs", human(mean)));
+        write_line(
+            &group,
+            &format!("{group}: ours {}, target 1.00 µs", human(mean)),
+        );
     }
 }
 

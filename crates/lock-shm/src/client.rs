@@ -73,12 +73,7 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout) -> Result<(u32, u32)> {
 /// the owner dead (a live owner holds it all its life), and a generation that moved on proves it
 /// too, since only a slot's current holder changes it. A new owner caught between its lock and
 /// its generation bump looks alive; the next probe sees the truth.
-pub(crate) fn owner_dead(
-    seg: &Segment,
-    layout: &Layout,
-    my_slot: u32,
-    owner: u32,
-) -> Result<bool> {
+pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, my_slot: u32, owner: u32) -> Result<bool> {
     let (slot, generation) = decode(owner);
     if generation == 0 {
         // No manager ever writes such a token: garbage in the word. Taking it over repairs it.

@@ -157,7 +157,9 @@ pub(crate) fn lock_contended(
         };
         match futex::wait(word, futex::Flags::empty(), v | WAITERS, Some(&ts)) {
             Ok(())
-            | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR) => {}
+            | Err(
+                rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR,
+            ) => {}
             Err(e) => return Err(Error::io("futex(FUTEX_WAIT)", "lock word", e.into())),
         }
     }

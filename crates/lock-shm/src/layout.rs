@@ -96,7 +96,9 @@ impl Layout {
     /// `InvalidArgument` for a zero capacity or one above [`MAX_CAPACITY`].
     pub(crate) fn for_capacity(capacity: u32) -> Result<Layout> {
         if capacity == 0 {
-            return Err(Error::invalid("capacity 0: a lock table needs at least one lock"));
+            return Err(Error::invalid(
+                "capacity 0: a lock table needs at least one lock",
+            ));
         }
         if capacity > MAX_CAPACITY {
             return Err(Error::invalid(format!(
@@ -249,7 +251,11 @@ impl Layout {
         let expect32 = [
             ("header size", field::HEADER_SIZE, HEADER_SIZE as u32),
             ("client slot count", field::CLIENT_SLOTS, CLIENT_SLOTS),
-            ("client slot size", field::CLIENT_SLOT_SIZE, CLIENT_SLOT_SIZE),
+            (
+                "client slot size",
+                field::CLIENT_SLOT_SIZE,
+                CLIENT_SLOT_SIZE,
+            ),
             (
                 "bitmap level count",
                 field::BITMAP_LEVELS,
@@ -266,10 +272,18 @@ impl Layout {
         }
         let expect64 = [
             ("total size", field::TOTAL_SIZE, layout.total_size),
-            ("client table offset", field::CLIENT_OFFSET, layout.client_offset),
+            (
+                "client table offset",
+                field::CLIENT_OFFSET,
+                layout.client_offset,
+            ),
             ("bitmap offset", field::BITMAP_OFFSET, layout.bitmap_offset),
             ("bitmap size", field::BITMAP_SIZE, layout.bitmap_size),
-            ("lock region offset", field::LOCKS_OFFSET, layout.locks_offset),
+            (
+                "lock region offset",
+                field::LOCKS_OFFSET,
+                layout.locks_offset,
+            ),
             ("lock region size", field::LOCKS_SIZE, layout.locks_size),
         ];
         for (name, at, want) in expect64 {
@@ -293,14 +307,14 @@ impl Layout {
                 file_size,
             ));
         }
-        if let Some(expected) = expected_capacity {
-            if expected != capacity {
-                return Err(Error::incompatible(
-                    format!("segment {what} capacity"),
-                    expected,
-                    capacity,
-                ));
-            }
+        if let Some(expected) = expected_capacity
+            && expected != capacity
+        {
+            return Err(Error::incompatible(
+                format!("segment {what} capacity"),
+                expected,
+                capacity,
+            ));
         }
         let allocated = get32(field::ALLOCATED);
         if allocated > capacity {
@@ -329,7 +343,10 @@ mod tests {
     #[test]
     fn levels_shrink_to_one_word() {
         let l = Layout::for_capacity(1 << 20).unwrap();
-        assert_eq!(l.levels, vec![(0, 16384), (16384, 256), (16640, 4), (16644, 1)]);
+        assert_eq!(
+            l.levels,
+            vec![(0, 16384), (16384, 256), (16640, 4), (16644, 1)]
+        );
         let l = Layout::for_capacity(64).unwrap();
         assert_eq!(l.levels, vec![(0, 1)]);
         let l = Layout::for_capacity(65).unwrap();
@@ -341,7 +358,9 @@ mod tests {
         for cap in [1, 63, 64, 65, 4095, 4096, 4097, 1 << 20, MAX_CAPACITY] {
             let l = Layout::for_capacity(cap).unwrap();
             assert!(l.client_offset >= HEADER_SIZE);
-            assert!(l.bitmap_offset >= l.client_offset + (CLIENT_SLOTS * CLIENT_SLOT_SIZE) as usize);
+            assert!(
+                l.bitmap_offset >= l.client_offset + (CLIENT_SLOTS * CLIENT_SLOT_SIZE) as usize
+            );
             assert!(l.locks_offset >= l.bitmap_offset + l.bitmap_size);
             assert!(l.total_size >= l.locks_offset + l.locks_size);
             assert_eq!(l.bitmap_offset % 64, 0);
@@ -351,7 +370,10 @@ mod tests {
 
     #[test]
     fn zero_and_absurd_capacity_refused() {
-        assert!(matches!(Layout::for_capacity(0), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            Layout::for_capacity(0),
+            Err(Error::InvalidArgument { .. })
+        ));
         assert!(matches!(
             Layout::for_capacity(MAX_CAPACITY + 1),
             Err(Error::InvalidArgument { .. })
@@ -362,7 +384,10 @@ mod tests {
     fn validate_accepts_its_own_header() {
         let l = Layout::for_capacity(2048).unwrap();
         let h = ready_header(&l);
-        assert_eq!(Layout::validate("t", &h, l.total_size as u64, Some(2048)).unwrap(), l);
+        assert_eq!(
+            Layout::validate("t", &h, l.total_size as u64, Some(2048)).unwrap(),
+            l
+        );
         assert!(matches!(
             Layout::validate("t", &h, l.total_size as u64, Some(4096)),
             Err(Error::Incompatible { .. })

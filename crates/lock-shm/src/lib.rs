@@ -9,6 +9,8 @@ mod manager;
 mod segment;
 
 pub use layout::MAX_CAPACITY;
-pub use lock_api::{self, Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manager, Result};
+pub use lock_api::{
+    self, Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manager, Result,
+};
 pub use manager::{ShmLocker, ShmManager};
 pub use segment::MAX_NAME_LEN;

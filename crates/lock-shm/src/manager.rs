@@ -59,7 +59,10 @@ impl Shared {
 
     /// Runs `f` under the segment-wide allocation lock. When the previous holder died inside its
     /// critical section, the summaries and the counter are rebuilt from the leaf bits first.
-    fn with_alloc_lock<T>(&self, f: impl FnOnce(&Bitmap<'_>, &AtomicU32) -> Result<T>) -> Result<T> {
+    fn with_alloc_lock<T>(
+        &self,
+        f: impl FnOnce(&Bitmap<'_>, &AtomicU32) -> Result<T>,
+    ) -> Result<T> {
         let word = self.seg.u32(field::ALLOC_LOCK)?;
         let acquired = if futex::try_fast(word, self.token) {
             Acquired::Clean
@@ -92,7 +95,9 @@ impl Shared {
         let mut holder = Holder::default();
         holder.pid = client::pid_of(&self.seg, &self.layout, owner)?;
         holder.owner = Some(if dead {
-            format!("client slot {slot} generation {generation} (dead: the next acquirer gets OwnerDied)")
+            format!(
+                "client slot {slot} generation {generation} (dead: the next acquirer gets OwnerDied)"
+            )
         } else {
             format!("client slot {slot} generation {generation}")
         });

@@ -126,19 +126,16 @@ impl Segment {
     /// says; `Io` for OS errors.
     pub(crate) fn open(name: &str, capacity: Option<u32>) -> Result<(Segment, Layout)> {
         let path = path_of(name);
-        let fd = match rustix::shm::open(
-            name,
-            rustix::shm::OFlags::RDWR,
-            Mode::from_raw_mode(0o600),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => {
-                return Err(Error::NotFound {
-                    what: format!("segment {}", path.display()),
-                });
-            }
-            Err(e) => return Err(io_err("shm_open", &path, e)),
-        };
+        let fd =
+            match rustix::shm::open(name, rustix::shm::OFlags::RDWR, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    return Err(Error::NotFound {
+                        what: format!("segment {}", path.display()),
+                    });
+                }
+                Err(e) => return Err(io_err("shm_open", &path, e)),
+            };
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(Error::incompatible(
@@ -211,7 +208,7 @@ impl Segment {
     /// `Corrupt` when `off` is out of bounds or misaligned (a bug or a hostile index).
     #[inline]
     pub(crate) fn u32(&self, off: usize) -> Result<&AtomicU32> {
-        if off % 4 != 0 || off.checked_add(4).is_none_or(|end| end > self.len) {
+        if !off.is_multiple_of(4) || off.checked_add(4).is_none_or(|end| end > self.len) {
             return Err(self.out_of_bounds(off));
         }
         // SAFETY: by invariant 1 the mapping is live, writable and page-aligned for as long as
@@ -227,7 +224,7 @@ impl Segment {
     /// `Corrupt` when `off` is out of bounds or misaligned.
     #[inline]
     pub(crate) fn u64(&self, off: usize) -> Result<&AtomicU64> {
-        if off % 8 != 0 || off.checked_add(8).is_none_or(|end| end > self.len) {
+        if !off.is_multiple_of(8) || off.checked_add(8).is_none_or(|end| end > self.len) {
             return Err(self.out_of_bounds(off));
         }
         // SAFETY: as for `u32`: invariants 1 and 3, with an 8-byte bounds and alignment check.

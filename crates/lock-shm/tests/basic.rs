@@ -29,14 +29,20 @@ fn lifecycle_and_lowest_free_first() {
     assert_eq!(m.available().unwrap(), Some(200));
     let ids: Vec<u32> = (0..200).map(|_| m.allocate().unwrap().id().get()).collect();
     assert_eq!(ids, (0..200).collect::<Vec<_>>());
-    assert!(matches!(m.allocate(), Err(Error::Exhausted { capacity: 200 })));
+    assert!(matches!(
+        m.allocate(),
+        Err(Error::Exhausted { capacity: 200 })
+    ));
     assert_eq!(m.available().unwrap(), Some(0));
     m.retrieve(LockId(130)).unwrap().free().unwrap();
     m.retrieve(LockId(7)).unwrap().free().unwrap();
     assert_eq!(m.available().unwrap(), Some(2));
     assert_eq!(m.allocate().unwrap().id(), LockId(7));
     assert_eq!(m.allocate().unwrap().id(), LockId(130));
-    assert!(matches!(m.retrieve(LockId(200)), Err(Error::OutOfRange { .. })));
+    assert!(matches!(
+        m.retrieve(LockId(200)),
+        Err(Error::OutOfRange { .. })
+    ));
     let l = m.retrieve(LockId(5)).unwrap();
     assert_eq!(l.lock().unwrap(), Acquired::Clean);
     assert_eq!(l.try_lock().unwrap(), None);
@@ -45,13 +51,19 @@ fn lifecycle_and_lowest_free_first() {
     assert_eq!(m.held().unwrap().len(), 1);
     l.unlock().unwrap();
     assert!(matches!(l.unlock(), Err(Error::NotHeld(LockId(5)))));
-    assert!(matches!(l.try_lock_for(Duration::from_millis(1)), Ok(Acquired::Clean)));
+    assert!(matches!(
+        l.try_lock_for(Duration::from_millis(1)),
+        Ok(Acquired::Clean)
+    ));
     let other = ShmManager::open(&n.0, 200).unwrap();
     assert_ne!(other.client_slot(), m.client_slot());
     let ol = other.retrieve(LockId(5)).unwrap();
     assert!(matches!(ol.unlock(), Err(Error::NotHeld(_))));
     assert_eq!(ol.try_lock().unwrap(), None);
-    assert!(matches!(ol.try_lock_for(Duration::from_millis(20)), Err(Error::Timeout)));
+    assert!(matches!(
+        ol.try_lock_for(Duration::from_millis(20)),
+        Err(Error::Timeout)
+    ));
     l.unlock().unwrap();
     assert_eq!(ol.try_lock().unwrap(), Some(Acquired::Clean));
     ol.unlock().unwrap();
@@ -67,10 +79,19 @@ fn lifecycle_and_lowest_free_first() {
 fn names_are_validated() {
     for bad in ["", "a/b", "..", "a..b", "x\0y", &"n".repeat(201)] {
         assert!(
-            matches!(ShmManager::create(bad, 8), Err(Error::InvalidArgument { .. })),
+            matches!(
+                ShmManager::create(bad, 8),
+                Err(Error::InvalidArgument { .. })
+            ),
             "{bad:?}"
         );
-        assert!(matches!(ShmManager::open(bad, 8), Err(Error::InvalidArgument { .. })));
-        assert!(matches!(ShmManager::remove(bad), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            ShmManager::open(bad, 8),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            ShmManager::remove(bad),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

@@ -66,10 +66,12 @@ impl Backend for Shm {
             .map_err(|e| damage_io(e, store))?;
         match damage {
             Damage::Foreign => {
-                file.write_all(b"NOTASHM!").map_err(|e| damage_io(e, store))?;
+                file.write_all(b"NOTASHM!")
+                    .map_err(|e| damage_io(e, store))?;
             }
             Damage::FutureVersion => {
-                file.seek(SeekFrom::Start(8)).map_err(|e| damage_io(e, store))?;
+                file.seek(SeekFrom::Start(8))
+                    .map_err(|e| damage_io(e, store))?;
                 file.write_all(&99u32.to_le_bytes())
                     .map_err(|e| damage_io(e, store))?;
             }
@@ -80,11 +82,13 @@ impl Backend for Shm {
             Damage::Garbage => {
                 // Keep magic and version, scramble every size and offset after them.
                 let mut header = [0u8; 128];
-                file.read_exact(&mut header).map_err(|e| damage_io(e, store))?;
+                file.read_exact(&mut header)
+                    .map_err(|e| damage_io(e, store))?;
                 for (i, b) in header[12..128].iter_mut().enumerate() {
                     *b = (i as u8).wrapping_mul(37).wrapping_add(0x5a);
                 }
-                file.seek(SeekFrom::Start(0)).map_err(|e| damage_io(e, store))?;
+                file.seek(SeekFrom::Start(0))
+                    .map_err(|e| damage_io(e, store))?;
                 file.write_all(&header).map_err(|e| damage_io(e, store))?;
             }
         }

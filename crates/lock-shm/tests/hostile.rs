@@ -82,7 +82,10 @@ fn assert_refused(n: &Name, why: &str) {
             matches!(r, Err(Error::Incompatible { .. } | Error::Corrupt { .. })),
             "{why}: open #{attempt} gave {r:?}"
         );
-        assert!(n.bytes() == before, "{why}: failed open #{attempt} modified the segment");
+        assert!(
+            n.bytes() == before,
+            "{why}: failed open #{attempt} modified the segment"
+        );
     }
 }
 
@@ -114,7 +117,18 @@ fn truncated_and_resized_files_are_refused() {
     let n = Name::new("truncated");
     drop(ShmManager::create(&n.0, CAPACITY).unwrap());
     let full = n.bytes().len() as u64;
-    for len in [full + 4096, full - 1, full - 4096, 300, 256, 255, 100, 8, 7, 0] {
+    for len in [
+        full + 4096,
+        full - 1,
+        full - 4096,
+        300,
+        256,
+        255,
+        100,
+        8,
+        7,
+        0,
+    ] {
         n.set_len(len);
         assert_refused(&n, &format!("length {len} of {full}"));
     }
@@ -128,7 +142,10 @@ fn other_version_is_incompatible() {
     for v in [0u32, 2, 99, u32::MAX] {
         n.write_at(8, &v.to_le_bytes());
         let r = ShmManager::open(&n.0, CAPACITY);
-        assert!(matches!(r, Err(Error::Incompatible { .. })), "version {v}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::Incompatible { .. })),
+            "version {v}: {r:?}"
+        );
     }
 }
 
@@ -140,9 +157,15 @@ fn capacity_mismatch_is_incompatible() {
     let before = n.bytes();
     for c in [1, CAPACITY - 1, CAPACITY + 1, MAX_CAPACITY] {
         let r = ShmManager::open(&n.0, c);
-        assert!(matches!(r, Err(Error::Incompatible { .. })), "capacity {c}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::Incompatible { .. })),
+            "capacity {c}: {r:?}"
+        );
         let r = ShmManager::open_or_create(&n.0, c);
-        assert!(matches!(r, Err(Error::Incompatible { .. })), "capacity {c}: {r:?}");
+        assert!(
+            matches!(r, Err(Error::Incompatible { .. })),
+            "capacity {c}: {r:?}"
+        );
     }
     assert!(n.bytes() == before);
 }
@@ -152,7 +175,10 @@ fn capacity_mismatch_is_incompatible() {
 fn zero_and_absurd_capacities_are_refused() {
     let n = Name::new("zero");
     for c in [0, MAX_CAPACITY + 1, u32::MAX] {
-        assert!(matches!(ShmManager::create(&n.0, c), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            ShmManager::create(&n.0, c),
+            Err(Error::InvalidArgument { .. })
+        ));
         assert!(matches!(
             ShmManager::open_or_create(&n.0, c),
             Err(Error::InvalidArgument { .. })
@@ -206,12 +232,18 @@ fn garbage_lock_word_is_taken_over() {
     n.write_at(locks + 4 * 3, &0x8000_03ffu32.to_le_bytes());
     n.write_at(locks + 4 * 4, &0x7fff_fc05u32.to_le_bytes());
     let held = m.held().unwrap();
-    assert_eq!(held.iter().map(|h| h.id).collect::<Vec<_>>(), [LockId(3), LockId(4)]);
+    assert_eq!(
+        held.iter().map(|h| h.id).collect::<Vec<_>>(),
+        [LockId(3), LockId(4)]
+    );
     let a = m.retrieve(LockId(3)).unwrap();
     assert_eq!(a.try_lock().unwrap(), Some(Acquired::OwnerDied));
     a.unlock().unwrap();
     let b = m.retrieve(LockId(4)).unwrap();
-    assert_eq!(b.try_lock_for(Duration::from_secs(5)).unwrap(), Acquired::OwnerDied);
+    assert_eq!(
+        b.try_lock_for(Duration::from_secs(5)).unwrap(),
+        Acquired::OwnerDied
+    );
     b.unlock().unwrap();
     assert!(m.held().unwrap().is_empty());
 }

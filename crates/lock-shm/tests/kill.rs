@@ -201,8 +201,7 @@ fn hammer_worker() -> Result<(), String> {
 
 /// Worker role: allocate and free at random until the deadline.
 fn alloc_worker() -> Result<(), String> {
-    let manager =
-        ShmManager::open(&env(SEGMENT_ENV), ALLOC_CAPACITY).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV), ALLOC_CAPACITY).map_err(|e| e.to_string())?;
     let deadline: u64 = env(DEADLINE_ENV).parse().map_err(|_| "bad deadline")?;
     let mut mine = Vec::new();
     let mut rng = rand::rng();
@@ -243,7 +242,10 @@ fn wait_all(workers: &mut Vec<Worker>, bound: Duration) -> Result<(), String> {
     while !workers.is_empty() {
         reap(workers)?;
         if Instant::now() > until {
-            return Err(format!("{} workers did not finish in {bound:?}", workers.len()));
+            return Err(format!(
+                "{} workers did not finish in {bound:?}",
+                workers.len()
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -309,7 +311,9 @@ fn hammer_with_kills() -> Result<(), String> {
             Ok(Acquired::OwnerDied) => data.roll_forward(lock),
             Ok(Acquired::Clean) => {
                 if data.get(Data::field(lock, rec::PENDING)) != 0 {
-                    return Err(format!("lock {lock}: Clean acquisition with a pending journal"));
+                    return Err(format!(
+                        "lock {lock}: Clean acquisition with a pending journal"
+                    ));
                 }
             }
             Err(e) => return Err(format!("lock {lock} is stuck: {e}")),
@@ -334,7 +338,7 @@ fn hammer_with_kills() -> Result<(), String> {
     if owner_died > kills {
         return Err(format!("{owner_died} OwnerDied reports for {kills} kills"));
     }
-    if manager.held().map_err(|e| e.to_string())?.len() != 0 {
+    if !manager.held().map_err(|e| e.to_string())?.is_empty() {
         return Err("locks still held after the run".into());
     }
     Ok(())
