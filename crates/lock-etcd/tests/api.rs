@@ -1,0 +1,352 @@
+//! Behaviour of named locks on a real 3-member cluster shared by every trial of this binary.
+//!
+//! Set `LOCKYARD_ETCD_ENDPOINTS` to run against a cluster that is already up
+//! (`cargo xtask etcd up`); otherwise one is started and stopped here.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{TestCluster, assert_no_keys, keys, prefix, raw};
+use libtest_mimic::{Arguments, Failed, Trial};
+use lock_etcd::{
+    EtcdLocks, EtcdOptions, Error, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
+};
+
+const TTL: Duration = Duration::from_secs(2);
+
+type Test = fn(&[String]) -> Result<(), Failed>;
+
+fn connect(endpoints: &[String], test: &str) -> (EtcdLocks, String) {
+    let prefix = prefix(test);
+    let locks = EtcdLocks::connect(
+        endpoints,
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(TTL)
+            .request_timeout(Duration::from_secs(3)),
+    )
+    .expect("connect");
+    (locks, prefix)
+}
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+/// Lock, token, unlock; a second unlock is NotHeld.
+fn lifecycle(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "lifecycle");
+    let lock = locks.named("a")?;
+    check!(matches!(lock.unlock(), Err(Error::NotHeld(_))), "unlock of a free lock");
+    check!(matches!(lock.fencing_token(), Err(Error::NotHeld(_))), "token while free");
+    let _ = lock.lock()?;
+    let t1 = lock.fencing_token()?;
+    check!(t1 > 0, "token {t1}");
+    check!(lock.own_key().is_some_and(|k| k.starts_with(&prefix)), "own key under prefix");
+    lock.unlock()?;
+    check!(matches!(lock.unlock(), Err(Error::NotHeld(_))), "double unlock");
+    let _ = lock.lock()?;
+    let t2 = lock.fencing_token()?;
+    check!(t2 > t1, "tokens {t1} then {t2}");
+    lock.unlock()?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// A second handle (another owner) cannot take a held lock; a timed-out attempt leaves no key.
+fn exclusion_and_timeout(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "exclusion");
+    let a = locks.named("x")?;
+    let b = locks.named("x")?;
+    let _ = a.lock()?;
+    let ta = a.fencing_token()?;
+    check!(b.try_lock()?.is_none(), "try_lock while held by another handle");
+    let start = Instant::now();
+    check!(matches!(b.try_lock_for(Duration::from_millis(400)), Err(Error::Timeout)), "timeout");
+    let waited = start.elapsed();
+    check!(waited >= Duration::from_millis(400), "returned early after {waited:?}");
+    check!(waited < Duration::from_secs(5), "returned late after {waited:?}");
+    let left = keys(eps, &prefix);
+    check!(left.len() == 1, "a timed-out acquisition left its key: {left:?}");
+    check!(a.try_lock()?.is_none(), "try_lock of a lock this handle holds is None");
+    a.unlock()?;
+    check!(b.try_lock()?.is_some(), "free lock taken");
+    check!(b.fencing_token()? > ta, "token grows across owners");
+    b.unlock()?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// Waiters acquire in the order they asked.
+fn fifo(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "fifo");
+    let holder = locks.named("q")?;
+    let _ = holder.lock()?;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for i in 0..3 {
+        let lock = locks.named("q")?;
+        let order = Arc::clone(&order);
+        threads.push(std::thread::spawn(move || -> Result<(), Error> {
+            let _ = lock.try_lock_for(Duration::from_secs(20))?;
+            order.lock().expect("order").push(i);
+            std::thread::sleep(Duration::from_millis(50));
+            lock.unlock()
+        }));
+        // Let each waiter enqueue before the next one.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while keys(eps, &prefix).len() < i + 2 {
+            check!(Instant::now() < deadline, "waiter {i} did not enqueue");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    holder.unlock()?;
+    for t in threads {
+        t.join().map_err(|_| "waiter panicked")??;
+    }
+    let order = order.lock().expect("order").clone();
+    check!(order == vec![0, 1, 2], "acquisition order {order:?}");
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// Mutual exclusion between threads with their own handles: a non-atomic counter stays exact.
+fn counter(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "counter");
+    let value = Arc::new(AtomicU32::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        let lock = locks.named("c")?;
+        let value = Arc::clone(&value);
+        threads.push(std::thread::spawn(move || -> Result<(), Error> {
+            for _ in 0..10 {
+                let guard = lock.guard()?;
+                let v = value.load(Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+                value.store(v + 1, Ordering::SeqCst);
+                drop(guard);
+            }
+            Ok(())
+        }));
+    }
+    for t in threads {
+        t.join().map_err(|_| "worker panicked")??;
+    }
+    check!(value.load(Ordering::SeqCst) == 30, "counter {}", value.load(Ordering::SeqCst));
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// Bad names, a TTL below the minimum and unreachable endpoints give typed errors, no hang.
+fn bad_input(eps: &[String]) -> Result<(), Failed> {
+    let (locks, _) = connect(eps, "bad-input");
+    for name in ["", "a/b", "../x", "nul\0", &"n".repeat(201)] {
+        check!(
+            matches!(locks.named(name), Err(Error::InvalidArgument { .. })),
+            "name {name:?} accepted"
+        );
+        check!(matches!(locks.lock(name), Err(Error::InvalidArgument { .. })), "lock({name:?})");
+    }
+    let short = EtcdOptions::new().ttl(MIN_TTL - Duration::from_millis(1));
+    check!(
+        matches!(EtcdLocks::connect(eps, short), Err(Error::InvalidArgument { .. })),
+        "TTL below the minimum accepted"
+    );
+    let none: [&str; 0] = [];
+    check!(
+        matches!(EtcdLocks::connect(none, EtcdOptions::new()), Err(Error::InvalidArgument { .. })),
+        "no endpoints accepted"
+    );
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let start = Instant::now();
+    let r = EtcdLocks::connect(
+        [format!("http://127.0.0.1:{port}")],
+        EtcdOptions::new().connect_timeout(Duration::from_secs(1)),
+    );
+    check!(matches!(r, Err(Error::Unavailable { .. })), "unreachable: {r:?}");
+    check!(start.elapsed() < Duration::from_secs(5), "unreachable took {:?}", start.elapsed());
+    Ok(())
+}
+
+/// Inspect and LockData: holder pid/host/since/expires, data readable by another handle.
+fn inspect_and_data(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "inspect");
+    let a = locks.named("i")?;
+    let b = locks.named("i")?;
+    check!(b.holder()?.is_none(), "holder of a free lock");
+    check!(b.read_data()?.is_none(), "data of a free lock");
+    check!(matches!(a.write_data(b"x"), Err(Error::NotHeld(_))), "write while not held");
+    let _ = a.lock()?;
+    let holder = b.holder()?.ok_or("no holder")?;
+    check!(holder.pid == Some(std::process::id()), "pid {:?}", holder.pid);
+    check!(holder.host.as_deref().is_some_and(|h| !h.is_empty()), "host {:?}", holder.host);
+    let since = holder.since.ok_or("no since")?;
+    let expires = holder.expires.ok_or("no expires")?;
+    check!(expires > since, "expires {expires:?} <= since {since:?}");
+    check!(b.read_data()? == Some(Vec::new()), "no data yet");
+    a.write_data(b"hello\n\n\0world")?;
+    check!(b.read_data()?.as_deref() == Some(&b"hello\n\n\0world"[..]), "data read back");
+    let big = vec![0u8; lock_etcd::MAX_DATA_LEN + 1];
+    check!(matches!(a.write_data(&big), Err(Error::InvalidArgument { .. })), "oversized data");
+    let t = a.fencing_token()?;
+    a.write_data(b"again")?;
+    check!(a.fencing_token()? == t, "writing data keeps the token");
+    a.unlock()?;
+    check!(b.holder()?.is_none(), "holder after unlock");
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// The keepalive holds the lock well past its TTL; time_left stays within the TTL.
+fn keepalive_outlives_ttl(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "keepalive");
+    let guard = locks.lock("k")?;
+    let ttl = guard.ttl();
+    check!(ttl >= TTL, "granted ttl {ttl:?}");
+    let lost = guard.lost()?;
+    std::thread::sleep(TTL * 2 + Duration::from_millis(500));
+    check!(!lost.is_lost(), "lost while kept alive");
+    let left = guard.time_left()?.ok_or("no time left")?;
+    check!(left <= ttl, "time left {left:?} > ttl {ttl:?}");
+    let other = locks.named("k")?;
+    check!(other.try_lock()?.is_none(), "taken while kept alive");
+    guard.unlock()?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// A key deleted behind the holder's back fires Lost; later use returns Error::Lost.
+fn key_deleted_behind_our_back(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "deleted");
+    let lock = locks.named("d")?;
+    let _ = lock.lock()?;
+    let lost = lock.lost()?;
+    let key = lock.own_key().ok_or("no own key")?;
+    raw(eps, async move |c| c.delete(key, None).await.map(drop));
+    check!(lost.wait_timeout(Duration::from_secs(10)), "lost did not fire");
+    check!(matches!(lock.fencing_token(), Err(Error::Lost)), "token after loss");
+    check!(matches!(lock.time_left(), Err(Error::Lost)), "time_left after loss");
+    check!(matches!(lock.write_data(b"x"), Err(Error::Lost)), "write after loss");
+    check!(matches!(lock.unlock(), Err(Error::Lost)), "unlock after loss");
+    check!(matches!(lock.unlock(), Err(Error::NotHeld(_))), "second unlock");
+    // The handle is usable again.
+    let _ = lock.lock()?;
+    lock.unlock()?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// A lease revoked behind the holder's back fires Lost, and the next waiter gets the lock.
+fn lease_revoked_behind_our_back(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "revoked");
+    let lock = locks.named("r")?;
+    let _ = lock.lock()?;
+    let lost = lock.lost()?;
+    let lease = lock.lease_id().ok_or("no lease")?;
+    raw(eps, async move |c| c.lease_revoke(lease).await.map(drop));
+    check!(lost.wait_timeout(Duration::from_secs(10)), "lost did not fire");
+    let other = locks.named("r")?;
+    let _ = other.try_lock_for(Duration::from_secs(5))?;
+    check!(matches!(lock.unlock(), Err(Error::Lost)), "unlock after revoke");
+    other.unlock()?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// etcd#11456: a waiter whose lease is revoked while it waits is never told it holds the lock.
+fn waiter_lease_expired(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "11456");
+    let holder = locks.named("w")?;
+    let _ = holder.lock()?;
+    let waiter = Arc::new(locks.named("w")?);
+    let result = {
+        let waiter = Arc::clone(&waiter);
+        std::thread::spawn(move || waiter.try_lock_for(Duration::from_secs(20)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let waiting = loop {
+        let k = keys(eps, &prefix);
+        if k.len() == 2 {
+            break k;
+        }
+        check!(Instant::now() < deadline, "waiter did not enqueue: {k:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let holder_lease = holder.lease_id().ok_or("no holder lease")?;
+    let (_, waiter_lease) = waiting
+        .into_iter()
+        .find(|(_, lease)| *lease != holder_lease)
+        .ok_or("no waiter key")?;
+    raw(eps, async move |c| c.lease_revoke(waiter_lease).await.map(drop));
+    std::thread::sleep(Duration::from_millis(200));
+    holder.unlock()?;
+    let outcome = result.join().map_err(|_| "waiter panicked")?;
+    check!(matches!(outcome, Err(Error::Lost)), "waiter was told {outcome:?}");
+    check!(matches!(waiter.fencing_token(), Err(Error::NotHeld(_))), "waiter holds nothing");
+    // The lock is free for anyone else.
+    let next = locks.named("w")?;
+    check!(next.try_lock()?.is_some(), "lock free after the dead waiter");
+    next.unlock()?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// Dropping a guard or a holding handle releases the lock.
+fn drop_releases(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "drop");
+    {
+        let _guard = locks.lock("g")?;
+        check!(locks.try_lock("g")?.is_none(), "held by the guard");
+    }
+    let guard = locks.try_lock("g")?.ok_or("not released by the guard drop")?;
+    drop(guard);
+    {
+        let lock = locks.named("g")?;
+        let _ = lock.lock()?;
+    }
+    check!(locks.try_lock("g")?.is_some(), "not released by the handle drop");
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let cluster = TestCluster::get();
+    let eps = Arc::new(cluster.endpoints.clone());
+    let tests: [(&str, Test); 11] = [
+        ("lifecycle", lifecycle),
+        ("exclusion_and_timeout", exclusion_and_timeout),
+        ("fifo", fifo),
+        ("counter", counter),
+        ("bad_input", bad_input),
+        ("inspect_and_data", inspect_and_data),
+        ("keepalive_outlives_ttl", keepalive_outlives_ttl),
+        ("key_deleted_behind_our_back", key_deleted_behind_our_back),
+        ("lease_revoked_behind_our_back", lease_revoked_behind_our_back),
+        ("waiter_lease_expired_etcd_11456", waiter_lease_expired),
+        ("drop_releases", drop_releases),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let eps = Arc::clone(&eps);
+            Trial::test(name, move || f(&eps))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if cluster.own.is_some() && !args.list && conclusion.num_failed == 0 {
+        // Every trial released what it took: no lease may be left on our own cluster.
+        common::assert_no_leases(&eps, Duration::from_secs(5));
+        eprintln!("api: no leaked keys or leases");
+    }
+    drop(cluster);
+    conclusion.exit_code()
+}

@@ -1,0 +1,254 @@
+//! Shared test support: a cluster (own, or one named by `LOCKYARD_ETCD_ENDPOINTS`), raw etcd
+//! access behind the library's back, leak checks, and child processes that are killed on drop.
+#![allow(dead_code, unreachable_pub)] // reason: each test binary uses a different part
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions};
+use lock_etcd::testkit::EtcdCluster;
+use lock_etcd::{EtcdLocks, EtcdOptions};
+
+/// Environment variable with the endpoints of a running cluster to reuse (comma-separated).
+pub const ENDPOINTS_ENV: &str = "LOCKYARD_ETCD_ENDPOINTS";
+
+/// A cluster for this test binary: our own, or the one `LOCKYARD_ETCD_ENDPOINTS` names.
+pub struct TestCluster {
+    pub own: Option<EtcdCluster>,
+    pub endpoints: Vec<String>,
+}
+
+impl TestCluster {
+    /// Reuses `$LOCKYARD_ETCD_ENDPOINTS` or starts a cluster; panics with the install hint when
+    /// etcd is missing (the tests fail, never skip).
+    pub fn get() -> TestCluster {
+        if let Ok(eps) = std::env::var(ENDPOINTS_ENV) {
+            let endpoints = eps.split(',').map(str::to_owned).collect();
+            return TestCluster {
+                own: None,
+                endpoints,
+            };
+        }
+        TestCluster::start()
+    }
+
+    /// Always starts a new cluster (fault tests kill its members).
+    pub fn start() -> TestCluster {
+        let cluster = match EtcdCluster::start() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start the etcd test cluster: {e}"),
+        };
+        TestCluster {
+            endpoints: cluster.endpoints(),
+            own: Some(cluster),
+        }
+    }
+
+    pub fn cluster(&mut self) -> &mut EtcdCluster {
+        self.own.as_mut().expect("this test needs its own cluster")
+    }
+
+    pub fn connect(&self, prefix: &str, ttl: Duration) -> EtcdLocks {
+        EtcdLocks::connect(
+            &self.endpoints,
+            EtcdOptions::new()
+                .prefix(prefix)
+                .ttl(ttl)
+                .connect_timeout(Duration::from_secs(5))
+                .request_timeout(Duration::from_secs(3)),
+        )
+        .expect("connect to the test cluster")
+    }
+}
+
+/// A unique key prefix for one test.
+pub fn prefix(test: &str) -> String {
+    format!("lockyard-test/{}-{}", test, std::process::id())
+}
+
+/// Runs `f` with a raw client on `endpoints`, bounded by 10 s.
+pub fn raw<T>(
+    endpoints: &[String],
+    f: impl AsyncFnOnce(&mut Client) -> Result<T, etcd_client::Error>,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = Client::connect(
+            endpoints,
+            Some(ConnectOptions::new().with_connect_timeout(Duration::from_secs(5))),
+        )
+        .await
+        .expect("raw connect");
+        tokio::time::timeout(Duration::from_secs(10), f(&mut client))
+            .await
+            .expect("raw etcd call timed out")
+            .expect("raw etcd call")
+    })
+}
+
+/// Keys (with their lease) under `prefix`.
+pub fn keys(endpoints: &[String], prefix: &str) -> Vec<(String, i64)> {
+    let prefix = prefix.to_owned();
+    raw(endpoints, async move |c| {
+        let r = c
+            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease()))
+            .collect())
+    })
+}
+
+/// Every lease on the cluster.
+pub fn leases(endpoints: &[String]) -> Vec<i64> {
+    raw(endpoints, async move |c| {
+        Ok(c.leases().await?.leases().iter().map(|l| l.id()).collect())
+    })
+}
+
+/// Deletes every key under `prefix`.
+pub fn delete_prefix(endpoints: &[String], prefix: &str) {
+    let prefix = prefix.to_owned();
+    raw(endpoints, async move |c| {
+        c.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await
+            .map(drop)
+    });
+}
+
+/// Asserts that within `within` no key is left under `prefix`.
+pub fn assert_no_keys(endpoints: &[String], prefix: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let k = keys(endpoints, prefix);
+        if k.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("leaked keys under {prefix}: {k:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that no lease is left on the cluster at all (for tests that own their cluster).
+pub fn assert_no_leases(endpoints: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = leases(endpoints);
+        if l.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("leaked leases: {l:x?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process of this test binary, killed on drop, talking by lines.
+pub struct ChildProc {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+/// The env var that tells a re-executed test binary which role to play.
+pub const ROLE_ENV: &str = "LOCK_ETCD_TEST_ROLE";
+
+impl ChildProc {
+    /// Re-executes this test binary running only `test`, with `role` and `env` set.
+    pub fn spawn(test: &str, role: &str, env: &[(&str, String)]) -> ChildProc {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(exe);
+        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE_ENV, role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn child");
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ChildProc {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    /// The next line starting with `tag ` (other lines are skipped), within `timeout`.
+    pub fn expect(&self, tag: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(tag) {
+                        return rest.trim().to_owned();
+                    }
+                }
+                Err(e) => panic!("child did not say {tag:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            writeln!(stdin, "{line}").expect("write to child");
+            stdin.flush().expect("flush child");
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("kill");
+    }
+
+    /// Waits for the child's exit status within `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "child did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one line from stdin (a child waiting for its parent's go).
+pub fn read_stdin_line() -> String {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    line.trim().to_owned()
+}
