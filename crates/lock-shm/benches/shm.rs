@@ -203,9 +203,11 @@ fn uncontended(c: &mut Criterion) {
     let peer = PeerMutex::new();
     let mut g = c.benchmark_group("shm-uncontended");
     g.bench_function("ours", |b| b.iter(|| ours_lock_unlock(&l)));
-    // SAFETY: invariant 2: `peer` was initialised by `PeerMutex::new`.
     g.bench_function("peer", |b| {
-        b.iter(|| unsafe { peer_lock_unlock(peer.ptr()) })
+        b.iter(|| {
+            // SAFETY: invariant 2: `peer` was initialised by `PeerMutex::new`.
+            unsafe { peer_lock_unlock(peer.ptr()) }
+        })
     });
     g.finish();
 }
