@@ -1,5 +1,7 @@
 //! `ShmManager` and `ShmLocker`: the lock table over a segment.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -293,11 +295,18 @@ impl Manager for ShmManager {
     /// A lock whose holder died is listed until someone takes it over; its holder's `owner`
     /// says so.
     fn held(&self) -> Result<Vec<HeldLock>> {
+        // One probe per owner, not per lock: a process may hold thousands.
+        let mut holders: HashMap<u32, Holder> = HashMap::new();
         let mut out = Vec::new();
         for id in 0..self.shared.layout.capacity {
             let v = self.shared.word(id)?.load(Acquire);
-            if v & futex::OWNER != 0 {
-                out.push(HeldLock::new(LockId(id), Some(self.shared.holder(v)?)));
+            let owner = v & futex::OWNER;
+            if owner != 0 {
+                let holder = match holders.entry(owner) {
+                    Entry::Occupied(e) => e.get().clone(),
+                    Entry::Vacant(e) => e.insert(self.shared.holder(owner)?).clone(),
+                };
+                out.push(HeldLock::new(LockId(id), Some(holder)));
             }
         }
         Ok(out)

@@ -100,13 +100,20 @@ impl Segment {
         let seg = Segment::map(file, layout.total_size, path.clone())?;
         seg.initialise(layout)?;
         let proc_path = format!("/proc/self/fd/{}", seg.file.as_raw_fd());
-        match rustix::fs::linkat(
+        let linked = match rustix::fs::linkat(
             rustix::fs::CWD,
             proc_path.as_str(),
             rustix::fs::CWD,
             &path,
             AtFlags::SYMLINK_FOLLOW,
         ) {
+            // No /proc: name the descriptor itself (needs CAP_DAC_READ_SEARCH).
+            Err(rustix::io::Errno::NOENT) => {
+                rustix::fs::linkat(&seg.file, "", rustix::fs::CWD, &path, AtFlags::EMPTY_PATH)
+            }
+            other => other,
+        };
+        match linked {
             Ok(()) => Ok(seg),
             Err(rustix::io::Errno::EXIST) => Err(Error::AlreadyExists {
                 what: format!("segment {}", path.display()),
