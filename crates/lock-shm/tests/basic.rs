@@ -95,3 +95,47 @@ fn names_are_validated() {
         ));
     }
 }
+
+/// A manager dropped while holding a lock abandons it: the next acquirer is told OwnerDied, and
+/// a later manager that re-claims the same client slot is not mistaken for the dead owner.
+#[test]
+fn abandoned_lock_and_reused_slot() {
+    let n = Name::new("abandoned");
+    let m0 = ShmManager::create(&n.0, 16).unwrap();
+    let m1 = ShmManager::open(&n.0, 16).unwrap();
+    let slot = m1.client_slot();
+    assert_eq!(
+        m1.retrieve(LockId(3)).unwrap().lock().unwrap(),
+        Acquired::Clean
+    );
+    drop(m1);
+    // Same slot, next generation.
+    let m2 = ShmManager::open(&n.0, 16).unwrap();
+    assert_eq!(m2.client_slot(), slot);
+    let l2 = m2.retrieve(LockId(3)).unwrap();
+    assert!(matches!(l2.unlock(), Err(Error::NotHeld(_))));
+    let h = m0.retrieve(LockId(3)).unwrap().holder().unwrap().unwrap();
+    assert!(h.owner.unwrap().contains("dead"));
+    assert_eq!(l2.try_lock().unwrap(), Some(Acquired::OwnerDied));
+    assert_eq!(l2.try_lock().unwrap(), None);
+    let l0 = m0.retrieve(LockId(3)).unwrap();
+    assert!(matches!(l0.unlock(), Err(Error::NotHeld(_))));
+    l2.unlock().unwrap();
+    assert_eq!(l0.try_lock().unwrap(), Some(Acquired::Clean));
+    l0.unlock().unwrap();
+}
+
+/// A blocked lock() notices a dead holder without anyone unlocking.
+#[test]
+fn blocked_waiter_takes_over_from_a_dropped_manager() {
+    let n = Name::new("blocked");
+    let m0 = ShmManager::create(&n.0, 16).unwrap();
+    let m1 = ShmManager::open(&n.0, 16).unwrap();
+    let held = m1.retrieve(LockId(0)).unwrap();
+    held.lock().unwrap();
+    let waiter = std::thread::spawn(move || m0.retrieve(LockId(0)).unwrap().lock().unwrap());
+    std::thread::sleep(Duration::from_millis(30));
+    drop(held);
+    drop(m1);
+    assert_eq!(waiter.join().unwrap(), Acquired::OwnerDied);
+}
