@@ -234,6 +234,15 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
+    /// The client URLs of the members that run (not killed), in member order.
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.pid.is_some())
+            .map(|m| m.client_url.clone())
+            .collect()
+    }
+
     /// The client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> Option<String> {
         self.members.get(i).map(|m| m.client_url.clone())

@@ -201,8 +201,9 @@ impl ChildProc {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(tag) {
-                        return rest.trim().to_owned();
+                    // libtest prints "test name ... " before the child's first line.
+                    if let Some(at) = line.find(&format!("{tag} ")) {
+                        return line[at + tag.len()..].trim().to_owned();
                     }
                 }
                 Err(e) => panic!("child did not say {tag:?} within {timeout:?}: {e}"),
@@ -251,4 +252,35 @@ pub fn read_stdin_line() -> String {
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
     line.trim().to_owned()
+}
+
+/// A resource that remembers the highest fencing token it has seen and rejects lower ones,
+/// shared between processes through a file guarded by flock(2).
+pub struct FencedResource {
+    pub path: std::path::PathBuf,
+}
+
+impl FencedResource {
+    /// Accepts a write carrying `token` unless a higher token was seen; returns whether it did.
+    pub fn write(&self, token: u64) -> bool {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .expect("open resource");
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+        let mut text = String::new();
+        file.read_to_string(&mut text).expect("read resource");
+        let highest: u64 = text.trim().parse().unwrap_or(0);
+        if token < highest {
+            return false;
+        }
+        file.set_len(0).expect("truncate");
+        file.rewind().expect("rewind");
+        write!(file, "{token}").expect("write resource");
+        true
+    }
 }

@@ -1,0 +1,268 @@
+//! Fault tests with real processes on a cluster of our own: a killed leader, a stopped holder
+//! process fenced off by a newer token, a killed holder process, and a cluster that loses quorum.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use common::{ChildProc, FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases};
+use lock_etcd::{EtcdLocks, EtcdOptions, Error, Fenced, Leased, Locker};
+use rustix::process::Signal;
+use serial_test::serial;
+
+fn role() -> Option<String> {
+    std::env::var(ROLE_ENV).ok()
+}
+
+fn child_locks() -> EtcdLocks {
+    let eps = std::env::var("ETCD_EPS").expect("ETCD_EPS");
+    let prefix = std::env::var("ETCD_PREFIX").expect("ETCD_PREFIX");
+    EtcdLocks::connect(
+        eps.split(','),
+        EtcdOptions::new()
+            .prefix(prefix)
+            .ttl(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(3)),
+    )
+    .expect("child connect")
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish within `limit`.
+fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("operation hung for more than {limit:?}"))
+}
+
+/// The leader is SIGKILLed while three handles contend; exclusion holds and locking goes on.
+#[test]
+#[serial]
+fn leader_killed_mid_run_locks_keep_working() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("leader-kill");
+    let locks = tc.connect(&prefix, Duration::from_secs(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let inside = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let after_kill = Arc::new(AtomicU32::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        let lock = locks.named("hot").expect("named");
+        let (stop, inside, killed, after_kill) = (
+            Arc::clone(&stop),
+            Arc::clone(&inside),
+            Arc::clone(&killed),
+            Arc::clone(&after_kill),
+        );
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match lock.try_lock_for(Duration::from_secs(10)) {
+                    Ok(_) => {
+                        assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+                        std::thread::sleep(Duration::from_millis(2));
+                        inside.store(false, Ordering::SeqCst);
+                        match lock.unlock() {
+                            Ok(()) => {
+                                if killed.load(Ordering::SeqCst) {
+                                    after_kill.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            Err(Error::Unavailable { .. }) => {}
+                            Err(e) => panic!("unlock: {e:?}"),
+                        }
+                    }
+                    Err(Error::Unavailable { .. } | Error::Timeout) => {}
+                    Err(e) => panic!("lock: {e:?}"),
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let leader = tc.cluster().leader().expect("a leader");
+    tc.cluster().kill(leader).expect("kill leader");
+    killed.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while after_kill.load(Ordering::SeqCst) < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().expect("worker");
+    }
+    let n = after_kill.load(Ordering::SeqCst);
+    assert!(n >= 20, "only {n} lock/unlock cycles after the leader was killed");
+    drop(locks);
+    let live = tc.cluster().live_endpoints();
+    assert_no_keys(&live, &prefix, Duration::from_secs(10));
+    assert_no_leases(&live, Duration::from_secs(10));
+}
+
+/// A holder process SIGSTOPped past its TTL loses the lock: another process acquires it with a
+/// higher token, the fenced resource rejects the old token, and the holder sees Lost on SIGCONT.
+#[test]
+#[serial]
+fn stopped_holder_is_fenced_off_and_sees_lost() {
+    if role().as_deref() == Some("stopped-holder") {
+        let locks = child_locks();
+        let resource = FencedResource {
+            path: std::env::var("RESOURCE").expect("RESOURCE").into(),
+        };
+        let lock = locks.named("fenced").expect("named");
+        let _ = lock.lock().expect("child lock");
+        let token = lock.fencing_token().expect("token");
+        assert!(resource.write(token));
+        let lost = lock.lost().expect("lost signal");
+        println!("HELD {token}");
+        common::read_stdin_line();
+        let accepted = resource.write(token);
+        println!("WRITE {}", if accepted { "accepted" } else { "rejected" });
+        println!("LOST {}", lost.wait_timeout(Duration::from_secs(10)));
+        println!("UNLOCK {:?}", lock.unlock());
+        return;
+    }
+    let tc = TestCluster::start();
+    let prefix = common::prefix("sigstop");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resource = FencedResource {
+        path: dir.path().join("resource"),
+    };
+    let mut child = ChildProc::spawn(
+        "stopped_holder_is_fenced_off_and_sees_lost",
+        "stopped-holder",
+        &[
+            ("ETCD_EPS", tc.endpoints.join(",")),
+            ("ETCD_PREFIX", prefix.clone()),
+            ("RESOURCE", resource.path.display().to_string()),
+        ],
+    );
+    let old: u64 = child
+        .expect("HELD", Duration::from_secs(20))
+        .parse()
+        .expect("token");
+    child.signal(Signal::STOP);
+    let locks = tc.connect(&prefix, Duration::from_secs(2));
+    let lock = locks.named("fenced").expect("named");
+    let start = Instant::now();
+    let _ = lock
+        .try_lock_for(Duration::from_secs(20))
+        .expect("acquire after the stopped holder's lease expired");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(1), "acquired after only {waited:?}");
+    let new = lock.fencing_token().expect("token");
+    assert!(new > old, "new token {new} not above old {old}");
+    assert!(resource.write(new), "the new holder's write was rejected");
+    child.signal(Signal::CONT);
+    child.send("go");
+    assert_eq!(child.expect("WRITE", Duration::from_secs(10)), "rejected");
+    assert_eq!(child.expect("LOST", Duration::from_secs(15)), "true");
+    assert_eq!(child.expect("UNLOCK", Duration::from_secs(10)), "Err(Lost)");
+    assert!(child.wait(Duration::from_secs(10)).success());
+    lock.unlock().expect("unlock");
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+}
+
+/// A SIGKILLed holder's lease expires and the next acquirer gets the lock with a higher token.
+#[test]
+#[serial]
+fn killed_holder_lock_is_taken_after_ttl() {
+    if role().as_deref() == Some("killed-holder") {
+        let locks = child_locks();
+        let lock = locks.named("k").expect("named");
+        let _ = lock.lock().expect("child lock");
+        println!("HELD {}", lock.fencing_token().expect("token"));
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let tc = TestCluster::start();
+    let prefix = common::prefix("sigkill");
+    let mut child = ChildProc::spawn(
+        "killed_holder_lock_is_taken_after_ttl",
+        "killed-holder",
+        &[
+            ("ETCD_EPS", tc.endpoints.join(",")),
+            ("ETCD_PREFIX", prefix.clone()),
+        ],
+    );
+    let old: u64 = child
+        .expect("HELD", Duration::from_secs(20))
+        .parse()
+        .expect("token");
+    child.signal(Signal::KILL);
+    let _ = child.wait(Duration::from_secs(5));
+    let locks = tc.connect(&prefix, Duration::from_secs(2));
+    let lock = locks.named("k").expect("named");
+    let _ = lock
+        .try_lock_for(Duration::from_secs(15))
+        .expect("taken over after the TTL");
+    assert!(lock.fencing_token().expect("token") > old);
+    lock.unlock().expect("unlock");
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+}
+
+/// Two of three members killed: the holder's Lost fires within TTL plus slack, new acquisitions
+/// fail with Unavailable or Timeout and do not hang; once quorum is back nothing is left behind.
+#[test]
+#[serial]
+fn quorum_lost_fires_lost_and_fails_fast() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("quorum");
+    let ttl = Duration::from_secs(2);
+    let locks = EtcdLocks::connect(
+        &tc.endpoints,
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(ttl)
+            .request_timeout(Duration::from_secs(1)),
+    )
+    .expect("connect");
+    let guard = locks.lock("q").expect("lock");
+    let lost = guard.lost().expect("lost");
+    let leader = tc.cluster().leader().expect("leader");
+    let other = (leader + 1) % 3;
+    tc.cluster().kill(leader).expect("kill leader");
+    tc.cluster().kill(other).expect("kill another member");
+    let start = Instant::now();
+    assert!(
+        lost.wait_timeout(ttl + Duration::from_secs(5)),
+        "Lost did not fire within TTL plus slack"
+    );
+    eprintln!("lost fired {:?} after quorum loss", start.elapsed());
+    assert!(matches!(guard.time_left(), Err(Error::Lost)));
+
+    let bounded_locks = locks.clone();
+    let r = bounded(Duration::from_secs(15), move || {
+        bounded_locks
+            .named("fresh")
+            .and_then(|l| l.try_lock_for(Duration::from_secs(2)).map(drop))
+    });
+    assert!(
+        matches!(r, Err(Error::Unavailable { .. } | Error::Timeout)),
+        "try_lock_for without quorum: {r:?}"
+    );
+    let blocking_locks = locks.clone();
+    let r = bounded(Duration::from_secs(15), move || {
+        blocking_locks.named("fresh").and_then(|l| l.lock().map(drop))
+    });
+    assert!(matches!(r, Err(Error::Unavailable { .. })), "lock without quorum: {r:?}");
+    let r = bounded(Duration::from_secs(15), move || guard.unlock());
+    assert!(matches!(r, Err(Error::Lost)), "unlock after quorum loss: {r:?}");
+
+    tc.cluster().restart(leader).expect("restart");
+    tc.cluster().restart(other).expect("restart");
+    tc.cluster()
+        .wait_healthy(Duration::from_secs(30))
+        .expect("healthy again");
+    // Leases the cluster could not revoke while down expire one TTL after a leader is back.
+    assert_no_keys(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    let lock = locks.named("q").expect("named");
+    let _ = lock.try_lock_for(Duration::from_secs(10)).expect("lock again");
+    lock.unlock().expect("unlock");
+}
