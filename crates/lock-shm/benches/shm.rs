@@ -8,6 +8,9 @@
 //! - `shm-alloc-free-2e11`, `-2e16`, `-2e20`: allocate + free with all but one id taken; there is
 //!   no peer, so the figure is written as a `.line` with its target.
 //! - `shm-bytes-per-lock`: segment bytes per lock at 2^20 locks against `sizeof(pthread_mutex_t)`.
+//! - `shm-takeover-after-sigkill`: the worst of ten delays between SIGKILL of a holder process
+//!   and a blocked waiter's `OwnerDied` (the holder is this binary re-executed with
+//!   `LOCKYARD_BENCH_HOLDER` set).
 //!
 //! # Invariants
 //!
@@ -30,6 +33,7 @@ use lock_shm::{LockId, Locker, Manager, ShmLocker, ShmManager};
 use memmap2::{MmapOptions, MmapRaw};
 
 const CONTENDER_ENV: &str = "LOCKYARD_BENCH_CONTENDER";
+const HOLDER_ENV: &str = "LOCKYARD_BENCH_HOLDER";
 const CTL_SIZE: usize = 4096;
 const GO: usize = 0;
 const DONE: usize = 4;
@@ -386,9 +390,64 @@ fn bytes_per_lock() {
     );
 }
 
+/// The holder process of `shm-takeover-after-sigkill`: locks lock 1, says so, and waits to be
+/// killed (at most a minute).
+fn holder(segment: &str) {
+    let m = ShmManager::open_existing(segment).expect("open segment");
+    let l = m.retrieve(LockId(1)).expect("retrieve");
+    let _ = l.lock().expect("lock");
+    println!("held");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn takeover() {
+    use std::io::BufRead;
+    let seg = Segment(segment_name("takeover"));
+    let m = ShmManager::create(&seg.0, 16).expect("create segment");
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let mut child = Contender(
+            Command::new(std::env::current_exe().expect("current exe"))
+                .env(HOLDER_ENV, &seg.0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn holder"),
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.take().expect("holder stdout"))
+            .read_line(&mut line)
+            .expect("read holder");
+        assert_eq!(line.trim(), "held", "holder did not take the lock");
+        let l = m.retrieve(LockId(1)).expect("retrieve");
+        let waiter = std::thread::spawn(move || {
+            let acquired = l.try_lock_for(Duration::from_secs(10)).expect("take over");
+            let at = Instant::now();
+            assert!(acquired.owner_died(), "takeover not reported as OwnerDied");
+            l.unlock().expect("unlock");
+            at
+        });
+        // Let the waiter block in FUTEX_WAIT before the holder dies.
+        std::thread::sleep(Duration::from_millis(20));
+        let killed = Instant::now();
+        child.0.kill().expect("SIGKILL holder");
+        let acquired = waiter.join().expect("waiter");
+        worst = worst.max(acquired.saturating_duration_since(killed));
+    }
+    let ms = worst.as_secs_f64() * 1e3;
+    write_line(
+        "shm-takeover-after-sigkill",
+        &format!("shm-takeover-after-sigkill: ours {ms:.2} ms, target 100.00 ms"),
+    );
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(CONTENDER_ENV) {
         contender(&spec);
+        return;
+    }
+    if let Ok(segment) = std::env::var(HOLDER_ENV) {
+        holder(&segment);
         return;
     }
     let mut c = Criterion::default().configure_from_args();
@@ -396,5 +455,6 @@ fn main() {
     contended(&mut c);
     alloc_free(&mut c);
     bytes_per_lock();
+    takeover();
     c.final_summary();
 }

@@ -132,7 +132,7 @@ fn blocked_waiter_takes_over_from_a_dropped_manager() {
     let m0 = ShmManager::create(&n.0, 16).unwrap();
     let m1 = ShmManager::open(&n.0, 16).unwrap();
     let held = m1.retrieve(LockId(0)).unwrap();
-    held.lock().unwrap();
+    assert_eq!(held.lock().unwrap(), Acquired::Clean);
     let waiter = std::thread::spawn(move || m0.retrieve(LockId(0)).unwrap().lock().unwrap());
     std::thread::sleep(Duration::from_millis(30));
     drop(held);
