@@ -320,6 +320,32 @@ impl Dir {
         }
     }
 
+    /// The levels above the master (`lock1` and up) that exist, in increasing order: one
+    /// `getdents(2)` pass rather than a `stat` per level.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the directory cannot be read.
+    pub(crate) fn upper_levels(&self) -> Result<Vec<usize>> {
+        let mut dir = rustix::fs::Dir::read_from(&self.fd)
+            .map_err(|e| Error::io("opendir", &self.path, errno_io(e)))?;
+        let mut levels = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(|e| Error::io("getdents", &self.path, errno_io(e)))?;
+            let level = entry
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|name| name.strip_prefix("lock"))
+                .filter(|n| !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| (1..LEVELS).contains(&n));
+            levels.extend(level);
+        }
+        levels.sort_unstable();
+        Ok(levels)
+    }
+
     /// Removes `name` if it is still the file `id`; returns whether it was.
     ///
     /// Between the check and `unlink(2)` the name could only change hands if its holder (us)

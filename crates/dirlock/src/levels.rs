@@ -118,11 +118,8 @@ fn replace_if_unchanged(
 ///
 /// As for [`try_take`]; the caller holds the master level whatever happens here.
 pub(crate) fn tidy(dir: &Dir, file: &RecordFile<'_>, me: &Identity) -> Result<()> {
-    for n in 1..LEVELS {
+    for n in dir.upper_levels()? {
         let name = level_name(n);
-        if dir.file_id(&name)?.is_none() {
-            continue;
-        }
         match try_take(dir, file, me, n)? {
             Attempt::Taken(_) => {
                 let staging = dir.remove_staging(n - 1);

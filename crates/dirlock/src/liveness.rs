@@ -25,6 +25,8 @@ pub(crate) struct Identity {
     pub(crate) pid: Pid,
     pub(crate) start_time: u64,
     pub(crate) host: String,
+    /// The real uid when the identity was cached (informational only in records).
+    pub(crate) uid: u32,
 }
 
 /// The identity of the current process, cached per pid (a forked child computes its own).
@@ -67,6 +69,7 @@ pub(crate) fn current() -> Result<Arc<Identity>> {
         pid,
         start_time,
         host,
+        uid: getuid().as_raw(),
     });
     *cache = Some(Arc::clone(&identity));
     Ok(identity)
@@ -84,7 +87,7 @@ impl Identity {
             pid: self.pid.as_raw_nonzero().get() as u32,
             start_time: self.start_time,
             host: self.host.clone(),
-            uid: getuid().as_raw(),
+            uid: self.uid,
             time_ns,
             nonce: rand::random(),
         }

@@ -4,15 +4,60 @@
 //! so a blocked waiter wakes at once. A holder's death is not a file system event, and inotify
 //! says nothing about changes made by other hosts on network file systems, so the waiter also
 //! re-checks on a timer that starts at 1 ms and doubles up to 20 ms.
+//!
+//! Closing an inotify instance waits for an SRCU grace period in the kernel (10 to 20 ms
+//! measured here), which would land on every `lock` that had to wait. So instances are pooled
+//! per process and reused: a waiter adds its watch to a pooled instance and removes it when
+//! done, which is cheap.
 
 use std::os::fd::OwnedFd;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::io::Errno;
+use rustix::process::{Pid, getpid};
 
 use crate::dir::Dir;
+
+/// Idle inotify instances of this process (tagged with the pid that made them: a forked child
+/// must not share its parent's event queue).
+static POOL: Mutex<Vec<(Pid, OwnedFd)>> = Mutex::new(Vec::new());
+/// More idle instances than this are closed rather than kept (as many waiters at once).
+const POOL_MAX: usize = 32;
+
+fn take_pooled() -> Option<OwnedFd> {
+    let me = getpid();
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    while let Some((pid, fd)) = pool.pop() {
+        if pid == me {
+            drop(pool);
+            drain(&fd);
+            return Some(fd);
+        }
+        // Inherited from the parent across fork: closing our duplicate is cheap (the parent
+        // still holds the instance) and leaves the parent's queue alone.
+    }
+    None
+}
+
+fn give_back(fd: OwnedFd) {
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.len() < POOL_MAX {
+        pool.push((getpid(), fd));
+    }
+}
+
+/// Discards queued events: the caller re-examines the directory anyway.
+fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = rustix::io::read(fd, &mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}
 
 /// The first re-check interval.
 const FIRST_POLL: Duration = Duration::from_millis(1);
@@ -22,8 +67,9 @@ pub(crate) const MAX_POLL: Duration = Duration::from_millis(20);
 /// Sleeps until the directory changes or the current backoff interval passes.
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    /// `None` when inotify is unavailable (instance limit reached): the timer alone then.
-    inotify: Option<OwnedFd>,
+    /// The instance and watch descriptor; `None` when inotify is unavailable (instance limit
+    /// reached): the timer alone then.
+    inotify: Option<(OwnedFd, i32)>,
     interval: Duration,
 }
 
@@ -33,8 +79,8 @@ impl Waiter {
     /// Set up before the attempt that may fail, so a release between that attempt and the wait
     /// is not missed.
     pub(crate) fn new(dir: &Dir) -> Waiter {
-        let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)
-            .ok()
+        let inotify = take_pooled()
+            .or_else(|| inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok())
             .and_then(|fd| {
                 let events = WatchFlags::DELETE
                     | WatchFlags::MOVED_FROM
@@ -43,7 +89,13 @@ impl Waiter {
                     | WatchFlags::MOVE_SELF
                     | WatchFlags::ONLYDIR;
                 // The watch is by path; the lock itself works through the directory's fd.
-                inotify::add_watch(&fd, dir.path(), events).ok().map(|_| fd)
+                match inotify::add_watch(&fd, dir.path(), events) {
+                    Ok(wd) => Some((fd, wd)),
+                    Err(_) => {
+                        give_back(fd);
+                        None
+                    }
+                }
             });
         Waiter {
             inotify,
@@ -59,7 +111,7 @@ impl Waiter {
             timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
         }
         self.interval = (self.interval * 2).min(MAX_POLL);
-        let Some(fd) = &self.inotify else {
+        let Some((fd, _)) = &self.inotify else {
             std::thread::sleep(timeout);
             return;
         };
@@ -74,16 +126,16 @@ impl Waiter {
             // keeps the wait bounded and the loop correct.
             Err(_) => std::thread::sleep(timeout),
         }
-        self.drain(fd);
+        drain(fd);
     }
+}
 
-    /// Discards queued events: the caller re-examines the directory anyway.
-    fn drain(&self, fd: &OwnedFd) {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = rustix::io::read(fd, &mut buf) {
-            if n == 0 {
-                break;
-            }
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some((fd, wd)) = self.inotify.take() {
+            // Removing a watch is cheap; failing to remove it only leaves events to drain.
+            let _ = inotify::remove_watch(&fd, wd);
+            give_back(fd);
         }
     }
 }
