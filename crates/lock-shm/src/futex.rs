@@ -147,6 +147,16 @@ pub(crate) fn lock_contended(
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
+                // One last look, so a timeout shorter than the probe interval still finds a
+                // dead holder, as `try_lock` would. The word now has the waiters bit.
+                if v & OWNER != token
+                    && dead(v & OWNER)?
+                    && word
+                        .compare_exchange(v | WAITERS, token | WAITERS, Acquire, Relaxed)
+                        .is_ok()
+                {
+                    return Ok(Some(Acquired::OwnerDied));
+                }
                 return Ok(None);
             }
             sleep = sleep.min(left);

@@ -139,3 +139,19 @@ fn blocked_waiter_takes_over_from_a_dropped_manager() {
     drop(m1);
     assert_eq!(waiter.join().unwrap(), Acquired::OwnerDied);
 }
+
+/// A timeout shorter than the probe interval still takes over a dead holder's lock.
+#[test]
+fn short_timeout_still_takes_over_a_dead_holder() {
+    let n = Name::new("shorttimeout");
+    let m0 = ShmManager::create(&n.0, 4).unwrap();
+    let m1 = ShmManager::open(&n.0, 4).unwrap();
+    assert_eq!(
+        m1.retrieve(LockId(2)).unwrap().lock().unwrap(),
+        Acquired::Clean
+    );
+    drop(m1);
+    let l = m0.retrieve(LockId(2)).unwrap();
+    assert_eq!(l.try_lock_for(Duration::ZERO).unwrap(), Acquired::OwnerDied);
+    l.unlock().unwrap();
+}
