@@ -9,12 +9,13 @@
 //! dead; a dead holder's lock is taken over with a compare-and-swap on the exact word observed,
 //! so exactly one waiter wins and reports [`Acquired::OwnerDied`].
 
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use lock_api::{Acquired, Error, Result};
 use rustix::thread::futex;
+
+use crate::segment::Le32;
 
 /// Set when someone sleeps, or is about to sleep, on the word.
 pub(crate) const WAITERS: u32 = 1 << 31;
@@ -27,13 +28,13 @@ const SPINS: u32 = 100;
 
 /// Takes the word if it is unlocked.
 #[inline]
-pub(crate) fn try_fast(word: &AtomicU32, token: u32) -> bool {
+pub(crate) fn try_fast(word: &Le32, token: u32) -> bool {
     word.compare_exchange(0, token, Acquire, Relaxed).is_ok()
 }
 
 /// Releases the word if `token` holds it; returns whether it did.
 #[inline]
-pub(crate) fn unlock(word: &AtomicU32, token: u32) -> Result<bool> {
+pub(crate) fn unlock(word: &Le32, token: u32) -> Result<bool> {
     if word.compare_exchange(token, 0, Release, Relaxed).is_ok() {
         return Ok(true);
     }
@@ -41,7 +42,7 @@ pub(crate) fn unlock(word: &AtomicU32, token: u32) -> Result<bool> {
 }
 
 #[cold]
-fn unlock_contended(word: &AtomicU32, token: u32) -> Result<bool> {
+fn unlock_contended(word: &Le32, token: u32) -> Result<bool> {
     let v = word.load(Relaxed);
     if v & OWNER != token {
         return Ok(false);
@@ -56,8 +57,8 @@ fn unlock_contended(word: &AtomicU32, token: u32) -> Result<bool> {
 }
 
 #[cold]
-fn wake(word: &AtomicU32) -> Result<()> {
-    futex::wake(word, futex::Flags::empty(), 1)
+fn wake(word: &Le32) -> Result<()> {
+    futex::wake(word.futex_word(), futex::Flags::empty(), 1)
         .map(|_| ())
         .map_err(|e| Error::io("futex(FUTEX_WAKE)", "lock word", e.into()))
 }
@@ -65,7 +66,7 @@ fn wake(word: &AtomicU32) -> Result<()> {
 /// Tries once, without sleeping, taking the lock over when `dead` says its holder is gone.
 /// Returns `None` when the lock is held by a live owner, this one included.
 pub(crate) fn try_lock(
-    word: &AtomicU32,
+    word: &Le32,
     token: u32,
     dead: impl FnOnce(u32) -> Result<bool>,
 ) -> Result<Option<Acquired>> {
@@ -98,7 +99,7 @@ pub(crate) fn try_lock(
 /// Waits for the lock until `deadline` (forever when `None`). Returns `None` on timeout.
 #[cold]
 pub(crate) fn lock_contended(
-    word: &AtomicU32,
+    word: &Le32,
     token: u32,
     deadline: Option<Instant>,
     mut dead: impl FnMut(u32) -> Result<bool>,
@@ -165,7 +166,12 @@ pub(crate) fn lock_contended(
             tv_sec: sleep.as_secs() as i64,
             tv_nsec: i64::from(sleep.subsec_nanos()),
         };
-        match futex::wait(word, futex::Flags::empty(), v | WAITERS, Some(&ts)) {
+        match futex::wait(
+            word.futex_word(),
+            futex::Flags::empty(),
+            (v | WAITERS).to_le(),
+            Some(&ts),
+        ) {
             Ok(())
             | Err(
                 rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR,

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use crate::bitmap::Bitmap;
 use crate::client;
 use crate::futex;
 use crate::layout::{Layout, field};
-use crate::segment::{self, Segment};
+use crate::segment::{self, Le32, Segment};
 
 /// What every handle of one open manager shares: the mapping, its layout, and the client slot
 /// that makes this manager an owner.
@@ -55,16 +54,13 @@ impl Shared {
         Ok(())
     }
 
-    fn word(&self, id: u32) -> Result<&AtomicU32> {
+    fn word(&self, id: u32) -> Result<&Le32> {
         self.seg.u32(self.layout.lock_offset(id))
     }
 
     /// Runs `f` under the segment-wide allocation lock. When the previous holder died inside its
     /// critical section, the summaries and the counter are rebuilt from the leaf bits first.
-    fn with_alloc_lock<T>(
-        &self,
-        f: impl FnOnce(&Bitmap<'_>, &AtomicU32) -> Result<T>,
-    ) -> Result<T> {
+    fn with_alloc_lock<T>(&self, f: impl FnOnce(&Bitmap<'_>, &Le32) -> Result<T>) -> Result<T> {
         let word = self.seg.u32(field::ALLOC_LOCK)?;
         let acquired = if futex::try_fast(word, self.token) {
             Acquired::Clean
@@ -332,7 +328,7 @@ pub struct ShmLocker {
 
 impl ShmLocker {
     #[inline]
-    fn word(&self) -> Result<&AtomicU32> {
+    fn word(&self) -> Result<&Le32> {
         self.shared.word(self.id)
     }
 

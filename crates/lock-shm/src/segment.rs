@@ -8,8 +8,9 @@
 //! 2. `len` equals the total size of the [`Layout`] that was validated (or computed) for this
 //!    segment, and that layout's regions all lie inside `0..len`.
 //! 3. Every access to the mapping goes through [`Segment::u32`] or [`Segment::u64`], which check
-//!    the offset's bounds and alignment before forming a reference; the references are atomics,
-//!    because other processes change the memory underneath at any time.
+//!    the offset's bounds and alignment before forming a reference; the references are atomics
+//!    ([`Le32`], [`Le64`]: little-endian whatever the host), because other processes change the
+//!    memory underneath at any time.
 //! 4. Before the segment is published under its name (a `linkat(2)` of an `O_TMPFILE` inode)
 //!    no other process can reach it, so its creator may initialise it with plain writes.
 //!
@@ -63,6 +64,67 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 /// The path of segment `name`, for error messages and `linkat(2)`.
 pub(crate) fn path_of(name: &str) -> PathBuf {
     PathBuf::from(SHM_DIR).join(name)
+}
+
+/// A little-endian `u32` in the segment, accessed atomically: values are converted with
+/// `to_le`/`from_le` (no-ops on little-endian hosts), so the bytes in shared memory are the same
+/// whatever the host's byte order.
+#[derive(Debug)]
+#[repr(transparent)]
+pub(crate) struct Le32(AtomicU32);
+
+impl Le32 {
+    #[inline]
+    pub(crate) fn load(&self, order: Ordering) -> u32 {
+        u32::from_le(self.0.load(order))
+    }
+
+    #[inline]
+    pub(crate) fn store(&self, value: u32, order: Ordering) {
+        self.0.store(value.to_le(), order);
+    }
+
+    #[inline]
+    pub(crate) fn swap(&self, value: u32, order: Ordering) -> u32 {
+        u32::from_le(self.0.swap(value.to_le(), order))
+    }
+
+    #[inline]
+    pub(crate) fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u32, u32> {
+        self.0
+            .compare_exchange(current.to_le(), new.to_le(), success, failure)
+            .map(u32::from_le)
+            .map_err(u32::from_le)
+    }
+
+    /// The raw word, for `futex(2)`; compare it with `value.to_le()`.
+    #[inline]
+    pub(crate) fn futex_word(&self) -> &AtomicU32 {
+        &self.0
+    }
+}
+
+/// A little-endian `u64` in the segment, accessed atomically (see [`Le32`]).
+#[derive(Debug)]
+#[repr(transparent)]
+pub(crate) struct Le64(AtomicU64);
+
+impl Le64 {
+    #[inline]
+    pub(crate) fn load(&self, order: Ordering) -> u64 {
+        u64::from_le(self.0.load(order))
+    }
+
+    #[inline]
+    pub(crate) fn store(&self, value: u64, order: Ordering) {
+        self.0.store(value.to_le(), order);
+    }
 }
 
 /// An open, mapped segment.
@@ -214,14 +276,15 @@ impl Segment {
     ///
     /// `Corrupt` when `off` is out of bounds or misaligned (a bug or a hostile index).
     #[inline]
-    pub(crate) fn u32(&self, off: usize) -> Result<&AtomicU32> {
+    pub(crate) fn u32(&self, off: usize) -> Result<&Le32> {
         if !off.is_multiple_of(4) || off.checked_add(4).is_none_or(|end| end > self.len) {
             return Err(self.out_of_bounds(off));
         }
         // SAFETY: by invariant 1 the mapping is live, writable and page-aligned for as long as
         // `self`; the check above keeps `off..off + 4` inside it and 4-aligned (invariant 3), and
-        // the memory is only ever accessed atomically, by this and other processes.
-        Ok(unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast::<u32>()) })
+        // the memory is only ever accessed atomically, by this and other processes. `Le32` is a
+        // `repr(transparent)` wrapper of `AtomicU32`.
+        Ok(unsafe { &*self.map.as_mut_ptr().add(off).cast::<Le32>() })
     }
 
     /// The 64-bit atomic at byte offset `off`.
@@ -230,12 +293,13 @@ impl Segment {
     ///
     /// `Corrupt` when `off` is out of bounds or misaligned.
     #[inline]
-    pub(crate) fn u64(&self, off: usize) -> Result<&AtomicU64> {
+    pub(crate) fn u64(&self, off: usize) -> Result<&Le64> {
         if !off.is_multiple_of(8) || off.checked_add(8).is_none_or(|end| end > self.len) {
             return Err(self.out_of_bounds(off));
         }
-        // SAFETY: as for `u32`: invariants 1 and 3, with an 8-byte bounds and alignment check.
-        Ok(unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast::<u64>()) })
+        // SAFETY: as for `u32`: invariants 1 and 3, with an 8-byte bounds and alignment check;
+        // `Le64` is a `repr(transparent)` wrapper of `AtomicU64`.
+        Ok(unsafe { &*self.map.as_mut_ptr().add(off).cast::<Le64>() })
     }
 
     #[cold]
