@@ -133,7 +133,10 @@ fn blocked_waiter_takes_over_from_a_dropped_manager() {
     let m1 = ShmManager::open(&n.0, 16).unwrap();
     let held = m1.retrieve(LockId(0)).unwrap();
     assert_eq!(held.lock().unwrap(), Acquired::Clean);
-    let waiter = std::thread::spawn(move || m0.retrieve(LockId(0)).unwrap().lock().unwrap());
+    let waiter = std::thread::spawn(move || {
+        let l = m0.retrieve(LockId(0)).unwrap();
+        l.try_lock_for(Duration::from_secs(10)).unwrap()
+    });
     std::thread::sleep(Duration::from_millis(30));
     drop(held);
     drop(m1);
