@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use dirlock::DirLock;
 
 fn quick() -> bool {
@@ -221,10 +221,9 @@ fn hand_timed() {
     );
 }
 
-criterion_group!(benches, try_lock_unlock);
-
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let mut criterion = Criterion::default().configure_from_args();
+    try_lock_unlock(&mut criterion);
+    criterion.final_summary();
     hand_timed();
 }

@@ -42,6 +42,10 @@ pub(crate) struct FileId {
 }
 
 impl FileId {
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "st_dev and st_ino are narrower than u64 on some targets"
+    )]
     fn of(stat: &Stat) -> FileId {
         FileId {
             dev: stat.st_dev as u64,

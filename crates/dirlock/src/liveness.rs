@@ -38,6 +38,10 @@ pub(crate) struct Identity {
 ///
 /// [`Error::Io`] when `/proc` cannot be read (dirlock needs Linux with `/proc` mounted);
 /// [`Error::InvalidArgument`] when the host name or boot id cannot be stored in a record.
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "st_ino is narrower than u64 on some targets"
+)]
 pub(crate) fn current() -> Result<Arc<Identity>> {
     static CACHE: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
     let pid = getpid();

@@ -60,10 +60,10 @@ pub(crate) fn spawn(role: &str, dir: &Path, work: &Path, count: u32, uid: Option
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(said) = line.strip_prefix(SAY) {
-                if tx.send(said.to_owned()).is_err() {
-                    break;
-                }
+            if let Some(said) = line.strip_prefix(SAY)
+                && tx.send(said.to_owned()).is_err()
+            {
+                break;
             }
         }
     });
