@@ -311,6 +311,14 @@ fn line_dir() -> PathBuf {
 }
 
 fn write_line(group: &str, line: &str) {
+    // `cargo test --benches` runs each benchmark once in criterion's test mode: a smoke test
+    // whose figures mean nothing, so they must not replace a real run's lines.
+    // Criterion's rule: test mode unless `--bench` is given (cargo bench passes it), or `--test`.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test") {
+        println!("{line} (test mode, not recorded)");
+        return;
+    }
     let dir = line_dir();
     std::fs::create_dir_all(&dir).expect("create lockyard-bench dir");
     std::fs::write(dir.join(format!("{group}.line")), format!("{line}\n")).expect("write line");
