@@ -1,1 +1,160 @@
-fn main() {}
+//! lock-file benchmarks: lock+unlock against a bare `flock` pair, and allocate+free at scale.
+#![allow(unsafe_code)] // the peer calls libc::flock, the bare C call every flock user makes.
+//!
+//! - `file-lock-unlock`: ours (owner records on, the default) against `flock(LOCK_EX)` +
+//!   `flock(LOCK_UN)` through libc on a file in the same directory, same run. Target ratio <= 1.3.
+//! - `file-lock-unlock-no-owner-death`: the same with owner records off, to show their cost.
+//! - `file-alloc-free-2e10`, `file-alloc-free-2e16`: allocate+free with all but one id taken,
+//!   measured by hand (no peer) and written as `.line` files for `cargo xtask bench`.
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use lock_file::{FileManager, LockId, Locker, Manager, StoreOptions};
+use std::os::fd::AsRawFd;
+
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+/// The positional filters criterion was given, if any.
+fn filters() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect()
+}
+
+fn wanted(group: &str) -> bool {
+    let f = filters();
+    f.is_empty() || f.iter().any(|f| group.contains(f.as_str()))
+}
+
+/// Lock+unlock of one uncontended lock, ours against a bare flock pair on a file of the same
+/// directory (so the same filesystem and the same kind of empty regular file).
+fn lock_unlock(c: &mut Criterion, group_name: &str, owner_death: bool) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("store");
+    let manager = StoreOptions::new(16)
+        .owner_death(owner_death)
+        .create(&path)
+        .expect("create store");
+    let lock = manager.retrieve(LockId(3)).expect("retrieve");
+    let peer_file = File::create(root.path().join("peer.lock")).expect("peer lock file");
+
+    let mut group = c.benchmark_group(group_name);
+    group.bench_function("ours", |b| {
+        b.iter(|| {
+            let _ = black_box(lock.lock().expect("lock"));
+            lock.unlock().expect("unlock");
+        });
+    });
+    let fd = peer_file.as_raw_fd();
+    group.bench_function("peer", |b| {
+        b.iter(|| {
+            // SAFETY: `fd` belongs to `peer_file`, which lives until the end of this function;
+            // flock(2) only reads its arguments.
+            let (locked, unlocked) = unsafe {
+                (
+                    libc::flock(fd, libc::LOCK_EX),
+                    libc::flock(fd, libc::LOCK_UN),
+                )
+            };
+            assert_eq!((locked, unlocked), (0, 0), "flock");
+        });
+    });
+    group.finish();
+}
+
+/// Mean ns of one allocate+free on a store of `capacity` locks with all but one taken: the
+/// lowest of five batches of `budget` each (the least disturbed by the shared machine).
+fn alloc_free_ns(capacity: u32, budget: Duration) -> f64 {
+    let root = tempfile::tempdir().expect("temp dir");
+    let manager = FileManager::create(root.path().join("store"), capacity).expect("create store");
+    for _ in 0..capacity - 1 {
+        drop(manager.allocate().expect("fill"));
+    }
+    let cycle = || {
+        let lock = manager.allocate().expect("allocate");
+        lock.free().expect("free");
+    };
+    for _ in 0..1000 {
+        cycle();
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < budget {
+            for _ in 0..100 {
+                cycle();
+            }
+            n += 100;
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    assert_eq!(manager.available().expect("available"), Some(1));
+    best
+}
+
+fn human(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.1} ns")
+    } else {
+        format!("{:.2} µs", ns / 1_000.0)
+    }
+}
+
+/// `$CARGO_TARGET_DIR/lockyard-bench`, or the workspace's `target/lockyard-bench`.
+fn line_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("lockyard-bench")
+}
+
+fn write_line(group: &str, line: &str) {
+    println!("{line}");
+    let dir = line_dir();
+    std::fs::create_dir_all(&dir).expect("create lockyard-bench dir");
+    let mut file = File::create(dir.join(format!("{group}.line"))).expect("create line file");
+    writeln!(file, "{line}").expect("write line file");
+}
+
+fn alloc_free_lines() {
+    let budget = if quick() {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(600)
+    };
+    let small = wanted("file-alloc-free-2e10").then(|| alloc_free_ns(1 << 10, budget));
+    let large = wanted("file-alloc-free-2e16").then(|| alloc_free_ns(1 << 16, budget));
+    if let Some(ns) = small {
+        write_line(
+            "file-alloc-free-2e10",
+            &format!("file-alloc-free-2e10: ours {}, target none", human(ns)),
+        );
+    }
+    if let Some(ns) = large {
+        let target = small.map_or_else(
+            || "none".to_string(),
+            |s| format!("<= 2 × the 2^10 figure ({})", human(2.0 * s)),
+        );
+        write_line(
+            "file-alloc-free-2e16",
+            &format!("file-alloc-free-2e16: ours {}, target {target}", human(ns)),
+        );
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    lock_unlock(&mut c, "file-lock-unlock", true);
+    lock_unlock(&mut c, "file-lock-unlock-no-owner-death", false);
+    c.final_summary();
+    alloc_free_lines();
+}

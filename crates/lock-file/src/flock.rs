@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt;
@@ -18,17 +18,21 @@ const FIRST_NAP: Duration = Duration::from_micros(20);
 /// Longest sleep of a bounded wait: a release is noticed within about a millisecond.
 const LONGEST_NAP: Duration = Duration::from_millis(1);
 
+/// Names the file in an error; called only when there is one, so the fast paths never build a
+/// path.
+pub(crate) type PathOf<'a> = &'a dyn Fn() -> PathBuf;
+
 /// Blocks until `file` is locked exclusively (`flock(LOCK_EX)`).
 ///
 /// # Errors
 ///
-/// `Io` naming `path` for any error but `EINTR`, which is retried.
-pub(crate) fn lock(file: &File, path: &Path) -> Result<()> {
+/// `Io` naming the file for any error but `EINTR`, which is retried.
+pub(crate) fn lock(file: &File, path: PathOf<'_>) -> Result<()> {
     loop {
         match FileExt::lock_exclusive(file) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("flock", path, e)),
+            Err(e) => return Err(Error::io("flock", path(), e)),
         }
     }
 }
@@ -37,14 +41,14 @@ pub(crate) fn lock(file: &File, path: &Path) -> Result<()> {
 ///
 /// # Errors
 ///
-/// `Io` naming `path`.
+/// `Io` naming the file.
 #[inline]
-pub(crate) fn try_lock(file: &File, path: &Path) -> Result<bool> {
+pub(crate) fn try_lock(file: &File, path: PathOf<'_>) -> Result<bool> {
     loop {
         match FileExt::try_lock_exclusive(file) {
             Ok(taken) => return Ok(taken),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("flock", path, e)),
+            Err(e) => return Err(Error::io("flock", path(), e)),
         }
     }
 }
@@ -53,14 +57,14 @@ pub(crate) fn try_lock(file: &File, path: &Path) -> Result<bool> {
 ///
 /// # Errors
 ///
-/// `Io` naming `path`.
+/// `Io` naming the file.
 #[inline]
-pub(crate) fn unlock(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn unlock(file: &File, path: PathOf<'_>) -> Result<()> {
     loop {
         match FileExt::unlock(file) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("flock", path, e)),
+            Err(e) => return Err(Error::io("flock", path(), e)),
         }
     }
 }
@@ -73,9 +77,9 @@ pub(crate) fn unlock(file: &File, path: &Path) -> Result<()> {
 ///
 /// # Errors
 ///
-/// `Io` naming `path`.
+/// `Io` naming the file.
 #[cold]
-pub(crate) fn lock_until(file: &File, path: &Path, deadline: Instant) -> Result<bool> {
+pub(crate) fn lock_until(file: &File, path: PathOf<'_>, deadline: Instant) -> Result<bool> {
     let mut nap = FIRST_NAP;
     loop {
         if try_lock(file, path)? {

@@ -134,9 +134,10 @@ impl Shared {
     pub(crate) fn with_bitmap<T>(&self, f: impl FnOnce(Bitmap<'_>) -> T) -> Result<T> {
         let _turn = self.alloc.lock().unwrap_or_else(PoisonError::into_inner);
         let table = &self.store.table;
-        flock::lock(table.file(), table.path())?;
+        let path = || table.path().to_path_buf();
+        flock::lock(table.file(), &path)?;
         let out = f(Bitmap::new(table.summary(), table.leaves(), self.capacity));
-        flock::unlock(table.file(), table.path())?;
+        flock::unlock(table.file(), &path)?;
         Ok(out)
     }
 
@@ -161,6 +162,7 @@ impl Shared {
     }
 
     /// The owner record of lock `id`.
+    #[inline]
     pub(crate) fn record(&self, id: u32) -> Record<'_> {
         Record::new(self.store.table.record(id))
     }
@@ -213,7 +215,7 @@ impl Shared {
     /// description (and releasing it at once when that succeeds).
     fn probe(&self, id: u32) -> Result<bool> {
         let file = self.open_lock_file(id)?;
-        let path = self.lock_path(id);
+        let path = || self.lock_path(id);
         if flock::try_lock(&file, &path)? {
             flock::unlock(&file, &path)?;
             Ok(false)

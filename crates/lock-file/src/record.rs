@@ -41,6 +41,7 @@ pub(crate) struct Record<'a> {
 
 impl<'a> Record<'a> {
     /// The record in `words` (two words).
+    #[inline]
     pub(crate) fn new(words: &'a [AtomicU64]) -> Self {
         Record {
             held: &words[0],
@@ -88,6 +89,7 @@ impl<'a> Record<'a> {
 }
 
 /// Now in ns since the Unix epoch (0 for a clock before 1970).
+#[inline]
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
