@@ -270,3 +270,56 @@ fn runtime_damage_is_corrupt() {
     m2n.write_at(bitmap, &0x3ffu64.to_le_bytes());
     assert!(matches!(m2.allocate(), Err(Error::Corrupt { .. })));
 }
+
+/// Random bytes written anywhere in an open segment (mutable header words, client table,
+/// bitmap, lock words) never make an operation panic or hang; errors are typed.
+#[test]
+fn random_damage_after_open_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let n = Name::new("fuzz");
+    let m = ShmManager::create(&n.0, 300).unwrap();
+    let other = ShmManager::open(&n.0, 300).unwrap();
+    let len = n.bytes().len() as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x10c4_5a4d);
+    for round in 0..300 {
+        for _ in 0..rng.random_range(1..8) {
+            let off = rng.random_range(128..len - 8);
+            let garbage: u64 = rng.random();
+            let width = rng.random_range(1..=8);
+            n.write_at(off, &garbage.to_le_bytes()[..width]);
+        }
+        let id = LockId(rng.random_range(0..300));
+        let l = if rng.random_bool(0.5) { &m } else { &other }
+            .retrieve(id)
+            .unwrap();
+        let r: Result<(), Error> = match round % 8 {
+            0 => m.allocate().map(drop),
+            1 => l.free(),
+            2 => l.try_lock().map(drop),
+            3 => l.try_lock_for(Duration::from_millis(2)).map(drop),
+            4 => l.unlock(),
+            5 => m.held().map(drop),
+            6 => m.available().map(drop),
+            _ => other.allocate_and_retrieve(id).map(drop),
+        };
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    Error::Corrupt { .. }
+                        | Error::Exhausted { .. }
+                        | Error::NotAllocated(_)
+                        | Error::AlreadyAllocated(_)
+                        | Error::NotHeld(_)
+                        | Error::Timeout
+                ),
+                "round {round}: {e:?}"
+            );
+        }
+    }
+    // Repairable by the operator's recovery path: free_all and re-allocation work again.
+    let bitmap = 256 + 1024 * 16;
+    n.write_at(bitmap, &[0u8; 64]);
+    m.free_all().unwrap();
+    assert_eq!(m.available().unwrap(), Some(300));
+}
