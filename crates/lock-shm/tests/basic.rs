@@ -158,3 +158,33 @@ fn short_timeout_still_takes_over_a_dead_holder() {
     assert_eq!(l.try_lock_for(Duration::ZERO).unwrap(), Acquired::OwnerDied);
     l.unlock().unwrap();
 }
+
+/// A process spawned while a manager is open does not inherit its descriptor (close-on-exec),
+/// so it cannot keep a dead owner's client slot alive.
+#[test]
+fn spawned_children_do_not_inherit_the_client_slot() {
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let n = Name::new("cloexec");
+    let m0 = ShmManager::create(&n.0, 4).unwrap();
+    let m1 = ShmManager::open(&n.0, 4).unwrap();
+    assert_eq!(
+        m1.retrieve(LockId(1)).unwrap().lock().unwrap(),
+        Acquired::Clean
+    );
+    let _child = Reaped(
+        std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    drop(m1);
+    let l = m0.retrieve(LockId(1)).unwrap();
+    assert_eq!(l.try_lock().unwrap(), Some(Acquired::OwnerDied));
+    l.unlock().unwrap();
+}
