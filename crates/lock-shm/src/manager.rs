@@ -111,7 +111,9 @@ impl Shared {
 ///
 /// A process that forks must open its own manager in the child: the child shares the parent's
 /// open file description, hence its client slot and its OFD lock, so the two would be one owner
-/// and the child's death would go unnoticed while the parent lives.
+/// and the child's death would go unnoticed while the parent lives. The child should also drop
+/// the manager it inherited, or the parent's death goes unnoticed while the child lives (the
+/// descriptor is close-on-exec, so `exec` drops it).
 pub struct ShmManager {
     shared: Arc<Shared>,
 }

@@ -184,7 +184,12 @@ fn spawned_children_do_not_inherit_the_client_slot() {
             .expect("spawn sleep"),
     );
     drop(m1);
+    // The child closes its copy of the descriptor during execve, possibly a moment after spawn
+    // returned; after that the slot must read as dead, long before `sleep 10` ends.
     let l = m0.retrieve(LockId(1)).unwrap();
-    assert_eq!(l.try_lock().unwrap(), Some(Acquired::OwnerDied));
+    assert_eq!(
+        l.try_lock_for(Duration::from_secs(5)).unwrap(),
+        Acquired::OwnerDied
+    );
     l.unlock().unwrap();
 }
