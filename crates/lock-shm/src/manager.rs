@@ -106,8 +106,8 @@ impl Shared {
 /// A lock table in a /dev/shm segment, shared by every process that opens it.
 ///
 /// Each open manager is one *owner*: it claims a client slot in the segment for its lifetime,
-/// and every [`ShmLocker`] retrieved from it (on any thread) acts for it. Clone-free sharing
-/// across threads is by reference: the manager is `Send + Sync`.
+/// and every [`ShmLocker`] retrieved from it (on any thread) acts for it. The manager is
+/// `Send + Sync`: share it between threads by reference or in an `Arc`.
 ///
 /// A process that forks must open its own manager in the child: the child shares the parent's
 /// open file description, hence its client slot and its OFD lock, so the two would be one owner
