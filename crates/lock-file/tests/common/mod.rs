@@ -61,10 +61,10 @@ impl Child {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 // The harness may have printed "test child_entry ... " on the same line.
-                if let Some((_, msg)) = line.split_once("@ ") {
-                    if tx.send(msg.to_string()).is_err() {
-                        break;
-                    }
+                if let Some((_, msg)) = line.split_once("@ ")
+                    && tx.send(msg.to_string()).is_err()
+                {
+                    break;
                 }
             }
         });
