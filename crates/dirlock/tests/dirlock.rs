@@ -383,6 +383,29 @@ fn damaged_levels_are_errors_and_are_kept() {
     }
 }
 
+/// What a reclaimer that died between staging its record and renaming it leaves behind (a stale
+/// upper level and a staging file) is cleared by the next holder of the master lock.
+#[test]
+fn dead_reclaimers_leftovers_are_cleared() {
+    let me = me();
+    let own = std::process::id();
+    let stale = record(&me, own, start_time(own) + 1);
+    for (master_stale, want) in [(true, Acquired::OwnerDied), (false, Acquired::Clean)] {
+        let dir = lock_dir();
+        if master_stale {
+            write_level(dir.path(), 0, &stale);
+        }
+        write_level(dir.path(), 1, &stale);
+        fs::write(dir.path().join("lock0.takeover"), &stale).expect("staging");
+        write_level(dir.path(), 3, &stale);
+        let lock = DirLock::new(dir.path()).expect("new");
+        assert_eq!(lock.try_acquire().expect("try"), Some(want));
+        assert_entries(dir.path(), &["lock0"], "leftovers cleared");
+        lock.unlock().expect("unlock");
+        assert_entries(dir.path(), &[], "released");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Staleness
 // ---------------------------------------------------------------------------------------------
