@@ -46,7 +46,8 @@ pub enum Role {
     /// `id N` for each, then `done`; keeps its allocations and exits at stdin EOF.
     Allocate,
     /// Prints `ready`, waits for `go`, calls `open_or_create`, prints `created` or `opened`,
-    /// allocates one id and prints `id N`, then exits at stdin EOF.
+    /// allocates one id and prints `id N` (or, where the backend does not allocate, try-locks
+    /// lock 0 and prints `lock got` or `lock busy`), then exits at stdin EOF.
     OpenOrCreate,
 }
 
@@ -415,9 +416,23 @@ fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
             }
             let (manager, created) = backend.open_or_create(&store, capacity)?;
             say(if created { "created" } else { "opened" });
-            let lock = manager.allocate()?;
-            say(&format!("id {}", lock.id()));
+            // Prove the processes share one table: distinct allocations where the backend
+            // allocates, otherwise exactly one of them can hold lock 0.
+            let lock = match manager.allocate() {
+                Ok(lock) => {
+                    say(&format!("id {}", lock.id()));
+                    lock
+                }
+                Err(Error::Unsupported(_)) => {
+                    let lock = manager.retrieve(LockId(0))?;
+                    let got = lock.try_lock()?.is_some();
+                    say(if got { "lock got" } else { "lock busy" });
+                    lock
+                }
+                Err(e) => return Err(e.into()),
+            };
             wait_for_line("exit");
+            drop(lock);
             Ok(())
         }
     }

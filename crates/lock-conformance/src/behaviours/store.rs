@@ -112,21 +112,34 @@ pub fn concurrent_open_or_create_all_succeed_one_creates<B: Backend>(ctx: &Ctx<'
     }
     let mut created = 0;
     let mut ids = BTreeSet::new();
+    let mut holders = 0;
     for child in &mut children {
         match child.next_line(PROMPTLY)?.as_str() {
             "created" => created += 1,
             "opened" => {}
             other => return Err(Failed(format!("open_or_create child said {other:?}"))),
         }
-        let id = child.expect("id", PROMPTLY)?;
-        ensure!(
-            ids.insert(id.clone()),
-            "two processes allocated id {id}: they do not share a table"
-        );
+        let proof = child.next_line(PROMPTLY)?;
+        if let Some(id) = proof.strip_prefix("id ") {
+            ensure!(
+                ids.insert(id.to_string()),
+                "two processes allocated id {id}: they do not share a table"
+            );
+        } else if proof == "lock got" {
+            holders += 1;
+        } else if proof != "lock busy" {
+            return Err(Failed(format!("open_or_create child said {proof:?}")));
+        }
     }
     ensure!(
         created == 1,
         "{created} processes created the store, want exactly 1"
+    );
+    ensure!(
+        ids.len() == CHILDREN || holders == 1,
+        "{} distinct allocations and {holders} holders of lock 0 among {CHILDREN} processes: \
+         they do not share one table",
+        ids.len()
     );
     let manager = ctx.open(16)?;
     if manager.available()?.is_some() {
