@@ -176,6 +176,7 @@ pub(crate) fn child_entry() {
         }
         "hold" => hold(Path::new(&store), &arg),
         "hammer" => hammer(Path::new(&store), &arg),
+        "churn" => churn(Path::new(&store)),
         other => {
             say(format!("unknown role {other}"));
             2
@@ -258,6 +259,31 @@ fn hammer(store: &Path, arg: &str) -> i32 {
         if let Err(e) = locks[i].unlock() {
             say(describe(&e));
             return 1;
+        }
+    }
+}
+
+/// Allocates and frees in a loop until killed or stdin closes (the allocator under SIGKILL).
+fn churn(store: &Path) -> i32 {
+    let manager = FileManager::open(store).expect("open store");
+    let stop = stdin_lines();
+    say("ready");
+    loop {
+        if matches!(stop.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+            return 0;
+        }
+        match manager.allocate() {
+            Ok(lock) => {
+                if let Err(e) = lock.free() {
+                    say(describe(&e));
+                    return 1;
+                }
+            }
+            Err(Error::Exhausted { .. }) => {}
+            Err(e) => {
+                say(describe(&e));
+                return 1;
+            }
         }
     }
 }
