@@ -234,8 +234,9 @@ impl Shared {
 /// process dies, and the manager's owner records tell the next acquirer
 /// ([`Acquired::OwnerDied`](lock_api::Acquired::OwnerDied)).
 ///
-/// A forked child shares its parent's descriptions, hence its locks: a child must open its own
-/// manager. Dropping the manager and all its handles while holding locks releases them, and as
+/// Cloning a manager gives another handle on the same owner, not a new owner: open the store
+/// again for that. A forked child shares its parent's descriptions, hence its locks: a child
+/// must open its own manager. Dropping the manager and all its handles while holding locks releases them, and as
 /// the owner is gone their next acquirer gets `OwnerDied`.
 #[derive(Debug, Clone)]
 pub struct FileManager {
@@ -330,16 +331,6 @@ impl FileManager {
             .file()
             .sync_data()
             .map_err(|e| Error::io("fsync", table.path(), e))
-    }
-
-    /// The number of locks, as a plain number.
-    pub fn len(&self) -> u32 {
-        self.capacity
-    }
-
-    /// Always false: a store has at least one lock.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 

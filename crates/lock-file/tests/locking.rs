@@ -162,6 +162,7 @@ fn locking_a_freed_lock_never_reallocates_it() {
     assert!(matches!(lock.free(), Err(Error::NotAllocated(LockId(0)))));
     assert_eq!(lock.lock().expect("lock freed"), Acquired::Clean);
     assert_eq!(manager.available().expect("available"), Some(3));
+    manager.sync().expect("sync");
     let next = manager.allocate().expect("allocate");
     assert_eq!(next.id(), LockId(0), "the freed id is the lowest free one");
     lock.unlock().expect("unlock");
