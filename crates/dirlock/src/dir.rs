@@ -24,6 +24,9 @@ use crate::record::{MAX_RECORD_LEN, Record};
 /// `break_lock`.
 pub(crate) const LEVELS: usize = 16;
 
+/// Permissions of record files: readable by everyone, so other users can inspect the lock.
+const RECORD_MODE: Mode = Mode::from_bits_truncate(0o644);
+
 /// Prefix of the private names of records on file systems without `O_TMPFILE`.
 pub(crate) const TEMP_PREFIX: &str = ".dirlock-tmp.";
 
@@ -150,31 +153,42 @@ impl Dir {
     /// [`Error::Io`] from `open(2)` (an unwritable directory gives `PermissionDenied`),
     /// `write(2)` or `fstat(2)`.
     pub(crate) fn write_record(&self, record: &Record) -> Result<RecordFile<'_>> {
-        let bytes = record.to_bytes();
-        let mode = Mode::from_raw_mode(0o644);
         let tmpfile = rustix::fs::openat(
             &self.fd,
             ".",
             OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-            mode,
+            RECORD_MODE,
         );
-        let (fd, temp) = match tmpfile {
-            Ok(fd) => (fd, None),
+        match tmpfile {
+            Ok(fd) => self.fill(fd, None, record),
             // No O_TMPFILE on this file system (or kernel): a private name instead.
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
-                let name = format!("{TEMP_PREFIX}{}.{:016x}", record.pid, rand::random::<u64>());
-                let fd = rustix::fs::openat(
-                    &self.fd,
-                    &name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-                    mode,
-                )
-                .map_err(|e| Error::io("open", self.at(&name), errno_io(e)))?;
-                let name = CString::new(name).map_err(|_| Error::invalid("temporary name"))?;
-                (fd, Some(name))
-            }
-            Err(e) => return Err(Error::io("open(O_TMPFILE)", &self.path, errno_io(e))),
-        };
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => self.write_record_named(record),
+            Err(e) => Err(Error::io("open(O_TMPFILE)", &self.path, errno_io(e))),
+        }
+    }
+
+    /// Like [`write_record`](Dir::write_record), with a private name
+    /// `.dirlock-tmp.<pid>.<random>` that the drop guard removes (file systems without
+    /// `O_TMPFILE`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`write_record`](Dir::write_record).
+    pub(crate) fn write_record_named(&self, record: &Record) -> Result<RecordFile<'_>> {
+        let name = format!("{TEMP_PREFIX}{}.{:016x}", record.pid, rand::random::<u64>());
+        let c_name = CString::new(name.as_str()).map_err(|_| Error::invalid("temporary name"))?;
+        let fd = rustix::fs::openat(
+            &self.fd,
+            c_name.as_c_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+            RECORD_MODE,
+        )
+        .map_err(|e| Error::io("open", self.at(&name), errno_io(e)))?;
+        self.fill(fd, Some(c_name), record)
+    }
+
+    /// Writes the record into the new file `fd` (named `temp`, if it has a name).
+    fn fill(&self, fd: OwnedFd, temp: Option<CString>, record: &Record) -> Result<RecordFile<'_>> {
         // From here on the guard removes the private name on every path.
         let mut file = RecordFile {
             fd,
@@ -185,6 +199,7 @@ impl Dir {
             },
             linked: Cell::new(false),
         };
+        let bytes = record.to_bytes();
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             match rustix::io::write(&file.fd, rest) {
@@ -455,5 +470,78 @@ impl Drop for TempName<'_> {
             // leaves a stray file, which is all a SIGKILL at this point could leave too.
             let _ = rustix::fs::unlinkat(&self.dir.fd, name.as_c_str(), AtFlags::empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::levels::{Attempt, try_take};
+    use crate::liveness;
+    use lock_api::Acquired;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn named_records_leave_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let me = liveness::current().unwrap();
+        // Dropped before publication: the private name goes.
+        let file = dir.write_record_named(&me.record()).unwrap();
+        assert_eq!(names(tmp.path()).len(), 1);
+        drop(file);
+        assert!(names(tmp.path()).is_empty());
+        // Published, then owned: only the level is left.
+        let file = dir.write_record_named(&me.record()).unwrap();
+        assert!(dir.publish(&file, 0).unwrap());
+        let owned = file.into_owned();
+        assert_eq!(names(tmp.path()), ["lock0"]);
+        assert!(dir.remove_if("lock0", owned.id).unwrap());
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn named_records_reclaim_through_levels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let me = liveness::current().unwrap();
+        let mut dead = me.record();
+        dead.start_time += 1;
+        std::fs::write(tmp.path().join("lock0"), dead.to_bytes()).unwrap();
+        std::fs::write(tmp.path().join("lock1"), dead.to_bytes()).unwrap();
+        let file = dir.write_record_named(&me.record()).unwrap();
+        assert_eq!(
+            try_take(&dir, &file, &me, 0).unwrap(),
+            Attempt::Taken(Acquired::OwnerDied)
+        );
+        // lock1 was reclaimed through lock2 and released; only lock0 and our private name.
+        let owned = file.into_owned();
+        assert_eq!(names(tmp.path()), ["lock0"]);
+        assert!(dir.remove_if("lock0", owned.id).unwrap());
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn unnamed_records_are_renewed_once_spent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let me = liveness::current().unwrap();
+        let file = dir.write_record(&me.record()).unwrap();
+        if file.temp.name.is_some() {
+            return; // this file system has no O_TMPFILE: nothing to check
+        }
+        assert!(dir.publish(&file, 1).unwrap());
+        assert!(dir.remove_if("lock1", file.id()).unwrap());
+        assert!(file.is_spent().unwrap());
+        assert_eq!(try_take(&dir, &file, &me, 0).unwrap(), Attempt::Spent);
+        assert!(names(tmp.path()).is_empty());
     }
 }
