@@ -12,10 +12,12 @@ use crate::{BACKENDS, BackendCrate, backend, cargo, prereq, run, target_dir};
 
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let mut quick = false;
+    let mut save = false;
     let mut selected = Vec::new();
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--save-plot" => save = true,
             name => selected.push(backend(name)?),
         }
     }
@@ -43,6 +45,15 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     for line in &lines {
         println!("{line}");
     }
+    let chart = crate::plot::svg(&lines);
+    let plot = target_dir().join("lockyard-bench").join("plot.svg");
+    let docs = crate::root().join("docs").join("benchmarks.svg");
+    let path = if save { docs } else { plot };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    fs::write(&path, chart).map_err(|e| format!("write {}: {e}", path.display()))?;
+    eprintln!("xtask: plot written to {}", path.display());
     Ok(())
 }
 

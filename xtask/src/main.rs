@@ -2,6 +2,7 @@
 
 mod bench;
 mod conformance;
+mod plot;
 mod prereq;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ usage: cargo xtask <command>
 
   conformance [--backend NAME]   run the conformance suite; print backend x behaviour matrix
   test                           install prerequisites if possible, then run every test
-  bench [BACKEND] [--quick]      run criterion benchmarks; print `NAME: ours X, peer Y, ratio Z`
+  bench [BACKEND..] [--quick] [--save-plot]
+                                 run criterion benchmarks; print `NAME: ours X, peer Y, ratio Z`;
+                                 --save-plot writes the chart to docs/benchmarks.svg
   etcd up|down                   start or stop a local 3-member etcd cluster for manual use
   lint                           cargo fmt --check, clippy -D warnings, cargo doc --no-deps
   ci                             lint, then test
