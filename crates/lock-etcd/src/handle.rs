@@ -281,10 +281,10 @@ impl LockData for EtcdLock {
         let result = self.shared.block_on(async move {
             mutex::rewrite(&ctx, &key, revision, lease, record.encode()).await
         });
-        if matches!(result, Err(Error::Lost)) {
-            if let Some(h) = self.lock_state().as_ref() {
-                h.monitor.fire();
-            }
+        if matches!(result, Err(Error::Lost))
+            && let Some(h) = self.lock_state().as_ref()
+        {
+            h.monitor.fire();
         }
         result
     }

@@ -94,7 +94,8 @@ impl Monitor {
         if self.is_lost() {
             return None;
         }
-        self.confirmed_until().checked_duration_since(Instant::now())
+        self.confirmed_until()
+            .checked_duration_since(Instant::now())
     }
 }
 
@@ -124,7 +125,10 @@ pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc
                     return Ok(None);
                 };
                 keeper.keep_alive().await?;
-                answers.message().await.map(|answer| answer.map(|a| a.ttl()))
+                answers
+                    .message()
+                    .await
+                    .map(|answer| answer.map(|a| a.ttl()))
             })
             .await;
             match attempt {
@@ -173,19 +177,14 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
         )
         .await;
         if let Ok(Ok(mut stream)) = opened {
-            loop {
-                match stream.message().await {
-                    Ok(Some(answer)) => {
-                        let deleted = answer.events().iter().any(is_delete);
-                        if deleted {
-                            monitor.fire();
-                            return;
-                        }
-                        if answer.canceled() {
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            // Ends when the stream closes or fails.
+            while let Ok(Some(answer)) = stream.message().await {
+                if answer.events().iter().any(is_delete) {
+                    monitor.fire();
+                    return;
+                }
+                if answer.canceled() {
+                    break;
                 }
             }
         }

@@ -110,7 +110,9 @@ impl EtcdLocks {
     /// As for [`lock`](Self::lock).
     pub fn try_lock(&self, name: &str) -> Result<Option<EtcdGuard>> {
         let lock = self.named(name)?;
-        Ok(lock.try_lock()?.map(|acquired| EtcdGuard::new(lock, acquired)))
+        Ok(lock
+            .try_lock()?
+            .map(|acquired| EtcdGuard::new(lock, acquired)))
     }
 
     /// Acquires the named lock, waiting at most `timeout`; a timed-out attempt leaves no key.
@@ -126,7 +128,10 @@ impl EtcdLocks {
 
     fn table_root(&self, store: &str) -> Result<String> {
         validate_name(store)?;
-        Ok(format!("{}/table/{store}", self.shared.options.prefix_value()))
+        Ok(format!(
+            "{}/table/{store}",
+            self.shared.options.prefix_value()
+        ))
     }
 
     /// Creates the lock table `store` of `capacity` locks.

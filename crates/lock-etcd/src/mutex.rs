@@ -93,10 +93,7 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
         let answer = ctx
             .call(|mut c| {
                 let queue = queue.clone();
-                async move {
-                    c.get(queue, Some(queue_options().with_count_only()))
-                        .await
-                }
+                async move { c.get(queue, Some(queue_options().with_count_only())).await }
             })
             .await?;
         if answer.count() > 0 {
@@ -134,7 +131,9 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
         since,
         data: Vec::new(),
     };
-    let attempt = enqueue_and_wait(&ctx, &queue, &key, lease, &record, wait, &monitor, &mut tasks);
+    let attempt = enqueue_and_wait(
+        &ctx, &queue, &key, lease, &record, wait, &monitor, &mut tasks,
+    );
     let outcome = match deadline {
         Some(d) => timeout_at(d.into(), attempt)
             .await
@@ -180,7 +179,11 @@ async fn enqueue_and_wait(
             let txn = Txn::new()
                 .when([Compare::create_revision(key, CompareOp::Equal, 0)])
                 .and_then([
-                    TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease))),
+                    TxnOp::put(
+                        key,
+                        value.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
                     TxnOp::get(
                         queue,
                         Some(
@@ -201,7 +204,9 @@ async fn enqueue_and_wait(
         raw.header.as_ref().map(|h| h.revision).unwrap_or(0)
     } else {
         // A retried Txn whose first attempt was applied: our key exists already.
-        txn_first_kv(raw, 0).map(|kv| kv.create_revision).unwrap_or(0)
+        txn_first_kv(raw, 0)
+            .map(|kv| kv.create_revision)
+            .unwrap_or(0)
     };
     if revision <= 0 {
         return Err(Error::unavailable(format!(
@@ -227,9 +232,7 @@ async fn enqueue_and_wait(
     wait_for_turn(ctx, queue, revision, monitor).await?;
     // Invariant 3: claim only if our key (hence our lease) still exists.
     let own = ctx
-        .call(|mut c| async move {
-            c.get(key, Some(GetOptions::new().with_keys_only())).await
-        })
+        .call(|mut c| async move { c.get(key, Some(GetOptions::new().with_keys_only())).await })
         .await?;
     let ours = own
         .kvs()
@@ -367,11 +370,21 @@ pub(crate) async fn revoke(ctx: &Ctx, lease: i64) {
 }
 
 /// Rewrites the own key's value while it is still ours.
-pub(crate) async fn rewrite(ctx: &Ctx, held_key: &str, revision: i64, lease: i64, value: Vec<u8>) -> Result<()> {
+pub(crate) async fn rewrite(
+    ctx: &Ctx,
+    held_key: &str,
+    revision: i64,
+    lease: i64,
+    value: Vec<u8>,
+) -> Result<()> {
     let answer = ctx
         .call(|mut c| {
             let txn = Txn::new()
-                .when([Compare::create_revision(held_key, CompareOp::Equal, revision)])
+                .when([Compare::create_revision(
+                    held_key,
+                    CompareOp::Equal,
+                    revision,
+                )])
                 .and_then([TxnOp::put(
                     held_key,
                     value.clone(),
@@ -411,9 +424,9 @@ pub(crate) async fn lease_expiry(ctx: &Ctx, lease: i64) -> Result<Option<SystemT
         .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
         .await;
     match answer {
-        Ok(a) if a.ttl() >= 0 => {
-            Ok(Some(SystemTime::now() + Duration::from_secs(u64::try_from(a.ttl()).unwrap_or(0))))
-        }
+        Ok(a) if a.ttl() >= 0 => Ok(Some(
+            SystemTime::now() + Duration::from_secs(u64::try_from(a.ttl()).unwrap_or(0)),
+        )),
         Ok(_) | Err(Error::Lost) => Ok(None),
         Err(e) => Err(e),
     }

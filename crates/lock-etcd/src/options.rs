@@ -167,7 +167,9 @@ pub fn validate_name(name: &str) -> Result<()> {
         )));
     }
     if name == "." || name == ".." {
-        return Err(Error::invalid(format!("the lock name {name:?} is reserved")));
+        return Err(Error::invalid(format!(
+            "the lock name {name:?} is reserved"
+        )));
     }
     Ok(())
 }
@@ -193,7 +195,10 @@ mod tests {
     #[test]
     fn ttl_is_checked_and_rounded_up() {
         let short = EtcdOptions::new().ttl(Duration::from_millis(1999));
-        assert!(matches!(short.validate(), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            short.validate(),
+            Err(Error::InvalidArgument { .. })
+        ));
         let ok = EtcdOptions::new().ttl(Duration::from_millis(2500));
         assert_eq!(ok.validate().ok(), Some(3));
         let long = EtcdOptions::new().ttl(MAX_TTL + Duration::from_secs(1));

@@ -40,8 +40,8 @@ impl Record {
         // A host name never holds a newline; strip control characters anyway so the header
         // stays parseable whatever uname says.
         let host: String = self.host.chars().filter(|c| !c.is_control()).collect();
-        let mut out = format!("{MAGIC}\npid={}\nhost={host}\nsince={millis}\n\n", self.pid)
-            .into_bytes();
+        let mut out =
+            format!("{MAGIC}\npid={}\nhost={host}\nsince={millis}\n\n", self.pid).into_bytes();
         out.extend_from_slice(&self.data);
         out
     }
@@ -118,8 +118,16 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt_and_other_versions_incompatible() {
-        for bad in [&b""[..], b"x", b"lockyard-etcd-owner 1\npid=x\n\n", b"\xff\xfe\n\n"] {
-            assert!(matches!(Record::decode("k", bad), Err(Error::Corrupt { .. })), "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"x",
+            b"lockyard-etcd-owner 1\npid=x\n\n",
+            b"\xff\xfe\n\n",
+        ] {
+            assert!(
+                matches!(Record::decode("k", bad), Err(Error::Corrupt { .. })),
+                "{bad:?}"
+            );
         }
         assert!(matches!(
             Record::decode("k", b"lockyard-etcd-owner 2\n\n"),

@@ -25,7 +25,13 @@ use crate::record::Record;
 const META_MAGIC: &str = "lockyard-etcd-table";
 const META_VERSION: &str = "1";
 
-/// A table of `capacity` numbered locks stored in etcd; see the [module docs](self) for its keys.
+/// A table of `capacity` numbered locks stored in etcd, under the root `<prefix>/table/<store>`:
+///
+/// | key | value | meaning |
+/// |---|---|---|
+/// | `meta` | `lockyard-etcd-table 1\ncapacity=N\n` | the table exists, with N locks |
+/// | `alloc/<id, 10 digits>` | empty | the id is allocated |
+/// | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (the mutex recipe) |
 ///
 /// Ownership is per handle (per [`EtcdLock`]), not per table: two handles on one id exclude each
 /// other even in one process.
@@ -71,9 +77,11 @@ fn parse_meta(key: &str, value: &[u8]) -> Result<u32> {
     let capacity = lines
         .find_map(|l| l.strip_prefix("capacity="))
         .ok_or_else(|| Error::corrupt(format!("etcd table header {key}: no capacity")))?;
-    capacity
-        .parse::<u32>()
-        .map_err(|_| Error::corrupt(format!("etcd table header {key}: bad capacity {capacity:?}")))
+    capacity.parse::<u32>().map_err(|_| {
+        Error::corrupt(format!(
+            "etcd table header {key}: bad capacity {capacity:?}"
+        ))
+    })
 }
 
 impl EtcdTable {
@@ -104,7 +112,9 @@ impl EtcdTable {
         must_create: bool,
     ) -> Result<(EtcdTable, bool)> {
         if capacity == 0 && create {
-            return Err(Error::invalid("an etcd lock table needs a capacity above zero"));
+            return Err(Error::invalid(
+                "an etcd lock table needs a capacity above zero",
+            ));
         }
         let ctx = shared.ctx.clone();
         let meta = Self::meta_key(&root);
@@ -129,12 +139,15 @@ impl EtcdTable {
             let existing = if created {
                 None
             } else {
-                raw.responses.into_iter().next().and_then(|r| match r.response {
-                    Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
-                        range.kvs.into_iter().next().map(|kv| kv.value)
-                    }
-                    _ => None,
-                })
+                raw.responses
+                    .into_iter()
+                    .next()
+                    .and_then(|r| match r.response {
+                        Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
+                            range.kvs.into_iter().next().map(|kv| kv.value)
+                        }
+                        _ => None,
+                    })
             };
             Ok((created, existing))
         })?;
@@ -175,8 +188,11 @@ impl EtcdTable {
             ctx.call(|mut c| {
                 let prefix = prefix.clone();
                 async move {
-                    c.delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
-                        .await
+                    c.delete(
+                        prefix,
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    )
+                    .await
                 }
             })
             .await?;
@@ -212,8 +228,11 @@ impl EtcdTable {
     async fn allocated(ctx: &Ctx, prefix: &str) -> Result<Vec<u32>> {
         let answer = ctx
             .call(|mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
-                    .await
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
             })
             .await?;
         let mut ids = Vec::with_capacity(answer.kvs().len());
@@ -302,8 +321,11 @@ impl Manager for EtcdTable {
             ctx.call(|mut c| {
                 let prefix = prefix.clone();
                 async move {
-                    c.delete(prefix, Some(etcd_client::DeleteOptions::new().with_prefix()))
-                        .await
+                    c.delete(
+                        prefix,
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    )
+                    .await
                 }
             })
             .await?;
@@ -323,8 +345,11 @@ impl Manager for EtcdTable {
                 .call(|mut c| {
                     let prefix = prefix.clone();
                     async move {
-                        c.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
-                            .await
+                        c.get(
+                            prefix,
+                            Some(GetOptions::new().with_prefix().with_count_only()),
+                        )
+                        .await
                     }
                 })
                 .await?;

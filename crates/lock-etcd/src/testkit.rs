@@ -325,8 +325,10 @@ impl EtcdCluster {
         }
         self.spawn_member(i, "existing")?;
         let endpoint = self.endpoint(i).unwrap_or_default();
-        wait_for(Duration::from_secs(30), || member_status(&endpoint).is_some())
-            .map_err(|()| err(format!("member {i} did not come back: {}", self.logs())))
+        wait_for(Duration::from_secs(30), || {
+            member_status(&endpoint).is_some()
+        })
+        .map_err(|()| err(format!("member {i} did not come back: {}", self.logs())))
     }
 
     /// Waits until every running member answers and agrees on one leader.
@@ -423,7 +425,14 @@ impl EtcdCluster {
             .await
             .map_err(|e| err(format!("connect: {e}")))?;
             let keys = client
-                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
+                .get(
+                    prefix,
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_keys_only(),
+                    ),
+                )
                 .await
                 .map_err(|e| err(format!("get: {e}")))?
                 .kvs()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{TestCluster, assert_no_keys, keys, prefix, raw};
 use libtest_mimic::{Arguments, Failed, Trial};
 use lock_etcd::{
-    EtcdLocks, EtcdOptions, Error, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
+    Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -44,14 +44,26 @@ macro_rules! check {
 fn lifecycle(eps: &[String]) -> Result<(), Failed> {
     let (locks, prefix) = connect(eps, "lifecycle");
     let lock = locks.named("a")?;
-    check!(matches!(lock.unlock(), Err(Error::NotHeld(_))), "unlock of a free lock");
-    check!(matches!(lock.fencing_token(), Err(Error::NotHeld(_))), "token while free");
+    check!(
+        matches!(lock.unlock(), Err(Error::NotHeld(_))),
+        "unlock of a free lock"
+    );
+    check!(
+        matches!(lock.fencing_token(), Err(Error::NotHeld(_))),
+        "token while free"
+    );
     let _ = lock.lock()?;
     let t1 = lock.fencing_token()?;
     check!(t1 > 0, "token {t1}");
-    check!(lock.own_key().is_some_and(|k| k.starts_with(&prefix)), "own key under prefix");
+    check!(
+        lock.own_key().is_some_and(|k| k.starts_with(&prefix)),
+        "own key under prefix"
+    );
     lock.unlock()?;
-    check!(matches!(lock.unlock(), Err(Error::NotHeld(_))), "double unlock");
+    check!(
+        matches!(lock.unlock(), Err(Error::NotHeld(_))),
+        "double unlock"
+    );
     let _ = lock.lock()?;
     let t2 = lock.fencing_token()?;
     check!(t2 > t1, "tokens {t1} then {t2}");
@@ -67,15 +79,36 @@ fn exclusion_and_timeout(eps: &[String]) -> Result<(), Failed> {
     let b = locks.named("x")?;
     let _ = a.lock()?;
     let ta = a.fencing_token()?;
-    check!(b.try_lock()?.is_none(), "try_lock while held by another handle");
+    check!(
+        b.try_lock()?.is_none(),
+        "try_lock while held by another handle"
+    );
     let start = Instant::now();
-    check!(matches!(b.try_lock_for(Duration::from_millis(400)), Err(Error::Timeout)), "timeout");
+    check!(
+        matches!(
+            b.try_lock_for(Duration::from_millis(400)),
+            Err(Error::Timeout)
+        ),
+        "timeout"
+    );
     let waited = start.elapsed();
-    check!(waited >= Duration::from_millis(400), "returned early after {waited:?}");
-    check!(waited < Duration::from_secs(5), "returned late after {waited:?}");
+    check!(
+        waited >= Duration::from_millis(400),
+        "returned early after {waited:?}"
+    );
+    check!(
+        waited < Duration::from_secs(5),
+        "returned late after {waited:?}"
+    );
     let left = keys(eps, &prefix);
-    check!(left.len() == 1, "a timed-out acquisition left its key: {left:?}");
-    check!(a.try_lock()?.is_none(), "try_lock of a lock this handle holds is None");
+    check!(
+        left.len() == 1,
+        "a timed-out acquisition left its key: {left:?}"
+    );
+    check!(
+        a.try_lock()?.is_none(),
+        "try_lock of a lock this handle holds is None"
+    );
     a.unlock()?;
     check!(b.try_lock()?.is_some(), "free lock taken");
     check!(b.fencing_token()? > ta, "token grows across owners");
@@ -139,7 +172,11 @@ fn counter(eps: &[String]) -> Result<(), Failed> {
     for t in threads {
         t.join().map_err(|_| "worker panicked")??;
     }
-    check!(value.load(Ordering::SeqCst) == 30, "counter {}", value.load(Ordering::SeqCst));
+    check!(
+        value.load(Ordering::SeqCst) == 30,
+        "counter {}",
+        value.load(Ordering::SeqCst)
+    );
     assert_no_keys(eps, &prefix, Duration::from_secs(5));
     Ok(())
 }
@@ -152,27 +189,45 @@ fn bad_input(eps: &[String]) -> Result<(), Failed> {
             matches!(locks.named(name), Err(Error::InvalidArgument { .. })),
             "name {name:?} accepted"
         );
-        check!(matches!(locks.lock(name), Err(Error::InvalidArgument { .. })), "lock({name:?})");
+        check!(
+            matches!(locks.lock(name), Err(Error::InvalidArgument { .. })),
+            "lock({name:?})"
+        );
     }
     let short = EtcdOptions::new().ttl(MIN_TTL - Duration::from_millis(1));
     check!(
-        matches!(EtcdLocks::connect(eps, short), Err(Error::InvalidArgument { .. })),
+        matches!(
+            EtcdLocks::connect(eps, short),
+            Err(Error::InvalidArgument { .. })
+        ),
         "TTL below the minimum accepted"
     );
     let none: [&str; 0] = [];
     check!(
-        matches!(EtcdLocks::connect(none, EtcdOptions::new()), Err(Error::InvalidArgument { .. })),
+        matches!(
+            EtcdLocks::connect(none, EtcdOptions::new()),
+            Err(Error::InvalidArgument { .. })
+        ),
         "no endpoints accepted"
     );
     // A port nobody listens on (bound, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let start = Instant::now();
     let r = EtcdLocks::connect(
         [format!("http://127.0.0.1:{port}")],
         EtcdOptions::new().connect_timeout(Duration::from_secs(1)),
     );
-    check!(matches!(r, Err(Error::Unavailable { .. })), "unreachable: {r:?}");
-    check!(start.elapsed() < Duration::from_secs(5), "unreachable took {:?}", start.elapsed());
+    check!(
+        matches!(r, Err(Error::Unavailable { .. })),
+        "unreachable: {r:?}"
+    );
+    check!(
+        start.elapsed() < Duration::from_secs(5),
+        "unreachable took {:?}",
+        start.elapsed()
+    );
     Ok(())
 }
 
@@ -183,19 +238,36 @@ fn inspect_and_data(eps: &[String]) -> Result<(), Failed> {
     let b = locks.named("i")?;
     check!(b.holder()?.is_none(), "holder of a free lock");
     check!(b.read_data()?.is_none(), "data of a free lock");
-    check!(matches!(a.write_data(b"x"), Err(Error::NotHeld(_))), "write while not held");
+    check!(
+        matches!(a.write_data(b"x"), Err(Error::NotHeld(_))),
+        "write while not held"
+    );
     let _ = a.lock()?;
     let holder = b.holder()?.ok_or("no holder")?;
-    check!(holder.pid == Some(std::process::id()), "pid {:?}", holder.pid);
-    check!(holder.host.as_deref().is_some_and(|h| !h.is_empty()), "host {:?}", holder.host);
+    check!(
+        holder.pid == Some(std::process::id()),
+        "pid {:?}",
+        holder.pid
+    );
+    check!(
+        holder.host.as_deref().is_some_and(|h| !h.is_empty()),
+        "host {:?}",
+        holder.host
+    );
     let since = holder.since.ok_or("no since")?;
     let expires = holder.expires.ok_or("no expires")?;
     check!(expires > since, "expires {expires:?} <= since {since:?}");
     check!(b.read_data()? == Some(Vec::new()), "no data yet");
     a.write_data(b"hello\n\n\0world")?;
-    check!(b.read_data()?.as_deref() == Some(&b"hello\n\n\0world"[..]), "data read back");
+    check!(
+        b.read_data()?.as_deref() == Some(&b"hello\n\n\0world"[..]),
+        "data read back"
+    );
     let big = vec![0u8; lock_etcd::MAX_DATA_LEN + 1];
-    check!(matches!(a.write_data(&big), Err(Error::InvalidArgument { .. })), "oversized data");
+    check!(
+        matches!(a.write_data(&big), Err(Error::InvalidArgument { .. })),
+        "oversized data"
+    );
     let t = a.fencing_token()?;
     a.write_data(b"again")?;
     check!(a.fencing_token()? == t, "writing data keeps the token");
@@ -231,12 +303,30 @@ fn key_deleted_behind_our_back(eps: &[String]) -> Result<(), Failed> {
     let lost = lock.lost()?;
     let key = lock.own_key().ok_or("no own key")?;
     raw(eps, async move |c| c.delete(key, None).await.map(drop));
-    check!(lost.wait_timeout(Duration::from_secs(10)), "lost did not fire");
-    check!(matches!(lock.fencing_token(), Err(Error::Lost)), "token after loss");
-    check!(matches!(lock.time_left(), Err(Error::Lost)), "time_left after loss");
-    check!(matches!(lock.write_data(b"x"), Err(Error::Lost)), "write after loss");
-    check!(matches!(lock.unlock(), Err(Error::Lost)), "unlock after loss");
-    check!(matches!(lock.unlock(), Err(Error::NotHeld(_))), "second unlock");
+    check!(
+        lost.wait_timeout(Duration::from_secs(10)),
+        "lost did not fire"
+    );
+    check!(
+        matches!(lock.fencing_token(), Err(Error::Lost)),
+        "token after loss"
+    );
+    check!(
+        matches!(lock.time_left(), Err(Error::Lost)),
+        "time_left after loss"
+    );
+    check!(
+        matches!(lock.write_data(b"x"), Err(Error::Lost)),
+        "write after loss"
+    );
+    check!(
+        matches!(lock.unlock(), Err(Error::Lost)),
+        "unlock after loss"
+    );
+    check!(
+        matches!(lock.unlock(), Err(Error::NotHeld(_))),
+        "second unlock"
+    );
     // The handle is usable again.
     let _ = lock.lock()?;
     lock.unlock()?;
@@ -252,10 +342,16 @@ fn lease_revoked_behind_our_back(eps: &[String]) -> Result<(), Failed> {
     let lost = lock.lost()?;
     let lease = lock.lease_id().ok_or("no lease")?;
     raw(eps, async move |c| c.lease_revoke(lease).await.map(drop));
-    check!(lost.wait_timeout(Duration::from_secs(10)), "lost did not fire");
+    check!(
+        lost.wait_timeout(Duration::from_secs(10)),
+        "lost did not fire"
+    );
     let other = locks.named("r")?;
     let _ = other.try_lock_for(Duration::from_secs(5))?;
-    check!(matches!(lock.unlock(), Err(Error::Lost)), "unlock after revoke");
+    check!(
+        matches!(lock.unlock(), Err(Error::Lost)),
+        "unlock after revoke"
+    );
     other.unlock()?;
     assert_no_keys(eps, &prefix, Duration::from_secs(5));
     Ok(())
@@ -285,15 +381,26 @@ fn waiter_lease_expired(eps: &[String]) -> Result<(), Failed> {
         .into_iter()
         .find(|(_, lease)| *lease != holder_lease)
         .ok_or("no waiter key")?;
-    raw(eps, async move |c| c.lease_revoke(waiter_lease).await.map(drop));
+    raw(eps, async move |c| {
+        c.lease_revoke(waiter_lease).await.map(drop)
+    });
     std::thread::sleep(Duration::from_millis(200));
     holder.unlock()?;
     let outcome = result.join().map_err(|_| "waiter panicked")?;
-    check!(matches!(outcome, Err(Error::Lost)), "waiter was told {outcome:?}");
-    check!(matches!(waiter.fencing_token(), Err(Error::NotHeld(_))), "waiter holds nothing");
+    check!(
+        matches!(outcome, Err(Error::Lost)),
+        "waiter was told {outcome:?}"
+    );
+    check!(
+        matches!(waiter.fencing_token(), Err(Error::NotHeld(_))),
+        "waiter holds nothing"
+    );
     // The lock is free for anyone else.
     let next = locks.named("w")?;
-    check!(next.try_lock()?.is_some(), "lock free after the dead waiter");
+    check!(
+        next.try_lock()?.is_some(),
+        "lock free after the dead waiter"
+    );
     next.unlock()?;
     assert_no_keys(eps, &prefix, Duration::from_secs(5));
     Ok(())
@@ -306,13 +413,18 @@ fn drop_releases(eps: &[String]) -> Result<(), Failed> {
         let _guard = locks.lock("g")?;
         check!(locks.try_lock("g")?.is_none(), "held by the guard");
     }
-    let guard = locks.try_lock("g")?.ok_or("not released by the guard drop")?;
+    let guard = locks
+        .try_lock("g")?
+        .ok_or("not released by the guard drop")?;
     drop(guard);
     {
         let lock = locks.named("g")?;
         let _ = lock.lock()?;
     }
-    check!(locks.try_lock("g")?.is_some(), "not released by the handle drop");
+    check!(
+        locks.try_lock("g")?.is_some(),
+        "not released by the handle drop"
+    );
     assert_no_keys(eps, &prefix, Duration::from_secs(5));
     Ok(())
 }
@@ -330,7 +442,10 @@ fn main() -> std::process::ExitCode {
         ("inspect_and_data", inspect_and_data),
         ("keepalive_outlives_ttl", keepalive_outlives_ttl),
         ("key_deleted_behind_our_back", key_deleted_behind_our_back),
-        ("lease_revoked_behind_our_back", lease_revoked_behind_our_back),
+        (
+            "lease_revoked_behind_our_back",
+            lease_revoked_behind_our_back,
+        ),
         ("waiter_lease_expired_etcd_11456", waiter_lease_expired),
         ("drop_releases", drop_releases),
     ];

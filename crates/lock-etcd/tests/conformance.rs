@@ -83,7 +83,9 @@ impl Backend for EtcdBackend {
         };
         let key = Self::meta_key(store);
         let value = value.to_vec();
-        common::raw(&self.endpoints, async move |c| c.put(key, value, None).await.map(drop));
+        common::raw(&self.endpoints, async move |c| {
+            c.put(key, value, None).await.map(drop)
+        });
         Ok(())
     }
 

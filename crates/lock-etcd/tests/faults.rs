@@ -8,7 +8,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{ChildProc, FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases};
-use lock_etcd::{EtcdLocks, EtcdOptions, Error, Fenced, Leased, Locker};
+use lock_etcd::{Error, EtcdLocks, EtcdOptions, Fenced, Leased, Locker};
 use rustix::process::Signal;
 use serial_test::serial;
 
@@ -95,7 +95,10 @@ fn leader_killed_mid_run_locks_keep_working() {
         t.join().expect("worker");
     }
     let n = after_kill.load(Ordering::SeqCst);
-    assert!(n >= 20, "only {n} lock/unlock cycles after the leader was killed");
+    assert!(
+        n >= 20,
+        "only {n} lock/unlock cycles after the leader was killed"
+    );
     drop(locks);
     let live = tc.cluster().live_endpoints();
     assert_no_keys(&live, &prefix, Duration::from_secs(10));
@@ -152,7 +155,10 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
         .try_lock_for(Duration::from_secs(20))
         .expect("acquire after the stopped holder's lease expired");
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(1), "acquired after only {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(1),
+        "acquired after only {waited:?}"
+    );
     let new = lock.fencing_token().expect("token");
     assert!(new > old, "new token {new} not above old {old}");
     assert!(resource.write(new), "the new holder's write was rejected");
@@ -248,11 +254,19 @@ fn quorum_lost_fires_lost_and_fails_fast() {
     );
     let blocking_locks = locks.clone();
     let r = bounded(Duration::from_secs(15), move || {
-        blocking_locks.named("fresh").and_then(|l| l.lock().map(drop))
+        blocking_locks
+            .named("fresh")
+            .and_then(|l| l.lock().map(drop))
     });
-    assert!(matches!(r, Err(Error::Unavailable { .. })), "lock without quorum: {r:?}");
+    assert!(
+        matches!(r, Err(Error::Unavailable { .. })),
+        "lock without quorum: {r:?}"
+    );
     let r = bounded(Duration::from_secs(15), move || guard.unlock());
-    assert!(matches!(r, Err(Error::Lost)), "unlock after quorum loss: {r:?}");
+    assert!(
+        matches!(r, Err(Error::Lost)),
+        "unlock after quorum loss: {r:?}"
+    );
 
     tc.cluster().restart(leader).expect("restart");
     tc.cluster().restart(other).expect("restart");
@@ -263,6 +277,8 @@ fn quorum_lost_fires_lost_and_fails_fast() {
     assert_no_keys(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
     assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
     let lock = locks.named("q").expect("named");
-    let _ = lock.try_lock_for(Duration::from_secs(10)).expect("lock again");
+    let _ = lock
+        .try_lock_for(Duration::from_secs(10))
+        .expect("lock again");
     lock.unlock().expect("unlock");
 }

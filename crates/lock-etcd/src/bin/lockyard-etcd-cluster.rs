@@ -96,7 +96,12 @@ fn down() -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["up"] => up(),
         ["down"] => down(),
         _ => Err("usage: lockyard-etcd-cluster up|down".to_owned()),

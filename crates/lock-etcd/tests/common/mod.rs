@@ -96,7 +96,10 @@ pub fn keys(endpoints: &[String], prefix: &str) -> Vec<(String, i64)> {
     let prefix = prefix.to_owned();
     raw(endpoints, async move |c| {
         let r = c
-            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await?;
         Ok(r.kvs()
             .iter()
@@ -234,7 +237,10 @@ impl ChildProc {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "child did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "child did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
