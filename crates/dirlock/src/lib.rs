@@ -261,22 +261,22 @@ impl DirLock {
 
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let me = liveness::current()?;
-        // One record for the whole wait: it says when the wait began.
-        let mut file = self.dir.write_record(&me.record())?;
+        // Watch before the first attempt, so that a release right after it is not missed.
         let mut waiter = Waiter::new(&self.dir);
         loop {
             {
                 let mut state = self.state();
                 if !self.holds(&state) {
+                    // A fresh record per attempt: its time is when the lock was taken, not
+                    // when the wait began.
+                    let file = self.dir.write_record(&me.record())?;
                     match try_take(&self.dir, &file, &me, 0)? {
                         Attempt::Taken(acquired) => {
                             return Ok(self.taken(&mut state, file, &me, acquired));
                         }
                         Attempt::Busy => {}
-                        Attempt::Spent => {
-                            file = self.dir.write_record(&me.record())?;
-                            continue;
-                        }
+                        // The levels changed under us: look again at once.
+                        Attempt::Spent => continue,
                     }
                 }
             }
