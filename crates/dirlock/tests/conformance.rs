@@ -6,7 +6,10 @@
 //! `rename(RENAME_NOREPLACE)` so that concurrent creators see either nothing or a whole store.
 //! Allocation is not a dirlock concept: `allocate` and friends return `Unsupported` and the
 //! backend does not claim `ALLOCATION`.
-#![allow(unsafe_code)] // reason: std::env::set_var is unsafe in edition 2024; used once, before any thread.
+#![allow(
+    unsafe_code,
+    reason = "std::env::set_var is unsafe in edition 2024; used once, before any thread"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

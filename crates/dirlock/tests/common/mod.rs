@@ -1,5 +1,8 @@
 //! Test helpers: child processes of the test binary, hand-written lock records, directory listings.
-#![allow(dead_code)] // reason: each test target uses a different subset of the helpers.
+#![allow(
+    dead_code,
+    reason = "each test target uses a different subset of the helpers"
+)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
