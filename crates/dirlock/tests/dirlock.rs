@@ -678,6 +678,43 @@ fn bad_lock_files_are_typed_errors_and_kept() {
     assert_entries(dir.path(), &["lock0"], "future version");
 }
 
+/// A wait ends with an error, not a hang, when the lock file turns to garbage or the
+/// directory disappears while a `lock` is blocked.
+#[test]
+fn blocked_lock_ends_with_an_error_on_damage() {
+    let dir = lock_dir();
+    let holder = DirLock::new(dir.path()).expect("holder");
+    let waiter = Arc::new(DirLock::new(dir.path()).expect("waiter"));
+    assert!(holder.try_lock().expect("try"));
+    let blocked = {
+        let waiter = Arc::clone(&waiter);
+        std::thread::spawn(move || waiter.lock_timeout(PATIENCE))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    // An operator's mistake: the record is replaced by garbage.
+    fs::write(dir.path().join("lock0.new"), "garbage").expect("garbage");
+    fs::rename(dir.path().join("lock0.new"), dir.path().join("lock0")).expect("rename");
+    assert!(is_corrupt(blocked.join().expect("thread")));
+    assert!(matches!(holder.unlock(), Err(Error::Lost)));
+    assert_entries(dir.path(), &["lock0"], "garbage kept");
+    // The directory itself goes away under a waiter.
+    let gone = tempfile::Builder::new()
+        .prefix("dirlock-gone-")
+        .tempdir()
+        .expect("dir");
+    let holder = DirLock::new(gone.path()).expect("holder");
+    let waiter = Arc::new(DirLock::new(gone.path()).expect("waiter"));
+    assert!(holder.try_lock().expect("try"));
+    let blocked = {
+        let waiter = Arc::clone(&waiter);
+        std::thread::spawn(move || waiter.lock_timeout(PATIENCE))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    fs::remove_dir_all(gone.path()).expect("remove dir");
+    let result = blocked.join().expect("thread");
+    assert!(matches!(result, Err(Error::Io { .. })), "{result:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ownership and the API
 // ---------------------------------------------------------------------------------------------
