@@ -82,6 +82,7 @@ impl EtcdLock {
         let Some(held) = held else {
             return Ok(None);
         };
+        let acquired = held.acquired;
         let previous = self.lock_state().replace(held);
         if let Some(old) = previous {
             // The queue granted us the lock, so an older acquisition of this handle is gone.
@@ -91,7 +92,7 @@ impl EtcdLock {
             self.shared
                 .spawn(async move { mutex::revoke(&ctx, old.lease).await });
         }
-        Ok(Some(Acquired::Clean))
+        Ok(Some(acquired))
     }
 
     /// Runs `f` on the current acquisition: `NotHeld` without one, `Lost` when it was lost.
@@ -112,9 +113,10 @@ impl Locker for EtcdLock {
 
     /// Waits in the lock's queue until it is this handle's turn.
     ///
-    /// Every acquisition is reported as [`Acquired::Clean`]: a holder that died lets its lease
-    /// expire, and the next one takes over after the TTL; use the fencing token to reject the
-    /// dead holder's late writes.
+    /// A holder that dies lets its lease expire, and the next acquirer takes over after the TTL
+    /// with [`Acquired::OwnerDied`]: the previous holder claimed the lock and never released it
+    /// cleanly (it died, or lost its lease or key while holding it). Use the fencing token to
+    /// reject a paused holder's late writes.
     fn lock(&self) -> Result<Acquired> {
         match self.acquire(Wait::Until(None))? {
             Some(acquired) => Ok(acquired),
@@ -317,7 +319,8 @@ impl EtcdGuard {
         EtcdGuard { lock, acquired }
     }
 
-    /// How the lock was acquired (always [`Acquired::Clean`] on etcd: see [`EtcdLock::lock`]).
+    /// How the lock was acquired ([`Acquired::OwnerDied`] after a holder that died: see
+    /// [`Locker::lock`] on [`EtcdLock`]).
     pub fn acquired(&self) -> Acquired {
         self.acquired
     }

@@ -18,6 +18,12 @@
 //! 5. Every acquisition that does not end holding the lock revokes its lease, which deletes its
 //!    key; if even that fails the lease is no longer kept alive and expires within the TTL.
 //! 6. Release deletes the key only while its CreateRevision is still ours, then revokes the lease.
+//! 7. The *held marker*, the single key `<lock prefix>` (the queue without its trailing `/`), exists
+//!    exactly while some holder has claimed the lock and not released it cleanly: the claim writes
+//!    it (in the acquisition Txn when the queue was empty, or in the claim Txn after waiting), a
+//!    clean release deletes it with the own key in one Txn. A claim that finds a marker left by
+//!    another acquisition therefore follows a holder that died or lost its lease while holding the
+//!    lock, and reports `Acquired::OwnerDied`. The marker has no lease, so it survives its writer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +33,7 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType,
     WatchOptions,
 };
-use lock_api::{Error, Result};
+use lock_api::{Acquired, Error, Result};
 use tokio::task::AbortHandle;
 use tokio::time::{sleep, timeout_at};
 
@@ -46,6 +52,7 @@ pub(crate) struct Held {
     pub(crate) revision: i64,
     pub(crate) ttl: Duration,
     pub(crate) since: SystemTime,
+    pub(crate) acquired: Acquired,
     pub(crate) monitor: Arc<Monitor>,
     tasks: Vec<AbortHandle>,
 }
@@ -78,6 +85,29 @@ fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
 
 fn queue_options() -> GetOptions {
     GetOptions::new().with_prefix()
+}
+
+/// The held marker of the lock whose queue is `queue` (invariant 7).
+pub(crate) fn marker_key(queue: &str) -> &str {
+    queue.trim_end_matches('/')
+}
+
+/// The marker of the lock whose own key is `key` (`<lock prefix>/<lease hex>`).
+fn marker_key_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(queue, _)| queue)
+}
+
+/// The marker value an acquisition with `lease` writes.
+fn marker_value(lease: i64) -> Vec<u8> {
+    format!("lockyard-etcd-held {lease:016x}").into_bytes()
+}
+
+/// How a claim went, from the marker it found (invariant 7).
+fn claimed(previous_marker: Option<&PbKeyValue>, lease: i64) -> Acquired {
+    match previous_marker {
+        Some(kv) if kv.value != marker_value(lease) => Acquired::OwnerDied,
+        _ => Acquired::Clean,
+    }
 }
 
 /// Acquires the lock whose queue is `queue` (ending in `/`).
@@ -141,12 +171,13 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
         None => attempt.await,
     };
     match outcome {
-        Ok(Some(revision)) => Ok(Some(Held {
+        Ok(Some((revision, acquired))) => Ok(Some(Held {
             key,
             lease,
             revision,
             ttl,
             since,
+            acquired,
             monitor,
             tasks,
         })),
@@ -172,13 +203,24 @@ async fn enqueue_and_wait(
     wait: Wait,
     monitor: &Arc<Monitor>,
     tasks: &mut Vec<AbortHandle>,
-) -> Result<Option<i64>> {
+) -> Result<Option<(i64, Acquired)>> {
     let value = record.encode();
+    let marker = marker_key(queue);
+    let mark = marker_value(lease);
     let answer = ctx
         .call(|mut c| {
             let txn = Txn::new()
                 .when([Compare::create_revision(key, CompareOp::Equal, 0)])
                 .and_then([
+                    // 0: the marker as it was; 1: claim it if the queue is empty (invariant 7).
+                    TxnOp::get(marker, None),
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([
+                                Compare::create_revision(queue, CompareOp::Equal, 0).with_prefix()
+                            ])
+                            .and_then([TxnOp::put(marker, mark.clone(), None)]),
+                    ),
                     TxnOp::put(
                         key,
                         value.clone(),
@@ -222,26 +264,34 @@ async fn enqueue_and_wait(
         ))
         .abort_handle(),
     );
-    if raw.succeeded && txn_first_kv(raw, 1).is_some_and(|kv| kv.create_revision == revision) {
-        // Invariant 1: the Txn itself saw our key first in the queue.
-        return Ok(Some(revision));
+    if raw.succeeded && txn_first_kv(raw, 3).is_some_and(|kv| kv.create_revision == revision) {
+        // Invariant 1: the Txn itself saw our key first in the queue, and claimed the marker.
+        return Ok(Some((revision, claimed(txn_first_kv(raw, 0), lease))));
     }
     if matches!(wait, Wait::Never) {
         return Ok(None);
     }
     wait_for_turn(ctx, queue, revision, monitor).await?;
-    // Invariant 3: claim only if our key (hence our lease) still exists.
-    let own = ctx
-        .call(|mut c| async move { c.get(key, Some(GetOptions::new().with_keys_only())).await })
+    // Invariant 3: claim only if our key (hence our lease) still exists; the same Txn claims the
+    // marker (invariant 7).
+    let claim = ctx
+        .call(|mut c| {
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(key, CompareOp::Equal, revision),
+                    Compare::lease(key, CompareOp::Equal, lease),
+                ])
+                .and_then([
+                    TxnOp::get(marker, None),
+                    TxnOp::put(marker, mark.clone(), None),
+                ]);
+            async move { c.txn(txn).await }
+        })
         .await?;
-    let ours = own
-        .kvs()
-        .first()
-        .is_some_and(|kv| kv.create_revision() == revision && kv.lease() == lease);
-    if !ours || monitor.is_lost() {
+    if !claim.0.succeeded || monitor.is_lost() {
         return Err(Error::Lost);
     }
-    Ok(Some(revision))
+    Ok(Some((revision, claimed(txn_first_kv(&claim.0, 0), lease))))
 }
 
 /// Waits until no key created before `revision` is left in `queue` (invariant 2).
@@ -329,7 +379,10 @@ pub(crate) async fn release(ctx: Ctx, held: Held) -> Result<()> {
                     CompareOp::Equal,
                     held.revision,
                 )])
-                .and_then([TxnOp::delete(held.key.as_str(), None)]);
+                .and_then([
+                    TxnOp::delete(held.key.as_str(), None),
+                    TxnOp::delete(marker_key_of(&held.key), None),
+                ]);
             async move { c.txn(txn).await }
         })
         .await;

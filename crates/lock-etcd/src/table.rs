@@ -7,6 +7,7 @@
 //! | `meta` | `lockyard-etcd-table 1\ncapacity=N\n` | the table exists, with N locks |
 //! | `alloc/<id, 10 digits>` | empty | the id is allocated (created under `create_revision == 0`) |
 //! | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (see the mutex recipe) |
+//! | `lock/<id>` | `lockyard-etcd-held <lease hex>` | held marker: claimed and not released cleanly |
 //!
 //! Allocation state lives in etcd, so every process sees the same table. Ids are zero-padded so
 //! that key order is id order.
@@ -32,6 +33,7 @@ const META_VERSION: &str = "1";
 /// | `meta` | `lockyard-etcd-table 1\ncapacity=N\n` | the table exists, with N locks |
 /// | `alloc/<id, 10 digits>` | empty | the id is allocated |
 /// | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (the mutex recipe) |
+/// | `lock/<id>` | `lockyard-etcd-held <lease hex>` | held marker: claimed, not released cleanly |
 ///
 /// Ownership is per handle (per [`EtcdLock`]), not per table: two handles on one id exclude each
 /// other even in one process.
@@ -376,11 +378,16 @@ impl Manager for EtcdTable {
         let mut first: BTreeMap<u32, etcd_client::KeyValue> = BTreeMap::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let id = key
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.split_once('/'))
-                .and_then(|(id, _)| id.parse::<u32>().ok())
-                .ok_or_else(|| Error::corrupt(format!("etcd lock key {key}")))?;
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            // `lock/<id>` alone is the lock's held marker, not a queue entry.
+            let Some((id, _)) = rest.split_once('/') else {
+                continue;
+            };
+            let id = id
+                .parse::<u32>()
+                .map_err(|_| Error::corrupt(format!("etcd lock key {key}")))?;
             let earlier = first
                 .get(&id)
                 .is_some_and(|kept| kept.create_revision() <= kv.create_revision());

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, assert_no_keys, keys, prefix, raw};
+use common::{TestCluster, assert_no_keys, prefix, queue_keys, raw};
 use libtest_mimic::{Arguments, Failed, Trial};
 use lock_etcd::{
-    Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
+    Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -100,7 +100,7 @@ fn exclusion_and_timeout(eps: &[String]) -> Result<(), Failed> {
         waited < Duration::from_secs(5),
         "returned late after {waited:?}"
     );
-    let left = keys(eps, &prefix);
+    let left = queue_keys(eps, &prefix);
     check!(
         left.len() == 1,
         "a timed-out acquisition left its key: {left:?}"
@@ -110,7 +110,10 @@ fn exclusion_and_timeout(eps: &[String]) -> Result<(), Failed> {
         "try_lock of a lock this handle holds is None"
     );
     a.unlock()?;
-    check!(b.try_lock()?.is_some(), "free lock taken");
+    check!(
+        b.try_lock()? == Some(Acquired::Clean),
+        "free lock taken cleanly"
+    );
     check!(b.fencing_token()? > ta, "token grows across owners");
     b.unlock()?;
     assert_no_keys(eps, &prefix, Duration::from_secs(5));
@@ -135,7 +138,7 @@ fn fifo(eps: &[String]) -> Result<(), Failed> {
         }));
         // Let each waiter enqueue before the next one.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while keys(eps, &prefix).len() < i + 2 {
+        while queue_keys(eps, &prefix).len() < i + 2 {
             check!(Instant::now() < deadline, "waiter {i} did not enqueue");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -327,8 +330,16 @@ fn key_deleted_behind_our_back(eps: &[String]) -> Result<(), Failed> {
         matches!(lock.unlock(), Err(Error::NotHeld(_))),
         "second unlock"
     );
-    // The handle is usable again.
-    let _ = lock.lock()?;
+    // The handle is usable again, and tells that the previous holder did not release cleanly.
+    check!(
+        lock.lock()? == Acquired::OwnerDied,
+        "relock after a loss is not OwnerDied"
+    );
+    lock.unlock()?;
+    check!(
+        lock.lock()? == Acquired::Clean,
+        "relock after a clean unlock is not Clean"
+    );
     lock.unlock()?;
     assert_no_keys(eps, &prefix, Duration::from_secs(5));
     Ok(())
@@ -347,7 +358,11 @@ fn lease_revoked_behind_our_back(eps: &[String]) -> Result<(), Failed> {
         "lost did not fire"
     );
     let other = locks.named("r")?;
-    let _ = other.try_lock_for(Duration::from_secs(5))?;
+    let how = other.try_lock_for(Duration::from_secs(5))?;
+    check!(
+        how == Acquired::OwnerDied,
+        "took a revoked holder's lock as {how:?}"
+    );
     check!(
         matches!(lock.unlock(), Err(Error::Lost)),
         "unlock after revoke"
@@ -369,7 +384,7 @@ fn waiter_lease_expired(eps: &[String]) -> Result<(), Failed> {
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     let waiting = loop {
-        let k = keys(eps, &prefix);
+        let k = queue_keys(eps, &prefix);
         if k.len() == 2 {
             break k;
         }
@@ -398,8 +413,8 @@ fn waiter_lease_expired(eps: &[String]) -> Result<(), Failed> {
     // The lock is free for anyone else.
     let next = locks.named("w")?;
     check!(
-        next.try_lock()?.is_some(),
-        "lock free after the dead waiter"
+        next.try_lock()? == Some(Acquired::Clean),
+        "lock not free and clean after a dead waiter (not holder)"
     );
     next.unlock()?;
     assert_no_keys(eps, &prefix, Duration::from_secs(5));

@@ -51,6 +51,7 @@ impl Backend for EtcdBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities::ALLOCATION
             | Capabilities::MULTIPROCESS
+            | Capabilities::OWNER_DEATH
             | Capabilities::PERSISTENT
             | Capabilities::FENCED
             | Capabilities::LEASED

@@ -8,7 +8,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::{ChildProc, FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases};
-use lock_etcd::{Error, EtcdLocks, EtcdOptions, Fenced, Leased, Locker};
+use lock_etcd::{Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Leased, Locker};
 use rustix::process::Signal;
 use serial_test::serial;
 
@@ -151,9 +151,10 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
     let locks = tc.connect(&prefix, Duration::from_secs(2));
     let lock = locks.named("fenced").expect("named");
     let start = Instant::now();
-    let _ = lock
+    let how = lock
         .try_lock_for(Duration::from_secs(20))
         .expect("acquire after the stopped holder's lease expired");
+    assert_eq!(how, Acquired::OwnerDied, "a stopped holder's lock");
     let waited = start.elapsed();
     assert!(
         waited >= Duration::from_secs(1),
@@ -203,9 +204,10 @@ fn killed_holder_lock_is_taken_after_ttl() {
     let _ = child.wait(Duration::from_secs(5));
     let locks = tc.connect(&prefix, Duration::from_secs(2));
     let lock = locks.named("k").expect("named");
-    let _ = lock
+    let how = lock
         .try_lock_for(Duration::from_secs(15))
         .expect("taken over after the TTL");
+    assert_eq!(how, Acquired::OwnerDied, "a killed holder's lock");
     assert!(lock.fencing_token().expect("token") > old);
     lock.unlock().expect("unlock");
     assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
@@ -273,12 +275,21 @@ fn quorum_lost_fires_lost_and_fails_fast() {
     tc.cluster()
         .wait_healthy(Duration::from_secs(30))
         .expect("healthy again");
-    // Leases the cluster could not revoke while down expire one TTL after a leader is back.
-    assert_no_keys(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
+    // Leases the cluster could not revoke while down expire one TTL after a leader is back; the
+    // lost holder's queue entry goes with its lease.
     assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    assert_eq!(common::queue_keys(&tc.endpoints, &prefix), Vec::new());
+    // Its held marker stays until the next acquisition, which learns that the holder lost it.
     let lock = locks.named("q").expect("named");
-    let _ = lock
+    let how = lock
         .try_lock_for(Duration::from_secs(10))
         .expect("lock again");
+    assert_eq!(
+        how,
+        Acquired::OwnerDied,
+        "after a holder that lost its lease"
+    );
     lock.unlock().expect("unlock");
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(5));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(5));
 }

@@ -108,6 +108,14 @@ pub fn keys(endpoints: &[String], prefix: &str) -> Vec<(String, i64)> {
     })
 }
 
+/// The queue entries (keys with a lease) under `prefix`, without the held markers.
+pub fn queue_keys(endpoints: &[String], prefix: &str) -> Vec<(String, i64)> {
+    keys(endpoints, prefix)
+        .into_iter()
+        .filter(|(_, lease)| *lease != 0)
+        .collect()
+}
+
 /// Every lease on the cluster.
 pub fn leases(endpoints: &[String]) -> Vec<i64> {
     raw(endpoints, async move |c| {
