@@ -169,7 +169,7 @@ pub fn damaged_store_is_refused<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
         );
         ensure_err!(
             ctx.open_or_create(8),
-            Error::Incompatible { .. } | Error::Corrupt { .. } | Error::AlreadyExists { .. },
+            Error::Incompatible { .. } | Error::Corrupt { .. },
             format!("open_or_create of a store damaged by {damage:?}")
         );
         ctx.backend.remove(ctx.store())?;
