@@ -344,7 +344,12 @@ impl Manager for FileManager {
             .ok_or(Error::Exhausted {
                 capacity: self.capacity,
             })?;
-        self.shared.locker(id)
+        self.shared.locker(id).inspect_err(|_| {
+            // The lock file is unusable (damaged store): give the id back rather than leak
+            // it. The lock file's error is the one to report; if this fails too, the table
+            // itself is failing and the next call on it says so.
+            let _ = self.shared.with_bitmap(|b| b.clear(id));
+        })
     }
 
     fn retrieve(&self, id: LockId) -> Result<FileLocker> {

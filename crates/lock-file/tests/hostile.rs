@@ -280,6 +280,16 @@ fn a_lock_file_replaced_by_a_directory_a_symlink_or_nothing_is_corrupt() {
 }
 
 #[test]
+fn allocating_a_damaged_lock_reports_it_and_leaks_nothing() {
+    let (_root, path) = fresh(4);
+    let manager = FileManager::open(&path).expect("open");
+    let lock0 = path.join("locks").join("0");
+    std::fs::remove_file(&lock0).expect("rm");
+    assert_err(manager.allocate(), corrupt, &lock0);
+    assert_eq!(manager.available().expect("available"), Some(4));
+}
+
+#[test]
 fn ids_out_of_range_are_refused_everywhere() {
     let (_root, path) = fresh(10);
     let manager = FileManager::open(&path).expect("open");
