@@ -55,6 +55,7 @@ fn io(op: &'static str, path: &Path, errno: Errno) -> Error {
 /// Splits a store path into its parent directory and its final name, refusing paths whose last
 /// component is not a plain name (`..`, `/`) and over-long names.
 fn split(path: &Path) -> Result<(PathBuf, OsString)> {
+    check_nul(path)?;
     let name = match path.components().next_back() {
         Some(Component::Normal(name)) => name,
         _ => {
@@ -71,17 +72,22 @@ fn split(path: &Path) -> Result<(PathBuf, OsString)> {
             name.len()
         )));
     }
-    if name.as_bytes().contains(&0) {
-        return Err(Error::invalid(format!(
-            "store path {} contains a NUL byte",
-            path.display()
-        )));
-    }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     Ok((parent, name.to_os_string()))
+}
+
+/// Refuses a path with a NUL byte, which no system call can take.
+fn check_nul(path: &Path) -> Result<()> {
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(Error::invalid(format!(
+            "store path {:?} contains a NUL byte",
+            path
+        )));
+    }
+    Ok(())
 }
 
 /// A name for a temporary sibling of `name`, unique to this process and moment.
@@ -279,6 +285,7 @@ fn exists_at(dir: &OwnedFd, rel: &str) -> bool {
 /// `NotFound` when nothing is at `path`; `Incompatible` when it is not a store or of another
 /// format version; `Corrupt` when it is damaged; `Io` for OS errors such as `EACCES`.
 pub(crate) fn open(path: &Path) -> Result<Store> {
+    check_nul(path)?;
     let dir = rustix::fs::openat(
         CWD,
         path,

@@ -326,6 +326,19 @@ fn bad_capacities_and_paths_are_invalid_arguments() {
             path.display()
         );
     }
+    let nul = root.path().join("a\0b").join("store");
+    assert!(matches!(
+        FileManager::create(&nul, 4),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        FileManager::open(&nul),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        FileManager::remove(&nul),
+        Err(Error::InvalidArgument { .. })
+    ));
     let missing_parent = root.path().join("no/such/parent/store");
     assert_err(
         FileManager::create(&missing_parent, 4),
