@@ -23,6 +23,12 @@ use crate::client::{Ctx, is_lease_gone};
 /// How long to wait before retrying a broken stream.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long an acquisition runs before its own-key watch opens. The watch starts from the key's
+/// CreateRevision, so nothing that happens meanwhile is missed: a deletion during the first
+/// 100 ms fires the lost signal 100 ms late, and a hold shorter than that never costs a watch
+/// stream.
+const WATCH_DELAY: Duration = Duration::from_millis(100);
+
 /// The state shared by a held lock and its background tasks.
 #[derive(Debug)]
 pub(crate) struct Monitor {
@@ -48,8 +54,9 @@ impl Monitor {
         if self.releasing.load(Ordering::SeqCst) {
             return;
         }
-        self.trigger.fire();
+        // The state first: whoever wakes on the signal must see `is_lost()`.
         self.lost_tx.send_replace(true);
+        self.trigger.fire();
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -163,6 +170,7 @@ pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc
 /// Watches the own key `key` (created at `revision`) until aborted; fires the lost signal when it
 /// is deleted by anyone but this handle.
 pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor: Arc<Monitor>) {
+    sleep(WATCH_DELAY).await;
     let mut from = revision + 1;
     loop {
         if monitor.is_lost() {

@@ -1,6 +1,8 @@
 //! A real 3-member etcd cluster on 127.0.0.1 for tests and benchmarks (feature `testkit`).
 //!
-//! Members listen on free loopback ports, keep their data in a temporary directory, run with
+//! Members listen on free loopback ports, keep their data in a temporary directory (on the
+//! `/dev/shm` tmpfs when there is one, so that fsync costs nothing and tests and benchmarks measure
+//! the protocol rather than the disk; set `LOCKYARD_ETCD_DATA_ROOT` to choose), run with
 //! `--heartbeat-interval 50 --election-timeout 500` so that a lost leader is replaced within about
 //! a second, and are stopped by pid (SIGKILL) when the [`EtcdCluster`] is dropped.
 
@@ -60,6 +62,25 @@ pub fn etcd_binary() -> Result<PathBuf, TestkitError> {
     )))
 }
 
+/// Where temporary member data goes: `$LOCKYARD_ETCD_DATA_ROOT`, else `/dev/shm` when it is a
+/// writable directory, else the system temporary directory.
+fn data_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("LOCKYARD_ETCD_DATA_ROOT") {
+        return PathBuf::from(root);
+    }
+    let shm = Path::new("/dev/shm");
+    let writable = shm.is_dir()
+        && tempfile::Builder::new()
+            .prefix("lockyard-probe-")
+            .tempfile_in(shm)
+            .is_ok();
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 fn free_port() -> Result<u16, TestkitError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("bind: {e}")))?;
     listener
@@ -114,7 +135,7 @@ impl EtcdCluster {
         for _ in 0..3 {
             let dir = tempfile::Builder::new()
                 .prefix("lockyard-etcd-")
-                .tempdir()
+                .tempdir_in(data_root())
                 .map_err(|e| err(format!("temporary directory: {e}")))?;
             match Self::launch(binary.clone(), count, dir.path().to_path_buf(), Some(dir)) {
                 Ok(cluster) => return Ok(cluster),
