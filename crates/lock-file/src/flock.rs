@@ -1,4 +1,5 @@
-//! `flock(2)` through fs4, with `EINTR` retried, errors typed, and a bounded wait by polling.
+//! `flock(2)` through fs4, with `EINTR` retried, errors typed, and a bounded wait by polling;
+//! and the two calls of the uncontended path, inlined.
 //!
 //! `flock` locks belong to an open file description: the kernel drops them when the last
 //! descriptor of it closes, which is how a dead holder's locks are released. Two descriptions of
@@ -12,11 +13,37 @@ use std::time::{Duration, Instant};
 
 use fs4::fs_std::FileExt;
 use lock_api::{Error, Result};
+use rustix::fs::FlockOperation;
 
 /// First sleep of a bounded wait: a lock held for a few µs is taken almost at once.
 const FIRST_NAP: Duration = Duration::from_micros(20);
 /// Longest sleep of a bounded wait: a release is noticed within about a millisecond.
 const LONGEST_NAP: Duration = Duration::from_millis(1);
+
+/// `flock(LOCK_EX | LOCK_NB)` for the uncontended path: `Ok(true)` when taken, `Ok(false)` when
+/// another description holds it, `Err` for anything else (the caller retries the slow way).
+///
+/// This calls `rustix::fs::flock`, the function fs4 itself calls, so that the system call is
+/// inlined into the caller's frame. On this project's machines every return to a frame older
+/// than a system call costs about 100 ns (the kernel refills the return-stack buffer on exit,
+/// so those returns mispredict), and fs4's wrappers are functions that cannot be inlined
+/// across crates: through them an uncontended lock+unlock measured 780 ns, inlined 580 ns,
+/// against 540 ns for a bare pair of inlined system calls.
+#[inline(always)]
+pub(crate) fn try_lock_fast(file: &File) -> std::result::Result<bool, rustix::io::Errno> {
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `flock(LOCK_UN)` for the uncontended path, inlined for the reason given at
+/// [`try_lock_fast`]; `Err` sends the caller the slow way ([`unlock`]).
+#[inline(always)]
+pub(crate) fn unlock_fast(file: &File) -> std::result::Result<(), rustix::io::Errno> {
+    rustix::fs::flock(file, FlockOperation::Unlock)
+}
 
 /// Names the file in an error; called only when there is one, so the fast paths never build a
 /// path.

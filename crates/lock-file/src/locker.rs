@@ -3,7 +3,6 @@
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fs4::fs_std::FileExt;
 use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result};
 
 use crate::flock;
@@ -37,10 +36,8 @@ impl FileLocker {
     /// Takes the lock if this owner is idle on it and no other owner holds it: one mutex and
     /// one non-blocking `flock`. `None` means "go the slow way".
     ///
-    /// Inlined into the caller on purpose: on this kind of machine every function return
-    /// right after a system call costs about 100 ns (the kernel refills the return-stack
-    /// buffer on exit, so returns to frames older than the syscall mispredict), which is a
-    /// tenth of the whole lock+unlock.
+    /// Inlined into the caller on purpose, down to the system call: see
+    /// `flock::try_lock_fast` for why every frame counts here.
     #[inline(always)]
     fn try_fast(&self) -> Option<(MutexGuard<'_, State>, bool)> {
         let slot = &*self.slot;
@@ -48,7 +45,7 @@ impl FileLocker {
         if state.phase != Phase::Idle {
             return Some((state, false));
         }
-        match FileExt::try_lock_exclusive(&slot.file) {
+        match flock::try_lock_fast(&slot.file) {
             Ok(taken) => Some((state, taken)),
             // Errors (even EINTR) are rare: the slow path retries and reports them.
             Err(_) => None,
@@ -169,7 +166,8 @@ impl Locker for FileLocker {
         LockId(self.slot.id)
     }
 
-    #[inline]
+    // Always inlined: see `flock::try_lock_fast`.
+    #[inline(always)]
     fn lock(&self) -> Result<Acquired> {
         if let Some((mut state, true)) = self.try_fast() {
             return Ok(self.claimed(&mut state));
@@ -177,7 +175,7 @@ impl Locker for FileLocker {
         self.acquire(None)
     }
 
-    #[inline]
+    #[inline(always)]
     fn try_lock(&self) -> Result<Option<Acquired>> {
         match self.try_fast() {
             Some((mut state, true)) => Ok(Some(self.claimed(&mut state))),
@@ -191,7 +189,7 @@ impl Locker for FileLocker {
         self.acquire(Instant::now().checked_add(timeout))
     }
 
-    #[inline]
+    #[inline(always)]
     fn unlock(&self) -> Result<()> {
         let slot = &*self.slot;
         let mut state = slot.state();
@@ -201,7 +199,7 @@ impl Locker for FileLocker {
         if self.shared.owner_death {
             self.shared.record(slot.id).release();
         }
-        match FileExt::unlock(&slot.file) {
+        match flock::unlock_fast(&slot.file) {
             Ok(()) => {
                 slot.set_idle(&mut state);
                 Ok(())
