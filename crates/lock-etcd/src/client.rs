@@ -1,8 +1,9 @@
 //! The library's own runtime thread and etcd client: blocking calls, retries and error mapping.
 //!
 //! Every public operation is one future run on a private multi-threaded tokio runtime (one worker
-//! thread named `lock-etcd`); the calling thread waits on a channel, never inside the runtime, so
-//! the blocking API may be used from any thread, even one that runs another tokio runtime.
+//! thread named `lock-etcd`). A plain calling thread polls the future itself while the worker
+//! drives I/O and timers; a thread inside another tokio runtime hands the future to the worker and
+//! waits on a channel instead, so the blocking API may be used from any thread.
 //! Lease keepalives and key watches are tasks on the same runtime: they continue while the caller
 //! is busy inside its critical section.
 
@@ -160,6 +161,13 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
 {
+    if Handle::try_current().is_err() {
+        // A plain thread: poll the future right here (no hand-off to the worker and back); the
+        // worker thread drives I/O and timers and runs the tasks the future spawns.
+        return handle.block_on(fut);
+    }
+    // Inside another runtime, where blocking on a runtime would panic: run it on our worker and
+    // wait on a channel.
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     drop(handle.spawn(async move {
         let _ = tx.send(fut.await);

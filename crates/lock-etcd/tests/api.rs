@@ -444,11 +444,34 @@ fn drop_releases(eps: &[String]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The blocking API also works from inside another tokio runtime (it never nests runtimes).
+fn inside_another_runtime(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "nested-runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let token = runtime.block_on(async {
+        let lock = locks.named("n")?;
+        let _ = lock.lock()?;
+        let token = lock.fencing_token()?;
+        lock.unlock()?;
+        let guard = locks.lock("n")?;
+        drop(guard);
+        Ok::<u64, Error>(token)
+    })?;
+    check!(token > 0, "token {token}");
+    drop(runtime);
+    drop(locks);
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let cluster = TestCluster::get();
     let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 11] = [
+    let tests: [(&str, Test); 12] = [
+        ("inside_another_runtime", inside_another_runtime),
         ("lifecycle", lifecycle),
         ("exclusion_and_timeout", exclusion_and_timeout),
         ("fifo", fifo),
