@@ -185,10 +185,29 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
             for task in &tasks {
                 task.abort();
             }
+            if other.is_err() {
+                // A claim may have been applied just before the deadline cut the answer off:
+                // give the marker back, or the next holder would think a holder died.
+                unclaim(&ctx, marker_key(&queue), lease).await;
+            }
             revoke(&ctx, lease).await;
             other.map(|_| None)
         }
     }
+}
+
+/// Deletes the held marker if this acquisition (`lease`) wrote it; errors are dropped (the worst
+/// outcome is a spurious `OwnerDied` for the next holder).
+async fn unclaim(ctx: &Ctx, marker: &str, lease: i64) {
+    let mark = marker_value(lease);
+    let _ = ctx
+        .call(|mut c| {
+            let txn = Txn::new()
+                .when([Compare::value(marker, CompareOp::Equal, mark.clone())])
+                .and_then([TxnOp::delete(marker, None)]);
+            async move { c.txn(txn).await }
+        })
+        .await;
 }
 
 /// Creates the own key, then waits for the turn; returns the own key's CreateRevision once the
