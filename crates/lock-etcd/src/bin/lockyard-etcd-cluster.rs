@@ -85,6 +85,11 @@ fn down() -> Result<(), String> {
             let _ = kill_process(p, Signal::KILL);
         }
     }
+    // Wait (at most 5 s) until they are gone, so that the ports are free when this returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.pids.iter().any(|pid| is_etcd(*pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     if state.data_dir.exists() {
         std::fs::remove_dir_all(&state.data_dir)
             .map_err(|e| format!("{}: {e}", state.data_dir.display()))?;
