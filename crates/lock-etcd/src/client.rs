@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
@@ -37,9 +38,16 @@ impl Identity {
 
 /// Everything a task needs: cheap to clone, owns no runtime (a task that dropped the last
 /// reference to the runtime would try to shut it down from inside itself).
+///
+/// There is one client per endpoint and one *preferred* endpoint that every request goes to
+/// until it fails or does not answer within the attempt timeout; then the next endpoint is
+/// preferred. A member that is stopped (SIGSTOP, a partition) keeps its TCP connections open
+/// and answers nothing, and a balancing channel would keep sending it requests; failing over on
+/// silence avoids it within one attempt timeout.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub(crate) client: Client,
+    clients: Arc<[Client]>,
+    preferred: Arc<AtomicUsize>,
     pub(crate) ttl_secs: i64,
     pub(crate) request_timeout: Duration,
     pub(crate) identity: Arc<Identity>,
@@ -90,35 +98,42 @@ impl Shared {
         let request_timeout = options.request_timeout_value();
         let probe_key = options.prefix_value().to_owned();
         let eps = endpoints.to_vec();
-        let client = run(&handle, async move {
+        let identity = Arc::new(Identity::current());
+        let ctx = run(&handle, async move {
             let deadline = Instant::now() + connect_timeout;
             let connect_options = ConnectOptions::new()
-                .with_connect_timeout(connect_timeout)
+                .with_connect_timeout(connect_timeout.min(Duration::from_secs(2)))
                 .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
                 .with_keep_alive_while_idle(true)
                 .with_require_leader(true);
-            let client = match timeout_at(
-                deadline.into(),
-                Client::connect(eps.clone(), Some(connect_options)),
-            )
-            .await
-            {
-                Ok(Ok(client)) => client,
-                Ok(Err(e)) => return Err(map_err(e)),
-                Err(_) => {
-                    return Err(Error::unavailable(format!(
-                        "no etcd endpoint of {eps:?} answered within {connect_timeout:?}"
-                    )));
-                }
+            let mut clients = Vec::with_capacity(eps.len());
+            for endpoint in &eps {
+                // Building a client does not connect yet.
+                let client = Client::connect([endpoint], Some(connect_options.clone()))
+                    .await
+                    .map_err(|e| match e {
+                        etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
+                            Error::invalid(format!("etcd endpoint {endpoint:?}: {e}"))
+                        }
+                        e => map_err(e),
+                    })?;
+                clients.push(client);
+            }
+            let ctx = Ctx {
+                clients: clients.into(),
+                preferred: Arc::new(AtomicUsize::new(0)),
+                ttl_secs,
+                request_timeout,
+                identity,
             };
-            // Connecting is lazy: one linearizable read proves that a member with a leader answers.
-            let probe = retry(&client, deadline, |mut c| {
+            // One linearizable read proves that a member with a leader answers.
+            let probe = retry(&ctx, deadline, |mut c| {
                 let key = probe_key.clone();
                 async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
             })
             .await;
             match probe {
-                Ok(_) => Ok(client),
+                Ok(_) => Ok(ctx),
                 Err(Error::Unavailable { source }) => Err(Error::unavailable(format!(
                     "no etcd endpoint of {eps:?} answered within {connect_timeout:?}: {source}"
                 ))),
@@ -128,12 +143,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             runtime: Some(runtime),
             handle,
-            ctx: Ctx {
-                client,
-                ttl_secs,
-                request_timeout,
-                identity: Arc::new(Identity::current()),
-            },
+            ctx,
             options,
         }))
     }
@@ -177,6 +187,28 @@ where
 }
 
 impl Ctx {
+    /// The preferred endpoint's index and client.
+    pub(crate) fn pick(&self) -> (usize, Client) {
+        // `connect` refuses an empty endpoint list, so the modulo leaves a valid index.
+        let index = self.preferred.load(Ordering::Relaxed) % self.clients.len();
+        (index, self.clients[index].clone())
+    }
+
+    /// Marks endpoint `index` as failing: the next one becomes preferred, unless another request
+    /// already moved on.
+    pub(crate) fn failed(&self, index: usize) {
+        let next = (index + 1) % self.clients.len();
+        let _ = self
+            .preferred
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long one attempt may go unanswered before the next endpoint is tried: a quarter of
+    /// the request timeout, at least 250 ms.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        (self.request_timeout / 4).max(Duration::from_millis(250))
+    }
+
     /// The deadline of a request started now.
     pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.request_timeout
@@ -188,42 +220,53 @@ impl Ctx {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        retry(&self.client, self.deadline(), f).await
+        retry(self, self.deadline(), f).await
     }
 }
 
-/// Runs `f` until it succeeds, fails for good, or `deadline` passes.
+/// Runs `f` until it succeeds, fails for good, or `deadline` passes, moving to the next
+/// endpoint after each transient failure or unanswered attempt.
 ///
 /// Every operation this crate retries is safe to repeat: lock keys are unique per lease and are
 /// created under a `create_revision == 0` compare, and a repeated delete or revoke is recognised.
-pub(crate) async fn retry<T, F, Fut>(client: &Client, deadline: Instant, mut f: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(ctx: &Ctx, deadline: Instant, mut f: F) -> Result<T>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
     let mut backoff = Duration::from_millis(20);
-    let mut last: Option<etcd_client::Error> = None;
+    let mut last;
+    let mut attempts = 0usize;
     loop {
-        match timeout_at(deadline.into(), f(client.clone())).await {
+        let (index, client) = ctx.pick();
+        let attempt_deadline = deadline.min(Instant::now() + ctx.attempt_timeout());
+        match timeout_at(attempt_deadline.into(), f(client)).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) if is_transient(&e) => {
-                if Instant::now() + backoff >= deadline {
-                    return Err(Error::unavailable(format!(
-                        "etcd did not answer in time; last error: {e}"
-                    )));
-                }
-                last = Some(e);
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                ctx.failed(index);
+                last = e.to_string();
             }
             Ok(Err(e)) => return Err(map_err(e)),
             Err(_) => {
-                return Err(Error::unavailable(match last {
-                    Some(e) => format!("etcd did not answer in time; last error: {e}"),
-                    None => "etcd did not answer in time".to_owned(),
-                }));
+                ctx.failed(index);
+                last = format!("no answer within {:?}", ctx.attempt_timeout());
             }
         }
+        attempts += 1;
+        // Every endpoint failed once: pause before the next round (an election takes a while).
+        let pause = if attempts.is_multiple_of(ctx.clients.len()) {
+            let pause = backoff;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            pause
+        } else {
+            Duration::ZERO
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(Error::unavailable(format!(
+                "etcd did not answer in time; last error: {last}"
+            )));
+        }
+        sleep(pause).await;
     }
 }
 

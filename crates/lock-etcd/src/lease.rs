@@ -110,6 +110,7 @@ impl Monitor {
 pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc<Monitor>) {
     let period = ttl / 3;
     let mut stream = None;
+    let mut endpoint = 0;
     let mut next = Instant::now() + period;
     loop {
         sleep_until(next.into()).await;
@@ -121,11 +122,13 @@ pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc
                 monitor.fire();
                 return;
             }
-            let attempt_deadline = deadline.min(sent + ctx.request_timeout);
+            let attempt_deadline = deadline.min(sent + ctx.attempt_timeout());
             let attempt = timeout_at(attempt_deadline.into(), async {
                 if stream.is_none() {
                     // Opening the stream sends one keepalive and awaits its answer.
-                    stream = Some(ctx.client.clone().lease_keep_alive(lease).await?);
+                    let (index, mut client) = ctx.pick();
+                    endpoint = index;
+                    stream = Some(client.lease_keep_alive(lease).await?);
                     return Ok(None);
                 }
                 let Some((keeper, answers)) = stream.as_mut() else {
@@ -158,6 +161,7 @@ pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc
                     return;
                 }
                 _ => {
+                    ctx.failed(endpoint);
                     stream = None;
                     sleep(RETRY_PAUSE).await;
                 }
@@ -179,11 +183,15 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
         let options = WatchOptions::new()
             .with_start_revision(from)
             .with_filters([WatchFilterType::NoPut]);
+        let (endpoint, mut client) = ctx.pick();
         let opened = timeout_at(
-            ctx.deadline().into(),
-            ctx.client.clone().watch(key.clone(), Some(options)),
+            (Instant::now() + ctx.attempt_timeout()).into(),
+            client.watch(key.clone(), Some(options)),
         )
         .await;
+        if !matches!(opened, Ok(Ok(_))) {
+            ctx.failed(endpoint);
+        }
         if let Ok(Ok(mut stream)) = opened {
             // Ends when the stream closes or fails.
             while let Ok(Some(answer)) = stream.message().await {

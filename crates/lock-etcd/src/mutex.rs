@@ -133,7 +133,7 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
     let sent = Instant::now();
     let grant_deadline = deadline.map_or(ctx.deadline(), |d| d.min(ctx.deadline()));
     let ttl_secs = ctx.ttl_secs;
-    let grant = crate::client::retry(&ctx.client, grant_deadline, |mut c| async move {
+    let grant = crate::client::retry(&ctx, grant_deadline, |mut c| async move {
         c.lease_grant(ttl_secs, None).await
     })
     .await
@@ -352,12 +352,14 @@ async fn wait_deleted(ctx: &Ctx, key: Vec<u8>, from: i64) {
     let options = WatchOptions::new()
         .with_start_revision(from)
         .with_filters([WatchFilterType::NoPut]);
+    let (endpoint, mut client) = ctx.pick();
     let opened = timeout_at(
-        ctx.deadline().into(),
-        ctx.client.clone().watch(key, Some(options)),
+        (Instant::now() + ctx.attempt_timeout()).into(),
+        client.watch(key, Some(options)),
     )
     .await;
     let Ok(Ok(mut stream)) = opened else {
+        ctx.failed(endpoint);
         sleep(RETRY_PAUSE).await;
         return;
     };

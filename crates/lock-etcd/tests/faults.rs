@@ -105,6 +105,47 @@ fn leader_killed_mid_run_locks_keep_working() {
     assert_no_leases(&live, Duration::from_secs(10));
 }
 
+/// The leader is SIGSTOPped (connections stay open, nothing answers): after an election the
+/// locks keep working through the other members, and nothing is left behind.
+#[test]
+#[serial]
+fn stopped_leader_locks_keep_working() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("leader-stop");
+    let locks = tc.connect(&prefix, Duration::from_secs(5));
+    let lock = locks.named("s").expect("named");
+    let _ = lock.lock().expect("lock before");
+    lock.unlock().expect("unlock before");
+    let leader = tc.cluster().leader().expect("a leader");
+    tc.cluster().stop(leader).expect("SIGSTOP leader");
+    let start = Instant::now();
+    let mut cycles = 0;
+    while cycles < 10 && start.elapsed() < Duration::from_secs(40) {
+        let t = Instant::now();
+        match lock.try_lock_for(Duration::from_secs(10)) {
+            Ok(_) => match lock.unlock() {
+                Ok(()) => cycles += 1,
+                Err(e @ Error::Unavailable { .. }) => eprintln!("unlock {:?}: {e}", t.elapsed()),
+                Err(e) => panic!("unlock: {e:?}"),
+            },
+            Err(e @ (Error::Unavailable { .. } | Error::Timeout)) => {
+                eprintln!("lock {:?}: {e}", t.elapsed());
+            }
+            Err(e) => panic!("lock: {e:?}"),
+        }
+    }
+    eprintln!(
+        "{cycles} cycles within {:?} of stopping the leader",
+        start.elapsed()
+    );
+    tc.cluster().cont(leader).expect("SIGCONT leader");
+    assert_eq!(cycles, 10, "locking did not resume with the leader stopped");
+    drop(lock);
+    drop(locks);
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+}
+
 /// A holder process SIGSTOPped past its TTL loses the lock: another process acquires it with a
 /// higher token, the fenced resource rejects the old token, and the holder sees Lost on SIGCONT.
 #[test]
