@@ -15,7 +15,8 @@ use lock_etcd::{
     Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
 };
 
-const TTL: Duration = Duration::from_secs(2);
+/// Long enough for keepalives on a loaded CI machine, short enough for tests that wait on it.
+const TTL: Duration = Duration::from_secs(3);
 
 type Test = fn(&[String]) -> Result<(), Failed>;
 

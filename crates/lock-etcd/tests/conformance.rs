@@ -29,7 +29,8 @@ impl EtcdBackend {
             &endpoints,
             EtcdOptions::new()
                 .prefix(PREFIX)
-                .ttl(Duration::from_secs(2))
+                // Short, so a SIGKILLed holder is taken over within seconds (owner-death trials).
+                .ttl(Duration::from_secs(3))
                 .request_timeout(Duration::from_secs(5)),
         )
         .unwrap_or_else(|e| panic!("connect to the conformance cluster {endpoints:?}: {e}"));
