@@ -106,6 +106,16 @@ impl Monitor {
     }
 }
 
+/// The outcome of one keepalive exchange.
+enum Renewal {
+    /// A new stream was opened; its opening keepalive was answered with a positive TTL.
+    Opened,
+    /// The server answered with this TTL (<= 0: the lease is gone).
+    Answered(i64),
+    /// The server closed the stream.
+    Closed,
+}
+
 /// Keeps `lease` alive every TTL/3 until aborted; fires the lost signal when it cannot.
 pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc<Monitor>) {
     let period = ttl / 3;
@@ -124,35 +134,32 @@ pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc
             }
             let attempt_deadline = deadline.min(sent + ctx.attempt_timeout());
             let attempt = timeout_at(attempt_deadline.into(), async {
-                if stream.is_none() {
-                    // Opening the stream sends one keepalive and awaits its answer.
+                let Some((keeper, answers)) = stream.as_mut() else {
+                    // Opening the stream sends one keepalive and awaits its answer, which the
+                    // client checks for a positive TTL.
                     let (index, mut client) = ctx.pick();
                     endpoint = index;
                     stream = Some(client.lease_keep_alive(lease).await?);
-                    return Ok(None);
-                }
-                let Some((keeper, answers)) = stream.as_mut() else {
-                    return Ok(None);
+                    return Ok(Renewal::Opened);
                 };
                 keeper.keep_alive().await?;
-                answers
-                    .message()
-                    .await
-                    .map(|answer| answer.map(|a| a.ttl()))
+                Ok(match answers.message().await? {
+                    Some(answer) => Renewal::Answered(answer.ttl()),
+                    None => Renewal::Closed,
+                })
             })
             .await;
             match attempt {
-                // A fresh stream: its opening keepalive was answered with a positive TTL.
-                Ok(Ok(None)) if stream.is_some() => {
+                Ok(Ok(Renewal::Opened)) => {
                     monitor.confirm(sent + ttl);
                     break;
                 }
-                Ok(Ok(Some(granted))) if granted > 0 => {
+                Ok(Ok(Renewal::Answered(granted))) if granted > 0 => {
                     let granted = u64::try_from(granted).unwrap_or(0);
                     monitor.confirm(sent + Duration::from_secs(granted));
                     break;
                 }
-                Ok(Ok(Some(_))) => {
+                Ok(Ok(Renewal::Answered(_))) => {
                     monitor.fire();
                     return;
                 }
