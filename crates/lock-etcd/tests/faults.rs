@@ -215,6 +215,64 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
 }
 
+/// etcd#11456 with a real process: a waiter SIGSTOPped until its lease expired, resumed after the
+/// holder released, is told Lost, never that it holds the lock.
+#[test]
+#[serial]
+fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() {
+    if role().as_deref() == Some("stopped-waiter") {
+        let locks = child_locks();
+        let lock = locks.named("w").expect("named");
+        println!("WAITING");
+        let result = lock.try_lock_for(Duration::from_secs(60));
+        println!("RESULT {result:?}");
+        println!("TOKEN {:?}", lock.fencing_token());
+        return;
+    }
+    let tc = TestCluster::start();
+    let prefix = common::prefix("stopped-waiter");
+    let locks = tc.connect(&prefix, Duration::from_secs(2));
+    let holder = locks.named("w").expect("named");
+    let _ = holder.lock().expect("holder lock");
+    let mut child = ChildProc::spawn(
+        "stopped_waiter_whose_lease_expired_is_never_told_it_holds",
+        "stopped-waiter",
+        &[
+            ("ETCD_EPS", tc.endpoints.join(",")),
+            ("ETCD_PREFIX", prefix.clone()),
+        ],
+    );
+    child.expect("WAITING", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::queue_keys(&tc.endpoints, &prefix).len() < 2 {
+        assert!(Instant::now() < deadline, "the waiter never enqueued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.signal(Signal::STOP);
+    // The waiter's lease (TTL 2 s) expires while it is stopped; its key goes with it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::queue_keys(&tc.endpoints, &prefix).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped waiter's key never expired"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holder.unlock().expect("holder unlock");
+    child.signal(Signal::CONT);
+    assert_eq!(child.expect("RESULT", Duration::from_secs(20)), "Err(Lost)");
+    assert_eq!(
+        child.expect("TOKEN", Duration::from_secs(5)),
+        "Err(NotHeld(LockId(0)))"
+    );
+    assert!(child.wait(Duration::from_secs(10)).success());
+    let how = holder.try_lock().expect("try_lock").expect("free again");
+    assert_eq!(how, Acquired::Clean, "a dead waiter is not a dead holder");
+    holder.unlock().expect("unlock");
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+}
+
 /// A SIGKILLed holder's lease expires and the next acquirer gets the lock with a higher token.
 #[test]
 #[serial]

@@ -213,7 +213,10 @@ impl ChildProc {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     // libtest prints "test name ... " before the child's first line.
-                    if let Some(at) = line.find(&format!("{tag} ")) {
+                    let tagged = line
+                        .find(&format!("{tag} "))
+                        .or_else(|| line.ends_with(tag).then(|| line.len() - tag.len()));
+                    if let Some(at) = tagged {
                         return line[at + tag.len()..].trim().to_owned();
                     }
                 }
