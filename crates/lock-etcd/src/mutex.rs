@@ -505,3 +505,31 @@ pub(crate) async fn lease_expiry(ctx: &Ctx, lease: i64) -> Result<Option<SystemT
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_keys_are_outside_the_queue() {
+        let queue = "p/lock/a/";
+        assert_eq!(marker_key(queue), "p/lock/a");
+        assert_eq!(marker_key_of("p/lock/a/00000000000000ff"), "p/lock/a");
+        assert!(!marker_key(queue).starts_with(queue));
+    }
+
+    #[test]
+    fn a_marker_of_another_acquisition_means_owner_died() {
+        let mine = PbKeyValue {
+            value: marker_value(7),
+            ..PbKeyValue::default()
+        };
+        let theirs = PbKeyValue {
+            value: marker_value(8),
+            ..PbKeyValue::default()
+        };
+        assert_eq!(claimed(None, 7), Acquired::Clean);
+        assert_eq!(claimed(Some(&mine), 7), Acquired::Clean);
+        assert_eq!(claimed(Some(&theirs), 7), Acquired::OwnerDied);
+    }
+}
