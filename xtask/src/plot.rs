@@ -50,7 +50,10 @@ fn bar(line: &str) -> Option<Bar> {
 /// 1.0 line marked: a bar left of it means we are faster (or smaller) than the peer or target.
 pub(crate) fn svg(lines: &[String]) -> String {
     let bars: Vec<Bar> = lines.iter().filter_map(|l| bar(l)).collect();
-    let (label_w, plot_w, row_h, top) = (300.0, 420.0, 22.0, 40.0);
+    let longest = bars.iter().map(|b| b.name.chars().count()).max().unwrap_or(10);
+    // Monospace at 12 px is about 7.3 px a character.
+    let label_w = 20.0 + 7.3 * longest as f64;
+    let (plot_w, row_h, top) = (420.0, 22.0, 40.0);
     let height = top + row_h * bars.len() as f64 + 40.0;
     // Log10 scale from 1/1000 to 10.
     let (lo, hi) = (-3.0f64, 1.0f64);
