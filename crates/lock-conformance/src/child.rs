@@ -90,17 +90,19 @@ pub struct Params {
     pub counter: Option<PathBuf>,
 }
 
-/// A running child process of the test binary.
+/// A running child process, usually the test binary re-executed in some role.
+///
+/// Backends' own tests reuse it for their own roles through [`ChildProcess::start`].
 #[derive(Debug)]
 pub struct ChildProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
-    role: Role,
+    label: String,
 }
 
 impl ChildProcess {
-    /// Starts the test binary again in `role`.
+    /// Starts the test binary again in one of the suite's roles.
     ///
     /// # Errors
     ///
@@ -113,14 +115,34 @@ impl ChildProcess {
             .env(STORE_ENV, &params.store)
             .env(CAPACITY_ENV, params.capacity.to_string())
             .env(ID_ENV, params.id.to_string())
-            .env(COUNT_ENV, params.count.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .env(COUNT_ENV, params.count.to_string());
         if let Some(counter) = &params.counter {
             command.env(COUNTER_ENV, counter);
         }
-        let mut child = command.spawn()?;
+        ChildProcess::start(command, role.name(), None)
+    }
+
+    /// Starts `command` with piped stdin and stdout (stderr is inherited).
+    ///
+    /// `label` names the child in failure messages. With a `marker`, only stdout lines
+    /// containing it are delivered, from just after the marker: a child running under the
+    /// libtest harness prints its own lines around the role's (`test child ... @ ready`).
+    ///
+    /// # Errors
+    ///
+    /// The command cannot be started.
+    pub fn start(
+        mut command: Command,
+        label: &str,
+        marker: Option<&'static str>,
+    ) -> Result<ChildProcess, Failed> {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command
+            .spawn()
+            .map_err(|e| Failed(format!("cannot start {label} child: {e}")))?;
         let stdin = child.stdin.take();
         let stdout = child
             .stdout
@@ -130,7 +152,13 @@ impl ChildProcess {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                let delivered = match marker {
+                    None => Some(line.as_str()),
+                    Some(marker) => line.split_once(marker).map(|(_, rest)| rest),
+                };
+                if let Some(text) = delivered
+                    && tx.send(text.to_string()).is_err()
+                {
                     break;
                 }
             }
@@ -139,7 +167,7 @@ impl ChildProcess {
             child,
             stdin,
             lines,
-            role,
+            label: label.to_string(),
         })
     }
 
@@ -159,12 +187,12 @@ impl ChildProcess {
             Err(RecvTimeoutError::Timeout) => Err(Failed(format!(
                 "child {} ({}) printed nothing within {timeout:?}",
                 self.pid(),
-                self.role.name()
+                self.label
             ))),
             Err(RecvTimeoutError::Disconnected) => Err(Failed(format!(
                 "child {} ({}) exited early: {:?}",
                 self.pid(),
-                self.role.name(),
+                self.label,
                 self.child.try_wait()
             ))),
         }
@@ -183,7 +211,7 @@ impl ChildProcess {
             None => Err(Failed(format!(
                 "child {} ({}) said {line:?}, expected {prefix:?}",
                 self.pid(),
-                self.role.name()
+                self.label
             ))),
         }
     }
@@ -243,7 +271,7 @@ impl ChildProcess {
                 return Err(Failed(format!(
                     "child {} ({}) still running after {timeout:?}",
                     self.pid(),
-                    self.role.name()
+                    self.label
                 )));
             }
             thread::sleep(pause);
@@ -265,7 +293,7 @@ impl ChildProcess {
             Err(Failed(format!(
                 "child {} ({}) exited with {status}",
                 self.pid(),
-                self.role.name()
+                self.label
             )))
         }
     }
