@@ -8,6 +8,8 @@
 use std::fs;
 use std::path::Path;
 
+use lockyard_bench_support::{human, mean_ns_at};
+
 use crate::{BACKENDS, BackendCrate, backend, cargo, prereq, run, target_dir};
 
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
@@ -75,10 +77,10 @@ fn bench_one(b: &BackendCrate, quick: bool) -> Result<Vec<String>, String> {
     let mut lines = Vec::new();
     for group in names_matching(&criterion, &prefix) {
         let dir = criterion.join(&group);
-        let Some(ours) = mean_ns(&dir.join("ours")) else {
+        let Some(ours) = mean_ns_at(&dir.join("ours")) else {
             continue;
         };
-        lines.push(match mean_ns(&dir.join("peer")) {
+        lines.push(match mean_ns_at(&dir.join("peer")) {
             Some(peer) => format!(
                 "{group}: ours {}, peer {}, ratio {:.2}",
                 human(ours),
@@ -120,28 +122,5 @@ fn remove_matching(dir: &Path, prefix: &str) {
     for name in names_matching(dir, prefix) {
         let path = dir.join(name);
         let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
-    }
-}
-
-/// The mean of a criterion benchmark, in nanoseconds per iteration, from its estimates.json.
-fn mean_ns(bench: &Path) -> Option<f64> {
-    let text = fs::read_to_string(bench.join("new").join("estimates.json")).ok()?;
-    let mean = &text[text.find("\"mean\"")?..];
-    let point = &mean[mean.find("\"point_estimate\"")? + "\"point_estimate\"".len()..];
-    let number: String = point
-        .trim_start_matches([':', ' '])
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
-        .collect();
-    number.parse().ok()
-}
-
-fn human(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.1} ns")
-    } else if ns < 1_000_000.0 {
-        format!("{:.2} µs", ns / 1_000.0)
-    } else {
-        format!("{:.2} ms", ns / 1_000_000.0)
     }
 }

@@ -50,7 +50,11 @@ fn bar(line: &str) -> Option<Bar> {
 /// 1.0 line marked: a bar left of it means we are faster (or smaller) than the peer or target.
 pub(crate) fn svg(lines: &[String]) -> String {
     let bars: Vec<Bar> = lines.iter().filter_map(|l| bar(l)).collect();
-    let longest = bars.iter().map(|b| b.name.chars().count()).max().unwrap_or(10);
+    let longest = bars
+        .iter()
+        .map(|b| b.name.chars().count())
+        .max()
+        .unwrap_or(10);
     // Monospace at 12 px is about 7.3 px a character.
     let label_w = 20.0 + 7.3 * longest as f64;
     let (plot_w, row_h, top) = (420.0, 22.0, 40.0);

@@ -11,17 +11,14 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use dirlock::DirLock;
-
-fn quick() -> bool {
-    std::env::args().any(|a| a == "--quick")
-}
+use lockyard_bench_support::{criterion_mean_ns, human, quick, record_line};
 
 fn shm_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -139,49 +136,6 @@ fn rand_phase() -> u8 {
     rand::random::<u8>() % 40
 }
 
-fn human(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.1} ns")
-    } else if ns < 1_000_000.0 {
-        format!("{:.2} µs", ns / 1_000.0)
-    } else {
-        format!("{:.2} ms", ns / 1_000_000.0)
-    }
-}
-
-/// Where `cargo xtask bench` collects hand-made lines.
-fn line_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("lockyard-bench")
-}
-
-fn write_line(group: &str, line: &str) {
-    let dir = line_dir();
-    std::fs::create_dir_all(&dir).expect("line directory");
-    std::fs::write(dir.join(format!("{group}.line")), format!("{line}\n")).expect("line file");
-    println!("{line}");
-}
-
-/// Criterion's mean for `group/ours`, in nanoseconds, if it wrote one.
-fn criterion_mean(group: &str) -> Option<f64> {
-    let dir = line_dir()
-        .parent()?
-        .join("criterion")
-        .join(group)
-        .join("ours");
-    let text = std::fs::read_to_string(dir.join("new").join("estimates.json")).ok()?;
-    let mean = &text[text.find("\"mean\"")?..];
-    let point = &mean[mean.find("\"point_estimate\"")? + "\"point_estimate\"".len()..];
-    let number: String = point
-        .trim_start_matches([':', ' '])
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
-        .collect();
-    number.parse().ok()
-}
-
 fn hand_timed() {
     let (iterations, rounds, peer_rounds) = if quick() {
         (2_000, 20, 6)
@@ -189,9 +143,9 @@ fn hand_timed() {
         (20_000, 100, 20)
     };
     // The criterion figure when there is one (the same run's), else a hand-timed loop.
-    let ours = criterion_mean("dirlock-try-lock-unlock")
+    let ours = criterion_mean_ns("dirlock-try-lock-unlock", "ours")
         .unwrap_or_else(|| hand_timed_try_lock_unlock(iterations));
-    write_line(
+    record_line(
         "dirlock-try-lock-unlock-target",
         &format!(
             "dirlock-try-lock-unlock-target: ours {}, target 100.00 µs",
@@ -224,7 +178,7 @@ fn hand_timed() {
         &peer_holder,
         peer_waiter,
     );
-    write_line(
+    record_line(
         "dirlock-handoff",
         &format!(
             "dirlock-handoff: ours {}, peer {}, ratio {:.3}",
@@ -233,7 +187,7 @@ fn hand_timed() {
             ours / peer
         ),
     );
-    write_line(
+    record_line(
         "dirlock-handoff-target",
         &format!(
             "dirlock-handoff-target: ours {}, target 20.00 ms",

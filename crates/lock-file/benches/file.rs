@@ -17,13 +17,12 @@
 
 use std::fs::File;
 use std::hint::black_box;
-use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use lock_file::{FileLocker, FileManager, LockId, Locker, Manager, StoreOptions};
+use lockyard_bench_support::{human, quick, record_line};
 use rustix::fs::FlockOperation;
 
 /// One bare flock pair: two system calls inlined here, nothing else.
@@ -53,10 +52,6 @@ fn libc_pair(file: &File) {
 fn our_pair(lock: &FileLocker) {
     let _ = black_box(lock.lock().expect("lock"));
     lock.unlock().expect("unlock");
-}
-
-fn quick() -> bool {
-    std::env::args().any(|a| a == "--quick")
 }
 
 /// The positional filters criterion was given, if any.
@@ -155,30 +150,6 @@ fn alloc_free_ns(capacity: u32, budget: Duration) -> f64 {
     best
 }
 
-fn human(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.1} ns")
-    } else {
-        format!("{:.2} µs", ns / 1_000.0)
-    }
-}
-
-/// `$CARGO_TARGET_DIR/lockyard-bench`, or the workspace's `target/lockyard-bench`.
-fn line_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("lockyard-bench")
-}
-
-fn write_line(group: &str, line: &str) {
-    println!("{line}");
-    let dir = line_dir();
-    std::fs::create_dir_all(&dir).expect("create lockyard-bench dir");
-    let mut file = File::create(dir.join(format!("{group}.line"))).expect("create line file");
-    writeln!(file, "{line}").expect("write line file");
-}
-
 fn interleaved_lines() {
     let groups = [
         "file-lock-unlock-interleaved",
@@ -194,7 +165,7 @@ fn interleaved_lines() {
         (groups[1], without, bare),
         (groups[2], with, libc),
     ] {
-        write_line(
+        record_line(
             group,
             &format!(
                 "{group}: ours {}, peer {}, ratio {:.2}",
@@ -215,7 +186,7 @@ fn alloc_free_lines() {
     let small = wanted("file-alloc-free-2e10").then(|| alloc_free_ns(1 << 10, budget));
     let large = wanted("file-alloc-free-2e16").then(|| alloc_free_ns(1 << 16, budget));
     if let Some(ns) = small {
-        write_line(
+        record_line(
             "file-alloc-free-2e10",
             &format!("file-alloc-free-2e10: ours {}, target none", human(ns)),
         );
@@ -225,7 +196,7 @@ fn alloc_free_lines() {
             || "none".to_string(),
             |s| format!("<= 2 × the 2^10 figure ({})", human(2.0 * s)),
         );
-        write_line(
+        record_line(
             "file-alloc-free-2e16",
             &format!("file-alloc-free-2e16: ours {}, target {target}", human(ns)),
         );

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use lock_shm::{LockId, Locker, Manager, ShmLocker, ShmManager};
+use lockyard_bench_support::{human, record_line};
 use memmap2::{MmapOptions, MmapRaw};
 
 const CONTENDER_ENV: &str = "LOCKYARD_BENCH_CONTENDER";
@@ -303,39 +304,6 @@ fn contender(spec: &str) {
     }
 }
 
-fn line_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("lockyard-bench")
-}
-
-fn write_line(group: &str, line: &str) {
-    // `cargo test --benches` runs each benchmark once in criterion's test mode: a smoke test
-    // whose figures mean nothing, so they must not replace a real run's lines.
-    // Criterion's rule: test mode unless `--bench` is given (cargo bench passes it), or `--test`.
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test") {
-        println!("{line} (test mode, not recorded)");
-        return;
-    }
-    let dir = line_dir();
-    std::fs::create_dir_all(&dir).expect("create lockyard-bench dir");
-    std::fs::write(dir.join(format!("{group}.line")), format!("{line}\n")).expect("write line");
-    println!("{line}");
-}
-
-/// As xtask prints figures.
-fn human(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.1} ns")
-    } else if ns < 1_000_000.0 {
-        format!("{:.2} µs", ns / 1_000.0)
-    } else {
-        format!("{:.2} ms", ns / 1_000_000.0)
-    }
-}
-
 fn alloc_free(c: &mut Criterion) {
     for shift in [11u32, 16, 20] {
         let capacity = 1u32 << shift;
@@ -372,7 +340,7 @@ fn alloc_free(c: &mut Criterion) {
         }
         let mean = t.as_nanos() as f64 / n.max(1) as f64;
         let group = format!("shm-alloc-free-2e{shift}");
-        write_line(
+        record_line(
             &group,
             &format!("{group}: ours {}, target 1.00 µs", human(mean)),
         );
@@ -389,7 +357,7 @@ fn bytes_per_lock() {
     drop(m);
     let ours = size as f64 / f64::from(capacity);
     let peer = size_of::<libc::pthread_mutex_t>() as f64;
-    write_line(
+    record_line(
         "shm-bytes-per-lock",
         &format!(
             "shm-bytes-per-lock: ours {ours:.2}, peer {peer:.0}, ratio {:.2}",
@@ -443,7 +411,7 @@ fn takeover() {
         worst = worst.max(acquired.saturating_duration_since(killed));
     }
     let ms = worst.as_secs_f64() * 1e3;
-    write_line(
+    record_line(
         "shm-takeover-after-sigkill",
         &format!("shm-takeover-after-sigkill: ours {ms:.2} ms, target 100.00 ms"),
     );
