@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dirlock::lock_api::{Acquired, Error, Inspect, Locker};
 use dirlock::{DirLock, HeldBecause, StaleBecause, Verdict};
+use lock_conformance::child::ChildProcess;
 
 // ---------------------------------------------------------------------------------------------
 // Child roles
@@ -187,13 +188,13 @@ fn write_level(dir: &Path, n: usize, text: &str) {
 
 /// A live process (a sleeping child) and its record.
 struct Live {
-    kid: Kid,
+    kid: ChildProcess,
     record: String,
 }
 
 fn live(me: &Me, dir: &Path, work: &Path) -> Live {
     let mut kid = spawn("sleep", dir, work, 0, None);
-    assert_eq!(kid.line(), "ready");
+    assert_eq!(kid.next_line(PATIENCE).expect("sleeper"), "ready");
     let pid = kid.pid();
     let record = record(me, pid, start_time(pid));
     Live { kid, record }
@@ -202,9 +203,9 @@ fn live(me: &Me, dir: &Path, work: &Path) -> Live {
 /// A pid that certainly belongs to no process now (a child that was killed and reaped).
 fn dead_pid(dir: &Path, work: &Path) -> u32 {
     let mut kid = spawn("sleep", dir, work, 0, None);
-    assert_eq!(kid.line(), "ready");
+    assert_eq!(kid.next_line(PATIENCE).expect("sleeper"), "ready");
     let pid = kid.pid();
-    kid.kill();
+    kid.sigkill().expect("kill and reap the sleeper");
     pid
 }
 
@@ -491,17 +492,19 @@ fn killed_holder_is_reclaimed_with_owner_died() {
     let dir = lock_dir();
     for reap in [false, true] {
         let mut kid = spawn("hold", dir.path(), work.path(), 0, None);
-        assert_eq!(kid.line(), "clean");
-        kid.kill_only();
+        assert_eq!(kid.next_line(PATIENCE).expect("holder"), "clean");
+        // SIGKILL without reaping: the child stays a zombie until waited for.
+        kid.signal(rustix::process::Signal::KILL)
+            .expect("kill the holder");
         if reap {
-            kid.reap();
+            kid.wait(PATIENCE).expect("reap the holder");
         }
         let lock = DirLock::new(dir.path()).expect("new");
         let acquired = lock.lock_timeout(PATIENCE).expect("take over");
         assert_eq!(acquired, Acquired::OwnerDied, "reaped: {reap}");
         lock.unlock().expect("unlock");
         assert_entries(dir.path(), &[], "after unlock");
-        kid.reap();
+        kid.wait(PATIENCE).expect("reap the holder");
     }
 }
 
@@ -519,9 +522,13 @@ fn eperm_is_alive_and_unwritable_directory_is_refused() {
     let holder = live(&me, dir.path(), work.path());
     write_level(dir.path(), 0, &holder.record);
     let mut judge = spawn("judge", dir.path(), work.path(), 0, Some(65534));
-    assert_eq!(judge.line(), "verdict Held(Alive)");
-    assert_eq!(judge.line(), "try false");
-    judge.reap();
+    assert_eq!(
+        judge.next_line(PATIENCE).expect("judge"),
+        "verdict Held(Alive)"
+    );
+    assert_eq!(judge.next_line(PATIENCE).expect("judge"), "try false");
+    // Its exit status is not part of the check; a judge still running is killed on drop.
+    let _ = judge.wait(PATIENCE);
     assert_eq!(
         fs::read_to_string(dir.path().join("lock0")).expect("kept"),
         holder.record
@@ -534,8 +541,11 @@ fn eperm_is_alive_and_unwritable_directory_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(locked.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut judge = spawn("judge", locked.path(), work.path(), 0, Some(65534));
-    assert_eq!(judge.line(), "new-error io PermissionDenied");
-    judge.reap();
+    assert_eq!(
+        judge.next_line(PATIENCE).expect("judge"),
+        "new-error io PermissionDenied"
+    );
+    let _ = judge.wait(PATIENCE);
     assert_entries(locked.path(), &[], "unwritable directory");
 }
 
@@ -813,12 +823,12 @@ fn contending_processes_exclude_each_other() {
     const EACH: u32 = 60;
     let dir = lock_dir();
     let work = work_dir();
-    let mut kids: Vec<Kid> = (0..KIDS)
+    let mut kids: Vec<ChildProcess> = (0..KIDS)
         .map(|_| spawn("hammer", dir.path(), work.path(), EACH, None))
         .collect();
     for kid in &mut kids {
-        assert_eq!(kid.line(), "done");
-        assert!(kid.reap().success());
+        assert_eq!(kid.next_line(PATIENCE).expect("hammer"), "done");
+        assert!(kid.wait(PATIENCE).expect("hammer exits").success());
     }
     assert!(!work.path().join("violation").exists());
     let counter = fs::read_to_string(work.path().join("counter")).expect("counter");
@@ -834,7 +844,7 @@ fn kill_storm_never_gives_two_holders() {
     const KIDS: usize = 5;
     let dir = lock_dir();
     let work = work_dir();
-    let mut kids: Vec<Kid> = (0..KIDS)
+    let mut kids: Vec<ChildProcess> = (0..KIDS)
         .map(|_| spawn("hammer", dir.path(), work.path(), 0, None))
         .collect();
     let started = Instant::now();
@@ -842,7 +852,7 @@ fn kill_storm_never_gives_two_holders() {
     while started.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(rand::random_range(5..60)));
         let victim = rand::random_range(0..KIDS);
-        kids[victim].kill();
+        kids[victim].sigkill().expect("kill a hammer");
         kills += 1;
         kids[victim] = spawn("hammer", dir.path(), work.path(), 0, None);
         assert!(
@@ -852,7 +862,7 @@ fn kill_storm_never_gives_two_holders() {
         );
     }
     for kid in &mut kids {
-        kid.kill();
+        kid.sigkill().expect("kill a hammer");
     }
     assert!(kills > 10);
     assert!(
@@ -883,16 +893,19 @@ fn exactly_one_of_many_reclaimers_wins() {
     for round in 0..4 {
         let work = work_dir();
         let mut holder = spawn("hold", dir.path(), work.path(), 0, None);
-        assert_eq!(holder.line(), "clean");
-        holder.kill();
-        let mut kids: Vec<Kid> = (0..RECLAIMERS)
+        assert_eq!(holder.next_line(PATIENCE).expect("holder"), "clean");
+        holder.sigkill().expect("kill the holder");
+        let mut kids: Vec<ChildProcess> = (0..RECLAIMERS)
             .map(|_| spawn("try", dir.path(), work.path(), 0, None))
             .collect();
         for kid in &mut kids {
-            assert_eq!(kid.line(), "ready");
+            assert_eq!(kid.next_line(PATIENCE).expect("reclaimer"), "ready");
         }
         fs::write(work.path().join("go"), "").expect("go");
-        let results: Vec<String> = kids.iter_mut().map(Kid::line).collect();
+        let results: Vec<String> = kids
+            .iter_mut()
+            .map(|kid| kid.next_line(PATIENCE).expect("reclaimer"))
+            .collect();
         let winners = results.iter().filter(|r| *r == "owner-died").count();
         let busy = results.iter().filter(|r| *r == "busy").count();
         assert_eq!(
@@ -902,8 +915,7 @@ fn exactly_one_of_many_reclaimers_wins() {
         );
         assert_entries(dir.path(), &["lock0"], &format!("round {round}"));
         for kid in &mut kids {
-            kid.close_stdin();
-            assert!(kid.reap().success());
+            kid.finish(PATIENCE).expect("reclaimer exits cleanly");
         }
         assert_entries(dir.path(), &[], &format!("round {round} released"));
     }
@@ -919,8 +931,7 @@ fn blocked_waiter_proceeds_after_release() {
     let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
     std::thread::sleep(Duration::from_millis(50));
     lock.unlock().expect("unlock");
-    assert_eq!(waiter.line(), "clean");
-    waiter.close_stdin();
-    assert!(waiter.reap().success());
+    assert_eq!(waiter.next_line(PATIENCE).expect("waiter"), "clean");
+    waiter.finish(PATIENCE).expect("waiter exits cleanly");
     assert_entries(dir.path(), &[], "after release");
 }

@@ -4,13 +4,13 @@
     reason = "each test target uses a different subset of the helpers"
 )]
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Command;
 use std::time::Duration;
+
+use lock_conformance::child::ChildProcess;
 
 /// Environment variable that turns the test binary into a child in a role.
 pub(crate) const ROLE_ENV: &str = "DIRLOCK_TEST_ROLE";
@@ -25,17 +25,15 @@ pub(crate) const SAY: &str = "@@ ";
 /// The longest any single wait in these tests may take.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A child process of the test binary; SIGKILLed and reaped when dropped.
-#[derive(Debug)]
-pub(crate) struct Kid {
-    pub(crate) child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    reaped: bool,
-}
-
-/// Starts this test binary again as a child running `role` (the test named `child_role`).
-pub(crate) fn spawn(role: &str, dir: &Path, work: &Path, count: u32, uid: Option<u32>) -> Kid {
+/// Starts this test binary again as a child running `role` (the test named `child_role`),
+/// as user and group `uid` when given; SIGKILLed and reaped when dropped.
+pub(crate) fn spawn(
+    role: &str,
+    dir: &Path,
+    work: &Path,
+    count: u32,
+    uid: Option<u32>,
+) -> ChildProcess {
     let exe = std::env::current_exe().expect("test binary path");
     let mut command = Command::new(exe);
     command
@@ -49,92 +47,11 @@ pub(crate) fn spawn(role: &str, dir: &Path, work: &Path, count: u32, uid: Option
         .env(ROLE_ENV, role)
         .env(DIR_ENV, dir)
         .env(WORK_ENV, work)
-        .env(COUNT_ENV, count.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .env(COUNT_ENV, count.to_string());
     if let Some(uid) = uid {
         command.uid(uid).gid(uid);
     }
-    let mut child = command.spawn().expect("spawn the test binary");
-    let stdout = child.stdout.take().expect("child stdout");
-    let stdin = child.stdin.take();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(said) = line.strip_prefix(SAY)
-                && tx.send(said.to_owned()).is_err()
-            {
-                break;
-            }
-        }
-    });
-    Kid {
-        child,
-        stdin,
-        lines,
-        reaped: false,
-    }
-}
-
-impl Kid {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next line the child says, within [`PATIENCE`].
-    pub(crate) fn line(&mut self) -> String {
-        self.lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|e| panic!("child {} said nothing: {e}", self.pid()))
-    }
-
-    pub(crate) fn send(&mut self, line: &str) {
-        if let Some(stdin) = &mut self.stdin {
-            let _ = writeln!(stdin, "{line}");
-            let _ = stdin.flush();
-        }
-    }
-
-    pub(crate) fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
-    /// SIGKILL without reaping: the child stays a zombie until [`Kid::reap`].
-    pub(crate) fn kill_only(&mut self) {
-        let _ = self.child.kill();
-    }
-
-    /// Waits for the child to exit, SIGKILLing it if it takes longer than [`PATIENCE`].
-    pub(crate) fn reap(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.reaped = true;
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub(crate) fn kill(&mut self) {
-        self.kill_only();
-        self.reap();
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    ChildProcess::start(command, role, Some(SAY)).expect("spawn the test binary")
 }
 
 /// This host's identity as a record would state it.
