@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, Inspect, LockId, Locker, Manager, ShmManager};
 
 /// A segment name unique to this test and process, removed on drop.
@@ -163,13 +164,6 @@ fn short_timeout_still_takes_over_a_dead_holder() {
 /// so it cannot keep a dead owner's client slot alive.
 #[test]
 fn spawned_children_do_not_inherit_the_client_slot() {
-    struct Reaped(std::process::Child);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let n = Name::new("cloexec");
     let m0 = ShmManager::create(&n.0, 4).unwrap();
     let m1 = ShmManager::open(&n.0, 4).unwrap();
@@ -177,12 +171,10 @@ fn spawned_children_do_not_inherit_the_client_slot() {
         m1.retrieve(LockId(1)).unwrap().lock().unwrap(),
         Acquired::Clean
     );
-    let _child = Reaped(
-        std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .expect("spawn sleep"),
-    );
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("10");
+    // SIGKILLed and reaped on drop.
+    let _child = ChildProcess::start(sleep, "sleep", None).expect("spawn sleep");
     drop(m1);
     // The child closes its copy of the descriptor during execve, possibly a moment after spawn
     // returned; after that the slot must read as dead, long before `sleep 10` ends.

@@ -5,14 +5,16 @@
 //! it runs the trials. Workers keep their shared data in a plain file under /dev/shm, written
 //! with `pwrite(2)` inside the critical section under a roll-forward journal, so a worker killed
 //! halfway through an increment leaves a record that the next holder (told `OwnerDied`)
-//! completes. Every child is SIGKILLed and reaped on drop; every wait is bounded.
+//! completes. Children run under lock-conformance's `ChildProcess`, which SIGKILLs and reaps
+//! them on drop; every wait is bounded.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
 use rand::Rng;
 
@@ -87,17 +89,10 @@ impl Data {
     }
 }
 
-/// A child process, SIGKILLed and reaped when dropped.
+/// A worker process (SIGKILLed and reaped when dropped) and its index in the tally columns.
 struct Worker {
-    child: Child,
+    process: ChildProcess,
     index: u64,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Removes the trial's segment and data file when dropped.
@@ -116,18 +111,16 @@ impl Drop for Cleanup {
 }
 
 fn spawn(role: &str, segment: &str, data: &str, index: u64, deadline_ms: u64) -> Worker {
-    let child = Command::new(std::env::current_exe().expect("current exe"))
+    let mut command = Command::new(std::env::current_exe().expect("current exe"));
+    command
         .env(ROLE_ENV, role)
         .env(SEGMENT_ENV, segment)
         .env(DATA_ENV, data)
         .env(INDEX_ENV, index.to_string())
-        .env(DEADLINE_ENV, deadline_ms.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
+        .env(DEADLINE_ENV, deadline_ms.to_string());
+    let process = ChildProcess::start(command, &format!("{role} worker {index}"), None)
         .expect("spawn worker");
-    Worker { child, index }
+    Worker { process, index }
 }
 
 fn epoch_ms() -> u64 {
@@ -225,8 +218,9 @@ fn alloc_worker() -> Result<(), String> {
 /// Reaps workers that exited by themselves; a nonzero exit is a violation.
 fn reap(workers: &mut Vec<Worker>) -> Result<(), String> {
     let mut failed = None;
-    workers.retain_mut(|w| match w.child.try_wait() {
-        Ok(Some(status)) => {
+    // A zero-timeout wait reaps a worker that has exited and leaves a running one alone.
+    workers.retain_mut(|w| match w.process.wait(Duration::ZERO) {
+        Ok(status) => {
             if !status.success() {
                 failed = Some(format!("worker {} exited with {status}", w.index));
             }
@@ -237,17 +231,17 @@ fn reap(workers: &mut Vec<Worker>) -> Result<(), String> {
     failed.map_or(Ok(()), Err)
 }
 
-fn wait_all(workers: &mut Vec<Worker>, bound: Duration) -> Result<(), String> {
+/// Waits, `bound` in all, for every worker to exit by itself; a nonzero exit is a violation.
+fn wait_all(workers: Vec<Worker>, bound: Duration) -> Result<(), String> {
     let until = Instant::now() + bound;
-    while !workers.is_empty() {
-        reap(workers)?;
-        if Instant::now() > until {
-            return Err(format!(
-                "{} workers did not finish in {bound:?}",
-                workers.len()
-            ));
+    for mut w in workers {
+        let status = w
+            .process
+            .wait(until.saturating_duration_since(Instant::now()))
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("worker {} exited with {status}", w.index));
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }
@@ -291,18 +285,17 @@ fn hammer_with_kills() -> Result<(), String> {
         let by_pid: HashMap<u64, usize> = workers
             .iter()
             .enumerate()
-            .map(|(i, w)| (u64::from(w.child.id()), i))
+            .map(|(i, w)| (u64::from(w.process.pid()), i))
             .collect();
         if let Some(&i) = by_pid.get(&pid) {
             let mut victim = workers.swap_remove(i);
-            victim.child.kill().map_err(|e| e.to_string())?;
-            victim.child.wait().map_err(|e| e.to_string())?;
+            victim.process.sigkill().map_err(|e| e.to_string())?;
             kills += 1;
             workers.push(spawn("hammer", &segment, &data_path, next_index, deadline));
             next_index += 1;
         }
     }
-    wait_all(&mut workers, Duration::from_secs(30))?;
+    wait_all(workers, Duration::from_secs(30))?;
     // No lock is stuck: each one can be taken now, and a dead holder's journal is completed.
     let mut owner_died = 0;
     for lock in 0..LOCKS {
@@ -373,7 +366,7 @@ fn allocator_survives_kills() -> Result<(), String> {
         workers.push(spawn("alloc", &segment, "", next_index, deadline));
         next_index += 1;
     }
-    wait_all(&mut workers, Duration::from_secs(30))?;
+    wait_all(workers, Duration::from_secs(30))?;
     let available = manager
         .available()
         .map_err(|e| e.to_string())?
