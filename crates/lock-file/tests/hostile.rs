@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::Child;
 use lock_file::{Error, FileManager, LockId, Locker, MAX_CAPACITY, Manager, StoreOptions};
 
 #[test]
@@ -395,20 +394,20 @@ fn missing_permissions_are_io_errors_naming_the_path() {
     let is_root = rustix::process::geteuid().is_root();
     if is_root {
         // Nobody may not enter the store at all.
-        let child = Child::spawn_with("open", &path, "", |c| {
+        let mut child = common::spawn_with("open", &path, "", |c| {
             std::os::unix::process::CommandExt::uid(c, 65534);
             std::os::unix::process::CommandExt::gid(c, 65534);
         });
-        let line = child.expect_line();
+        let line = common::line(&mut child);
         assert!(line.starts_with("err Io PermissionDenied"), "{line}");
         assert!(line.contains(&path.display().to_string()), "{line}");
         // Nobody may enter, but not write the table.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let child = Child::spawn_with("open", &path, "", |c| {
+        let mut child = common::spawn_with("open", &path, "", |c| {
             std::os::unix::process::CommandExt::uid(c, 65534);
             std::os::unix::process::CommandExt::gid(c, 65534);
         });
-        let line = child.expect_line();
+        let line = common::line(&mut child);
         assert!(line.starts_with("err Io PermissionDenied"), "{line}");
         assert!(
             line.contains(&path.join("table").display().to_string()),

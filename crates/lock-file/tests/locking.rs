@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Child;
+use lock_conformance::child::ChildProcess;
 use lock_file::{Acquired, Error, FileManager, Inspect, LockId, Locker, Manager, StoreOptions};
 use rand::Rng;
 
@@ -78,8 +78,8 @@ fn two_managers_in_one_process_are_two_owners() {
 #[test]
 fn killed_holder_is_reported_once_and_named_while_alive() {
     let (_root, path, manager) = fresh(4);
-    let mut child = Child::spawn("hold", &path, "2");
-    assert_eq!(child.expect_line(), "locked clean");
+    let mut child = common::spawn("hold", &path, "2");
+    assert_eq!(common::line(&mut child), "locked clean");
     let held = manager.held().expect("held");
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].id, LockId(2));
@@ -89,7 +89,7 @@ fn killed_holder_is_reported_once_and_named_while_alive() {
 
     let lock = manager.retrieve(LockId(2)).expect("retrieve");
     assert!(lock.try_lock().expect("try_lock").is_none());
-    child.kill();
+    child.sigkill().expect("kill child");
     assert_eq!(
         lock.try_lock_for(LIVENESS).expect("take over"),
         Acquired::OwnerDied
@@ -103,9 +103,9 @@ fn killed_holder_is_reported_once_and_named_while_alive() {
 #[test]
 fn dead_holders_left_records_are_not_reported_as_held() {
     let (_root, path, manager) = fresh(4);
-    let mut child = Child::spawn("hold", &path, "3");
-    assert_eq!(child.expect_line(), "locked clean");
-    child.kill();
+    let mut child = common::spawn("hold", &path, "3");
+    assert_eq!(common::line(&mut child), "locked clean");
+    child.sigkill().expect("kill child");
     // The record still says "held", but nobody holds the flock.
     assert!(manager.held().expect("held").is_empty());
     let lock = manager.retrieve(LockId(3)).expect("retrieve");
@@ -124,12 +124,12 @@ fn store_without_owner_records_reports_clean_and_still_knows_who_holds() {
         .create(&path)
         .expect("create");
     assert!(!manager.owner_death());
-    let mut child = Child::spawn("hold", &path, "1");
-    assert_eq!(child.expect_line(), "locked clean");
+    let mut child = common::spawn("hold", &path, "1");
+    assert_eq!(common::line(&mut child), "locked clean");
     let held = manager.held().expect("held");
     assert_eq!(held.len(), 1);
     assert_eq!((held[0].id, held[0].holder.clone()), (LockId(1), None));
-    child.kill();
+    child.sigkill().expect("kill child");
     let lock = manager.retrieve(LockId(1)).expect("retrieve");
     assert_eq!(lock.try_lock_for(LIVENESS).expect("lock"), Acquired::Clean);
     lock.unlock().expect("unlock");
@@ -141,16 +141,18 @@ fn store_without_owner_records_reports_clean_and_still_knows_who_holds() {
 #[test]
 fn unlock_by_another_process_is_refused_and_changes_nothing() {
     let (_root, path, manager) = fresh(2);
-    let mut child = Child::spawn("hold", &path, "0");
-    assert_eq!(child.expect_line(), "locked clean");
+    let mut child = common::spawn("hold", &path, "0");
+    assert_eq!(common::line(&mut child), "locked clean");
     let lock = manager.retrieve(LockId(0)).expect("retrieve");
     assert!(matches!(lock.unlock(), Err(Error::NotHeld(LockId(0)))));
     assert!(lock.try_lock().expect("try_lock").is_none());
-    child.say("unlock");
-    assert_eq!(child.expect_line(), "unlocked");
+    child.send("unlock").expect("send unlock");
+    assert_eq!(common::line(&mut child), "unlocked");
     assert_eq!(lock.try_lock_for(LIVENESS).expect("lock"), Acquired::Clean);
     lock.unlock().expect("unlock");
-    assert!(child.finish());
+    child
+        .finish(common::LINE_TIMEOUT)
+        .expect("child exits cleanly");
 }
 
 #[test]
@@ -210,11 +212,11 @@ fn kill_test_no_overlap_and_every_takeover_reported() {
     const LOCKS: &str = "2";
     let (_root, path, manager) = fresh(2);
     let start = || {
-        let child = Child::spawn("hammer", &path, LOCKS);
-        assert_eq!(child.expect_line(), "ready");
+        let mut child = common::spawn("hammer", &path, LOCKS);
+        assert_eq!(common::line(&mut child), "ready");
         child
     };
-    let mut workers: Vec<Child> = (0..WORKERS).map(|_| start()).collect();
+    let mut workers: Vec<ChildProcess> = (0..WORKERS).map(|_| start()).collect();
     let mut retired = Vec::new();
     let mut rng = rand::rng();
     let end = Instant::now() + Duration::from_secs(3);
@@ -223,16 +225,16 @@ fn kill_test_no_overlap_and_every_takeover_reported() {
         std::thread::sleep(Duration::from_millis(rng.random_range(20..80)));
         let victim = rng.random_range(0..WORKERS);
         let mut dead = std::mem::replace(&mut workers[victim], start());
-        dead.kill();
+        dead.sigkill().expect("kill worker");
         kills += 1;
         retired.push(dead);
     }
     for worker in &mut workers {
-        worker.kill();
+        worker.sigkill().expect("kill worker");
     }
     let mut said: HashMap<String, usize> = HashMap::new();
-    for child in retired.iter().chain(&workers) {
-        while let Some(line) = child.next(Duration::ZERO) {
+    for child in retired.iter_mut().chain(&mut workers) {
+        while let Ok(line) = child.next_line(Duration::ZERO) {
             let key = line.split(' ').next().unwrap_or("").to_string();
             assert!(
                 key != "violation" && key != "err",
@@ -267,11 +269,11 @@ fn allocator_survives_sigkill() {
         }
     }
     let start = || {
-        let child = Child::spawn("churn", &path, "");
-        assert_eq!(child.expect_line(), "ready");
+        let mut child = common::spawn("churn", &path, "");
+        assert_eq!(common::line(&mut child), "ready");
         child
     };
-    let mut workers: Vec<Child> = (0..2).map(|_| start()).collect();
+    let mut workers: Vec<ChildProcess> = (0..2).map(|_| start()).collect();
     let mut rng = rand::rng();
     let end = Instant::now() + Duration::from_secs(2);
     let mut retired = Vec::new();
@@ -279,14 +281,14 @@ fn allocator_survives_sigkill() {
         std::thread::sleep(Duration::from_millis(rng.random_range(5..40)));
         let victim = rng.random_range(0..workers.len());
         let mut dead = std::mem::replace(&mut workers[victim], start());
-        dead.kill();
+        dead.sigkill().expect("kill worker");
         retired.push(dead);
     }
     for worker in &mut workers {
-        worker.kill();
+        worker.sigkill().expect("kill worker");
     }
-    for child in retired.iter().chain(&workers) {
-        if let Some(line) = child.next(Duration::ZERO) {
+    for child in retired.iter_mut().chain(&mut workers) {
+        if let Ok(line) = child.next_line(Duration::ZERO) {
             panic!("a worker reported: {line}");
         }
     }

@@ -2,16 +2,18 @@
 //!
 //! A test binary that uses this module defines `#[test] fn child_entry() { common::child_entry() }`;
 //! in a normal run it does nothing, and in a child (the `CHILD_ENV` variable names a role) it runs
-//! the role and exits. Children speak lines starting with `@ ` on stdout, read by the parent with
-//! a timeout; a `Child` is SIGKILLed and reaped when dropped, so no test leaves a process behind.
+//! the role and exits. Children speak lines starting with `@ ` on stdout; the parent drives them
+//! through lock-conformance's `ChildProcess`, which reads with a timeout and SIGKILLs and reaps
+//! a child when dropped, so no test leaves a process behind.
 #![allow(dead_code)] // each test binary uses a different part of this module.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lock_conformance::child::ChildProcess;
 use lock_file::{Acquired, Error, FileManager, LockId, Locker, Manager};
 
 /// The variable naming the role of a child.
@@ -22,106 +24,36 @@ const ARG_ENV: &str = "LOCK_FILE_TEST_ARG";
 /// How long any child lives at most.
 const CHILD_LIFETIME: Duration = Duration::from_secs(60);
 
-/// A running child process.
-pub(crate) struct Child {
-    child: std::process::Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
+/// How long the parent waits for a child's next line or its exit.
+pub(crate) const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The child's next line, which must come within `LINE_TIMEOUT`.
+pub(crate) fn line(child: &mut ChildProcess) -> String {
+    child.next_line(LINE_TIMEOUT).expect("child line")
 }
 
-impl Child {
-    /// Starts the test binary as a child in `role` on `store`, with an extra argument.
-    pub(crate) fn spawn(role: &str, store: &Path, arg: &str) -> Child {
-        Child::spawn_with(role, store, arg, |_| {})
-    }
-
-    /// As `spawn`, letting the caller adjust the command (for example its uid).
-    pub(crate) fn spawn_with(
-        role: &str,
-        store: &Path,
-        arg: &str,
-        adjust: impl FnOnce(&mut Command),
-    ) -> Child {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut command = Command::new(exe);
-        command
-            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, role)
-            .env(STORE_ENV, store)
-            .env(ARG_ENV, arg)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        adjust(&mut command);
-        let mut child = command.spawn().expect("spawn child");
-        let stdout = child.stdout.take().expect("child stdout");
-        let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // The harness may have printed "test child_entry ... " on the same line.
-                if let Some((_, msg)) = line.split_once("@ ")
-                    && tx.send(msg.to_string()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Child {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The child's pid.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next line the child says, within `timeout`.
-    pub(crate) fn next(&self, timeout: Duration) -> Option<String> {
-        self.lines.recv_timeout(timeout).ok()
-    }
-
-    /// The next line, which must come within 30 s.
-    pub(crate) fn expect_line(&self) -> String {
-        self.next(Duration::from_secs(30))
-            .expect("child said nothing within 30 s")
-    }
-
-    /// Sends a line to the child.
-    pub(crate) fn say(&mut self, line: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let _ = writeln!(stdin, "{line}");
-        }
-    }
-
-    /// SIGKILLs the child and reaps it.
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Closes the child's stdin and waits (at most 30 s) for it to exit; true if it exited 0.
-    pub(crate) fn finish(mut self) -> bool {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    }
+/// Starts the test binary as a child in `role` on `store`, with an extra argument.
+pub(crate) fn spawn(role: &str, store: &Path, arg: &str) -> ChildProcess {
+    spawn_with(role, store, arg, |_| {})
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// As `spawn`, letting the caller adjust the command (for example its uid).
+pub(crate) fn spawn_with(
+    role: &str,
+    store: &Path,
+    arg: &str,
+    adjust: impl FnOnce(&mut Command),
+) -> ChildProcess {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut command = Command::new(exe);
+    command
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, role)
+        .env(STORE_ENV, store)
+        .env(ARG_ENV, arg);
+    adjust(&mut command);
+    // The harness may print "test child_entry ... " on the same line as the role's first words.
+    ChildProcess::start(command, role, Some("@ ")).expect("spawn child")
 }
 
 /// What a child prints for an error: its variant and message.
