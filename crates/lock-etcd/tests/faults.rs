@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{ChildProc, FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases};
+use common::{
+    FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases, spawn_child, tell,
+};
+use lock_conformance::Failed;
 use lock_etcd::{Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Leased, Locker};
 use rustix::process::Signal;
 use serial_test::serial;
@@ -150,7 +153,7 @@ fn stopped_leader_locks_keep_working() {
 /// higher token, the fenced resource rejects the old token, and the holder sees Lost on SIGCONT.
 #[test]
 #[serial]
-fn stopped_holder_is_fenced_off_and_sees_lost() {
+fn stopped_holder_is_fenced_off_and_sees_lost() -> Result<(), Failed> {
     if role().as_deref() == Some("stopped-holder") {
         let locks = child_locks();
         let resource = FencedResource {
@@ -161,13 +164,19 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
         let token = lock.fencing_token().expect("token");
         assert!(resource.write(token));
         let lost = lock.lost().expect("lost signal");
-        println!("HELD {token}");
+        tell(&format!("HELD {token}"));
         common::read_stdin_line();
         let accepted = resource.write(token);
-        println!("WRITE {}", if accepted { "accepted" } else { "rejected" });
-        println!("LOST {}", lost.wait_timeout(Duration::from_secs(10)));
-        println!("UNLOCK {:?}", lock.unlock());
-        return;
+        tell(&format!(
+            "WRITE {}",
+            if accepted { "accepted" } else { "rejected" }
+        ));
+        tell(&format!(
+            "LOST {}",
+            lost.wait_timeout(Duration::from_secs(10))
+        ));
+        tell(&format!("UNLOCK {:?}", lock.unlock()));
+        return Ok(());
     }
     let tc = TestCluster::start();
     let prefix = common::prefix("sigstop");
@@ -175,7 +184,7 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
     let resource = FencedResource {
         path: dir.path().join("resource"),
     };
-    let mut child = ChildProc::spawn(
+    let mut child = spawn_child(
         "stopped_holder_is_fenced_off_and_sees_lost",
         "stopped-holder",
         &[
@@ -185,10 +194,10 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
         ],
     );
     let old: u64 = child
-        .expect("HELD", Duration::from_secs(20))
+        .expect("HELD", Duration::from_secs(20))?
         .parse()
         .expect("token");
-    child.signal(Signal::STOP);
+    child.signal(Signal::STOP)?;
     let locks = tc.connect(&prefix, Duration::from_secs(2));
     let lock = locks.named("fenced").expect("named");
     let start = Instant::now();
@@ -204,37 +213,41 @@ fn stopped_holder_is_fenced_off_and_sees_lost() {
     let new = lock.fencing_token().expect("token");
     assert!(new > old, "new token {new} not above old {old}");
     assert!(resource.write(new), "the new holder's write was rejected");
-    child.signal(Signal::CONT);
-    child.send("go");
-    assert_eq!(child.expect("WRITE", Duration::from_secs(10)), "rejected");
-    assert_eq!(child.expect("LOST", Duration::from_secs(15)), "true");
-    assert_eq!(child.expect("UNLOCK", Duration::from_secs(10)), "Err(Lost)");
-    assert!(child.wait(Duration::from_secs(10)).success());
+    child.signal(Signal::CONT)?;
+    child.send("go")?;
+    assert_eq!(child.expect("WRITE", Duration::from_secs(10))?, "rejected");
+    assert_eq!(child.expect("LOST", Duration::from_secs(15))?, "true");
+    assert_eq!(
+        child.expect("UNLOCK", Duration::from_secs(10))?,
+        "Err(Lost)"
+    );
+    assert!(child.wait(Duration::from_secs(10))?.success());
     lock.unlock().expect("unlock");
     assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    Ok(())
 }
 
 /// etcd#11456 with a real process: a waiter SIGSTOPped until its lease expired, resumed after the
 /// holder released, is told Lost, never that it holds the lock.
 #[test]
 #[serial]
-fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() {
+fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() -> Result<(), Failed> {
     if role().as_deref() == Some("stopped-waiter") {
         let locks = child_locks();
         let lock = locks.named("w").expect("named");
-        println!("WAITING");
+        tell("WAITING");
         let result = lock.try_lock_for(Duration::from_secs(60));
-        println!("RESULT {result:?}");
-        println!("TOKEN {:?}", lock.fencing_token());
-        return;
+        tell(&format!("RESULT {result:?}"));
+        tell(&format!("TOKEN {:?}", lock.fencing_token()));
+        return Ok(());
     }
     let tc = TestCluster::start();
     let prefix = common::prefix("stopped-waiter");
     let locks = tc.connect(&prefix, Duration::from_secs(2));
     let holder = locks.named("w").expect("named");
     let _ = holder.lock().expect("holder lock");
-    let mut child = ChildProc::spawn(
+    let mut child = spawn_child(
         "stopped_waiter_whose_lease_expired_is_never_told_it_holds",
         "stopped-waiter",
         &[
@@ -242,13 +255,13 @@ fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() {
             ("ETCD_PREFIX", prefix.clone()),
         ],
     );
-    child.expect("WAITING", Duration::from_secs(20));
+    child.expect("WAITING", Duration::from_secs(20))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while common::queue_keys(&tc.endpoints, &prefix).len() < 2 {
         assert!(Instant::now() < deadline, "the waiter never enqueued");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.signal(Signal::STOP);
+    child.signal(Signal::STOP)?;
     // The waiter's lease (TTL 2 s) expires while it is stopped; its key goes with it.
     let deadline = Instant::now() + Duration::from_secs(20);
     while common::queue_keys(&tc.endpoints, &prefix).len() > 1 {
@@ -259,35 +272,39 @@ fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() {
         std::thread::sleep(Duration::from_millis(50));
     }
     holder.unlock().expect("holder unlock");
-    child.signal(Signal::CONT);
-    assert_eq!(child.expect("RESULT", Duration::from_secs(20)), "Err(Lost)");
+    child.signal(Signal::CONT)?;
     assert_eq!(
-        child.expect("TOKEN", Duration::from_secs(5)),
+        child.expect("RESULT", Duration::from_secs(20))?,
+        "Err(Lost)"
+    );
+    assert_eq!(
+        child.expect("TOKEN", Duration::from_secs(5))?,
         "Err(NotHeld(LockId(0)))"
     );
-    assert!(child.wait(Duration::from_secs(10)).success());
+    assert!(child.wait(Duration::from_secs(10))?.success());
     let how = holder.try_lock().expect("try_lock").expect("free again");
     assert_eq!(how, Acquired::Clean, "a dead waiter is not a dead holder");
     holder.unlock().expect("unlock");
     assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    Ok(())
 }
 
 /// A SIGKILLed holder's lease expires and the next acquirer gets the lock with a higher token.
 #[test]
 #[serial]
-fn killed_holder_lock_is_taken_after_ttl() {
+fn killed_holder_lock_is_taken_after_ttl() -> Result<(), Failed> {
     if role().as_deref() == Some("killed-holder") {
         let locks = child_locks();
         let lock = locks.named("k").expect("named");
         let _ = lock.lock().expect("child lock");
-        println!("HELD {}", lock.fencing_token().expect("token"));
+        tell(&format!("HELD {}", lock.fencing_token().expect("token")));
         std::thread::sleep(Duration::from_secs(60));
-        return;
+        return Ok(());
     }
     let tc = TestCluster::start();
     let prefix = common::prefix("sigkill");
-    let mut child = ChildProc::spawn(
+    let mut child = spawn_child(
         "killed_holder_lock_is_taken_after_ttl",
         "killed-holder",
         &[
@@ -296,11 +313,11 @@ fn killed_holder_lock_is_taken_after_ttl() {
         ],
     );
     let old: u64 = child
-        .expect("HELD", Duration::from_secs(20))
+        .expect("HELD", Duration::from_secs(20))?
         .parse()
         .expect("token");
-    child.signal(Signal::KILL);
-    let _ = child.wait(Duration::from_secs(5));
+    child.signal(Signal::KILL)?;
+    child.wait(Duration::from_secs(5))?;
     let locks = tc.connect(&prefix, Duration::from_secs(2));
     let lock = locks.named("k").expect("named");
     let how = lock
@@ -311,6 +328,7 @@ fn killed_holder_lock_is_taken_after_ttl() {
     lock.unlock().expect("unlock");
     assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    Ok(())
 }
 
 /// Two of three members killed: the holder's Lost fires within TTL plus slack, new acquisitions

@@ -1,13 +1,14 @@
 //! Shared test support: a cluster (own, or one named by `LOCKYARD_ETCD_ENDPOINTS`), raw etcd
-//! access behind the library's back, leak checks, and child processes that are killed on drop.
+//! access behind the library's back, leak checks, and child processes in a role (through
+//! lock-conformance's `ChildProcess`, which kills them on drop).
 #![allow(dead_code, unreachable_pub)] // reason: each test binary uses a different part
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions};
+use lock_conformance::child::ChildProcess;
 use lock_etcd::testkit::EtcdCluster;
 use lock_etcd::{EtcdLocks, EtcdOptions};
 
@@ -163,105 +164,27 @@ pub fn assert_no_leases(endpoints: &[String], within: Duration) {
     }
 }
 
-/// A child process of this test binary, killed on drop, talking by lines.
-pub struct ChildProc {
-    pub child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
 /// The env var that tells a re-executed test binary which role to play.
 pub const ROLE_ENV: &str = "LOCK_ETCD_TEST_ROLE";
 
-impl ChildProc {
-    /// Re-executes this test binary running only `test`, with `role` and `env` set.
-    pub fn spawn(test: &str, role: &str, env: &[(&str, String)]) -> ChildProc {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE_ENV, role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn child");
-        let stdout: ChildStdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ChildProc {
-            child,
-            stdin,
-            lines: rx,
-        }
-    }
+/// What a child prints before each line meant for its parent: libtest prints its own text
+/// around the child's (`test name ... `), and only marked lines reach [`ChildProcess::expect`].
+pub const CHILD_MARK: &str = "lock-etcd-child: ";
 
-    /// The next line starting with `tag ` (other lines are skipped), within `timeout`.
-    pub fn expect(&self, tag: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    // libtest prints "test name ... " before the child's first line.
-                    let tagged = line
-                        .find(&format!("{tag} "))
-                        .or_else(|| line.ends_with(tag).then(|| line.len() - tag.len()));
-                    if let Some(at) = tagged {
-                        return line[at + tag.len()..].trim().to_owned();
-                    }
-                }
-                Err(e) => panic!("child did not say {tag:?} within {timeout:?}: {e}"),
-            }
-        }
-    }
-
-    pub fn send(&mut self, line: &str) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            writeln!(stdin, "{line}").expect("write to child");
-            stdin.flush().expect("flush child");
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
-        rustix::process::kill_process(pid, signal).expect("kill");
-    }
-
-    /// Waits for the child's exit status within `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "child did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Prints one line for the parent, marked with [`CHILD_MARK`] (child side).
+pub fn tell(line: &str) {
+    println!("{CHILD_MARK}{line}");
 }
 
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Re-executes this test binary running only `test`, with `role` and `env` set; the child is
+/// SIGKILLed and reaped when the handle is dropped.
+pub fn spawn_child(test: &str, role: &str, env: &[(&str, String)]) -> ChildProcess {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, role)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    ChildProcess::start(cmd, role, Some(CHILD_MARK)).expect("spawn child")
 }
 
 /// Reads one line from stdin (a child waiting for its parent's go).
