@@ -184,22 +184,7 @@ impl EtcdTable {
 
     /// Deletes every key of the table at `root`. Locks still held there are lost.
     pub(crate) fn remove_at(shared: &Shared, root: &str) -> Result<()> {
-        let ctx = shared.ctx.clone();
-        let prefix = format!("{root}/");
-        shared.block_on(async move {
-            ctx.call(|mut c| {
-                let prefix = prefix.clone();
-                async move {
-                    c.delete(
-                        prefix,
-                        Some(etcd_client::DeleteOptions::new().with_prefix()),
-                    )
-                    .await
-                }
-            })
-            .await?;
-            Ok(())
-        })
+        delete_prefix(shared, format!("{root}/"))
     }
 
     /// The table's root key (`<prefix>/table/<store>`).
@@ -317,22 +302,7 @@ impl Manager for EtcdTable {
 
     /// Deletes every allocation key; lock queues are untouched, so held locks stay held.
     fn free_all(&self) -> Result<()> {
-        let ctx = self.shared.ctx.clone();
-        let prefix = self.alloc_prefix();
-        self.shared.block_on(async move {
-            ctx.call(|mut c| {
-                let prefix = prefix.clone();
-                async move {
-                    c.delete(
-                        prefix,
-                        Some(etcd_client::DeleteOptions::new().with_prefix()),
-                    )
-                    .await
-                }
-            })
-            .await?;
-            Ok(())
-        })
+        delete_prefix(&self.shared, self.alloc_prefix())
     }
 
     fn capacity(&self) -> Option<u32> {
@@ -410,4 +380,23 @@ impl Manager for EtcdTable {
         }
         Ok(held)
     }
+}
+
+/// Deletes every key under `prefix`.
+fn delete_prefix(shared: &Shared, prefix: String) -> Result<()> {
+    let ctx = shared.ctx.clone();
+    shared.block_on(async move {
+        ctx.call(|mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.delete(
+                    prefix,
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                )
+                .await
+            }
+        })
+        .await?;
+        Ok(())
+    })
 }
