@@ -405,6 +405,27 @@ pub fn free_keeps_the_handle_usable_and_does_not_reallocate<B: Backend>(
     Ok(())
 }
 
+/// Freeing a held lock leaves it held by its owner (Podman's `TestDeallocateDoesNotUnlock`).
+pub fn free_of_a_held_lock_leaves_it_held<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    let manager = ctx.create(4)?;
+    let other = ctx.second_owner(&manager)?;
+    let lock = manager.allocate()?;
+    let _ = lock.lock()?;
+    lock.free()?;
+    let theirs = other.retrieve(lock.id())?;
+    ensure!(
+        theirs.try_lock()?.is_none(),
+        "freeing a held lock released it"
+    );
+    lock.unlock()?;
+    ensure!(
+        theirs.try_lock()?.is_some(),
+        "lock not free after its owner unlocked it"
+    );
+    theirs.unlock()?;
+    Ok(())
+}
+
 /// When a process holding a lock is SIGKILLed, a waiter acquires it and is told `OwnerDied`;
 /// the next acquisition after a clean unlock is `Clean`.
 pub fn sigkilled_holder_is_taken_over_with_owner_died<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {

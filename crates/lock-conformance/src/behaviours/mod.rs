@@ -67,6 +67,7 @@ registry! {
     locker::blocked_lock_in_another_process_proceeds_after_release => MP,
     locker::guard_drop_releases => NONE,
     locker::free_keeps_the_handle_usable_and_does_not_reallocate => ALLOC,
+    locker::free_of_a_held_lock_leaves_it_held => ALLOC,
     locker::sigkilled_holder_is_taken_over_with_owner_died => DEATH,
     locker::sigkilled_holder_is_reported_to_try_lock => DEATH,
     store::open_of_missing_store_is_not_found => PERSIST,
