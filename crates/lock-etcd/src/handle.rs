@@ -240,16 +240,14 @@ impl Inspect for EtcdLock {
         let ctx = self.shared.ctx.clone();
         let queue = self.queue.clone();
         self.shared.block_on(async move {
-            let Some(kv) = mutex::first(&ctx, &queue).await? else {
+            let Some((record, lease)) = mutex::holder_record(&ctx, &queue).await? else {
                 return Ok(None);
             };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let record = Record::decode(&key, kv.value())?;
-            let expires = mutex::lease_expiry(&ctx, kv.lease()).await?;
+            let expires = mutex::lease_expiry(&ctx, lease).await?;
             let mut holder = Holder::default();
             holder.pid = Some(record.pid);
             holder.host = Some(record.host);
-            holder.owner = Some(format!("lease {:016x}", kv.lease()));
+            holder.owner = Some(format!("lease {lease:016x}"));
             holder.since = Some(record.since);
             holder.expires = expires;
             Ok(Some(holder))
@@ -295,11 +293,8 @@ impl LockData for EtcdLock {
         let ctx = self.shared.ctx.clone();
         let queue = self.queue.clone();
         self.shared.block_on(async move {
-            let Some(kv) = mutex::first(&ctx, &queue).await? else {
-                return Ok(None);
-            };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            Ok(Some(Record::decode(&key, kv.value())?.data))
+            let record = mutex::holder_record(&ctx, &queue).await?;
+            Ok(record.map(|(record, _)| record.data))
         })
     }
 }

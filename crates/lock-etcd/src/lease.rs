@@ -187,29 +187,9 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
         if monitor.is_lost() {
             return;
         }
-        let options = WatchOptions::new()
-            .with_start_revision(from)
-            .with_filters([WatchFilterType::NoPut]);
-        let (endpoint, mut client) = ctx.pick();
-        let opened = timeout_at(
-            (Instant::now() + ctx.attempt_timeout()).into(),
-            client.watch(key.clone(), Some(options)),
-        )
-        .await;
-        if !matches!(opened, Ok(Ok(_))) {
-            ctx.failed(endpoint);
-        }
-        if let Ok(Ok(mut stream)) = opened {
-            // Ends when the stream closes or fails.
-            while let Ok(Some(answer)) = stream.message().await {
-                if answer.events().iter().any(is_delete) {
-                    monitor.fire();
-                    return;
-                }
-                if answer.canceled() {
-                    break;
-                }
-            }
+        if watch_deletion(&ctx, key.clone().into_bytes(), from).await {
+            monitor.fire();
+            return;
         }
         // The watch broke (compaction, no leader, a dead member): check the key by reading it,
         // then watch again from the revision of that read.
@@ -240,6 +220,34 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
 
 /// Whether a watch event is a deletion (read from the raw field: the client's own accessor panics
 /// on an event type it does not know).
-pub(crate) fn is_delete(event: &Event) -> bool {
+/// Watches `key` from revision `from`: true when it is deleted, false when the watch cannot be
+/// opened or breaks (compaction, no leader, a dead member), so the caller re-reads and retries.
+pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: i64) -> bool {
+    let options = WatchOptions::new()
+        .with_start_revision(from)
+        .with_filters([WatchFilterType::NoPut]);
+    let (endpoint, mut client) = ctx.pick();
+    let opened = timeout_at(
+        (Instant::now() + ctx.attempt_timeout()).into(),
+        client.watch(key, Some(options)),
+    )
+    .await;
+    let Ok(Ok(mut stream)) = opened else {
+        ctx.failed(endpoint);
+        return false;
+    };
+    // Ends when the stream closes or fails.
+    while let Ok(Some(answer)) = stream.message().await {
+        if answer.events().iter().any(is_delete) {
+            return true;
+        }
+        if answer.canceled() {
+            break;
+        }
+    }
+    false
+}
+
+fn is_delete(event: &Event) -> bool {
     event.0.r#type == 1
 }

@@ -29,16 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::proto::{PbKeyValue, PbTxnOpResponse, PbTxnResponse};
-use etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType,
-    WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use lock_api::{Acquired, Error, Result};
 use tokio::task::AbortHandle;
 use tokio::time::{sleep, timeout_at};
 
 use crate::client::Ctx;
-use crate::lease::{Monitor, is_delete, keep_alive, watch_own_key};
+use crate::lease::{Monitor, keep_alive, watch_deletion, watch_own_key};
 use crate::record::Record;
 
 /// A pause before re-reading the queue after a watch broke.
@@ -347,38 +344,10 @@ async fn wait_for_turn(ctx: &Ctx, queue: &str, revision: i64, monitor: &Monitor)
 }
 
 /// Resolves when `key` is deleted at or after revision `from`, or when the watch breaks (the
-/// caller then reads the queue again).
+/// caller then reads the queue again, after a pause so a broken cluster is not hammered).
 async fn wait_deleted(ctx: &Ctx, key: Vec<u8>, from: i64) {
-    let options = WatchOptions::new()
-        .with_start_revision(from)
-        .with_filters([WatchFilterType::NoPut]);
-    let (endpoint, mut client) = ctx.pick();
-    let opened = timeout_at(
-        (Instant::now() + ctx.attempt_timeout()).into(),
-        client.watch(key, Some(options)),
-    )
-    .await;
-    let Ok(Ok(mut stream)) = opened else {
-        ctx.failed(endpoint);
+    if !watch_deletion(ctx, key, from).await {
         sleep(RETRY_PAUSE).await;
-        return;
-    };
-    loop {
-        match stream.message().await {
-            Ok(Some(answer)) => {
-                if answer.events().iter().any(is_delete) {
-                    return;
-                }
-                if answer.canceled() {
-                    sleep(RETRY_PAUSE).await;
-                    return;
-                }
-            }
-            Ok(None) | Err(_) => {
-                sleep(RETRY_PAUSE).await;
-                return;
-            }
-        }
     }
 }
 
@@ -474,8 +443,8 @@ pub(crate) async fn rewrite(
     }
 }
 
-/// The first key of `queue` (the holder's), with its value.
-pub(crate) async fn first(ctx: &Ctx, queue: &str) -> Result<Option<etcd_client::KeyValue>> {
+/// The owner record in the first key of `queue` (the holder's), and that key's lease.
+pub(crate) async fn holder_record(ctx: &Ctx, queue: &str) -> Result<Option<(Record, i64)>> {
     let mut answer = ctx
         .call(|mut c| async move {
             c.get(
@@ -489,7 +458,11 @@ pub(crate) async fn first(ctx: &Ctx, queue: &str) -> Result<Option<etcd_client::
             .await
         })
         .await?;
-    Ok(answer.take_kvs().into_iter().next())
+    let Some(kv) = answer.take_kvs().into_iter().next() else {
+        return Ok(None);
+    };
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    Ok(Some((Record::decode(&key, kv.value())?, kv.lease())))
 }
 
 /// When the lease `lease` expires, as far as the server says now.
