@@ -47,6 +47,15 @@ pub enum Error {
     #[error("timed out")]
     Timeout,
 
+    /// This waiter closed a cycle of the wait-for graph and was chosen to break it: it gave up
+    /// the wait, and the caller should release what it holds and retry (PostgreSQL's
+    /// `deadlock detected`). The other members of the cycle keep waiting.
+    #[error("deadlock detected, this waiter gave up: {cycle}")]
+    Deadlock {
+        /// Every member of the cycle, starting with this waiter.
+        cycle: crate::Cycle,
+    },
+
     /// A lease-based lock was lost: its lease expired or was revoked, or its key was deleted.
     /// Whatever the lock protected may now be changed by another holder.
     #[error("the lock was lost (lease expired, revoked or key deleted)")]

@@ -2,15 +2,21 @@
 #![doc = include_str!("../README.md")]
 
 mod capability;
+mod deadlock;
 mod error;
 mod guard;
 mod id;
 mod locker;
 mod manager;
+mod spec;
+mod store;
 
 pub use capability::{Fenced, Inspect, Leased, LockData, LostSignal, LostTrigger};
+pub use deadlock::{Cycle, WaitEdge, find_cycle};
 pub use error::{Error, Result};
 pub use guard::LockGuard;
 pub use id::LockId;
 pub use locker::{Acquired, Locker};
-pub use manager::{BoxedManager, DynLocker, DynManager, HeldLock, Holder, Manager};
+pub use manager::{BoxedManager, DynLocker, DynManager, HeldLock, Holder, LockState, Manager};
+pub use spec::{EtcdSpec, MAX_NAME_LEN, StoreSpec, format_duration, parse_duration};
+pub use store::{Store, wrong_scheme};

@@ -1,8 +1,8 @@
 //! The `Manager` trait: a table of numbered locks, and its object-safe form.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::{LockId, Locker, Result};
+use crate::{Error, LockId, Locker, Result};
 
 /// Who holds a lock, as far as the backend knows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct Holder {
     pub since: Option<SystemTime>,
     /// When the holder's claim expires unless renewed (leased backends).
     pub expires: Option<SystemTime>,
+    /// The holder is known to be dead: the next acquirer will get
+    /// [`Acquired::OwnerDied`](crate::Acquired::OwnerDied).
+    pub dead: bool,
 }
 
 impl Holder {
@@ -26,6 +29,71 @@ impl Holder {
         Holder {
             pid: Some(pid),
             ..Holder::default()
+        }
+    }
+
+    /// Sets the process id.
+    #[must_use]
+    pub fn pid(mut self, pid: u32) -> Self {
+        self.pid = Some(pid);
+        self
+    }
+
+    /// Sets the host name.
+    #[must_use]
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Sets the owner description: the key that tells owners apart in a wait-for graph.
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Sets when the holder acquired the lock (or the waiter started waiting).
+    #[must_use]
+    pub fn since(mut self, since: SystemTime) -> Self {
+        self.since = Some(since);
+        self
+    }
+
+    /// Sets when the claim expires.
+    #[must_use]
+    pub fn expires(mut self, expires: SystemTime) -> Self {
+        self.expires = Some(expires);
+        self
+    }
+
+    /// Marks the holder dead (or alive).
+    #[must_use]
+    pub fn dead(mut self, dead: bool) -> Self {
+        self.dead = dead;
+        self
+    }
+}
+
+/// One lock that is held or waited for, as reported by [`Manager::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockState {
+    /// The lock.
+    pub id: LockId,
+    /// Its holder, `None` when it is free (a waiter may be about to take it).
+    pub holder: Option<Holder>,
+    /// The owners waiting for it, each with `since` = when it started waiting.
+    pub waiters: Vec<Holder>,
+}
+
+impl LockState {
+    /// A lock, its holder and its waiters.
+    pub fn new(id: LockId, holder: Option<Holder>, waiters: Vec<Holder>) -> Self {
+        LockState {
+            id,
+            holder,
+            waiters,
         }
     }
 }
@@ -109,6 +177,40 @@ pub trait Manager: Send + Sync {
     ///
     /// Backend errors only.
     fn held(&self) -> Result<Vec<HeldLock>>;
+
+    /// Every lock that is held or waited for, in id order, with its holder and its waiters.
+    ///
+    /// A lock whose holder is known dead is listed with [`Holder::dead`] set. The answer is a
+    /// snapshot: locks may be taken or released while it is being read. The default lists the
+    /// locks of [`held`](Manager::held) with no waiters, for backends that do not record them.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors only.
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        Ok(self
+            .held()?
+            .into_iter()
+            .map(|h| LockState::new(h.id, h.holder, Vec::new()))
+            .collect())
+    }
+
+    /// How long a blocked [`lock`](Locker::lock) waits before it checks for a deadlock.
+    /// `None` when this manager does not detect deadlocks (or detection is turned off).
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Sets how long a blocked `lock` waits before it checks for a deadlock (default 1 s, as
+    /// PostgreSQL's `deadlock_timeout`); zero turns detection off for this manager.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for backends that do not detect deadlocks.
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        let _ = timeout;
+        Err(Error::Unsupported("deadlock detection"))
+    }
 }
 
 /// A lock handle of any backend.
@@ -160,5 +262,14 @@ where
     }
     fn held(&self) -> Result<Vec<HeldLock>> {
         self.0.held()
+    }
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        self.0.snapshot()
+    }
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        self.0.deadlock_timeout()
+    }
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        self.0.set_deadlock_timeout(timeout)
     }
 }
