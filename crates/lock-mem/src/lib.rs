@@ -5,4 +5,4 @@ mod bitmap;
 mod table;
 
 pub use lock_api::*;
-pub use table::{MAX_CAPACITY, MemLocker, MemManager};
+pub use table::{DEFAULT_DEADLOCK_TIMEOUT, MAX_CAPACITY, MemLocker, MemManager};

@@ -5,12 +5,22 @@
 //! Sleepers park on one of [`SPOTS`] mutex/condvar pairs chosen by id; an unlocker that clears
 //! a word with `WAITERS` set takes that spot's mutex before notifying, and a sleeper re-checks the
 //! word under the same mutex, so no wake-up is lost.
+//!
+//! A sleeper records itself in the table's waiter list (slow path only) so that
+//! [`Manager::snapshot`] shows it and deadlock detection can see the wait-for graph. The
+//! waiter list's mutex also serialises deadlock checks: a check reads the graph, decides and,
+//! when the checker is the victim, withdraws its record, all under that one mutex, so two
+//! checkers of one cycle cannot both give up. Lock order: a spot's mutex, then the waiter list.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lock_api::{Acquired, Error, HeldLock, Holder, LockId, Locker, Manager, Result};
+use lock_api::{
+    Acquired, Error, HeldLock, Holder, LockId, LockState, Locker, Manager, Result, Store,
+    StoreSpec, find_cycle, wrong_scheme,
+};
 
 use crate::bitmap::FreeSet;
 
@@ -18,20 +28,85 @@ const FREE: u64 = 0; // nobody holds the lock
 const WAITERS: u64 = 1; // someone sleeps on it (or did: a spurious wake is harmless)
 const SPOTS: usize = 64;
 
-/// The largest table lock-mem builds (8 bytes of state per lock, plus the bitmap).
+/// The largest table lock-mem builds (16 bytes of state per lock, plus the bitmap).
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
+/// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise.
+pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+/// Named tables (`mem:NAME`), so that every open of one name in this process shares a table.
+static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<Table>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn registry() -> MutexGuard<'static, HashMap<String, Arc<Table>>> {
+    // Every update is one insert or remove, so a panic elsewhere cannot leave it half-done.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This host's name, read once.
+static HOST: LazyLock<String> = LazyLock::new(|| {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+});
+
+/// The wall clock in milliseconds from a coarse clock: a few nanoseconds through the vDSO,
+/// cheap enough for the lock path, and fine to the few milliseconds a `since` needs.
+#[inline]
+fn coarse_now_ms() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000)
+        .wrapping_add(ts.tv_nsec as u64 / 1_000_000)
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// One blocked `lock` or `try_lock_for`, as the waiter list records it.
+#[derive(Debug)]
+struct Waiting {
+    owner: u64,
+    id: u32,
+    since: SystemTime,
+    /// Tells two waits of one owner apart (two threads of one manager).
+    ticket: u64,
+}
 
 #[derive(Debug)]
 struct Table {
     capacity: u32,
     states: Box<[AtomicU64]>,
+    /// When the current holder took each lock, in coarse unix milliseconds.
+    since: Box<[AtomicU64]>,
     spots: Box<[(Mutex<()>, Condvar)]>,
     allocation: Mutex<FreeSet>,
+    waiters: Mutex<Vec<Waiting>>,
 }
 
 impl Table {
+    fn new(capacity: u32) -> Result<Table> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(Error::invalid(format!(
+                "capacity {capacity}: a lock-mem table has 1 to {MAX_CAPACITY} locks"
+            )));
+        }
+        Ok(Table {
+            capacity,
+            states: (0..capacity).map(|_| AtomicU64::new(FREE)).collect(),
+            since: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            spots: (0..SPOTS)
+                .map(|_| (Mutex::new(()), Condvar::new()))
+                .collect(),
+            allocation: Mutex::new(FreeSet::full(capacity)),
+            waiters: Mutex::new(Vec::new()),
+        })
+    }
+
     fn spot(&self, id: u32) -> &(Mutex<()>, Condvar) {
         &self.spots[id as usize % SPOTS]
     }
@@ -41,6 +116,11 @@ impl Table {
         self.allocation
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        // Every update is one push or remove.
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn check(&self, id: LockId) -> Result<()> {
@@ -53,50 +133,74 @@ impl Table {
             })
         }
     }
+
+    fn who(owner: u64) -> Holder {
+        Holder::with_pid(std::process::id())
+            .host(HOST.as_str())
+            .owner(format!("mem owner {owner}"))
+    }
+
+    /// The snapshot, read while the caller holds the waiter list.
+    fn snapshot_locked(&self, waiters: &[Waiting]) -> Vec<LockState> {
+        let mut by_id: std::collections::BTreeMap<u32, LockState> = Default::default();
+        for (id, state) in self.states.iter().enumerate() {
+            let owner = state.load(Ordering::Acquire) >> 1;
+            if owner != 0 {
+                let since = from_ms(self.since[id].load(Ordering::Relaxed));
+                let holder = Table::who(owner).since(since);
+                by_id.insert(
+                    id as u32,
+                    LockState::new(LockId(id as u32), Some(holder), Vec::new()),
+                );
+            }
+        }
+        for w in waiters {
+            by_id
+                .entry(w.id)
+                .or_insert_with(|| LockState::new(LockId(w.id), None, Vec::new()))
+                .waiters
+                .push(Table::who(w.owner).since(w.since));
+        }
+        by_id.into_values().collect()
+    }
 }
 
 /// An owner of an in-process lock table.
 ///
 /// Cloning a manager gives the same owner; [`MemManager::new_owner`] gives another owner of the
-/// same table.
+/// same table, as does every [`Store::open`] of a named table (`mem:NAME`).
 #[derive(Debug, Clone)]
 pub struct MemManager {
     table: Arc<Table>,
     owner: u64,
+    /// The deadlock timeout in milliseconds, shared with every handle of this owner; 0 is off.
+    deadlock_ms: Arc<AtomicU64>,
 }
 
 impl MemManager {
-    /// A new table of `capacity` locks, all free and unallocated.
+    /// A new anonymous table of `capacity` locks, all free and unallocated.
+    ///
+    /// Only this manager and its [`new_owner`](MemManager::new_owner)s reach it; use
+    /// [`Store::create`] for a table other code in this process opens by name.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] when `capacity` is zero or above [`MAX_CAPACITY`].
     pub fn new(capacity: u32) -> Result<MemManager> {
-        if capacity == 0 || capacity > MAX_CAPACITY {
-            return Err(Error::invalid(format!(
-                "capacity {capacity}: a lock-mem table has 1 to {MAX_CAPACITY} locks"
-            )));
-        }
-        let table = Table {
-            capacity,
-            states: (0..capacity).map(|_| AtomicU64::new(FREE)).collect(),
-            spots: (0..SPOTS)
-                .map(|_| (Mutex::new(()), Condvar::new()))
-                .collect(),
-            allocation: Mutex::new(FreeSet::full(capacity)),
-        };
-        Ok(MemManager {
-            table: Arc::new(table),
+        Ok(MemManager::owner_of(Arc::new(Table::new(capacity)?)))
+    }
+
+    fn owner_of(table: Arc<Table>) -> MemManager {
+        MemManager {
+            table,
             owner: next_owner(),
-        })
+            deadlock_ms: Arc::new(AtomicU64::new(DEFAULT_DEADLOCK_TIMEOUT.as_millis() as u64)),
+        }
     }
 
     /// Another owner of the same table, as another process opening a shared store would be.
     pub fn new_owner(&self) -> MemManager {
-        MemManager {
-            table: Arc::clone(&self.table),
-            owner: next_owner(),
-        }
+        MemManager::owner_of(Arc::clone(&self.table))
     }
 
     fn locker(&self, id: LockId) -> MemLocker {
@@ -104,12 +208,72 @@ impl MemManager {
             table: Arc::clone(&self.table),
             mine: self.owner << 1,
             id: id.get(),
+            deadlock_ms: Arc::clone(&self.deadlock_ms),
         }
     }
 }
 
 fn next_owner() -> u64 {
     NEXT_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Store for MemManager {
+    type Address = str;
+
+    fn address(spec: &StoreSpec) -> Result<String> {
+        match spec {
+            StoreSpec::Mem(name) => Ok(name.clone()),
+            other => Err(wrong_scheme("mem", other)),
+        }
+    }
+
+    fn create(name: &str, capacity: u32) -> Result<MemManager> {
+        let table = Arc::new(Table::new(capacity)?);
+        let mut registry = registry();
+        if registry.contains_key(name) {
+            return Err(Error::AlreadyExists {
+                what: format!("lock-mem table {name:?}"),
+            });
+        }
+        registry.insert(name.to_owned(), Arc::clone(&table));
+        Ok(MemManager::owner_of(table))
+    }
+
+    fn open(name: &str) -> Result<MemManager> {
+        let table = registry()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: format!("lock-mem table {name:?}"),
+            })?;
+        Ok(MemManager::owner_of(table))
+    }
+
+    fn open_or_create(name: &str, capacity: u32) -> Result<(MemManager, bool)> {
+        let mut registry = registry();
+        if let Some(table) = registry.get(name) {
+            if table.capacity != capacity {
+                return Err(Error::incompatible(
+                    format!("lock-mem table {name:?} capacity"),
+                    capacity,
+                    table.capacity,
+                ));
+            }
+            return Ok((MemManager::owner_of(Arc::clone(table)), false));
+        }
+        let table = Arc::new(Table::new(capacity)?);
+        registry.insert(name.to_owned(), Arc::clone(&table));
+        Ok((MemManager::owner_of(table), true))
+    }
+
+    fn remove(name: &str) -> Result<()> {
+        match registry().remove(name) {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound {
+                what: format!("lock-mem table {name:?}"),
+            }),
+        }
+    }
 }
 
 impl Manager for MemManager {
@@ -153,21 +317,36 @@ impl Manager for MemManager {
     }
 
     fn held(&self) -> Result<Vec<HeldLock>> {
-        let pid = std::process::id();
         Ok(self
             .table
-            .states
-            .iter()
-            .enumerate()
-            .filter_map(|(id, state)| {
-                let owner = state.load(Ordering::Acquire) >> 1;
-                (owner != 0).then(|| {
-                    let mut holder = Holder::with_pid(pid);
-                    holder.owner = Some(format!("lock-mem owner {owner}"));
-                    HeldLock::new(LockId(id as u32), Some(holder))
-                })
-            })
+            .snapshot_locked(&[])
+            .into_iter()
+            .map(|l| HeldLock::new(l.id, l.holder))
             .collect())
+    }
+
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        let waiters = self.table.waiters();
+        Ok(self.table.snapshot_locked(&waiters))
+    }
+
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        match self.deadlock_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        // At least 1 ms unless zero: a nonzero timeout below a millisecond must not turn
+        // detection off.
+        let ms = match timeout.as_millis() {
+            0 if timeout.is_zero() => 0,
+            0 => 1,
+            ms => u64::try_from(ms).unwrap_or(u64::MAX),
+        };
+        self.deadlock_ms.store(ms, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -177,7 +356,16 @@ pub struct MemLocker {
     table: Arc<Table>,
     mine: u64, // owner << 1: the state word while this owner holds the lock
     id: u32,
+    deadlock_ms: Arc<AtomicU64>,
 }
+
+/// How a slow-path wait ended.
+enum Waited {
+    Taken,
+    TimedOut,
+}
+
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
 
 impl MemLocker {
     #[inline]
@@ -187,17 +375,79 @@ impl MemLocker {
     }
 
     #[inline]
-    fn try_acquire(&self) -> bool {
-        self.state()
-            .compare_exchange(FREE, self.mine, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+    fn mark_since(&self) {
+        self.table.since[self.id as usize].store(coarse_now_ms(), Ordering::Relaxed);
     }
 
-    /// Sleeps until the lock is taken or `deadline` passes; returns whether it was taken.
+    #[inline]
+    fn try_acquire(&self) -> bool {
+        let taken = self
+            .state()
+            .compare_exchange(FREE, self.mine, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if taken {
+            self.mark_since();
+        }
+        taken
+    }
+
+    /// Records this wait in the table's waiter list; the ticket withdraws it.
     #[cold]
-    fn lock_contended(&self, deadline: Option<Instant>) -> bool {
+    fn publish(&self) -> u64 {
+        let ticket = NEXT_TICKET.fetch_add(1, Ordering::Relaxed);
+        self.table.waiters().push(Waiting {
+            owner: self.mine >> 1,
+            id: self.id,
+            since: SystemTime::now(),
+            ticket,
+        });
+        ticket
+    }
+
+    fn withdraw(waiters: &mut Vec<Waiting>, ticket: u64) {
+        waiters.retain(|w| w.ticket != ticket);
+    }
+
+    /// Checks the wait-for graph under the waiter list's mutex; when this wait closes a cycle,
+    /// withdraws it before the mutex is released and returns the cycle.
+    #[cold]
+    fn check_deadlock(&self, ticket: u64) -> Result<()> {
+        let mut waiters = self.table.waiters();
+        let snapshot = self.table.snapshot_locked(&waiters);
+        let me = format!("mem owner {}", self.mine >> 1);
+        match find_cycle(&snapshot, &me) {
+            Some(cycle) => {
+                MemLocker::withdraw(&mut waiters, ticket);
+                Err(Error::Deadlock { cycle })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Sleeps until the lock is taken or `deadline` passes, checking for a deadlock each time
+    /// the deadlock timeout passes.
+    #[cold]
+    fn lock_contended(&self, deadline: Option<Instant>) -> Result<Waited> {
+        let ticket = self.publish();
+        let result = self.wait(deadline, ticket);
+        if !matches!(result, Err(Error::Deadlock { .. })) {
+            MemLocker::withdraw(&mut self.table.waiters(), ticket);
+        }
+        if matches!(result, Ok(Waited::Taken)) {
+            self.mark_since();
+        }
+        result
+    }
+
+    fn wait(&self, deadline: Option<Instant>, ticket: u64) -> Result<Waited> {
         let state = self.state();
         let (mutex, condvar) = self.table.spot(self.id);
+        let started = Instant::now();
+        let next_check = |from: Instant| match self.deadlock_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => from.checked_add(Duration::from_millis(ms)),
+        };
+        let mut check_at = next_check(started);
         let mut guard = mutex.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let current = state.load(Ordering::Relaxed);
@@ -212,7 +462,7 @@ impl MemLocker {
                     )
                     .is_ok()
                 {
-                    return true;
+                    return Ok(Waited::Taken);
                 }
                 continue;
             }
@@ -228,15 +478,25 @@ impl MemLocker {
             {
                 continue;
             }
-            guard = match deadline {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(Waited::TimedOut);
+            }
+            if let Some(at) = check_at
+                && now >= at
+            {
+                self.check_deadlock(ticket)?;
+                check_at = next_check(now);
+            }
+            let wake_at = match (deadline, check_at) {
+                (Some(d), Some(c)) => Some(d.min(c)),
+                (d, c) => d.or(c),
+            };
+            guard = match wake_at {
                 None => condvar.wait(guard).unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return false;
-                    }
+                Some(at) => {
                     condvar
-                        .wait_timeout(guard, deadline - now)
+                        .wait_timeout(guard, at.saturating_duration_since(now))
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
@@ -260,7 +520,7 @@ impl Locker for MemLocker {
     #[inline]
     fn lock(&self) -> Result<Acquired> {
         if !self.try_acquire() {
-            self.lock_contended(None);
+            self.lock_contended(None)?;
         }
         Ok(Acquired::Clean)
     }
@@ -276,10 +536,9 @@ impl Locker for MemLocker {
         }
         // A timeout too large for Instant is as good as none.
         let deadline = Instant::now().checked_add(timeout);
-        if self.lock_contended(deadline) {
-            Ok(Acquired::Clean)
-        } else {
-            Err(Error::Timeout)
+        match self.lock_contended(deadline)? {
+            Waited::Taken => Ok(Acquired::Clean),
+            Waited::TimedOut => Err(Error::Timeout),
         }
     }
 
@@ -289,9 +548,15 @@ impl Locker for MemLocker {
         match state.compare_exchange(self.mine, FREE, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => Ok(()),
             Err(current) if current == self.mine | WAITERS => {
-                state.store(FREE, Ordering::Release);
-                self.wake();
-                Ok(())
+                // Only this owner's own word is cleared: a CAS, so that two threads of one
+                // owner unlocking at once cannot erase a hold a woken waiter just took.
+                match state.compare_exchange(current, FREE, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => {
+                        self.wake();
+                        Ok(())
+                    }
+                    Err(_) => Err(Error::NotHeld(LockId(self.id))),
+                }
             }
             Err(_) => Err(Error::NotHeld(LockId(self.id))),
         }
@@ -309,6 +574,119 @@ impl Locker for MemLocker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_two_owner_cycle_has_exactly_one_victim() {
+        let a = MemManager::new(2).expect("table");
+        let b = a.new_owner();
+        for m in [&a, &b] {
+            m.set_deadlock_timeout(Duration::from_millis(50))
+                .expect("timeout");
+        }
+        let a0 = a.retrieve(LockId(0)).expect("retrieve");
+        let b1 = b.retrieve(LockId(1)).expect("retrieve");
+        let _ = a0.lock().expect("lock");
+        let _ = b1.lock().expect("lock");
+        let a1 = a.retrieve(LockId(1)).expect("retrieve");
+        let b0 = b.retrieve(LockId(0)).expect("retrieve");
+        let ta = std::thread::spawn(move || {
+            let r = a1.lock();
+            if r.is_err() {
+                a0.unlock().expect("victim releases");
+            } else {
+                a1.unlock().expect("unlock");
+                a0.unlock().expect("unlock");
+            }
+            r
+        });
+        let tb = std::thread::spawn(move || {
+            let r = b0.lock();
+            if r.is_err() {
+                b1.unlock().expect("victim releases");
+            } else {
+                b0.unlock().expect("unlock");
+                b1.unlock().expect("unlock");
+            }
+            r
+        });
+        let results = [ta.join().expect("a"), tb.join().expect("b")];
+        let victims = results
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Deadlock { .. })))
+            .count();
+        assert_eq!(victims, 1, "{results:?}");
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        let Some(Err(Error::Deadlock { cycle })) = results.iter().find(|r| r.is_err()) else {
+            unreachable!()
+        };
+        assert_eq!(cycle.0.len(), 2);
+        assert!(a.snapshot().expect("snapshot").is_empty());
+    }
+
+    #[test]
+    fn waiters_show_in_the_snapshot_and_leave_it() {
+        let a = MemManager::new(1).expect("table");
+        let b = a.new_owner();
+        let lock = a.retrieve(LockId(0)).expect("retrieve");
+        let _ = lock.lock().expect("lock");
+        let waiter = b.retrieve(LockId(0)).expect("retrieve");
+        let t = std::thread::spawn(move || waiter.try_lock_for(Duration::from_secs(20)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let snap = a.snapshot().expect("snapshot");
+            if snap.len() == 1 && snap[0].waiters.len() == 1 {
+                let holder = snap[0].holder.clone().expect("holder");
+                assert_eq!(holder.owner, Some(format!("mem owner {}", a.owner)));
+                assert_eq!(
+                    snap[0].waiters[0].owner,
+                    Some(format!("mem owner {}", b.owner))
+                );
+                assert_eq!(holder.pid, Some(std::process::id()));
+                assert!(holder.since.is_some() && !holder.dead);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the waiter never showed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lock.unlock().expect("unlock");
+        assert_eq!(t.join().expect("join").expect("taken"), Acquired::Clean);
+        let snap = a.snapshot().expect("snapshot");
+        assert_eq!(snap.len(), 1);
+        assert!(snap[0].waiters.is_empty());
+    }
+
+    #[test]
+    fn named_tables_share_state_and_follow_the_lifecycle() {
+        let name = format!("lock-mem-unit-{}", std::process::id());
+        let (a, created) = MemManager::open_or_create(&name, 4).expect("create");
+        assert!(created);
+        let (b, created) = MemManager::open_or_create(&name, 4).expect("open");
+        assert!(!created);
+        assert!(matches!(
+            MemManager::open_or_create(&name, 5),
+            Err(Error::Incompatible { .. })
+        ));
+        assert!(matches!(
+            MemManager::create(&name, 4),
+            Err(Error::AlreadyExists { .. })
+        ));
+        let id = a.allocate().expect("allocate").id();
+        assert_eq!(b.available().expect("available"), Some(3));
+        let _ = a.retrieve(id).expect("retrieve").lock().expect("lock");
+        assert!(matches!(
+            b.retrieve(id).expect("retrieve").unlock(),
+            Err(Error::NotHeld(_))
+        ));
+        MemManager::remove(&name).expect("remove");
+        assert!(matches!(
+            MemManager::open(&name),
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            MemManager::remove(&name),
+            Err(Error::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn bad_capacities_are_invalid_arguments() {
