@@ -111,7 +111,7 @@ pub enum Error {
     },
 
     /// The backend cannot perform this operation (Podman: `ErrNotImplemented`).
-    #[error("{0} is not supported by this backend")]
+    #[error("not supported: {0}")]
     Unsupported(&'static str),
 
     /// Any other operating-system error, with what was being done and to what.
