@@ -2,9 +2,17 @@
 //!
 //! The rule is "stale only when certain": a holder is dead only when it ran on this host, in
 //! this boot and this pid namespace, and its pid is gone (`kill(pid, 0)` fails with `ESRCH`),
-//! is a zombie, or now belongs to a process with another start time (the pid was reused); or
-//! when it ran on this host in another boot. Everything else, including every case where
-//! `/proc` cannot tell, counts as held.
+//! every one of its threads has exited (a zombie), or the pid now belongs to a process with
+//! another start time (the pid was reused); or when it ran on this host in another boot.
+//! Everything else, including every case where `/proc` cannot tell, counts as held.
+//!
+//! A zombie thread-group leader is not a dead process: the main thread may have ended alone
+//! (`SYS_exit`, `pthread_exit` from `main`) while another thread runs on, holding the lock.
+//! `/proc/<pid>/stat` then shows the leader's state, `Z`, but its `num_threads` (field 20,
+//! the kernel's count of the group's tasks not yet released, the zombie leader included) is
+//! above one. A process is dead only when its leader is a zombie and that count is one (or
+//! zero, when the group is being released): only a live task can start another one, so no
+//! thread can appear after that.
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -125,7 +133,8 @@ pub enum HeldBecause {
 pub enum StaleBecause {
     /// No process has the pid (`kill(pid, 0)` fails with `ESRCH`).
     NoSuchProcess,
-    /// The pid belongs to a process that has exited and not yet been reaped.
+    /// The pid belongs to a process all of whose threads have exited, not yet reaped. (A
+    /// zombie main thread alone is not enough: a process with a live thread is alive.)
     Zombie,
     /// The pid belongs to a process with another start time: the holder died, its pid was reused.
     PidReused,
@@ -159,7 +168,7 @@ pub(crate) fn judge(record: &Record, me: &Identity) -> Result<Verdict> {
         return Ok(Verdict::Stale(StaleBecause::NoSuchProcess));
     }
     match read_stat(pid)? {
-        Some(stat) if stat.zombie => Ok(Verdict::Stale(StaleBecause::Zombie)),
+        Some(stat) if stat.all_exited() => Ok(Verdict::Stale(StaleBecause::Zombie)),
         Some(stat) if stat.start_time != record.start_time => {
             Ok(Verdict::Stale(StaleBecause::PidReused))
         }
@@ -187,8 +196,20 @@ fn exists(pid: Pid) -> Result<bool> {
 /// The fields of `/proc/<pid>/stat` that liveness needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProcStat {
-    zombie: bool,
+    /// The thread-group leader (the main thread) has exited: state `Z`, `X` or `x`.
+    leader_exited: bool,
+    /// Field 20: the group's tasks not yet released, the leader included even as a zombie.
+    threads: u64,
+    /// Field 22: start time of the process, in clock ticks after boot.
     start_time: u64,
+}
+
+impl ProcStat {
+    /// Whether every thread of the process has exited: the leader is a zombie and is the only
+    /// task left (a count of zero means the group is being released).
+    fn all_exited(&self) -> bool {
+        self.leader_exited && self.threads <= 1
+    }
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when it does not exist or cannot be read.
@@ -220,7 +241,8 @@ fn libc_esrch() -> i32 {
     rustix::io::Errno::SRCH.raw_os_error()
 }
 
-/// Parses the state (field 3) and start time (field 22) of a `/proc/<pid>/stat` line.
+/// Parses the state (field 3), thread count (field 20) and start time (field 22) of a
+/// `/proc/<pid>/stat` line.
 ///
 /// The command name (field 2) is in parentheses and may itself contain `)` and spaces, so the
 /// fields are counted from the last `)`.
@@ -229,10 +251,12 @@ fn parse_stat(text: &[u8]) -> Option<ProcStat> {
     let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?;
-    // Field 3 was just taken; field 22 is 19 further on.
-    let start_time = fields.nth(18)?.parse().ok()?;
+    // Field 3 was just taken: field 20 is 17 further on, field 22 two after that.
+    let threads = fields.nth(16)?.parse().ok()?;
+    let start_time = fields.nth(1)?.parse().ok()?;
     Some(ProcStat {
-        zombie: matches!(state, "Z" | "X" | "x"),
+        leader_exited: matches!(state, "Z" | "X" | "x"),
+        threads,
         start_time,
     })
 }
@@ -248,12 +272,18 @@ mod tests {
         assert_eq!(
             parse_stat(line),
             Some(ProcStat {
-                zombie: false,
+                leader_exited: false,
+                threads: 1,
                 start_time: 987654
             })
         );
         let zombie = b"7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0\n";
-        assert!(parse_stat(zombie).unwrap().zombie);
+        assert!(parse_stat(zombie).unwrap().all_exited());
+        // The main thread exited alone; two tasks remain (the zombie leader and a live thread).
+        let leader_gone = b"7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 2 0 55 0 0\n";
+        let stat = parse_stat(leader_gone).unwrap();
+        assert!(stat.leader_exited && !stat.all_exited());
+        assert_eq!(stat.start_time, 55);
         assert_eq!(parse_stat(b"7 (x) S 1 2"), None);
         assert_eq!(parse_stat(b"no parenthesis"), None);
     }

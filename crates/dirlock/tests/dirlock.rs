@@ -109,8 +109,73 @@ fn child_role() {
                 }
             }
         },
+        "leader-exits" => leader_exits(dir),
         other => panic!("unknown role {other}"),
     }
+    std::process::exit(0);
+}
+
+/// Takes the lock on a worker thread, then ends the main thread alone with `SYS_exit`: the
+/// thread-group leader becomes a zombie while the worker lives on holding the lock, until stdin
+/// closes (it then unlocks and exits) or the process is killed.
+///
+/// libtest runs the role on a thread of its own, which is the worker here; the main thread,
+/// blocked in libtest, is made to exit by a signal directed at it whose handler calls `SYS_exit`.
+#[allow(
+    unsafe_code,
+    reason = "a signal handler, tgkill and SYS_exit have no safe wrappers"
+)]
+fn leader_exits(dir: &Path) {
+    let pid = rustix::process::getpid();
+    if rustix::thread::gettid() == pid {
+        // Should libtest ever run the role on the main thread: a worker takes the lock, and
+        // this thread exits itself.
+        let dir = dir.to_owned();
+        let (taken, is_taken) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let lock = DirLock::new(&dir).expect("new");
+            let acquired = lock.lock().expect("lock");
+            let _ = taken.send(());
+            hold_until_eof(&lock, acquired);
+        });
+        if is_taken.recv_timeout(PATIENCE).is_ok() {
+            exit_this_thread(0);
+        }
+        say("error the worker did not take the lock");
+        return;
+    }
+    let lock = DirLock::new(dir).expect("new");
+    let acquired = lock.lock().expect("lock");
+    let handler: extern "C" fn(libc::c_int) = exit_this_thread;
+    // SAFETY: the handler only makes the async-signal-safe SYS_exit system call, and nothing
+    // else in this child uses SIGUSR1.
+    let previous = unsafe { libc::signal(libc::SIGUSR1, handler as libc::sighandler_t) };
+    assert_ne!(previous, libc::SIG_ERR, "signal(SIGUSR1)");
+    let raw = libc::pid_t::from(pid.as_raw_nonzero().get());
+    // SAFETY: tgkill(2) with our own pid as thread group and thread id sends SIGUSR1 to the
+    // main thread only; it reads no memory of ours.
+    let sent = unsafe { libc::syscall(libc::SYS_tgkill, raw, raw, libc::SIGUSR1) };
+    assert_eq!(sent, 0, "tgkill(main thread, SIGUSR1)");
+    hold_until_eof(&lock, acquired);
+}
+
+/// Ends the calling thread alone (`SYS_exit`, not `exit_group`); used as a signal handler too.
+#[allow(unsafe_code, reason = "SYS_exit has no safe wrapper")]
+extern "C" fn exit_this_thread(_signal: libc::c_int) {
+    // SAFETY: SYS_exit ends the calling thread only and never returns, so nothing on its stack
+    // is used again; what the thread owns is leaked, never dropped, which is sound. The other
+    // threads keep no reference into this thread's stack (the main thread's stack, the process
+    // stack, stays mapped anyway while the process lives).
+    unsafe {
+        libc::syscall(libc::SYS_exit, 0);
+    }
+}
+
+/// Says how the lock was taken, holds it until stdin closes, then unlocks and ends the process.
+fn hold_until_eof(lock: &DirLock, acquired: Acquired) -> ! {
+    say(word(acquired));
+    wait_for_eof();
+    lock.unlock().expect("unlock");
     std::process::exit(0);
 }
 
@@ -207,6 +272,28 @@ fn dead_pid(dir: &Path, work: &Path) -> u32 {
     let pid = kid.pid();
     kid.sigkill().expect("kill and reap the sleeper");
     pid
+}
+
+/// Waits at most [`PATIENCE`] for `check` to hold; whether it did.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The state letter (field 3) of `/proc/<pid>/stat`, from the thread-group leader; `None` when
+/// the process is gone.
+fn leader_state(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 fn is_corrupt<T: std::fmt::Debug>(r: dirlock::lock_api::Result<T>) -> bool {
@@ -547,6 +634,56 @@ fn eperm_is_alive_and_unwritable_directory_is_refused() {
     );
     let _ = judge.wait(PATIENCE);
     assert_entries(locked.path(), &[], "unwritable directory");
+}
+
+/// A holder whose main thread has exited while another of its threads holds the lock is alive:
+/// `/proc/<pid>/stat` shows the leader as a zombie, but a process is dead only when none of its
+/// threads lives. Once the whole process is killed, the lock is taken over with `OwnerDied`.
+#[test]
+fn holder_whose_main_thread_exited_is_alive() {
+    let me = me();
+    let work = work_dir();
+    let dir = lock_dir();
+    let mut kid = spawn("leader-exits", dir.path(), work.path(), 0, None);
+    assert_eq!(kid.next_line(PATIENCE).expect("holder"), "clean");
+    let pid = kid.pid();
+    assert!(
+        eventually(|| leader_state(pid).as_deref() == Some("Z")),
+        "the holder's main thread did not exit: {:?}",
+        leader_state(pid)
+    );
+    let lock = DirLock::new(dir.path()).expect("new");
+    let (holder, verdict) = lock.status().expect("status").expect("held");
+    assert_eq!(holder.pid, pid);
+    assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
+    assert_eq!(lock.try_acquire().expect("try"), None, "a double hold");
+    assert!(matches!(
+        lock.lock_timeout(Duration::from_millis(100)),
+        Err(Error::Timeout)
+    ));
+    // A version-1 record, which has only the pid and the start time to go by, says the same.
+    let old = lock_dir();
+    write_level(old.path(), 0, &record(&me, pid, start_time(pid)));
+    let old_lock = DirLock::new(old.path()).expect("new");
+    let (_, verdict) = old_lock.status().expect("status").expect("held");
+    assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
+    assert_eq!(old_lock.try_acquire().expect("try"), None, "a double hold");
+    // The whole process dies (not reaped yet: every task a zombie, then gone).
+    kid.signal(rustix::process::Signal::KILL)
+        .expect("kill the holder");
+    assert_eq!(
+        lock.lock_timeout(PATIENCE).expect("take over"),
+        Acquired::OwnerDied
+    );
+    assert_eq!(
+        old_lock.lock_timeout(PATIENCE).expect("take over"),
+        Acquired::OwnerDied
+    );
+    kid.wait(PATIENCE).expect("reap the holder");
+    lock.unlock().expect("unlock");
+    old_lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "after unlock");
+    assert_entries(old.path(), &[], "after unlock");
 }
 
 // ---------------------------------------------------------------------------------------------
