@@ -64,28 +64,49 @@ impl Marker {
         text
     }
 
+    /// Whether `text` is a marker of ours, of any version: its first line is exactly
+    /// [`MARKER_MAGIC`], ended by a line feed.
+    ///
+    /// This is the one test of "this directory is a store" that open and remove share. Lines end
+    /// with LF alone, as `render` writes them: a carriage return is part of the line, so a marker
+    /// rewritten with CRLF line ends is not recognised (lockyard never wrote it).
+    pub(crate) fn is_ours(text: &[u8]) -> bool {
+        text.strip_prefix(MARKER_MAGIC.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'\n'))
+    }
+
+    /// The error for a marker at `path` that [`is_ours`](Marker::is_ours) refused: `Incompatible`,
+    /// quoting its first line.
+    pub(crate) fn foreign(text: &[u8], path: &Path) -> Error {
+        let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let found = match std::str::from_utf8(first) {
+            Ok(line) => format!("{:?}", truncate(line, 60)),
+            Err(_) => "binary content".to_string(),
+        };
+        Error::incompatible(
+            format!("marker {}", path.display()),
+            format!("first line {MARKER_MAGIC:?} ended by a line feed"),
+            found,
+        )
+    }
+
     /// Parses a marker file's text; `path` is the marker file, named in errors.
     ///
-    /// The magic line is checked first (another file: `Incompatible`), then the version (another
-    /// version: `Incompatible`, whatever follows), then the rest (`Corrupt` when unparsable).
+    /// The magic line is checked first ([`is_ours`](Marker::is_ours); another file:
+    /// `Incompatible`), then the version (another version: `Incompatible`, whatever follows),
+    /// then the rest (`Corrupt` when unparsable). Lines end with LF alone.
     pub(crate) fn parse(text: &[u8], path: &Path) -> Result<Marker> {
         let where_ = path.display();
-        let text = std::str::from_utf8(text).map_err(|_| {
-            Error::incompatible(
-                format!("marker {where_}"),
-                format!("a {MARKER_MAGIC:?} marker"),
-                "binary content",
-            )
-        })?;
-        let mut lines = text.lines();
-        let magic = lines.next().unwrap_or("");
-        if magic != MARKER_MAGIC {
-            return Err(Error::incompatible(
-                format!("marker {where_}"),
-                format!("first line {MARKER_MAGIC:?}"),
-                format!("{:?}", truncate(magic, 60)),
-            ));
+        if !Marker::is_ours(text) {
+            return Err(Marker::foreign(text, path));
         }
+        let text = std::str::from_utf8(text).map_err(|_| {
+            Error::corrupt(format!(
+                "marker {where_}: binary content after the first line"
+            ))
+        })?;
+        // Not `lines()`, which would also strip a carriage return: see `is_ours`.
+        let mut lines = text.split('\n').skip(1);
         let version = field(lines.next(), "format", path)?;
         let version: u32 = version.parse().map_err(|_| {
             Error::corrupt(format!(
@@ -305,6 +326,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn lines_end_with_lf_alone() {
+        let crlf = format!("{MARKER_MAGIC}\r\nformat 1\r\ncapacity 8\r\nowner-death on\r\n");
+        assert!(!Marker::is_ours(crlf.as_bytes()));
+        assert!(matches!(
+            Marker::parse(crlf.as_bytes(), p()),
+            Err(Error::Incompatible { .. })
+        ));
+        let later = format!("{MARKER_MAGIC}\nformat 1\r\ncapacity 8\nowner-death on\n");
+        assert!(Marker::is_ours(later.as_bytes()));
+        assert!(matches!(
+            Marker::parse(later.as_bytes(), p()),
+            Err(Error::Corrupt { .. })
+        ));
+        for text in [MARKER_MAGIC.to_string(), format!("{MARKER_MAGIC} \n")] {
+            assert!(!Marker::is_ours(text.as_bytes()), "{text:?}");
+        }
+        let good = Marker {
+            capacity: 8,
+            owner_death: false,
+        }
+        .render();
+        assert!(Marker::is_ours(good.as_bytes()));
+        let binary_after = [format!("{MARKER_MAGIC}\n").as_bytes(), b"\xff\n"].concat();
+        assert!(matches!(
+            Marker::parse(&binary_after, p()),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

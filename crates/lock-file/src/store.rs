@@ -7,10 +7,13 @@
 //!   open leaves a damaged or foreign directory exactly as it was.
 //! - `remove` renames the store out of the way (so openers see `NotFound` at once) and then
 //!   deletes it, and refuses a directory that is not a store.
+//! - Both decide what is a store by one function, `identify` (create opens what it made, so it
+//!   goes through it too): they never disagree about a path.
 //!
-//! Files inside the store are opened relative to the store's directory descriptor with
-//! `O_NOFOLLOW`, and their type is checked, so a lock file replaced by a symlink or a directory
-//! is an error, never followed.
+//! The store directory itself and the files inside it are opened with `O_NOFOLLOW` (files
+//! relative to the store's directory descriptor), and their type is checked, so a symlinked
+//! store path, or a lock file replaced by a symlink or a directory, is an error, never followed.
+//! Only the directories above the store are reached through symlinks.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -26,7 +29,7 @@ use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::format::{
-    LOCKS_DIR, Layout, MARKER_FILE, MARKER_MAGIC, MARKER_MAX_LEN, MAX_CAPACITY, Marker, TABLE_FILE,
+    LOCKS_DIR, Layout, MARKER_FILE, MARKER_MAX_LEN, MAX_CAPACITY, Marker, TABLE_FILE,
 };
 use crate::table::Table;
 
@@ -152,7 +155,8 @@ pub(crate) fn lock_name(id: u32) -> OsString {
 /// # Errors
 ///
 /// `InvalidArgument` for a capacity outside `1..=MAX_CAPACITY` or a bad path; `AlreadyExists` when
-/// anything is at `path`; `Io` for OS errors (the temporary directory is removed then).
+/// anything is at `path` (a symlink too, even a dangling one); `Io` for OS errors, a missing
+/// parent included (the temporary directory is removed then).
 pub(crate) fn create(path: &Path, marker: Marker) -> Result<Store> {
     if marker.capacity == 0 || marker.capacity > MAX_CAPACITY {
         return Err(Error::invalid(format!(
@@ -160,8 +164,11 @@ pub(crate) fn create(path: &Path, marker: Marker) -> Result<Store> {
             marker.capacity
         )));
     }
-    let (parent_path, name) = split(path)?;
-    let parent = open_dir(CWD, &parent_path, parent_path.as_os_str(), true)?;
+    let Location {
+        parent_path,
+        parent,
+        name,
+    } = locate(path)?;
     let exists = || Error::AlreadyExists {
         what: format!("lock-file store {}", path.display()),
     };
@@ -240,13 +247,96 @@ fn build(parent: &OwnedFd, temp: &OsStr, temp_path: &Path, marker: Marker) -> Re
     rustix::fs::fsync(&dir).map_err(|e| io("fsync", temp_path, e))
 }
 
-/// Reads and parses the marker of the store directory `dir` at `path`.
+/// Where a store lives: its parent directory, opened, and its name there.
+#[derive(Debug)]
+struct Location {
+    parent_path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
+}
+
+/// Refuses a store path that does not end in a plain name, and opens its parent directory.
 ///
-/// A missing marker means the directory is not a store: `Incompatible`.
-fn read_marker(dir: &OwnedFd, path: &Path) -> Result<Marker> {
+/// Symlinks up to the parent are followed: reaching a store through a symlinked directory
+/// (`/var/run` is one on many systems) is ordinary. The store's own name is never followed.
+fn locate(path: &Path) -> Result<Location> {
+    let (parent_path, name) = split(path)?;
+    let parent = open_dir(CWD, &parent_path, parent_path.as_os_str(), true)?;
+    Ok(Location {
+        parent_path,
+        parent,
+        name,
+    })
+}
+
+/// A directory that [`identify`] found to be a lockyard lock-file store, of some version.
+#[derive(Debug)]
+struct Identified {
+    location: Location,
+    dir: OwnedFd,
+    /// The marker's bytes: the first line is the magic, the rest is not checked yet.
+    marker: Vec<u8>,
+    marker_path: PathBuf,
+}
+
+/// The one rule by which `open` (and so `create` and `open_or_create`, which open what they
+/// made or found) and `remove` decide that `path` is a lock-file store:
+///
+/// 1. `path` holds no NUL and ends in a plain name (`InvalidArgument`);
+/// 2. its parent directory exists (`NotFound` if not) and is reached following symlinks;
+/// 3. the store directory is opened with `O_NOFOLLOW`: nothing there is `NotFound`; a symbolic
+///    link (whatever it points to, even a store) or anything but a directory is `Incompatible`;
+/// 4. its marker is a regular file (a symlink or a directory there is `Corrupt`, as for every
+///    file inside a store) of at most `MARKER_MAX_LEN` bytes whose first line is exactly the
+///    magic ended by LF ([`Marker::is_ours`]); no marker, a larger one or another first line
+///    (CRLF included) is `Incompatible`: the directory is not a store.
+///
+/// What follows differs on purpose: `open` parses the rest of the marker and checks the table
+/// and refuses another version; `remove` deletes a store of any version or a damaged one.
+fn identify(path: &Path) -> Result<Identified> {
+    let not_found = || Error::NotFound {
+        what: format!("lock-file store {}", path.display()),
+    };
+    let location = match locate(path) {
+        Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Err(not_found());
+        }
+        other => other?,
+    };
+    let dir = rustix::fs::openat(
+        &location.parent,
+        &location.name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT => not_found(),
+        // O_NOFOLLOW | O_DIRECTORY on a symlink is ENOTDIR on Linux, ELOOP elsewhere.
+        Errno::NOTDIR | Errno::LOOP => {
+            let symlink = rustix::fs::statat(
+                &location.parent,
+                &location.name,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| {
+                rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+            });
+            Error::incompatible(
+                format!("lock-file store {}", path.display()),
+                "a directory (not a symbolic link to one)",
+                if symlink {
+                    "a symbolic link"
+                } else {
+                    "a file that is not a directory"
+                },
+            )
+        }
+        e => io("open", path, e),
+    })?;
+
     let marker_path = path.join(MARKER_FILE);
-    let mut file = match open_file(dir, &marker_path, OsStr::new(MARKER_FILE), false) {
-        Err(Error::Corrupt { .. }) if !exists_at(dir, MARKER_FILE) => {
+    let mut file = match open_file(&dir, &marker_path, OsStr::new(MARKER_FILE), false) {
+        Err(Error::Corrupt { .. }) if !exists_at(&dir, MARKER_FILE) => {
             return Err(Error::incompatible(
                 format!("directory {}", path.display()),
                 format!("a lockyard lock-file store (a {MARKER_FILE} file)"),
@@ -255,19 +345,27 @@ fn read_marker(dir: &OwnedFd, path: &Path) -> Result<Marker> {
         }
         other => other?,
     };
-    let mut text = Vec::new();
+    let mut marker = Vec::new();
     (&mut file)
         .take(MARKER_MAX_LEN + 1)
-        .read_to_end(&mut text)
+        .read_to_end(&mut marker)
         .map_err(|e| Error::io("read", &marker_path, e))?;
-    if text.len() as u64 > MARKER_MAX_LEN {
+    if marker.len() as u64 > MARKER_MAX_LEN {
         return Err(Error::incompatible(
             format!("marker {}", marker_path.display()),
             format!("at most {MARKER_MAX_LEN} bytes"),
             "a larger file",
         ));
     }
-    Marker::parse(&text, &marker_path)
+    if !Marker::is_ours(&marker) {
+        return Err(Marker::foreign(&marker, &marker_path));
+    }
+    Ok(Identified {
+        location,
+        dir,
+        marker,
+        marker_path,
+    })
 }
 
 /// Whether anything (even a dangling symlink) is at `rel` in `dir`.
@@ -282,28 +380,13 @@ fn exists_at(dir: &OwnedFd, rel: &str) -> bool {
 ///
 /// # Errors
 ///
-/// `NotFound` when nothing is at `path`; `Incompatible` when it is not a store or of another
-/// format version; `Corrupt` when it is damaged; `Io` for OS errors such as `EACCES`.
+/// As for [`identify`]; then `Incompatible` for another format version; `Corrupt` when the
+/// marker's fields, the `locks` directory or the table are damaged; `Io` for OS errors such as
+/// `EACCES`.
 pub(crate) fn open(path: &Path) -> Result<Store> {
-    check_nul(path)?;
-    let dir = rustix::fs::openat(
-        CWD,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::NOENT => Error::NotFound {
-            what: format!("lock-file store {}", path.display()),
-        },
-        Errno::NOTDIR => Error::incompatible(
-            format!("lock-file store {}", path.display()),
-            "a directory",
-            "a file that is not a directory",
-        ),
-        e => io("open", path, e),
-    })?;
-    let marker = read_marker(&dir, path)?;
+    let found = identify(path)?;
+    let marker = Marker::parse(&found.marker, &found.marker_path)?;
+    let dir = found.dir;
     let layout = Layout::new(marker.capacity);
     let locks_path = path.join(LOCKS_DIR);
     let locks_dir =
@@ -329,56 +412,19 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
 ///
 /// # Errors
 ///
-/// `NotFound` when nothing is there; `Incompatible` when it is not a lockyard lock-file store
-/// (of any version): nothing is deleted then; `Io` for OS errors.
+/// As for [`identify`]: `NotFound` when nothing is there; `Incompatible` when it is not a
+/// lockyard lock-file store (of any version) or is a symlink; `Corrupt` when its marker is a
+/// symlink or a directory. Nothing is deleted then. `Io` for OS errors.
 pub(crate) fn remove(path: &Path) -> Result<()> {
-    let (parent_path, name) = split(path)?;
-    let parent = open_dir(CWD, &parent_path, parent_path.as_os_str(), true)?;
-    let dir = match rustix::fs::openat(
-        &parent,
-        &name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(dir) => dir,
-        Err(Errno::NOENT) => {
-            return Err(Error::NotFound {
-                what: format!("lock-file store {}", path.display()),
-            });
-        }
-        Err(Errno::NOTDIR | Errno::LOOP) => {
-            return Err(Error::incompatible(
-                format!("lock-file store {}", path.display()),
-                "a directory",
-                "a file or a symbolic link",
-            ));
-        }
-        Err(e) => return Err(io("open", path, e)),
-    };
-    // Any version of our marker will do: removing a store of a newer format is legitimate, but
-    // a directory that is not a store at all is never deleted.
-    let marker_path = path.join(MARKER_FILE);
-    let mut head = [0u8; MARKER_MAGIC.len() + 1];
-    let ours = match open_file(&dir, &marker_path, OsStr::new(MARKER_FILE), false) {
-        Ok(file) => {
-            let n = file
-                .read_at(&mut head, 0)
-                .map_err(|e| Error::io("read", &marker_path, e))?;
-            n == head.len()
-                && head[..MARKER_MAGIC.len()] == *MARKER_MAGIC.as_bytes()
-                && head[n - 1] == b'\n'
-        }
-        Err(Error::Io { source, .. }) => return Err(Error::io("open", &marker_path, source)),
-        Err(_) => false,
-    };
-    if !ours {
-        return Err(Error::incompatible(
-            format!("directory {}", path.display()),
-            "a lockyard lock-file store",
-            format!("no valid {MARKER_FILE} file: refusing to remove it"),
-        ));
-    }
+    // Any version of our marker will do, and so will a damaged store of ours: removing a store
+    // of a newer format is legitimate, but a directory that is not a store is never deleted.
+    let Identified { location, dir, .. } = identify(path)?;
     drop(dir);
+    let Location {
+        parent_path,
+        parent,
+        name,
+    } = location;
     let doomed = temp_name(&name, "removed");
     let doomed_path = parent_path.join(&doomed);
     rustix::fs::renameat_with(&parent, &name, &parent, &doomed, RenameFlags::NOREPLACE).map_err(

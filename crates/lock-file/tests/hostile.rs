@@ -443,3 +443,74 @@ fn remove_then_open_is_not_found_and_create_works_again() {
     assert!(created);
     assert_eq!(fresh.available().expect("available"), Some(4));
 }
+
+/// The store path itself must not be a symbolic link, for every entry point alike (files inside
+/// the store are never followed either); symlinks higher up the path are followed.
+#[test]
+fn a_symlinked_store_path_is_refused_by_open_and_remove_alike() {
+    let (root, path) = fresh(8);
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&path, &link).expect("symlink");
+    let dangling = root.path().join("dangling");
+    std::os::unix::fs::symlink(root.path().join("nothing"), &dangling).expect("symlink");
+    let before = snapshot(root.path());
+    let with_slash = PathBuf::from(format!("{}/", link.display()));
+    for (at, named) in [(&link, &link), (&dangling, &dangling), (&with_slash, &link)] {
+        assert_err(FileManager::open(at), incompatible, named);
+        assert_err(StoreOptions::new(8).open(at), incompatible, named);
+        assert_err(StoreOptions::new(8).open_or_create(at), incompatible, named);
+        assert_err(FileManager::remove(at), incompatible, named);
+        assert!(matches!(
+            FileManager::create(at, 8),
+            Err(Error::AlreadyExists { .. })
+        ));
+    }
+    assert_eq!(
+        snapshot(root.path()),
+        before,
+        "a refused call changed something"
+    );
+    // A symlink above the store is an ordinary way to reach it.
+    let alias = root.path().join("alias");
+    std::os::unix::fs::symlink(root.path(), &alias).expect("symlink");
+    let through = alias.join("store");
+    drop(FileManager::open(&through).expect("open through a symlinked parent"));
+    FileManager::remove(&through).expect("remove through a symlinked parent");
+    assert!(!path.exists());
+}
+
+/// A marker is identified by the same exact bytes everywhere: lines end with LF alone, so a
+/// marker whose magic line ends in CRLF is not a store to open, open_or_create or remove, and
+/// CRLF further down makes a store of ours that open refuses as damaged and remove deletes.
+#[test]
+fn a_crlf_marker_is_judged_alike_by_open_and_remove() {
+    let (root, path) = fresh(8);
+    let marker = path.join(lock_file::MARKER_FILE);
+    std::fs::write(
+        &marker,
+        "lockyard lock-file store\r\nformat 1\r\ncapacity 8\r\nowner-death on\r\n",
+    )
+    .expect("write");
+    let before = snapshot(root.path());
+    assert_err(FileManager::open(&path), incompatible, &path);
+    assert_err(
+        StoreOptions::new(8).open_or_create(&path),
+        incompatible,
+        &path,
+    );
+    assert_err(FileManager::remove(&path), incompatible, &path);
+    assert_eq!(
+        snapshot(root.path()),
+        before,
+        "a refused call changed something"
+    );
+
+    std::fs::write(
+        &marker,
+        "lockyard lock-file store\nformat 1\r\ncapacity 8\r\nowner-death on\r\n",
+    )
+    .expect("write");
+    assert_err(FileManager::open(&path), corrupt, &marker);
+    FileManager::remove(&path).expect("remove a damaged store of ours");
+    assert!(!path.exists());
+}
