@@ -53,31 +53,47 @@ impl<'a> Bitmap<'a> {
         if left >= 64 { !0 } else { (1u64 << left) - 1 }
     }
 
-    /// Marks the lowest free id allocated and returns it, or `None` when every id is taken.
-    pub(crate) fn allocate_lowest(&self) -> Option<u32> {
-        for (w, summary) in self.summary.iter().enumerate() {
-            let mut candidates = !load(summary, Ordering::Acquire) & self.summary_mask(w);
+    /// The lowest free id at or above `from`, or `None`. Marks nothing: the caller `set`s the
+    /// id it takes (allocation first checks the id's lock file, see `Manager::allocate`).
+    ///
+    /// Full leaves under a clear summary bit (a process died between the two stores) are
+    /// repaired on the way.
+    pub(crate) fn lowest_free(&self, from: u32) -> Option<u32> {
+        if from >= self.capacity {
+            return None;
+        }
+        let first_leaf = from as usize / 64;
+        for w in first_leaf / 64..self.summary.len() {
+            let mut candidates = !load(&self.summary[w], Ordering::Acquire) & self.summary_mask(w);
+            if w == first_leaf / 64 {
+                candidates &= !0u64 << (first_leaf % 64);
+            }
             while candidates != 0 {
                 let leaf = w * 64 + candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
-                let mask = self.leaf_mask(leaf);
-                let word = load(&self.leaves[leaf], Ordering::Acquire);
-                let free = !word & mask;
+                let mut free = !load(&self.leaves[leaf], Ordering::Acquire) & self.leaf_mask(leaf);
                 if free == 0 {
                     // A stale hint (a process died between the two stores): repair it.
                     self.mark_full(leaf, true);
                     continue;
                 }
-                let bit = free.trailing_zeros();
-                let now = word | 1 << bit;
-                store(&self.leaves[leaf], now, Ordering::Release);
-                if !now & mask == 0 {
-                    self.mark_full(leaf, true);
+                if leaf == first_leaf {
+                    free &= !0u64 << (from % 64);
+                    if free == 0 {
+                        continue;
+                    }
                 }
-                return Some(leaf as u32 * 64 + bit);
+                return Some(leaf as u32 * 64 + free.trailing_zeros());
             }
         }
         None
+    }
+
+    /// Marks the lowest free id allocated and returns it, or `None` when every id is taken.
+    #[cfg(test)]
+    pub(crate) fn allocate_lowest(&self) -> Option<u32> {
+        let id = self.lowest_free(0)?;
+        self.set(id).then_some(id)
     }
 
     /// Marks `id` allocated; returns false when it already was. `id < capacity`.
@@ -127,11 +143,23 @@ impl<'a> Bitmap<'a> {
     }
 
     /// The number of allocated ids.
+    #[cfg(test)]
     pub(crate) fn count_allocated(&self) -> u32 {
         self.leaves
             .iter()
             .enumerate()
             .map(|(l, w)| (load(w, Ordering::Acquire) & self.leaf_mask(l)).count_ones())
+            .sum()
+    }
+
+    /// The number of free ids whose bit is set in `usable` (one bit per id, laid out like the
+    /// leaves; missing words count as zero).
+    pub(crate) fn count_free_in(&self, usable: &[u64]) -> u32 {
+        self.leaves
+            .iter()
+            .zip(usable)
+            .enumerate()
+            .map(|(l, (w, u))| (!load(w, Ordering::Acquire) & u & self.leaf_mask(l)).count_ones())
             .sum()
     }
 
@@ -211,6 +239,45 @@ mod tests {
         b.clear_all();
         assert_eq!(b.count_allocated(), 0);
         assert_eq!(b.allocate_lowest(), Some(0));
+    }
+
+    #[test]
+    fn lowest_free_from_skips_what_lies_below() {
+        let t = Owned::new(5000);
+        let b = t.bitmap();
+        assert_eq!(b.lowest_free(0), Some(0));
+        assert_eq!(b.lowest_free(3), Some(3));
+        assert_eq!(b.lowest_free(4999), Some(4999));
+        assert_eq!(b.lowest_free(5000), None);
+        assert_eq!(b.lowest_free(u32::MAX), None);
+        for id in 0..4200 {
+            assert!(b.set(id));
+        }
+        // Across a full summary word and within a leaf.
+        for from in [0, 63, 64, 4095, 4096, 4199, 4200] {
+            assert_eq!(b.lowest_free(from), Some(4200), "from {from}");
+        }
+        assert!(b.clear(70));
+        assert_eq!(b.lowest_free(0), Some(70));
+        assert_eq!(b.lowest_free(70), Some(70));
+        assert_eq!(b.lowest_free(71), Some(4200));
+        assert!(b.set(4201));
+        assert_eq!(b.lowest_free(4201), Some(4202));
+        // Nothing was marked by looking.
+        assert_eq!(b.count_allocated(), 4200);
+    }
+
+    #[test]
+    fn free_ids_are_counted_only_where_usable() {
+        let t = Owned::new(130);
+        let b = t.bitmap();
+        for id in [0, 1, 64, 129] {
+            assert!(b.set(id));
+        }
+        assert_eq!(b.count_free_in(&[!0, !0, !0]), 126);
+        // Bits beyond the capacity never count; a missing word counts as unusable.
+        assert_eq!(b.count_free_in(&[0b1110, 0, !0]), 3);
+        assert_eq!(b.count_free_in(&[!0]), 62);
     }
 
     #[test]

@@ -337,19 +337,58 @@ impl FileManager {
 impl Manager for FileManager {
     type Locker = FileLocker;
 
+    /// The lowest free id whose lock file opens.
+    ///
+    /// A free id whose lock file is damaged (missing, or a directory, a symlink or anything but a
+    /// regular file in its place: `Corrupt`) is skipped and left free, so the damage costs that
+    /// one lock and nothing else: allocation goes on with the next healthy id. Handing the
+    /// damaged id out instead would give the caller (a container, say) a lock that fails on
+    /// every use, for as long as the store lives; skipping gives it a working lock, and leaving
+    /// the id free rather than marking it taken loses nothing: once the file is repaired, the id
+    /// is allocatable again. `available` counts exactly the ids this can hand out.
+    ///
+    /// The lock file is opened under the allocation lock, before the id is marked, so a
+    /// damaged id is never allocated, not even for a moment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Exhausted`] when every id is allocated; [`Error::Corrupt`] naming the lowest
+    /// damaged lock file when every free id has a damaged one; [`Error::Io`] when a lock file
+    /// cannot be opened for another reason (permissions, too many open files): that is not
+    /// damage to one file, so nothing is skipped and nothing allocated.
     fn allocate(&self) -> Result<FileLocker> {
-        let id = self
-            .shared
-            .with_bitmap(|b| b.allocate_lowest())?
-            .ok_or(Error::Exhausted {
-                capacity: self.capacity,
-            })?;
-        self.shared.locker(id).inspect_err(|_| {
-            // The lock file is unusable (damaged store): give the id back rather than leak
-            // it. The lock file's error is the one to report; if this fails too, the table
-            // itself is failing and the next call on it says so.
-            let _ = self.shared.with_bitmap(|b| b.clear(id));
-        })
+        let shared = &self.shared;
+        shared.with_bitmap(|b| {
+            let mut from = 0;
+            let mut damaged = None;
+            while let Some(id) = b.lowest_free(from) {
+                // `id < capacity <= MAX_CAPACITY`: no overflow.
+                from = id + 1;
+                match shared.locker(id) {
+                    // `set` cannot fail here (the bit was clear under this same lock) unless
+                    // another process scribbled on the table: then look further.
+                    Ok(locker) => {
+                        if b.set(id) {
+                            return Ok(locker);
+                        }
+                    }
+                    Err(Error::Corrupt { what }) => {
+                        damaged.get_or_insert(what);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(match damaged {
+                None => Error::Exhausted {
+                    capacity: self.capacity,
+                },
+                Some(what) => Error::corrupt(format!(
+                    "lock-file store {}: no lock can be allocated, every free id has a damaged \
+                     lock file; the lowest: {what}",
+                    self.path().display()
+                )),
+            })
+        })?
     }
 
     fn retrieve(&self, id: LockId) -> Result<FileLocker> {
@@ -375,9 +414,17 @@ impl Manager for FileManager {
         Some(self.capacity)
     }
 
+    /// The number of ids [`allocate`](Manager::allocate) can still hand out: free ids whose lock
+    /// file is healthy (see `allocate`).
+    ///
+    /// Reads the `locks` directory once (`getdents(2)`, no `open` per lock), so it costs time
+    /// in proportion to the capacity, as `held` does.
     fn available(&self) -> Result<Option<u32>> {
-        let taken = self.shared.with_bitmap(|b| b.count_allocated())?;
-        Ok(Some(self.capacity - taken.min(self.capacity)))
+        let store = &self.shared.store;
+        let healthy =
+            store::healthy_lock_files(&store.locks_dir, &store.locks_path, self.capacity)?;
+        let free = self.shared.with_bitmap(|b| b.count_free_in(&healthy))?;
+        Ok(Some(free))
     }
 
     /// Every held lock with its holder's pid and acquisition time.

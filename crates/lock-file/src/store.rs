@@ -150,6 +150,60 @@ pub(crate) fn lock_name(id: u32) -> OsString {
     OsString::from(id.to_string())
 }
 
+/// The ids below `capacity` whose lock file in the `locks` directory `dir` at `path` is healthy,
+/// as a bitset laid out like the allocation leaves (bit `id % 64` of word `id / 64`).
+///
+/// Healthy means what [`open_file`] requires of a lock file: a regular file, not followed
+/// through a symlink. One pass of `getdents(2)` reads the types the directory records, so this
+/// costs no `open` per id; an entry of unknown type (some filesystems do not record it) is
+/// checked with `fstatat(2)`. A missing file, a directory or a symlink in its place, or an entry
+/// whose name is not an id written as `lock_name` writes it, leaves its bit clear.
+pub(crate) fn healthy_lock_files(dir: &OwnedFd, path: &Path, capacity: u32) -> Result<Vec<u64>> {
+    use rustix::fs::FileType;
+    let mut healthy = vec![0u64; (capacity as usize).div_ceil(64)];
+    let entries = rustix::fs::Dir::read_from(dir).map_err(|e| io("open", path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io("getdents", path, e))?;
+        let Some(id) = parse_lock_name(entry.file_name().to_bytes()).filter(|&id| id < capacity)
+        else {
+            continue;
+        };
+        let regular = match entry.file_type() {
+            FileType::RegularFile => true,
+            FileType::Unknown => {
+                match rustix::fs::statat(
+                    dir,
+                    entry.file_name(),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                ) {
+                    Ok(st) => FileType::from_raw_mode(st.st_mode) == FileType::RegularFile,
+                    // Gone since it was listed: as good as missing.
+                    Err(Errno::NOENT) => false,
+                    Err(e) => return Err(io("stat", &path.join(lock_name(id)), e)),
+                }
+            }
+            _ => false,
+        };
+        if regular {
+            healthy[id as usize / 64] |= 1 << (id % 64);
+        }
+    }
+    Ok(healthy)
+}
+
+/// The id a lock file's name stands for, if it is one written as [`lock_name`] writes it:
+/// decimal digits without a leading zero (so `03` is not lock 3's file).
+fn parse_lock_name(name: &[u8]) -> Option<u32> {
+    let canonical = !name.is_empty()
+        && name.len() <= 10
+        && name.iter().all(u8::is_ascii_digit)
+        && (name[0] != b'0' || name.len() == 1);
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
 /// Creates a store of `marker.capacity` locks at `path`.
 ///
 /// # Errors
@@ -441,6 +495,27 @@ pub(crate) fn remove(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_canonical_lock_names_are_ids() {
+        for id in [0, 7, 10, 1 << 20, u32::MAX] {
+            assert_eq!(parse_lock_name(lock_name(id).as_bytes()), Some(id));
+        }
+        for bad in [
+            "",
+            "03",
+            "00",
+            "-1",
+            "+1",
+            "1a",
+            " 1",
+            "4294967296",
+            "99999999999",
+            ".",
+        ] {
+            assert_eq!(parse_lock_name(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn split_refuses_paths_without_a_final_name() {

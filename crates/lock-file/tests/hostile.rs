@@ -270,22 +270,106 @@ fn a_lock_file_replaced_by_a_directory_a_symlink_or_nothing_is_corrupt() {
             &lock(id),
         );
     }
-    // The refused allocate_and_retrieve calls allocated nothing; healthy ids still work.
-    assert_eq!(manager.available().expect("available"), Some(8));
+    // The refused allocate_and_retrieve calls allocated nothing: the four healthy ids are
+    // exactly what allocation can still hand out. Healthy ids still work.
+    assert_eq!(manager.available().expect("available"), Some(4));
+    assert!(matches!(
+        manager.retrieve(LockId(0)).expect("retrieve").free(),
+        Err(Error::NotAllocated(LockId(0)))
+    ));
     let ok = manager.retrieve(LockId(5)).expect("retrieve");
     let _ = ok.lock().expect("lock");
     ok.unlock().expect("unlock");
     assert_eq!(std::fs::read(&outside).expect("read"), b"keep me");
 }
 
+/// Damage to one lock's file costs that lock only: allocation hands out every healthy id
+/// around it, `available` counts exactly what allocation can hand out, operations on the
+/// damaged id are `Corrupt` naming its file, and a repaired file makes its id allocatable again.
 #[test]
-fn allocating_a_damaged_lock_reports_it_and_leaks_nothing() {
-    let (_root, path) = fresh(4);
+fn a_damaged_lock_file_costs_only_its_own_lock() {
+    let (_root, path) = fresh(8);
     let manager = FileManager::open(&path).expect("open");
-    let lock0 = path.join("locks").join("0");
-    std::fs::remove_file(&lock0).expect("rm");
-    assert_err(manager.allocate(), corrupt, &lock0);
-    assert_eq!(manager.available().expect("available"), Some(4));
+    let lock = |id: u32| path.join("locks").join(id.to_string());
+    std::fs::remove_file(lock(0)).expect("rm");
+    std::fs::remove_file(lock(3)).expect("rm");
+    std::fs::create_dir(lock(3)).expect("mkdir");
+
+    assert_eq!(manager.available().expect("available"), Some(6));
+    let got: Vec<_> = (0..6)
+        .map(|_| manager.allocate().expect("allocate a healthy id"))
+        .collect();
+    let ids: Vec<u32> = got.iter().map(|l| l.id().get()).collect();
+    assert_eq!(ids, [1, 2, 4, 5, 6, 7]);
+    assert_eq!(manager.available().expect("available"), Some(0));
+    // Only damaged ids are free: allocation names the lowest one's file.
+    assert_err(manager.allocate(), corrupt, &lock(0));
+    for id in [0, 3] {
+        assert_err(manager.retrieve(LockId(id)), corrupt, &lock(id));
+        assert_err(
+            manager.allocate_and_retrieve(LockId(id)),
+            corrupt,
+            &lock(id),
+        );
+    }
+    // The healthy locks work.
+    let _ = got[2].lock().expect("lock 4");
+    got[2].unlock().expect("unlock 4");
+    // Nothing was lost: the repaired id is free and allocatable again.
+    std::fs::remove_dir(lock(3)).expect("rmdir");
+    std::fs::write(lock(3), b"").expect("repair");
+    assert_eq!(manager.available().expect("available"), Some(1));
+    assert_eq!(manager.allocate().expect("allocate").id(), LockId(3));
+    assert_eq!(manager.available().expect("available"), Some(0));
+}
+
+/// Processes allocating at once from a store with damaged lock files share out every healthy id,
+/// each exactly once, and all of them see the same `available` count.
+#[test]
+fn processes_allocate_every_healthy_id_around_damaged_lock_files() {
+    let (root, path) = fresh(16);
+    let lock = |id: u32| path.join("locks").join(id.to_string());
+    std::fs::remove_file(lock(3)).expect("rm");
+    std::fs::create_dir(lock(3)).expect("mkdir");
+    let outside = root.path().join("outside");
+    std::fs::write(&outside, b"keep me").expect("write");
+    std::fs::remove_file(lock(9)).expect("rm");
+    std::os::unix::fs::symlink(&outside, lock(9)).expect("symlink");
+
+    let mut children: Vec<_> = (0..2)
+        .map(|_| common::spawn("allocate-all", &path, ""))
+        .collect();
+    for child in &mut children {
+        assert_eq!(common::line(child), "available 14");
+    }
+    for child in &mut children {
+        child.send("go").expect("send go");
+    }
+    let mut ids = Vec::new();
+    for child in &mut children {
+        loop {
+            let line = common::line(child);
+            if let Some(id) = line.strip_prefix("id ") {
+                ids.push(id.parse::<u32>().expect("an id"));
+                continue;
+            }
+            let end = line.strip_prefix("end ").expect("id or end");
+            assert!(end.starts_with("err Corrupt"), "{end}");
+            assert!(end.contains(&lock(3).display().to_string()), "{end}");
+            break;
+        }
+        assert_eq!(common::line(child), "available 0");
+    }
+    ids.sort_unstable();
+    let healthy: Vec<u32> = (0..16).filter(|id| ![3, 9].contains(id)).collect();
+    assert_eq!(ids, healthy, "every healthy id exactly once");
+    for mut child in children {
+        child.finish(common::LINE_TIMEOUT).expect("child exits");
+    }
+    let manager = FileManager::open(&path).expect("open");
+    assert_eq!(manager.available().expect("available"), Some(0));
+    assert_err(manager.retrieve(LockId(9)), corrupt, &lock(9));
+    assert_eq!(std::fs::read(&outside).expect("read"), b"keep me");
 }
 
 #[test]

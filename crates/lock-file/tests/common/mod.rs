@@ -109,6 +109,7 @@ pub(crate) fn child_entry() {
         "hold" => hold(Path::new(&store), &arg),
         "hammer" => hammer(Path::new(&store), &arg),
         "churn" => churn(Path::new(&store)),
+        "allocate-all" => allocate_all(Path::new(&store)),
         other => {
             say(format!("unknown role {other}"));
             2
@@ -218,4 +219,38 @@ fn churn(store: &Path) -> i32 {
             }
         }
     }
+}
+
+/// Says `available N`, waits for `go`, then allocates until allocation fails: says `id K` for
+/// every id it got, then `end` and the error, then `available N` again; exits at EOF.
+fn allocate_all(store: &Path) -> i32 {
+    let manager = FileManager::open(store).expect("open store");
+    match manager.available() {
+        Ok(n) => say(format!("available {}", n.unwrap_or(u32::MAX))),
+        Err(e) => say(describe(&e)),
+    }
+    let input = stdin_lines();
+    if input.recv().as_deref() != Ok("go") {
+        return 1;
+    }
+    let mut kept = Vec::new();
+    loop {
+        match manager.allocate() {
+            Ok(lock) => {
+                say(format!("id {}", lock.id()));
+                kept.push(lock);
+            }
+            Err(e) => {
+                say(format!("end {}", describe(&e)));
+                break;
+            }
+        }
+    }
+    match manager.available() {
+        Ok(n) => say(format!("available {}", n.unwrap_or(u32::MAX))),
+        Err(e) => say(describe(&e)),
+    }
+    // Wait for EOF, so the parent decides when this child goes.
+    while input.recv().is_ok() {}
+    0
 }
