@@ -224,7 +224,8 @@ impl Inspect for FileLocker {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] or [`Error::Corrupt`] when the lock file cannot be opened for the probe.
+    /// [`Error::Io`] when the lock file cannot be opened for the probe. A damaged lock file
+    /// (`Corrupt`) cannot be probed: the record is reported as it stands.
     fn holder(&self) -> Result<Option<Holder>> {
         self.shared.holder(self.slot.id)
     }

@@ -204,10 +204,15 @@ impl Shared {
                 Phase::Idle => {}
             }
         }
-        if self.probe(id)? {
-            Ok(Some(record.unwrap_or_default()))
-        } else {
-            Ok(None)
+        match self.probe(id) {
+            Ok(true) => Ok(Some(record.unwrap_or_default())),
+            Ok(false) => Ok(None),
+            // A damaged lock file costs its own lock only, not the whole `held` list. Nobody
+            // can take a lock through a damaged path, so without records it is not held; a
+            // claimed record (a holder that opened the file before the damage, or a dead one)
+            // cannot be checked, so it is reported as it stands rather than hidden.
+            Err(Error::Corrupt { .. }) => Ok(record),
+            Err(e) => Err(e),
         }
     }
 
@@ -433,6 +438,9 @@ impl Manager for FileManager {
     /// `flock(LOCK_EX | LOCK_NB)` on a fresh description, to skip records left by dead
     /// holders); without them, every lock file is probed. A probe that finds a lock free holds
     /// it for a moment, so a concurrent `try_lock` of that lock may fail spuriously.
+    ///
+    /// A lock whose file is damaged cannot be probed: it is listed iff its record is claimed
+    /// (without owner records, never), and the other locks are reported as usual.
     fn held(&self) -> Result<Vec<HeldLock>> {
         let mut out = Vec::new();
         for id in 0..self.capacity {

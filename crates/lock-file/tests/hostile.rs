@@ -598,3 +598,41 @@ fn a_crlf_marker_is_judged_alike_by_open_and_remove() {
     FileManager::remove(&path).expect("remove a damaged store of ours");
     assert!(!path.exists());
 }
+
+/// `held` looks past a damaged lock file instead of failing for the whole table: without owner
+/// records such a lock cannot be held through its path and is not listed; with them, a claimed
+/// record is listed as it stands (nothing can probe the lock to contradict it).
+#[test]
+fn held_reports_around_damaged_lock_files() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let bare = root.path().join("bare");
+    drop(
+        StoreOptions::new(4)
+            .owner_death(false)
+            .create(&bare)
+            .expect("create"),
+    );
+    std::fs::remove_file(bare.join("locks").join("1")).expect("rm");
+    let mut holder = common::spawn("hold", &bare, "2");
+    assert_eq!(common::line(&mut holder), "locked clean");
+    let manager = FileManager::open(&bare).expect("open");
+    let held: Vec<_> = manager.held().expect("held").iter().map(|h| h.id).collect();
+    assert_eq!(held, [LockId(2)]);
+    holder.finish(common::LINE_TIMEOUT).expect("holder exits");
+
+    let recorded = root.path().join("recorded");
+    drop(FileManager::create(&recorded, 4).expect("create"));
+    let mut holder = common::spawn("hold", &recorded, "3");
+    assert_eq!(common::line(&mut holder), "locked clean");
+    // The holder keeps its lock on the old file; the path now leads to a directory.
+    let lock3 = recorded.join("locks").join("3");
+    std::fs::remove_file(&lock3).expect("rm");
+    std::fs::create_dir(&lock3).expect("mkdir");
+    let manager = FileManager::open(&recorded).expect("open");
+    let held = manager.held().expect("held");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].id, LockId(3));
+    let pid = held[0].holder.as_ref().and_then(|h| h.pid);
+    assert_eq!(pid, Some(holder.pid()));
+    holder.finish(common::LINE_TIMEOUT).expect("holder exits");
+}
