@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use lock_api::{Error, Fenced, Inspect, Leased, LockData, Manager, Result};
+use lock_api::{Error, Fenced, Inspect, Leased, LockData, Manager, Result, Store, StoreSpec};
 
 /// The capabilities a backend claims. A behaviour runs iff every capability it needs is claimed;
 /// the rest are reported as not applicable, never silently skipped.
@@ -33,8 +33,17 @@ impl Capabilities {
     /// one handle (or thread) may be unlocked through another. Without it, each handle is its
     /// own owner (dirlock, etcd).
     pub const OWNER_PER_MANAGER: Capabilities = Capabilities(1 << 8);
+    /// A blocked `lock` or `try_lock_for` is published, and [`Manager::snapshot`] lists it as a
+    /// waiter of its lock.
+    pub const WAITERS: Capabilities = Capabilities(1 << 9);
+    /// A blocked `lock` past the manager's deadlock timeout checks the wait-for graph, and
+    /// exactly one member of a cycle returns `Error::Deadlock`.
+    pub const DEADLOCK: Capabilities = Capabilities(1 << 10);
+    /// The store is bytes outside the process (a segment, files, keys) that
+    /// [`Backend::damage`] can damage, for the damaged-store behaviours.
+    pub const DAMAGEABLE: Capabilities = Capabilities(1 << 11);
 
-    const NAMES: [(Capabilities, &'static str); 9] = [
+    const NAMES: [(Capabilities, &'static str); 12] = [
         (Self::ALLOCATION, "allocation"),
         (Self::OWNER_PER_MANAGER, "owner-per-manager"),
         (Self::MULTIPROCESS, "multiprocess"),
@@ -44,6 +53,9 @@ impl Capabilities {
         (Self::LEASED, "leased"),
         (Self::INSPECT, "inspect"),
         (Self::LOCK_DATA, "lock-data"),
+        (Self::WAITERS, "waiters"),
+        (Self::DEADLOCK, "deadlock"),
+        (Self::DAMAGEABLE, "damageable"),
     ];
 
     /// The raw bits (for set arithmetic).
@@ -117,15 +129,16 @@ pub type LockerOf<B> = <<B as Backend>::Manager as Manager>::Locker;
 
 /// A backend under test.
 ///
-/// Store names given to the backend are short, unique per trial, and valid as a file name and a
-/// shm name (`[a-z0-9-]`, at most 40 bytes). The backend decides where a store of that name lives
-/// (`/dev/shm/<name>`, a directory under a temporary root, a key prefix) and must find the same
-/// store from a child process given the same name: a child process builds its backend value the
-/// same way the parent did, from the same test binary.
+/// The suite reaches every store through its spec and the [`Store`] lifecycle, the same path
+/// the `lockyard` crate and `lockctl` take; the backend only says which spec a store name maps
+/// to. Store names given to the backend are short, unique per trial, and valid as a file name
+/// and a shm name (`[a-z0-9-]`, at most 40 bytes). A child process builds its backend value
+/// the same way the parent did, from the same test binary, and must map a name to the same
+/// spec.
 pub trait Backend: Send + Sync + 'static {
     /// The manager type under test. Its handles must be `'static` so the suite can move them
     /// into threads whose time it bounds.
-    type Manager: Manager<Locker: 'static> + 'static;
+    type Manager: Store + Manager<Locker: 'static> + 'static;
 
     /// A short name for the matrix (`mem`, `shm`, `file`, `dirlock`, `etcd`).
     fn name(&self) -> &'static str;
@@ -133,43 +146,25 @@ pub trait Backend: Send + Sync + 'static {
     /// The capabilities this backend claims.
     fn capabilities(&self) -> Capabilities;
 
-    /// Creates a store of `capacity` locks named `store`.
-    ///
-    /// # Errors
-    ///
-    /// `AlreadyExists` when a persistent store of that name exists; `InvalidArgument` for a zero
-    /// capacity.
-    fn create(&self, store: &str, capacity: u32) -> Result<Self::Manager>;
+    /// The spec of the store named `store` (`shm:lyc-...`, `file:/tmp/root/lyc-...`).
+    fn spec(&self, store: &str) -> String;
 
-    /// Opens the existing store `store`, checking that it has `capacity` locks.
-    ///
-    /// The default is `Unsupported`, for backends without [`Capabilities::PERSISTENT`].
+    /// The parsed spec of the store named `store`.
     ///
     /// # Errors
     ///
-    /// `NotFound` when it does not exist; `Incompatible` when its capacity differs; `Corrupt` or
-    /// `Incompatible` when it is damaged.
-    fn open(&self, store: &str, capacity: u32) -> Result<Self::Manager> {
-        let _ = (store, capacity);
-        Err(Error::Unsupported("open"))
+    /// The backend's spec does not parse: the trial fails.
+    fn parsed_spec(&self, store: &str) -> Result<StoreSpec> {
+        StoreSpec::parse(&self.spec(store))
     }
 
-    /// Opens `store`, creating it when missing; the flag says whether this call created it.
+    /// Deletes whatever is left of a store that [`Store::remove`] refused because the suite
+    /// damaged it on purpose. The default does nothing.
     ///
     /// # Errors
     ///
-    /// As for [`create`](Backend::create) and [`open`](Backend::open).
-    fn open_or_create(&self, store: &str, capacity: u32) -> Result<(Self::Manager, bool)> {
-        let _ = (store, capacity);
-        Err(Error::Unsupported("open_or_create"))
-    }
-
-    /// Removes the store; the suite calls it at the end of every trial that made one.
-    ///
-    /// # Errors
-    ///
-    /// Backend errors; removing a missing store is not an error.
-    fn remove(&self, store: &str) -> Result<()> {
+    /// Any error while deleting it.
+    fn scrub(&self, store: &str) -> Result<()> {
         let _ = store;
         Ok(())
     }
@@ -185,16 +180,14 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// A second, independent owner of the same table as `manager`, as another process opening
-    /// the same store would get. The default opens the store again.
+    /// the same store would get. The default opens the store again through its spec.
     ///
     /// # Errors
     ///
-    /// As for [`open`](Backend::open).
+    /// As [`Store::open`].
     fn second_owner(&self, store: &str, manager: &Self::Manager) -> Result<Self::Manager> {
-        let capacity = manager
-            .capacity()
-            .ok_or(Error::Unsupported("second_owner of an unbounded table"))?;
-        self.open(store, capacity)
+        let _ = manager;
+        Self::Manager::open_spec(&self.parsed_spec(store)?)
     }
 
     /// The locker as [`Fenced`], for backends that claim [`Capabilities::FENCED`].

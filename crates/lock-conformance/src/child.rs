@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lock_api::{Acquired, Error, LockId, Locker, Manager};
+use lock_api::{Acquired, Error, LockId, Locker, Manager, Store};
 
 use crate::{Backend, Failed};
 
@@ -23,6 +23,8 @@ const CAPACITY_ENV: &str = "LOCKYARD_CONFORMANCE_CAPACITY";
 const ID_ENV: &str = "LOCKYARD_CONFORMANCE_ID";
 const COUNT_ENV: &str = "LOCKYARD_CONFORMANCE_COUNT";
 const COUNTER_ENV: &str = "LOCKYARD_CONFORMANCE_COUNTER";
+const DEADLOCK_ENV: &str = "LOCKYARD_CONFORMANCE_DEADLOCK_MS";
+const WAIT_ENV: &str = "LOCKYARD_CONFORMANCE_WAIT_MS";
 
 /// How long a child in a waiting role lives at most if nobody tells it to stop.
 const CHILD_LIFETIME: Duration = Duration::from_secs(120);
@@ -49,10 +51,15 @@ pub enum Role {
     /// allocates one id and prints `id N` (or, where the backend does not allocate, try-locks
     /// lock 0 and prints `lock got` or `lock busy`), then exits at stdin EOF.
     OpenOrCreate,
+    /// One member of a would-be deadlock: sets the deadlock timeout, locks `id`, prints
+    /// `holding`, waits for `go`, then locks `count` (with `lock`, or `try_lock_for` the wait
+    /// time when one is given) and prints `acquired`, `deadlock N <cycle>` or `timeout`;
+    /// then releases what it holds, prints `released` and exits.
+    Cycle,
 }
 
 impl Role {
-    const ALL: [(Role, &'static str); 7] = [
+    const ALL: [(Role, &'static str); 8] = [
         (Role::Echo, "echo"),
         (Role::Silent, "silent"),
         (Role::Hold, "hold"),
@@ -60,6 +67,7 @@ impl Role {
         (Role::Hammer, "hammer"),
         (Role::Allocate, "allocate"),
         (Role::OpenOrCreate, "open-or-create"),
+        (Role::Cycle, "cycle"),
     ];
 
     fn name(self) -> &'static str {
@@ -88,6 +96,10 @@ pub struct Params {
     pub count: u32,
     /// The shared counter file of the `Hammer` role.
     pub counter: Option<PathBuf>,
+    /// The deadlock timeout the `Cycle` role sets, in milliseconds.
+    pub deadlock_ms: u32,
+    /// The `Cycle` role's wait: `try_lock_for` this many milliseconds; 0 means `lock`.
+    pub wait_ms: u32,
 }
 
 /// A running child process, usually the test binary re-executed in some role.
@@ -119,6 +131,9 @@ impl ChildProcess {
         if let Some(counter) = &params.counter {
             command.env(COUNTER_ENV, counter);
         }
+        command
+            .env(DEADLOCK_ENV, params.deadlock_ms.to_string())
+            .env(WAIT_ENV, params.wait_ms.to_string());
         ChildProcess::start(command, role.name(), None)
     }
 
@@ -368,6 +383,13 @@ fn wait_for_line(want: &str) -> bool {
     false
 }
 
+/// Opens the store the parent named, through its spec.
+fn open<B: Backend>(backend: &B) -> Result<B::Manager, Failed> {
+    Ok(B::Manager::open_spec(
+        &backend.parsed_spec(&param(STORE_ENV)?)?,
+    )?)
+}
+
 fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
     match role {
         Role::Echo => {
@@ -382,7 +404,7 @@ fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
             Ok(())
         }
         Role::Hold | Role::HoldThenDie => {
-            let manager = backend.open(&param(STORE_ENV)?, number(CAPACITY_ENV)?)?;
+            let manager = open(backend)?;
             let lock = manager.retrieve(LockId(number(ID_ENV)?))?;
             let acquired = lock.try_lock_for(Duration::from_secs(60))?;
             say(&format!("locked {}", acquired_word(acquired)));
@@ -400,7 +422,7 @@ fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
             Ok(())
         }
         Role::Hammer => {
-            let manager = backend.open(&param(STORE_ENV)?, number(CAPACITY_ENV)?)?;
+            let manager = open(backend)?;
             let lock = manager.retrieve(LockId(number(ID_ENV)?))?;
             let counter = PathBuf::from(param(COUNTER_ENV)?);
             for _ in 0..number(COUNT_ENV)? {
@@ -414,7 +436,7 @@ fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
             Ok(())
         }
         Role::Allocate => {
-            let manager = backend.open(&param(STORE_ENV)?, number(CAPACITY_ENV)?)?;
+            let manager = open(backend)?;
             say("ready");
             if !wait_for_line("go") {
                 return Ok(());
@@ -442,7 +464,8 @@ fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
             if !wait_for_line("go") {
                 return Ok(());
             }
-            let (manager, created) = backend.open_or_create(&store, capacity)?;
+            let (manager, created) =
+                B::Manager::open_or_create_spec(&backend.parsed_spec(&store)?, capacity)?;
             say(if created { "created" } else { "opened" });
             // Prove the processes share one table: distinct allocations where the backend
             // allocates, otherwise exactly one of them can hold lock 0.
@@ -463,7 +486,65 @@ fn run_role<B: Backend>(backend: &B, role: Role) -> Result<(), Failed> {
             drop(lock);
             Ok(())
         }
+        Role::Cycle => {
+            let manager = open(backend)?;
+            let wait = match number(WAIT_ENV)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms.into())),
+            };
+            cycle_member(
+                &manager,
+                LockId(number(ID_ENV)?),
+                LockId(number(COUNT_ENV)?),
+                Duration::from_millis(number(DEADLOCK_ENV)?.into()),
+                wait,
+                &mut say,
+                &mut || wait_for_line("go"),
+            )
+        }
     }
+}
+
+/// What the `Cycle` role does, in a child process or (for in-process backends) on a thread of
+/// a second owner: see [`Role::Cycle`].
+///
+/// # Errors
+///
+/// Any error but the ones the role reports (`Deadlock`, `Timeout`).
+pub fn cycle_member<M: Manager>(
+    manager: &M,
+    first: LockId,
+    second: LockId,
+    deadlock_timeout: Duration,
+    wait: Option<Duration>,
+    report: &mut dyn FnMut(&str),
+    go: &mut dyn FnMut() -> bool,
+) -> Result<(), Failed> {
+    manager.set_deadlock_timeout(deadlock_timeout)?;
+    let first = manager.retrieve(first)?;
+    let second = manager.retrieve(second)?;
+    let _ = first.try_lock_for(Duration::from_secs(60))?;
+    report("holding");
+    if !go() {
+        first.unlock()?;
+        return Ok(());
+    }
+    let outcome = match wait {
+        None => second.lock(),
+        Some(wait) => second.try_lock_for(wait),
+    };
+    match outcome {
+        Ok(_) => {
+            report("acquired");
+            second.unlock()?;
+        }
+        Err(Error::Deadlock { cycle }) => report(&format!("deadlock {} {cycle}", cycle.0.len())),
+        Err(Error::Timeout) => report("timeout"),
+        Err(e) => return Err(e.into()),
+    }
+    first.unlock()?;
+    report("released");
+    Ok(())
 }
 
 /// Reads the decimal counter in `path` (a missing file counts as 0).

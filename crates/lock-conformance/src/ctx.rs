@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lock_api::Manager;
+use lock_api::{Error, Manager, Store};
 
 use crate::child::{ChildProcess, Params, Role};
 use crate::{Backend, Capabilities, Failed};
@@ -75,18 +75,18 @@ impl<'a, B: Backend> Ctx<'a, B> {
     /// # Errors
     ///
     /// The backend's error.
-    pub fn create(&self, capacity: u32) -> Result<B::Manager, lock_api::Error> {
+    pub fn create(&self, capacity: u32) -> Result<B::Manager, Error> {
         self.mark_made();
-        self.backend.create(&self.store, capacity)
+        B::Manager::create_spec(&self.backend.parsed_spec(&self.store)?, capacity)
     }
 
-    /// Opens this trial's store.
+    /// Opens this trial's store; its capacity comes from the store.
     ///
     /// # Errors
     ///
     /// The backend's error.
-    pub fn open(&self, capacity: u32) -> Result<B::Manager, lock_api::Error> {
-        self.backend.open(&self.store, capacity)
+    pub fn open(&self) -> Result<B::Manager, Error> {
+        B::Manager::open_spec(&self.backend.parsed_spec(&self.store)?)
     }
 
     /// Opens or creates this trial's store.
@@ -94,9 +94,18 @@ impl<'a, B: Backend> Ctx<'a, B> {
     /// # Errors
     ///
     /// The backend's error.
-    pub fn open_or_create(&self, capacity: u32) -> Result<(B::Manager, bool), lock_api::Error> {
+    pub fn open_or_create(&self, capacity: u32) -> Result<(B::Manager, bool), Error> {
         self.mark_made();
-        self.backend.open_or_create(&self.store, capacity)
+        B::Manager::open_or_create_spec(&self.backend.parsed_spec(&self.store)?, capacity)
+    }
+
+    /// Removes this trial's store.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    pub fn remove(&self) -> Result<(), Error> {
+        B::Manager::remove_spec(&self.backend.parsed_spec(&self.store)?)
     }
 
     /// A second owner of the same table as `manager`.
@@ -120,17 +129,29 @@ impl<'a, B: Backend> Ctx<'a, B> {
         id: u32,
         count: u32,
     ) -> Result<ChildProcess, Failed> {
+        self.spawn(role, &self.params(capacity, id, count))
+    }
+
+    /// The parameters [`child`](Ctx::child) would use, to adjust before [`spawn`](Ctx::spawn).
+    pub fn params(&self, capacity: u32, id: u32, count: u32) -> Params {
+        Params {
+            store: self.store.clone(),
+            capacity,
+            id,
+            count,
+            counter: Some(self.scratch_file("counter")),
+            ..Params::default()
+        }
+    }
+
+    /// Starts a child process in `role` with `params`.
+    ///
+    /// # Errors
+    ///
+    /// The child cannot be started.
+    pub fn spawn(&self, role: Role, params: &Params) -> Result<ChildProcess, Failed> {
         self.mark_made();
-        ChildProcess::spawn(
-            role,
-            &Params {
-                store: self.store.clone(),
-                capacity,
-                id,
-                count,
-                counter: Some(self.scratch_file("counter")),
-            },
-        )
+        ChildProcess::spawn(role, params)
     }
 
     /// The capacity of `manager`, which every table backend knows.
@@ -148,7 +169,18 @@ impl<'a, B: Backend> Ctx<'a, B> {
 impl<B: Backend> Drop for Ctx<'_, B> {
     fn drop(&mut self) {
         let made = self.made.lock().map(|m| *m).unwrap_or(true);
-        if made && let Err(e) = self.backend.remove(&self.store) {
+        if !made {
+            return;
+        }
+        let removed = match self.remove() {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+            // A store the trial damaged on purpose is no longer one: the backend scrubs it.
+            Err(Error::Incompatible { .. } | Error::Corrupt { .. }) => {
+                self.backend.scrub(&self.store)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
             eprintln!(
                 "lock-conformance: could not remove store {}: {e}",
                 self.store

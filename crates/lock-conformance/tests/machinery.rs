@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed as TrialFailed, Trial};
-use lock_api::{Acquired, LockId, Locker, Manager, Result};
+use lock_api::{
+    Acquired, LockId, LockState, Locker, Manager, Result, Store, StoreSpec, wrong_scheme,
+};
 use lock_conformance::child::{ChildProcess, Params, Role};
 use lock_conformance::{Backend, Capabilities, Failed, behaviours, check};
 use lock_mem::{MemLocker, MemManager};
@@ -19,6 +21,36 @@ enum Defect {
     AllocateRepeatsIds,
     TryLockAlwaysSucceeds,
     FreeNeverFails,
+    /// `snapshot` leaves waiters out (the default of `Manager::snapshot`).
+    HidesWaiters,
+    /// `set_deadlock_timeout` is ignored and detection is off.
+    NeverDetectsDeadlocks,
+    /// `held` reports no `since`.
+    ForgetsSince,
+}
+
+impl Defect {
+    const ALL: [Defect; 8] = [
+        Defect::None,
+        Defect::UnlockAlwaysSucceeds,
+        Defect::AllocateRepeatsIds,
+        Defect::TryLockAlwaysSucceeds,
+        Defect::FreeNeverFails,
+        Defect::HidesWaiters,
+        Defect::NeverDetectsDeadlocks,
+        Defect::ForgetsSince,
+    ];
+
+    /// The defect a mutant store name carries (`<defect>.<store>`), so the static `Store`
+    /// lifecycle (and child processes) can tell which mutant to build.
+    fn of(name: &str) -> (Defect, &str) {
+        for defect in Defect::ALL {
+            if let Some(rest) = name.strip_prefix(&format!("{defect:?}.")) {
+                return (defect, rest);
+            }
+        }
+        (Defect::None, name)
+    }
 }
 
 /// lock-mem with one defect planted, to show the suite notices it.
@@ -94,7 +126,61 @@ impl Manager for MutantManager {
         self.0.available()
     }
     fn held(&self) -> Result<Vec<lock_api::HeldLock>> {
-        self.0.held()
+        let mut held = self.0.held()?;
+        if self.1 == Defect::ForgetsSince {
+            for h in &mut held {
+                if let Some(holder) = &mut h.holder {
+                    holder.since = None;
+                }
+            }
+        }
+        Ok(held)
+    }
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        let mut snapshot = self.0.snapshot()?;
+        if self.1 == Defect::HidesWaiters {
+            for lock in &mut snapshot {
+                lock.waiters.clear();
+            }
+            snapshot.retain(|l| l.holder.is_some());
+        }
+        Ok(snapshot)
+    }
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        self.0.deadlock_timeout()
+    }
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        match self.1 {
+            Defect::NeverDetectsDeadlocks => self.0.set_deadlock_timeout(Duration::ZERO),
+            _ => self.0.set_deadlock_timeout(timeout),
+        }
+    }
+}
+
+impl Store for MutantManager {
+    type Address = str;
+
+    fn address(spec: &StoreSpec) -> Result<String> {
+        match spec {
+            StoreSpec::Mem(name) => Ok(name.clone()),
+            other => Err(wrong_scheme("mem", other)),
+        }
+    }
+    fn create(name: &str, capacity: u32) -> Result<MutantManager> {
+        let (defect, _) = Defect::of(name);
+        Ok(MutantManager(MemManager::create(name, capacity)?, defect))
+    }
+    fn open(name: &str) -> Result<MutantManager> {
+        let (defect, _) = Defect::of(name);
+        Ok(MutantManager(MemManager::open(name)?, defect))
+    }
+    fn open_or_create(name: &str, capacity: u32) -> Result<(MutantManager, bool)> {
+        let (defect, _) = Defect::of(name);
+        let (manager, created) = MemManager::open_or_create(name, capacity)?;
+        Ok((MutantManager(manager, defect), created))
+    }
+    fn remove(name: &str) -> Result<()> {
+        MemManager::remove(name)
     }
 }
 
@@ -104,13 +190,14 @@ impl Backend for Mutant {
         "mutant"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALLOCATION | Capabilities::OWNER_PER_MANAGER
+        Capabilities::ALLOCATION
+            | Capabilities::OWNER_PER_MANAGER
+            | Capabilities::PERSISTENT
+            | Capabilities::WAITERS
+            | Capabilities::DEADLOCK
     }
-    fn create(&self, _store: &str, capacity: u32) -> Result<MutantManager> {
-        Ok(MutantManager(MemManager::new(capacity)?, self.0))
-    }
-    fn second_owner(&self, _store: &str, manager: &MutantManager) -> Result<MutantManager> {
-        Ok(MutantManager(manager.0.new_owner(), self.0))
+    fn spec(&self, store: &str) -> String {
+        format!("mem:{:?}.{store}", self.0)
     }
 }
 
@@ -266,6 +353,18 @@ fn main() -> ExitCode {
             "locker::relock_by_the_same_owner_is_not_reentrant",
         ),
         catches(Defect::FreeNeverFails, "manager::double_free_is_refused"),
+        catches(
+            Defect::HidesWaiters,
+            "observe::snapshot_lists_the_holder_and_each_waiter",
+        ),
+        catches(
+            Defect::ForgetsSince,
+            "observe::held_names_pid_host_owner_and_since",
+        ),
+        catches(
+            Defect::NeverDetectsDeadlocks,
+            "deadlock::a_two_cycle_has_exactly_one_victim",
+        ),
     ]);
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }

@@ -1,11 +1,11 @@
-//! Runs the lockyard conformance suite on lock-mem.
+//! Runs the lockyard conformance suite on lock-mem, through `mem:` specs.
 
 use std::process::ExitCode;
 
 use lock_conformance::{Backend, Capabilities};
-use lock_mem::{MemManager, Result};
+use lock_mem::MemManager;
 
-/// lock-mem under test: each trial gets a fresh in-process table.
+/// lock-mem under test: each trial's store is the named in-process table `mem:<store>`.
 struct Mem;
 
 impl Backend for Mem {
@@ -16,15 +16,15 @@ impl Backend for Mem {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALLOCATION | Capabilities::OWNER_PER_MANAGER
+        Capabilities::ALLOCATION
+            | Capabilities::OWNER_PER_MANAGER
+            | Capabilities::PERSISTENT
+            | Capabilities::WAITERS
+            | Capabilities::DEADLOCK
     }
 
-    fn create(&self, _store: &str, capacity: u32) -> Result<MemManager> {
-        MemManager::new(capacity)
-    }
-
-    fn second_owner(&self, _store: &str, manager: &MemManager) -> Result<MemManager> {
-        Ok(manager.new_owner())
+    fn spec(&self, store: &str) -> String {
+        format!("mem:{store}")
     }
 }
 

@@ -1,8 +1,10 @@
 //! The behaviours, one public function each; the doc comment is the sentence it checks.
 
 pub mod capability;
+pub mod deadlock;
 pub mod locker;
 pub mod manager;
+pub mod observe;
 pub mod store;
 
 use std::time::Duration;
@@ -36,6 +38,9 @@ const MP_PERSIST: Capabilities = Capabilities::MULTIPROCESS.union(Capabilities::
 const MP_PERSIST_ALLOC: Capabilities = MP_PERSIST.union(Capabilities::ALLOCATION);
 const DEATH: Capabilities = Capabilities::MULTIPROCESS.union(Capabilities::OWNER_DEATH);
 const SHARED_OWNER: Capabilities = Capabilities::OWNER_PER_MANAGER;
+const DAMAGE: Capabilities = Capabilities::PERSISTENT.union(Capabilities::DAMAGEABLE);
+const WAITERS: Capabilities = Capabilities::WAITERS;
+const DEADLOCK: Capabilities = Capabilities::DEADLOCK;
 
 registry! {
     manager::allocates_distinct_ids_until_exhausted => ALLOC,
@@ -74,8 +79,17 @@ registry! {
     store::create_of_existing_store_already_exists => PERSIST,
     store::store_outlives_its_manager => PERSIST,
     store::reopen_with_another_capacity_is_incompatible => PERSIST,
+    store::remove_deletes_and_a_second_remove_is_not_found => PERSIST,
+    store::a_spec_of_another_backend_is_invalid => NONE,
     store::concurrent_open_or_create_all_succeed_one_creates => MP_PERSIST,
-    store::damaged_store_is_refused => PERSIST,
+    store::damaged_store_is_refused => DAMAGE,
+    observe::held_names_pid_host_owner_and_since => NONE,
+    observe::a_dead_holders_lock_is_listed_and_flagged_dead => DEATH,
+    observe::snapshot_lists_the_holder_and_each_waiter => WAITERS,
+    deadlock::a_two_cycle_has_exactly_one_victim => DEADLOCK,
+    deadlock::a_three_cycle_has_exactly_one_victim => DEADLOCK,
+    deadlock::a_long_wait_that_is_no_cycle_is_never_a_deadlock => DEADLOCK,
+    deadlock::a_cycle_broken_by_a_timeout_has_no_victim => DEADLOCK,
     capability::fencing_token_strictly_increases => Capabilities::FENCED,
     capability::lease_reports_ttl_and_time_left => Capabilities::LEASED,
     capability::holder_is_visible_to_others => Capabilities::INSPECT,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use lock_api::{Error, LockId, Locker, Manager};
+use lock_api::{Error, LockId, Locker, Manager, Store, StoreSpec};
 
 use super::PROMPTLY;
 use crate::child::Role;
@@ -11,7 +11,7 @@ use crate::{Backend, Ctx, Damage, Failed, Outcome, ensure, ensure_err};
 /// Opening a store that does not exist fails with `NotFound`.
 pub fn open_of_missing_store_is_not_found<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
     ensure_err!(
-        ctx.open(4),
+        ctx.open(),
         Error::NotFound { .. },
         "open of a missing store"
     );
@@ -24,7 +24,7 @@ pub fn create_of_existing_store_already_exists<B: Backend>(ctx: &Ctx<'_, B>) -> 
     let lock = manager.retrieve(LockId(2))?;
     let _ = lock.lock()?;
     ensure_err!(ctx.create(4), Error::AlreadyExists { .. }, "second create");
-    let other = ctx.open(4)?;
+    let other = ctx.open()?;
     ensure!(
         other.retrieve(LockId(2))?.try_lock()?.is_none(),
         "a refused create reset the store's locks"
@@ -45,7 +45,7 @@ pub fn store_outlives_its_manager<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
         }
     }
     drop(manager);
-    let reopened = ctx.open(8)?;
+    let reopened = ctx.open()?;
     ensure!(
         reopened.capacity() == Some(8),
         "reopened capacity {:?}",
@@ -71,29 +71,73 @@ pub fn store_outlives_its_manager<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
     Ok(())
 }
 
-/// Opening a store with a capacity other than its own fails with `Incompatible`.
+/// `open` reads the capacity from the store; `open_or_create` with another capacity fails with
+/// `Incompatible` and changes nothing.
 pub fn reopen_with_another_capacity_is_incompatible<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
     let manager = ctx.create(8)?;
-    ensure_err!(
-        ctx.open(16),
-        Error::Incompatible { .. },
-        "open with capacity 16 of a store of 8"
+    let opened = ctx.open()?;
+    ensure!(
+        opened.capacity() == Some(8),
+        "open of a store of 8 reports capacity {:?}",
+        opened.capacity()
     );
-    ensure_err!(
-        ctx.open(4),
-        Error::Incompatible { .. },
-        "open with capacity 4 of a store of 8"
-    );
-    ensure_err!(
-        ctx.open_or_create(16),
-        Error::Incompatible { .. },
-        "open_or_create with capacity 16 of a store of 8"
-    );
+    for other in [16, 4] {
+        ensure_err!(
+            ctx.open_or_create(other),
+            Error::Incompatible { .. },
+            format!("open_or_create with capacity {other} of a store of 8")
+        );
+    }
     ensure!(
         manager.capacity() == Some(8),
         "a refused open changed the capacity"
     );
-    ctx.open(8)?;
+    ensure!(
+        ctx.open()?.capacity() == Some(8),
+        "a refused open_or_create changed the stored capacity"
+    );
+    Ok(())
+}
+
+/// `remove` deletes the store (a later `open` is `NotFound`), and removing a missing store is
+/// `NotFound`.
+pub fn remove_deletes_and_a_second_remove_is_not_found<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    ensure_err!(
+        ctx.remove(),
+        Error::NotFound { .. },
+        "remove of a store never created"
+    );
+    drop(ctx.create(4)?);
+    ctx.remove()?;
+    ensure_err!(ctx.open(), Error::NotFound { .. }, "open after remove");
+    ensure_err!(ctx.remove(), Error::NotFound { .. }, "second remove");
+    let (_, created) = ctx.open_or_create(4)?;
+    ensure!(created, "open_or_create after remove did not create");
+    Ok(())
+}
+
+/// A spec of another backend's store is refused with `InvalidArgument` by this backend's
+/// `Store::address`, before anything is touched.
+pub fn a_spec_of_another_backend_is_invalid<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    let own = ctx.backend.parsed_spec(ctx.store())?;
+    let others = [
+        "shm:lockyard-not-mine",
+        "mem:lockyard-not-mine",
+        "file:/nonexistent/lockyard-not-mine",
+        "dir:/nonexistent/lockyard-not-mine",
+        "etcd://127.0.0.1:9/lockyard/not-mine",
+    ];
+    for other in others {
+        let spec = StoreSpec::parse(other)?;
+        if spec.scheme() == own.scheme() {
+            continue;
+        }
+        ensure_err!(
+            B::Manager::address(&spec).map(drop),
+            Error::InvalidArgument { .. },
+            format!("{} backend given {other}", own.scheme())
+        );
+    }
     Ok(())
 }
 
@@ -141,7 +185,7 @@ pub fn concurrent_open_or_create_all_succeed_one_creates<B: Backend>(ctx: &Ctx<'
          they do not share one table",
         ids.len()
     );
-    let manager = ctx.open(16)?;
+    let manager = ctx.open()?;
     if manager.available()?.is_some() {
         ensure!(
             manager.available()? == Some(16 - CHILDREN as u32),
@@ -163,7 +207,7 @@ pub fn damaged_store_is_refused<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
         drop(manager);
         ctx.backend.damage(ctx.store(), damage)?;
         ensure_err!(
-            ctx.open(8),
+            ctx.open(),
             Error::Incompatible { .. } | Error::Corrupt { .. },
             format!("open of a store damaged by {damage:?}")
         );
@@ -172,7 +216,13 @@ pub fn damaged_store_is_refused<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
             Error::Incompatible { .. } | Error::Corrupt { .. },
             format!("open_or_create of a store damaged by {damage:?}")
         );
-        ctx.backend.remove(ctx.store())?;
+        match ctx.remove() {
+            Ok(()) => {}
+            Err(Error::Incompatible { .. } | Error::Corrupt { .. }) => {
+                ctx.backend.scrub(ctx.store())?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
