@@ -7,13 +7,14 @@
 use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use lock_api::{Error, Result};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use crate::ofd::{self, Probe};
 use crate::record::{MAX_RECORD_LEN, Record};
 
 /// How many levels a directory lock has: `lock0` (the master) up to `lock15`.
@@ -57,12 +58,24 @@ impl FileId {
     }
 }
 
-/// A record read from a level: its file identity, its exact bytes and their meaning.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A record read from a level: its file identity, its exact bytes and their meaning, and
+/// whether its file was locked when read.
+#[derive(Debug, Clone)]
 pub(crate) struct Seen {
     pub(crate) id: FileId,
     pub(crate) bytes: Vec<u8>,
     pub(crate) record: Record,
+    /// `F_OFD_GETLK` on the file read, when the record promises a lock; otherwise `Unknown`.
+    pub(crate) lock: Probe,
+}
+
+impl Seen {
+    /// Whether two reads found the very same record: same file and same bytes (the bytes
+    /// include a nonce, so a recycled inode number never passes). The lock probe is not part
+    /// of a record's identity.
+    pub(crate) fn same_record(&self, other: &Seen) -> bool {
+        self.id == other.id && self.bytes == other.bytes
+    }
 }
 
 /// A record of ours, written in full, not yet (or no longer only) published.
@@ -70,6 +83,10 @@ pub(crate) struct Seen {
 /// The file is unnamed (`O_TMPFILE`) where the file system allows it, so a process killed at any
 /// point leaves nothing behind; elsewhere it has a private name that the drop guard removes on
 /// every path, errors included (only SIGKILL between create and drop can leave it).
+///
+/// Its close-on-exec descriptor holds an OFD write lock on the file when the record says
+/// `ofd_lock 1` (see `ofd.rs`): the descriptor must be closed only once the file has no level
+/// name left, or on `exec` and exit, which is what the lock is there to reveal.
 #[derive(Debug)]
 pub(crate) struct RecordFile<'d> {
     fd: OwnedFd,
@@ -88,7 +105,9 @@ struct TempName<'d> {
 }
 
 /// A published record this handle holds: the open file keeps its inode number from being
-/// reused while we hold the lock, so comparing inode numbers is exact.
+/// reused while we hold the lock, so comparing inode numbers is exact, and its descriptor
+/// keeps the file's OFD lock, which tells readers that we have neither exited nor called
+/// `exec`. Drop it only after removing our level names.
 #[derive(Debug)]
 pub(crate) struct Owned {
     _fd: OwnedFd,
@@ -146,13 +165,15 @@ impl Dir {
         self.path.join(name)
     }
 
-    /// Writes `record` in full to a new file that nobody can see under a level's name yet.
+    /// Writes `record` in full to a new file that nobody can see under a level's name yet,
+    /// write-locked through its descriptor (`F_OFD_SETLK`) where the file system allows it;
+    /// the record's `ofd_lock` says whether it is.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] from `open(2)` (an unwritable directory gives `PermissionDenied`),
     /// `write(2)` or `fstat(2)`.
-    pub(crate) fn write_record(&self, record: &Record) -> Result<RecordFile<'_>> {
+    pub(crate) fn write_record(&self, record: Record) -> Result<RecordFile<'_>> {
         let tmpfile = rustix::fs::openat(
             &self.fd,
             ".",
@@ -174,7 +195,7 @@ impl Dir {
     /// # Errors
     ///
     /// As for [`write_record`](Dir::write_record).
-    pub(crate) fn write_record_named(&self, record: &Record) -> Result<RecordFile<'_>> {
+    pub(crate) fn write_record_named(&self, record: Record) -> Result<RecordFile<'_>> {
         let name = format!("{TEMP_PREFIX}{}.{:016x}", record.pid, rand::random::<u64>());
         let c_name = CString::new(name.as_str()).map_err(|_| Error::invalid("temporary name"))?;
         let fd = rustix::fs::openat(
@@ -187,8 +208,13 @@ impl Dir {
         self.fill(fd, Some(c_name), record)
     }
 
-    /// Writes the record into the new file `fd` (named `temp`, if it has a name).
-    fn fill(&self, fd: OwnedFd, temp: Option<CString>, record: &Record) -> Result<RecordFile<'_>> {
+    /// Locks the new file `fd` (named `temp`, if it has a name) and writes the record into it.
+    fn fill(
+        &self,
+        fd: OwnedFd,
+        temp: Option<CString>,
+        mut record: Record,
+    ) -> Result<RecordFile<'_>> {
         // From here on the guard removes the private name on every path.
         let mut file = RecordFile {
             fd,
@@ -199,6 +225,10 @@ impl Dir {
             },
             linked: Cell::new(false),
         };
+        // Locked before anyone can see it, so every published record that promises the lock has
+        // it from the start. A refusal only costs readers the exec check (pid and start time
+        // still apply), so it is no error.
+        record.ofd_lock = ofd::lock(file.fd.as_fd());
         let bytes = record.to_bytes();
         let mut rest = &bytes[..];
         while !rest.is_empty() {
@@ -284,10 +314,17 @@ impl Dir {
             )));
         }
         let record = Record::parse(&bytes, &what)?;
+        // Asked through the descriptor just read, so the answer is about this very file.
+        let lock = if record.ofd_lock {
+            ofd::probe(fd.as_fd())
+        } else {
+            Probe::Unknown
+        };
         Ok(Some(Seen {
             id: FileId::of(&stat),
             bytes,
             record,
+            lock,
         }))
     }
 
@@ -495,12 +532,12 @@ mod tests {
         let dir = Dir::open(tmp.path()).unwrap();
         let me = liveness::current().unwrap();
         // Dropped before publication: the private name goes.
-        let file = dir.write_record_named(&me.record()).unwrap();
+        let file = dir.write_record_named(me.record()).unwrap();
         assert_eq!(names(tmp.path()).len(), 1);
         drop(file);
         assert!(names(tmp.path()).is_empty());
         // Published, then owned: only the level is left.
-        let file = dir.write_record_named(&me.record()).unwrap();
+        let file = dir.write_record_named(me.record()).unwrap();
         assert!(dir.publish(&file, 0).unwrap());
         let owned = file.into_owned();
         assert_eq!(names(tmp.path()), ["lock0"]);
@@ -517,7 +554,7 @@ mod tests {
         dead.start_time += 1;
         std::fs::write(tmp.path().join("lock0"), dead.to_bytes()).unwrap();
         std::fs::write(tmp.path().join("lock1"), dead.to_bytes()).unwrap();
-        let file = dir.write_record_named(&me.record()).unwrap();
+        let file = dir.write_record_named(me.record()).unwrap();
         assert_eq!(
             try_take(&dir, &file, &me, 0).unwrap(),
             Attempt::Taken(Acquired::OwnerDied)
@@ -534,7 +571,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Dir::open(tmp.path()).unwrap();
         let me = liveness::current().unwrap();
-        let file = dir.write_record(&me.record()).unwrap();
+        let file = dir.write_record(me.record()).unwrap();
         if file.temp.name.is_some() {
             return; // this file system has no O_TMPFILE: nothing to check
         }

@@ -64,7 +64,7 @@ pub(crate) fn try_take(
             // Released between our link and our read: try the link again.
             continue;
         };
-        if let Verdict::Held(_) = judge(&seen.record, me)? {
+        if let Verdict::Held(_) = judge(&seen.record, seen.lock, me)? {
             return Ok(Attempt::Busy);
         }
         // Stale. Only the holder of the next level may replace it.
@@ -99,7 +99,7 @@ fn replace_if_unchanged(
     seen: &crate::dir::Seen,
 ) -> Result<bool> {
     match dir.read(n)? {
-        Some(now) if now == *seen => {
+        Some(now) if now.same_record(seen) => {
             dir.replace(file, n)?;
             Ok(true)
         }

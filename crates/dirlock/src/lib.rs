@@ -4,6 +4,7 @@
 mod dir;
 mod levels;
 mod liveness;
+mod ofd;
 mod record;
 mod wait;
 
@@ -17,7 +18,7 @@ use lock_api::{Acquired, Error, Holder, Inspect, LockGuard, LockId, Locker, Resu
 use rustix::process::{Pid, getpid};
 
 pub use crate::liveness::{HeldBecause, StaleBecause, Verdict};
-pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, Record};
+pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, Record};
 
 use crate::dir::{Dir, Owned, level_name, takeover_name};
 use crate::levels::{Attempt, tidy, try_take};
@@ -131,7 +132,7 @@ impl DirLock {
         }
         let me = liveness::current()?;
         for _ in 0..SPENT_RETRIES {
-            let file = self.dir.write_record(&me.record())?;
+            let file = self.dir.write_record(me.record())?;
             match try_take(&self.dir, &file, &me, 0)? {
                 Attempt::Taken(acquired) => {
                     return Ok(Some(self.taken(&mut state, file, &me, acquired)));
@@ -226,7 +227,7 @@ impl DirLock {
         let me = liveness::current()?;
         match self.dir.read(0)? {
             Some(seen) => {
-                let verdict = liveness::judge(&seen.record, &me)?;
+                let verdict = liveness::judge(&seen.record, seen.lock, &me)?;
                 Ok(Some((seen.record, verdict)))
             }
             None => Ok(None),
@@ -248,7 +249,9 @@ impl DirLock {
     /// already removed stay removed.
     pub fn break_lock(&self) -> Result<bool> {
         let mut state = self.state();
-        state.held = None;
+        // Our record's descriptor (and its OFD lock) goes only after its name: until then a
+        // reader must not take our own record for that of a holder that called exec.
+        let _held = state.held.take();
         let master = self.dir.remove_regular(MASTER)?;
         for n in 0..LEVELS {
             if n > 0 {
@@ -269,7 +272,7 @@ impl DirLock {
                 if !self.holds(&state) {
                     // A fresh record per attempt: its time is when the lock was taken, not
                     // when the wait began.
-                    let file = self.dir.write_record(&me.record())?;
+                    let file = self.dir.write_record(me.record())?;
                     match try_take(&self.dir, &file, &me, 0)? {
                         Attempt::Taken(acquired) => {
                             return Ok(self.taken(&mut state, file, &me, acquired));

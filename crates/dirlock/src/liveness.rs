@@ -6,6 +6,18 @@
 //! another start time (the pid was reused); or when it ran on this host in another boot.
 //! Everything else, including every case where `/proc` cannot tell, counts as held.
 //!
+//! The pid and start time survive `exec`, so they alone would keep a holder that called `exec`
+//! alive until the new program exits, where lock-shm and lock-file holders lose their locks
+//! with their close-on-exec descriptors. A version-2 record that says `ofd_lock 1` adds the
+//! kernel's word: its writer keeps an OFD lock on the record file through a close-on-exec
+//! descriptor for as long as it holds a level with it (`ofd.rs`), so a published record whose
+//! file nobody has locked belongs to a writer that has exited or called `exec`. The lock is
+//! asked about (`F_OFD_GETLK`) through the descriptor the record was read from. Under the same
+//! host, boot and pid namespace, the holder is dead when either test says so: the pid test is
+//! sound on its own (the lock may outlive the holder in a forked child that inherited the
+//! descriptor) and so is the lock test (exec keeps the pid). A record without the promise, or
+//! a file system that cannot answer, leaves the pid test alone, as before.
+//!
 //! A zombie thread-group leader is not a dead process: the main thread may have ended alone
 //! (`SYS_exit`, `pthread_exit` from `main`) while another thread runs on, holding the lock.
 //! `/proc/<pid>/stat` then shows the leader's state, `Z`, but its `num_threads` (field 20,
@@ -20,6 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use lock_api::{Error, Result};
 use rustix::process::{Pid, getpid, getuid, test_kill_process};
 
+use crate::ofd::Probe;
 use crate::record::{Record, checked_word};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -102,6 +115,8 @@ impl Identity {
             uid: self.uid,
             time_ns,
             nonce: rand::random(),
+            // Set by whoever writes the record, once it knows whether the file is locked.
+            ofd_lock: false,
         }
     }
 }
@@ -115,10 +130,12 @@ pub enum Verdict {
     Stale(StaleBecause),
 }
 
-/// Why a record counts as held.
+/// Why a record counts as held. More reasons may come with later record formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeldBecause {
-    /// The holding process is alive (same pid and start time).
+    /// The holding process is alive (same pid and start time, a thread still running, and its
+    /// record file still locked when the record promises that).
     Alive,
     /// The record was written on another host: its process cannot be checked from here.
     ForeignHost,
@@ -128,8 +145,9 @@ pub enum HeldBecause {
     Unverifiable,
 }
 
-/// Why a record counts as stale.
+/// Why a record counts as stale. More reasons may come with later record formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StaleBecause {
     /// No process has the pid (`kill(pid, 0)` fails with `ESRCH`).
     NoSuchProcess,
@@ -140,15 +158,33 @@ pub enum StaleBecause {
     PidReused,
     /// The record was written on this host in another (hence earlier) boot.
     EarlierBoot,
+    /// The record promises an OFD lock on its file (format 2, `ofd_lock 1`) and nobody holds
+    /// one: the descriptor that held it is closed, so the holder has called `exec` or exited.
+    DescriptorClosed,
 }
 
-/// Decides whether `record`'s holder is alive, from the point of view of `me`.
+/// Decides whether `record`'s holder is alive, from the point of view of `me`; `lock` is what
+/// `F_OFD_GETLK` said about the record's file when it was read.
 ///
 /// # Errors
 ///
 /// [`Error::Io`] when `kill(2)` fails with anything but `ESRCH` or `EPERM`, or `/proc/<pid>/stat`
 /// cannot be parsed.
-pub(crate) fn judge(record: &Record, me: &Identity) -> Result<Verdict> {
+pub(crate) fn judge(record: &Record, lock: Probe, me: &Identity) -> Result<Verdict> {
+    let verdict = judge_pid(record, me)?;
+    // Only the same host, boot and pid namespace: the lock test is no wider than the pid test
+    // (a foreign record stays held until an operator breaks it).
+    if let Verdict::Held(HeldBecause::Alive | HeldBecause::Unverifiable) = verdict
+        && record.ofd_lock
+        && lock == Probe::Unlocked
+    {
+        return Ok(Verdict::Stale(StaleBecause::DescriptorClosed));
+    }
+    Ok(verdict)
+}
+
+/// The verdict of the host, boot, namespace, pid and start-time tests alone.
+fn judge_pid(record: &Record, me: &Identity) -> Result<Verdict> {
     if record.host != me.host {
         return Ok(Verdict::Held(HeldBecause::ForeignHost));
     }
@@ -293,7 +329,7 @@ mod tests {
         let me = current().unwrap();
         let mine = me.record();
         assert_eq!(
-            judge(&mine, &me).unwrap(),
+            judge(&mine, Probe::Unknown, &me).unwrap(),
             Verdict::Held(HeldBecause::Alive)
         );
         let reused = Record {
@@ -301,7 +337,7 @@ mod tests {
             ..mine.clone()
         };
         assert_eq!(
-            judge(&reused, &me).unwrap(),
+            judge(&reused, Probe::Unknown, &me).unwrap(),
             Verdict::Stale(StaleBecause::PidReused)
         );
         let earlier = Record {
@@ -309,7 +345,7 @@ mod tests {
             ..mine.clone()
         };
         assert_eq!(
-            judge(&earlier, &me).unwrap(),
+            judge(&earlier, Probe::Unknown, &me).unwrap(),
             Verdict::Stale(StaleBecause::EarlierBoot)
         );
         let foreign = Record {
@@ -318,7 +354,7 @@ mod tests {
             ..mine.clone()
         };
         assert_eq!(
-            judge(&foreign, &me).unwrap(),
+            judge(&foreign, Probe::Unknown, &me).unwrap(),
             Verdict::Held(HeldBecause::ForeignHost)
         );
         let namespaced = Record {
@@ -327,7 +363,65 @@ mod tests {
             ..mine
         };
         assert_eq!(
-            judge(&namespaced, &me).unwrap(),
+            judge(&namespaced, Probe::Unknown, &me).unwrap(),
+            Verdict::Held(HeldBecause::ForeignPidNamespace)
+        );
+    }
+
+    #[test]
+    fn an_unlocked_file_is_stale_only_when_promised_and_only_here() {
+        let me = current().unwrap();
+        let promised = Record {
+            ofd_lock: true,
+            ..me.record()
+        };
+        // A live pid with the right start time, but nobody holds the promised lock: exec.
+        assert_eq!(
+            judge(&promised, Probe::Unlocked, &me).unwrap(),
+            Verdict::Stale(StaleBecause::DescriptorClosed)
+        );
+        assert_eq!(
+            judge(&promised, Probe::Locked, &me).unwrap(),
+            Verdict::Held(HeldBecause::Alive)
+        );
+        // The file system could not tell: the pid test alone.
+        assert_eq!(
+            judge(&promised, Probe::Unknown, &me).unwrap(),
+            Verdict::Held(HeldBecause::Alive)
+        );
+        // No promise (version 1, or the lock was refused): an unlocked file means nothing.
+        let unpromised = Record {
+            ofd_lock: false,
+            ..promised.clone()
+        };
+        assert_eq!(
+            judge(&unpromised, Probe::Unlocked, &me).unwrap(),
+            Verdict::Held(HeldBecause::Alive)
+        );
+        // A locked file does not revive a dead pid (a forked child may keep the lock).
+        let reused = Record {
+            start_time: promised.start_time + 1,
+            ..promised.clone()
+        };
+        assert_eq!(
+            judge(&reused, Probe::Locked, &me).unwrap(),
+            Verdict::Stale(StaleBecause::PidReused)
+        );
+        // Foreign records stay held whatever the lock says.
+        let foreign = Record {
+            host: "elsewhere".into(),
+            ..promised.clone()
+        };
+        assert_eq!(
+            judge(&foreign, Probe::Unlocked, &me).unwrap(),
+            Verdict::Held(HeldBecause::ForeignHost)
+        );
+        let namespaced = Record {
+            pid_ns: promised.pid_ns + 1,
+            ..promised
+        };
+        assert_eq!(
+            judge(&namespaced, Probe::Unlocked, &me).unwrap(),
             Verdict::Held(HeldBecause::ForeignPidNamespace)
         );
     }

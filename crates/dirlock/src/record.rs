@@ -12,8 +12,16 @@ use lock_api::{Error, Result};
 /// The first word of every record; a file without it is not a lock record.
 pub const MAGIC: &str = "dirlock-record";
 
-/// The record format version this code writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The record format version this code writes. It reads this one and version 1.
+///
+/// Version 2 adds the `ofd_lock` line: a writer that says `ofd_lock 1` holds an OFD lock on the
+/// record's file for as long as it holds a level with it, so that a reader can tell a holder
+/// that has called `exec` (same pid, same start time) from a live one. Version-1 code reports
+/// a version-2 record as [`Error::Incompatible`] rather than misjudge it.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest record format version this code reads (with `ofd_lock` taken as false).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Records larger than this are refused unread: a real record is about 200 bytes.
 pub const MAX_RECORD_LEN: usize = 4096;
@@ -21,8 +29,9 @@ pub const MAX_RECORD_LEN: usize = 4096;
 /// Longest host name or boot id accepted in a record (Linux host names are at most 64 bytes).
 const MAX_FIELD_LEN: usize = 255;
 
-/// The keys of a version-1 record, in the order they must appear.
-const KEYS: [&str; 8] = [
+/// The keys of a version-2 record, in the order they must appear; a version-1 record has all
+/// but the last.
+const KEYS: [&str; 9] = [
     "boot_id",
     "pid_ns",
     "pid",
@@ -31,13 +40,18 @@ const KEYS: [&str; 8] = [
     "uid",
     "time_ns",
     "nonce",
+    "ofd_lock",
 ];
+
+/// How many of [`KEYS`] a version-1 record has.
+const KEYS_V1: usize = 8;
 
 /// One holder's claim on one level of a directory lock, as stored in `lock<N>`.
 ///
 /// The fields identify the holding process well enough to decide with certainty whether it is
 /// dead: the host and boot it ran in, its pid namespace, its pid and the start time of that pid
-/// (which tells a reused pid apart).
+/// (which tells a reused pid apart), and whether the file is locked while its writer holds it
+/// (which tells a holder that has called `exec` apart).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Record {
@@ -57,6 +71,11 @@ pub struct Record {
     pub time_ns: u64,
     /// A random number that makes every record unique, even two written in the same nanosecond.
     pub nonce: u64,
+    /// Whether the writer holds an OFD write lock (`F_OFD_SETLK`) on the record's file, through
+    /// a close-on-exec descriptor, for as long as it holds a level with it. Readers then take
+    /// an unlocked file for a holder that has exited or called `exec`. Always false in
+    /// version-1 records; false too where the file system refused the lock.
+    pub ofd_lock: bool,
 }
 
 impl Record {
@@ -71,7 +90,7 @@ impl Record {
         // Writing to a String cannot fail.
         let _ = write!(
             text,
-            "{MAGIC} {FORMAT_VERSION}\nboot_id {}\npid_ns {}\npid {}\nstart_time {}\nhost {}\nuid {}\ntime_ns {}\nnonce {:016x}\n",
+            "{MAGIC} {FORMAT_VERSION}\nboot_id {}\npid_ns {}\npid {}\nstart_time {}\nhost {}\nuid {}\ntime_ns {}\nnonce {:016x}\nofd_lock {}\n",
             self.boot_id,
             self.pid_ns,
             self.pid,
@@ -80,6 +99,7 @@ impl Record {
             self.uid,
             self.time_ns,
             self.nonce,
+            u8::from(self.ofd_lock),
         );
         text.into_bytes()
     }
@@ -88,8 +108,8 @@ impl Record {
     ///
     /// # Errors
     ///
-    /// [`Error::Incompatible`] for a record of another format version;
-    /// [`Error::Corrupt`] for anything else that is not exactly a version-1 record: a foreign
+    /// [`Error::Incompatible`] for a record of a format version other than 1 and 2;
+    /// [`Error::Corrupt`] for anything else that is not exactly such a record: a foreign
     /// file, garbage, a truncated record (every record ends with a newline), a record longer
     /// than [`MAX_RECORD_LEN`], unknown, missing, repeated or out-of-range fields.
     pub fn parse(bytes: &[u8], what: &str) -> Result<Record> {
@@ -108,18 +128,19 @@ impl Record {
             .and_then(|rest| rest.strip_prefix(' '))
             .ok_or_else(|| corrupt("not a dirlock record (bad magic)"))?;
         let version: u32 = parse_number(version).ok_or_else(|| corrupt("unreadable version"))?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::incompatible(
                 format!("{what} format version"),
-                FORMAT_VERSION,
+                format!("{OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"),
                 version,
             ));
         }
         if !text.ends_with('\n') {
             return Err(corrupt("truncated (no final newline)"));
         }
+        let keys = if version == 1 { KEYS_V1 } else { KEYS.len() };
         let mut values = [""; KEYS.len()];
-        for (slot, key) in values.iter_mut().zip(KEYS) {
+        for (slot, key) in values.iter_mut().zip(KEYS).take(keys) {
             let line = lines
                 .next()
                 .filter(|line| !line.is_empty())
@@ -136,7 +157,17 @@ impl Record {
         if lines.next() != Some("") || lines.next().is_some() {
             return Err(corrupt("trailing data after the last field"));
         }
-        let [boot_id, pid_ns, pid, start_time, host, uid, time_ns, nonce] = values;
+        let [
+            boot_id,
+            pid_ns,
+            pid,
+            start_time,
+            host,
+            uid,
+            time_ns,
+            nonce,
+            ofd_lock,
+        ] = values;
         fn number<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T> {
             parse_number(value)
                 .ok_or_else(|| Error::corrupt(format!("{what}: {key} {value:?} is not a number")))
@@ -149,6 +180,11 @@ impl Record {
             .ok()
             .filter(|_| nonce.len() == 16)
             .ok_or_else(|| corrupt(&format!("nonce {nonce:?} is not 16 hex digits")))?;
+        let ofd_lock = match (version, ofd_lock) {
+            (1, _) | (_, "0") => false,
+            (_, "1") => true,
+            (_, other) => return Err(corrupt(&format!("ofd_lock {other:?} is not 0 or 1"))),
+        };
         Ok(Record {
             boot_id: checked_word(boot_id, "boot_id").map_err(|why| corrupt(&why))?,
             pid_ns: number("pid_ns", pid_ns, what)?,
@@ -158,6 +194,7 @@ impl Record {
             uid: number("uid", uid, what)?,
             time_ns: number("time_ns", time_ns, what)?,
             nonce,
+            ofd_lock,
         })
     }
 }
@@ -197,6 +234,7 @@ mod tests {
             uid: 1000,
             time_ns: 1_700_000_000_123_456_789,
             nonce: 0x0123_4567_89ab_cdef,
+            ofd_lock: true,
         }
     }
 
@@ -220,11 +258,41 @@ mod tests {
     #[test]
     fn unknown_version_is_incompatible() {
         let text = String::from_utf8(sample().to_bytes()).unwrap();
-        let future = text.replacen("dirlock-record 1", "dirlock-record 2", 1);
-        assert!(matches!(
-            Record::parse(future.as_bytes(), "r"),
-            Err(Error::Incompatible { .. })
-        ));
+        for version in ["0", "3", "99"] {
+            let other = text.replacen("dirlock-record 2", &format!("dirlock-record {version}"), 1);
+            assert!(matches!(
+                Record::parse(other.as_bytes(), "r"),
+                Err(Error::Incompatible { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn version_1_is_read_without_a_lock_promise() {
+        let text = String::from_utf8(sample().to_bytes()).unwrap();
+        let v1 = text
+            .replacen("dirlock-record 2", "dirlock-record 1", 1)
+            .replace("ofd_lock 1\n", "");
+        let record = Record::parse(v1.as_bytes(), "r").unwrap();
+        assert_eq!(
+            record,
+            Record {
+                ofd_lock: false,
+                ..sample()
+            }
+        );
+        // A version-1 record with the version-2 line, or a version-2 one without it: damage.
+        let v1_with_line = text.replacen("dirlock-record 2", "dirlock-record 1", 1);
+        let v2_without_line = text.replace("ofd_lock 1\n", "");
+        for case in [v1_with_line, v2_without_line] {
+            let err = Record::parse(case.as_bytes(), "r").unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{case:?}: {err:?}");
+        }
+        let unlocked = Record {
+            ofd_lock: false,
+            ..sample()
+        };
+        assert_eq!(Record::parse(&unlocked.to_bytes(), "r").unwrap(), unlocked);
     }
 
     #[test]
@@ -241,6 +309,9 @@ mod tests {
             text.replace("boot_id", "bootid"),
             format!("{text}extra 1\n"),
             text.replace("\npid_ns", "\n\npid_ns"),
+            text.replace("ofd_lock 1", "ofd_lock 2"),
+            text.replace("ofd_lock 1", "ofd_lock yes"),
+            text.replace("ofd_lock 1", "ofd_lock"),
             "hello world\n".to_owned(),
             String::new(),
         ];

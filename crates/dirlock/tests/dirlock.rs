@@ -110,6 +110,16 @@ fn child_role() {
             }
         },
         "leader-exits" => leader_exits(dir),
+        "exec-sleep" => {
+            let lock = DirLock::new(dir).expect("new");
+            say(word(lock.lock().expect("lock")));
+            // The lock is not released first: exec keeps the pid and the start time, and runs
+            // no destructor.
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new("sleep").arg("30"),
+            );
+            say(&format!("error exec {err}"));
+        }
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -294,6 +304,13 @@ fn leader_state(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// The command name of `pid` (`/proc/<pid>/comm`); `None` when the process is gone.
+fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim_end().to_owned())
 }
 
 fn is_corrupt<T: std::fmt::Debug>(r: dirlock::lock_api::Result<T>) -> bool {
@@ -533,6 +550,61 @@ fn earlier_boot_is_stale() {
     assert_entries(dir.path(), &[], "after unlock");
 }
 
+/// A version-2 record that promises an OFD lock on its file is stale when nobody holds that
+/// lock, although its pid lives with the recorded start time (its writer called `exec`); one
+/// that makes no promise is judged by its pid alone, as a version-1 record is.
+#[test]
+fn version_2_records_are_judged_by_their_lock_promise() {
+    let me = me();
+    let work = work_dir();
+    let scratch = lock_dir();
+    let other = live(&me, scratch.path(), work.path());
+    let pid = other.kid.pid();
+    let cases = [
+        (true, Verdict::Stale(StaleBecause::DescriptorClosed)),
+        (false, Verdict::Held(HeldBecause::Alive)),
+    ];
+    for (promise, want) in cases {
+        let dir = lock_dir();
+        let text = record_v2(&me, pid, start_time(pid), promise);
+        write_level(dir.path(), 0, &text);
+        let lock = DirLock::new(dir.path()).expect("new");
+        let (record, verdict) = lock.status().expect("status").expect("record");
+        assert_eq!(record.ofd_lock, promise);
+        assert_eq!(verdict, want, "ofd_lock {promise}");
+        if promise {
+            assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::OwnerDied));
+            lock.unlock().expect("unlock");
+            assert_entries(dir.path(), &[], "after unlock");
+        } else {
+            assert_eq!(lock.try_acquire().expect("try"), None);
+            assert_eq!(
+                fs::read_to_string(dir.path().join("lock0")).expect("kept"),
+                text
+            );
+        }
+    }
+}
+
+/// A holder that runs another program keeps the lock: the program's `exec` closes only the
+/// child's copies of the holder's descriptors.
+#[test]
+fn running_a_program_keeps_the_lock() {
+    let dir = lock_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    assert!(lock.try_lock().expect("try"));
+    let status = std::process::Command::new("true")
+        .status()
+        .expect("run true");
+    assert!(status.success());
+    let other = DirLock::new(dir.path()).expect("other");
+    let (_, verdict) = other.status().expect("status").expect("held");
+    assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
+    assert!(!other.try_lock().expect("try"));
+    lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "released");
+}
+
 /// A record of another host, or of another pid namespace, is held whatever its pid says,
 /// until an operator breaks the lock.
 #[test]
@@ -686,6 +758,43 @@ fn holder_whose_main_thread_exited_is_alive() {
     assert_entries(old.path(), &[], "after unlock");
 }
 
+/// A holder that calls `exec` gives the lock up, as lock-shm and lock-file holders do (their
+/// descriptors are close-on-exec): another process takes it over with `OwnerDied` while the new
+/// program, with the same pid and start time, still runs.
+#[test]
+fn exec_releases_the_lock() {
+    let work = work_dir();
+    let dir = lock_dir();
+    let mut kid = spawn("exec-sleep", dir.path(), work.path(), 0, None);
+    assert_eq!(kid.next_line(PATIENCE).expect("holder"), "clean");
+    let pid = kid.pid();
+    assert!(
+        eventually(|| comm(pid).as_deref() == Some("sleep")),
+        "the holder did not exec sleep: {:?}",
+        comm(pid)
+    );
+    let lock = DirLock::new(dir.path()).expect("new");
+    // The descriptors go a little after the new name is set: wait for the verdict to change.
+    let verdict = || lock.status().expect("status").expect("held").1;
+    assert!(
+        eventually(|| verdict() != Verdict::Held(HeldBecause::Alive)),
+        "the exec'd holder still counts as alive"
+    );
+    assert_eq!(verdict(), Verdict::Stale(StaleBecause::DescriptorClosed));
+    assert_eq!(
+        lock.lock_timeout(PATIENCE).expect("take over"),
+        Acquired::OwnerDied
+    );
+    assert_eq!(
+        comm(pid).as_deref(),
+        Some("sleep"),
+        "the exec'd program must still run"
+    );
+    lock.unlock().expect("unlock");
+    kid.sigkill().expect("kill sleep");
+    assert_entries(dir.path(), &[], "after unlock");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input
 // ---------------------------------------------------------------------------------------------
@@ -810,12 +919,12 @@ fn bad_lock_files_are_typed_errors_and_kept() {
         fs::read_to_string(outside.path().join("target")).expect("symlink target kept"),
         valid
     );
-    // An unknown version is Incompatible, not Corrupt.
+    // An unknown version (this code reads 1 and 2) is Incompatible, not Corrupt.
     let dir = lock_dir();
     write_level(
         dir.path(),
         0,
-        &valid.replacen("dirlock-record 1", "dirlock-record 2", 1),
+        &valid.replacen("dirlock-record 1", "dirlock-record 3", 1),
     );
     let lock = DirLock::new(dir.path()).expect("new");
     assert!(matches!(

@@ -111,6 +111,17 @@ pub(crate) fn record_with(
     )
 }
 
+/// A version-2 record, written by hand from docs/lock-record.md: `ofd_lock` says whether the
+/// writer promises an OFD lock on the file (a hand-written file never has one).
+pub(crate) fn record_v2(me: &Me, pid: u32, start_time: u64, ofd_lock: bool) -> String {
+    let v1 = record(me, pid, start_time);
+    format!(
+        "{}ofd_lock {}\n",
+        v1.replacen("dirlock-record 1", "dirlock-record 2", 1),
+        u8::from(ofd_lock)
+    )
+}
+
 /// The names in `dir`, sorted.
 pub(crate) fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
