@@ -216,6 +216,10 @@ impl Leased for EtcdLock {
         )
     }
 
+    /// Time until the lock is declared lost unless a keepalive is answered meanwhile: the send
+    /// time of the last answered keepalive, plus the granted TTL, minus a safety margin (TTL/20,
+    /// at least 50 ms), minus now. The lost signal fires when it reaches zero, and this,
+    /// [`Fenced::fencing_token`] and the signal agree at every call.
     fn time_left(&self) -> Result<Option<Duration>> {
         let state = self.lock_state();
         let Some(held) = state.as_ref() else {

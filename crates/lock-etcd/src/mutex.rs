@@ -146,7 +146,7 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
             grant.ttl()
         )));
     }
-    let monitor = Monitor::new(sent + ttl);
+    let monitor = Monitor::new(sent, ttl);
     let mut tasks = vec![
         tokio::spawn(keep_alive(ctx.clone(), lease, ttl, Arc::clone(&monitor))).abort_handle(),
     ];
