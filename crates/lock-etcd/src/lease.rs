@@ -14,6 +14,10 @@
 //!    one of them said lost, every later call of any of them says lost.
 //! 3. The flag never clears, and a keepalive answered after the deadline does not move it: a
 //!    lock is lost at its deadline, whatever comes later.
+//! 4. A watch is as alive as its member: when it has heard nothing (no event, no answer to a
+//!    progress request) for the attempt timeout, it is dropped and its endpoint marked failing,
+//!    exactly as an unanswered request is (see `client::retry`); the caller reads and watches
+//!    again on the next endpoint.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -292,31 +296,67 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
 }
 
 /// Watches `key` from revision `from`: true when it is deleted, false when the watch cannot be
-/// opened or breaks (compaction, no leader, a dead member), so the caller re-reads and retries.
+/// opened, breaks (compaction, no leader, a dead member) or goes silent, so the caller re-reads
+/// and retries.
+///
+/// Silence is how a stopped or partitioned member looks: its TCP connection stays open and it
+/// answers nothing. When nothing has arrived for half the attempt timeout the watch asks for a
+/// progress report (etcd answers at once with an empty response); when nothing has arrived for a
+/// whole attempt timeout the endpoint is marked failing, as for an unanswered request
+/// (invariant 4), and the watch is dropped.
 pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: i64) -> bool {
     let options = WatchOptions::new()
         .with_start_revision(from)
         .with_filters([WatchFilterType::NoPut]);
+    let silence = ctx.attempt_timeout();
     let (endpoint, mut client) = ctx.pick();
     let opened = timeout_at(
-        (Instant::now() + ctx.attempt_timeout()).into(),
+        (Instant::now() + silence).into(),
         client.watch(key, Some(options)),
     )
     .await;
-    let Ok(Ok(mut stream)) = opened else {
+    let Ok(Ok(stream)) = opened else {
         ctx.failed(endpoint);
         return false;
     };
-    // Ends when the stream closes or fails.
-    while let Ok(Some(answer)) = stream.message().await {
-        if answer.events().iter().any(is_delete) {
-            return true;
-        }
-        if answer.canceled() {
-            break;
+    let (mut requests, mut answers) = stream.split();
+    let mut heard = Instant::now();
+    let mut asked = false;
+    loop {
+        let wake = heard + if asked { silence } else { silence / 2 };
+        tokio::select! {
+            answer = answers.message() => match answer {
+                Ok(Some(answer)) => {
+                    if answer.events().iter().any(is_delete) {
+                        return true;
+                    }
+                    if answer.canceled() {
+                        // Compacted past `from`, or refused: not the member's fault.
+                        return false;
+                    }
+                    heard = Instant::now();
+                    asked = false;
+                }
+                // The stream failed or the member closed it.
+                Ok(None) | Err(_) => {
+                    ctx.failed(endpoint);
+                    return false;
+                }
+            },
+            () = sleep_until(wake.into()) => {
+                if asked {
+                    ctx.failed(endpoint);
+                    return false;
+                }
+                let sent = timeout_at((heard + silence).into(), requests.request_progress()).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    ctx.failed(endpoint);
+                    return false;
+                }
+                asked = true;
+            }
         }
     }
-    false
 }
 
 /// Whether a watch event is a deletion (read from the raw field: the client's own accessor panics

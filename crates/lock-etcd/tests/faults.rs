@@ -1,6 +1,6 @@
 //! Fault tests with real processes on a cluster of our own: a killed leader, a stopped holder
-//! process fenced off by a newer token, a killed holder process, a cluster that loses quorum, and
-//! a holder partitioned away by a blackholed proxy.
+//! process fenced off by a newer token, a killed holder process, a cluster that loses quorum, a
+//! holder partitioned away by a blackholed proxy, and a waiter whose watch is on a stopped member.
 
 mod common;
 
@@ -576,4 +576,73 @@ fn partitioned_holder_loses_before_another_acquires() -> Result<(), Failed> {
     assert_no_keys(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
     assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
     Ok(())
+}
+
+/// A waiter whose watch runs on a member that is then SIGSTOPped fails over like a request does,
+/// and acquires once the holder releases through another member. The waiter reaches that member
+/// through a proxy that answers HTTP/2 PINGs itself, so HTTP/2 keepalive (which would notice a
+/// stopped process after about 3 s) cannot rescue the watch: only the library's own fail-over can.
+#[test]
+#[serial]
+fn waiter_watching_a_stopped_member_fails_over() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("watch-failover");
+    let leader = tc.cluster().leader().expect("a leader");
+    let stopped = (leader + 1) % tc.endpoints.len();
+    let others: Vec<String> = (0..tc.endpoints.len())
+        .filter(|i| *i != stopped)
+        .map(|i| tc.endpoints[i].clone())
+        .collect();
+    let proxy = Proxy::start(&tc.endpoints[stopped]);
+    let options = || {
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(2))
+    };
+    let holder_locks = EtcdLocks::connect(&others, options()).expect("holder connect");
+    let holder = holder_locks.named("w").expect("named");
+    let _ = holder.lock().expect("holder lock");
+    // The waiter prefers the member behind the proxy: its requests and watches go there first.
+    let waiter_endpoints: Vec<String> = std::iter::once(proxy.url()).chain(others).collect();
+    let waiter_locks = EtcdLocks::connect(&waiter_endpoints, options()).expect("waiter connect");
+    let waiter = waiter_locks.named("w").expect("named");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = waiter.try_lock_for(Duration::from_secs(60));
+        let _ = tx.send((outcome, waiter));
+    });
+    // Nobody else watches on that member: two watchers there are the waiter's predecessor watch
+    // and its own-key watch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::queue_keys(&tc.endpoints, &prefix).len() < 2
+        || common::watchers(&tc.endpoints[stopped]).unwrap_or(0) < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never watched on member {stopped}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.set_mode(Mode::AnswerPings);
+    tc.cluster().stop(stopped).expect("SIGSTOP member");
+    let released = Instant::now();
+    holder.unlock().expect("release through another member");
+    let outcome = rx.recv_timeout(Duration::from_secs(20));
+    tc.cluster().cont(stopped).expect("SIGCONT member");
+    let (result, waiter) =
+        outcome.expect("the waiter never noticed the release: its watch did not fail over");
+    assert_eq!(result.expect("waiter acquires"), Acquired::Clean);
+    eprintln!(
+        "the waiter acquired {:?} after the release",
+        released.elapsed()
+    );
+    waiter.unlock().expect("waiter unlock");
+    drop(waiter);
+    drop(holder);
+    drop(waiter_locks);
+    drop(holder_locks);
+    drop(proxy);
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
 }
