@@ -646,3 +646,67 @@ fn waiter_watching_a_stopped_member_fails_over() {
     assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
 }
+
+/// After the lock was lost in an outage (every member blackholed), `unlock` and a drop return at
+/// once instead of waiting out the request timeout for a revoke nobody answers; the leases leave
+/// the cluster by themselves one TTL later.
+#[test]
+#[serial]
+fn unlock_after_lost_in_an_outage_returns_at_once() {
+    let tc = TestCluster::start();
+    let prefix = common::prefix("unlock-outage");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    let ttl = Duration::from_secs(2);
+    let request_timeout = Duration::from_secs(20);
+    let locks = EtcdLocks::connect(
+        proxies.iter().map(Proxy::url),
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(ttl)
+            .request_timeout(request_timeout),
+    )
+    .expect("connect through the proxies");
+    let unlocked = locks.named("u").expect("named");
+    let dropped = locks.named("d").expect("named");
+    let _ = unlocked.lock().expect("lock u");
+    let _ = dropped.lock().expect("lock d");
+    let lost = [
+        unlocked.lost().expect("lost signal"),
+        dropped.lost().expect("lost signal"),
+    ];
+    for proxy in &proxies {
+        proxy.set_mode(Mode::Blackhole);
+    }
+    for signal in &lost {
+        assert!(
+            signal.wait_timeout(ttl + Duration::from_secs(5)),
+            "Lost did not fire in the outage"
+        );
+    }
+    let (took, result) = bounded(request_timeout * 2, move || {
+        let start = Instant::now();
+        let result = unlocked.unlock();
+        (start.elapsed(), result)
+    });
+    assert!(matches!(result, Err(Error::Lost)), "unlock: {result:?}");
+    assert!(
+        took < request_timeout / 4,
+        "unlock after Lost took {took:?} (request timeout {request_timeout:?})"
+    );
+    let took = bounded(request_timeout * 2, move || {
+        let start = Instant::now();
+        drop(dropped);
+        start.elapsed()
+    });
+    assert!(
+        took < request_timeout / 4,
+        "dropping a lost lock took {took:?} (request timeout {request_timeout:?})"
+    );
+    drop(locks);
+    drop(proxies);
+    // Nobody renews the leases: etcd expires them and their queue keys. The held markers stay
+    // until the next acquisition of each lock (documented), so remove them here.
+    assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    assert_eq!(common::queue_keys(&tc.endpoints, &prefix), Vec::new());
+    common::delete_prefix(&tc.endpoints, &prefix);
+}
