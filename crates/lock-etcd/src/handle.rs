@@ -148,8 +148,9 @@ impl Locker for EtcdLock {
     /// # Errors
     ///
     /// [`Error::NotHeld`] when this handle does not hold the lock; [`Error::Lost`] when it was
-    /// lost meanwhile (the acquisition is over either way); [`Error::Unavailable`] when etcd did
-    /// not answer: the lease is no longer kept alive, so the lock is released within the TTL.
+    /// lost before or during the release (the acquisition is over either way), returned at once
+    /// while the lease is revoked in the background; [`Error::Unavailable`] when etcd did not
+    /// answer: the lease is no longer kept alive, so the lock is released within the TTL.
     fn unlock(&self) -> Result<()> {
         let held = self.lock_state().take().ok_or(Error::NotHeld(self.id))?;
         let ctx = self.shared.ctx.clone();
@@ -216,6 +217,10 @@ impl Leased for EtcdLock {
         )
     }
 
+    /// Time until the lock is declared lost unless a keepalive is answered meanwhile: the send
+    /// time of the last answered keepalive, plus the granted TTL, minus a safety margin (TTL/20,
+    /// at least 50 ms), minus now. The lost signal fires when it reaches zero, and this,
+    /// [`Fenced::fencing_token`] and the signal agree at every call.
     fn time_left(&self) -> Result<Option<Duration>> {
         let state = self.lock_state();
         let Some(held) = state.as_ref() else {

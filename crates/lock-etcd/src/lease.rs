@@ -1,16 +1,26 @@
 //! One acquisition's lease: the keepalive task, the own-key watch, and the lost signal they fire.
 //!
 //! Invariants:
-//! 1. `confirmed_until` is the send time of the last keepalive the server answered plus the TTL it
-//!    granted: the server cannot expire the lease before then (it renewed it after we sent), so
-//!    the lock is certainly ours until then and possibly not after.
-//! 2. The lost signal fires at most once per acquisition and never un-fires; it fires when a
-//!    keepalive answer says TTL <= 0 (the lease is gone), when `confirmed_until` passes with no
-//!    newer answer, or when the own key is deleted, but never for a deletion this handle is making
-//!    itself (`releasing`).
+//! 1. The *deadline* is the send time of the last keepalive the server answered, plus the TTL it
+//!    granted, minus the safety margin ([`safety_margin`]). The server renewed the lease after we
+//!    sent, so it cannot expire it before the deadline plus the margin: the lock is certainly
+//!    ours until the deadline.
+//! 2. Lost is one state, under one mutex with the deadline: the lock is lost once the lost flag is
+//!    set, and the flag is set by whoever first sees the deadline passed (a call of `is_lost`,
+//!    `time_left`, or the watchdog timer that sleeps until the deadline), by a keepalive answer
+//!    with TTL <= 0, or by a deletion of the own key that this handle is not making itself
+//!    (`releasing`). The [`LostSignal`] and the watch channel are fired under that same mutex, so
+//!    `is_lost()` of the signal, `fencing_token()` and `time_left()` agree at every call: once
+//!    one of them said lost, every later call of any of them says lost.
+//! 3. The flag never clears, and a keepalive answered after the deadline does not move it: a
+//!    lock is lost at its deadline, whatever comes later.
+//! 4. A watch is as alive as its member: when it has heard nothing (no event, no answer to a
+//!    progress request) for the attempt timeout, it is dropped and its endpoint marked failing,
+//!    exactly as an unanswered request is (see `client::retry`); the caller reads and watches
+//!    again on the next endpoint.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Event, GetOptions, WatchFilterType, WatchOptions};
@@ -29,38 +39,90 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// stream.
 const WATCH_DELAY: Duration = Duration::from_millis(100);
 
+/// The smallest safety margin; see [`safety_margin`].
+const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(50);
+
+/// How long before the server may expire the lease the lock is declared lost: TTL/20, at least
+/// 50 ms (100 ms with the 2 s minimum TTL, 500 ms with the default 10 s).
+///
+/// It absorbs what can make the local deadline late against the server's: the watchdog timer
+/// waking late on a loaded runtime thread or machine, and the client's clock running slower than
+/// the leader's (NTP bounds the rate error to 500 ppm, 0.05 % of the TTL). A holder that checks
+/// `is_lost` or its token just before it writes still has the margin to do so.
+pub(crate) fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 20).max(MIN_SAFETY_MARGIN)
+}
+
+#[derive(Debug)]
+struct State {
+    deadline: Instant,
+    lost: bool,
+}
+
 /// The state shared by a held lock and its background tasks.
 #[derive(Debug)]
 pub(crate) struct Monitor {
     trigger: LostTrigger,
     lost_tx: watch::Sender<bool>,
-    confirmed_until: Mutex<Instant>,
+    state: Mutex<State>,
+    margin: Duration,
     releasing: AtomicBool,
 }
 
 impl Monitor {
-    pub(crate) fn new(confirmed_until: Instant) -> Arc<Monitor> {
+    /// The monitor of a lease granted with `ttl` by a request sent at `sent`.
+    pub(crate) fn new(sent: Instant, ttl: Duration) -> Arc<Monitor> {
         let (trigger, _signal) = LostTrigger::new();
+        let margin = safety_margin(ttl);
         Arc::new(Monitor {
             trigger,
             lost_tx: watch::Sender::new(false),
-            confirmed_until: Mutex::new(confirmed_until),
+            state: Mutex::new(State {
+                deadline: sent + ttl.saturating_sub(margin),
+                lost: false,
+            }),
+            margin,
             releasing: AtomicBool::new(false),
         })
     }
 
-    /// Fires the lost signal, unless this handle is deleting its own key right now.
-    pub(crate) fn fire(&self) {
-        if self.releasing.load(Ordering::SeqCst) {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the lost flag and fires both signals, under the state lock (invariant 2).
+    fn mark_lost(&self, state: &mut State) {
+        if state.lost {
             return;
         }
-        // The state first: whoever wakes on the signal must see `is_lost()`.
+        state.lost = true;
         self.lost_tx.send_replace(true);
         self.trigger.fire();
     }
 
+    /// Whether the lock is lost; marks it lost when the deadline has passed (invariant 2).
+    fn check(&self, state: &mut State, now: Instant) -> bool {
+        if !state.lost && now >= state.deadline {
+            self.mark_lost(state);
+        }
+        state.lost
+    }
+
+    /// Fires the lost signal.
+    pub(crate) fn fire(&self) {
+        self.mark_lost(&mut self.state());
+    }
+
+    /// Fires the lost signal for a deletion of the own key, unless this handle is deleting it
+    /// right now.
+    pub(crate) fn key_deleted(&self) {
+        if !self.releasing.load(Ordering::SeqCst) {
+            self.fire();
+        }
+    }
+
     pub(crate) fn is_lost(&self) -> bool {
-        *self.lost_tx.borrow()
+        self.check(&mut self.state(), Instant::now())
     }
 
     pub(crate) fn signal(&self) -> LostSignal {
@@ -79,30 +141,41 @@ impl Monitor {
         let _ = rx.wait_for(|lost| *lost).await;
     }
 
-    pub(crate) fn confirmed_until(&self) -> Instant {
-        *self
-            .confirmed_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn confirm(&self, until: Instant) {
-        let mut current = self
-            .confirmed_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if until > *current {
-            *current = until;
+    /// Records a keepalive sent at `sent` and answered with `granted` (invariants 1 and 3).
+    fn confirm(&self, sent: Instant, granted: Duration) {
+        let mut state = self.state();
+        if self.check(&mut state, Instant::now()) {
+            return;
+        }
+        let until = sent + granted.saturating_sub(self.margin);
+        if until > state.deadline {
+            state.deadline = until;
         }
     }
 
-    /// Time the lease certainly has left, or `None` once it may have expired.
+    /// Time left until the deadline, or `None` once the lock is lost.
     pub(crate) fn time_left(&self) -> Option<Duration> {
-        if self.is_lost() {
+        let now = Instant::now();
+        let mut state = self.state();
+        if self.check(&mut state, now) {
             return None;
         }
-        self.confirmed_until()
-            .checked_duration_since(Instant::now())
+        Some(state.deadline - now)
+    }
+
+    /// Fires the lost signal when the deadline passes with no newer renewal: a timer of its own,
+    /// so that nothing the keepalive waits for (an answer, a pause before a retry) can delay it.
+    async fn expire(&self) {
+        loop {
+            let deadline = {
+                let mut state = self.state();
+                if self.check(&mut state, Instant::now()) {
+                    return;
+                }
+                state.deadline
+            };
+            sleep_until(deadline.into()).await;
+        }
     }
 }
 
@@ -116,24 +189,28 @@ enum Renewal {
     Closed,
 }
 
-/// Keeps `lease` alive every TTL/3 until aborted; fires the lost signal when it cannot.
+/// Keeps `lease` alive every TTL/3 until aborted; fires the lost signal when it cannot before the
+/// deadline.
 pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc<Monitor>) {
+    tokio::select! {
+        () = renew(&ctx, lease, ttl, &monitor) => {}
+        () = monitor.expire() => {}
+    }
+}
+
+/// Renews `lease` every TTL/3, retrying failed renewals on the next endpoint, until a renewal
+/// says the lease is gone (the deadline is [`Monitor::expire`]'s business).
+async fn renew(ctx: &Ctx, lease: i64, ttl: Duration, monitor: &Monitor) {
     let period = ttl / 3;
     let mut stream = None;
     let mut endpoint = 0;
     let mut next = Instant::now() + period;
     loop {
         sleep_until(next.into()).await;
-        // One renewal, retried until it succeeds or the lease may have expired (invariant 1).
+        // One renewal, retried until it succeeds; the watchdog ends this at the deadline.
         loop {
-            let deadline = monitor.confirmed_until();
             let sent = Instant::now();
-            if sent >= deadline {
-                monitor.fire();
-                return;
-            }
-            let attempt_deadline = deadline.min(sent + ctx.attempt_timeout());
-            let attempt = timeout_at(attempt_deadline.into(), async {
+            let attempt = timeout_at((sent + ctx.attempt_timeout()).into(), async {
                 let Some((keeper, answers)) = stream.as_mut() else {
                     // Opening the stream sends one keepalive and awaits its answer, which the
                     // client checks for a positive TTL.
@@ -151,12 +228,12 @@ pub(crate) async fn keep_alive(ctx: Ctx, lease: i64, ttl: Duration, monitor: Arc
             .await;
             match attempt {
                 Ok(Ok(Renewal::Opened)) => {
-                    monitor.confirm(sent + ttl);
+                    monitor.confirm(sent, ttl);
                     break;
                 }
                 Ok(Ok(Renewal::Answered(granted))) if granted > 0 => {
                     let granted = u64::try_from(granted).unwrap_or(0);
-                    monitor.confirm(sent + Duration::from_secs(granted));
+                    monitor.confirm(sent, Duration::from_secs(granted));
                     break;
                 }
                 Ok(Ok(Renewal::Answered(_))) => {
@@ -188,7 +265,7 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
             return;
         }
         if watch_deletion(&ctx, key.clone().into_bytes(), from).await {
-            monitor.fire();
+            monitor.key_deleted();
             return;
         }
         // The watch broke (compaction, no leader, a dead member): check the key by reading it,
@@ -206,7 +283,7 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
                     .first()
                     .is_some_and(|kv| kv.create_revision() == revision);
                 if !ours {
-                    monitor.fire();
+                    monitor.key_deleted();
                     return;
                 }
                 if let Some(header) = answer.header() {
@@ -218,36 +295,153 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
     }
 }
 
-/// Whether a watch event is a deletion (read from the raw field: the client's own accessor panics
-/// on an event type it does not know).
 /// Watches `key` from revision `from`: true when it is deleted, false when the watch cannot be
-/// opened or breaks (compaction, no leader, a dead member), so the caller re-reads and retries.
+/// opened, breaks (compaction, no leader, a dead member) or goes silent, so the caller re-reads
+/// and retries.
+///
+/// Silence is how a stopped or partitioned member looks: its TCP connection stays open and it
+/// answers nothing. When nothing has arrived for half the attempt timeout the watch asks for a
+/// progress report (etcd answers at once with an empty response); when nothing has arrived for a
+/// whole attempt timeout the endpoint is marked failing, as for an unanswered request
+/// (invariant 4), and the watch is dropped.
 pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: i64) -> bool {
     let options = WatchOptions::new()
         .with_start_revision(from)
         .with_filters([WatchFilterType::NoPut]);
+    let silence = ctx.attempt_timeout();
     let (endpoint, mut client) = ctx.pick();
     let opened = timeout_at(
-        (Instant::now() + ctx.attempt_timeout()).into(),
+        (Instant::now() + silence).into(),
         client.watch(key, Some(options)),
     )
     .await;
-    let Ok(Ok(mut stream)) = opened else {
+    let Ok(Ok(stream)) = opened else {
         ctx.failed(endpoint);
         return false;
     };
-    // Ends when the stream closes or fails.
-    while let Ok(Some(answer)) = stream.message().await {
-        if answer.events().iter().any(is_delete) {
-            return true;
-        }
-        if answer.canceled() {
-            break;
+    let (mut requests, mut answers) = stream.split();
+    let mut heard = Instant::now();
+    let mut asked = false;
+    loop {
+        let wake = heard + if asked { silence } else { silence / 2 };
+        tokio::select! {
+            answer = answers.message() => match answer {
+                Ok(Some(answer)) => {
+                    if answer.events().iter().any(is_delete) {
+                        return true;
+                    }
+                    if answer.canceled() {
+                        // Compacted past `from`, or refused: not the member's fault.
+                        return false;
+                    }
+                    heard = Instant::now();
+                    asked = false;
+                }
+                // The stream failed or the member closed it.
+                Ok(None) | Err(_) => {
+                    ctx.failed(endpoint);
+                    return false;
+                }
+            },
+            () = sleep_until(wake.into()) => {
+                if asked {
+                    ctx.failed(endpoint);
+                    return false;
+                }
+                let sent = timeout_at((heard + silence).into(), requests.request_progress()).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    ctx.failed(endpoint);
+                    return false;
+                }
+                asked = true;
+            }
         }
     }
-    false
 }
 
+/// Whether a watch event is a deletion (read from the raw field: the client's own accessor panics
+/// on an event type it does not know).
 fn is_delete(event: &Event) -> bool {
     event.0.r#type == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ago(d: Duration) -> Instant {
+        Instant::now()
+            .checked_sub(d)
+            .unwrap_or_else(|| panic!("the monotonic clock is younger than {d:?}"))
+    }
+
+    #[test]
+    fn margin_is_a_twentieth_of_the_ttl_and_at_least_50_ms() {
+        assert_eq!(
+            safety_margin(Duration::from_secs(2)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(10)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(safety_margin(Duration::from_millis(500)), MIN_SAFETY_MARGIN);
+    }
+
+    #[test]
+    fn time_left_ends_a_margin_before_the_lease_can_expire() {
+        let ttl = Duration::from_secs(10);
+        let monitor = Monitor::new(Instant::now(), ttl);
+        let left = monitor.time_left().unwrap_or_default();
+        assert!(left <= ttl - safety_margin(ttl), "{left:?}");
+        assert!(left > ttl / 2, "{left:?}");
+        assert!(!monitor.is_lost());
+        assert!(!monitor.signal().is_lost());
+    }
+
+    #[test]
+    fn every_view_fires_the_signal_once_the_deadline_passed() {
+        let ttl = Duration::from_secs(2);
+        // Sent just inside the margin: the lease may live on at the server, the lock is lost.
+        let within_margin = ttl - safety_margin(ttl) / 2;
+        let by_time_left = Monitor::new(ago(within_margin), ttl);
+        assert_eq!(by_time_left.time_left(), None);
+        assert!(by_time_left.signal().is_lost(), "time_left said lost first");
+        let by_is_lost = Monitor::new(ago(within_margin), ttl);
+        assert!(by_is_lost.is_lost());
+        assert!(by_is_lost.signal().is_lost(), "is_lost said lost first");
+    }
+
+    #[test]
+    fn a_late_renewal_does_not_revive_a_lost_lock() {
+        let ttl = Duration::from_secs(2);
+        let monitor = Monitor::new(ago(ttl), ttl);
+        // Nobody looked yet: the answer arriving after the deadline still does not extend it.
+        monitor.confirm(Instant::now(), ttl);
+        assert!(monitor.is_lost());
+        assert_eq!(monitor.time_left(), None);
+        assert!(monitor.signal().is_lost());
+    }
+
+    #[test]
+    fn a_timely_renewal_moves_the_deadline() {
+        let ttl = Duration::from_secs(2);
+        let monitor = Monitor::new(ago(ttl / 2), ttl);
+        let before = monitor.time_left().unwrap_or_default();
+        monitor.confirm(Instant::now(), ttl);
+        let after = monitor.time_left().unwrap_or_default();
+        assert!(after > before, "{before:?} then {after:?}");
+    }
+
+    #[test]
+    fn own_deletion_is_not_a_loss_but_a_foreign_one_is() {
+        let monitor = Monitor::new(Instant::now(), Duration::from_secs(10));
+        monitor.set_releasing(true);
+        monitor.key_deleted();
+        assert!(!monitor.is_lost());
+        monitor.set_releasing(false);
+        monitor.key_deleted();
+        assert!(monitor.is_lost());
+        assert!(monitor.signal().is_lost());
+    }
 }

@@ -146,7 +146,7 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
             grant.ttl()
         )));
     }
-    let monitor = Monitor::new(sent + ttl);
+    let monitor = Monitor::new(sent, ttl);
     let mut tasks = vec![
         tokio::spawn(keep_alive(ctx.clone(), lease, ttl, Arc::clone(&monitor))).abort_handle(),
     ];
@@ -352,56 +352,72 @@ async fn wait_deleted(ctx: &Ctx, key: Vec<u8>, from: i64) {
 }
 
 /// Releases a held lock (invariant 6).
+///
+/// A lock that is lost, before or during the release, returns [`Error::Lost`] at once: the
+/// acquisition is over either way, and the revoke, which in an outage would wait out the whole
+/// request timeout, goes on in the background (the lease expires by itself if it fails).
 pub(crate) async fn release(ctx: Ctx, held: Held) -> Result<()> {
     held.monitor.set_releasing(true);
     if held.monitor.is_lost() {
         held.stop_tasks();
-        revoke(&ctx, held.lease).await;
+        revoke_in_background(&ctx, held.lease);
         return Err(Error::Lost);
     }
     let mut attempts = 0u32;
-    let answer = ctx
-        .call(|mut c| {
-            attempts += 1;
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    held.key.as_str(),
-                    CompareOp::Equal,
-                    held.revision,
-                )])
-                .and_then([
-                    TxnOp::delete(held.key.as_str(), None),
-                    TxnOp::delete(marker_key_of(&held.key), None),
-                ]);
-            async move { c.txn(txn).await }
-        })
-        .await;
+    let delete = ctx.call(|mut c| {
+        attempts += 1;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                held.key.as_str(),
+                CompareOp::Equal,
+                held.revision,
+            )])
+            .and_then([
+                TxnOp::delete(held.key.as_str(), None),
+                TxnOp::delete(marker_key_of(&held.key), None),
+            ]);
+        async move { c.txn(txn).await }
+    });
+    // Our own deletion does not fire the signal (`releasing`), so only a loss ends this early.
+    let answer = tokio::select! {
+        answer = delete => Some(answer),
+        () = held.monitor.lost() => None,
+    };
     held.stop_tasks();
     match answer {
-        Ok(answer) if answer.succeeded() => {
+        Some(Ok(answer)) if answer.succeeded() => {
             revoke(&ctx, held.lease).await;
             Ok(())
         }
         // A retried delete whose first attempt was applied (the keepalive still vouched for the
         // lease, so nobody else removed the key).
-        Ok(_) if attempts > 1 && held.monitor.time_left().is_some() => {
+        Some(Ok(_)) if attempts > 1 && held.monitor.time_left().is_some() => {
             revoke(&ctx, held.lease).await;
             Ok(())
         }
-        Ok(_) => {
+        Some(Ok(_)) => {
             held.monitor.set_releasing(false);
             held.monitor.fire();
-            revoke(&ctx, held.lease).await;
+            revoke_in_background(&ctx, held.lease);
             Err(Error::Lost)
         }
-        Err(e) => {
+        None => {
+            revoke_in_background(&ctx, held.lease);
+            Err(Error::Lost)
+        }
+        Some(Err(e)) => {
             // The lease is no longer kept alive, so the key goes within the TTL; try to make it
             // sooner in the background.
-            let lease = held.lease;
-            tokio::spawn(async move { revoke(&ctx, lease).await });
+            revoke_in_background(&ctx, held.lease);
             Err(e)
         }
     }
+}
+
+/// Starts a [`revoke`] without waiting for it.
+fn revoke_in_background(ctx: &Ctx, lease: i64) {
+    let ctx = ctx.clone();
+    drop(tokio::spawn(async move { revoke(&ctx, lease).await }));
 }
 
 /// Revokes `lease` (deleting its keys); a lease that is already gone is not an error, and other

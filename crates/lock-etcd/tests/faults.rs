@@ -1,5 +1,6 @@
 //! Fault tests with real processes on a cluster of our own: a killed leader, a stopped holder
-//! process fenced off by a newer token, a killed holder process, and a cluster that loses quorum.
+//! process fenced off by a newer token, a killed holder process, a cluster that loses quorum, a
+//! holder partitioned away by a blackholed proxy, and a waiter whose watch is on a stopped member.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use common::proxy::{Mode, Proxy};
 use common::{
     FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases, spawn_child, tell,
 };
@@ -409,4 +411,302 @@ fn quorum_lost_fires_lost_and_fails_fast() {
     lock.unlock().expect("unlock");
     assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(5));
     assert_no_leases(&tc.endpoints, Duration::from_secs(5));
+}
+
+/// What a thread polling a holder's three views of its lock saw.
+#[derive(Debug, Default)]
+struct Views {
+    samples: u64,
+    /// The last instant (CLOCK_MONOTONIC, taken after the call returned) a view said "held".
+    last_held: Option<u128>,
+    /// The first instant a view said "lost", and which view.
+    first_lost: Option<(u128, &'static str)>,
+    /// The first few views that said "held" after another had said "lost", or said something
+    /// else altogether.
+    disagreements: Vec<String>,
+}
+
+/// Polls `lost.is_lost()`, `fencing_token()` and `time_left()` in turn until `lost` has been
+/// seen for a while (or a minute passed). Losing a lock never un-happens, so once one view said
+/// lost every later call of any view must say lost too.
+fn poll_views(lock: &lock_etcd::EtcdLock, lost: &lock_etcd::LostSignal, token: u64) -> Views {
+    let mut v = Views::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stop_at = None;
+    while Instant::now() < deadline && stop_at.is_none_or(|s| Instant::now() < s) {
+        v.samples += 1;
+        for view in ["is_lost", "fencing_token", "time_left"] {
+            let says_lost = match view {
+                "is_lost" => lost.is_lost(),
+                "fencing_token" => match lock.fencing_token() {
+                    Ok(t) if t == token => false,
+                    Err(Error::Lost) => true,
+                    other => {
+                        v.disagreements
+                            .push(format!("fencing_token said {other:?}"));
+                        true
+                    }
+                },
+                _ => match lock.time_left() {
+                    Ok(Some(_)) => false,
+                    Err(Error::Lost) => true,
+                    other => {
+                        v.disagreements.push(format!("time_left said {other:?}"));
+                        true
+                    }
+                },
+            };
+            let at = common::mono_ns();
+            if says_lost {
+                if v.first_lost.is_none() {
+                    v.first_lost = Some((at, view));
+                    stop_at = Some(Instant::now() + Duration::from_millis(300));
+                }
+            } else {
+                v.last_held = Some(at);
+                if let Some((lost_at, by)) = v.first_lost
+                    && v.disagreements.len() < 5
+                {
+                    v.disagreements.push(format!(
+                        "{view} said held {} µs after {by} had said lost",
+                        (at - lost_at) / 1000
+                    ));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    v
+}
+
+/// A holder cut off from the cluster (every member behind a blackholed proxy: connections stay
+/// open, nothing answers) declares the lock lost before another process can acquire it:
+/// `lost().is_lost()`, `fencing_token()` and `time_left()` agree at every call, and the last
+/// call that said "held" came before the other process had the lock.
+#[test]
+#[serial]
+fn partitioned_holder_loses_before_another_acquires() -> Result<(), Failed> {
+    if role().as_deref() == Some("acquirer") {
+        let locks = child_locks();
+        let lock = locks.named("p").expect("named");
+        tell("WAITING");
+        let how = lock.try_lock_for(Duration::from_secs(60));
+        let at = common::mono_ns();
+        match (how, lock.fencing_token()) {
+            (Ok(how), Ok(token)) => tell(&format!("ACQUIRED {at} {token} {how:?}")),
+            other => tell(&format!("FAILED {other:?}")),
+        }
+        common::read_stdin_line();
+        tell(&format!("UNLOCK {:?}", lock.unlock()));
+        return Ok(());
+    }
+    let tc = TestCluster::start();
+    let prefix = common::prefix("partition");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    let ttl = Duration::from_secs(2);
+    let locks = EtcdLocks::connect(
+        proxies.iter().map(Proxy::url),
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(ttl)
+            .request_timeout(Duration::from_secs(3)),
+    )
+    .expect("connect through the proxies");
+    let holder = Arc::new(locks.named("p").expect("named"));
+    let _ = holder.lock().expect("lock");
+    let old = holder.fencing_token().expect("token");
+    let lost = holder.lost().expect("lost signal");
+    let mut child = spawn_child(
+        "partitioned_holder_loses_before_another_acquires",
+        "acquirer",
+        &[
+            ("ETCD_EPS", tc.endpoints.join(",")),
+            ("ETCD_PREFIX", prefix.clone()),
+        ],
+    );
+    child.expect("WAITING", Duration::from_secs(20))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::queue_keys(&tc.endpoints, &prefix).len() < 2 {
+        assert!(Instant::now() < deadline, "the acquirer never enqueued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let poller = {
+        let (holder, lost) = (Arc::clone(&holder), lost.clone());
+        std::thread::spawn(move || poll_views(&holder, &lost, old))
+    };
+    for proxy in &proxies {
+        proxy.set_mode(Mode::Blackhole);
+    }
+    let line = child.expect("ACQUIRED", Duration::from_secs(30))?;
+    let mut fields = line.split_whitespace();
+    let acquired_at: u128 = fields.next().and_then(|f| f.parse().ok()).expect("instant");
+    let new: u64 = fields.next().and_then(|f| f.parse().ok()).expect("token");
+    assert_eq!(fields.next(), Some("OwnerDied"), "acquired as {line}");
+    let views = poller.join().expect("poller");
+    eprintln!("{views:?}; acquired at {acquired_at}");
+    assert!(
+        views.disagreements.is_empty(),
+        "the holder's views disagreed: {:?}",
+        views.disagreements
+    );
+    let (lost_at, _) = views
+        .first_lost
+        .expect("the holder never saw its lock lost");
+    let last_held = views.last_held.expect("the holder never saw its lock held");
+    assert!(
+        last_held < acquired_at,
+        "the old holder still said held {} µs after another process acquired the lock",
+        (last_held - acquired_at) / 1000
+    );
+    eprintln!(
+        "lost {} ms before another process acquired",
+        acquired_at.saturating_sub(lost_at) / 1_000_000
+    );
+    assert!(new > old, "new token {new} not above old {old}");
+    assert!(
+        matches!(holder.unlock(), Err(Error::Lost)),
+        "unlock after the partition"
+    );
+    child.send("go")?;
+    assert_eq!(child.expect("UNLOCK", Duration::from_secs(10))?, "Ok(())");
+    assert!(child.wait(Duration::from_secs(10))?.success());
+    drop(holder);
+    drop(locks);
+    drop(proxies);
+    assert_no_keys(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    Ok(())
+}
+
+/// A waiter whose watch runs on a member that is then SIGSTOPped fails over like a request does,
+/// and acquires once the holder releases through another member. The waiter reaches that member
+/// through a proxy that answers HTTP/2 PINGs itself, so HTTP/2 keepalive (which would notice a
+/// stopped process after about 3 s) cannot rescue the watch: only the library's own fail-over can.
+#[test]
+#[serial]
+fn waiter_watching_a_stopped_member_fails_over() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("watch-failover");
+    let leader = tc.cluster().leader().expect("a leader");
+    let stopped = (leader + 1) % tc.endpoints.len();
+    let others: Vec<String> = (0..tc.endpoints.len())
+        .filter(|i| *i != stopped)
+        .map(|i| tc.endpoints[i].clone())
+        .collect();
+    let proxy = Proxy::start(&tc.endpoints[stopped]);
+    let options = || {
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(2))
+    };
+    let holder_locks = EtcdLocks::connect(&others, options()).expect("holder connect");
+    let holder = holder_locks.named("w").expect("named");
+    let _ = holder.lock().expect("holder lock");
+    // The waiter prefers the member behind the proxy: its requests and watches go there first.
+    let waiter_endpoints: Vec<String> = std::iter::once(proxy.url()).chain(others).collect();
+    let waiter_locks = EtcdLocks::connect(&waiter_endpoints, options()).expect("waiter connect");
+    let waiter = waiter_locks.named("w").expect("named");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = waiter.try_lock_for(Duration::from_secs(60));
+        let _ = tx.send((outcome, waiter));
+    });
+    // Nobody else watches on that member: two watchers there are the waiter's predecessor watch
+    // and its own-key watch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::queue_keys(&tc.endpoints, &prefix).len() < 2
+        || common::watchers(&tc.endpoints[stopped]).unwrap_or(0) < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never watched on member {stopped}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.set_mode(Mode::AnswerPings);
+    tc.cluster().stop(stopped).expect("SIGSTOP member");
+    let released = Instant::now();
+    holder.unlock().expect("release through another member");
+    let outcome = rx.recv_timeout(Duration::from_secs(20));
+    tc.cluster().cont(stopped).expect("SIGCONT member");
+    let (result, waiter) =
+        outcome.expect("the waiter never noticed the release: its watch did not fail over");
+    assert_eq!(result.expect("waiter acquires"), Acquired::Clean);
+    eprintln!(
+        "the waiter acquired {:?} after the release",
+        released.elapsed()
+    );
+    waiter.unlock().expect("waiter unlock");
+    drop(waiter);
+    drop(holder);
+    drop(waiter_locks);
+    drop(holder_locks);
+    drop(proxy);
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+}
+
+/// After the lock was lost in an outage (every member blackholed), `unlock` and a drop return at
+/// once instead of waiting out the request timeout for a revoke nobody answers; the leases leave
+/// the cluster by themselves one TTL later.
+#[test]
+#[serial]
+fn unlock_after_lost_in_an_outage_returns_at_once() {
+    let tc = TestCluster::start();
+    let prefix = common::prefix("unlock-outage");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    let ttl = Duration::from_secs(2);
+    let request_timeout = Duration::from_secs(20);
+    let locks = EtcdLocks::connect(
+        proxies.iter().map(Proxy::url),
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(ttl)
+            .request_timeout(request_timeout),
+    )
+    .expect("connect through the proxies");
+    let unlocked = locks.named("u").expect("named");
+    let dropped = locks.named("d").expect("named");
+    let _ = unlocked.lock().expect("lock u");
+    let _ = dropped.lock().expect("lock d");
+    let lost = [
+        unlocked.lost().expect("lost signal"),
+        dropped.lost().expect("lost signal"),
+    ];
+    for proxy in &proxies {
+        proxy.set_mode(Mode::Blackhole);
+    }
+    for signal in &lost {
+        assert!(
+            signal.wait_timeout(ttl + Duration::from_secs(5)),
+            "Lost did not fire in the outage"
+        );
+    }
+    let (took, result) = bounded(request_timeout * 2, move || {
+        let start = Instant::now();
+        let result = unlocked.unlock();
+        (start.elapsed(), result)
+    });
+    assert!(matches!(result, Err(Error::Lost)), "unlock: {result:?}");
+    assert!(
+        took < request_timeout / 4,
+        "unlock after Lost took {took:?} (request timeout {request_timeout:?})"
+    );
+    let took = bounded(request_timeout * 2, move || {
+        let start = Instant::now();
+        drop(dropped);
+        start.elapsed()
+    });
+    assert!(
+        took < request_timeout / 4,
+        "dropping a lost lock took {took:?} (request timeout {request_timeout:?})"
+    );
+    drop(locks);
+    drop(proxies);
+    // Nobody renews the leases: etcd expires them and their queue keys. The held markers stay
+    // until the next acquisition of each lock (documented), so remove them here.
+    assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    assert_eq!(common::queue_keys(&tc.endpoints, &prefix), Vec::new());
+    common::delete_prefix(&tc.endpoints, &prefix);
 }

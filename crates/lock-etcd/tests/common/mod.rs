@@ -3,7 +3,9 @@
 //! lock-conformance's `ChildProcess`, which kills them on drop).
 #![allow(dead_code, unreachable_pub)] // reason: each test binary uses a different part
 
-use std::io::Write;
+pub mod proxy;
+
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -223,4 +225,28 @@ impl FencedResource {
         write!(file, "{token}").expect("write resource");
         true
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on this machine, so that
+/// instants taken in different processes can be ordered.
+pub fn mono_ns() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let secs = u128::try_from(t.tv_sec).expect("monotonic seconds");
+    let nanos = u128::try_from(t.tv_nsec).expect("monotonic nanoseconds");
+    secs * 1_000_000_000 + nanos
+}
+
+/// How many watchers the member at `endpoint` serves (its `etcd_debugging_mvcc_watcher_total`
+/// metric), or `None` when it does not answer within a second.
+pub fn watchers(endpoint: &str) -> Option<u64> {
+    let addr: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
