@@ -137,6 +137,19 @@ impl Dir {
     /// directory (or is a symlink to one: the lock must not move under a changed link),
     /// [`Error::Io`] when it cannot be opened or written (`access(2)` with `W_OK`).
     pub(crate) fn open(path: &Path) -> Result<Dir> {
+        let dir = Dir::open_readable(path)?;
+        rustix::fs::accessat(&dir.fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS)
+            .map_err(|e| Error::io("access", path, errno_io(e)))?;
+        Ok(dir)
+    }
+
+    /// Opens `path` as a lock directory to read its records only (`held`, for a user who
+    /// may look but not lock).
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Dir::open), without the write check.
+    pub(crate) fn open_readable(path: &Path) -> Result<Dir> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
             Errno::NOENT => Error::NotFound {
@@ -148,8 +161,6 @@ impl Dir {
             )),
             e => Error::io("open", path, errno_io(e)),
         })?;
-        rustix::fs::accessat(&fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS)
-            .map_err(|e| Error::io("access", path, errno_io(e)))?;
         Ok(Dir {
             fd,
             path: path.to_owned(),

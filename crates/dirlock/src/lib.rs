@@ -6,6 +6,7 @@ mod levels;
 mod liveness;
 mod ofd;
 mod record;
+mod table;
 mod wait;
 
 use std::fmt;
@@ -14,14 +15,16 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use lock_api;
-use lock_api::{Acquired, Error, Holder, Inspect, LockGuard, LockId, Locker, Result};
+use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result};
 use rustix::process::{Pid, getpid};
 
 pub use crate::liveness::{HeldBecause, StaleBecause, Verdict};
 pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, Record};
+pub use crate::table::{DirTable, MARKER, MAX_CAPACITY, STORE_VERSION};
 
-use crate::dir::{Dir, Owned, level_name, takeover_name};
+use crate::dir::{Dir, Owned, RecordFile, Seen, level_name, takeover_name};
 use crate::levels::{Attempt, tidy, try_take};
+use crate::liveness::Identity;
 use crate::wait::Waiter;
 
 /// How many fresh record files one `try_acquire` writes when the previous one was spent.
@@ -36,21 +39,24 @@ pub const LEVELS: usize = dir::LEVELS;
 
 /// One lock over a directory, held through the file `lock0` inside it.
 ///
+/// Lock it through [`Locker`] (`lock`, `try_lock`, `try_lock_for`, `unlock`, `guard`): bring
+/// the trait into scope with `use dirlock::lock_api::Locker`.
+///
 /// Ownership is per handle: a lock taken through one `DirLock` is held by that handle (in this
 /// process), not by the process. Another handle, in this or any process, sees it held. The
 /// handle is `Sync`, so threads may share it; any of them may unlock what it holds.
 ///
 /// Dropping a handle that holds the lock releases it (errors are ignored: call
-/// [`unlock`](DirLock::unlock) to see them). A forked child inherits a copy of the handle but
+/// [`unlock`](Locker::unlock) to see them). A forked child inherits a copy of the handle but
 /// not the lock: the lock belongs to the process that took it, and the child's copy reports
 /// `NotHeld`.
 ///
 /// # Re-locking
 ///
-/// Not re-entrant: [`try_lock`](DirLock::try_lock) on a handle that holds the lock returns
-/// `false`, and [`lock`](DirLock::lock) waits until the lock is released (by another thread
+/// Not re-entrant: [`try_lock`](Locker::try_lock) on a handle that holds the lock returns
+/// `Ok(None)`, and [`lock`](Locker::lock) waits until the lock is released (by another thread
 /// through the same handle), so a single thread that locks twice waits forever and
-/// [`lock_timeout`](DirLock::lock_timeout) times out.
+/// [`try_lock_for`](Locker::try_lock_for) times out.
 pub struct DirLock {
     dir: Dir,
     id: LockId,
@@ -99,111 +105,6 @@ impl DirLock {
         self.dir.path()
     }
 
-    /// Takes the lock if it is free or its holder is certainly dead; `false` when it is held
-    /// (by anyone, this handle included) or another process is reclaiming it.
-    ///
-    /// Use [`try_acquire`](DirLock::try_acquire) to learn whether the holder had died.
-    ///
-    /// # Errors
-    ///
-    /// As for [`try_acquire`](DirLock::try_acquire).
-    pub fn try_lock(&self) -> Result<bool> {
-        Ok(self.try_acquire()?.is_some())
-    }
-
-    /// Takes the lock without waiting and says how: [`Acquired::OwnerDied`] when it was
-    /// reclaimed from a dead holder (whatever it protected may be half-written).
-    ///
-    /// Returns `Ok(None)` when the lock is held by a live process (this handle included), by a
-    /// process on another host or in another pid namespace, or while another process reclaims
-    /// it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Corrupt`] when a lock file is not a valid record (garbage, truncated, too
-    /// large, a directory, a symlink): it is never treated as stale and never removed;
-    /// [`Error::Incompatible`] for a record of another format version; [`Error::Io`] for OS
-    /// errors (`open`, `write`, `link`, `rename`, `kill`). After an error this handle does not
-    /// hold the lock.
-    pub fn try_acquire(&self) -> Result<Option<Acquired>> {
-        let mut state = self.state();
-        if self.holds(&state) {
-            return Ok(None);
-        }
-        let me = liveness::current()?;
-        for _ in 0..SPENT_RETRIES {
-            let file = self.dir.write_record(me.record())?;
-            match try_take(&self.dir, &file, &me, 0)? {
-                Attempt::Taken(acquired) => {
-                    return Ok(Some(self.taken(&mut state, file, &me, acquired)));
-                }
-                Attempt::Busy => return Ok(None),
-                Attempt::Spent => {}
-            }
-        }
-        // The levels kept changing under us: as good as busy.
-        Ok(None)
-    }
-
-    /// Waits until the lock is taken.
-    ///
-    /// # Errors
-    ///
-    /// As for [`try_acquire`](DirLock::try_acquire); a damaged lock file ends the wait with
-    /// its error rather than waiting forever.
-    pub fn lock(&self) -> Result<Acquired> {
-        self.acquire(None)
-    }
-
-    /// Waits at most `timeout` for the lock.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`] when the time elapsed first; otherwise as for
-    /// [`try_acquire`](DirLock::try_acquire).
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Acquired> {
-        self.acquire(Some(Instant::now() + timeout))
-    }
-
-    /// Waits for the lock and returns a guard that releases it when dropped.
-    ///
-    /// # Errors
-    ///
-    /// As for [`lock`](DirLock::lock).
-    pub fn guard(&self) -> Result<LockGuard<'_, DirLock>> {
-        let acquired = self.lock()?;
-        Ok(LockGuard::new(self, acquired))
-    }
-
-    /// Releases the lock this handle holds.
-    ///
-    /// Only the file this handle published is removed: the name `lock0` is checked to still be
-    /// our file (same device and inode, kept open while held) before `unlink(2)`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotHeld`] when this handle does not hold the lock; [`Error::Lost`] when it did,
-    /// but `lock0` is no longer its record (an operator broke the lock): nothing is removed
-    /// and the handle no longer holds it; [`Error::Io`] when `unlink(2)` fails (the handle then
-    /// still holds the lock).
-    pub fn unlock(&self) -> Result<()> {
-        let mut state = self.state();
-        if !self.holds(&state) {
-            return Err(Error::NotHeld(self.id));
-        }
-        let Some(held) = state.held.take() else {
-            return Err(Error::NotHeld(self.id));
-        };
-        match self.dir.remove_if(MASTER, held.file.id) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::Lost),
-            Err(e) => {
-                state.held = Some(held);
-                Err(e)
-            }
-        }
-    }
-
     /// Whether this handle holds the lock.
     pub fn is_held(&self) -> bool {
         self.holds(&self.state())
@@ -213,7 +114,7 @@ impl DirLock {
     ///
     /// # Errors
     ///
-    /// As for [`try_acquire`](DirLock::try_acquire) when `lock0` is damaged.
+    /// As for [`try_lock`](Locker::try_lock) when `lock0` is damaged.
     pub fn holder_record(&self) -> Result<Option<Record>> {
         Ok(self.dir.read(0)?.map(|seen| seen.record))
     }
@@ -222,7 +123,7 @@ impl DirLock {
     ///
     /// # Errors
     ///
-    /// As for [`try_acquire`](DirLock::try_acquire).
+    /// As for [`try_lock`](Locker::try_lock).
     pub fn status(&self) -> Result<Option<(Record, Verdict)>> {
         let me = liveness::current()?;
         match self.dir.read(0)? {
@@ -262,6 +163,20 @@ impl DirLock {
         Ok(master)
     }
 
+    /// One attempt at `lock0` with a fresh record; `None` when it is busy.
+    fn attempt(&self, state: &mut State, me: &Identity) -> Result<Option<Acquired>> {
+        for _ in 0..SPENT_RETRIES {
+            let file = self.dir.write_record(me.record())?;
+            match try_take(&self.dir, &file, me, 0)? {
+                Attempt::Taken(acquired) => return Ok(Some(self.taken(state, file, me, acquired))),
+                Attempt::Busy => return Ok(None),
+                Attempt::Spent => {}
+            }
+        }
+        // The levels kept changing under us: as good as busy.
+        Ok(None)
+    }
+
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let me = liveness::current()?;
         // Watch before the first attempt, so that a release right after it is not missed.
@@ -293,9 +208,9 @@ impl DirLock {
     /// Records that we hold level 0 and clears leftovers of dead reclaimers.
     fn taken(
         &self,
-        state: &mut MutexGuard<'_, State>,
-        file: dir::RecordFile<'_>,
-        me: &liveness::Identity,
+        state: &mut State,
+        file: RecordFile<'_>,
+        me: &Identity,
         acquired: Acquired,
     ) -> Acquired {
         // Tidying is best effort: the lock is held whatever it finds, and a level it cannot
@@ -308,10 +223,12 @@ impl DirLock {
         acquired
     }
 
+    #[inline]
     fn holds(&self, state: &State) -> bool {
         state.held.as_ref().is_some_and(|held| held.pid == getpid())
     }
 
+    #[inline]
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -321,7 +238,7 @@ impl Drop for DirLock {
     fn drop(&mut self) {
         if self.is_held() {
             // Drop cannot report; `unlock` is the way to see this error.
-            let _ = self.unlock();
+            let _ = Locker::unlock(self);
         }
     }
 }
@@ -336,30 +253,85 @@ impl fmt::Debug for DirLock {
     }
 }
 
-/// The lock-api view of a directory lock.
+/// Locking a directory.
 ///
-/// What does not fit: `free` is [`Error::Unsupported`] (a directory lock is not allocated from
-/// a table); ownership is per handle, not per manager; `try_lock` is the inherent
-/// [`DirLock::try_lock`] when called as a method (use `Locker::try_lock(&lock)` for this one).
+/// What does not fit the table contract: `free` is [`Error::Unsupported`] (a directory lock is
+/// not allocated from a table), and ownership is per handle, not per manager.
 impl Locker for DirLock {
     fn id(&self) -> LockId {
         self.id
     }
 
+    /// Waits until the lock is taken.
+    ///
+    /// # Errors
+    ///
+    /// As for [`try_lock`](Locker::try_lock); a damaged lock file ends the wait with its error
+    /// rather than waiting forever.
     fn lock(&self) -> Result<Acquired> {
-        DirLock::lock(self)
+        self.acquire(None)
     }
 
+    /// Takes the lock without waiting and says how: [`Acquired::OwnerDied`] when it was
+    /// reclaimed from a dead holder (whatever it protected may be half-written).
+    ///
+    /// Returns `Ok(None)` when the lock is held by a live process (this handle included), by a
+    /// process on another host or in another pid namespace, or while another process reclaims
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] when a lock file is not a valid record (garbage, truncated, too
+    /// large, a directory, a symlink): it is never treated as stale and never removed;
+    /// [`Error::Incompatible`] for a record of another format version; [`Error::Io`] for OS
+    /// errors (`open`, `write`, `link`, `rename`, `kill`). After an error this handle does not
+    /// hold the lock.
     fn try_lock(&self) -> Result<Option<Acquired>> {
-        self.try_acquire()
+        let mut state = self.state();
+        if self.holds(&state) {
+            return Ok(None);
+        }
+        let me = liveness::current()?;
+        self.attempt(&mut state, &me)
     }
 
+    /// Waits at most `timeout` for the lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the time elapsed first; otherwise as for
+    /// [`try_lock`](Locker::try_lock).
     fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
-        self.lock_timeout(timeout)
+        self.acquire(Some(Instant::now() + timeout))
     }
 
+    /// Releases the lock this handle holds.
+    ///
+    /// Only the file this handle published is removed: the name `lock0` is checked to still be
+    /// our file (same device and inode, kept open while held) before `unlink(2)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] when this handle does not hold the lock; [`Error::Lost`] when it did,
+    /// but `lock0` is no longer its record (an operator broke the lock): nothing is removed
+    /// and the handle no longer holds it; [`Error::Io`] when `unlink(2)` fails (the handle then
+    /// still holds the lock).
     fn unlock(&self) -> Result<()> {
-        DirLock::unlock(self)
+        let mut state = self.state();
+        if !self.holds(&state) {
+            return Err(Error::NotHeld(self.id));
+        }
+        let Some(held) = state.held.take() else {
+            return Err(Error::NotHeld(self.id));
+        };
+        match self.dir.remove_if(MASTER, held.file.id) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Lost),
+            Err(e) => {
+                state.held = Some(held);
+                Err(e)
+            }
+        }
     }
 
     fn free(&self) -> Result<()> {
@@ -367,19 +339,35 @@ impl Locker for DirLock {
     }
 }
 
-/// The holder as recorded in `lock0`: pid, host, write time, and `owner` as
-/// `uid=<uid> boot=<boot id> pidns=<inode>`.
+/// The holder as recorded in `lock0` and judged from this process: see [`holder`].
 impl Inspect for DirLock {
     fn holder(&self) -> Result<Option<Holder>> {
-        Ok(self.holder_record()?.map(|record| {
-            let mut holder = Holder::with_pid(record.pid);
-            holder.host = Some(record.host.clone());
-            holder.since = Some(record.time());
-            holder.owner = Some(format!(
-                "uid={} boot={} pidns={}",
-                record.uid, record.boot_id, record.pid_ns
-            ));
-            holder
-        }))
+        match self.dir.read(0)? {
+            Some(seen) => Ok(Some(holder(&seen, &*liveness::current()?)?)),
+            None => Ok(None),
+        }
     }
+}
+
+/// The holder a record names, as [`Inspect::holder`] and [`DirTable`]'s `held` report it:
+/// `pid` and `host` from the record, `owner` `dir <pid>/<start time>/<nonce>` (the nonce is
+/// fresh in every record, so the key tells every holding apart, and ownership is per handle),
+/// `since` the record's write time, and `dead` when this process judges the holder certainly
+/// dead (the next acquirer gets `OwnerDied`).
+///
+/// # Errors
+///
+/// As [`DirLock::status`].
+fn holder(seen: &Seen, me: &Identity) -> Result<Holder> {
+    let record = &seen.record;
+    let verdict = liveness::judge(record, seen.lock, me)?;
+    Ok(Holder::default()
+        .pid(record.pid)
+        .host(record.host.clone())
+        .owner(format!(
+            "dir {}/{}/{:016x}",
+            record.pid, record.start_time, record.nonce
+        ))
+        .since(record.time())
+        .dead(matches!(verdict, Verdict::Stale(_))))
 }

@@ -87,7 +87,7 @@ fn child_role() {
             let lock = DirLock::new(dir).expect("new");
             say("ready");
             wait_for_file(&work.join("go"));
-            match lock.try_acquire() {
+            match lock.try_lock() {
                 Ok(Some(acquired)) => say(word(acquired)),
                 Ok(None) => say("busy"),
                 Err(e) => say(&format!("error {}", error_word(&e))),
@@ -104,7 +104,7 @@ fn child_role() {
                     Err(e) => say(&format!("error {}", error_word(&e))),
                 }
                 match lock.try_lock() {
-                    Ok(taken) => say(&format!("try {taken}")),
+                    Ok(taken) => say(&format!("try {}", taken.is_some())),
                     Err(e) => say(&format!("error {}", error_word(&e))),
                 }
             }
@@ -343,7 +343,7 @@ fn parse_states(s: &str) -> [St; 3] {
 }
 
 /// The original's table, over three levels: the state of lock0, lock1, lock2 before a
-/// `try_acquire` by a fresh handle, its result, and the exact levels present afterwards.
+/// `try_lock` by a fresh handle, its result, and the exact levels present afterwards.
 /// `-` means busy (not acquired).
 const TABLE: [(&str, &str, &str); 27] = [
     ("FFF", "clean", "0"),
@@ -402,7 +402,7 @@ fn level_state_machine() {
             }
         }
         let lock = DirLock::new(dir.path()).expect("new");
-        let got = match lock.try_acquire().expect(states) {
+        let got = match lock.try_lock().expect(states) {
             Some(acquired) => word(acquired),
             None => "-",
         };
@@ -465,7 +465,7 @@ fn damaged_levels_are_errors_and_are_kept() {
             }
         }
         let lock = DirLock::new(dir.path()).expect("new");
-        let got = match lock.try_acquire() {
+        let got = match lock.try_lock() {
             Ok(Some(acquired)) => word(acquired).to_owned(),
             Ok(None) => "busy".to_owned(),
             Err(e) => error_word(&e),
@@ -504,7 +504,7 @@ fn dead_reclaimers_leftovers_are_cleared() {
         fs::write(dir.path().join("lock0.takeover"), &stale).expect("staging");
         write_level(dir.path(), 3, &stale);
         let lock = DirLock::new(dir.path()).expect("new");
-        assert_eq!(lock.try_acquire().expect("try"), Some(want));
+        assert_eq!(lock.try_lock().expect("try"), Some(want));
         assert_entries(dir.path(), &["lock0"], "leftovers cleared");
         lock.unlock().expect("unlock");
         assert_entries(dir.path(), &[], "released");
@@ -527,7 +527,7 @@ fn reused_pid_is_stale() {
     let lock = DirLock::new(dir.path()).expect("new");
     let (_, verdict) = lock.status().expect("status").expect("record");
     assert_eq!(verdict, Verdict::Stale(StaleBecause::PidReused));
-    assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::OwnerDied));
+    assert_eq!(lock.try_lock().expect("try"), Some(Acquired::OwnerDied));
     lock.unlock().expect("unlock");
     assert_entries(dir.path(), &[], "after unlock");
 }
@@ -545,7 +545,7 @@ fn earlier_boot_is_stale() {
     let lock = DirLock::new(dir.path()).expect("new");
     let (_, verdict) = lock.status().expect("status").expect("record");
     assert_eq!(verdict, Verdict::Stale(StaleBecause::EarlierBoot));
-    assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::OwnerDied));
+    assert_eq!(lock.try_lock().expect("try"), Some(Acquired::OwnerDied));
     lock.unlock().expect("unlock");
     assert_entries(dir.path(), &[], "after unlock");
 }
@@ -573,11 +573,11 @@ fn version_2_records_are_judged_by_their_lock_promise() {
         assert_eq!(record.ofd_lock, promise);
         assert_eq!(verdict, want, "ofd_lock {promise}");
         if promise {
-            assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::OwnerDied));
+            assert_eq!(lock.try_lock().expect("try"), Some(Acquired::OwnerDied));
             lock.unlock().expect("unlock");
             assert_entries(dir.path(), &[], "after unlock");
         } else {
-            assert_eq!(lock.try_acquire().expect("try"), None);
+            assert_eq!(lock.try_lock().expect("try"), None);
             assert_eq!(
                 fs::read_to_string(dir.path().join("lock0")).expect("kept"),
                 text
@@ -592,7 +592,7 @@ fn version_2_records_are_judged_by_their_lock_promise() {
 fn running_a_program_keeps_the_lock() {
     let dir = lock_dir();
     let lock = DirLock::new(dir.path()).expect("new");
-    assert!(lock.try_lock().expect("try"));
+    assert!(lock.try_lock().expect("try").is_some());
     let status = std::process::Command::new("true")
         .status()
         .expect("run true");
@@ -600,7 +600,7 @@ fn running_a_program_keeps_the_lock() {
     let other = DirLock::new(dir.path()).expect("other");
     let (_, verdict) = other.status().expect("status").expect("held");
     assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
-    assert!(!other.try_lock().expect("try"));
+    assert!(other.try_lock().expect("try").is_none());
     lock.unlock().expect("unlock");
     assert_entries(dir.path(), &[], "released");
 }
@@ -628,9 +628,9 @@ fn foreign_host_and_namespace_are_held_until_broken() {
         let lock = DirLock::new(dir.path()).expect("new");
         let (_, verdict) = lock.status().expect("status").expect("record");
         assert_eq!(verdict, Verdict::Held(why));
-        assert!(!lock.try_lock().expect("try"));
+        assert!(lock.try_lock().expect("try").is_none());
         assert!(matches!(
-            lock.lock_timeout(Duration::from_millis(60)),
+            lock.try_lock_for(Duration::from_millis(60)),
             Err(Error::Timeout)
         ));
         assert_eq!(
@@ -639,7 +639,7 @@ fn foreign_host_and_namespace_are_held_until_broken() {
         );
         assert!(lock.break_lock().expect("break"));
         assert_entries(dir.path(), &[], "after break_lock");
-        assert_eq!(lock.try_acquire().expect("try"), Some(Acquired::Clean));
+        assert_eq!(lock.try_lock().expect("try"), Some(Acquired::Clean));
         lock.unlock().expect("unlock");
     }
 }
@@ -659,7 +659,7 @@ fn killed_holder_is_reclaimed_with_owner_died() {
             kid.wait(PATIENCE).expect("reap the holder");
         }
         let lock = DirLock::new(dir.path()).expect("new");
-        let acquired = lock.lock_timeout(PATIENCE).expect("take over");
+        let acquired = lock.try_lock_for(PATIENCE).expect("take over");
         assert_eq!(acquired, Acquired::OwnerDied, "reaped: {reap}");
         lock.unlock().expect("unlock");
         assert_entries(dir.path(), &[], "after unlock");
@@ -728,9 +728,9 @@ fn holder_whose_main_thread_exited_is_alive() {
     let (holder, verdict) = lock.status().expect("status").expect("held");
     assert_eq!(holder.pid, pid);
     assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
-    assert_eq!(lock.try_acquire().expect("try"), None, "a double hold");
+    assert_eq!(lock.try_lock().expect("try"), None, "a double hold");
     assert!(matches!(
-        lock.lock_timeout(Duration::from_millis(100)),
+        lock.try_lock_for(Duration::from_millis(100)),
         Err(Error::Timeout)
     ));
     // A version-1 record, which has only the pid and the start time to go by, says the same.
@@ -739,16 +739,16 @@ fn holder_whose_main_thread_exited_is_alive() {
     let old_lock = DirLock::new(old.path()).expect("new");
     let (_, verdict) = old_lock.status().expect("status").expect("held");
     assert_eq!(verdict, Verdict::Held(HeldBecause::Alive));
-    assert_eq!(old_lock.try_acquire().expect("try"), None, "a double hold");
+    assert_eq!(old_lock.try_lock().expect("try"), None, "a double hold");
     // The whole process dies (not reaped yet: every task a zombie, then gone).
     kid.signal(rustix::process::Signal::KILL)
         .expect("kill the holder");
     assert_eq!(
-        lock.lock_timeout(PATIENCE).expect("take over"),
+        lock.try_lock_for(PATIENCE).expect("take over"),
         Acquired::OwnerDied
     );
     assert_eq!(
-        old_lock.lock_timeout(PATIENCE).expect("take over"),
+        old_lock.try_lock_for(PATIENCE).expect("take over"),
         Acquired::OwnerDied
     );
     kid.wait(PATIENCE).expect("reap the holder");
@@ -782,7 +782,7 @@ fn exec_releases_the_lock() {
     );
     assert_eq!(verdict(), Verdict::Stale(StaleBecause::DescriptorClosed));
     assert_eq!(
-        lock.lock_timeout(PATIENCE).expect("take over"),
+        lock.try_lock_for(PATIENCE).expect("take over"),
         Acquired::OwnerDied
     );
     assert_eq!(
@@ -894,9 +894,9 @@ fn bad_lock_files_are_typed_errors_and_kept() {
         let path = dir.path().join("lock0");
         make(&path);
         let lock = DirLock::new(dir.path()).expect("new");
-        assert!(is_corrupt(lock.try_acquire()), "{what}: try_acquire");
+        assert!(is_corrupt(lock.try_lock()), "{what}: try_lock");
         assert!(
-            is_corrupt(lock.lock_timeout(Duration::from_millis(50))),
+            is_corrupt(lock.try_lock_for(Duration::from_millis(50))),
             "{what}: lock"
         );
         assert!(is_corrupt(lock.status()), "{what}: status");
@@ -927,10 +927,7 @@ fn bad_lock_files_are_typed_errors_and_kept() {
         &valid.replacen("dirlock-record 1", "dirlock-record 3", 1),
     );
     let lock = DirLock::new(dir.path()).expect("new");
-    assert!(matches!(
-        lock.try_acquire(),
-        Err(Error::Incompatible { .. })
-    ));
+    assert!(matches!(lock.try_lock(), Err(Error::Incompatible { .. })));
     assert_entries(dir.path(), &["lock0"], "future version");
 }
 
@@ -941,10 +938,10 @@ fn blocked_lock_ends_with_an_error_on_damage() {
     let dir = lock_dir();
     let holder = DirLock::new(dir.path()).expect("holder");
     let waiter = Arc::new(DirLock::new(dir.path()).expect("waiter"));
-    assert!(holder.try_lock().expect("try"));
+    assert!(holder.try_lock().expect("try").is_some());
     let blocked = {
         let waiter = Arc::clone(&waiter);
-        std::thread::spawn(move || waiter.lock_timeout(PATIENCE))
+        std::thread::spawn(move || waiter.try_lock_for(PATIENCE))
     };
     std::thread::sleep(Duration::from_millis(30));
     // An operator's mistake: the record is replaced by garbage.
@@ -960,10 +957,10 @@ fn blocked_lock_ends_with_an_error_on_damage() {
         .expect("dir");
     let holder = DirLock::new(gone.path()).expect("holder");
     let waiter = Arc::new(DirLock::new(gone.path()).expect("waiter"));
-    assert!(holder.try_lock().expect("try"));
+    assert!(holder.try_lock().expect("try").is_some());
     let blocked = {
         let waiter = Arc::clone(&waiter);
-        std::thread::spawn(move || waiter.lock_timeout(PATIENCE))
+        std::thread::spawn(move || waiter.try_lock_for(PATIENCE))
     };
     std::thread::sleep(Duration::from_millis(30));
     fs::remove_dir_all(gone.path()).expect("remove dir");
@@ -982,17 +979,17 @@ fn ownership_is_per_handle() {
     let a = Arc::new(DirLock::new(dir.path()).expect("a"));
     let b = DirLock::new(dir.path()).expect("b");
     assert!(matches!(a.unlock(), Err(Error::NotHeld(_))));
-    assert_eq!(a.try_acquire().expect("a"), Some(Acquired::Clean));
+    assert_eq!(a.try_lock().expect("a"), Some(Acquired::Clean));
     assert!(a.is_held());
     assert!(
-        !DirLock::try_lock(&a).expect("again"),
+        Locker::try_lock(&*a).expect("again").is_none(),
         "re-lock by the owner must fail"
     );
     assert!(matches!(
-        a.lock_timeout(Duration::from_millis(50)),
+        a.try_lock_for(Duration::from_millis(50)),
         Err(Error::Timeout)
     ));
-    assert!(!b.try_lock().expect("b"));
+    assert!(b.try_lock().expect("b").is_none());
     assert!(matches!(b.unlock(), Err(Error::NotHeld(_))));
     assert_entries(dir.path(), &["lock0"], "held by a");
     let holder = Inspect::holder(&*a).expect("holder").expect("held");
@@ -1000,7 +997,7 @@ fn ownership_is_per_handle() {
     // A blocked lock() on the same handle proceeds when another thread unlocks through it.
     let waiter = {
         let a = Arc::clone(&a);
-        std::thread::spawn(move || a.lock_timeout(PATIENCE))
+        std::thread::spawn(move || a.try_lock_for(PATIENCE))
     };
     std::thread::sleep(Duration::from_millis(30));
     a.unlock().expect("unlock");
@@ -1022,12 +1019,12 @@ fn unlock_after_break_is_lost_and_removes_nothing() {
     let a = DirLock::new(dir.path()).expect("a");
     let operator = DirLock::new(dir.path()).expect("operator");
     let b = DirLock::new(dir.path()).expect("b");
-    assert!(a.try_lock().expect("a"));
+    assert!(a.try_lock().expect("a").is_some());
     assert!(operator.break_lock().expect("break"));
-    assert!(b.try_lock().expect("b"));
+    assert!(b.try_lock().expect("b").is_some());
     assert!(matches!(a.unlock(), Err(Error::Lost)));
     assert_entries(dir.path(), &["lock0"], "b's lock kept");
-    assert!(!a.try_lock().expect("a again"));
+    assert!(a.try_lock().expect("a again").is_none());
     b.unlock().expect("b unlock");
     assert_entries(dir.path(), &[], "released");
 }
@@ -1041,15 +1038,16 @@ fn guard_and_drop_release() {
         let guard = lock.guard().expect("guard");
         assert_eq!(guard.acquired(), Acquired::Clean);
         assert!(
-            !DirLock::new(dir.path())
+            DirLock::new(dir.path())
                 .expect("other")
                 .try_lock()
                 .expect("try")
+                .is_none()
         );
     }
     assert_entries(dir.path(), &[], "guard dropped");
     let other = DirLock::new(dir.path()).expect("other");
-    assert!(other.try_lock().expect("try"));
+    assert!(other.try_lock().expect("try").is_some());
     drop(other);
     assert_entries(dir.path(), &[], "handle dropped");
     let guard = lock.guard().expect("guard");
@@ -1125,7 +1123,7 @@ fn kill_storm_never_gives_two_holders() {
         progress.len()
     );
     let lock = DirLock::new(dir.path()).expect("new");
-    let _ = lock.lock_timeout(PATIENCE).expect("lock after the storm");
+    let _ = lock.try_lock_for(PATIENCE).expect("lock after the storm");
     lock.unlock().expect("unlock");
     assert_entries(dir.path(), &[], "after the storm");
 }
@@ -1173,7 +1171,7 @@ fn blocked_waiter_proceeds_after_release() {
     let dir = lock_dir();
     let work = work_dir();
     let lock = DirLock::new(dir.path()).expect("new");
-    assert!(lock.try_lock().expect("try"));
+    assert!(lock.try_lock().expect("try").is_some());
     let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
     std::thread::sleep(Duration::from_millis(50));
     lock.unlock().expect("unlock");
