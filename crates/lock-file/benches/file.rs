@@ -14,10 +14,20 @@
 //!   (it costs 200 ns more than the inlined pair here: see `src/flock.rs`).
 //! - `file-alloc-free-2e10`, `file-alloc-free-2e16`: allocate+free with all but one id taken,
 //!   measured by hand (no peer) and written as `.line` files for `cargo xtask bench`.
+//! - `file-contended-2proc`: two processes on one lock, ns per lock+unlock pair, ours against
+//!   the bare pair (`flock(LOCK_EX)` + `flock(LOCK_UN)`) on a file of the same directory. The
+//!   second process is this binary re-executed with `LOCKYARD_FILE_BENCH_CONTENDER` set; each
+//!   round both run the same number of pairs, rounds alternate ours and the peer, and the line
+//!   quotes the median round of each (contention is noisier than one process alone). The two
+//!   processes are pinned to CPUs 0 and 1: left to the scheduler on a busy 2-CPU machine they
+//!   often share one CPU, take turns, and never contend.
 
 use std::fs::File;
 use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
@@ -203,11 +213,135 @@ fn alloc_free_lines() {
     }
 }
 
+/// Tells the re-executed binary to be the second process of `file-contended-2proc`; the value
+/// is the store's path and the peer's lock file, separated by a line feed.
+const CONTENDER_ENV: &str = "LOCKYARD_FILE_BENCH_CONTENDER";
+
+/// Runs `n` pairs of ours (`which == "ours"`) or of the bare pair.
+fn pairs(which: &str, n: u64, lock: &FileLocker, peer: &File) {
+    if which == "ours" {
+        for _ in 0..n {
+            our_pair(lock);
+        }
+    } else {
+        for _ in 0..n {
+            bare_pair(peer);
+        }
+    }
+}
+
+/// The second process: for every `ours N` or `peer N` line on stdin, runs N pairs on the same
+/// lock as the parent and answers `done`.
+fn contender(spec: &str) {
+    pin(1);
+    let (store, peer) = spec.split_once('\n').expect("contender spec");
+    let manager = FileManager::open(store).expect("open store");
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    let peer = File::open(peer).expect("peer lock file");
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("stdin");
+        let (which, n) = line.split_once(' ').expect("command");
+        pairs(which, n.parse().expect("count"), &lock, &peer);
+        writeln!(out, "done").expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
+/// The contender process, killed and reaped on drop.
+struct Contender(Child);
+
+impl Drop for Contender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pins this process to `cpu`, if the machine has it.
+fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// Median ns per pair of ours and of the bare pair with two processes on one lock.
+fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64) {
+    let affinity = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
+    pin(0);
+    let store = root.join("contended");
+    let manager = FileManager::create(&store, 4).expect("create store");
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    let peer_path = root.join("contended-peer.lock");
+    let peer = File::create(&peer_path).expect("peer lock file");
+    let spec = format!("{}\n{}", store.display(), peer_path.display());
+    let mut child = Contender(
+        Command::new(std::env::current_exe().expect("current exe"))
+            .env(CONTENDER_ENV, spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn contender"),
+    );
+    let mut to = child.0.stdin.take().expect("stdin");
+    let mut from = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    let mut round = |which: &str| -> f64 {
+        writeln!(to, "{which} {n}").expect("to contender");
+        to.flush().expect("to contender");
+        let start = Instant::now();
+        pairs(which, n, &lock, &peer);
+        let done = from
+            .next()
+            .expect("contender exited")
+            .expect("from contender");
+        assert_eq!(done, "done");
+        start.elapsed().as_nanos() as f64 / (2 * n) as f64
+    };
+    round("ours");
+    round("peer");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(round("ours"));
+        theirs.push(round("peer"));
+    }
+    drop(to);
+    let _ = rustix::thread::sched_setaffinity(None, &affinity);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(&mut ours), median(&mut theirs))
+}
+
+fn contended_line() {
+    let group = "file-contended-2proc";
+    if !wanted(group) {
+        return;
+    }
+    let root = tempfile::tempdir().expect("temp dir");
+    let (rounds, n) = if quick() { (5, 2_000) } else { (31, 50_000) };
+    let (ours, peer) = contended_ns(root.path(), rounds, n);
+    record_line(
+        group,
+        &format!(
+            "{group}: ours {}, peer {}, ratio {:.2}",
+            human(ours),
+            human(peer),
+            ours / peer
+        ),
+    );
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var(CONTENDER_ENV) {
+        contender(&spec);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     lock_unlock(&mut c, "file-lock-unlock", true);
     lock_unlock(&mut c, "file-lock-unlock-no-owner-death", false);
     c.final_summary();
     interleaved_lines();
     alloc_free_lines();
+    contended_line();
 }
