@@ -1,12 +1,15 @@
 //! The on-disk format: the marker file's text and the table file's layout and header.
 //!
-//! A store is a directory holding three things (format version 1, described in the README):
+//! A store is a directory holding (format version 2, described in the README):
 //!
 //! - `lockyard-store`, a short text marker naming the format, its version, the capacity and
 //!   whether owner-death records are kept. A directory is a store iff this file says so.
 //! - `table`, a fixed-size file of little-endian 64-bit words: a header, the two-level
 //!   allocation bitmap and one owner record per lock. Every process maps it shared.
 //! - `locks/0` .. `locks/<capacity-1>`, empty regular files that are only ever `flock(2)`ed.
+//! - `deadlock`, an empty regular file whose `flock(2)` serialises deadlock checks.
+//! - `owners/`, a directory where each manager that has waited keeps its waiter file
+//!   (`owner.rs`).
 //!
 //! Nothing here does I/O: parsing and validation are pure so they can be tested on hostile input.
 
@@ -21,11 +24,15 @@ pub const MARKER_FILE: &str = "lockyard-store";
 pub(crate) const TABLE_FILE: &str = "table";
 /// The name of the directory holding one lock file per id.
 pub(crate) const LOCKS_DIR: &str = "locks";
+/// The name of the file whose `flock(2)` serialises deadlock checks across processes.
+pub(crate) const DETECT_FILE: &str = "deadlock";
+/// The name of the directory holding one waiter file per manager that has waited.
+pub(crate) const OWNERS_DIR: &str = "owners";
 
 /// The first line of every marker file, whatever its version.
 pub(crate) const MARKER_MAGIC: &str = "lockyard lock-file store";
 /// The format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The largest capacity a store may have: one lock file per id, so a bound keeps `create`
 /// (which makes every lock file) and `held` (which reads every record) reasonable.
 pub const MAX_CAPACITY: u32 = 1 << 20;
@@ -36,8 +43,10 @@ pub(crate) const MARKER_MAX_LEN: u64 = 4096;
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"LKYDFTBL");
 /// Header words before the summary bitmap.
 pub(crate) const HEADER_WORDS: usize = 8;
-/// Words per owner record: the held word and the acquisition time.
+/// Words per owner record: the held word (the owner), and the acquisition time with the pid.
 pub(crate) const RECORD_WORDS: usize = 2;
+/// The header word that counts owners: every open takes the next number (never 0).
+pub(crate) const NEXT_OWNER_WORD: usize = 7;
 /// Header flag: owner records are kept (the store reports `OwnerDied`).
 const FLAG_OWNER_DEATH: u64 = 1;
 
@@ -225,7 +234,7 @@ impl Layout {
         self.total_words as u64 * 8
     }
 
-    /// The header words of a fresh table with this layout.
+    /// The header words of a fresh table with this layout (the owner counter at 0).
     pub(crate) fn header(&self, owner_death: bool) -> [u64; HEADER_WORDS] {
         let flags = if owner_death { FLAG_OWNER_DEATH } else { 0 };
         [
@@ -243,7 +252,8 @@ impl Layout {
     /// Checks a table header read from `path` against this layout and the marker.
     ///
     /// Every field must be exactly what this code would have written: the offsets come from the
-    /// capacity, so a header that disagrees is damaged, never trusted.
+    /// capacity, so a header that disagrees is damaged, never trusted. The owner counter is the
+    /// one word that changes, and any value of it is valid.
     pub(crate) fn check_header(
         &self,
         found: &[u64; HEADER_WORDS],
@@ -266,10 +276,10 @@ impl Layout {
             "leaf offset",
             "record offset",
             "length",
-            "reserved word",
+            "owner counter",
         ];
-        for ((name, want), got) in NAMES.iter().zip(expected).zip(found) {
-            if want != *got {
+        for (i, ((name, want), got)) in NAMES.iter().zip(expected).zip(found).enumerate() {
+            if i != NEXT_OWNER_WORD && want != *got {
                 return Err(Error::corrupt(format!(
                     "table {}: {name} is {got}, expected {want} for a store of {} locks",
                     path.display(),
@@ -317,12 +327,12 @@ mod tests {
 
     #[test]
     fn other_version_is_incompatible_whatever_follows() {
-        let text = format!("{MARKER_MAGIC}\nformat 2\nsomething new\n");
+        let text = format!("{MARKER_MAGIC}\nformat 3\nsomething new\n");
         match Marker::parse(text.as_bytes(), p()) {
             Err(Error::Incompatible {
                 expected, found, ..
             }) => {
-                assert_eq!((expected.as_str(), found.as_str()), ("1", "2"));
+                assert_eq!((expected.as_str(), found.as_str()), ("2", "3"));
             }
             other => panic!("{other:?}"),
         }
@@ -330,13 +340,13 @@ mod tests {
 
     #[test]
     fn lines_end_with_lf_alone() {
-        let crlf = format!("{MARKER_MAGIC}\r\nformat 1\r\ncapacity 8\r\nowner-death on\r\n");
+        let crlf = format!("{MARKER_MAGIC}\r\nformat 2\r\ncapacity 8\r\nowner-death on\r\n");
         assert!(!Marker::is_ours(crlf.as_bytes()));
         assert!(matches!(
             Marker::parse(crlf.as_bytes(), p()),
             Err(Error::Incompatible { .. })
         ));
-        let later = format!("{MARKER_MAGIC}\nformat 1\r\ncapacity 8\nowner-death on\n");
+        let later = format!("{MARKER_MAGIC}\nformat 2\r\ncapacity 8\nowner-death on\n");
         assert!(Marker::is_ours(later.as_bytes()));
         assert!(matches!(
             Marker::parse(later.as_bytes(), p()),
@@ -362,13 +372,13 @@ mod tests {
     fn garbage_fields_are_corrupt() {
         for body in [
             "format x\ncapacity 1\nowner-death on\n",
-            "format 1\ncapacity 0\nowner-death on\n",
-            "format 1\ncapacity 99999999999\nowner-death on\n",
-            "format 1\ncapacity 2097152\nowner-death on\n",
-            "format 1\ncapacity 8\nowner-death maybe\n",
-            "format 1\ncapacity 8\n",
-            "format 1\ncapacity 8\nowner-death on\nextra\n",
-            "format 1\n",
+            "format 2\ncapacity 0\nowner-death on\n",
+            "format 2\ncapacity 99999999999\nowner-death on\n",
+            "format 2\ncapacity 2097152\nowner-death on\n",
+            "format 2\ncapacity 8\nowner-death maybe\n",
+            "format 2\ncapacity 8\n",
+            "format 2\ncapacity 8\nowner-death on\nextra\n",
+            "format 2\n",
         ] {
             let text = format!("{MARKER_MAGIC}\n{body}");
             assert!(
@@ -402,10 +412,12 @@ mod tests {
         for i in 0..HEADER_WORDS {
             let mut bad = good;
             bad[i] ^= 1 << 40;
-            assert!(matches!(
-                l.check_header(&bad, true, p()),
-                Err(Error::Corrupt { .. })
-            ));
+            let checked = l.check_header(&bad, true, p());
+            if i == NEXT_OWNER_WORD {
+                assert!(checked.is_ok(), "the owner counter may hold anything");
+            } else {
+                assert!(matches!(checked, Err(Error::Corrupt { .. })), "word {i}");
+            }
         }
     }
 }

@@ -6,15 +6,18 @@ mod flock;
 mod format;
 mod locker;
 mod manager;
+mod owner;
 mod record;
 mod slot;
 mod store;
 mod table;
+mod wake;
 
 pub use format::{FORMAT_VERSION, MARKER_FILE, MAX_CAPACITY};
 pub use lock_api;
 pub use lock_api::{
-    Acquired, Error, HeldLock, Holder, Inspect, LockGuard, LockId, Locker, Manager, Result,
+    Acquired, Cycle, Error, HeldLock, Holder, Inspect, LockGuard, LockId, LockState, Locker,
+    Manager, Result, Store, StoreSpec,
 };
 pub use locker::FileLocker;
-pub use manager::{FileManager, StoreOptions};
+pub use manager::{DEFAULT_DEADLOCK_TIMEOUT, FileManager, StoreOptions};

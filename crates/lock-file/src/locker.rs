@@ -1,13 +1,36 @@
 //! `FileLocker`: one lock of a store, acting for its manager.
+//!
+//! The paths through `lock()`:
+//!
+//! - **Uncontended:** the slot's mutex (this owner is idle on the lock), a load of the owner
+//!   record (released), one `flock(LOCK_EX | LOCK_NB)` that succeeds, and the record claimed.
+//! - **Contended:** the record is claimed, so another owner holds the lock (or died holding it):
+//!   publish the wait in this manager's waiter file (two stores into a mapping), arm a timer for
+//!   the deadlock check (process-local, see `wake.rs`), and block in ONE `flock(LOCK_EX)`. When
+//!   the record was released but the non-blocking try still fails (another owner took the lock
+//!   in between), the same path follows that try.
+//! - **Past the deadlock timeout:** the timer interrupts the blocked `flock` with `SIGURG`; the
+//!   waiter checks the wait-for graph under the store's detection lock and either returns
+//!   `Error::Deadlock` (after withdrawing its wait, before releasing the detection lock) or
+//!   blocks again, checking again after twice the interval (up to 32 timeouts).
+//!
+//! `try_lock_for` takes the same path with its deadline as a second timer.
 
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result};
+use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result, find_cycle};
+use rustix::fs::FlockOperation;
 
 use crate::flock;
-use crate::manager::Shared;
+use crate::manager::{Shared, owner_key};
+use crate::owner::Entry;
+use crate::record;
 use crate::slot::{Phase, Slot, State};
+
+/// The longest interval between two deadlock checks of one wait, in deadlock timeouts: checks
+/// come at 1, 3, 7, 15, ... timeouts into a wait, then every 32.
+const MAX_CHECK_INTERVAL: u32 = 32;
 
 /// A handle on one lock of a [`FileManager`](crate::FileManager)'s store.
 ///
@@ -33,26 +56,8 @@ impl FileLocker {
         self.shared.lock_path(self.slot.id)
     }
 
-    /// Takes the lock if this owner is idle on it and no other owner holds it: one mutex and
-    /// one non-blocking `flock`. `None` means "go the slow way".
-    ///
-    /// Inlined into the caller on purpose, down to the system call: see
-    /// `flock::try_lock_fast` for why every frame counts here.
-    #[inline(always)]
-    fn try_fast(&self) -> Option<(MutexGuard<'_, State>, bool)> {
-        let slot = &*self.slot;
-        let state = slot.state();
-        if state.phase != Phase::Idle {
-            return Some((state, false));
-        }
-        match flock::try_lock_fast(&slot.file) {
-            Ok(taken) => Some((state, taken)),
-            // Errors (even EINTR) are rare: the slow path retries and reports them.
-            Err(_) => None,
-        }
-    }
-
-    /// Takes the lock, waiting until `deadline` (`None`: for ever).
+    /// Takes the lock, waiting until `deadline` (`None`: for ever): the way for every case the
+    /// inlined fast paths do not finish.
     #[cold]
     #[inline(never)]
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
@@ -77,13 +82,14 @@ impl FileLocker {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(Error::Timeout);
         }
-        self.acquire_contended(state, deadline)
+        self.wait(state, deadline)
     }
 
     /// Waits for another owner to release the lock, with the slot marked `Acquiring` so this
-    /// owner's other threads wait for this one.
+    /// owner's other threads wait for this one, and the wait published for everyone.
     #[cold]
-    fn acquire_contended(
+    #[inline(never)]
+    fn wait(
         &self,
         mut state: MutexGuard<'_, State>,
         deadline: Option<Instant>,
@@ -91,18 +97,17 @@ impl FileLocker {
         let slot = &*self.slot;
         state.phase = Phase::Acquiring;
         drop(state);
-        let path = || self.path();
-        let taken = match deadline {
-            None => flock::lock(&slot.file, &path).map(|()| true),
-            Some(deadline) => flock::lock_until(&slot.file, &path, deadline),
-        };
-        let mut state = slot.state();
-        match taken {
-            Ok(true) => Ok(self.claimed(&mut state)),
-            Ok(false) => {
-                slot.set_idle(&mut state);
-                Err(Error::Timeout)
+        let waited = self.shared.publish(slot.id).and_then(|mut entry| {
+            let waited = self.block(deadline, &mut entry);
+            // A deadlock victim withdrew its wait already, under the detection lock.
+            if let Some(entry) = entry {
+                self.shared.withdraw(entry);
             }
+            waited
+        });
+        let mut state = slot.state();
+        match waited {
+            Ok(()) => Ok(self.claimed(&mut state)),
             Err(e) => {
                 slot.set_idle(&mut state);
                 Err(e)
@@ -110,19 +115,122 @@ impl FileLocker {
         }
     }
 
+    /// Blocks in `flock(LOCK_EX)` until the lock is taken, `deadline` passes (`Timeout`) or a
+    /// deadlock check finds this wait closing a cycle (`Deadlock`).
+    fn block(&self, deadline: Option<Instant>, entry: &mut Option<Entry>) -> Result<()> {
+        let shared = &*self.shared;
+        let file = &self.slot.file;
+        let path = || self.path();
+        let mut interval = 1;
+        let mut check_at = shared
+            .deadlock_timeout()
+            .and_then(|d| Instant::now().checked_add(d));
+        // A bounded wait must end at its deadline, so it blocks only if a signal can interrupt
+        // this thread (one system call to look at its mask); a deadlock check may be missed
+        // by a thread that blocks SIGURG, which costs nothing but that check.
+        let blocking_ok = deadline.is_none() || crate::wake::interruptible();
+        loop {
+            let due = match (deadline, check_at) {
+                (Some(d), Some(c)) => Some(d.min(c)),
+                (d, c) => d.or(c),
+            };
+            let taken = match (due, shared.waker().filter(|_| blocking_ok)) {
+                (None, _) => {
+                    flock::lock(file, &path)?;
+                    true
+                }
+                (Some(due), Some(waker)) => {
+                    let ticket = waker.arm(due);
+                    let result = rustix::fs::flock(file, FlockOperation::LockExclusive);
+                    let fired = waker.disarm(ticket);
+                    match result {
+                        Ok(()) => {
+                            if fired {
+                                // The signal came after the lock: let it land now, on this
+                                // thread's next return from the kernel, rather than in some
+                                // later system call of the caller's.
+                                rustix::thread::sched_yield();
+                            }
+                            true
+                        }
+                        Err(rustix::io::Errno::INTR) => false,
+                        Err(e) => {
+                            return Err(Error::io("flock", path(), std::io::Error::from(e)));
+                        }
+                    }
+                }
+                // No timer thread here (or this thread blocks SIGURG): poll until `due`.
+                (Some(due), None) => flock::lock_until(file, &path, due)?,
+            };
+            if taken {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                // One last try, so that a release right at the deadline is not missed.
+                return if flock::try_lock(file, &path)? {
+                    Ok(())
+                } else {
+                    Err(Error::Timeout)
+                };
+            }
+            if check_at.is_some_and(|at| now >= at) {
+                self.check_deadlock(entry)?;
+                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+                check_at = shared
+                    .deadlock_timeout()
+                    .and_then(|d| now.checked_add(d * interval));
+            }
+        }
+    }
+
+    /// Checks the wait-for graph under the store's detection lock. When this wait closes a
+    /// cycle (seen the same way in two successive reads, so that no wait that was ending and no
+    /// torn read makes a cycle that was not there), withdraws the wait before the detection
+    /// lock is released, so that the next member to check sees no cycle, and returns
+    /// `Deadlock`.
+    #[cold]
+    fn check_deadlock(&self, entry: &mut Option<Entry>) -> Result<()> {
+        if entry.is_none() {
+            // An unpublished wait is in nobody's graph, its own included.
+            return Ok(());
+        }
+        let shared = &*self.shared;
+        let me = owner_key(shared.owner);
+        shared.detecting(|| {
+            let first = shared.wait_graph()?;
+            let Some(cycle) = find_cycle(&first, &me) else {
+                return Ok(());
+            };
+            let second = shared.wait_graph()?;
+            let confirmed = find_cycle(&second, &me).as_ref() == Some(&cycle)
+                && cycle_view(&first, &cycle) == cycle_view(&second, &cycle);
+            if !confirmed {
+                return Ok(());
+            }
+            if let Some(entry) = entry.take() {
+                shared.withdraw(entry);
+            }
+            Err(Error::Deadlock { cycle })
+        })
+    }
+
     /// Records the acquisition just made by `flock` and reports how the lock was left.
     #[inline(always)]
     fn claimed(&self, state: &mut MutexGuard<'_, State>) -> Acquired {
         state.phase = Phase::Held;
-        if self.shared.owner_death && self.shared.record(self.slot.id).claim(self.shared.pid) {
+        let shared = &*self.shared;
+        if shared.owner_death
+            && shared
+                .record(self.slot.id)
+                .claim(shared.owner, record::stamp(shared.stamp_pid))
+        {
             Acquired::OwnerDied
         } else {
             Acquired::Clean
         }
     }
-}
 
-impl FileLocker {
     /// `try_lock` after the fast path met an error: once more, reporting errors.
     #[cold]
     #[inline(never)]
@@ -152,12 +260,35 @@ impl FileLocker {
             }
             Err(e) => {
                 if self.shared.owner_death {
-                    self.shared.record(slot.id).reclaim(self.shared.pid);
+                    self.shared.record(slot.id).reclaim(self.shared.owner);
                 }
                 Err(e)
             }
         }
     }
+}
+
+/// What a cycle's members look like in a wait-for graph: for each lock of the cycle, its holder
+/// and those of its waiters that are members, with their `since`, which tells one acquisition
+/// or wait from the next.
+fn cycle_view(
+    graph: &[lock_api::LockState],
+    cycle: &lock_api::Cycle,
+) -> Vec<(LockId, Option<Holder>, Vec<Holder>)> {
+    let member = |h: &Holder| {
+        cycle
+            .0
+            .iter()
+            .any(|e| h.owner.as_deref() == Some(e.owner.as_str()))
+    };
+    graph
+        .iter()
+        .filter(|s| cycle.0.iter().any(|e| e.waits_for == s.id))
+        .map(|s| {
+            let waiters = s.waiters.iter().filter(|w| member(w)).cloned().collect();
+            (s.id, s.holder.clone(), waiters)
+        })
+        .collect()
 }
 
 impl Locker for FileLocker {
@@ -166,21 +297,44 @@ impl Locker for FileLocker {
         LockId(self.slot.id)
     }
 
-    // Always inlined: see `flock::try_lock_fast`.
+    // Always inlined, down to the system call: see `flock::try_lock_fast` for why every frame
+    // counts here.
     #[inline(always)]
     fn lock(&self) -> Result<Acquired> {
-        if let Some((mut state, true)) = self.try_fast() {
-            return Ok(self.claimed(&mut state));
+        let slot = &*self.slot;
+        let shared = &*self.shared;
+        let mut state = slot.state();
+        if state.phase == Phase::Idle {
+            // A claimed record: another owner holds the lock (or died holding it). Go straight
+            // to the one blocking call rather than trying first.
+            if shared.owner_death && shared.record(slot.id).is_claimed() {
+                return self.wait(state, None);
+            }
+            match flock::try_lock_fast(&slot.file) {
+                Ok(true) => return Ok(self.claimed(&mut state)),
+                Ok(false) => return self.wait(state, None),
+                // Errors (even EINTR) are rare: the slow path retries and reports them.
+                Err(_) => {}
+            }
         }
+        drop(state);
         self.acquire(None)
     }
 
     #[inline(always)]
     fn try_lock(&self) -> Result<Option<Acquired>> {
-        match self.try_fast() {
-            Some((mut state, true)) => Ok(Some(self.claimed(&mut state))),
-            Some((_, false)) => Ok(None),
-            None => self.try_lock_slow(),
+        let slot = &*self.slot;
+        let mut state = slot.state();
+        if state.phase != Phase::Idle {
+            return Ok(None);
+        }
+        match flock::try_lock_fast(&slot.file) {
+            Ok(true) => Ok(Some(self.claimed(&mut state))),
+            Ok(false) => Ok(None),
+            Err(_) => {
+                drop(state);
+                self.try_lock_slow()
+            }
         }
     }
 
@@ -219,8 +373,10 @@ impl Locker for FileLocker {
 }
 
 impl Inspect for FileLocker {
-    /// The holder's pid and acquisition time from its owner record, or an empty [`Holder`] when
-    /// the store keeps no records; `None` when the lock is free or its holder died.
+    /// The holder as [`held`](lock_api::Manager::held) names it (pid, host, owner, since, dead
+    /// flag), or an empty [`Holder`] when the store keeps no records; `None` when the lock is
+    /// free. A holder that died holding the lock is returned with `dead` set until someone
+    /// takes the lock over.
     ///
     /// # Errors
     ///

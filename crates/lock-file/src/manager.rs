@@ -1,19 +1,68 @@
-//! `FileManager`: one open store, one owner; allocation under the table's lock.
+//! `FileManager`: one open store, one owner; allocation under the table's lock; who holds and
+//! who waits.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
-use lock_api::{Error, HeldLock, Holder, LockId, Manager, Result};
+use lock_api::{
+    Error, HeldLock, Holder, LockId, LockState, Manager, Result, Store as StoreLifecycle,
+    StoreSpec, wrong_scheme,
+};
 
 use crate::bitmap::Bitmap;
 use crate::flock;
 use crate::format::Marker;
 use crate::locker::FileLocker;
-use crate::record::Record;
+use crate::owner::{self, Entry, OwnerFile, Waiting};
+use crate::record::{self, Claim, Record};
 use crate::slot::{Cache, Phase};
 use crate::store::{self, Store};
+use crate::wake::Waker;
 
-/// How to create or open a store: its capacity and whether it keeps owner records.
+/// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise
+/// ([`Manager::set_deadlock_timeout`]), as PostgreSQL's `deadlock_timeout`.
+pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// This host's name (`uname(2)`'s nodename), read once: every holder and waiter of a store is
+/// on this host, since a store must be on a local filesystem.
+static HOST: LazyLock<String> = LazyLock::new(|| {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+});
+
+/// The owner key of owner number `owner`, the same in holder and waiter entries.
+pub(crate) fn owner_key(owner: u64) -> String {
+    format!("file owner {owner}")
+}
+
+/// The holder a claimed record names.
+fn holder_of(claim: Claim, dead: bool) -> Holder {
+    let mut holder = Holder::default().host(HOST.as_str()).dead(dead);
+    holder.owner = claim.owner.map(owner_key);
+    holder.pid = claim.pid;
+    holder.since = claim.since;
+    holder
+}
+
+/// The waiter a published wait names.
+fn waiter_of(wait: &Waiting) -> Holder {
+    let mut waiter = Holder::default()
+        .host(HOST.as_str())
+        .owner(owner_key(wait.owner));
+    waiter.pid = wait.pid;
+    waiter.since = wait.since;
+    waiter
+}
+
+/// Options for a new store: its capacity and whether it keeps owner records.
+///
+/// [`FileManager::create`] and [`FileManager::open_or_create`] use the defaults; these options
+/// are for a store without owner records.
 ///
 /// ```no_run
 /// use lock_file::StoreOptions;
@@ -31,8 +80,8 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
-    /// Options for a store of `capacity` locks (`1..=`[`MAX_CAPACITY`](crate::MAX_CAPACITY)), with owner-death
-    /// detection on.
+    /// Options for a store of `capacity` locks (`1..=`[`MAX_CAPACITY`](crate::MAX_CAPACITY)), with owner
+    /// records on.
     pub fn new(capacity: u32) -> StoreOptions {
         StoreOptions {
             capacity,
@@ -40,19 +89,24 @@ impl StoreOptions {
         }
     }
 
-    /// Whether a new store keeps owner records, so that acquiring a lock whose holder died
-    /// holding it returns [`Acquired::OwnerDied`](lock_api::Acquired::OwnerDied) (default: on).
+    /// Whether a new store keeps owner records (default: on). They are what makes acquiring a
+    /// lock whose holder died holding it return
+    /// [`Acquired::OwnerDied`](lock_api::Acquired::OwnerDied), what names each holder (pid,
+    /// owner, since) in [`held`](Manager::held) and [`snapshot`](Manager::snapshot), and what
+    /// deadlock detection follows from a waiter to the holder it waits for.
     ///
     /// This is a property of the store, fixed at creation and written in its marker, so every
     /// process sharing the store agrees on it; on `open` the store's own setting applies.
-    /// Turning it off saves two memory stores and a load per lock/unlock pair (measured in the
-    /// benchmarks) and makes every acquisition `Clean`, and `held` must probe every lock file.
+    /// Turning it off saves a load, two memory stores and a coarse clock read per lock/unlock
+    /// pair, makes every acquisition `Clean`, leaves holders anonymous (`held` then probes
+    /// every lock file), and turns deadlock detection off.
     pub fn owner_death(mut self, on: bool) -> StoreOptions {
         self.owner_death = on;
         self
     }
 
-    /// Creates a store at `path` (a directory that must not exist; its parent must).
+    /// Creates a store with these options at `path` (a directory that must not exist; its
+    /// parent must).
     ///
     /// Every lock file is created up front, in a temporary directory that is renamed into
     /// place, so no process ever sees a half-built store.
@@ -70,38 +124,31 @@ impl StoreOptions {
         store::create(path.as_ref(), marker).map(FileManager::from_store)
     }
 
-    /// Opens the store at `path`, which must have this capacity.
+    /// Opens the store at `path`, creating it with these options when missing; the flag says
+    /// whether this call created it. Any number of processes may race on a fresh path: all
+    /// succeed, one creates.
     ///
     /// # Errors
     ///
-    /// As for [`FileManager::open`], and [`Error::Incompatible`] when its capacity differs.
-    pub fn open(&self, path: impl AsRef<Path>) -> Result<FileManager> {
-        let manager = FileManager::open(path)?;
-        if manager.capacity != self.capacity {
-            return Err(Error::incompatible(
-                format!("lock-file store {} capacity", manager.path().display()),
-                self.capacity,
-                manager.capacity,
-            ));
-        }
-        Ok(manager)
-    }
-
-    /// Opens the store at `path`, creating it when missing; the flag says whether this call
-    /// created it. Any number of processes may race on a fresh path: all succeed, one creates.
-    ///
-    /// # Errors
-    ///
-    /// As for [`create`](StoreOptions::create) and [`open`](StoreOptions::open).
+    /// As for [`create`](StoreOptions::create) and [`FileManager::open`], and
+    /// [`Error::Incompatible`] when the existing store has another capacity.
     pub fn open_or_create(&self, path: impl AsRef<Path>) -> Result<(FileManager, bool)> {
         let path = path.as_ref();
         // Open, or create, or (someone created it meanwhile) open again. Only a concurrent
         // `remove` between the two can make the second open fail; a few rounds settle that.
         let mut last = None;
         for _ in 0..8 {
-            match self.open(path) {
+            match FileManager::open(path) {
                 Err(Error::NotFound { .. }) => {}
-                other => return other.map(|m| (m, false)),
+                Err(e) => return Err(e),
+                Ok(manager) if manager.capacity != self.capacity => {
+                    return Err(Error::incompatible(
+                        format!("lock-file store {} capacity", path.display()),
+                        self.capacity,
+                        manager.capacity,
+                    ));
+                }
+                Ok(manager) => return Ok((manager, false)),
             }
             match self.create(path) {
                 Err(e @ Error::AlreadyExists { .. }) => last = Some(e),
@@ -122,10 +169,37 @@ pub(crate) struct Shared {
     pub(crate) owner_death: bool,
     /// This process, as written in owner records (a forked child must open its own manager).
     pub(crate) pid: u32,
+    /// This manager's owner number, from the table's counter: unique for the store's life.
+    pub(crate) owner: u64,
+    /// The pid as the owner record's second word carries it.
+    pub(crate) stamp_pid: u64,
     /// Serialises this manager's threads before the allocation `flock`, which does not exclude
     /// threads sharing one description.
     alloc: Mutex<()>,
     pub(crate) slots: Mutex<Cache>,
+    /// The deadlock timeout in milliseconds; 0 is off.
+    deadlock_ms: AtomicU64,
+    /// This manager's waiter file, made the first time it waits.
+    owner_file: OnceLock<OwnerFile>,
+    making_owner_file: Mutex<()>,
+    /// Serialises this manager's threads before the detection `flock` (same reason as `alloc`).
+    detecting: Mutex<()>,
+    /// The process's timer thread, fetched the first time a wait needs one; `None`: poll.
+    waker: OnceLock<Option<Arc<Waker>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(file) = self.owner_file.get() {
+            // Remove the waiter file before its lock goes with the descriptor, so readers never
+            // take a live owner for a dead one. Failing to remove it costs a reader's cleanup.
+            let _ = rustix::fs::unlinkat(
+                &self.store.owners_dir,
+                file.name(),
+                rustix::fs::AtFlags::empty(),
+            );
+        }
+    }
 }
 
 impl Shared {
@@ -162,7 +236,7 @@ impl Shared {
     }
 
     /// The owner record of lock `id`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&self, id: u32) -> Record<'_> {
         Record::new(self.store.table.record(id))
     }
@@ -185,48 +259,163 @@ impl Shared {
         Ok(FileLocker::new(Arc::clone(self), slot))
     }
 
-    /// Who holds lock `id`, if anyone: its record says who, and a probe confirms the holder is
-    /// alive (a claimed record whose lock can be taken was left by a dead holder).
+    /// The deadlock timeout, `None` when detection is off (or impossible: no owner records).
+    pub(crate) fn deadlock_timeout(&self) -> Option<Duration> {
+        match self.deadlock_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// The process's timer thread, or `None` when waits must poll.
+    pub(crate) fn waker(&self) -> Option<&Waker> {
+        self.waker.get_or_init(|| Waker::get(self.pid)).as_deref()
+    }
+
+    /// This manager's waiter file, made the first time it is needed.
+    ///
+    /// # Errors
+    ///
+    /// `Io` when it cannot be made (the `owners` directory is not writable, say).
+    fn owner_file(&self) -> Result<&OwnerFile> {
+        if let Some(file) = self.owner_file.get() {
+            return Ok(file);
+        }
+        let _turn = self
+            .making_owner_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = self.owner_file.get() {
+            return Ok(file);
+        }
+        let store = &self.store;
+        let file = OwnerFile::create(&store.owners_dir, &store.owners_path, self.owner, self.pid)?;
+        Ok(self.owner_file.get_or_init(|| file))
+    }
+
+    /// Publishes that this owner waits for lock `id`, from now; `None` when this owner already
+    /// publishes [`MAX_WAITS`](owner::MAX_WAITS) waits (this one then goes unpublished).
+    ///
+    /// # Errors
+    ///
+    /// As [`owner_file`](Shared::owner_file), the first time.
+    pub(crate) fn publish(&self, id: u32) -> Result<Option<Entry>> {
+        Ok(self.owner_file()?.publish(id, record::coarse_now_ms()))
+    }
+
+    /// Withdraws a published wait.
+    pub(crate) fn withdraw(&self, entry: Entry) {
+        if let Some(file) = self.owner_file.get() {
+            file.withdraw(entry);
+        }
+    }
+
+    /// Who holds lock `id`, if anyone: its record says who, and a probe says whether that
+    /// holder is alive (a claimed record whose lock can be taken was left by a dead holder).
+    ///
+    /// Without owner records the probe alone decides, and the holder is anonymous
+    /// (`Holder::default()`).
     pub(crate) fn holder(&self, id: u32) -> Result<Option<Holder>> {
-        let record = if self.owner_death {
-            match self.record(id).holder() {
+        let claim = if self.owner_death {
+            match self.record(id).read() {
                 None => return Ok(None),
-                Some(holder) => Some(holder),
+                claim => claim,
             }
         } else {
             None
         };
-        let ours = self.slots().get(id).map(Arc::clone);
-        if let Some(slot) = ours {
-            match slot.state().phase {
-                Phase::Held => return Ok(Some(record.unwrap_or_default())),
-                Phase::Acquiring => {}
-                Phase::Idle => {}
-            }
+        let held_here = self
+            .slots()
+            .get(id)
+            .is_some_and(|slot| slot.state().phase == Phase::Held);
+        if held_here {
+            return Ok(Some(
+                claim.map_or_else(Holder::default, |c| holder_of(c, false)),
+            ));
         }
-        match self.probe(id) {
-            Ok(true) => Ok(Some(record.unwrap_or_default())),
-            Ok(false) => Ok(None),
-            // A damaged lock file costs its own lock only, not the whole `held` list. Nobody
-            // can take a lock through a damaged path, so without records it is not held; a
-            // claimed record (a holder that opened the file before the damage, or a dead one)
-            // cannot be checked, so it is reported as it stands rather than hidden.
-            Err(Error::Corrupt { .. }) => Ok(record),
-            Err(e) => Err(e),
+        let file = match self.open_lock_file(id) {
+            Ok(file) => file,
+            // A damaged lock file costs its own lock only, not the whole answer. Nobody can
+            // take a lock through a damaged path, so without records it is not held; a claimed
+            // record (a holder that opened the file before the damage, or a dead one) cannot
+            // be checked, so it is reported as it stands rather than hidden.
+            Err(Error::Corrupt { .. }) => return Ok(claim.map(|c| holder_of(c, false))),
+            Err(e) => return Err(e),
+        };
+        let path = || self.lock_path(id);
+        if !flock::try_lock(&file, &path)? {
+            return Ok(Some(
+                claim.map_or_else(Holder::default, |c| holder_of(c, false)),
+            ));
         }
+        // The lock is free and this probe holds it: only a holder writes the record, so what
+        // it says now is final. Still claimed: its holder died holding the lock.
+        let dead = if self.owner_death {
+            self.record(id).read().map(|c| holder_of(c, true))
+        } else {
+            None
+        };
+        flock::unlock(&file, &path)?;
+        Ok(dead)
     }
 
-    /// Whether some description holds lock `id`'s `flock`, found by briefly trying it on a fresh
-    /// description (and releasing it at once when that succeeds).
-    fn probe(&self, id: u32) -> Result<bool> {
-        let file = self.open_lock_file(id)?;
-        let path = || self.lock_path(id);
-        if flock::try_lock(&file, &path)? {
-            flock::unlock(&file, &path)?;
-            Ok(false)
-        } else {
-            Ok(true)
+    /// Every lock that is held or (when `waits` is given) waited for, with its holder and
+    /// waiters. `all_holders` scans every record; otherwise only the locks waited for are read
+    /// (what deadlock detection needs).
+    fn states(&self, waits: &[Waiting], all_holders: bool) -> Result<Vec<LockState>> {
+        let mut by_id: BTreeMap<u32, LockState> = BTreeMap::new();
+        if all_holders {
+            for id in 0..self.capacity {
+                if let Some(holder) = self.holder(id)? {
+                    by_id.insert(id, LockState::new(LockId(id), Some(holder), Vec::new()));
+                }
+            }
         }
+        for wait in waits {
+            let state = match by_id.entry(wait.id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let holder = if all_holders {
+                        None
+                    } else {
+                        self.holder(wait.id)?
+                    };
+                    e.insert(LockState::new(LockId(wait.id), holder, Vec::new()))
+                }
+            };
+            state.waiters.push(waiter_of(wait));
+        }
+        Ok(by_id.into_values().collect())
+    }
+
+    /// The published waits of every live owner of this store.
+    fn waits(&self) -> Result<Vec<Waiting>> {
+        owner::read_all(
+            &self.store.owners_dir,
+            &self.store.owners_path,
+            self.capacity,
+        )
+    }
+
+    /// The wait-for graph: every lock waited for, its holder and its waiters.
+    pub(crate) fn wait_graph(&self) -> Result<Vec<LockState>> {
+        self.states(&self.waits()?, false)
+    }
+
+    /// Runs `f` under the store's detection lock (this manager's mutex, then `flock` on the
+    /// `deadlock` file), so that deadlock checks never overlap, in any process.
+    pub(crate) fn detecting<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _turn = self
+            .detecting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let store = &self.store;
+        let path = || store.detect_path.clone();
+        flock::lock(&store.detect, &path)?;
+        let out = f();
+        let unlocked = flock::unlock(&store.detect, &path);
+        let out = out?;
+        unlocked.map(|()| out)
     }
 }
 
@@ -234,10 +423,14 @@ impl Shared {
 /// through it.
 ///
 /// Every handle retrieved from one manager acts for the same owner (the manager), from any
-/// thread; another manager, in this process or another, is another owner. Locks are `flock(2)`s
-/// on this manager's own descriptions of the lock files, so the kernel releases them when the
-/// process dies, and the manager's owner records tell the next acquirer
-/// ([`Acquired::OwnerDied`](lock_api::Acquired::OwnerDied)).
+/// thread; another manager, in this process or another, is another owner, with its own owner
+/// number. Locks are `flock(2)`s on this manager's own descriptions of the lock files, so the
+/// kernel releases them when the process dies, and the manager's owner records tell the next
+/// acquirer ([`Acquired::OwnerDied`](lock_api::Acquired::OwnerDied)).
+///
+/// The lifecycle is [`lock_api::Store`]'s (`create`, `open`, `open_or_create`, `remove`, and
+/// the `file:PATH` spec forms); the inherent functions of the same names are the same calls,
+/// taking any `AsRef<Path>`.
 ///
 /// Cloning a manager gives another handle on the same owner, not a new owner: open the store
 /// again for that. A forked child shares its parent's descriptions, hence its locks: a child
@@ -253,21 +446,35 @@ impl FileManager {
     fn from_store(store: Store) -> FileManager {
         let capacity = store.marker.capacity;
         let owner_death = store.marker.owner_death;
+        let owner = store.table.next_owner();
+        let pid = std::process::id();
+        let deadlock_ms = if owner_death {
+            DEFAULT_DEADLOCK_TIMEOUT.as_millis() as u64
+        } else {
+            0
+        };
         FileManager {
             shared: Arc::new(Shared {
                 store,
                 capacity,
                 owner_death,
-                pid: std::process::id(),
+                pid,
+                owner,
+                stamp_pid: record::pid_bits(pid),
                 alloc: Mutex::new(()),
                 slots: Mutex::new(Cache::new()),
+                deadlock_ms: AtomicU64::new(deadlock_ms),
+                owner_file: OnceLock::new(),
+                making_owner_file: Mutex::new(()),
+                detecting: Mutex::new(()),
+                waker: OnceLock::new(),
             }),
             capacity,
         }
     }
 
-    /// Creates a store of `capacity` locks at `path`, with the default options
-    /// (see [`StoreOptions::create`]).
+    /// Creates a store of `capacity` locks at `path`, with owner records on (see
+    /// [`StoreOptions`] for a store without them).
     ///
     /// # Errors
     ///
@@ -276,8 +483,9 @@ impl FileManager {
         StoreOptions::new(capacity).create(path)
     }
 
-    /// Opens the store at `path`, whatever its capacity. Reads and checks the marker, the
-    /// `locks` directory and the table; writes nothing, so a failed open changes nothing.
+    /// Opens the store at `path`, with the capacity it was created with. Reads and checks the
+    /// marker, the directories and the table, then takes this manager's owner number (the one
+    /// write); a failed open writes nothing.
     ///
     /// # Errors
     ///
@@ -289,11 +497,13 @@ impl FileManager {
         store::open(path.as_ref()).map(FileManager::from_store)
     }
 
-    /// Opens the store at `path`, creating it with `capacity` locks when missing.
+    /// Opens the store at `path`, creating it with `capacity` locks when missing; the flag says
+    /// whether this call created it.
     ///
     /// # Errors
     ///
-    /// As for [`StoreOptions::open_or_create`].
+    /// As for [`StoreOptions::open_or_create`]: [`Error::Incompatible`] when the existing store
+    /// has another capacity.
     pub fn open_or_create(path: impl AsRef<Path>, capacity: u32) -> Result<(FileManager, bool)> {
         StoreOptions::new(capacity).open_or_create(path)
     }
@@ -316,9 +526,16 @@ impl FileManager {
         &self.shared.store.path
     }
 
-    /// Whether the store keeps owner records (reports `OwnerDied`).
+    /// Whether the store keeps owner records (reports `OwnerDied`, names holders, detects
+    /// deadlocks).
     pub fn owner_death(&self) -> bool {
         self.shared.owner_death
+    }
+
+    /// This manager's owner key, as [`Holder::owner`] gives it in `held`, `snapshot` and
+    /// deadlock cycles: `file owner N`, with N unique for the life of the store.
+    pub fn owner(&self) -> String {
+        owner_key(self.shared.owner)
     }
 
     /// Flushes the table (allocations and owner records) to disk with `fsync(2)`.
@@ -336,6 +553,34 @@ impl FileManager {
             .file()
             .sync_data()
             .map_err(|e| Error::io("fsync", table.path(), e))
+    }
+}
+
+/// The lifecycle every table backend shares; `Address` is the store's directory.
+impl StoreLifecycle for FileManager {
+    type Address = Path;
+
+    fn address(spec: &StoreSpec) -> Result<PathBuf> {
+        match spec {
+            StoreSpec::File(path) => Ok(path.clone()),
+            other => Err(wrong_scheme("file", other)),
+        }
+    }
+
+    fn create(store: &Path, capacity: u32) -> Result<FileManager> {
+        FileManager::create(store, capacity)
+    }
+
+    fn open(store: &Path) -> Result<FileManager> {
+        FileManager::open(store)
+    }
+
+    fn open_or_create(store: &Path, capacity: u32) -> Result<(FileManager, bool)> {
+        FileManager::open_or_create(store, capacity)
+    }
+
+    fn remove(store: &Path) -> Result<()> {
+        FileManager::remove(store)
     }
 }
 
@@ -432,12 +677,14 @@ impl Manager for FileManager {
         Ok(Some(free))
     }
 
-    /// Every held lock with its holder's pid and acquisition time.
+    /// Every held lock with its holder: pid, host, owner, since, and whether it is dead.
     ///
     /// With owner records, only locks whose record is claimed are probed (a brief
-    /// `flock(LOCK_EX | LOCK_NB)` on a fresh description, to skip records left by dead
-    /// holders); without them, every lock file is probed. A probe that finds a lock free holds
-    /// it for a moment, so a concurrent `try_lock` of that lock may fail spuriously.
+    /// `flock(LOCK_EX | LOCK_NB)` on a fresh description); a claimed record whose lock the
+    /// probe can take was left by a holder that died holding it, and is listed with
+    /// [`Holder::dead`] set until someone takes the lock over. Without records, every lock file
+    /// is probed and holders are anonymous. A probe that finds a lock free holds it for a
+    /// moment, so a concurrent `try_lock` of that lock may fail spuriously.
     ///
     /// A lock whose file is damaged cannot be probed: it is listed iff its record is claimed
     /// (without owner records, never), and the other locks are reported as usual.
@@ -450,5 +697,40 @@ impl Manager for FileManager {
             }
         }
         Ok(out)
+    }
+
+    /// Every lock held or waited for: the holders as [`held`](Manager::held) finds them (dead
+    /// ones flagged), and the waits every live manager of the store publishes in its waiter
+    /// file, each with pid, host, owner and since.
+    ///
+    /// Reading the waiter files deletes those of owners that died.
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        let waits = self.shared.waits()?;
+        self.shared.states(&waits, true)
+    }
+
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        self.shared.deadlock_timeout()
+    }
+
+    /// Sets how long a blocked `lock` (or `try_lock_for`) of this manager waits before it checks
+    /// for a deadlock; zero turns detection off. Below a millisecond counts as one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for a store without owner records, whose holders are unknown.
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        if !self.shared.owner_death {
+            return Err(Error::Unsupported(
+                "deadlock detection on a lock-file store without owner records",
+            ));
+        }
+        let ms = match timeout.as_millis() {
+            0 if timeout.is_zero() => 0,
+            0 => 1,
+            ms => u64::try_from(ms).unwrap_or(u64::MAX),
+        };
+        self.shared.deadlock_ms.store(ms, Ordering::Relaxed);
+        Ok(())
     }
 }

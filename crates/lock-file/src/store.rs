@@ -29,7 +29,8 @@ use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::format::{
-    LOCKS_DIR, Layout, MARKER_FILE, MARKER_MAX_LEN, MAX_CAPACITY, Marker, TABLE_FILE,
+    DETECT_FILE, LOCKS_DIR, Layout, MARKER_FILE, MARKER_MAX_LEN, MAX_CAPACITY, Marker, OWNERS_DIR,
+    TABLE_FILE,
 };
 use crate::table::Table;
 
@@ -48,6 +49,12 @@ pub(crate) struct Store {
     pub(crate) locks_dir: OwnedFd,
     pub(crate) locks_path: PathBuf,
     pub(crate) table: Table,
+    /// The `owners` directory, where managers that wait keep their waiter files.
+    pub(crate) owners_dir: OwnedFd,
+    pub(crate) owners_path: PathBuf,
+    /// The `deadlock` file, whose `flock` serialises deadlock checks.
+    pub(crate) detect: File,
+    pub(crate) detect_path: PathBuf,
 }
 
 /// The error for an OS error while doing `op` to `path`.
@@ -273,6 +280,10 @@ fn build(parent: &OwnedFd, temp: &OsStr, temp_path: &Path, marker: Marker) -> Re
         create(&locks, &lock_name(id), &locks_path)?;
     }
     rustix::fs::fsync(&locks).map_err(|e| io("fsync", &locks_path, e))?;
+    let owners_path = temp_path.join(OWNERS_DIR);
+    rustix::fs::mkdirat(&dir, OWNERS_DIR, Mode::from_raw_mode(DIR_MODE))
+        .map_err(|e| io("mkdir", &owners_path, e))?;
+    create(&dir, OsStr::new(DETECT_FILE), temp_path)?;
 
     let layout = Layout::new(marker.capacity);
     let table_path = temp_path.join(TABLE_FILE);
@@ -450,6 +461,16 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
             }
             e => e,
         })?;
+    let owners_path = path.join(OWNERS_DIR);
+    let owners_dir =
+        open_dir(&dir, &owners_path, OsStr::new(OWNERS_DIR), false).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+                Error::corrupt(format!("{} is missing", owners_path.display()))
+            }
+            e => e,
+        })?;
+    let detect_path = path.join(DETECT_FILE);
+    let detect = open_file(&dir, &detect_path, OsStr::new(DETECT_FILE), false)?;
     let table_path = path.join(TABLE_FILE);
     let file = open_file(&dir, &table_path, OsStr::new(TABLE_FILE), true)?;
     let table = Table::map(file, layout, marker.owner_death, &table_path)?;
@@ -459,6 +480,10 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
         locks_dir,
         locks_path,
         table,
+        owners_dir,
+        owners_path,
+        detect,
+        detect_path,
     })
 }
 

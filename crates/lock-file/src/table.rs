@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use lock_api::{Error, Result};
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::format::{HEADER_WORDS, Layout, RECORD_WORDS};
+use crate::format::{HEADER_WORDS, Layout, NEXT_OWNER_WORD, RECORD_WORDS};
 
 /// The mapped table file of one open store.
 pub(crate) struct Table {
@@ -123,6 +123,24 @@ impl Table {
     pub(crate) fn record(&self, id: u32) -> &[AtomicU64] {
         let at = self.layout.records_at + RECORD_WORDS * id as usize;
         &self.words()[at..at + RECORD_WORDS]
+    }
+
+    /// Takes the next owner number from the header's counter: 1, 2, 3, ... for the life of the
+    /// store, across every process, so no two opens ever get the same one.
+    pub(crate) fn next_owner(&self) -> u64 {
+        let word = &self.words()[NEXT_OWNER_WORD];
+        let mut raw = word.load(Ordering::Relaxed);
+        loop {
+            // The counter is stored little-endian like every word: add in native order. Owner
+            // numbers stay below 2^63 (the record's HELD bit); 2^63 opens never happen, so
+            // the mask only matters for a counter someone scribbled on.
+            let next = (u64::from_le(raw).wrapping_add(1) & crate::record::OWNER_MASK).max(1);
+            match word.compare_exchange_weak(raw, next.to_le(), Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(now) => raw = now,
+            }
+        }
     }
 
     /// The table file, for the allocation `flock(2)` and `fsync(2)`.

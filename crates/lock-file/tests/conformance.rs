@@ -1,4 +1,5 @@
-//! The shared conformance suite on lock-file: stores are directories under one temporary root.
+//! The shared conformance suite on lock-file, through `file:<root>/<store>` specs: stores are
+//! directories under one temporary root.
 //!
 //! The parent process creates the root and puts its path in `LOCKYARD_FILE_CONFORMANCE_ROOT`
 //! before anything else runs, so the child processes the suite starts inherit it and find the
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use lock_api::{Error, Inspect, Result};
 use lock_conformance::{Backend, Capabilities, Damage, LockerOf};
-use lock_file::{FileManager, StoreOptions};
+use lock_file::FileManager;
 
 /// Where the parent tells its children the root is.
 const ROOT_ENV: &str = "LOCKYARD_FILE_CONFORMANCE_ROOT";
@@ -65,30 +66,24 @@ impl Backend for FileBackend {
             | Capabilities::OWNER_DEATH
             | Capabilities::PERSISTENT
             | Capabilities::INSPECT
+            | Capabilities::WAITERS
+            | Capabilities::DEADLOCK
+            | Capabilities::DAMAGEABLE
     }
 
-    fn create(&self, store: &str, capacity: u32) -> Result<FileManager> {
-        StoreOptions::new(capacity).create(self.path(store))
+    fn spec(&self, store: &str) -> String {
+        format!("file:{}", self.path(store).display())
     }
 
-    fn open(&self, store: &str, capacity: u32) -> Result<FileManager> {
-        StoreOptions::new(capacity).open(self.path(store))
-    }
-
-    fn open_or_create(&self, store: &str, capacity: u32) -> Result<(FileManager, bool)> {
-        StoreOptions::new(capacity).open_or_create(self.path(store))
-    }
-
-    fn remove(&self, store: &str) -> Result<()> {
+    /// A store the suite damaged is no longer one `remove` accepts; it lives under our own
+    /// root, so delete the directory outright.
+    fn scrub(&self, store: &str) -> Result<()> {
         let path = self.path(store);
-        match FileManager::remove(&path) {
-            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
-            // A store the suite damaged on purpose is no longer recognised as one; it lives
-            // under our own root, so delete it directly.
-            Err(Error::Incompatible { .. } | Error::Corrupt { .. }) => {
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("remove", &path, e))
             }
-            Err(e) => Err(e),
+            _ => Ok(()),
         }
     }
 

@@ -100,19 +100,41 @@ fn killed_holder_is_reported_once_and_named_while_alive() {
     assert!(manager.held().expect("held").is_empty());
 }
 
+/// A holder SIGKILLed while holding: `held()`, `snapshot()` and `Inspect::holder` still list
+/// its lock, flagged dead and naming the dead process, until someone takes it over; looking
+/// does not consume the news.
 #[test]
-fn dead_holders_left_records_are_not_reported_as_held() {
+fn a_dead_holders_lock_is_listed_flagged_dead_until_taken_over() {
     let (_root, path, manager) = fresh(4);
     let mut child = common::spawn("hold", &path, "3");
     assert_eq!(common::line(&mut child), "locked clean");
+    let pid = child.pid();
+    let alive = manager.held().expect("held");
+    assert_eq!(alive.len(), 1);
+    let alive = alive[0].holder.clone().expect("holder");
+    assert!(!alive.dead && alive.pid == Some(pid));
     child.sigkill().expect("kill child");
     // The record still says "held", but nobody holds the flock.
-    assert!(manager.held().expect("held").is_empty());
+    let held = manager.held().expect("held");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].id, LockId(3));
+    let dead = held[0].holder.clone().expect("holder");
+    assert!(dead.dead, "{dead:?}");
+    assert_eq!(
+        (dead.pid, &dead.owner, dead.since),
+        (Some(pid), &alive.owner, alive.since)
+    );
+    let snapshot = manager.snapshot().expect("snapshot");
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0].holder.as_ref(), Some(&dead));
     let lock = manager.retrieve(LockId(3)).expect("retrieve");
-    assert!(lock.holder().expect("holder").is_none());
+    assert_eq!(lock.holder().expect("holder"), Some(dead));
     // Looking did not consume the news: the next acquirer is still told.
     assert_eq!(lock.lock().expect("lock"), Acquired::OwnerDied);
+    let ours = lock.holder().expect("holder").expect("held");
+    assert!(!ours.dead && ours.owner == Some(manager.owner()));
     lock.unlock().expect("unlock");
+    assert!(manager.held().expect("held").is_empty());
 }
 
 #[test]
@@ -134,8 +156,8 @@ fn store_without_owner_records_reports_clean_and_still_knows_who_holds() {
     assert_eq!(lock.try_lock_for(LIVENESS).expect("lock"), Acquired::Clean);
     lock.unlock().expect("unlock");
     // A reopen sees the store's own setting, whatever the caller asks for.
-    let again = StoreOptions::new(4).open(&path).expect("open");
-    assert!(!again.owner_death());
+    let (again, created) = StoreOptions::new(4).open_or_create(&path).expect("open");
+    assert!(!created && !again.owner_death());
 }
 
 #[test]

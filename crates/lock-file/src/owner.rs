@@ -1,0 +1,375 @@
+//! Waiter files: a manager that waits for a lock says so in its own file in `owners/`.
+#![allow(unsafe_code)] // the owner's waiter file is shared memory: viewing it as atomics needs unsafe.
+//!
+//! The first time a manager has to wait, it creates `owners/<owner number>` (4096 bytes of
+//! little-endian 64-bit words), takes `flock(LOCK_EX)` on it for the rest of its life and maps
+//! it. From then on, publishing a wait is two stores into the mapping and withdrawing it one: no
+//! system call on the contended path.
+//!
+//! ```text
+//! word 0     magic "LKYDOWNR"
+//! word 1     owner number (the name of the file)
+//! word 2     pid of the owner's process
+//! words 3-7  reserved, 0
+//! then 252 entries of two words: lock id + 1 (0: entry free), when the wait began (ms since
+//! the Unix epoch, coarse clock)
+//! ```
+//!
+//! The file is built under a temporary name (`.<owner>.new`), locked, filled and only then
+//! renamed into place, so a reader never finds an owner file that is incomplete or unlocked
+//! while its owner lives. Readers tell live owners from dead ones by `flock(LOCK_SH | LOCK_NB)`:
+//! the kernel drops a dead owner's lock, so a reader that gets it knows the owner is gone (pid
+//! reuse and pid namespaces cannot fool it), and deletes the file. A manager deletes its own
+//! file when it drops.
+//!
+//! Invariants, relied on by the `unsafe` block here:
+//!
+//! 1. `map` covers exactly `FILE_LEN` bytes of the file (its size is set before mapping and the
+//!    mapping's length checked); mappings start on a page, so the words are 8-byte aligned.
+//! 2. `map` is unmapped only when the `OwnerFile` drops, so slices borrowed from `&self` stay
+//!    valid.
+//! 3. This process touches the mapping only through `AtomicU64`. Readers in other processes use
+//!    `pread(2)` and never write; anyone else who writes the file is hostile, and what this
+//!    process reads back from it is never used as an index or a length.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lock_api::{Error, Result};
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use crate::table::store;
+
+/// The size of every owner file.
+pub(crate) const FILE_LEN: usize = 4096;
+/// "LKYDOWNR" read as a little-endian word.
+const MAGIC: u64 = u64::from_le_bytes(*b"LKYDOWNR");
+const HEADER_WORDS: usize = 8;
+const ENTRY_WORDS: usize = 2;
+/// How many waits one manager can publish at once (one per thread blocked on a distinct lock).
+pub(crate) const MAX_WAITS: usize = (FILE_LEN / 8 - HEADER_WORDS) / ENTRY_WORDS;
+
+/// One published wait: the index of its entry, to withdraw it.
+#[derive(Debug)]
+pub(crate) struct Entry(usize);
+
+/// A manager's own waiter file, mapped, and locked for as long as it lives.
+pub(crate) struct OwnerFile {
+    /// Holds the `flock` that tells readers this owner lives.
+    _file: File,
+    map: MmapRaw,
+    name: OsString,
+    /// Entries no wait of this manager uses, lowest last.
+    free: Mutex<Vec<usize>>,
+}
+
+impl std::fmt::Debug for OwnerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnerFile")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The error for an OS error while doing `op` to `path`.
+fn io(op: &'static str, path: &Path, errno: Errno) -> Error {
+    Error::io(op, path, std::io::Error::from(errno))
+}
+
+impl OwnerFile {
+    /// Creates, locks, fills and maps the waiter file of `owner` in the `owners` directory
+    /// `dir` (at `dir_path`).
+    ///
+    /// # Errors
+    ///
+    /// `Io` naming the file for any OS error (the temporary file is removed then).
+    pub(crate) fn create(dir: &OwnedFd, dir_path: &Path, owner: u64, pid: u32) -> Result<Self> {
+        let name = OsString::from(owner.to_string());
+        let temp = OsString::from(format!(".{owner}.new"));
+        let temp_path = dir_path.join(&temp);
+        let flags =
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, &temp, flags, Mode::from_raw_mode(0o644))
+            .map_err(|e| io("create", &temp_path, e))?;
+        let built = Self::fill(File::from(fd), &temp_path, owner, pid).and_then(|file| {
+            rustix::fs::renameat_with(dir, &temp, dir, &name, RenameFlags::NOREPLACE)
+                .map_err(|e| io("renameat2", &dir_path.join(&name), e))?;
+            Ok(file)
+        });
+        let (file, map) = match built {
+            Ok(done) => done,
+            Err(e) => {
+                // The build error is the one to report.
+                let _ = rustix::fs::unlinkat(dir, &temp, AtFlags::empty());
+                return Err(e);
+            }
+        };
+        Ok(OwnerFile {
+            _file: file,
+            map,
+            name,
+            free: Mutex::new((0..MAX_WAITS).rev().collect()),
+        })
+    }
+
+    /// Locks the fresh file, gives it its size and header, and maps it.
+    fn fill(file: File, path: &Path, owner: u64, pid: u32) -> Result<(File, MmapRaw)> {
+        rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io("flock", path, e))?;
+        file.set_len(FILE_LEN as u64)
+            .map_err(|e| Error::io("ftruncate", path, e))?;
+        let header: Vec<u8> = [MAGIC, owner, u64::from(pid)]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        file.write_all_at(&header, 0)
+            .map_err(|e| Error::io("write", path, e))?;
+        let map = MmapOptions::new()
+            .len(FILE_LEN)
+            .map_raw(&file)
+            .map_err(|e| Error::io("mmap", path, e))?;
+        if map.len() != FILE_LEN {
+            return Err(Error::io(
+                "mmap",
+                path,
+                std::io::Error::other(format!("mapped {} bytes, expected {FILE_LEN}", map.len())),
+            ));
+        }
+        Ok((file, map))
+    }
+
+    /// The file's name in the `owners` directory.
+    pub(crate) fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    /// The whole mapping as words.
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: by invariant 1 the mapping holds FILE_LEN / 8 8-byte-aligned words; by
+        // invariant 2 it outlives `&self`; by invariant 3 it is only accessed atomically, and
+        // `AtomicU64` allows shared mutation, so other writers do not make this unsound.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_mut_ptr().cast::<AtomicU64>().cast_const(),
+                FILE_LEN / 8,
+            )
+        }
+    }
+
+    /// Publishes that this owner waits for lock `id` since `since_ms`: two stores. `None` when
+    /// [`MAX_WAITS`] waits of this owner are already published (the wait goes unpublished).
+    #[inline]
+    pub(crate) fn publish(&self, id: u32, since_ms: u64) -> Option<Entry> {
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()?;
+        let at = HEADER_WORDS + ENTRY_WORDS * index;
+        let words = self.words();
+        store(&words[at + 1], since_ms, Ordering::Relaxed);
+        store(&words[at], u64::from(id) + 1, Ordering::Release);
+        Some(Entry(index))
+    }
+
+    /// Withdraws a published wait: one store.
+    #[inline]
+    pub(crate) fn withdraw(&self, entry: Entry) {
+        let at = HEADER_WORDS + ENTRY_WORDS * entry.0;
+        store(&self.words()[at], 0, Ordering::Release);
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry.0);
+    }
+}
+
+/// One wait published by a live owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    pub(crate) owner: u64,
+    pub(crate) pid: Option<u32>,
+    pub(crate) id: u32,
+    pub(crate) since: Option<SystemTime>,
+}
+
+/// The owner number a file name stands for: decimal digits without a leading zero.
+fn parse_owner(name: &[u8]) -> Option<u64> {
+    let canonical = !name.is_empty()
+        && name.len() <= 20
+        && name.iter().all(u8::is_ascii_digit)
+        && name[0] != b'0';
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// Every wait published by a live owner in the `owners` directory `dir` (at `dir_path`), for
+/// locks below `capacity`.
+///
+/// Files of dead owners (whose `flock` the kernel dropped) are deleted on the way, when the
+/// directory lets us; files that are not owner files (other names, other sizes, another magic,
+/// a header naming another owner) are skipped: a live owner always wrote a valid one before its
+/// file got its name.
+///
+/// # Errors
+///
+/// `Io` when the directory cannot be read or an owner file cannot be opened or read for a
+/// reason other than having gone.
+pub(crate) fn read_all(dir: &OwnedFd, dir_path: &Path, capacity: u32) -> Result<Vec<Waiting>> {
+    let mut out = Vec::new();
+    let entries = rustix::fs::Dir::read_from(dir).map_err(|e| io("open", dir_path, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io("getdents", dir_path, e))?;
+        let name = entry.file_name();
+        let Some(owner) = parse_owner(name.to_bytes()) else {
+            continue;
+        };
+        let path = dir_path.join(OsStr::from_bytes(name.to_bytes()));
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // Gone since listed (its owner dropped), or not a file we made.
+            Err(Errno::NOENT | Errno::LOOP) => continue,
+            Err(e) => return Err(io("open", &path, e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io("fstat", &path, e))?;
+        let regular =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular || stat.st_size != FILE_LEN as i64 {
+            continue;
+        }
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {
+                // Its owner is dead. Removing the file is housekeeping: a reader that may not
+                // write the directory leaves it for the next one.
+                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                continue;
+            }
+            Err(Errno::WOULDBLOCK) => {}
+            Err(e) => return Err(io("flock", &path, e)),
+        }
+        let mut bytes = vec![0u8; FILE_LEN];
+        File::from(fd)
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| Error::io("read", &path, e))?;
+        out.extend(parse(&bytes, owner, capacity));
+    }
+    Ok(out)
+}
+
+/// The waits an owner file's bytes publish, if its header is `owner`'s.
+fn parse(bytes: &[u8], owner: u64, capacity: u32) -> Vec<Waiting> {
+    let words: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect();
+    if words.len() != FILE_LEN / 8 || words[0] != MAGIC || words[1] != owner {
+        return Vec::new();
+    }
+    let pid = u32::try_from(words[2]).ok().filter(|&p| p != 0);
+    words[HEADER_WORDS..]
+        .chunks_exact(ENTRY_WORDS)
+        .filter_map(|e| {
+            let id = u32::try_from(e[0].checked_sub(1)?).ok()?;
+            (id < capacity).then(|| Waiting {
+                owner,
+                pid,
+                id,
+                since: (e[1] != 0).then(|| UNIX_EPOCH + Duration::from_millis(e[1])),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_names_are_canonical_numbers() {
+        assert_eq!(parse_owner(b"17"), Some(17));
+        for bad in [
+            &b""[..],
+            b"0",
+            b"017",
+            b".17.new",
+            b"1a",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(parse_owner(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn published_waits_are_read_back_and_withdrawn() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open dir");
+        let file = OwnerFile::create(&dir, root.path(), 5, 77).expect("create");
+        assert_eq!(read_all(&dir, root.path(), 8).expect("read"), vec![]);
+        let a = file.publish(3, 1_000).expect("publish");
+        let b = file.publish(9, 2_000).expect("publish");
+        let read = read_all(&dir, root.path(), 8).expect("read");
+        assert_eq!(
+            read,
+            vec![Waiting {
+                owner: 5,
+                pid: Some(77),
+                id: 3,
+                since: Some(UNIX_EPOCH + Duration::from_secs(1)),
+            }],
+            "id 9 is beyond the capacity and skipped"
+        );
+        file.withdraw(a);
+        file.withdraw(b);
+        assert!(read_all(&dir, root.path(), 16).expect("read").is_empty());
+        // Every entry can be used at once, and no more.
+        let all: Vec<_> = (0..MAX_WAITS).map(|_| file.publish(1, 1)).collect();
+        assert!(all.iter().all(Option::is_some));
+        assert!(file.publish(1, 1).is_none());
+        assert_eq!(
+            read_all(&dir, root.path(), 2).expect("read").len(),
+            MAX_WAITS
+        );
+        // A live owner's file stays; once it is gone (closed), a reader deletes it.
+        let name = file.name().to_owned();
+        drop(file);
+        assert!(read_all(&dir, root.path(), 2).expect("read").is_empty());
+        assert!(
+            !root.path().join(name).exists(),
+            "dead owner's file removed"
+        );
+    }
+
+    #[test]
+    fn foreign_files_are_skipped() {
+        let mut bytes = vec![0u8; FILE_LEN];
+        bytes[..8].copy_from_slice(&MAGIC.to_le_bytes());
+        bytes[8..16].copy_from_slice(&4u64.to_le_bytes());
+        bytes[64..72].copy_from_slice(&1u64.to_le_bytes());
+        assert_eq!(parse(&bytes, 4, 1).len(), 1);
+        assert!(parse(&bytes, 5, 1).is_empty(), "header names another owner");
+        assert!(parse(&bytes[..100], 4, 1).is_empty(), "short");
+        bytes[0] ^= 1;
+        assert!(parse(&bytes, 4, 1).is_empty(), "bad magic");
+    }
+}
