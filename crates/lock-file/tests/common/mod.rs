@@ -110,6 +110,7 @@ pub(crate) fn child_entry() {
         "hammer" => hammer(Path::new(&store), &arg),
         "churn" => churn(Path::new(&store)),
         "allocate-all" => allocate_all(Path::new(&store)),
+        "own-sigurg" => own_sigurg(Path::new(&store), &arg),
         other => {
             say(format!("unknown role {other}"));
             2
@@ -252,5 +253,45 @@ fn allocate_all(store: &Path) -> i32 {
     }
     // Wait for EOF, so the parent decides when this child goes.
     while input.recv().is_ok() {}
+    0
+}
+
+/// The handler of a program that uses `SIGURG` itself.
+extern "C" fn programs_own_handler(_: libc::c_int) {}
+
+/// Installs its own `SIGURG` handler, as a program that uses the signal would, then waits `arg`
+/// ms for lock 0 with `try_lock_for` and says `timeout` or `locked`, then `handler kept` or
+/// `handler replaced`.
+#[allow(unsafe_code)] // installing and reading a signal handler goes through libc.
+fn own_sigurg(store: &Path, arg: &str) -> i32 {
+    let ms: u64 = arg.parse().expect("milliseconds");
+    let handler = programs_own_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: a zeroed `struct sigaction` is valid; the handler does nothing, so it is
+    // async-signal-safe; both pointers are valid for the call.
+    let installed = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut())
+    };
+    assert_eq!(installed, 0, "sigaction");
+    let manager = FileManager::open(store).expect("open store");
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    match lock.try_lock_for(Duration::from_millis(ms)) {
+        Err(Error::Timeout) => say("timeout"),
+        Ok(_) => say("locked"),
+        Err(e) => say(describe(&e)),
+    }
+    // SAFETY: a query into a zeroed, valid `struct sigaction`.
+    let now = unsafe {
+        let mut now: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGURG, std::ptr::null(), &mut now);
+        now.sa_sigaction
+    };
+    say(if now == handler {
+        "handler kept"
+    } else {
+        "handler replaced"
+    });
     0
 }

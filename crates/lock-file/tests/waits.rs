@@ -1,0 +1,273 @@
+//! Waiting on lock-file: published waits, deadlock checks, and the `SIGURG` wake-up with its
+//! fallbacks (a thread that blocks the signal, a program with its own handler).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lock_file::{Acquired, Error, FileManager, LockId, LockState, Locker, Manager};
+
+/// Generous liveness bound: long enough for a loaded 2-core machine, short enough to fail fast.
+const LIVENESS: Duration = Duration::from_secs(20);
+
+#[test]
+fn child_entry() {
+    common::child_entry();
+}
+
+fn fresh(capacity: u32) -> (tempfile::TempDir, PathBuf, FileManager) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("store");
+    let manager = FileManager::create(&path, capacity).expect("create store");
+    (root, path, manager)
+}
+
+/// Polls `snapshot()` until `done` accepts it, within `LIVENESS`.
+fn snapshot_until(manager: &FileManager, done: impl Fn(&[LockState]) -> bool) -> Vec<LockState> {
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let snapshot = manager.snapshot().expect("snapshot");
+        if done(&snapshot) {
+            return snapshot;
+        }
+        assert!(Instant::now() < deadline, "never came: {snapshot:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The names in the store's `owners` directory.
+fn owner_files(path: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path.join("owners"))
+        .expect("owners dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A process blocked in `lock()` is listed as a waiter (pid, owner, since) while it waits; once
+/// it is SIGKILLed, the next snapshot leaves it out and deletes its waiter file. A waiter that
+/// times out withdraws its wait.
+#[test]
+fn a_waiter_that_dies_or_times_out_leaves_the_snapshot() {
+    let (_root, path, manager) = fresh(4);
+    let lock = manager.retrieve(LockId(2)).expect("retrieve");
+    assert_eq!(lock.lock().expect("lock"), Acquired::Clean);
+    let before = std::time::SystemTime::now();
+    let mut child = common::spawn("hold", &path, "2");
+    let pid = child.pid();
+    let snapshot = snapshot_until(&manager, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    let state = &snapshot[0];
+    assert_eq!(state.id, LockId(2));
+    let holder = state.holder.as_ref().expect("holder");
+    assert_eq!(holder.owner, Some(manager.owner()));
+    assert_eq!(state.waiters.len(), 1);
+    let waiter = &state.waiters[0];
+    assert_eq!(waiter.pid, Some(pid));
+    assert!(waiter.owner.is_some() && waiter.owner != holder.owner);
+    let since = waiter.since.expect("since");
+    assert!(
+        since + Duration::from_secs(2) >= before,
+        "{since:?} {before:?}"
+    );
+    assert_eq!(owner_files(&path).len(), 1, "the waiter's file");
+
+    child.sigkill().expect("kill");
+    let snapshot = manager.snapshot().expect("snapshot");
+    assert!(
+        snapshot.iter().all(|l| l.waiters.is_empty()),
+        "a dead waiter is listed: {snapshot:?}"
+    );
+    assert_eq!(
+        owner_files(&path),
+        Vec::<String>::new(),
+        "dead owner's file"
+    );
+
+    // A wait that times out withdraws itself.
+    let other = FileManager::open(&path).expect("open");
+    let theirs = other.retrieve(LockId(2)).expect("retrieve");
+    assert!(matches!(
+        theirs.try_lock_for(Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
+    let snapshot = manager.snapshot().expect("snapshot");
+    assert!(
+        snapshot.iter().all(|l| l.waiters.is_empty()),
+        "{snapshot:?}"
+    );
+    assert_eq!(owner_files(&path).len(), 1, "a live owner keeps its file");
+    drop((theirs, other));
+    assert_eq!(owner_files(&path), Vec::<String>::new(), "removed on drop");
+    lock.unlock().expect("unlock");
+}
+
+/// Runs `f` on a new thread with `SIGURG` blocked, as a program that blocks signals in its
+/// worker threads does.
+#[allow(unsafe_code)] // the signal mask goes through libc.
+fn with_sigurg_blocked<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        // SAFETY: a zeroed sigset_t is valid storage for sigemptyset/sigaddset; the pointers
+        // are valid for the calls, and only this thread's mask changes.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGURG);
+            assert_eq!(
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+                0
+            );
+        }
+        f()
+    })
+}
+
+/// A thread that blocks `SIGURG` cannot be interrupted, yet its `try_lock_for` still ends at its
+/// deadline (it polls), and its `lock()` still acquires once the lock is released.
+#[test]
+fn a_thread_that_blocks_sigurg_still_times_out_and_acquires() {
+    let (_root, path, manager) = fresh(2);
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    let _ = lock.lock().expect("lock");
+    let other = FileManager::open(&path).expect("open");
+    let theirs = other.retrieve(LockId(0)).expect("retrieve");
+    let waiter = with_sigurg_blocked(move || {
+        let start = Instant::now();
+        let timed_out = theirs.try_lock_for(Duration::from_millis(200));
+        let waited = start.elapsed();
+        (timed_out.map_err(|e| e.to_string()), waited, theirs)
+    });
+    let (timed_out, waited, theirs) = waiter.join().expect("join");
+    assert_eq!(timed_out, Err(Error::Timeout.to_string()));
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < LIVENESS, "{waited:?}");
+
+    other
+        .set_deadlock_timeout(Duration::from_millis(20))
+        .expect("timeout");
+    let (tx, rx) = mpsc::channel();
+    let waiter = with_sigurg_blocked(move || {
+        let got = theirs.lock().map_err(|e| e.to_string());
+        let _ = tx.send(());
+        if got.is_ok() {
+            theirs.unlock().expect("unlock");
+        }
+        got
+    });
+    // Several deadlock checks come due while it waits; none can interrupt it, none is needed.
+    assert!(rx.recv_timeout(Duration::from_millis(150)).is_err());
+    lock.unlock().expect("unlock");
+    assert_eq!(waiter.join().expect("join"), Ok(Acquired::Clean));
+}
+
+/// In a two-owner cycle where one member's thread blocks `SIGURG` (so it can never check), the
+/// other member checks and is the one victim; the blocked member then acquires.
+#[test]
+fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
+    let (_root, path, a) = fresh(2);
+    let b = FileManager::open(&path).expect("open");
+    for m in [&a, &b] {
+        m.set_deadlock_timeout(Duration::from_millis(50))
+            .expect("timeout");
+    }
+    let a0 = a.retrieve(LockId(0)).expect("retrieve");
+    let b1 = b.retrieve(LockId(1)).expect("retrieve");
+    let _ = a0.lock().expect("lock");
+    let _ = b1.lock().expect("lock");
+    let a1 = a.retrieve(LockId(1)).expect("retrieve");
+    let b0 = b.retrieve(LockId(0)).expect("retrieve");
+    let a_waits = with_sigurg_blocked(move || {
+        let got = a1.lock().map_err(|e| e.to_string());
+        if got.is_ok() {
+            a1.unlock().expect("unlock");
+        }
+        a0.unlock().expect("unlock");
+        got
+    });
+    // Let `a` publish its wait first, so `b` closes the cycle.
+    snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    let b_result = b0.lock();
+    let cycle = match b_result {
+        Err(Error::Deadlock { cycle }) => cycle,
+        other => panic!("b should be the victim: {other:?}"),
+    };
+    assert_eq!(cycle.0.len(), 2, "{cycle}");
+    assert_eq!(cycle.0[0].owner, b.owner());
+    assert_eq!(cycle.0[1].owner, a.owner());
+    assert_eq!(
+        (cycle.0[0].holds, cycle.0[0].waits_for),
+        (LockId(1), LockId(0))
+    );
+    b1.unlock().expect("the victim backs off");
+    assert_eq!(a_waits.join().expect("join"), Ok(Acquired::Clean));
+    let snapshot = a.snapshot().expect("snapshot");
+    assert!(snapshot.is_empty(), "{snapshot:?}");
+}
+
+/// With detection off (a zero timeout) a cycle is never reported, however long it lasts: here
+/// one member breaks it by timing out.
+#[test]
+fn with_detection_off_a_cycle_is_never_reported() {
+    let (_root, path, a) = fresh(2);
+    let b = FileManager::open(&path).expect("open");
+    for m in [&a, &b] {
+        m.set_deadlock_timeout(Duration::ZERO).expect("off");
+        assert_eq!(m.deadlock_timeout(), None);
+    }
+    let a0 = a.retrieve(LockId(0)).expect("retrieve");
+    let b1 = b.retrieve(LockId(1)).expect("retrieve");
+    let _ = a0.lock().expect("lock");
+    let _ = b1.lock().expect("lock");
+    let a1 = a.retrieve(LockId(1)).expect("retrieve");
+    let b0 = b.retrieve(LockId(0)).expect("retrieve");
+    let waiter = std::thread::spawn(move || {
+        let got = b0.lock().map_err(|e| e.to_string());
+        if got.is_ok() {
+            b0.unlock().expect("unlock");
+        }
+        b1.unlock().expect("unlock");
+        got
+    });
+    snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    assert!(matches!(
+        a1.try_lock_for(Duration::from_millis(300)),
+        Err(Error::Timeout)
+    ));
+    a0.unlock().expect("unlock");
+    assert_eq!(waiter.join().expect("join"), Ok(Acquired::Clean));
+}
+
+/// A program with its own `SIGURG` handler keeps it: lock-file does not install its own, and
+/// the program's bounded waits still end at their deadline (by polling).
+#[test]
+fn a_programs_own_sigurg_handler_is_kept_and_waits_still_time_out() {
+    let (_root, path, manager) = fresh(2);
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    let _ = lock.lock().expect("lock");
+    let mut child = common::spawn("own-sigurg", &path, "200");
+    assert_eq!(common::line(&mut child), "timeout");
+    assert_eq!(common::line(&mut child), "handler kept");
+    child.finish(LIVENESS).expect("child exits");
+    lock.unlock().expect("unlock");
+}
+
+/// A store without owner records cannot name holders, so deadlock detection is unsupported
+/// there, and says so.
+#[test]
+fn detection_needs_owner_records() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let manager = lock_file::StoreOptions::new(2)
+        .owner_death(false)
+        .create(root.path().join("store"))
+        .expect("create");
+    assert_eq!(manager.deadlock_timeout(), None);
+    assert!(matches!(
+        manager.set_deadlock_timeout(Duration::from_secs(1)),
+        Err(Error::Unsupported(_))
+    ));
+}
