@@ -4,16 +4,19 @@
 //! Every operation goes through the directory's file descriptor (`*at` calls), so the lock stays
 //! on the directory that was opened even if its path is renamed. Names never follow symlinks.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lock_api::{Error, Result};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
+use crate::liveness::Identity;
 use crate::ofd::{self, Probe};
 use crate::record::{MAX_RECORD_LEN, Record};
 
@@ -30,6 +33,10 @@ const RECORD_MODE: Mode = Mode::from_bits_truncate(0o644);
 
 /// Prefix of the private names of records on file systems without `O_TMPFILE`.
 pub(crate) const TEMP_PREFIX: &str = ".dirlock-tmp.";
+
+/// Set once `linkat(2)` with `AT_EMPTY_PATH` was refused and the `/proc/self/fd` path worked:
+/// this kernel (older than 6.10, without CAP_DAC_READ_SEARCH) wants the path.
+static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The open lock directory.
 #[derive(Debug)]
@@ -90,7 +97,8 @@ impl Seen {
 #[derive(Debug)]
 pub(crate) struct RecordFile<'d> {
     fd: OwnedFd,
-    id: FileId,
+    /// The file's identity, asked of `fstat(2)` only when a slow path needs it.
+    id: Cell<Option<FileId>>,
     temp: TempName<'d>,
     /// Whether the file was ever given a name: an `O_TMPFILE` file whose names are all gone
     /// again cannot be linked a second time (`linkat` fails with `ENOENT`).
@@ -110,13 +118,21 @@ struct TempName<'d> {
 /// `exec`. Drop it only after removing our level names.
 #[derive(Debug)]
 pub(crate) struct Owned {
-    _fd: OwnedFd,
-    pub(crate) id: FileId,
+    fd: OwnedFd,
 }
 
+/// The names of the levels, so that naming one costs no allocation.
+const LEVEL_NAMES: [&str; LEVELS] = [
+    "lock0", "lock1", "lock2", "lock3", "lock4", "lock5", "lock6", "lock7", "lock8", "lock9",
+    "lock10", "lock11", "lock12", "lock13", "lock14", "lock15",
+];
+
 /// The name of level `n`.
-pub(crate) fn level_name(n: usize) -> String {
-    format!("lock{n}")
+pub(crate) fn level_name(n: usize) -> Cow<'static, str> {
+    match LEVEL_NAMES.get(n) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("lock{n}")),
+    }
 }
 
 /// The staging name used to replace level `n`; only the holder of level `n + 1` touches it.
@@ -184,7 +200,7 @@ impl Dir {
     ///
     /// [`Error::Io`] from `open(2)` (an unwritable directory gives `PermissionDenied`),
     /// `write(2)` or `fstat(2)`.
-    pub(crate) fn write_record(&self, record: Record) -> Result<RecordFile<'_>> {
+    pub(crate) fn write_record(&self, me: &Identity) -> Result<RecordFile<'_>> {
         let tmpfile = rustix::fs::openat(
             &self.fd,
             ".",
@@ -192,9 +208,9 @@ impl Dir {
             RECORD_MODE,
         );
         match tmpfile {
-            Ok(fd) => self.fill(fd, None, record),
+            Ok(fd) => self.fill(fd, None, me),
             // No O_TMPFILE on this file system (or kernel): a private name instead.
-            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => self.write_record_named(record),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => self.write_record_named(me),
             Err(e) => Err(Error::io("open(O_TMPFILE)", &self.path, errno_io(e))),
         }
     }
@@ -206,8 +222,12 @@ impl Dir {
     /// # Errors
     ///
     /// As for [`write_record`](Dir::write_record).
-    pub(crate) fn write_record_named(&self, record: Record) -> Result<RecordFile<'_>> {
-        let name = format!("{TEMP_PREFIX}{}.{:016x}", record.pid, rand::random::<u64>());
+    pub(crate) fn write_record_named(&self, me: &Identity) -> Result<RecordFile<'_>> {
+        let name = format!(
+            "{TEMP_PREFIX}{}.{:016x}",
+            me.pid.as_raw_nonzero(),
+            rand::random::<u64>()
+        );
         let c_name = CString::new(name.as_str()).map_err(|_| Error::invalid("temporary name"))?;
         let fd = rustix::fs::openat(
             &self.fd,
@@ -216,20 +236,16 @@ impl Dir {
             RECORD_MODE,
         )
         .map_err(|e| Error::io("open", self.at(&name), errno_io(e)))?;
-        self.fill(fd, Some(c_name), record)
+        self.fill(fd, Some(c_name), me)
     }
 
-    /// Locks the new file `fd` (named `temp`, if it has a name) and writes the record into it.
-    fn fill(
-        &self,
-        fd: OwnedFd,
-        temp: Option<CString>,
-        mut record: Record,
-    ) -> Result<RecordFile<'_>> {
+    /// Locks the new file `fd` (named `temp`, if it has a name) and writes our record, stamped
+    /// now, into it.
+    fn fill(&self, fd: OwnedFd, temp: Option<CString>, me: &Identity) -> Result<RecordFile<'_>> {
         // From here on the guard removes the private name on every path.
-        let mut file = RecordFile {
+        let file = RecordFile {
             fd,
-            id: FileId { dev: 0, ino: 0 },
+            id: Cell::new(None),
             temp: TempName {
                 dir: self,
                 name: temp,
@@ -239,8 +255,7 @@ impl Dir {
         // Locked before anyone can see it, so every published record that promises the lock has
         // it from the start. A refusal only costs readers the exec check (pid and start time
         // still apply), so it is no error.
-        record.ofd_lock = ofd::lock(file.fd.as_fd());
-        let bytes = record.to_bytes();
+        let bytes = me.record_bytes(ofd::lock(file.fd.as_fd()));
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             match rustix::io::write(&file.fd, rest) {
@@ -256,9 +271,6 @@ impl Dir {
                 Err(e) => return Err(Error::io("write", &self.path, errno_io(e))),
             }
         }
-        let stat =
-            rustix::fs::fstat(&file.fd).map_err(|e| Error::io("fstat", &self.path, errno_io(e)))?;
-        file.id = FileId::of(&stat);
         Ok(file)
     }
 
@@ -287,7 +299,7 @@ impl Dir {
         let name = level_name(n);
         let path = self.at(&name);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&self.fd, &name, flags, Mode::empty()) {
+        let fd = match rustix::fs::openat(&self.fd, &*name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
             Err(Errno::LOOP) => {
@@ -433,6 +445,32 @@ impl Dir {
         }
     }
 
+    /// Removes `name`, the level that `owned` holds, if the file is still ours; returns whether
+    /// it was.
+    ///
+    /// One `fstat(2)` of our own descriptor, no lookup: while we hold only this level, the one
+    /// name our file can have is `name` (see the crate's ARCHITECTURE notes). With no name
+    /// left, someone broke the lock and nothing is removed. With more than one (a private name
+    /// that stayed), or when `owned` may have kept another level's name (`exact`: clearing
+    /// that level failed), the exact check of [`remove_if`](Dir::remove_if) decides.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `fstat(2)`, `fstatat(2)` or `unlinkat(2)`.
+    pub(crate) fn remove_own(&self, name: &str, owned: &Owned, exact: bool) -> Result<bool> {
+        let stat = rustix::fs::fstat(&owned.fd)
+            .map_err(|e| Error::io("fstat", self.at(name), errno_io(e)))?;
+        match stat.st_nlink {
+            0 => Ok(false),
+            1 if !exact => match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+                Ok(()) => Ok(true),
+                Err(Errno::NOENT) => Ok(false),
+                Err(e) => Err(Error::io("unlink", self.at(name), errno_io(e))),
+            },
+            _ => self.remove_if(name, FileId::of(&stat)),
+        }
+    }
+
     /// Removes `name` if it is a regular file (operators' `break_lock`); whether it existed.
     ///
     /// # Errors
@@ -461,9 +499,20 @@ impl Dir {
 }
 
 impl RecordFile<'_> {
-    /// The file's identity.
-    pub(crate) fn id(&self) -> FileId {
-        self.id
+    /// The file's identity (one `fstat(2)` the first time).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from `fstat(2)`.
+    pub(crate) fn id(&self) -> Result<FileId> {
+        if let Some(id) = self.id.get() {
+            return Ok(id);
+        }
+        let stat = rustix::fs::fstat(&self.fd)
+            .map_err(|e| Error::io("fstat", self.temp.dir.path(), errno_io(e)))?;
+        let id = FileId::of(&stat);
+        self.id.set(Some(id));
+        Ok(id)
     }
 
     /// Whether this file can no longer be published: an unnamed (`O_TMPFILE`) file that was
@@ -494,20 +543,43 @@ impl RecordFile<'_> {
         let dir = &self.temp.dir.fd;
         match &self.temp.name {
             Some(temp) => rustix::fs::linkat(dir, temp.as_c_str(), dir, name, AtFlags::empty()),
-            None => {
-                // An O_TMPFILE file is linked through its /proc/self/fd entry: AT_EMPTY_PATH
-                // would need CAP_DAC_READ_SEARCH.
-                let proc_path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-                rustix::fs::linkat(CWD, proc_path.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)
+            None if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) => {
+                // An O_TMPFILE file is linked through its descriptor: `AT_EMPTY_PATH` works
+                // since Linux 6.10 for a file opened with the caller's credentials (before,
+                // only with CAP_DAC_READ_SEARCH), and costs no walk through /proc.
+                match rustix::fs::linkat(&self.fd, "", dir, name, AtFlags::EMPTY_PATH) {
+                    Err(Errno::NOENT) => {
+                        // Refused (or the file cannot be linked at all): the /proc way decides,
+                        // and if it works, this process uses it from now on.
+                        self.link_proc(name)?;
+                        EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    other => other,
+                }
             }
+            None => self.link_proc(name),
         }
+    }
+
+    /// Links the unnamed file as `name` through its `/proc/self/fd` entry.
+    #[cold]
+    fn link_proc(&self, name: &str) -> std::result::Result<(), Errno> {
+        let proc_path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        rustix::fs::linkat(
+            CWD,
+            proc_path.as_str(),
+            &self.temp.dir.fd,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )
     }
 
     /// Keeps the open file as proof of ownership and drops the private name.
     pub(crate) fn into_owned(self) -> Owned {
-        let RecordFile { fd, id, temp, .. } = self;
+        let RecordFile { fd, temp, .. } = self;
         drop(temp);
-        Owned { _fd: fd, id }
+        Owned { fd }
     }
 }
 
@@ -543,16 +615,16 @@ mod tests {
         let dir = Dir::open(tmp.path()).unwrap();
         let me = liveness::current().unwrap();
         // Dropped before publication: the private name goes.
-        let file = dir.write_record_named(me.record()).unwrap();
+        let file = dir.write_record_named(&me).unwrap();
         assert_eq!(names(tmp.path()).len(), 1);
         drop(file);
         assert!(names(tmp.path()).is_empty());
         // Published, then owned: only the level is left.
-        let file = dir.write_record_named(me.record()).unwrap();
+        let file = dir.write_record_named(&me).unwrap();
         assert!(dir.publish(&file, 0).unwrap());
         let owned = file.into_owned();
         assert_eq!(names(tmp.path()), ["lock0"]);
-        assert!(dir.remove_if("lock0", owned.id).unwrap());
+        assert!(dir.remove_own("lock0", &owned, false).unwrap());
         assert!(names(tmp.path()).is_empty());
     }
 
@@ -565,7 +637,7 @@ mod tests {
         dead.start_time += 1;
         std::fs::write(tmp.path().join("lock0"), dead.to_bytes()).unwrap();
         std::fs::write(tmp.path().join("lock1"), dead.to_bytes()).unwrap();
-        let file = dir.write_record_named(me.record()).unwrap();
+        let file = dir.write_record_named(&me).unwrap();
         assert_eq!(
             try_take(&dir, &file, &me, 0).unwrap(),
             Attempt::Taken(Acquired::OwnerDied)
@@ -573,8 +645,55 @@ mod tests {
         // lock1 was reclaimed through lock2 and released; only lock0 and our private name.
         let owned = file.into_owned();
         assert_eq!(names(tmp.path()), ["lock0"]);
-        assert!(dir.remove_if("lock0", owned.id).unwrap());
+        assert!(dir.remove_own("lock0", &owned, false).unwrap());
         assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn unnamed_records_link_through_proc_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let me = liveness::current().unwrap();
+        let file = dir.write_record(&me).unwrap();
+        if file.temp.name.is_some() {
+            return; // this file system has no O_TMPFILE: nothing to check
+        }
+        // The way a kernel older than 6.10 links it (AT_EMPTY_PATH refused).
+        file.link_proc("lock0").unwrap();
+        assert_eq!(names(tmp.path()), ["lock0"]);
+        let seen = dir.read(0).unwrap().unwrap();
+        assert_eq!(seen.id, file.id().unwrap());
+        assert_eq!(seen.record.pid, me.record().pid);
+        assert!(dir.remove_own("lock0", &file.into_owned(), false).unwrap());
+        assert!(names(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn removing_our_own_level_checks_the_names_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let me = liveness::current().unwrap();
+        // No name left (the lock was broken): nothing removed.
+        let file = dir.write_record(&me).unwrap();
+        assert!(dir.publish(&file, 0).unwrap());
+        let owned = file.into_owned();
+        std::fs::remove_file(tmp.path().join("lock0")).unwrap();
+        std::fs::write(tmp.path().join("lock0"), "someone else").unwrap();
+        assert!(!dir.remove_own("lock0", &owned, false).unwrap());
+        assert_eq!(names(tmp.path()), ["lock0"]);
+        std::fs::remove_file(tmp.path().join("lock0")).unwrap();
+        // Two names: the exact check decides.
+        let file = dir.write_record(&me).unwrap();
+        assert!(dir.publish(&file, 0).unwrap());
+        assert!(dir.publish(&file, 3).unwrap());
+        let owned = file.into_owned();
+        assert!(dir.remove_own("lock0", &owned, false).unwrap());
+        assert_eq!(names(tmp.path()), ["lock3"]);
+        // One name left, but another level's, and lock0 is someone else's: with `exact`, the
+        // inode comparison keeps it.
+        std::fs::write(tmp.path().join("lock0"), "someone else").unwrap();
+        assert!(!dir.remove_own("lock0", &owned, true).unwrap());
+        assert_eq!(names(tmp.path()), ["lock0", "lock3"]);
     }
 
     #[test]
@@ -582,12 +701,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = Dir::open(tmp.path()).unwrap();
         let me = liveness::current().unwrap();
-        let file = dir.write_record(me.record()).unwrap();
+        let file = dir.write_record(&me).unwrap();
         if file.temp.name.is_some() {
             return; // this file system has no O_TMPFILE: nothing to check
         }
         assert!(dir.publish(&file, 1).unwrap());
-        assert!(dir.remove_if("lock1", file.id()).unwrap());
+        assert!(dir.remove_if("lock1", file.id().unwrap()).unwrap());
         assert!(file.is_spent().unwrap());
         assert_eq!(try_take(&dir, &file, &me, 0).unwrap(), Attempt::Spent);
         assert!(names(tmp.path()).is_empty());

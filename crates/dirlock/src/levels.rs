@@ -45,6 +45,31 @@ pub(crate) fn try_take(
     me: &Identity,
     n: usize,
 ) -> Result<Attempt> {
+    take(dir, file, me, n, true)
+}
+
+/// [`try_take`] for a caller whose own `link(2)` of `file` as level `n` has just failed with
+/// `EEXIST`: the first look is at the level's record, not another `link`.
+///
+/// # Errors
+///
+/// As for [`try_take`].
+pub(crate) fn try_take_taken(
+    dir: &Dir,
+    file: &RecordFile<'_>,
+    me: &Identity,
+    n: usize,
+) -> Result<Attempt> {
+    take(dir, file, me, n, false)
+}
+
+fn take(
+    dir: &Dir,
+    file: &RecordFile<'_>,
+    me: &Identity,
+    n: usize,
+    mut publish: bool,
+) -> Result<Attempt> {
     if n >= LEVELS {
         return Err(Error::corrupt(format!(
             "lock directory {}: every level up to lock{} is held by a dead process; an operator \
@@ -54,12 +79,15 @@ pub(crate) fn try_take(
         )));
     }
     for _ in 0..RETRIES {
-        if file.is_spent()? {
-            return Ok(Attempt::Spent);
+        if publish {
+            if file.is_spent()? {
+                return Ok(Attempt::Spent);
+            }
+            if dir.publish(file, n)? {
+                return Ok(Attempt::Taken(Acquired::Clean));
+            }
         }
-        if dir.publish(file, n)? {
-            return Ok(Attempt::Taken(Acquired::Clean));
-        }
+        publish = true;
         let Some(seen) = dir.read(n)? else {
             // Released between our link and our read: try the link again.
             continue;
@@ -73,7 +101,9 @@ pub(crate) fn try_take(
             other => return Ok(other),
         }
         let replaced = replace_if_unchanged(dir, file, n, &seen);
-        let released = dir.remove_if(&level_name(n + 1), file.id());
+        let released = file
+            .id()
+            .and_then(|id| dir.remove_if(&level_name(n + 1), id));
         match (replaced, released) {
             (Ok(true), Ok(_)) => return Ok(Attempt::Taken(Acquired::OwnerDied)),
             // The level changed hands (someone reclaimed it before we held the next level, or
@@ -82,7 +112,7 @@ pub(crate) fn try_take(
             (Ok(true), Err(e)) => {
                 // We hold level n but could not release level n + 1: give level n back rather
                 // than report an error while holding it.
-                let _ = dir.remove_if(&level_name(n), file.id());
+                let _ = file.id().and_then(|id| dir.remove_if(&level_name(n), id));
                 return Err(e);
             }
             (Err(e), _) | (Ok(false), Err(e)) => return Err(e),
@@ -112,24 +142,25 @@ fn replace_if_unchanged(
 ///
 /// Leftovers are harmless (the next takeover of the level below goes through them), so this
 /// runs only after taking the master level, never blocks, and skips levels held by live
-/// processes.
+/// processes. Returns whether nothing is left above the master level (no level was busy).
 ///
 /// # Errors
 ///
 /// As for [`try_take`]; the caller holds the master level whatever happens here.
-pub(crate) fn tidy(dir: &Dir, file: &RecordFile<'_>, me: &Identity) -> Result<()> {
+pub(crate) fn tidy(dir: &Dir, file: &RecordFile<'_>, me: &Identity) -> Result<bool> {
+    let mut clear = true;
     for n in dir.upper_levels()? {
         let name = level_name(n);
         match try_take(dir, file, me, n)? {
             Attempt::Taken(_) => {
                 let staging = dir.remove_staging(n - 1);
-                dir.remove_if(&name, file.id())?;
+                dir.remove_if(&name, file.id()?)?;
                 staging?;
             }
-            Attempt::Busy => {}
+            Attempt::Busy => clear = false,
             // Cannot happen while we hold the master level through this file; stop anyway.
-            Attempt::Spent => break,
+            Attempt::Spent => return Ok(false),
         }
     }
-    Ok(())
+    Ok(clear)
 }

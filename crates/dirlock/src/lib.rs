@@ -8,6 +8,7 @@ mod ofd;
 mod record;
 mod table;
 mod wait;
+mod wipeonfork;
 
 use std::fmt;
 use std::path::Path;
@@ -16,16 +17,17 @@ use std::time::{Duration, Instant};
 
 pub use lock_api;
 use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result};
-use rustix::process::{Pid, getpid};
+use rustix::process::Pid;
 
 pub use crate::liveness::{HeldBecause, StaleBecause, Verdict};
 pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, Record};
 pub use crate::table::{DirTable, MARKER, MAX_CAPACITY, STORE_VERSION};
 
 use crate::dir::{Dir, Owned, RecordFile, Seen, level_name, takeover_name};
-use crate::levels::{Attempt, tidy, try_take};
+use crate::levels::{Attempt, tidy, try_take_taken};
 use crate::liveness::Identity;
 use crate::wait::Waiter;
+use crate::wipeonfork::getpid;
 
 /// How many fresh record files one `try_acquire` writes when the previous one was spent.
 const SPENT_RETRIES: usize = 4;
@@ -63,9 +65,14 @@ pub struct DirLock {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     held: Option<Held>,
+    /// Whether the levels above `lock0` may hold a dead reclaimer's leftovers that the next
+    /// acquisition through this handle should clear: true for a new handle, after any attempt
+    /// that found `lock0` taken, and after a clearing that could not finish. (Leftovers only
+    /// come from reclaims, which only happen while `lock0` exists.)
+    tidy_due: bool,
 }
 
 #[derive(Debug)]
@@ -74,6 +81,9 @@ struct Held {
     file: Owned,
     /// The process that took the lock (a forked child does not hold it).
     pid: Pid,
+    /// Clearing leftovers failed, so our record may still have an upper level's name: unlock
+    /// then compares `lock0`'s inode rather than counting our file's names.
+    exact: bool,
 }
 
 impl DirLock {
@@ -89,7 +99,10 @@ impl DirLock {
         Ok(DirLock {
             dir: Dir::open(dir.as_ref())?,
             id: LockId(0),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                held: None,
+                tidy_due: true,
+            }),
         })
     }
 
@@ -166,8 +179,8 @@ impl DirLock {
     /// One attempt at `lock0` with a fresh record; `None` when it is busy.
     fn attempt(&self, state: &mut State, me: &Identity) -> Result<Option<Acquired>> {
         for _ in 0..SPENT_RETRIES {
-            let file = self.dir.write_record(me.record())?;
-            match try_take(&self.dir, &file, me, 0)? {
+            let file = self.dir.write_record(me)?;
+            match self.take_master(state, &file, me)? {
                 Attempt::Taken(acquired) => return Ok(Some(self.taken(state, file, me, acquired))),
                 Attempt::Busy => return Ok(None),
                 Attempt::Spent => {}
@@ -177,18 +190,35 @@ impl DirLock {
         Ok(None)
     }
 
+    /// Takes `lock0` with `file`: one `link(2)` when it is free; otherwise the multi-level
+    /// attempt, and the leftovers of dead reclaimers are looked for after the next success.
+    #[inline]
+    fn take_master(
+        &self,
+        state: &mut State,
+        file: &RecordFile<'_>,
+        me: &Identity,
+    ) -> Result<Attempt> {
+        if self.dir.publish(file, 0)? {
+            return Ok(Attempt::Taken(Acquired::Clean));
+        }
+        state.tidy_due = true;
+        try_take_taken(&self.dir, file, me, 0)
+    }
+
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let me = liveness::current()?;
-        // Watch before the first attempt, so that a release right after it is not missed.
-        let mut waiter = Waiter::new(&self.dir);
+        // Set up only once the lock was found busy: the attempt after it catches a release
+        // that came before the watch.
+        let mut waiter: Option<Waiter> = None;
         loop {
             {
                 let mut state = self.state();
                 if !self.holds(&state) {
                     // A fresh record per attempt: its time is when the lock was taken, not
                     // when the wait began.
-                    let file = self.dir.write_record(me.record())?;
-                    match try_take(&self.dir, &file, &me, 0)? {
+                    let file = self.dir.write_record(&me)?;
+                    match self.take_master(&mut state, &file, &me)? {
                         Attempt::Taken(acquired) => {
                             return Ok(self.taken(&mut state, file, &me, acquired));
                         }
@@ -198,14 +228,19 @@ impl DirLock {
                     }
                 }
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout);
+            match &mut waiter {
+                None => waiter = Some(Waiter::new(&self.dir)),
+                Some(waiter) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::Timeout);
+                    }
+                    waiter.wait(deadline);
+                }
             }
-            waiter.wait(deadline);
         }
     }
 
-    /// Records that we hold level 0 and clears leftovers of dead reclaimers.
+    /// Records that we hold level 0 and, when due, clears leftovers of dead reclaimers.
     fn taken(
         &self,
         state: &mut State,
@@ -213,12 +248,19 @@ impl DirLock {
         me: &Identity,
         acquired: Acquired,
     ) -> Acquired {
-        // Tidying is best effort: the lock is held whatever it finds, and a level it cannot
-        // read will give its error to whoever needs that level.
-        let _ = tidy(&self.dir, &file, me);
+        let mut exact = false;
+        if state.tidy_due {
+            // Tidying is best effort: the lock is held whatever it finds, and a level it cannot
+            // read will give its error to whoever needs that level. It is due again until a
+            // pass finds nothing left above lock0.
+            let tidied = tidy(&self.dir, &file, me);
+            exact = tidied.is_err();
+            state.tidy_due = !matches!(tidied, Ok(true));
+        }
         state.held = Some(Held {
             file: file.into_owned(),
             pid: me.pid,
+            exact,
         });
         acquired
     }
@@ -324,7 +366,7 @@ impl Locker for DirLock {
         let Some(held) = state.held.take() else {
             return Err(Error::NotHeld(self.id));
         };
-        match self.dir.remove_if(MASTER, held.file.id) {
+        match self.dir.remove_own(MASTER, &held.file, held.exact) {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::Lost),
             Err(e) => {

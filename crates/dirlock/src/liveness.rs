@@ -30,10 +30,11 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use lock_api::{Error, Result};
-use rustix::process::{Pid, getpid, getuid, test_kill_process};
+use rustix::process::{Pid, getuid, test_kill_process};
 
 use crate::ofd::Probe;
 use crate::record::{Record, checked_word};
+use crate::wipeonfork::getpid;
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PID_NS: &str = "/proc/self/ns/pid";
@@ -48,6 +49,9 @@ pub(crate) struct Identity {
     pub(crate) host: String,
     /// The real uid when the identity was cached (informational only in records).
     pub(crate) uid: u32,
+    /// The lines of every record of this process that never change (magic to `uid`),
+    /// rendered once.
+    head: String,
 }
 
 /// The identity of the current process, cached per pid (a forked child computes its own).
@@ -88,24 +92,58 @@ pub(crate) fn current() -> Result<Arc<Identity>> {
     let uname = rustix::system::uname();
     let host = uname.nodename().to_string_lossy();
     let host = checked_word(&host, "host name").map_err(Error::invalid)?;
-    let identity = Arc::new(Identity {
+    let mut identity = Identity {
         boot_id,
         pid_ns: pid_ns as u64,
         pid,
         start_time,
         host,
         uid: getuid().as_raw(),
-    });
+        head: String::new(),
+    };
+    identity.head = record_head(&identity.record());
+    let identity = Arc::new(identity);
     *cache = Some(Arc::clone(&identity));
     Ok(identity)
 }
 
+/// The bytes of `record` up to and including its `uid` line.
+fn record_head(record: &Record) -> String {
+    let bytes = record.to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let end = text.find("\ntime_ns ").map_or(text.len(), |i| i + 1);
+    text[..end].to_owned()
+}
+
+/// Now, in nanoseconds since the Unix epoch (0 before it).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 impl Identity {
+    /// A fresh record of this process, stamped now, as bytes: the same bytes as
+    /// [`Record::to_bytes`] of [`record`](Identity::record) with `ofd_lock` set, without
+    /// formatting the fields that never change again.
+    pub(crate) fn record_bytes(&self, ofd_lock: bool) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut bytes = Vec::with_capacity(self.head.len() + 64);
+        bytes.extend_from_slice(self.head.as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            bytes,
+            "time_ns {}\nnonce {:016x}\nofd_lock {}\n",
+            now_ns(),
+            rand::random::<u64>(),
+            u8::from(ofd_lock)
+        );
+        bytes
+    }
+
     /// A fresh record of this process, stamped now.
     pub(crate) fn record(&self) -> Record {
-        let time_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let time_ns = now_ns();
         Record {
             boot_id: self.boot_id.clone(),
             pid_ns: self.pid_ns,
@@ -322,6 +360,23 @@ mod tests {
         assert_eq!(stat.start_time, 55);
         assert_eq!(parse_stat(b"7 (x) S 1 2"), None);
         assert_eq!(parse_stat(b"no parenthesis"), None);
+    }
+
+    #[test]
+    fn record_bytes_are_a_record_of_ours() {
+        let me = current().unwrap();
+        for ofd_lock in [false, true] {
+            let bytes = me.record_bytes(ofd_lock);
+            let parsed = Record::parse(&bytes, "test").unwrap();
+            let expected = Record {
+                time_ns: parsed.time_ns,
+                nonce: parsed.nonce,
+                ofd_lock,
+                ..me.record()
+            };
+            assert_eq!(parsed, expected);
+            assert_eq!(parsed.to_bytes(), bytes);
+        }
     }
 
     #[test]

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::io::Errno;
-use rustix::process::{Pid, getpid};
+use rustix::process::Pid;
 
 use crate::dir::Dir;
+use crate::wipeonfork::getpid;
 
 /// Idle inotify instances of this process (tagged with the pid that made them: a forked child
 /// must not share its parent's event queue).

@@ -110,6 +110,7 @@ fn child_role() {
             }
         },
         "leader-exits" => leader_exits(dir),
+        "fork" => forks(dir, work),
         "exec-sleep" => {
             let lock = DirLock::new(dir).expect("new");
             say(word(lock.lock().expect("lock")));
@@ -179,6 +180,87 @@ extern "C" fn exit_this_thread(_signal: libc::c_int) {
     unsafe {
         libc::syscall(libc::SYS_exit, 0);
     }
+}
+
+/// Takes the lock, then forks twice (through glibc's `fork`, and through a raw `clone` system
+/// call that no library sees) and says how each child's checks went (`fork <how> exit <code>`,
+/// 0 when all passed), then unlocks.
+#[allow(
+    unsafe_code,
+    reason = "fork(2), a raw clone(2), waitpid(2) and _exit(2) have no safe wrappers"
+)]
+fn forks(dir: &Path, work: &Path) {
+    let lock = DirLock::new(dir).expect("new");
+    // Taking the lock caches this process's pid.
+    assert_eq!(lock.try_lock().expect("try"), Some(Acquired::Clean));
+    for how in ["fork", "clone"] {
+        let other = work.join(how);
+        fs::create_dir(&other).expect("mkdir");
+        // SAFETY: the child runs only `forked_checks` and `_exit`; it touches no lock that
+        // another thread of this process could hold at the fork (libtest's threads are idle),
+        // and a raw clone with SIGCHLD and no stack is a plain fork at the system-call level.
+        let pid = unsafe {
+            match how {
+                "fork" => libc::fork(),
+                _ => libc::syscall(
+                    libc::SYS_clone,
+                    libc::c_long::from(libc::SIGCHLD),
+                    0,
+                    0,
+                    0,
+                    0,
+                ) as libc::pid_t,
+            }
+        };
+        assert!(pid >= 0, "{how} failed");
+        if pid == 0 {
+            let code = forked_checks(&lock, &other);
+            // SAFETY: _exit ends the child without running the parent's destructors (which
+            // would unlock through the inherited handle's state).
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a live local.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid, "waitpid");
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        };
+        say(&format!("{how} exit {code}"));
+    }
+    lock.unlock().expect("the parent still holds the lock");
+    say("unlocked");
+}
+
+/// What a forked child of the holder must find: it does not hold the lock (its unlock is
+/// `NotHeld`), cannot take it while the parent lives, and writes its own pid into the records
+/// of locks it takes. Returns 0, or the number of the first check that failed.
+fn forked_checks(lock: &DirLock, other: &Path) -> i32 {
+    if lock.is_held() {
+        return 10;
+    }
+    if !matches!(lock.unlock(), Err(Error::NotHeld(_))) {
+        return 11;
+    }
+    if !matches!(lock.try_lock(), Ok(None)) {
+        return 12;
+    }
+    let Ok(fresh) = DirLock::new(other) else {
+        return 13;
+    };
+    if !matches!(fresh.try_lock(), Ok(Some(Acquired::Clean))) {
+        return 14;
+    }
+    match fresh.holder_record() {
+        Ok(Some(record)) if record.pid == std::process::id() => {}
+        _ => return 15,
+    }
+    if fresh.unlock().is_err() {
+        return 16;
+    }
+    0
 }
 
 /// Says how the lock was taken, holds it until stdin closes, then unlocks and ends the process.
@@ -511,6 +593,40 @@ fn dead_reclaimers_leftovers_are_cleared() {
     }
 }
 
+/// A handle looks for dead reclaimers' leftovers on its first acquisition and on the first
+/// one after it found `lock0` taken, not on every uncontended acquisition: leftovers only come
+/// from reclaims, which only happen while `lock0` exists.
+#[test]
+fn leftovers_are_cleared_by_a_new_handle_or_after_contention() {
+    let me = me();
+    let own = std::process::id();
+    let stale = record(&me, own, start_time(own) + 1);
+    let dir = lock_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    write_level(dir.path(), 2, &stale);
+    assert_eq!(lock.try_lock().expect("first"), Some(Acquired::Clean));
+    assert_entries(dir.path(), &["lock0"], "first acquisition cleared lock2");
+    lock.unlock().expect("unlock");
+    // Uncontended from now on: no scan, so a leftover that appears stays for now.
+    write_level(dir.path(), 1, &stale);
+    assert_eq!(lock.try_lock().expect("again"), Some(Acquired::Clean));
+    assert_entries(
+        dir.path(),
+        &["lock0", "lock1"],
+        "uncontended: not looked for",
+    );
+    lock.unlock().expect("unlock");
+    // Found busy once: the next acquisition looks again and clears it.
+    let other = DirLock::new(dir.path()).expect("other");
+    assert_eq!(other.try_lock().expect("other"), Some(Acquired::Clean));
+    assert_eq!(lock.try_lock().expect("busy"), None);
+    other.unlock().expect("unlock");
+    assert_eq!(lock.try_lock().expect("after"), Some(Acquired::Clean));
+    assert_entries(dir.path(), &["lock0"], "cleared after contention");
+    lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "released");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Staleness
 // ---------------------------------------------------------------------------------------------
@@ -793,6 +909,21 @@ fn exec_releases_the_lock() {
     lock.unlock().expect("unlock");
     kid.sigkill().expect("kill sleep");
     assert_entries(dir.path(), &[], "after unlock");
+}
+
+/// A child forked from a holder (by glibc's `fork` or a raw `clone`) does not hold the lock,
+/// cannot unlock or take it while the parent lives, and records its own pid: the pid dirlock
+/// caches is never the parent's in a child.
+#[test]
+fn a_forked_child_does_not_hold_or_take_its_parents_lock() {
+    let dir = lock_dir();
+    let work = work_dir();
+    let mut kid = spawn("fork", dir.path(), work.path(), 0, None);
+    assert_eq!(kid.next_line(PATIENCE).expect("fork"), "fork exit 0");
+    assert_eq!(kid.next_line(PATIENCE).expect("clone"), "clone exit 0");
+    assert_eq!(kid.next_line(PATIENCE).expect("parent"), "unlocked");
+    assert!(kid.wait(PATIENCE).expect("exits").success());
+    assert_entries(dir.path(), &[], "after the parent's unlock");
 }
 
 // ---------------------------------------------------------------------------------------------
