@@ -163,14 +163,17 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // Help and version are not errors; everything else is a usage error, exit 2.
-            let code = if e.use_stderr() {
-                Failure::Usage.code()
-            } else {
-                0
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
+            // Help and version are not errors; everything else is a usage error: one line on
+            // stderr, exit 2.
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let line = first.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            return Failed::new(Failure::Usage, format!("{line} (see lockctl --help)")).report();
         }
     };
     match execute(cli.command) {

@@ -190,7 +190,10 @@ impl Run {
             }
             got
         });
-        assert!(matches!(got, Ok(Ok(()))), "the command never started: {got:?}");
+        assert!(
+            matches!(got, Ok(Ok(()))),
+            "the command never started: {got:?}"
+        );
         assert_eq!(line.trim(), "in");
     }
 
