@@ -18,7 +18,8 @@
 //!   the bare pair (`flock(LOCK_EX)` + `flock(LOCK_UN)`) on a file of the same directory. The
 //!   second process is this binary re-executed with `LOCKYARD_FILE_BENCH_CONTENDER` set; each
 //!   round both run the same number of pairs, rounds alternate ours and the peer, and the line
-//!   quotes the median round of each (contention is noisier than one process alone). The two
+//!   quotes the median round of each and the median ratio of neighbouring rounds (contention
+//!   is noisier than one process alone, and neighbours see the same load). The two
 //!   processes are pinned to CPUs 0 and 1: left to the scheduler on a busy 2-CPU machine they
 //!   often share one CPU, take turns, and never contend.
 
@@ -265,8 +266,9 @@ fn pin(cpu: usize) {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
-/// Median ns per pair of ours and of the bare pair with two processes on one lock.
-fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64) {
+/// Median ns per pair of ours and of the bare pair with two processes on one lock, and the
+/// median of the ratios of neighbouring rounds (which saw the same load on the machine).
+fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64, f64) {
     let affinity = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
     pin(0);
     let store = root.join("contended");
@@ -299,10 +301,19 @@ fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64) {
     };
     round("ours");
     round("peer");
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        ours.push(round("ours"));
-        theirs.push(round("peer"));
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // Alternate which goes first, so that neither always follows the other.
+        let (o, p) = if i % 2 == 0 {
+            let o = round("ours");
+            (o, round("peer"))
+        } else {
+            let p = round("peer");
+            (round("ours"), p)
+        };
+        ours.push(o);
+        theirs.push(p);
+        ratios.push(o / p);
     }
     drop(to);
     let _ = rustix::thread::sched_setaffinity(None, &affinity);
@@ -310,7 +321,7 @@ fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (median(&mut ours), median(&mut theirs))
+    (median(&mut ours), median(&mut theirs), median(&mut ratios))
 }
 
 fn contended_line() {
@@ -319,15 +330,14 @@ fn contended_line() {
         return;
     }
     let root = tempfile::tempdir().expect("temp dir");
-    let (rounds, n) = if quick() { (5, 2_000) } else { (31, 50_000) };
-    let (ours, peer) = contended_ns(root.path(), rounds, n);
+    let (rounds, n) = if quick() { (5, 2_000) } else { (101, 10_000) };
+    let (ours, peer, ratio) = contended_ns(root.path(), rounds, n);
     record_line(
         group,
         &format!(
-            "{group}: ours {}, peer {}, ratio {:.2}",
+            "{group}: ours {}, peer {}, ratio {ratio:.2}",
             human(ours),
             human(peer),
-            ours / peer
         ),
     );
 }
