@@ -125,16 +125,27 @@ impl FileLocker {
         let mut check_at = shared
             .deadlock_timeout()
             .and_then(|d| Instant::now().checked_add(d));
-        // A bounded wait must end at its deadline, so it blocks only if a signal can interrupt
-        // this thread (one system call to look at its mask); a deadlock check may be missed
-        // by a thread that blocks SIGURG, which costs nothing but that check.
-        let blocking_ok = deadline.is_none() || crate::wake::interruptible();
+        // Timers need the process's timer thread and a thread that `SIGURG` interrupts. A
+        // bounded wait must end at its deadline, so it looks at this thread's signal mask (one
+        // system call) and polls if the signal is blocked; a `lock()` on such a thread blocks
+        // anyway (it acquires all the same, it only cannot check for deadlocks itself).
+        let mut timers = None;
         loop {
             let due = match (deadline, check_at) {
                 (Some(d), Some(c)) => Some(d.min(c)),
                 (d, c) => d.or(c),
             };
-            let taken = match (due, shared.waker().filter(|_| blocking_ok)) {
+            if due.is_some() && timers.is_none() {
+                let waker = shared.waker().filter(|_| {
+                    if deadline.is_some() {
+                        crate::wake::interruptible()
+                    } else {
+                        crate::wake::handler_installed()
+                    }
+                });
+                timers = Some(waker);
+            }
+            let taken = match (due, timers.flatten()) {
                 (None, _) => {
                     flock::lock(file, &path)?;
                     true
@@ -159,7 +170,7 @@ impl FileLocker {
                         }
                     }
                 }
-                // No timer thread here (or this thread blocks SIGURG): poll until `due`.
+                // No timer thread here (or this thread cannot be interrupted): poll until `due`.
                 (Some(due), None) => flock::lock_until(file, &path, due)?,
             };
             if taken {

@@ -190,6 +190,11 @@ pub(crate) struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // A forked child that drops its copy of the parent's manager must not remove the
+        // parent's waiter file.
+        if std::process::id() != self.pid {
+            return;
+        }
         if let Some(file) = self.owner_file.get() {
             // Remove the waiter file before its lock goes with the descriptor, so readers never
             // take a live owner for a dead one. Failing to remove it costs a reader's cleanup.

@@ -100,9 +100,15 @@ impl OwnerFile {
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(dir, &temp, flags, Mode::from_raw_mode(0o644))
             .map_err(|e| io("create", &temp_path, e))?;
+        let publish = || rustix::fs::renameat_with(dir, &temp, dir, &name, RenameFlags::NOREPLACE);
         let built = Self::fill(File::from(fd), &temp_path, owner, pid).and_then(|file| {
-            rustix::fs::renameat_with(dir, &temp, dir, &name, RenameFlags::NOREPLACE)
-                .map_err(|e| io("renameat2", &dir_path.join(&name), e))?;
+            let published = match publish() {
+                // Owner numbers never repeat, unless the table was restored from a copy while
+                // files of dead owners stayed: a dead owner's file may go.
+                Err(Errno::EXIST) if remove_if_dead(dir, &name) => publish(),
+                other => other,
+            };
+            published.map_err(|e| io("renameat2", &dir_path.join(&name), e))?;
             Ok(file)
         });
         let (file, map) = match built {
@@ -200,6 +206,17 @@ pub(crate) struct Waiting {
     pub(crate) pid: Option<u32>,
     pub(crate) id: u32,
     pub(crate) since: Option<SystemTime>,
+}
+
+/// Removes the owner file `name` in `dir` if its owner is dead (nobody holds its `flock`);
+/// returns whether it was removed.
+fn remove_if_dead(dir: &OwnedFd, name: &OsStr) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
+        return false;
+    };
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared).is_ok()
+        && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok()
 }
 
 /// The owner number a file name stands for: decimal digits without a leading zero.
@@ -358,6 +375,25 @@ mod tests {
             !root.path().join(name).exists(),
             "dead owner's file removed"
         );
+    }
+
+    #[test]
+    fn a_dead_owners_file_of_the_same_number_is_replaced() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open dir");
+        std::fs::write(root.path().join("9"), [0u8; FILE_LEN]).expect("stale file");
+        let file = OwnerFile::create(&dir, root.path(), 9, 1).expect("replaces a dead owner's");
+        // A live owner's file is never replaced.
+        assert!(matches!(
+            OwnerFile::create(&dir, root.path(), 9, 2),
+            Err(Error::Io { .. })
+        ));
+        drop(file);
     }
 
     #[test]

@@ -100,6 +100,12 @@ fn still_ours() -> bool {
     ours
 }
 
+/// Whether our handler is installed (and nobody replaced it since the timer thread last
+/// looked): timers can interrupt a thread that does not block `SIGURG`.
+pub(crate) fn handler_installed() -> bool {
+    HANDLER.load(Ordering::Acquire)
+}
+
 /// Whether a signal sent to the calling thread would interrupt it: our handler is installed and
 /// the thread does not block `SIGURG`. One system call (`rt_sigprocmask`).
 pub(crate) fn interruptible() -> bool {
