@@ -211,13 +211,13 @@ impl Shared {
     /// Runs `f` on the allocation bitmap under the allocation lock (this manager's mutex, then
     /// `flock` on the table file), and unlocks whatever `f` returned.
     pub(crate) fn with_bitmap<T>(&self, f: impl FnOnce(Bitmap<'_>) -> T) -> Result<T> {
-        let _turn = self.alloc.lock().unwrap_or_else(PoisonError::into_inner);
         let table = &self.store.table;
-        let path = || table.path().to_path_buf();
-        flock::lock(table.file(), &path)?;
-        let out = f(Bitmap::new(table.summary(), table.leaves(), self.capacity));
-        flock::unlock(table.file(), &path)?;
-        Ok(out)
+        exclusive(
+            &self.alloc,
+            table.file(),
+            &|| table.path().to_path_buf(),
+            || f(Bitmap::new(table.summary(), table.leaves(), self.capacity)),
+        )
     }
 
     /// The cache of slots.
@@ -410,18 +410,35 @@ impl Shared {
     /// Runs `f` under the store's detection lock (this manager's mutex, then `flock` on the
     /// `deadlock` file), so that deadlock checks never overlap, in any process.
     pub(crate) fn detecting<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let _turn = self
-            .detecting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         let store = &self.store;
-        let path = || store.detect_path.clone();
-        flock::lock(&store.detect, &path)?;
-        let out = f();
-        let unlocked = flock::unlock(&store.detect, &path);
-        let out = out?;
-        unlocked.map(|()| out)
+        exclusive(
+            &self.detecting,
+            &store.detect,
+            &|| store.detect_path.clone(),
+            f,
+        )?
     }
+}
+
+/// Runs `f` holding `turn` (which excludes this manager's threads) and then `flock(LOCK_EX)` on
+/// `file` (which excludes other descriptions, in this process or others, but not threads
+/// sharing one), and unlocks whatever `f` returned.
+///
+/// # Errors
+///
+/// `Io` naming the file when `flock` fails (then `f`'s result is dropped: the lock may still be
+/// held, which the caller must hear about).
+fn exclusive<T>(
+    turn: &Mutex<()>,
+    file: &std::fs::File,
+    path: flock::PathOf<'_>,
+    f: impl FnOnce() -> T,
+) -> Result<T> {
+    let _turn = turn.lock().unwrap_or_else(PoisonError::into_inner);
+    flock::lock(file, path)?;
+    let out = f();
+    flock::unlock(file, path)?;
+    Ok(out)
 }
 
 /// A lock table in a directory of lock files: one open store, and the owner of the locks taken

@@ -47,6 +47,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use crate::store::io;
 use crate::table::store;
 
 /// The size of every owner file.
@@ -78,11 +79,6 @@ impl std::fmt::Debug for OwnerFile {
             .field("name", &self.name)
             .finish()
     }
-}
-
-/// The error for an OS error while doing `op` to `path`.
-fn io(op: &'static str, path: &Path, errno: Errno) -> Error {
-    Error::io(op, path, std::io::Error::from(errno))
 }
 
 impl OwnerFile {
@@ -219,16 +215,9 @@ fn remove_if_dead(dir: &OwnedFd, name: &OsStr) -> bool {
         && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok()
 }
 
-/// The owner number a file name stands for: decimal digits without a leading zero.
+/// The owner number a waiter file's name stands for (owner numbers start at 1).
 fn parse_owner(name: &[u8]) -> Option<u64> {
-    let canonical = !name.is_empty()
-        && name.len() <= 20
-        && name.iter().all(u8::is_ascii_digit)
-        && name[0] != b'0';
-    if !canonical {
-        return None;
-    }
-    std::str::from_utf8(name).ok()?.parse().ok()
+    crate::store::parse_name(name).filter(|&n| n != 0)
 }
 
 /// Every wait published by a live owner in the `owners` directory `dir` (at `dir_path`), for

@@ -58,7 +58,7 @@ pub(crate) struct Store {
 }
 
 /// The error for an OS error while doing `op` to `path`.
-fn io(op: &'static str, path: &Path, errno: Errno) -> Error {
+pub(crate) fn io(op: &'static str, path: &Path, errno: Errno) -> Error {
     Error::io(op, path, std::io::Error::from(errno))
 }
 
@@ -198,17 +198,23 @@ pub(crate) fn healthy_lock_files(dir: &OwnedFd, path: &Path, capacity: u32) -> R
     Ok(healthy)
 }
 
-/// The id a lock file's name stands for, if it is one written as [`lock_name`] writes it:
-/// decimal digits without a leading zero (so `03` is not lock 3's file).
-fn parse_lock_name(name: &[u8]) -> Option<u32> {
+/// The number a file name stands for, if it is written the one way `to_string` writes it:
+/// decimal digits without a leading zero (so `03` is not lock 3's file). Lock files and waiter
+/// files are named so.
+pub(crate) fn parse_name(name: &[u8]) -> Option<u64> {
     let canonical = !name.is_empty()
-        && name.len() <= 10
+        && name.len() <= 20
         && name.iter().all(u8::is_ascii_digit)
         && (name[0] != b'0' || name.len() == 1);
     if !canonical {
         return None;
     }
     std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// The id a lock file's name stands for, if it is one written as [`lock_name`] writes it.
+fn parse_lock_name(name: &[u8]) -> Option<u32> {
+    parse_name(name).and_then(|n| u32::try_from(n).ok())
 }
 
 /// Creates a store of `marker.capacity` locks at `path`.
