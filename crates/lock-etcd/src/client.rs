@@ -27,6 +27,16 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
+    /// A new owner key: this process and host, and 64 random bits, so keys never repeat across
+    /// processes, hosts or reused pids (they tell owners apart in a wait-for graph).
+    pub(crate) fn new_owner(&self) -> Arc<str> {
+        use std::hash::{BuildHasher, RandomState};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // Seeded from the OS once per process, then a different key per instance.
+        let nonce = RandomState::new().hash_one(NEXT.fetch_add(1, Ordering::Relaxed));
+        format!("{}@{}/{nonce:016x}", self.pid, self.host).into()
+    }
+
     fn current() -> Identity {
         let uname = rustix::system::uname();
         Identity {

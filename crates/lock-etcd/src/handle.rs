@@ -10,7 +10,7 @@ use lock_api::{
 };
 
 use crate::client::Shared;
-use crate::mutex::{self, Held, Wait};
+use crate::mutex::{self, Held, Target, Wait};
 use crate::options::MAX_DATA_LEN;
 use crate::record::Record;
 
@@ -21,8 +21,8 @@ use crate::record::Record;
 pub struct EtcdLock {
     shared: Arc<Shared>,
     id: LockId,
-    /// The lock's queue: its key prefix, ending in `/`.
-    queue: String,
+    /// The lock's queue, this handle's owner key and its table's deadlock detection.
+    target: Target,
     /// The allocation key of a numbered lock (`None` for a named lock).
     alloc_key: Option<String>,
     held: Mutex<Option<Held>>,
@@ -32,7 +32,8 @@ impl fmt::Debug for EtcdLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdLock")
             .field("id", &self.id)
-            .field("queue", &self.queue)
+            .field("queue", &self.target.queue)
+            .field("owner", &self.target.owner)
             .field("held", &self.lock_state().as_ref().map(|h| h.revision))
             .finish()
     }
@@ -42,13 +43,13 @@ impl EtcdLock {
     pub(crate) fn new(
         shared: Arc<Shared>,
         id: LockId,
-        queue: String,
+        target: Target,
         alloc_key: Option<String>,
     ) -> EtcdLock {
         EtcdLock {
             shared,
             id,
-            queue,
+            target,
             alloc_key,
             held: Mutex::new(None),
         }
@@ -56,7 +57,14 @@ impl EtcdLock {
 
     /// The key prefix under which this lock's queue lives (ends in `/`).
     pub fn key_prefix(&self) -> &str {
-        &self.queue
+        &self.target.queue
+    }
+
+    /// The owner key this handle writes into its records: what [`Holder::owner`] reports for
+    /// its acquisitions (one per table handle, shared by every lock retrieved from it; one per
+    /// named-lock handle).
+    pub fn owner(&self) -> &str {
+        &self.target.owner
     }
 
     /// The own key of the current acquisition, or `None` when this handle does not hold the lock.
@@ -75,10 +83,10 @@ impl EtcdLock {
 
     fn acquire(&self, wait: Wait) -> Result<Option<Acquired>> {
         let ctx = self.shared.ctx.clone();
-        let queue = self.queue.clone();
+        let target = self.target.clone();
         let held = self
             .shared
-            .block_on(async move { mutex::acquire(ctx, queue, wait).await })?;
+            .block_on(async move { mutex::acquire(ctx, target, wait).await })?;
         let Some(held) = held else {
             return Ok(None);
         };
@@ -240,21 +248,20 @@ impl Leased for EtcdLock {
 }
 
 impl Inspect for EtcdLock {
-    /// The first key of the queue's owner record; `expires` is when its lease ends unless renewed.
+    /// The holder named by the lock's held marker, read in one Txn with the queue's first key:
+    /// pid, host, owner, when it claimed the lock, and whether it is dead (its key is gone
+    /// without a clean release, so the next acquirer gets [`Acquired::OwnerDied`]). `expires` is
+    /// when a live holder's lease ends unless renewed.
     fn holder(&self) -> Result<Option<Holder>> {
         let ctx = self.shared.ctx.clone();
-        let queue = self.queue.clone();
+        let queue = self.target.queue.clone();
         self.shared.block_on(async move {
-            let Some((record, lease)) = mutex::holder_record(&ctx, &queue).await? else {
+            let Some((mut holder, alive)) = mutex::holder_info(&ctx, &queue).await? else {
                 return Ok(None);
             };
-            let expires = mutex::lease_expiry(&ctx, lease).await?;
-            let mut holder = Holder::default();
-            holder.pid = Some(record.pid);
-            holder.host = Some(record.host);
-            holder.owner = Some(format!("lease {lease:016x}"));
-            holder.since = Some(record.since);
-            holder.expires = expires;
+            if let Some((_, lease)) = alive {
+                holder.expires = mutex::lease_expiry(&ctx, lease).await?;
+            }
             Ok(Some(holder))
         })
     }
@@ -280,6 +287,7 @@ impl LockData for EtcdLock {
         let record = Record {
             pid: ctx.identity.pid,
             host: ctx.identity.host.clone(),
+            owner: Some(self.target.owner.to_string()),
             since,
             data: data.to_vec(),
         };
@@ -294,12 +302,15 @@ impl LockData for EtcdLock {
         result
     }
 
+    /// The data of the live holder's key; `None` when nobody holds the lock or its holder died.
     fn read_data(&self) -> Result<Option<Vec<u8>>> {
         let ctx = self.shared.ctx.clone();
-        let queue = self.queue.clone();
+        let queue = self.target.queue.clone();
         self.shared.block_on(async move {
-            let record = mutex::holder_record(&ctx, &queue).await?;
-            Ok(record.map(|(record, _)| record.data))
+            let info = mutex::holder_info(&ctx, &queue).await?;
+            Ok(info
+                .and_then(|(_, alive)| alive)
+                .map(|(record, _)| record.data))
         })
     }
 }

@@ -2,25 +2,28 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
+mod deadlock;
 mod handle;
 mod lease;
 mod mutex;
 mod options;
 mod record;
+mod snapshot;
 mod table;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 pub use lock_api;
 pub use lock_api::{
-    Acquired, Error, Fenced, HeldLock, Holder, Inspect, Leased, LockData, LockGuard, LockId,
-    Locker, LostSignal, Manager, Result,
+    Acquired, Cycle, Error, EtcdSpec, Fenced, HeldLock, Holder, Inspect, Leased, LockData,
+    LockGuard, LockId, LockState, Locker, LostSignal, Manager, Result, Store, StoreSpec,
 };
 
+pub use crate::deadlock::DEFAULT_DEADLOCK_TIMEOUT;
 pub use crate::handle::{EtcdGuard, EtcdLock};
 pub use crate::options::{
     EtcdOptions, MAX_DATA_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TTL, MIN_TTL, validate_name,
@@ -28,6 +31,13 @@ pub use crate::options::{
 pub use crate::table::EtcdTable;
 
 use crate::client::Shared;
+use crate::mutex::Target;
+use crate::table::OpenMode;
+
+/// Connections made for store specs, shared by every store of the same endpoints and options in
+/// this process (each connection is a runtime thread and a client per endpoint).
+type Connections = Vec<((Vec<String>, EtcdOptions), Weak<Shared>)>;
+static CONNECTIONS: Mutex<Connections> = Mutex::new(Vec::new());
 
 /// A connection to an etcd cluster: named locks under `<prefix>/lock/<name>/` and lock tables
 /// under `<prefix>/table/<store>/`.
@@ -69,6 +79,46 @@ impl EtcdLocks {
         })
     }
 
+    /// The connection a store spec names: its endpoints (`HOST:PORT`, reached over `http://`),
+    /// its prefix, and its TTL (or the default); every other option is
+    /// [`EtcdOptions::new`]'s. Opening the same endpoints with the same options again in this
+    /// process reuses the connection while any handle of it lives.
+    ///
+    /// # Errors
+    ///
+    /// As for [`connect`](Self::connect).
+    pub fn for_spec(spec: &EtcdSpec) -> Result<EtcdLocks> {
+        let endpoints: Vec<String> = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        let mut options = EtcdOptions::new().prefix(spec.prefix.clone());
+        if let Some(ttl) = spec.ttl {
+            options = options.ttl(ttl);
+        }
+        let key = (endpoints, options);
+        let mut connections = CONNECTIONS.lock().unwrap_or_else(PoisonError::into_inner);
+        connections.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(shared) = connections
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return Ok(EtcdLocks { shared });
+        }
+        // Connecting under the lock: two threads opening one spec at once make one connection.
+        let shared = Shared::connect(&key.0, key.1.clone())?;
+        connections.push((key, Arc::downgrade(&shared)));
+        Ok(EtcdLocks { shared })
+    }
+
     /// The options this connection was made with.
     pub fn options(&self) -> &EtcdOptions {
         &self.shared.options
@@ -86,7 +136,11 @@ impl EtcdLocks {
         Ok(EtcdLock::new(
             Arc::clone(&self.shared),
             LockId(0),
-            format!("{}/lock/{name}/", self.shared.options.prefix_value()),
+            Target {
+                queue: format!("{}/lock/{name}/", self.shared.options.prefix_value()),
+                owner: self.shared.ctx.identity.new_owner(),
+                detector: None,
+            },
             None,
         ))
     }
@@ -142,18 +196,19 @@ impl EtcdLocks {
     /// or a bad name; [`Error::Unavailable`].
     pub fn create_table(&self, store: &str, capacity: u32) -> Result<EtcdTable> {
         let root = self.table_root(store)?;
-        EtcdTable::open_at(Arc::clone(&self.shared), root, capacity, true, true).map(|(t, _)| t)
+        EtcdTable::open_at(Arc::clone(&self.shared), root, OpenMode::Create(capacity))
+            .map(|(t, _)| t)
     }
 
-    /// Opens the existing lock table `store`, checking its capacity.
+    /// Opens the existing lock table `store`; its capacity is read from etcd.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] when it does not exist; [`Error::Incompatible`] when its capacity or
-    /// format differs; [`Error::Corrupt`] when its header cannot be parsed.
-    pub fn open_table(&self, store: &str, capacity: u32) -> Result<EtcdTable> {
+    /// [`Error::NotFound`] when it does not exist; [`Error::Incompatible`] when its format
+    /// differs; [`Error::Corrupt`] when its header cannot be parsed.
+    pub fn open_table(&self, store: &str) -> Result<EtcdTable> {
         let root = self.table_root(store)?;
-        EtcdTable::open_at(Arc::clone(&self.shared), root, capacity, false, false).map(|(t, _)| t)
+        EtcdTable::open_at(Arc::clone(&self.shared), root, OpenMode::Open).map(|(t, _)| t)
     }
 
     /// Opens the lock table `store`, creating it when missing; the flag says whether this call
@@ -164,14 +219,20 @@ impl EtcdLocks {
     /// As for [`create_table`](Self::create_table) and [`open_table`](Self::open_table).
     pub fn open_or_create_table(&self, store: &str, capacity: u32) -> Result<(EtcdTable, bool)> {
         let root = self.table_root(store)?;
-        EtcdTable::open_at(Arc::clone(&self.shared), root, capacity, true, false)
+        EtcdTable::open_at(
+            Arc::clone(&self.shared),
+            root,
+            OpenMode::OpenOrCreate(capacity),
+        )
     }
 
-    /// Deletes the lock table `store` and every key under it; removing a missing table is not an
-    /// error. Locks still held in it are lost (their holders' lost signals fire).
+    /// Deletes the lock table `store` and every key under it. Locks still held in it are lost
+    /// (their holders' lost signals fire).
     ///
     /// # Errors
     ///
+    /// [`Error::NotFound`] when it does not exist; [`Error::Incompatible`] or
+    /// [`Error::Corrupt`], with nothing deleted, when its header is not a lockyard table's;
     /// [`Error::InvalidArgument`] for a bad name; [`Error::Unavailable`].
     pub fn remove_table(&self, store: &str) -> Result<()> {
         let root = self.table_root(store)?;

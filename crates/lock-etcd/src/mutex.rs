@@ -35,8 +35,9 @@ use tokio::task::AbortHandle;
 use tokio::time::{sleep, timeout_at};
 
 use crate::client::Ctx;
+use crate::deadlock::Detector;
 use crate::lease::{Monitor, keep_alive, watch_deletion, watch_own_key};
-use crate::record::Record;
+use crate::record::{Marker, Record};
 
 /// A pause before re-reading the queue after a watch broke.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -61,6 +62,17 @@ impl Held {
             task.abort();
         }
     }
+}
+
+/// Which lock an acquisition is for, and on whose behalf.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The lock's queue: its key prefix, ending in `/`.
+    pub(crate) queue: String,
+    /// The owner key written into every record of this handle's acquisitions.
+    pub(crate) owner: Arc<str>,
+    /// Deadlock detection, for the locks of a table.
+    pub(crate) detector: Option<Detector>,
 }
 
 /// How long an acquisition may wait for the holder.
@@ -94,23 +106,41 @@ fn marker_key_of(key: &str) -> &str {
     key.rsplit_once('/').map_or(key, |(queue, _)| queue)
 }
 
-/// The marker value an acquisition with `lease` writes.
-fn marker_value(lease: i64) -> Vec<u8> {
-    format!("lockyard-etcd-held {lease:016x}").into_bytes()
+/// The last segment of an own key (`<lock prefix>/<leaf>`): what a marker names.
+pub(crate) fn leaf_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, leaf)| leaf)
 }
 
-/// How a claim went, from the marker it found (invariant 7).
-fn claimed(previous_marker: Option<&PbKeyValue>, lease: i64) -> Acquired {
+/// How a claim went, from the marker it found (invariant 7): a marker that names another
+/// acquisition, or that nobody can read, was left by a holder that did not release cleanly.
+fn claimed(previous_marker: Option<&PbKeyValue>, own_key: &str) -> Acquired {
     match previous_marker {
-        Some(kv) if kv.value != marker_value(lease) => Acquired::OwnerDied,
-        _ => Acquired::Clean,
+        None => Acquired::Clean,
+        Some(kv) => match Marker::decode(own_key, &kv.value) {
+            Ok(marker) if marker.key == leaf_of(own_key) => Acquired::Clean,
+            _ => Acquired::OwnerDied,
+        },
     }
 }
 
-/// Acquires the lock whose queue is `queue` (ending in `/`).
+/// The marker bytes an acquisition writes when it claims the lock at `since`.
+fn marker_bytes(own_key: &str, record: &Record, since: SystemTime) -> Vec<u8> {
+    Marker {
+        key: leaf_of(own_key).to_owned(),
+        record: Record {
+            since,
+            data: Vec::new(),
+            ..record.clone()
+        },
+    }
+    .encode()
+}
+
+/// Acquires the lock `target` names.
 ///
 /// Returns `Ok(None)` when `wait` is [`Wait::Never`] and someone holds it.
-pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Option<Held>> {
+pub(crate) async fn acquire(ctx: Ctx, target: Target, wait: Wait) -> Result<Option<Held>> {
+    let queue = target.queue.clone();
     let deadline = match wait {
         Wait::Never => None,
         Wait::Until(deadline) => deadline,
@@ -155,11 +185,12 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
     let record = Record {
         pid: ctx.identity.pid,
         host: ctx.identity.host.clone(),
+        owner: Some(target.owner.to_string()),
         since,
         data: Vec::new(),
     };
     let attempt = enqueue_and_wait(
-        &ctx, &queue, &key, lease, &record, wait, &monitor, &mut tasks,
+        &ctx, &target, &key, lease, &record, wait, &monitor, &mut tasks,
     );
     let outcome = match deadline {
         Some(d) => timeout_at(d.into(), attempt)
@@ -185,7 +216,7 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
             if other.is_err() {
                 // A claim may have been applied just before the deadline cut the answer off:
                 // give the marker back, or the next holder would think a holder died.
-                unclaim(&ctx, marker_key(&queue), lease).await;
+                unclaim(&ctx, marker_key(&queue), &key).await;
             }
             revoke(&ctx, lease).await;
             other.map(|_| None)
@@ -193,14 +224,27 @@ pub(crate) async fn acquire(ctx: Ctx, queue: String, wait: Wait) -> Result<Optio
     }
 }
 
-/// Deletes the held marker if this acquisition (`lease`) wrote it; errors are dropped (the worst
-/// outcome is a spurious `OwnerDied` for the next holder).
-async fn unclaim(ctx: &Ctx, marker: &str, lease: i64) {
-    let mark = marker_value(lease);
+/// Deletes the held marker if this acquisition (`own_key`) wrote it; errors are dropped (the
+/// worst outcome is a spurious `OwnerDied` for the next holder).
+async fn unclaim(ctx: &Ctx, marker: &str, own_key: &str) {
+    let Ok(answer) = ctx
+        .call(|mut c| async move { c.get(marker, None).await })
+        .await
+    else {
+        return;
+    };
+    let Some(kv) = answer.kvs().first() else {
+        return;
+    };
+    let ours = Marker::decode(marker, kv.value()).is_ok_and(|m| m.key == leaf_of(own_key));
+    if !ours {
+        return;
+    }
+    let revision = kv.mod_revision();
     let _ = ctx
         .call(|mut c| {
             let txn = Txn::new()
-                .when([Compare::value(marker, CompareOp::Equal, mark.clone())])
+                .when([Compare::mod_revision(marker, CompareOp::Equal, revision)])
                 .and_then([TxnOp::delete(marker, None)]);
             async move { c.txn(txn).await }
         })
@@ -212,7 +256,7 @@ async fn unclaim(ctx: &Ctx, marker: &str, lease: i64) {
 #[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
 async fn enqueue_and_wait(
     ctx: &Ctx,
-    queue: &str,
+    target: &Target,
     key: &str,
     lease: i64,
     record: &Record,
@@ -220,9 +264,10 @@ async fn enqueue_and_wait(
     monitor: &Arc<Monitor>,
     tasks: &mut Vec<AbortHandle>,
 ) -> Result<Option<(i64, Acquired)>> {
+    let queue = target.queue.as_str();
     let value = record.encode();
     let marker = marker_key(queue);
-    let mark = marker_value(lease);
+    let mark = marker_bytes(key, record, record.since);
     let answer = ctx
         .call(|mut c| {
             let txn = Txn::new()
@@ -282,14 +327,21 @@ async fn enqueue_and_wait(
     );
     if raw.succeeded && txn_first_kv(raw, 3).is_some_and(|kv| kv.create_revision == revision) {
         // Invariant 1: the Txn itself saw our key first in the queue, and claimed the marker.
-        return Ok(Some((revision, claimed(txn_first_kv(raw, 0), lease))));
+        return Ok(Some((revision, claimed(txn_first_kv(raw, 0), key))));
     }
     if matches!(wait, Wait::Never) {
         return Ok(None);
     }
-    wait_for_turn(ctx, queue, revision, monitor).await?;
+    match &target.detector {
+        None => wait_for_turn(ctx, queue, revision, monitor).await?,
+        Some(detector) => {
+            let turn = wait_for_turn(ctx, queue, revision, monitor);
+            detector.wait(ctx, turn, key, revision, lease).await?;
+        }
+    }
     // Invariant 3: claim only if our key (hence our lease) still exists; the same Txn claims the
-    // marker (invariant 7).
+    // marker (invariant 7), recording when the lock was claimed.
+    let mark = marker_bytes(key, record, SystemTime::now());
     let claim = ctx
         .call(|mut c| {
             let txn = Txn::new()
@@ -307,7 +359,7 @@ async fn enqueue_and_wait(
     if !claim.0.succeeded || monitor.is_lost() {
         return Err(Error::Lost);
     }
-    Ok(Some((revision, claimed(txn_first_kv(&claim.0, 0), lease))))
+    Ok(Some((revision, claimed(txn_first_kv(&claim.0, 0), key))))
 }
 
 /// Waits until no key created before `revision` is left in `queue` (invariant 2).
@@ -459,26 +511,49 @@ pub(crate) async fn rewrite(
     }
 }
 
-/// The owner record in the first key of `queue` (the holder's), and that key's lease.
-pub(crate) async fn holder_record(ctx: &Ctx, queue: &str) -> Result<Option<(Record, i64)>> {
-    let mut answer = ctx
-        .call(|mut c| async move {
-            c.get(
-                queue,
-                Some(
-                    queue_options()
-                        .with_sort(SortTarget::Create, SortOrder::Ascend)
-                        .with_limit(1),
+/// The holder of the lock whose queue is `queue`, read in one Txn: the held marker and the first
+/// key of the queue. The holder is the acquisition the marker names; it is dead when that key is
+/// no longer first in the queue (see `snapshot.rs`). Also returns the holder's own record (with
+/// its data) and lease while it is alive.
+pub(crate) async fn holder_info(
+    ctx: &Ctx,
+    queue: &str,
+) -> Result<Option<(lock_api::Holder, Option<(Record, i64)>)>> {
+    let marker = marker_key(queue);
+    let answer = ctx
+        .call(|mut c| {
+            let txn = Txn::new().and_then([
+                TxnOp::get(marker, None),
+                TxnOp::get(
+                    queue,
+                    Some(
+                        queue_options()
+                            .with_sort(SortTarget::Create, SortOrder::Ascend)
+                            .with_limit(1),
+                    ),
                 ),
-            )
-            .await
+            ]);
+            async move { c.txn(txn).await }
         })
         .await?;
-    let Some(kv) = answer.take_kvs().into_iter().next() else {
+    let Some(found) = txn_first_kv(&answer.0, 0) else {
         return Ok(None);
     };
-    let key = String::from_utf8_lossy(kv.key()).into_owned();
-    Ok(Some((Record::decode(&key, kv.value())?, kv.lease())))
+    let Ok(marker) = Marker::decode(marker, &found.value) else {
+        // Held by someone nobody can describe.
+        return Ok(Some((lock_api::Holder::default(), None)));
+    };
+    let first = txn_first_kv(&answer.0, 1)
+        .filter(|kv| leaf_of(&String::from_utf8_lossy(&kv.key)) == marker.key);
+    let alive = match first {
+        Some(kv) => {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            Some((Record::decode(&key, &kv.value)?, kv.lease))
+        }
+        None => None,
+    };
+    let holder = marker.record.holder().dead(alive.is_none());
+    Ok(Some((holder, alive)))
 }
 
 /// When the lease `lease` expires, as far as the server says now.
@@ -509,16 +584,25 @@ mod tests {
 
     #[test]
     fn a_marker_of_another_acquisition_means_owner_died() {
-        let mine = PbKeyValue {
-            value: marker_value(7),
+        let record = Record {
+            pid: 1,
+            host: "h".into(),
+            owner: None,
+            since: SystemTime::now(),
+            data: Vec::new(),
+        };
+        let marker = |key: &str| PbKeyValue {
+            value: marker_bytes(key, &record, record.since),
             ..PbKeyValue::default()
         };
-        let theirs = PbKeyValue {
-            value: marker_value(8),
+        let (mine, theirs) = (marker("p/lock/a/07"), marker("p/lock/a/08"));
+        let garbage = PbKeyValue {
+            value: b"garbage".to_vec(),
             ..PbKeyValue::default()
         };
-        assert_eq!(claimed(None, 7), Acquired::Clean);
-        assert_eq!(claimed(Some(&mine), 7), Acquired::Clean);
-        assert_eq!(claimed(Some(&theirs), 7), Acquired::OwnerDied);
+        assert_eq!(claimed(None, "p/lock/a/07"), Acquired::Clean);
+        assert_eq!(claimed(Some(&mine), "p/lock/a/07"), Acquired::Clean);
+        assert_eq!(claimed(Some(&theirs), "p/lock/a/07"), Acquired::OwnerDied);
+        assert_eq!(claimed(Some(&garbage), "p/lock/a/07"), Acquired::OwnerDied);
     }
 }

@@ -1,98 +1,210 @@
-//! The owner record stored as the value of every lock key, and the data carried with it.
+//! The owner record stored as the value of every lock key, the held marker that carries a copy
+//! of it, and the data carried with it.
 //!
-//! Format (version 1): a text header of `field=value` lines, a blank line, then the lock data as
-//! raw bytes.
+//! Owner record (version 1): a text header of `field=value` lines, a blank line, then the lock
+//! data as raw bytes.
 //!
 //! ```text
 //! lockyard-etcd-owner 1
 //! pid=4242
 //! host=build-7
+//! owner=4242@build-7/1f3a9c0d5e7b2a64
 //! since=1767225600123
 //!
 //! <data bytes>
 //! ```
 //!
-//! `since` is milliseconds since the Unix epoch. Fields this version does not know are ignored,
-//! so a later version can add some; a different first line is refused.
+//! Held marker (version 1): the same header under its own first line, naming the key of the
+//! acquisition that claimed the lock, and no data.
+//!
+//! ```text
+//! lockyard-etcd-held 1
+//! key=000000000000a1b2
+//! pid=4242
+//! host=build-7
+//! owner=4242@build-7/1f3a9c0d5e7b2a64
+//! since=1767225600456
+//!
+//! ```
+//!
+//! `since` is milliseconds since the Unix epoch: in an owner record when the acquisition started
+//! (for a waiter, when it started waiting), in a marker when the lock was claimed. `owner` is the
+//! owner key that tells owners apart in a wait-for graph (one per table handle, one per named
+//! lock handle); records without it are read as having none. Fields this version does not know
+//! are ignored, so a later version can add some; a different first line is refused.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lock_api::{Error, Result};
+use lock_api::{Error, Holder, Result};
 
-const MAGIC: &str = "lockyard-etcd-owner 1";
+const OWNER_MAGIC: &str = "lockyard-etcd-owner";
+const MARKER_MAGIC: &str = "lockyard-etcd-held";
+const VERSION: &str = "1";
 
-/// What the holder of a lock says about itself.
+/// What an acquisition says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) pid: u32,
     pub(crate) host: String,
+    pub(crate) owner: Option<String>,
     pub(crate) since: SystemTime,
     pub(crate) data: Vec<u8>,
 }
 
+/// The held marker: which acquisition claimed the lock, and its owner record (no data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// The last segment of the claiming acquisition's own key.
+    pub(crate) key: String,
+    pub(crate) record: Record,
+}
+
+fn millis(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+}
+
+/// A header value without control characters, so the header stays parseable whatever uname or
+/// a caller says.
+fn clean(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).collect()
+}
+
 impl Record {
+    fn header(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = write!(out, "pid={}\nhost={}\n", self.pid, clean(&self.host));
+        if let Some(owner) = &self.owner {
+            let _ = writeln!(out, "owner={}", clean(owner));
+        }
+        let _ = write!(out, "since={}\n\n", millis(self.since));
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let millis = self
-            .since
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis();
-        // A host name never holds a newline; strip control characters anyway so the header
-        // stays parseable whatever uname says.
-        let host: String = self.host.chars().filter(|c| !c.is_control()).collect();
-        let mut out =
-            format!("{MAGIC}\npid={}\nhost={host}\nsince={millis}\n\n", self.pid).into_bytes();
+        let mut out = format!("{OWNER_MAGIC} {VERSION}\n");
+        self.header(&mut out);
+        let mut out = out.into_bytes();
         out.extend_from_slice(&self.data);
         out
     }
 
     /// Parses a record read from `key`.
     pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Record> {
-        let corrupt = |why: &str| Error::corrupt(format!("owner record of etcd key {key}: {why}"));
-        let split = value
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .ok_or_else(|| corrupt("no end of header"))?;
-        let header =
-            std::str::from_utf8(&value[..split]).map_err(|_| corrupt("header is not UTF-8"))?;
-        let data = value[split + 2..].to_vec();
-        let mut lines = header.lines();
-        let first = lines.next().unwrap_or("");
-        if first != MAGIC {
-            if first.starts_with("lockyard-etcd-owner ") {
-                return Err(Error::incompatible(
-                    format!("owner record version of etcd key {key}"),
-                    MAGIC,
-                    first,
-                ));
-            }
-            return Err(corrupt("not a lockyard owner record"));
-        }
-        let (mut pid, mut host, mut since) = (None, None, None);
-        for line in lines {
-            let (field, value) = line
-                .split_once('=')
-                .ok_or_else(|| corrupt("header line without '='"))?;
-            match field {
-                "pid" => pid = Some(value.parse::<u32>().map_err(|_| corrupt("bad pid"))?),
-                "host" => host = Some(value.to_owned()),
-                "since" => {
-                    let ms = value.parse::<u64>().map_err(|_| corrupt("bad since"))?;
-                    since = UNIX_EPOCH.checked_add(Duration::from_millis(ms));
-                    if since.is_none() {
-                        return Err(corrupt("since out of range"));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(Record {
-            pid: pid.ok_or_else(|| corrupt("no pid"))?,
-            host: host.ok_or_else(|| corrupt("no host"))?,
-            since: since.ok_or_else(|| corrupt("no since"))?,
-            data,
+        let (fields, data) = split(key, OWNER_MAGIC, "owner record", value)?;
+        let mut record = fields.record(key, "owner record")?;
+        record.data = data.to_vec();
+        Ok(record)
+    }
+
+    /// The record as a lock-api [`Holder`] (not dead, no expiry).
+    pub(crate) fn holder(&self) -> Holder {
+        let mut holder = Holder::with_pid(self.pid)
+            .host(self.host.clone())
+            .since(self.since);
+        holder.owner = self.owner.clone();
+        holder
+    }
+}
+
+impl Marker {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = format!("{MARKER_MAGIC} {VERSION}\nkey={}\n", clean(&self.key));
+        self.record.header(&mut out);
+        out.into_bytes()
+    }
+
+    /// Parses a marker read from `key`.
+    pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Marker> {
+        let (fields, _) = split(key, MARKER_MAGIC, "held marker", value)?;
+        let leaf = fields
+            .key
+            .clone()
+            .ok_or_else(|| corrupt(key, "held marker", "no key"))?;
+        Ok(Marker {
+            key: leaf,
+            record: fields.record(key, "held marker")?,
         })
     }
+}
+
+fn corrupt(key: &str, what: &str, why: &str) -> Error {
+    Error::corrupt(format!("{what} of etcd key {key}: {why}"))
+}
+
+#[derive(Default)]
+struct Fields {
+    key: Option<String>,
+    pid: Option<u32>,
+    host: Option<String>,
+    owner: Option<String>,
+    since: Option<SystemTime>,
+}
+
+impl Fields {
+    fn record(self, key: &str, what: &str) -> Result<Record> {
+        Ok(Record {
+            pid: self.pid.ok_or_else(|| corrupt(key, what, "no pid"))?,
+            host: self.host.ok_or_else(|| corrupt(key, what, "no host"))?,
+            owner: self.owner,
+            since: self.since.ok_or_else(|| corrupt(key, what, "no since"))?,
+            data: Vec::new(),
+        })
+    }
+}
+
+/// Splits `value` into its parsed header (which must start with `magic`) and the data after it.
+fn split<'v>(key: &str, magic: &str, what: &str, value: &'v [u8]) -> Result<(Fields, &'v [u8])> {
+    let split = value
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .ok_or_else(|| corrupt(key, what, "no end of header"))?;
+    let header = std::str::from_utf8(&value[..split])
+        .map_err(|_| corrupt(key, what, "header is not UTF-8"))?;
+    let data = &value[split + 2..];
+    let mut lines = header.lines();
+    let first = lines.next().unwrap_or("");
+    match first.strip_prefix(magic).and_then(|v| v.strip_prefix(' ')) {
+        Some(VERSION) => {}
+        Some(_) => {
+            return Err(Error::incompatible(
+                format!("{what} version of etcd key {key}"),
+                format!("{magic} {VERSION}"),
+                first,
+            ));
+        }
+        None => return Err(corrupt(key, what, &format!("not a lockyard {what}"))),
+    }
+    let mut fields = Fields::default();
+    for line in lines {
+        let (field, value) = line
+            .split_once('=')
+            .ok_or_else(|| corrupt(key, what, "header line without '='"))?;
+        match field {
+            "key" => fields.key = Some(value.to_owned()),
+            "pid" => {
+                fields.pid = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| corrupt(key, what, "bad pid"))?,
+                );
+            }
+            "host" => fields.host = Some(value.to_owned()),
+            "owner" => fields.owner = Some(value.to_owned()),
+            "since" => {
+                let ms = value
+                    .parse::<u64>()
+                    .map_err(|_| corrupt(key, what, "bad since"))?;
+                fields.since = Some(
+                    UNIX_EPOCH
+                        .checked_add(Duration::from_millis(ms))
+                        .ok_or_else(|| corrupt(key, what, "since out of range"))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((fields, data))
 }
 
 #[cfg(test)]
@@ -103,6 +215,7 @@ mod tests {
         Record {
             pid: 42,
             host: "h1".into(),
+            owner: Some("42@h1/7".into()),
             since: UNIX_EPOCH + Duration::from_millis(1_767_225_600_123),
             data: data.to_vec(),
         }
@@ -114,6 +227,24 @@ mod tests {
             let r = sample(data);
             assert_eq!(Record::decode("k", &r.encode()).ok(), Some(r));
         }
+        let mut anonymous = sample(b"x");
+        anonymous.owner = None;
+        assert_eq!(
+            Record::decode("k", &anonymous.encode()).ok(),
+            Some(anonymous)
+        );
+    }
+
+    #[test]
+    fn markers_round_trip_and_are_not_owner_records() {
+        let marker = Marker {
+            key: "00000000000000ff".into(),
+            record: sample(b""),
+        };
+        let bytes = marker.encode();
+        assert_eq!(Marker::decode("k", &bytes).ok(), Some(marker.clone()));
+        assert!(Record::decode("k", &bytes).is_err());
+        assert!(Marker::decode("k", &marker.record.encode()).is_err());
     }
 
     #[test]
@@ -135,5 +266,9 @@ mod tests {
         ));
         let missing = b"lockyard-etcd-owner 1\npid=1\n\n";
         assert!(Record::decode("k", missing).is_err());
+        assert!(matches!(
+            Marker::decode("k", b"lockyard-etcd-held 1\npid=1\nhost=h\nsince=1\n\n"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

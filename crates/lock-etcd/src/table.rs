@@ -7,21 +7,27 @@
 //! | `meta` | `lockyard-etcd-table 1\ncapacity=N\n` | the table exists, with N locks |
 //! | `alloc/<id, 10 digits>` | empty | the id is allocated (created under `create_revision == 0`) |
 //! | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (see the mutex recipe) |
-//! | `lock/<id>` | `lockyard-etcd-held <lease hex>` | held marker: claimed and not released cleanly |
+//! | `lock/<id>` | held marker (`lockyard-etcd-held 1`, the claimer's key and record) | claimed and not released cleanly |
+//! | `deadlock` | the detector's own key | the detection lock (attached to the detector's lease) |
 //!
 //! Allocation state lives in etcd, so every process sees the same table. Ids are zero-padded so
 //! that key order is id order.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use lock_api::{Error, HeldLock, Holder, LockId, Manager, Result};
+use lock_api::{
+    Error, EtcdSpec, HeldLock, LockId, LockState, Manager, Result, Store, StoreSpec, wrong_scheme,
+};
 
 use crate::client::{Ctx, Shared};
+use crate::deadlock::{DEFAULT_DEADLOCK_TIMEOUT, Detector, timeout_ms};
 use crate::handle::EtcdLock;
-use crate::record::Record;
+use crate::mutex::Target;
+use crate::snapshot::lock_states;
 
 const META_MAGIC: &str = "lockyard-etcd-table";
 const META_VERSION: &str = "1";
@@ -33,14 +39,20 @@ const META_VERSION: &str = "1";
 /// | `meta` | `lockyard-etcd-table 1\ncapacity=N\n` | the table exists, with N locks |
 /// | `alloc/<id, 10 digits>` | empty | the id is allocated |
 /// | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (the mutex recipe) |
-/// | `lock/<id>` | `lockyard-etcd-held <lease hex>` | held marker: claimed, not released cleanly |
+/// | `lock/<id>` | held marker: the claimer's key and owner record | claimed, not released cleanly |
+/// | `deadlock` | the detector's own key | the table's deadlock detection lock |
 ///
-/// Ownership is per handle (per [`EtcdLock`]), not per table: two handles on one id exclude each
-/// other even in one process.
+/// Ownership of a lock is per handle (per [`EtcdLock`]), not per table: two handles on one id
+/// exclude each other even in one process. For deadlock detection the table is the owner: every
+/// handle retrieved from one `EtcdTable` writes the same owner key, so a thread that holds one
+/// lock and waits for another through two handles is one node of the wait-for graph.
 pub struct EtcdTable {
     shared: Arc<Shared>,
-    root: String,
+    root: Arc<str>,
     capacity: u32,
+    owner: Arc<str>,
+    /// The deadlock timeout in milliseconds, shared with every handle; 0 is off.
+    deadlock_ms: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for EtcdTable {
@@ -48,7 +60,8 @@ impl fmt::Debug for EtcdTable {
         f.debug_struct("EtcdTable")
             .field("root", &self.root)
             .field("capacity", &self.capacity)
-            .finish()
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,17 +116,18 @@ impl EtcdTable {
         format!("{}/lock/", self.root)
     }
 
-    /// Opens the table at `root`, creating it when missing and `create` says so.
-    ///
-    /// Returns the table and whether this call created it.
+    /// Opens the table at `root` as `mode` says. Returns the table and whether this call
+    /// created it.
     pub(crate) fn open_at(
         shared: Arc<Shared>,
         root: String,
-        capacity: u32,
-        create: bool,
-        must_create: bool,
+        mode: OpenMode,
     ) -> Result<(EtcdTable, bool)> {
-        if capacity == 0 && create {
+        let create = match mode {
+            OpenMode::Create(capacity) | OpenMode::OpenOrCreate(capacity) => Some(capacity),
+            OpenMode::Open => None,
+        };
+        if create == Some(0) {
             return Err(Error::invalid(
                 "an etcd lock table needs a capacity above zero",
             ));
@@ -121,14 +135,13 @@ impl EtcdTable {
         let ctx = shared.ctx.clone();
         let meta = Self::meta_key(&root);
         let (created, existing) = shared.block_on(async move {
-            let value = meta_value(capacity);
             let answer = ctx
                 .call(|mut c| {
                     let mut txn = Txn::new();
-                    if create {
+                    if let Some(capacity) = create {
                         txn = txn
                             .when([Compare::create_revision(meta.as_str(), CompareOp::Equal, 0)])
-                            .and_then([TxnOp::put(meta.as_str(), value.clone(), None)])
+                            .and_then([TxnOp::put(meta.as_str(), meta_value(capacity), None)])
                             .or_else([TxnOp::get(meta.as_str(), None)]);
                     } else {
                         txn = txn.and_then([TxnOp::get(meta.as_str(), None)]);
@@ -137,7 +150,7 @@ impl EtcdTable {
                 })
                 .await?;
             let raw = answer.0;
-            let created = create && raw.succeeded;
+            let created = create.is_some() && raw.succeeded;
             let existing = if created {
                 None
             } else {
@@ -154,8 +167,10 @@ impl EtcdTable {
             Ok((created, existing))
         })?;
         let meta = Self::meta_key(&root);
-        if !created {
-            if must_create {
+        let capacity = if created {
+            create.unwrap_or_default()
+        } else {
+            if matches!(mode, OpenMode::Create(_)) {
                 return Err(Error::AlreadyExists {
                     what: format!("etcd lock table {root}"),
                 });
@@ -164,27 +179,75 @@ impl EtcdTable {
                 what: format!("etcd lock table {root}"),
             })?;
             let found = parse_meta(&meta, &value)?;
-            if found != capacity {
+            if let Some(wanted) = create
+                && found != wanted
+            {
                 return Err(Error::incompatible(
                     format!("etcd lock table {root} capacity"),
-                    capacity,
+                    wanted,
                     found,
                 ));
             }
-        }
+            found
+        };
+        let owner = shared.ctx.identity.new_owner();
         Ok((
             EtcdTable {
                 shared,
-                root,
+                root: root.into(),
                 capacity,
+                owner,
+                deadlock_ms: Arc::new(AtomicU64::new(timeout_ms(DEFAULT_DEADLOCK_TIMEOUT))),
             },
             created,
         ))
     }
 
     /// Deletes every key of the table at `root`. Locks still held there are lost.
+    ///
+    /// Reads the header first: a missing table is `NotFound`, and a header that is not a
+    /// lockyard table's is `Incompatible` or `Corrupt` with nothing deleted. The delete is
+    /// guarded by the header's ModRevision, so a table re-created meanwhile is not touched.
     pub(crate) fn remove_at(shared: &Shared, root: &str) -> Result<()> {
-        delete_prefix(shared, format!("{root}/"))
+        let ctx = shared.ctx.clone();
+        let root = root.to_owned();
+        shared.block_on(async move {
+            let meta = Self::meta_key(&root);
+            let meta = meta.as_str();
+            let answer = ctx
+                .call(|mut c| async move { c.get(meta, None).await })
+                .await?;
+            let Some(kv) = answer.kvs().first() else {
+                return Err(Error::NotFound {
+                    what: format!("etcd lock table {root}"),
+                });
+            };
+            parse_meta(meta, kv.value())?;
+            let revision = kv.mod_revision();
+            let prefix = format!("{root}/");
+            let prefix = prefix.as_str();
+            let mut attempts = 0u32;
+            let deleted = ctx
+                .call(|mut c| {
+                    attempts += 1;
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(meta, CompareOp::Equal, revision)])
+                        .and_then([TxnOp::delete(
+                            prefix,
+                            Some(etcd_client::DeleteOptions::new().with_prefix()),
+                        )]);
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if deleted.succeeded() || attempts > 1 {
+                Ok(())
+            } else {
+                // Changed between the read and the delete: removed or re-created by someone else.
+                Err(Error::unavailable(format!(
+                    "etcd lock table {root} changed while it was being removed; try again"
+                )))
+            }
+        })
     }
 
     /// The table's root key (`<prefix>/table/<store>`).
@@ -202,13 +265,44 @@ impl EtcdTable {
         Ok(())
     }
 
+    /// The owner key every handle of this table writes: [`Holder::owner`] of its holds and
+    /// waits, and its node in the wait-for graph.
+    ///
+    /// [`Holder::owner`]: lock_api::Holder::owner
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     fn handle(&self, id: LockId) -> EtcdLock {
         EtcdLock::new(
             Arc::clone(&self.shared),
             id,
-            format!("{}/lock/{}/", self.root, id.get()),
+            Target {
+                queue: format!("{}/lock/{}/", self.root, id.get()),
+                owner: Arc::clone(&self.owner),
+                detector: Some(Detector {
+                    root: Arc::clone(&self.root),
+                    owner: Arc::clone(&self.owner),
+                    timeout_ms: Arc::clone(&self.deadlock_ms),
+                }),
+            },
             Some(self.alloc_key(id)),
         )
+    }
+
+    /// Every lock that is held or waited for, from one Range at one revision.
+    fn states(&self) -> Result<Vec<LockState>> {
+        let ctx = self.shared.ctx.clone();
+        let prefix = self.lock_prefix();
+        self.shared.block_on(async move {
+            let answer = ctx
+                .call(|mut c| {
+                    let prefix = prefix.clone();
+                    async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+                })
+                .await?;
+            lock_states(&prefix, &answer.0.kvs)
+        })
     }
 
     /// The allocated ids, in order.
@@ -257,7 +351,7 @@ impl Manager for EtcdTable {
     fn allocate(&self) -> Result<EtcdLock> {
         let ctx = self.shared.ctx.clone();
         let prefix = self.alloc_prefix();
-        let root = self.root.clone();
+        let root = Arc::clone(&self.root);
         let capacity = self.capacity;
         let id = self.shared.block_on(async move {
             loop {
@@ -331,54 +425,78 @@ impl Manager for EtcdTable {
         Ok(Some(self.capacity.saturating_sub(count)))
     }
 
-    /// Every lock whose queue is not empty; the holder is the queue's first key.
+    /// Every lock whose held marker exists, from one Range: the holder the marker names, flagged
+    /// dead when its key is gone (see [`snapshot`](Manager::snapshot)).
     fn held(&self) -> Result<Vec<HeldLock>> {
-        let ctx = self.shared.ctx.clone();
-        let prefix = self.lock_prefix();
-        let kvs = self.shared.block_on(async move {
-            let mut answer = ctx
-                .call(|mut c| {
-                    let prefix = prefix.clone();
-                    async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-                })
-                .await?;
-            Ok(answer.take_kvs())
-        })?;
-        let prefix = self.lock_prefix();
-        let mut first: BTreeMap<u32, etcd_client::KeyValue> = BTreeMap::new();
-        for kv in kvs {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Some(rest) = key.strip_prefix(&prefix) else {
-                continue;
-            };
-            // `lock/<id>` alone is the lock's held marker, not a queue entry.
-            let Some((id, _)) = rest.split_once('/') else {
-                continue;
-            };
-            let id = id
-                .parse::<u32>()
-                .map_err(|_| Error::corrupt(format!("etcd lock key {key}")))?;
-            let earlier = first
-                .get(&id)
-                .is_some_and(|kept| kept.create_revision() <= kv.create_revision());
-            if !earlier {
-                first.insert(id, kv);
-            }
+        Ok(self
+            .states()?
+            .into_iter()
+            .filter_map(|l| l.holder.map(|h| HeldLock::new(l.id, Some(h))))
+            .collect())
+    }
+
+    /// Every lock that is held or waited for, from one Range over the table's lock keys at one
+    /// revision: the holder named by the lock's held marker (flagged dead when its key is gone
+    /// without a clean release) and each waiting key's owner, in queue order, with `since` =
+    /// when it started waiting.
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        self.states()
+    }
+
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        match self.deadlock_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
         }
-        let mut held = Vec::with_capacity(first.len());
-        for (id, kv) in first {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let holder = Record::decode(&key, kv.value()).ok().map(|record| {
-                let mut holder = Holder::default();
-                holder.pid = Some(record.pid);
-                holder.host = Some(record.host);
-                holder.owner = Some(format!("lease {:016x}", kv.lease()));
-                holder.since = Some(record.since);
-                holder
-            });
-            held.push(HeldLock::new(LockId(id), holder));
+    }
+
+    /// Sets how long a blocked `lock` or `try_lock_for` of this table's handles waits before it
+    /// checks for a deadlock (default 1 s); zero turns detection off. Applies to waits already
+    /// under way from their next check.
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        self.deadlock_ms
+            .store(timeout_ms(timeout), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// How [`EtcdTable::open_at`] treats a missing or existing table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OpenMode {
+    /// Create it with this capacity; `AlreadyExists` when it exists.
+    Create(u32),
+    /// Open it, reading its capacity; `NotFound` when it is missing.
+    Open,
+    /// Open it, or create it with this capacity; `Incompatible` on another capacity.
+    OpenOrCreate(u32),
+}
+
+impl Store for EtcdTable {
+    type Address = EtcdSpec;
+
+    fn address(spec: &StoreSpec) -> Result<EtcdSpec> {
+        match spec {
+            StoreSpec::Etcd(etcd) => Ok(etcd.clone()),
+            other => Err(wrong_scheme("etcd", other)),
         }
-        Ok(held)
+    }
+
+    /// Connects to the spec's endpoints (a connection shared with every other store of the same
+    /// endpoints, prefix and TTL in this process) and creates the table.
+    fn create(spec: &EtcdSpec, capacity: u32) -> Result<EtcdTable> {
+        crate::EtcdLocks::for_spec(spec)?.create_table(&spec.table, capacity)
+    }
+
+    fn open(spec: &EtcdSpec) -> Result<EtcdTable> {
+        crate::EtcdLocks::for_spec(spec)?.open_table(&spec.table)
+    }
+
+    fn open_or_create(spec: &EtcdSpec, capacity: u32) -> Result<(EtcdTable, bool)> {
+        crate::EtcdLocks::for_spec(spec)?.open_or_create_table(&spec.table, capacity)
+    }
+
+    fn remove(spec: &EtcdSpec) -> Result<()> {
+        crate::EtcdLocks::for_spec(spec)?.remove_table(&spec.table)
     }
 }
 

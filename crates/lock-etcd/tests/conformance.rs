@@ -1,10 +1,11 @@
-//! The lockyard conformance suite on etcd: an `EtcdTable` per store, on a real 3-member cluster.
+//! The lockyard conformance suite on etcd: a table per store, reached through `etcd://` specs,
+//! on a real 3-member cluster.
 //!
 //! The first process starts the cluster (or takes `LOCKYARD_ETCD_ENDPOINTS`), then re-executes
 //! this binary with the endpoints in `LOCKYARD_ETCD_CONFORMANCE_ENDPOINTS` and waits for it; the
 //! suite runs in that second process, and every child process the suite spawns inherits the
-//! variable and connects to the same cluster. The cluster is stopped when the suite ends, pass,
-//! fail or crash.
+//! variable and reaches the same cluster. The cluster is stopped when the suite ends, pass, fail
+//! or crash, after checking that no key and no lease was left behind.
 
 mod common;
 
@@ -12,33 +13,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use lock_conformance::{Backend, Capabilities, Damage, LockerOf};
-use lock_etcd::{EtcdLocks, EtcdOptions, EtcdTable, Fenced, Inspect, Leased, LockData};
+use lock_etcd::{EtcdTable, Fenced, Inspect, Leased, LockData};
 
 const ENDPOINTS_ENV: &str = "LOCKYARD_ETCD_CONFORMANCE_ENDPOINTS";
 const PREFIX: &str = "lockyard-conformance";
 
-/// The etcd backend: store name = table name under the `lockyard-conformance` prefix.
+/// The etcd backend: store `S` is `etcd://<endpoints>/lockyard-conformance/S?ttl=3s`. The TTL is
+/// short so that a SIGKILLed holder is taken over within seconds.
 struct EtcdBackend {
-    locks: EtcdLocks,
     endpoints: Vec<String>,
 }
 
 impl EtcdBackend {
-    fn new(endpoints: Vec<String>) -> EtcdBackend {
-        let locks = EtcdLocks::connect(
-            &endpoints,
-            EtcdOptions::new()
-                .prefix(PREFIX)
-                // Short, so a SIGKILLed holder is taken over within seconds (owner-death trials).
-                .ttl(Duration::from_secs(3))
-                .request_timeout(Duration::from_secs(5)),
-        )
-        .unwrap_or_else(|e| panic!("connect to the conformance cluster {endpoints:?}: {e}"));
-        EtcdBackend { locks, endpoints }
-    }
-
-    fn meta_key(store: &str) -> String {
-        format!("{PREFIX}/table/{store}/meta")
+    fn root(store: &str) -> String {
+        format!("{PREFIX}/table/{store}")
     }
 }
 
@@ -58,22 +46,23 @@ impl Backend for EtcdBackend {
             | Capabilities::LEASED
             | Capabilities::INSPECT
             | Capabilities::LOCK_DATA
+            | Capabilities::WAITERS
+            | Capabilities::DEADLOCK
+            | Capabilities::DAMAGEABLE
     }
 
-    fn create(&self, store: &str, capacity: u32) -> lock_etcd::Result<EtcdTable> {
-        self.locks.create_table(store, capacity)
+    fn spec(&self, store: &str) -> String {
+        let hosts: Vec<&str> = self
+            .endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        format!("etcd://{}/{PREFIX}/{store}?ttl=3s", hosts.join(","))
     }
 
-    fn open(&self, store: &str, capacity: u32) -> lock_etcd::Result<EtcdTable> {
-        self.locks.open_table(store, capacity)
-    }
-
-    fn open_or_create(&self, store: &str, capacity: u32) -> lock_etcd::Result<(EtcdTable, bool)> {
-        self.locks.open_or_create_table(store, capacity)
-    }
-
-    fn remove(&self, store: &str) -> lock_etcd::Result<()> {
-        self.locks.remove_table(store)
+    fn scrub(&self, store: &str) -> lock_etcd::Result<()> {
+        common::delete_prefix(&self.endpoints, &format!("{}/", Self::root(store)));
+        Ok(())
     }
 
     fn damage(&self, store: &str, damage: Damage) -> lock_etcd::Result<()> {
@@ -83,7 +72,7 @@ impl Backend for EtcdBackend {
             Damage::Truncated => b"lockyard-etcd-tab",
             Damage::Garbage => b"lockyard-etcd-table 1\ncapacity=\xff\xfe banana\n",
         };
-        let key = Self::meta_key(store);
+        let key = format!("{}/meta", Self::root(store));
         let value = value.to_vec();
         common::raw(&self.endpoints, async move |c| {
             c.put(key, value, None).await.map(drop)
@@ -148,5 +137,5 @@ fn main() -> ExitCode {
         return supervise();
     };
     let endpoints = endpoints.split(',').map(str::to_owned).collect();
-    lock_conformance::run(EtcdBackend::new(endpoints))
+    lock_conformance::run(EtcdBackend { endpoints })
 }

@@ -1,0 +1,223 @@
+//! Deadlock detection across processes: a per-table detection lock in etcd and one snapshot.
+//!
+//! A waiter on a table lock that has waited past its manager's deadlock timeout:
+//! 1. takes the table's *detection lock*, the key `<root>/deadlock`, created in a Txn guarded by
+//!    `create_revision == 0` and attached to the waiter's own lease (so a detector that dies
+//!    frees it within its TTL); its value is the detector's own key, which no one else writes;
+//! 2. reads one snapshot: one Range over `<root>/lock/`, one revision (`snapshot.rs`);
+//! 3. runs [`find_cycle`] from its own owner key. If it closes a cycle, one Txn deletes its own
+//!    waiter key *and* the detection lock, guarded by both still being its own: the withdrawal is
+//!    visible before (in fact at the same revision as) the release, so the next detector, which
+//!    can only read after taking the lock, sees the cycle broken. The waiter then fails with
+//!    `Error::Deadlock`. Otherwise it deletes the detection lock and waits on, checking again
+//!    each further timeout period.
+//!
+//! Checks are serialised by the detection lock, so two members of one cycle cannot both abort;
+//! exactly one member, the first to check, is the victim. A dead holder (its key gone with its
+//! lease) is flagged dead in the snapshot and is no edge, so it gives `OwnerDied`, never
+//! `Deadlock`; a wait that resolves before the timeout is never checked, and one that resolves
+//! during a check has no live holder on the lock it waited for, hence no edge.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::proto::PbTxnOpResponse;
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use lock_api::{Cycle, Error, Result, find_cycle};
+use tokio::time::{sleep, sleep_until};
+
+use crate::client::Ctx;
+use crate::snapshot::lock_states;
+
+/// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise
+/// (PostgreSQL's `deadlock_timeout`).
+pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a detector tries again for a detection lock another detector holds.
+const TAKE_RETRY: Duration = Duration::from_millis(20);
+
+/// How often a waiter with detection turned off looks whether it was turned on.
+const OFF_RECHECK: Duration = Duration::from_secs(1);
+
+/// What a table's waiter needs to check for deadlocks.
+#[derive(Debug, Clone)]
+pub(crate) struct Detector {
+    /// The table's root key, `<prefix>/table/<store>`.
+    pub(crate) root: Arc<str>,
+    /// The owner key of the waiter's manager: its node in the wait-for graph.
+    pub(crate) owner: Arc<str>,
+    /// The manager's deadlock timeout in milliseconds; 0 is off.
+    pub(crate) timeout_ms: Arc<AtomicU64>,
+}
+
+/// The key of a table's detection lock.
+pub(crate) fn detection_key(root: &str) -> String {
+    format!("{root}/deadlock")
+}
+
+/// Milliseconds for a timeout: 0 only for zero, so a nonzero timeout below a millisecond does
+/// not turn detection off.
+pub(crate) fn timeout_ms(timeout: Duration) -> u64 {
+    match timeout.as_millis() {
+        0 if timeout.is_zero() => 0,
+        0 => 1,
+        ms => u64::try_from(ms).unwrap_or(u64::MAX),
+    }
+}
+
+impl Detector {
+    fn next_check(&self, from: Instant) -> Option<Instant> {
+        match self.timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => from.checked_add(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Waits for `turn` (the wait for the lock), checking for a deadlock each time the deadlock
+    /// timeout passes. `own_key` (created at `revision`, attached to `lease`) is the waiter.
+    ///
+    /// The check itself is never cut short by the turn: once the detection lock is taken, it is
+    /// released before this returns.
+    pub(crate) async fn wait(
+        &self,
+        ctx: &Ctx,
+        turn: impl Future<Output = Result<()>>,
+        own_key: &str,
+        revision: i64,
+        lease: i64,
+    ) -> Result<()> {
+        tokio::pin!(turn);
+        let mut next = self.next_check(Instant::now());
+        loop {
+            match next {
+                None => {
+                    tokio::select! {
+                        result = &mut turn => return result,
+                        () = sleep(OFF_RECHECK) => {
+                            next = self.next_check(Instant::now());
+                            continue;
+                        }
+                    }
+                }
+                Some(at) => {
+                    tokio::select! {
+                        result = &mut turn => return result,
+                        () = sleep_until(at.into()) => {}
+                    }
+                }
+            }
+            // Take the detection lock; while another detector holds it, the turn may still come.
+            while !self.take(ctx, own_key, lease).await? {
+                tokio::select! {
+                    result = &mut turn => return result,
+                    () = sleep(TAKE_RETRY) => {}
+                }
+            }
+            if let Some(cycle) = self.check(ctx, own_key, revision).await? {
+                return Err(Error::Deadlock { cycle });
+            }
+            next = self.next_check(Instant::now());
+        }
+    }
+
+    /// Tries once to take the detection lock; true when this waiter holds it.
+    async fn take(&self, ctx: &Ctx, own_key: &str, lease: i64) -> Result<bool> {
+        let key = detection_key(&self.root);
+        let key = key.as_str();
+        let answer = ctx
+            .call(|mut c| {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key,
+                        own_key,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key, Some(GetOptions::new()))]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if answer.0.succeeded {
+            return Ok(true);
+        }
+        // A retried Txn whose first attempt was applied finds its own value there.
+        let holder = answer.0.responses.first().and_then(|r| match &r.response {
+            Some(PbTxnOpResponse::ResponseRange(range)) => range.kvs.first(),
+            _ => None,
+        });
+        Ok(holder.is_some_and(|kv| kv.value == own_key.as_bytes()))
+    }
+
+    /// Reads the snapshot and decides, holding the detection lock; releases it in every case.
+    /// `Some(cycle)` when this waiter closes a cycle: its key is withdrawn.
+    async fn check(&self, ctx: &Ctx, own_key: &str, revision: i64) -> Result<Option<Cycle>> {
+        let cycle = match self.find(ctx).await {
+            Ok(cycle) => cycle,
+            Err(e) => {
+                let _ = self.release(ctx, own_key, None).await;
+                return Err(e);
+            }
+        };
+        match cycle {
+            None => {
+                self.release(ctx, own_key, None).await?;
+                Ok(None)
+            }
+            Some(cycle) => {
+                if self.release(ctx, own_key, Some(revision)).await? {
+                    Ok(Some(cycle))
+                } else {
+                    // Our key or our hold on the detection lock vanished (the lease is gone):
+                    // someone else may be checking now, so this waiter cannot be the victim.
+                    Err(Error::Lost)
+                }
+            }
+        }
+    }
+
+    /// The cycle this waiter closes in a snapshot read now, if any.
+    async fn find(&self, ctx: &Ctx) -> Result<Option<Cycle>> {
+        let prefix = format!("{}/lock/", self.root);
+        let prefix = prefix.as_str();
+        let answer = ctx
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        let states = lock_states(prefix, &answer.0.kvs)?;
+        Ok(find_cycle(&states, &self.owner))
+    }
+
+    /// Releases the detection lock; with `withdraw` (the own key's CreateRevision) deletes the
+    /// own key in the same Txn. Returns whether both were still ours.
+    async fn release(&self, ctx: &Ctx, own_key: &str, withdraw: Option<i64>) -> Result<bool> {
+        let key = detection_key(&self.root);
+        let key = key.as_str();
+        let mut attempts = 0u32;
+        let answer = ctx
+            .call(|mut c| {
+                attempts += 1;
+                let ours = Compare::value(key, CompareOp::Equal, own_key);
+                let mut guard = vec![ours.clone()];
+                let mut ops = vec![TxnOp::delete(key, None)];
+                if let Some(revision) = withdraw {
+                    guard.push(Compare::create_revision(
+                        own_key,
+                        CompareOp::Equal,
+                        revision,
+                    ));
+                    ops.push(TxnOp::delete(own_key, None));
+                }
+                // Whatever else changed, a detection lock that is ours is released.
+                let fallback = Txn::new().when([ours]).and_then([TxnOp::delete(key, None)]);
+                let txn = Txn::new()
+                    .when(guard)
+                    .and_then(ops)
+                    .or_else([TxnOp::txn(fallback)]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        // A retried Txn whose first attempt was applied finds nothing left to delete.
+        Ok(answer.0.succeeded || attempts > 1)
+    }
+}
