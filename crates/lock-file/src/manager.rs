@@ -294,6 +294,7 @@ impl Shared {
             return Ok(file);
         }
         let store = &self.store;
+        owner::sweep(&store.owners_dir);
         let file = OwnerFile::create(&store.owners_dir, &store.owners_path, self.owner, self.pid)?;
         Ok(self.owner_file.get_or_init(|| file))
     }

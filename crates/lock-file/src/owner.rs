@@ -215,6 +215,22 @@ fn remove_if_dead(dir: &OwnedFd, name: &OsStr) -> bool {
         && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok()
 }
 
+/// Removes the waiter files of dead owners from `dir`: housekeeping a manager does before it
+/// makes its own waiter file, so that files left by processes killed after they waited do not
+/// pile up in a store nobody takes snapshots of. Errors only end the sweep early: the next
+/// manager sweeps again, and every reader skips (and removes) dead owners' files anyway.
+pub(crate) fn sweep(dir: &OwnedFd) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return };
+        if parse_owner(entry.file_name().to_bytes()).is_some() {
+            remove_if_dead(dir, OsStr::from_bytes(entry.file_name().to_bytes()));
+        }
+    }
+}
+
 /// The owner number a waiter file's name stands for (owner numbers start at 1).
 fn parse_owner(name: &[u8]) -> Option<u64> {
     crate::store::parse_name(name).filter(|&n| n != 0)
