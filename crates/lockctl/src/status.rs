@@ -195,8 +195,8 @@ fn cut(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_owned();
     }
-    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
-    s.push('…');
+    let mut s: String = text.chars().take(width.saturating_sub(3)).collect();
+    s.push_str("...");
     s
 }
 
@@ -268,39 +268,73 @@ pub(crate) fn render(status: &Status) -> String {
             }
         }
     }
+    if !status.deadlocks.is_empty() {
+        let _ = writeln!(
+            out,
+            "DEADLOCKS (a member gives up after its deadlock timeout)"
+        );
+    }
     for cycle in &status.deadlocks {
         let _ = writeln!(out, "{}", cut(&deadlock_line(cycle, &here), WIDTH));
     }
     out
 }
 
-/// `deadlock: pid 123 (podman run) holds 5 and waits for 7, held by pid 456 (podman rm), which
+/// A command line as a deadlock line names it: the program's file name and its first argument
+/// (`/usr/bin/podman run --rm alpine` is `podman run`), so a whole cycle fits one line.
+fn short_command(cmdline: &str) -> String {
+    let mut words = cmdline.split(' ');
+    let program = words.next().unwrap_or_default();
+    let program = program.rsplit('/').next().unwrap_or(program);
+    match words.next() {
+        Some(arg) => format!("{program} {}", cut(arg, 16)),
+        None => program.to_owned(),
+    }
+}
+
+/// `pid 123 (podman run) holds 5 and waits for 7, held by pid 456 (podman rm), which
 /// waits for 5`.
 fn deadlock_line(cycle: &[Member], here: &str) -> String {
-    let name = |m: &Member| {
-        let cmd = m.cmdline.as_deref().map(|c| cut(c, 24));
-        who(m.pid, None, cmd.as_deref(), here)
-    };
-    let mut line = String::from("deadlock:");
-    for (i, m) in cycle.iter().enumerate() {
-        if i == 0 {
-            let _ = write!(
-                line,
-                " {} holds {} and waits for {}",
-                name(m),
-                m.holds,
-                m.waits_for
-            );
-        } else {
-            let _ = write!(
-                line,
-                ", held by {}, which waits for {}",
-                name(m),
-                m.waits_for
-            );
+    let line = |program_only: bool| {
+        let name = |m: &Member| {
+            let cmd = m.cmdline.as_deref().map(|c| {
+                let short = short_command(c);
+                match short.split_once(' ') {
+                    Some((program, _)) if program_only => program.to_owned(),
+                    _ => short,
+                }
+            });
+            who(m.pid, None, cmd.as_deref(), here)
+        };
+        let mut line = String::new();
+        for (i, m) in cycle.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(
+                    line,
+                    "{} holds {} and waits for {}",
+                    name(m),
+                    m.holds,
+                    m.waits_for
+                );
+            } else {
+                let _ = write!(
+                    line,
+                    ", held by {}, which waits for {}",
+                    name(m),
+                    m.waits_for
+                );
+            }
         }
+        line
+    };
+    // The program and its first argument where the whole cycle fits, the program alone where
+    // that does not; a cycle too long even then is cut at the width by the caller.
+    let full = line(false);
+    if full.chars().count() <= WIDTH {
+        full
+    } else {
+        line(true)
     }
-    line
 }
 
 #[cfg(test)]
@@ -337,7 +371,7 @@ mod tests {
             Member {
                 pid: Some(123),
                 owner: "a".into(),
-                cmdline: Some("podman run".into()),
+                cmdline: Some("/usr/bin/podman run --rm alpine".into()),
                 holds: 5,
                 waits_for: 7,
             },
@@ -351,8 +385,8 @@ mod tests {
         ];
         assert_eq!(
             deadlock_line(&cycle, "here"),
-            "deadlock: pid 123 (podman run) holds 5 and waits for 7, held by pid 456 (podman rm), \
-             which waits for 5"
+            "pid 123 (podman run) holds 5 and waits for 7, held by pid 456 (podman rm), which \
+             waits for 5"
         );
     }
 }
