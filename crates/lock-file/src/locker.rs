@@ -186,34 +186,42 @@ impl FileLocker {
                 };
             }
             if check_at.is_some_and(|at| now >= at) {
-                self.check_deadlock(entry)?;
-                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
-                check_at = shared
-                    .deadlock_timeout()
-                    .and_then(|d| now.checked_add(d * interval));
+                check_at = if self.check_deadlock(entry)? {
+                    interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+                    shared
+                        .deadlock_timeout()
+                        .and_then(|d| now.checked_add(d * interval))
+                } else {
+                    // Another check holds the detection lock: look again shortly.
+                    now.checked_add(retry_delay(shared.owner))
+                };
             }
         }
     }
 
-    /// Checks the wait-for graph under the store's detection lock. When this wait closes a
-    /// cycle (seen the same way in two successive reads, so that no wait that was ending and no
-    /// torn read makes a cycle that was not there), withdraws the wait before the detection
-    /// lock is released, so that the next member to check sees no cycle, and returns
-    /// `Deadlock`.
+    /// Checks whether this wait closes a cycle; `Ok(false)` when it may and another check holds
+    /// the detection lock (nothing was decided: try again shortly).
+    ///
+    /// The graph is read once without the lock: most checks find no cycle and end there,
+    /// touching no lock. A cycle seen is read again under the store's detection lock, and
+    /// accepted only if it is the same, with the same `since` for every member's hold and
+    /// wait: so no wait that was ending, no victim that withdrew meanwhile and no torn read
+    /// makes a cycle that was not there. The victim withdraws its wait before the detection
+    /// lock is released, so the next member to check sees no cycle, and returns `Deadlock`.
     #[cold]
-    fn check_deadlock(&self, entry: &mut Option<Entry>) -> Result<()> {
+    fn check_deadlock(&self, entry: &mut Option<Entry>) -> Result<bool> {
         if entry.is_none() {
             // An unpublished wait is in nobody's graph, its own included.
-            return Ok(());
+            return Ok(true);
         }
         let shared = &*self.shared;
         let me = owner_key(shared.owner);
-        shared.detecting(|| {
-            let first = shared.wait_graph()?;
-            let Some(cycle) = find_cycle(&first, &me) else {
-                return Ok(());
-            };
-            let second = shared.wait_graph()?;
+        let first = shared.wait_graph_from(shared.owner)?;
+        let Some(cycle) = find_cycle(&first, &me) else {
+            return Ok(true);
+        };
+        let decided = shared.try_detecting(|| {
+            let second = shared.wait_graph_from(shared.owner)?;
             let confirmed = find_cycle(&second, &me).as_ref() == Some(&cycle)
                 && cycle_view(&first, &cycle) == cycle_view(&second, &cycle);
             if !confirmed {
@@ -222,8 +230,11 @@ impl FileLocker {
             if let Some(entry) = entry.take() {
                 shared.withdraw(entry);
             }
-            Err(Error::Deadlock { cycle })
-        })
+            Err(Error::Deadlock {
+                cycle: cycle.clone(),
+            })
+        })?;
+        Ok(decided.is_some())
     }
 
     /// Records the acquisition just made by `flock` and reports how the lock was left.
@@ -277,6 +288,17 @@ impl FileLocker {
             }
         }
     }
+}
+
+/// How long a check that found the detection lock taken waits before it tries again: 1 to 8
+/// ms, spread by the clock's nanoseconds and the owner number so that waiters whose checks fell
+/// due together do not keep meeting.
+fn retry_delay(owner: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let spread = u64::from(nanos) ^ owner.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Duration::from_micros(1_000 + spread % 7_000)
 }
 
 /// What a cycle's members look like in a wait-for graph: for each lock of the cycle, its holder

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 use lock_api::{
@@ -47,6 +47,14 @@ fn holder_of(claim: Claim, dead: bool) -> Holder {
     holder.pid = claim.pid;
     holder.since = claim.since;
     holder
+}
+
+/// A holder as [`Shared::find_holder`] finds it: its record's claim (none without owner
+/// records), and whether it died holding the lock.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    claim: Option<Claim>,
+    dead: bool,
 }
 
 /// The waiter a published wait names.
@@ -211,13 +219,13 @@ impl Shared {
     /// Runs `f` on the allocation bitmap under the allocation lock (this manager's mutex, then
     /// `flock` on the table file), and unlocks whatever `f` returned.
     pub(crate) fn with_bitmap<T>(&self, f: impl FnOnce(Bitmap<'_>) -> T) -> Result<T> {
+        let _turn = self.alloc.lock().unwrap_or_else(PoisonError::into_inner);
         let table = &self.store.table;
-        exclusive(
-            &self.alloc,
-            table.file(),
-            &|| table.path().to_path_buf(),
-            || f(Bitmap::new(table.summary(), table.leaves(), self.capacity)),
-        )
+        let path = || table.path().to_path_buf();
+        flock::lock(table.file(), &path)?;
+        let out = f(Bitmap::new(table.summary(), table.leaves(), self.capacity));
+        flock::unlock(table.file(), &path)?;
+        Ok(out)
     }
 
     /// The cache of slots.
@@ -322,6 +330,14 @@ impl Shared {
     /// Without owner records the probe alone decides, and the holder is anonymous
     /// (`Holder::default()`).
     pub(crate) fn holder(&self, id: u32) -> Result<Option<Holder>> {
+        Ok(self.find_holder(id)?.map(|found| match found.claim {
+            Some(claim) => holder_of(claim, found.dead),
+            None => Holder::default(),
+        }))
+    }
+
+    /// What [`holder`](Shared::holder) reports, before it becomes a `Holder`.
+    fn find_holder(&self, id: u32) -> Result<Option<Found>> {
         let claim = if self.owner_death {
             match self.record(id).read() {
                 None => return Ok(None),
@@ -330,14 +346,13 @@ impl Shared {
         } else {
             None
         };
+        let alive = Some(Found { claim, dead: false });
         let held_here = self
             .slots()
             .get(id)
             .is_some_and(|slot| slot.state().phase == Phase::Held);
         if held_here {
-            return Ok(Some(
-                claim.map_or_else(Holder::default, |c| holder_of(c, false)),
-            ));
+            return Ok(alive);
         }
         let file = match self.open_lock_file(id) {
             Ok(file) => file,
@@ -345,19 +360,20 @@ impl Shared {
             // take a lock through a damaged path, so without records it is not held; a claimed
             // record (a holder that opened the file before the damage, or a dead one) cannot
             // be checked, so it is reported as it stands rather than hidden.
-            Err(Error::Corrupt { .. }) => return Ok(claim.map(|c| holder_of(c, false))),
+            Err(Error::Corrupt { .. }) => return Ok(claim.map(|_| Found { claim, dead: false })),
             Err(e) => return Err(e),
         };
         let path = || self.lock_path(id);
         if !flock::try_lock(&file, &path)? {
-            return Ok(Some(
-                claim.map_or_else(Holder::default, |c| holder_of(c, false)),
-            ));
+            return Ok(alive);
         }
         // The lock is free and this probe holds it: only a holder writes the record, so what
         // it says now is final. Still claimed: its holder died holding the lock.
         let dead = if self.owner_death {
-            self.record(id).read().map(|c| holder_of(c, true))
+            self.record(id).read().map(|claim| Found {
+                claim: Some(claim),
+                dead: true,
+            })
         } else {
             None
         };
@@ -365,81 +381,94 @@ impl Shared {
         Ok(dead)
     }
 
-    /// Every lock that is held or (when `waits` is given) waited for, with its holder and
-    /// waiters. `all_holders` scans every record; otherwise only the locks waited for are read
-    /// (what deadlock detection needs).
-    fn states(&self, waits: &[Waiting], all_holders: bool) -> Result<Vec<LockState>> {
+    /// Every lock that is held or waited for, with its holder and its waiters: every record is
+    /// read, and every live owner's waiter file.
+    pub(crate) fn snapshot(&self) -> Result<Vec<LockState>> {
+        let store = &self.store;
+        let waits = owner::read_all(&store.owners_dir, &store.owners_path, self.capacity)?;
         let mut by_id: BTreeMap<u32, LockState> = BTreeMap::new();
-        if all_holders {
-            for id in 0..self.capacity {
-                if let Some(holder) = self.holder(id)? {
-                    by_id.insert(id, LockState::new(LockId(id), Some(holder), Vec::new()));
-                }
+        for id in 0..self.capacity {
+            if let Some(holder) = self.holder(id)? {
+                by_id.insert(id, LockState::new(LockId(id), Some(holder), Vec::new()));
             }
         }
-        for wait in waits {
-            let state = match by_id.entry(wait.id) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let holder = if all_holders {
-                        None
-                    } else {
-                        self.holder(wait.id)?
-                    };
-                    e.insert(LockState::new(LockId(wait.id), holder, Vec::new()))
-                }
-            };
-            state.waiters.push(waiter_of(wait));
+        for wait in &waits {
+            by_id
+                .entry(wait.id)
+                .or_insert_with(|| LockState::new(LockId(wait.id), None, Vec::new()))
+                .waiters
+                .push(waiter_of(wait));
         }
         Ok(by_id.into_values().collect())
     }
 
-    /// The published waits of every live owner of this store.
-    fn waits(&self) -> Result<Vec<Waiting>> {
-        owner::read_all(
-            &self.store.owners_dir,
-            &self.store.owners_path,
-            self.capacity,
-        )
-    }
-
-    /// The wait-for graph: every lock waited for, its holder and its waiters.
-    pub(crate) fn wait_graph(&self) -> Result<Vec<LockState>> {
-        self.states(&self.waits()?, false)
+    /// The part of the wait-for graph that owner `me` reaches: the locks it waits for and
+    /// their holders, the locks those holders wait for, and so on; each lock with the waits of
+    /// the owners reached. That is all a cycle through `me` can be made of, and it costs a
+    /// waiter file and a record per owner on the path, not a read of every waiter file.
+    pub(crate) fn wait_graph_from(&self, me: u64) -> Result<Vec<LockState>> {
+        let store = &self.store;
+        let mut by_id: BTreeMap<u32, LockState> = BTreeMap::new();
+        let mut reached = vec![me];
+        let mut todo = vec![me];
+        while let Some(owner) = todo.pop() {
+            for wait in
+                owner::read_one(&store.owners_dir, &store.owners_path, owner, self.capacity)?
+            {
+                let state = match by_id.entry(wait.id) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let found = self.find_holder(wait.id)?;
+                        // A dead holder is no edge: nothing to follow.
+                        if let Some(next) = found
+                            .as_ref()
+                            .filter(|f| !f.dead)
+                            .and_then(|f| f.claim)
+                            .and_then(|c| c.owner)
+                            .filter(|n| !reached.contains(n))
+                        {
+                            reached.push(next);
+                            todo.push(next);
+                        }
+                        let holder = found.map(|f| match f.claim {
+                            Some(claim) => holder_of(claim, f.dead),
+                            None => Holder::default(),
+                        });
+                        e.insert(LockState::new(LockId(wait.id), holder, Vec::new()))
+                    }
+                };
+                state.waiters.push(waiter_of(&wait));
+            }
+        }
+        Ok(by_id.into_values().collect())
     }
 
     /// Runs `f` under the store's detection lock (this manager's mutex, then `flock` on the
-    /// `deadlock` file), so that deadlock checks never overlap, in any process.
-    pub(crate) fn detecting<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// `deadlock` file), so that deadlock checks never overlap, in any process; `None`, without
+    /// running `f`, when another check holds it now.
+    ///
+    /// Not waiting for it is deliberate: a released `flock` wakes every process queued on it,
+    /// so fifty waiters whose checks fall due together would wake each other over a thousand
+    /// times; a check that finds the lock taken is simply tried again a few ms later.
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or `Io` naming the file when `flock` fails.
+    pub(crate) fn try_detecting<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        let _turn = match self.detecting.try_lock() {
+            Ok(turn) => turn,
+            Err(TryLockError::Poisoned(turn)) => turn.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(None),
+        };
         let store = &self.store;
-        exclusive(
-            &self.detecting,
-            &store.detect,
-            &|| store.detect_path.clone(),
-            f,
-        )?
+        let path = || store.detect_path.clone();
+        if !flock::try_lock(&store.detect, &path)? {
+            return Ok(None);
+        }
+        let out = f();
+        flock::unlock(&store.detect, &path)?;
+        out.map(Some)
     }
-}
-
-/// Runs `f` holding `turn` (which excludes this manager's threads) and then `flock(LOCK_EX)` on
-/// `file` (which excludes other descriptions, in this process or others, but not threads
-/// sharing one), and unlocks whatever `f` returned.
-///
-/// # Errors
-///
-/// `Io` naming the file when `flock` fails (then `f`'s result is dropped: the lock may still be
-/// held, which the caller must hear about).
-fn exclusive<T>(
-    turn: &Mutex<()>,
-    file: &std::fs::File,
-    path: flock::PathOf<'_>,
-    f: impl FnOnce() -> T,
-) -> Result<T> {
-    let _turn = turn.lock().unwrap_or_else(PoisonError::into_inner);
-    flock::lock(file, path)?;
-    let out = f();
-    flock::unlock(file, path)?;
-    Ok(out)
 }
 
 /// A lock table in a directory of lock files: one open store, and the owner of the locks taken
@@ -728,8 +757,7 @@ impl Manager for FileManager {
     ///
     /// Reading the waiter files deletes those of owners that died.
     fn snapshot(&self) -> Result<Vec<LockState>> {
-        let waits = self.shared.waits()?;
-        self.shared.states(&waits, true)
+        self.shared.snapshot()
     }
 
     fn deadlock_timeout(&self) -> Option<Duration> {

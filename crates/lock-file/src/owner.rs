@@ -253,41 +253,55 @@ pub(crate) fn read_all(dir: &OwnedFd, dir_path: &Path, capacity: u32) -> Result<
     let entries = rustix::fs::Dir::read_from(dir).map_err(|e| io("open", dir_path, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io("getdents", dir_path, e))?;
-        let name = entry.file_name();
-        let Some(owner) = parse_owner(name.to_bytes()) else {
-            continue;
-        };
-        let path = dir_path.join(OsStr::from_bytes(name.to_bytes()));
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-        let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            // Gone since listed (its owner dropped), or not a file we made.
-            Err(Errno::NOENT | Errno::LOOP) => continue,
-            Err(e) => return Err(io("open", &path, e)),
-        };
-        let stat = rustix::fs::fstat(&fd).map_err(|e| io("fstat", &path, e))?;
-        let regular =
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
-        if !regular || stat.st_size != FILE_LEN as i64 {
-            continue;
+        if let Some(owner) = parse_owner(entry.file_name().to_bytes()) {
+            out.extend(read_one(dir, dir_path, owner, capacity)?);
         }
-        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared) {
-            Ok(()) => {
-                // Its owner is dead. Removing the file is housekeeping: a reader that may not
-                // write the directory leaves it for the next one.
-                let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
-                continue;
-            }
-            Err(Errno::WOULDBLOCK) => {}
-            Err(e) => return Err(io("flock", &path, e)),
-        }
-        let mut bytes = vec![0u8; FILE_LEN];
-        File::from(fd)
-            .read_exact_at(&mut bytes, 0)
-            .map_err(|e| Error::io("read", &path, e))?;
-        out.extend(parse(&bytes, owner, capacity));
     }
     Ok(out)
+}
+
+/// The waits owner `owner` publishes, if it lives (as [`read_all`] reads each file): none when
+/// it has no waiter file (it never waited, or it dropped) or is dead (its file is deleted then).
+///
+/// # Errors
+///
+/// `Io` when the file cannot be opened or read for a reason other than having gone.
+pub(crate) fn read_one(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    owner: u64,
+    capacity: u32,
+) -> Result<Vec<Waiting>> {
+    let name = owner.to_string();
+    let path = dir_path.join(&name);
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = match rustix::fs::openat(dir, name.as_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        // No such owner file (never waited, or gone), or not a file we made.
+        Err(Errno::NOENT | Errno::LOOP) => return Ok(Vec::new()),
+        Err(e) => return Err(io("open", &path, e)),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io("fstat", &path, e))?;
+    let regular =
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+    if !regular || stat.st_size != FILE_LEN as i64 {
+        return Ok(Vec::new());
+    }
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            // Its owner is dead. Removing the file is housekeeping: a reader that may not
+            // write the directory leaves it for the next one.
+            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+            return Ok(Vec::new());
+        }
+        Err(Errno::WOULDBLOCK) => {}
+        Err(e) => return Err(io("flock", &path, e)),
+    }
+    let mut bytes = vec![0u8; FILE_LEN];
+    File::from(fd)
+        .read_exact_at(&mut bytes, 0)
+        .map_err(|e| Error::io("read", &path, e))?;
+    Ok(parse(&bytes, owner, capacity))
 }
 
 /// The waits an owner file's bytes publish, if its header is `owner`'s.

@@ -209,6 +209,52 @@ fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
     assert!(snapshot.is_empty(), "{snapshot:?}");
 }
 
+/// Deadlock checks are decided under the store's detection lock (`flock` on its `deadlock`
+/// file): while anyone else holds it, no member of a cycle becomes a victim; once it is free,
+/// exactly one does.
+#[test]
+fn a_cycle_is_decided_only_under_the_detection_lock() {
+    let (_root, path, a) = fresh(2);
+    let b = FileManager::open(&path).expect("open");
+    for m in [&a, &b] {
+        m.set_deadlock_timeout(Duration::from_millis(20))
+            .expect("timeout");
+    }
+    let detection = std::fs::File::open(path.join("deadlock")).expect("detection lock file");
+    rustix::fs::flock(&detection, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    let (tx, rx) = mpsc::channel();
+    let mut members = Vec::new();
+    for (m, first, second) in [(a.clone(), 0, 1), (b.clone(), 1, 0)] {
+        let mine = m.retrieve(LockId(first)).expect("retrieve");
+        let _ = mine.lock().expect("lock");
+        let theirs = m.retrieve(LockId(second)).expect("retrieve");
+        let tx = tx.clone();
+        members.push(std::thread::spawn(move || {
+            let got = theirs.lock();
+            let victim = matches!(got, Err(Error::Deadlock { .. }));
+            let _ = tx.send(victim);
+            if got.is_ok() {
+                theirs.unlock().expect("unlock");
+            }
+            mine.unlock().expect("unlock");
+            got.map_err(|e| e.to_string())
+        }));
+    }
+    snapshot_until(&a, |s| {
+        s.iter().map(|l| l.waiters.len()).sum::<usize>() == 2
+    });
+    // Many checks fall due while the detection lock is held elsewhere; none may decide.
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    rustix::fs::flock(&detection, rustix::fs::FlockOperation::Unlock).expect("unlock");
+    let results: Vec<_> = members
+        .into_iter()
+        .map(|t| t.join().expect("join"))
+        .collect();
+    let victims = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(victims, 1, "{results:?}");
+    assert!(results.contains(&Ok(Acquired::Clean)), "{results:?}");
+}
+
 /// With detection off (a zero timeout) a cycle is never reported, however long it lasts: here
 /// one member breaks it by timing out.
 #[test]
