@@ -10,9 +10,10 @@
 //!   the record was released but the non-blocking try still fails (another owner took the lock
 //!   in between), the same path follows that try.
 //! - **Past the deadlock timeout:** the timer interrupts the blocked `flock` with `SIGURG`; the
-//!   waiter checks the wait-for graph under the store's detection lock and either returns
-//!   `Error::Deadlock` (after withdrawing its wait, before releasing the detection lock) or
-//!   blocks again, checking again after twice the interval (up to 32 timeouts).
+//!   waiter walks the wait-for graph from itself, and if it sees a cycle, decides under the
+//!   store's detection lock: it returns `Error::Deadlock` (after withdrawing its wait, before
+//!   releasing the detection lock) or blocks again, checking again after twice the interval
+//!   (up to 32 timeouts).
 //!
 //! `try_lock_for` takes the same path with its deadline as a second timer.
 
