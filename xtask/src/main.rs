@@ -121,8 +121,40 @@ pub(crate) fn show(command: &Command) -> String {
     text
 }
 
+/// Backend crates that must stay lean, and the crates they must never pull in (a user who
+/// depends on one backend alone gets no async runtime and no gRPC stack).
+const LEAN: [&str; 4] = ["lock-shm", "lock-file", "lock-mem", "dirlock"];
+const HEAVY: [&str; 3] = ["tokio", "etcd-client", "tonic"];
+
+/// `cargo tree -p <backend> -e normal`: fails when a lean backend pulls in a heavy crate.
+fn lean() -> Result<(), String> {
+    for package in LEAN {
+        let mut command = cargo();
+        command.args(["tree", "--package", package, "--edges", "normal", "--prefix", "none"]);
+        eprintln!("xtask: {}", show(&command));
+        let output = command
+            .output()
+            .map_err(|e| format!("cargo tree: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("cargo tree -p {package} failed"));
+        }
+        let tree = String::from_utf8_lossy(&output.stdout);
+        let heavy: Vec<&str> = tree
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| HEAVY.contains(name))
+            .collect();
+        if !heavy.is_empty() {
+            return Err(format!("{package} depends on {heavy:?}; it must stay lean"));
+        }
+    }
+    eprintln!("xtask: {} pull in none of {}", LEAN.join(", "), HEAVY.join(", "));
+    Ok(())
+}
+
 fn lint() -> Result<(), String> {
     prereq::ensure(true)?;
+    lean()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
