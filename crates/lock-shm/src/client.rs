@@ -109,7 +109,7 @@ mod tests {
             for generation in [1, 2, GEN_MAX] {
                 let t = token(slot, generation);
                 assert_ne!(t, 0);
-                assert_eq!(t & crate::futex::WAITERS, 0);
+                assert_eq!(t & crate::lockword::WAITERS, 0);
                 assert_eq!(decode(t), (slot, generation));
             }
         }

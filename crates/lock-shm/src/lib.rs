@@ -5,7 +5,10 @@ mod bitmap;
 mod client;
 mod futex;
 mod layout;
+mod lockword;
 mod manager;
+#[cfg(test)]
+mod model;
 mod segment;
 
 pub use layout::MAX_CAPACITY;

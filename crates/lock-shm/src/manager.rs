@@ -62,28 +62,28 @@ impl Shared {
     /// critical section, the summaries and the counter are rebuilt from the leaf bits first.
     fn with_alloc_lock<T>(&self, f: impl FnOnce(&Bitmap<'_>, &Le32) -> Result<T>) -> Result<T> {
         let word = self.seg.u32(field::ALLOC_LOCK)?;
-        let acquired = if futex::try_fast(word, self.token) {
-            Acquired::Clean
-        } else {
-            futex::lock_contended(word, self.token, None, |o| self.owner_dead(o))?
-                .ok_or(Error::Timeout)?
-        };
         let bitmap = Bitmap::new(&self.seg, &self.layout);
         let count = self.seg.u32(field::ALLOCATED)?;
-        let result = (|| {
-            if acquired.owner_died() {
+        futex::with_lock(
+            word,
+            self.token,
+            |o| self.owner_dead(o),
+            || self.alloc_lock_stolen(),
+            || {
                 let allocated = bitmap.rebuild()?;
                 count.store(allocated, Relaxed);
-            }
-            f(&bitmap, count)
-        })();
-        if !futex::unlock(word, self.token)? {
-            return Err(Error::corrupt(format!(
-                "segment {}: allocation lock was taken from a live holder",
-                self.seg.path().display()
-            )));
-        }
-        result
+                Ok(())
+            },
+            || f(&bitmap, count),
+        )
+    }
+
+    #[cold]
+    fn alloc_lock_stolen(&self) -> Error {
+        Error::corrupt(format!(
+            "segment {}: allocation lock was taken from a live holder",
+            self.seg.path().display()
+        ))
     }
 
     fn holder(&self, v: u32) -> Result<Holder> {

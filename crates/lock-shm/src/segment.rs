@@ -85,11 +85,6 @@ impl Le32 {
     }
 
     #[inline]
-    pub(crate) fn swap(&self, value: u32, order: Ordering) -> u32 {
-        u32::from_le(self.0.swap(value.to_le(), order))
-    }
-
-    #[inline]
     pub(crate) fn compare_exchange(
         &self,
         current: u32,
