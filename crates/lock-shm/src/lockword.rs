@@ -6,7 +6,9 @@
 //! # The word
 //!
 //! `0` is unlocked. Any other value is held: the low 31 bits ([`OWNER`]) name the holder's token
-//! and [`WAITERS`] says that someone may sleep on the word.
+//! and [`WAITERS`] says that someone may sleep on the word. A token is never 0, so a word of
+//! `WAITERS` alone names no owner: no correct process writes it, and it reads as a hold by a dead
+//! owner (see [`dead_hold`]), which the next acquirer takes over and reports as `OwnerDied`.
 //!
 //! # Transitions (each one atomic read-modify-write)
 //!
@@ -58,6 +60,13 @@ use lock_api::{Acquired, Error, Result};
 pub(crate) const WAITERS: u32 = 1 << 31;
 /// The holder's token.
 pub(crate) const OWNER: u32 = !WAITERS;
+
+/// Whether a word that is not 0 names no owner at all (only the waiters bit is set). Such a word
+/// is a hold by a dead owner: no correct process writes it.
+#[inline]
+pub(crate) fn dead_hold(v: u32) -> bool {
+    v != 0 && v & OWNER == 0
+}
 
 /// A 32-bit atomic lock word.
 pub(crate) trait Word {

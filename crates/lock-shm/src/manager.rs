@@ -13,6 +13,7 @@ use crate::bitmap::Bitmap;
 use crate::client;
 use crate::futex;
 use crate::layout::{Layout, field};
+use crate::lockword;
 use crate::segment::{self, Le32, Segment};
 
 /// What every handle of one open manager shares: the mapping, its layout, and the client slot
@@ -86,11 +87,21 @@ impl Shared {
         ))
     }
 
+    /// The holder named by lock word `v` (not 0). A word with only the waiters bit names no
+    /// owner: it is a dead hold, like a dead owner's token (lockword.rs).
     fn holder(&self, v: u32) -> Result<Holder> {
         let owner = v & futex::OWNER;
-        let (slot, generation) = client::decode(owner);
         let dead = self.owner_dead(owner)?;
         let mut holder = Holder::default();
+        holder.dead = dead;
+        if lockword::dead_hold(v) {
+            holder.owner = Some(
+                "no owner: only the waiters bit is set (damaged word; the next acquirer gets OwnerDied)"
+                    .to_owned(),
+            );
+            return Ok(holder);
+        }
+        let (slot, generation) = client::decode(owner);
         holder.pid = client::pid_of(&self.seg, &self.layout, owner)?;
         holder.owner = Some(if dead {
             format!(
@@ -290,19 +301,19 @@ impl Manager for ShmManager {
     }
 
     /// Every held lock with its holder's pid, read from the lock words without locking anything.
-    /// A lock whose holder died is listed until someone takes it over; its holder's `owner`
-    /// says so.
+    /// A lock whose holder died is listed until someone takes it over, with `dead` set; so is a
+    /// word that holds only the waiters bit, which `lock` takes over as `OwnerDied`.
     fn held(&self) -> Result<Vec<HeldLock>> {
         // One probe per owner, not per lock: a process may hold thousands.
         let mut holders: HashMap<u32, Holder> = HashMap::new();
         let mut out = Vec::new();
         for id in 0..self.shared.layout.capacity {
             let v = self.shared.word(id)?.load(Acquire);
-            let owner = v & futex::OWNER;
-            if owner != 0 {
-                let holder = match holders.entry(owner) {
+            if v != 0 {
+                // Keyed by the owner bits: the waiters bit does not change who holds it.
+                let holder = match holders.entry(v & futex::OWNER) {
                     Entry::Occupied(e) => e.get().clone(),
-                    Entry::Vacant(e) => e.insert(self.shared.holder(owner)?).clone(),
+                    Entry::Vacant(e) => e.insert(self.shared.holder(v)?).clone(),
                 };
                 out.push(HeldLock::new(LockId(id), Some(holder)));
             }
@@ -401,7 +412,7 @@ impl Inspect for ShmLocker {
     /// The holder's pid and client slot, read from the lock word without locking.
     fn holder(&self) -> Result<Option<Holder>> {
         let v = self.word()?.load(Acquire);
-        if v & futex::OWNER == 0 {
+        if v == 0 {
             return Ok(None);
         }
         self.shared.holder(v).map(Some)

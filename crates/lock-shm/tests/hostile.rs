@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lock_shm::{Acquired, Error, LockId, Locker, MAX_CAPACITY, Manager, ShmManager};
+use lock_shm::{Acquired, Error, Inspect, LockId, Locker, MAX_CAPACITY, Manager, ShmManager};
 
 /// A segment name unique to this test and process, removed on drop.
 struct Name(String);
@@ -322,4 +322,34 @@ fn random_damage_after_open_never_panics() {
     n.write_at(bitmap, &[0u8; 64]);
     m.free_all().unwrap();
     assert_eq!(m.available().unwrap(), Some(300));
+}
+
+/// A lock word holding only the waiters bit (no owner can write it) is a hold by a dead owner
+/// everywhere: `held()` and `holder()` list it as dead, and `try_lock`, `lock` and
+/// `try_lock_for` take it over as `OwnerDied`.
+#[test]
+fn waiters_bit_alone_is_a_dead_hold() {
+    let n = Name::new("waitersonly");
+    let m = ShmManager::create(&n.0, 64).unwrap();
+    let locks = 256 + 1024 * 16 + 64;
+    let word = locks + 4 * 6;
+    let l = m.retrieve(LockId(6)).unwrap();
+    for attempt in 0..3 {
+        n.write_at(word, &0x8000_0000u32.to_le_bytes());
+        let held = m.held().unwrap();
+        assert_eq!(held.len(), 1, "held() does not list the word: {held:?}");
+        assert_eq!(held[0].id, LockId(6));
+        assert!(held[0].holder.as_ref().is_some_and(|h| h.dead), "{held:?}");
+        assert!(l.holder().unwrap().is_some_and(|h| h.dead));
+        let acquired = match attempt {
+            0 => l.try_lock().unwrap(),
+            1 => Some(l.lock().unwrap()),
+            _ => Some(l.try_lock_for(Duration::ZERO).unwrap()),
+        };
+        assert_eq!(acquired, Some(Acquired::OwnerDied), "attempt {attempt}");
+        let held = m.held().unwrap();
+        assert!(held.len() == 1 && held[0].holder.as_ref().is_some_and(|h| !h.dead));
+        l.unlock().unwrap();
+        assert!(m.held().unwrap().is_empty());
+    }
 }
