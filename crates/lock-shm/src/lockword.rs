@@ -45,8 +45,8 @@
 //!   fast paths compile to the same `lock cmpxchg` as before.)
 //! - Taking over compares against the exact value probed. Between the probe and the CAS the word
 //!   can only have kept that value if its owner's token stayed in it, and a dead owner's token
-//!   never becomes a live one's (client.rs), so the CAS cannot take a lock from an owner that
-//!   lives.
+//!   never becomes a live one's (client.rs: generations never wrap), so the CAS cannot take a
+//!   lock from an owner that lives.
 //! - The liveness probe itself (client.rs) reads kernel state, the OFD lock on the owner's slot,
 //!   through `fcntl(2)`; the kernel serialises lock operations on a file under its own locks, so
 //!   an OFD lock taken before an owner's first CAS is seen by any probe that synchronizes with

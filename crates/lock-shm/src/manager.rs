@@ -158,7 +158,9 @@ impl ShmManager {
     ///
     /// `InvalidArgument` for a bad name; `NotFound` when it does not exist; `Incompatible` for
     /// another magic, version, size or capacity; `Corrupt` when header fields do not add up;
-    /// `Io` for OS errors.
+    /// `Unavailable` when the segment's
+    /// client table is full (1024 managers have it open, or its slots are used up: see the
+    /// crate's limits); `Io` for OS errors.
     pub fn open(name: &str, capacity: u32) -> Result<ShmManager> {
         Self::open_inner(name, Some(capacity))
     }

@@ -327,6 +327,25 @@ impl Segment {
         }
     }
 
+    /// Releases this description's OFD lock on byte `off` (`fcntl(2)` `F_OFD_SETLK`, `F_UNLCK`).
+    ///
+    /// # Errors
+    ///
+    /// `Io` for OS errors.
+    pub(crate) fn ofd_unlock(&self, off: usize) -> Result<()> {
+        let mut fl = flock_at(off, libc::F_UNLCK as libc::c_short);
+        // SAFETY: as for `ofd_try_lock`.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if r != 0 {
+            return Err(Error::io(
+                "fcntl(F_OFD_SETLK, F_UNLCK)",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether another open file description holds an OFD lock on byte `off` (`fcntl(2)`
     /// `F_OFD_GETLK`). Locks held through this segment's own description are not seen.
     ///

@@ -1,4 +1,5 @@
-//! Owners across real processes: racing unlocks of one hold.
+//! Owners across real processes: racing unlocks, owner tokens that must never come back, and a
+//! full client table.
 //!
 //! The test binary re-executes itself: with `LOCKYARD_OWNERS_ROLE` set it plays a role,
 //! otherwise it runs the trials. Children run under
@@ -6,6 +7,7 @@
 //! bounded, and every trial removes its segment.
 
 use std::io::BufRead;
+use std::os::unix::fs::FileExt;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -20,6 +22,10 @@ const COUNT_ENV: &str = "LOCKYARD_OWNERS_COUNT";
 
 /// Capacity of every trial's table.
 const CAPACITY: u32 = 8;
+/// Client slots in a segment (docs/segment-format.md).
+const CLIENT_SLOTS: u32 = 1024;
+/// The largest slot generation: tokens have 31 bits and the slot takes 10.
+const GEN_MAX: u32 = (1 << 21) - 1;
 /// How long any single step may take before the trial fails.
 const STEP: Duration = Duration::from_secs(10);
 
@@ -33,6 +39,16 @@ impl Segment {
         let name = format!("lockyard-test-owners-{trial}-{}", std::process::id());
         let _ = ShmManager::remove(&name);
         Segment(name)
+    }
+
+    /// Writes `bytes` at `off` of the segment file, as a damaged or aged segment would hold them.
+    fn write_at(&self, off: u64, bytes: &[u8]) -> TrialResult {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(std::path::Path::new("/dev/shm").join(&self.0))
+            .map_err(|e| format!("open segment file: {e}"))?;
+        f.write_all_at(bytes, off)
+            .map_err(|e| format!("write segment file: {e}"))
     }
 }
 
@@ -182,6 +198,129 @@ fn contend() -> TrialResult {
     Ok(())
 }
 
+/// A slot whose generation reaches the last value is never claimed again, so the token of a
+/// dead owner of that slot never comes back: the next acquirer of its lock gets `OwnerDied`,
+/// and no later owner ever waits on itself.
+fn a_dead_owners_token_never_comes_back() -> TrialResult {
+    let segment = Segment::new("genwrap");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    // First owner of slot 1, generation 1: takes lock 0 and dies holding it.
+    let mut first = spawn("client", &segment, 0)?;
+    let slot = expect(&mut first, "slot")?;
+    if slot != "1" {
+        return Err(format!("first client got slot {slot}, expected 1"));
+    }
+    first.send("lock 0").map_err(|e| e.to_string())?;
+    expect(&mut first, "locked clean")?;
+    first.sigkill().map_err(|e| e.to_string())?;
+    // 2^21 - 3 claims of slot 1 later (written directly rather than performed): the next claim
+    // takes the last generation.
+    let slot1 = 256 + 16;
+    segment.write_at(slot1, &(GEN_MAX - 1).to_le_bytes())?;
+    let mut last = spawn("client", &segment, 0)?;
+    let slot = expect(&mut last, "slot")?;
+    if slot != "1" {
+        return Err(format!("the last generation of slot 1 went to slot {slot}"));
+    }
+    last.finish(STEP).map_err(|e| e.to_string())?;
+    // Slot 1 is used up: a new owner must not get generation 1 again, the dead owner's.
+    let mut next = spawn("client", &segment, 0)?;
+    let slot = expect(&mut next, "slot")?;
+    next.send("lock 0").map_err(|e| e.to_string())?;
+    let got = expect(&mut next, "locked");
+    if got.as_deref() != Ok("owner-died") {
+        return Err(format!(
+            "the dead owner's lock was not taken over as OwnerDied by the next owner (slot {slot}): {got:?}"
+        ));
+    }
+    let held = manager.held().map_err(e2s)?;
+    let holder = held
+        .first()
+        .and_then(|h| h.holder.clone())
+        .ok_or("lock 0 is not listed as held")?;
+    if holder.pid != Some(next.pid()) || holder.dead {
+        return Err(format!(
+            "lock 0's holder is {holder:?}, expected live pid {}",
+            next.pid()
+        ));
+    }
+    next.send("unlock 0").map_err(|e| e.to_string())?;
+    expect(&mut next, "unlocked")?;
+    next.finish(STEP).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Role: opens the segment, prints `slot N`, then obeys `lock ID` (at most 5 s; prints `locked
+/// clean|owner-died`) and `unlock ID` (prints `unlocked`) until stdin EOF.
+fn client() -> TrialResult {
+    let manager = ShmManager::open(&env(SEGMENT_ENV)?, CAPACITY).map_err(e2s)?;
+    println!("slot {}", manager.client_slot());
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let (command, id) = line.split_once(' ').ok_or("bad command")?;
+        let id: u32 = id.parse().map_err(|_| "bad id")?;
+        let lock = manager.retrieve(LockId(id)).map_err(e2s)?;
+        match command {
+            "lock" => match lock.try_lock_for(STEP / 2).map_err(e2s)? {
+                Acquired::Clean => println!("locked clean"),
+                Acquired::OwnerDied => println!("locked owner-died"),
+            },
+            "unlock" => {
+                lock.unlock().map_err(e2s)?;
+                println!("unlocked");
+            }
+            other => return Err(format!("unknown command {other}")),
+        }
+    }
+    Ok(())
+}
+
+/// With all 1024 client slots held by open managers, one more open fails with a typed error
+/// that names the table's size; closing one manager makes room again.
+fn a_full_client_table_is_a_typed_error() -> TrialResult {
+    let segment = Segment::new("fulltable");
+    let creator = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    // 1 slot here, 1023 in two processes.
+    let mut a = spawn("occupy", &segment, 512)?;
+    let mut b = spawn("occupy", &segment, CLIENT_SLOTS - 1 - 512)?;
+    expect(&mut a, "ready")?;
+    expect(&mut b, "ready")?;
+    match ShmManager::open(&segment.0, CAPACITY) {
+        Err(e @ Error::Unavailable { .. }) => {
+            let text = e.to_string();
+            if !text.contains("1024") {
+                return Err(format!("the error does not name the table's size: {text}"));
+            }
+        }
+        other => {
+            return Err(format!(
+                "the 1025th manager got {other:?}, expected Unavailable"
+            ));
+        }
+    }
+    drop(creator);
+    let again = ShmManager::open(&segment.0, CAPACITY).map_err(e2s)?;
+    if again.client_slot() != 0 {
+        return Err(format!("reopened in slot {}", again.client_slot()));
+    }
+    a.finish(STEP).map_err(|e| e.to_string())?;
+    b.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// Role: opens the segment `COUNT` times, prints `ready`, keeps them open until stdin EOF.
+fn occupy() -> TrialResult {
+    let name = env(SEGMENT_ENV)?;
+    let count: u32 = env(COUNT_ENV)?.parse().map_err(|_| "bad count")?;
+    let managers = (0..count)
+        .map(|_| ShmManager::open(&name, CAPACITY))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(e2s)?;
+    println!("ready");
+    let _ = std::io::stdin().lock().lines().count();
+    drop(managers);
+    Ok(())
+}
+
 fn env(name: &str) -> Result<String, String> {
     std::env::var(name).map_err(|_| format!("{name} not set"))
 }
@@ -201,6 +340,8 @@ fn main() -> ExitCode {
     if let Ok(role) = std::env::var(ROLE_ENV) {
         let result = match role.as_str() {
             "contend" => contend(),
+            "client" => client(),
+            "occupy" => occupy(),
             other => Err(format!("unknown role {other}")),
         };
         return match result {
@@ -216,9 +357,19 @@ fn main() -> ExitCode {
     let trial = |name: &'static str, f: fn() -> TrialResult| {
         libtest_mimic::Trial::test(name, move || f().map_err(Into::into))
     };
-    let trials = vec![trial(
-        "concurrent_unlocks_of_one_hold_exactly_one_succeeds",
-        concurrent_unlocks_of_one_hold_exactly_one_succeeds,
-    )];
+    let trials = vec![
+        trial(
+            "concurrent_unlocks_of_one_hold_exactly_one_succeeds",
+            concurrent_unlocks_of_one_hold_exactly_one_succeeds,
+        ),
+        trial(
+            "a_dead_owners_token_never_comes_back",
+            a_dead_owners_token_never_comes_back,
+        ),
+        trial(
+            "a_full_client_table_is_a_typed_error",
+            a_full_client_table_is_a_typed_error,
+        ),
+    ];
     libtest_mimic::run(&args, trials).exit_code()
 }
