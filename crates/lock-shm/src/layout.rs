@@ -318,12 +318,8 @@ impl Layout {
                 capacity,
             ));
         }
-        let allocated = get32(field::ALLOCATED);
-        if allocated > capacity {
-            return Err(Error::corrupt(format!(
-                "segment {what}: allocated count {allocated} exceeds capacity {capacity}"
-            )));
-        }
+        // The `allocated` counter is not checked: a wrong one is repaired from the bitmap after
+        // open (manager.rs), rather than make the whole table unusable.
         Ok(layout)
     }
 }

@@ -29,13 +29,15 @@ struct Shared {
 impl Shared {
     fn attach(name: &str, seg: Segment, layout: Layout) -> Result<Shared> {
         let (slot, generation) = client::claim(&seg, &layout)?;
-        Ok(Shared {
+        let shared = Shared {
             seg,
             layout,
             name: name.to_owned(),
             slot,
             token: client::token(slot, generation),
-        })
+        };
+        shared.repair_count()?;
+        Ok(shared)
     }
 
     fn owner_dead(&self, owner: u32) -> Result<bool> {
@@ -87,6 +89,33 @@ impl Shared {
         ))
     }
 
+    /// At open: repairs a wrong `allocated` counter from the leaf bits, when the allocation lock
+    /// is free or its holder dead (a live holder may be between its bit and its count, and
+    /// allocation repairs the counter whenever it is out of step anyway). Never waits.
+    fn repair_count(&self) -> Result<()> {
+        let word = self.seg.u32(field::ALLOC_LOCK)?;
+        let Some(acquired) = futex::try_lock(word, self.token, |o| self.owner_dead(o))? else {
+            return Ok(());
+        };
+        let bitmap = Bitmap::new(&self.seg, &self.layout);
+        let count = self.seg.u32(field::ALLOCATED)?;
+        let result = (|| {
+            let allocated = if acquired.owner_died() {
+                bitmap.rebuild()?
+            } else {
+                bitmap.count()?
+            };
+            if count.load(Relaxed) != allocated {
+                count.store(allocated, Relaxed);
+            }
+            Ok(())
+        })();
+        if !futex::unlock(word, self.token)? {
+            return Err(self.alloc_lock_stolen());
+        }
+        result
+    }
+
     /// The holder named by lock word `v` (not 0). A word with only the waiters bit names no
     /// owner: it is a dead hold, like a dead owner's token (lockword.rs).
     fn holder(&self, v: u32) -> Result<Holder> {
@@ -112,6 +141,24 @@ impl Shared {
         });
         Ok(holder)
     }
+}
+
+/// Moves the `allocated` counter one up (after a leaf bit was set) or down (after one was
+/// cleared). A counter that cannot be right (it would pass the capacity or go below zero) is
+/// recounted from the leaves instead, so it never exceeds the capacity and a wrong one heals.
+fn step_count(bitmap: &Bitmap<'_>, count: &Le32, capacity: u32, up: bool) -> Result<()> {
+    let c = count.load(Relaxed);
+    let next = if up {
+        c.checked_add(1).filter(|&n| n <= capacity)
+    } else {
+        c.checked_sub(1).filter(|_| c <= capacity)
+    };
+    let next = match next {
+        Some(n) => n,
+        None => bitmap.count()?,
+    };
+    count.store(next, Release);
+    Ok(())
 }
 
 /// A lock table in a /dev/shm segment, shared by every process that opens it.
@@ -161,6 +208,8 @@ impl ShmManager {
     /// `Unavailable` when the segment's
     /// client table is full (1024 managers have it open, or its slots are used up: see the
     /// crate's limits); `Io` for OS errors.
+    ///
+    /// A wrong `allocated` counter is not an error: open recounts it from the allocation bitmap.
     pub fn open(name: &str, capacity: u32) -> Result<ShmManager> {
         Self::open_inner(name, Some(capacity))
     }
@@ -248,9 +297,14 @@ impl Manager for ShmManager {
     fn allocate(&self) -> Result<ShmLocker> {
         let capacity = self.shared.layout.capacity;
         let id = self.shared.with_alloc_lock(|bitmap, count| {
-            let id = bitmap.lowest_free()?.ok_or(Error::Exhausted { capacity })?;
+            let Some(id) = bitmap.lowest_free()? else {
+                if count.load(Relaxed) != capacity {
+                    count.store(bitmap.count()?, Release);
+                }
+                return Err(Error::Exhausted { capacity });
+            };
             bitmap.set(id)?;
-            count.store(count.load(Relaxed).saturating_add(1), Release);
+            step_count(bitmap, count, capacity, true)?;
             Ok(id)
         })?;
         Ok(self.locker(id))
@@ -263,13 +317,13 @@ impl Manager for ShmManager {
 
     fn allocate_and_retrieve(&self, id: LockId) -> Result<ShmLocker> {
         self.shared.check(id)?;
+        let capacity = self.shared.layout.capacity;
         self.shared.with_alloc_lock(|bitmap, count| {
             if bitmap.is_set(id.get())? {
                 return Err(Error::AlreadyAllocated(id));
             }
             bitmap.set(id.get())?;
-            count.store(count.load(Relaxed).saturating_add(1), Release);
-            Ok(())
+            step_count(bitmap, count, capacity, true)
         })?;
         Ok(self.locker(id.get()))
     }
@@ -399,13 +453,13 @@ impl Locker for ShmLocker {
 
     fn free(&self) -> Result<()> {
         let id = self.id;
+        let capacity = self.shared.layout.capacity;
         self.shared.with_alloc_lock(|bitmap, count| {
             if !bitmap.is_set(id)? {
                 return Err(Error::NotAllocated(LockId(id)));
             }
             bitmap.clear(id)?;
-            count.store(count.load(Relaxed).saturating_sub(1), Release);
-            Ok(())
+            step_count(bitmap, count, capacity, false)
         })
     }
 }

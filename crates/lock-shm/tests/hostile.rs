@@ -325,6 +325,43 @@ fn random_damage_after_open_never_panics() {
     assert_eq!(m.available().unwrap(), Some(300));
 }
 
+/// A wrong `allocated` counter (within the capacity, or past it) never bricks the segment:
+/// open and allocation repair it from the bitmap, and it never exceeds the capacity.
+#[test]
+fn wrong_allocated_counter_is_repaired() {
+    let n = Name::new("counter");
+    let m = ShmManager::create(&n.0, 8).unwrap();
+    let mine: Vec<_> = (0..3).map(|_| m.allocate().unwrap()).collect();
+    // Says full while 3 of 8 are allocated; opening and allocating must not brick the segment.
+    n.write_at(ALLOCATED, &8u32.to_le_bytes());
+    let m2 = ShmManager::open(&n.0, 8).unwrap();
+    let fourth = m.allocate().unwrap();
+    assert_eq!(fourth.id(), LockId(3));
+    let r = ShmManager::open(&n.0, 8);
+    assert!(r.is_ok(), "the segment is bricked: {r:?}");
+    assert_eq!(m.available().unwrap(), Some(4));
+    assert_eq!(m2.available().unwrap(), Some(4));
+    // Repaired at open even before anyone allocates.
+    n.write_at(ALLOCATED, &7u32.to_le_bytes());
+    let m3 = ShmManager::open(&n.0, 8).unwrap();
+    assert_eq!(m3.available().unwrap(), Some(4), "not repaired at open");
+    // Past the capacity: still opens, repaired.
+    n.write_at(ALLOCATED, &9000u32.to_le_bytes());
+    let m3 = ShmManager::open(&n.0, 8).unwrap();
+    assert_eq!(m3.available().unwrap(), Some(4), "not repaired at open");
+    // Says empty while 4 are allocated: free and allocate keep it exact.
+    n.write_at(ALLOCATED, &0u32.to_le_bytes());
+    fourth.free().unwrap();
+    assert_eq!(m.available().unwrap(), Some(5));
+    n.write_at(ALLOCATED, &0u32.to_le_bytes());
+    while m.allocate().is_ok() {}
+    assert_eq!(m.available().unwrap(), Some(0));
+    m.free_all().unwrap();
+    assert_eq!(m3.available().unwrap(), Some(8));
+    drop(mine);
+    ShmManager::open(&n.0, 8).unwrap();
+}
+
 /// A lock word holding only the waiters bit (no owner can write it) is a hold by a dead owner
 /// everywhere: `held()` and `holder()` list it as dead, and `try_lock`, `lock` and
 /// `try_lock_for` take it over as `OwnerDied`.
