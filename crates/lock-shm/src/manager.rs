@@ -204,8 +204,8 @@ impl ShmManager {
     /// # Errors
     ///
     /// `InvalidArgument` for a bad name; `NotFound` when it does not exist; `Incompatible` for
-    /// another magic, version, size or capacity; `Corrupt` when header fields do not add up;
-    /// `Unavailable` when the segment's
+    /// another magic, version, size or capacity, or a symbolic link at the name (never
+    /// followed); `Corrupt` when header fields do not add up; `Unavailable` when the segment's
     /// client table is full (1024 managers have it open, or its slots are used up: see the
     /// crate's limits); `Io` for OS errors.
     ///

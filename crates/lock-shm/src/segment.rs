@@ -186,20 +186,33 @@ impl Segment {
     ///
     /// # Errors
     ///
-    /// `NotFound` when it does not exist; `Incompatible` or `Corrupt` as [`Layout::validate`]
-    /// says; `Io` for OS errors.
+    /// `NotFound` when it does not exist; `Incompatible` when the name is a symbolic link or
+    /// not a regular file; `Incompatible` or `Corrupt` as [`Layout::validate`] says; `Io` for OS
+    /// errors.
     pub(crate) fn open(name: &str, capacity: Option<u32>) -> Result<(Segment, Layout)> {
         let path = path_of(name);
-        let fd =
-            match rustix::shm::open(name, rustix::shm::OFlags::RDWR, Mode::from_raw_mode(0o600)) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOENT) => {
-                    return Err(Error::NotFound {
-                        what: format!("segment {}", path.display()),
-                    });
-                }
-                Err(e) => return Err(io_err("shm_open", &path, e)),
-            };
+        // Not `shm_open`: rustix's follows a symlink at the name, glibc's does not. A symlink is
+        // refused rather than followed, so a segment is always the file its name is.
+        let fd = match rustix::fs::open(
+            &path,
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::NotFound {
+                    what: format!("segment {}", path.display()),
+                });
+            }
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(Error::incompatible(
+                    format!("segment {} file type", path.display()),
+                    "regular file",
+                    "symbolic link (not followed)",
+                ));
+            }
+            Err(e) => return Err(io_err("open", &path, e)),
+        };
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(Error::incompatible(

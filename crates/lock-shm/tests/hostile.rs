@@ -325,6 +325,46 @@ fn random_damage_after_open_never_panics() {
     assert_eq!(m.available().unwrap(), Some(300));
 }
 
+/// A symbolic link at the segment's name is refused with a typed error, never followed, whether
+/// it points to a real segment or nowhere; the target is left alone.
+#[test]
+fn symlink_at_the_segment_name_is_refused() {
+    let target = Name::new("symlink-target");
+    let link = Name::new("symlink");
+    drop(ShmManager::create(&target.0, CAPACITY).unwrap());
+    let before = target.bytes();
+    std::os::unix::fs::symlink(target.path(), link.path()).unwrap();
+    for attempt in 0..3 {
+        let r = match attempt {
+            0 => ShmManager::open(&link.0, CAPACITY).map(|_| ()),
+            1 => ShmManager::open_existing(&link.0).map(|_| ()),
+            _ => ShmManager::open_or_create(&link.0, CAPACITY).map(|_| ()),
+        };
+        assert!(
+            matches!(r, Err(Error::Incompatible { .. })),
+            "open #{attempt} through a symlink gave {r:?}"
+        );
+    }
+    assert!(
+        target.bytes() == before,
+        "the symlink's target was modified"
+    );
+    // Dangling: still refused, and not mistaken for a missing segment to create.
+    ShmManager::remove(&target.0).unwrap();
+    let r = ShmManager::open_or_create(&link.0, CAPACITY);
+    assert!(
+        matches!(r, Err(Error::Incompatible { .. })),
+        "open_or_create over a dangling symlink gave {r:?}"
+    );
+    assert!(
+        !target.path().exists(),
+        "created through a dangling symlink"
+    );
+    // remove unlinks the symlink itself.
+    assert!(ShmManager::remove(&link.0).unwrap());
+    assert!(std::fs::symlink_metadata(link.path()).is_err());
+}
+
 /// A wrong `allocated` counter (within the capacity, or past it) never bricks the segment:
 /// open and allocation repair it from the bitmap, and it never exceeds the capacity.
 #[test]
