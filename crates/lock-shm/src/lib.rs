@@ -3,6 +3,7 @@
 
 mod bitmap;
 mod client;
+mod fork;
 mod futex;
 mod layout;
 mod lockword;

@@ -11,6 +11,7 @@ use lock_api::{Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manag
 
 use crate::bitmap::Bitmap;
 use crate::client;
+use crate::fork;
 use crate::futex;
 use crate::layout::{Layout, field};
 use crate::lockword;
@@ -24,10 +25,16 @@ struct Shared {
     name: String,
     slot: u32,
     token: u32,
+    /// The fork generation this manager was opened in (fork.rs): any other means that this
+    /// process is a forked child that inherited the manager.
+    forks: u32,
+    /// The process that opened it, for the error a forked child gets.
+    pid: u32,
 }
 
 impl Shared {
     fn attach(name: &str, seg: Segment, layout: Layout) -> Result<Shared> {
+        let forks = fork::generation()?;
         let (slot, generation) = client::claim(&seg, &layout)?;
         let shared = Shared {
             seg,
@@ -35,9 +42,33 @@ impl Shared {
             name: name.to_owned(),
             slot,
             token: client::token(slot, generation),
+            forks,
+            pid: std::process::id(),
         };
         shared.repair_count()?;
         Ok(shared)
+    }
+
+    /// Fails when this process is a forked child of the one that opened the manager. One relaxed
+    /// load and a compare: it sits on every operation, the uncontended lock and unlock included.
+    #[inline]
+    fn usable(&self) -> Result<()> {
+        if fork::current() != self.forks {
+            return Err(self.forked());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn forked(&self) -> Error {
+        Error::invalid(format!(
+            "this manager of segment {} was opened by process {} and inherited across fork(2) by process {}; \
+             a forked child shares its parent's owner identity, so it must open its own manager \
+             (ShmManager::open) and drop the inherited one",
+            self.seg.path().display(),
+            self.pid,
+            std::process::id()
+        ))
     }
 
     fn owner_dead(&self, owner: u32) -> Result<bool> {
@@ -48,6 +79,7 @@ impl Shared {
     }
 
     fn check(&self, id: LockId) -> Result<()> {
+        self.usable()?;
         if id.get() >= self.layout.capacity {
             return Err(Error::OutOfRange {
                 id,
@@ -64,6 +96,7 @@ impl Shared {
     /// Runs `f` under the segment-wide allocation lock. When the previous holder died inside its
     /// critical section, the summaries and the counter are rebuilt from the leaf bits first.
     fn with_alloc_lock<T>(&self, f: impl FnOnce(&Bitmap<'_>, &Le32) -> Result<T>) -> Result<T> {
+        self.usable()?;
         let word = self.seg.u32(field::ALLOC_LOCK)?;
         let bitmap = Bitmap::new(&self.seg, &self.layout);
         let count = self.seg.u32(field::ALLOCATED)?;
@@ -169,9 +202,11 @@ fn step_count(bitmap: &Bitmap<'_>, count: &Le32, capacity: u32, up: bool) -> Res
 ///
 /// A process that forks must open its own manager in the child: the child shares the parent's
 /// open file description, hence its client slot and its OFD lock, so the two would be one owner
-/// and the child's death would go unnoticed while the parent lives. The child should also drop
-/// the manager it inherited, or the parent's death goes unnoticed while the child lives (the
-/// descriptor is close-on-exec, so `exec` drops it).
+/// and the child's death would go unnoticed while the parent lives. Every operation on an
+/// inherited manager (and its lockers) in a forked child therefore fails with
+/// [`Error::InvalidArgument`] saying so. The child should also drop the manager it inherited, or
+/// the parent's death goes unnoticed while the child lives (the descriptor is close-on-exec, so
+/// `exec` drops it).
 pub struct ShmManager {
     shared: Arc<Shared>,
 }
@@ -346,6 +381,7 @@ impl Manager for ShmManager {
     }
 
     fn available(&self) -> Result<Option<u32>> {
+        self.shared.usable()?;
         let capacity = self.shared.layout.capacity;
         let allocated = self.shared.seg.u32(field::ALLOCATED)?.load(Acquire);
         capacity.checked_sub(allocated).map(Some).ok_or_else(|| {
@@ -360,6 +396,7 @@ impl Manager for ShmManager {
     /// A lock whose holder died is listed until someone takes it over, with `dead` set; so is a
     /// word that holds only the waiters bit, which `lock` takes over as `OwnerDied`.
     fn held(&self) -> Result<Vec<HeldLock>> {
+        self.shared.usable()?;
         // One probe per owner, not per lock: a process may hold thousands.
         let mut holders: HashMap<u32, Holder> = HashMap::new();
         let mut out = Vec::new();
@@ -396,8 +433,10 @@ pub struct ShmLocker {
 }
 
 impl ShmLocker {
+    /// The lock word, once this process is known to be the one that opened the manager.
     #[inline]
     fn word(&self) -> Result<&Le32> {
+        self.shared.usable()?;
         self.shared.word(self.id)
     }
 

@@ -1,10 +1,11 @@
-//! Owners across real processes: racing unlocks, owner tokens that must never come back, and a
-//! full client table.
+//! Owners across real processes: racing unlocks, owner tokens that must never come back, managers
+//! inherited across `fork(2)`, and a full client table.
 //!
-//! The test binary re-executes itself: with `LOCKYARD_OWNERS_ROLE` set it plays a role,
-//! otherwise it runs the trials. Children run under
+//! The test binary re-executes itself: with `LOCKYARD_OWNERS_ROLE` set it plays a role (a plain
+//! single-threaded process, so it may `fork`), otherwise it runs the trials. Children run under
 //! lock-conformance's `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is
 //! bounded, and every trial removes its segment.
+#![allow(unsafe_code)] // reason: the fork trial calls fork(2), waitpid(2) and _exit(2) through libc
 
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
@@ -275,6 +276,147 @@ fn client() -> TrialResult {
     Ok(())
 }
 
+/// Every operation on a manager (and its handles) inherited across `fork(2)` fails with a typed
+/// error in the child, and changes nothing the parent holds; a manager the child opens itself
+/// works.
+fn an_inherited_manager_is_refused_in_a_forked_child() -> TrialResult {
+    let segment = Segment::new("fork");
+    let _creator = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut parent = spawn("fork", &segment, 0)?;
+    expect(&mut parent, "ok")?;
+    parent.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// Role: holds lock 0 and an allocation, forks, checks the child's view, then checks that its
+/// own state is untouched; prints `ok`.
+fn fork_role() -> TrialResult {
+    let name = env(SEGMENT_ENV)?;
+    let manager = ShmManager::open(&name, CAPACITY).map_err(e2s)?;
+    let lock = manager.retrieve(LockId(0)).map_err(e2s)?;
+    if lock.lock().map_err(e2s)? != Acquired::Clean {
+        return Err("lock 0 was left by a dead holder".into());
+    }
+    let allocated = manager.allocate().map_err(e2s)?;
+    // SAFETY: this role process is single-threaded (no test harness, no reader threads), so the
+    // child may run ordinary code; it leaves through _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        let code = in_forked_child(&name, &manager, &lock, &allocated);
+        // SAFETY: _exit(2) ends the child without running the parent's destructors or flushing
+        // its inherited stdio buffers twice.
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = Instant::now() + STEP / 2;
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if r < 0 || Instant::now() > deadline {
+            // SAFETY: `pid` is our own unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err("forked child did not finish in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let code = libc::WEXITSTATUS(status);
+        let what = FORK_CHECKS.get(code as usize).copied().unwrap_or("?");
+        return Err(format!("forked child: check {code} ({what}) failed"));
+    }
+    // The parent's hold and allocation are intact.
+    lock.unlock()
+        .map_err(|e| format!("the parent's hold was released by its child: {e}"))?;
+    allocated
+        .free()
+        .map_err(|e| format!("the parent's allocation was freed by its child: {e}"))?;
+    if manager.available().map_err(e2s)? != Some(CAPACITY) {
+        return Err("allocations changed".into());
+    }
+    println!("ok");
+    Ok(())
+}
+
+/// What the forked child checks, by exit code.
+const FORK_CHECKS: [&str; 17] = [
+    "all passed",
+    "unlock",
+    "try_lock",
+    "try_lock_for",
+    "lock",
+    "holder",
+    "guard",
+    "free",
+    "allocate",
+    "retrieve",
+    "allocate_and_retrieve",
+    "free_all",
+    "available",
+    "held",
+    "open a new manager",
+    "the new manager's view",
+    "error message",
+];
+
+fn in_forked_child(
+    name: &str,
+    manager: &ShmManager,
+    lock: &lock_shm::ShmLocker,
+    allocated: &lock_shm::ShmLocker,
+) -> i32 {
+    // SAFETY: alarm(2) only arms a timer; its default action ends this child if a check hangs.
+    unsafe { libc::alarm(10) };
+    fn refused<T>(r: lock_shm::Result<T>) -> bool {
+        matches!(r, Err(Error::InvalidArgument { .. }))
+    }
+    // Unlock first: on a shared identity it would release the parent's hold. Each check runs
+    // only if the ones before it passed (on a shared identity `lock` would wait on itself).
+    let checks: [&dyn Fn() -> bool; 13] = [
+        &|| refused(lock.unlock()),
+        &|| refused(lock.try_lock()),
+        &|| refused(lock.try_lock_for(Duration::from_millis(1))),
+        &|| refused(lock.lock()),
+        &|| refused(lock.holder()),
+        &|| refused(lock.guard()),
+        &|| refused(allocated.free()),
+        &|| refused(manager.allocate()),
+        &|| refused(manager.retrieve(LockId(1))),
+        &|| refused(manager.allocate_and_retrieve(LockId(5))),
+        &|| refused(manager.free_all()),
+        &|| refused(manager.available()),
+        &|| refused(manager.held()),
+    ];
+    if let Some(i) = checks.iter().position(|check| !check()) {
+        return i as i32 + 1;
+    }
+    let Ok(own) = ShmManager::open(name, CAPACITY) else {
+        return 14;
+    };
+    let view = (|| {
+        let l0 = own.retrieve(LockId(0))?;
+        let l2 = own.retrieve(LockId(2))?;
+        let busy = l0.try_lock()?.is_none();
+        let clean = l2.try_lock()? == Some(Acquired::Clean);
+        l2.unlock()?;
+        Ok::<_, Error>(busy && clean && own.client_slot() != manager.client_slot())
+    })();
+    if view.ok() != Some(true) {
+        return 15;
+    }
+    match lock.unlock() {
+        Err(e) if e.to_string().contains("open") => 0,
+        _ => 16,
+    }
+}
+
 /// With all 1024 client slots held by open managers, one more open fails with a typed error
 /// that names the table's size; closing one manager makes room again.
 fn a_full_client_table_is_a_typed_error() -> TrialResult {
@@ -341,6 +483,7 @@ fn main() -> ExitCode {
         let result = match role.as_str() {
             "contend" => contend(),
             "client" => client(),
+            "fork" => fork_role(),
             "occupy" => occupy(),
             other => Err(format!("unknown role {other}")),
         };
@@ -365,6 +508,10 @@ fn main() -> ExitCode {
         trial(
             "a_dead_owners_token_never_comes_back",
             a_dead_owners_token_never_comes_back,
+        ),
+        trial(
+            "an_inherited_manager_is_refused_in_a_forked_child",
+            an_inherited_manager_is_refused_in_a_forked_child,
         ),
         trial(
             "a_full_client_table_is_a_typed_error",
