@@ -8,6 +8,31 @@
 //! current one belongs to an earlier, dead, owner of the slot.
 //!
 //! Slot record (16 bytes): `u32` generation, `u32` pid, 8 reserved bytes.
+//!
+//! # Tokens never come back
+//!
+//! Generations only grow: a claim sets `generation + 1`, and a slot whose generation is
+//! [`GEN_MAX`] (or anything larger, which only damage writes) is *retired*: no claim ever takes
+//! it again, even once its last owner is gone. So no two owners, in the whole life of a segment,
+//! get the same token, however many claims there are, and a dead owner's token left in a lock
+//! word can never be mistaken for a live owner's. The price is a finite number of claims per
+//! segment, 1024 × (2^21 − 1), about 2.1 billion opens; after that every open fails with
+//! `Unavailable` naming the retired slots, and removing and recreating the segment (a reboot
+//! does it) renews them.
+//!
+//! # Claiming and probing, and their ordering
+//!
+//! The claimer takes the OFD lock first, then reads the generation (the previous holder's last
+//! write, ordered before by the kernel's release and acquisition of the lock), then stores the
+//! new generation with `Release`. Every lock word this owner later writes its token into is
+//! written with an `AcqRel` compare-and-swap after that store (lockword.rs), so a waiter that
+//! read the token with `Acquire` reads this generation or a later one.
+//!
+//! A probe checks the OFD lock first, then the generation: a slot byte that is unlocked proves
+//! the owner dead (a live owner holds it all its life), and a generation that moved on proves it
+//! too, since only a slot's current holder changes it and only upwards. A new owner caught
+//! between its lock and its generation store makes a dead owner look alive for one probe; the
+//! next probe sees the truth. A live owner never looks dead.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -36,9 +61,10 @@ pub(crate) fn decode(token: u32) -> (u32, u32) {
     (token & SLOT_MASK, token >> SLOT_BITS)
 }
 
-/// The generation after `g`, in `1..=GEN_MAX` whatever `g` is.
-fn next_generation(g: u32) -> u32 {
-    (g % GEN_MAX) + 1
+/// The generation after `g`, or `None` when `g` is the last one (or past it): the slot is
+/// retired.
+fn next_generation(g: u32) -> Option<u32> {
+    (g < GEN_MAX).then(|| g + 1)
 }
 
 /// Claims the lowest free client slot for this open file description; returns slot and
@@ -46,33 +72,48 @@ fn next_generation(g: u32) -> u32 {
 ///
 /// # Errors
 ///
-/// `Io` when every slot is in use or `fcntl(2)` fails.
+/// `Unavailable` when every slot is held by an open manager or retired, naming the table's size;
+/// `Io` when `fcntl(2)` fails.
 pub(crate) fn claim(seg: &Segment, layout: &Layout) -> Result<(u32, u32)> {
+    let mut retired = 0;
     for slot in 0..CLIENT_SLOTS {
         let off = layout.slot_offset(slot);
+        let generation_word = seg.u32(off)?;
+        // Generations never go down, so a retired slot can be skipped without locking it.
+        if next_generation(generation_word.load(Acquire)).is_none() {
+            retired += 1;
+            continue;
+        }
         if seg.ofd_try_lock(off)? {
-            let generation_word = seg.u32(off)?;
-            let generation = next_generation(generation_word.load(Acquire));
+            let Some(generation) = next_generation(generation_word.load(Acquire)) else {
+                // Its last owner used the last generation after our first look.
+                seg.ofd_unlock(off)?;
+                retired += 1;
+                continue;
+            };
             generation_word.store(generation, Release);
             seg.u32(off + PID)?.store(std::process::id(), Release);
             return Ok((slot, generation));
         }
     }
-    Err(Error::io(
-        "claim client slot",
-        seg.path(),
-        std::io::Error::other(format!(
-            "all {CLIENT_SLOTS} client slots are held by open managers"
-        )),
-    ))
+    let held = CLIENT_SLOTS - retired;
+    let what = if retired == 0 {
+        format!("all {CLIENT_SLOTS} slots are held by open managers; close one and retry")
+    } else {
+        format!(
+            "{held} of its {CLIENT_SLOTS} slots are held by open managers and {retired} are retired after {GEN_MAX} claims each; close a manager, or remove and recreate the segment to renew retired slots"
+        )
+    };
+    Err(Error::unavailable(std::io::Error::other(format!(
+        "client table of segment {} is full ({CLIENT_SLOTS} slots): {what}",
+        seg.path().display()
+    ))))
 }
 
-/// Whether the owner named by `owner` (a token other than this manager's) is gone.
+/// Whether the owner named by `owner` (a token other than this manager's) is gone. Token 0
+/// (a word holding only the waiters bit) names nobody and is dead.
 ///
-/// The OFD lock is probed before the generation is read: a slot byte that is unlocked proves
-/// the owner dead (a live owner holds it all its life), and a generation that moved on proves it
-/// too, since only a slot's current holder changes it. A new owner caught between its lock and
-/// its generation bump looks alive; the next probe sees the truth.
+/// The OFD lock is probed before the generation is read (module docs).
 pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, my_slot: u32, owner: u32) -> Result<bool> {
     let (slot, generation) = decode(owner);
     if generation == 0 {
@@ -93,6 +134,9 @@ pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, my_slot: u32, owner: u3
 /// The pid recorded by the owner of `token`'s slot, when that slot still has that generation.
 pub(crate) fn pid_of(seg: &Segment, layout: &Layout, token: u32) -> Result<Option<u32>> {
     let (slot, generation) = decode(token);
+    if generation == 0 {
+        return Ok(None);
+    }
     let off = layout.slot_offset(slot);
     let current = seg.u32(off)?.load(Acquire);
     let pid = seg.u32(off + PID)?.load(Relaxed);
@@ -109,17 +153,19 @@ mod tests {
             for generation in [1, 2, GEN_MAX] {
                 let t = token(slot, generation);
                 assert_ne!(t, 0);
-                assert_eq!(t & crate::futex::WAITERS, 0);
+                assert_eq!(t & crate::lockword::WAITERS, 0);
                 assert_eq!(decode(t), (slot, generation));
             }
         }
     }
 
     #[test]
-    fn generations_cycle_through_nonzero_values() {
-        assert_eq!(next_generation(0), 1);
-        assert_eq!(next_generation(1), 2);
-        assert_eq!(next_generation(GEN_MAX), 1);
-        assert_eq!(next_generation(u32::MAX), (u32::MAX % GEN_MAX) + 1);
+    fn generations_grow_and_never_wrap() {
+        assert_eq!(next_generation(0), Some(1));
+        assert_eq!(next_generation(1), Some(2));
+        assert_eq!(next_generation(GEN_MAX - 1), Some(GEN_MAX));
+        assert_eq!(next_generation(GEN_MAX), None);
+        assert_eq!(next_generation(GEN_MAX + 1), None);
+        assert_eq!(next_generation(u32::MAX), None);
     }
 }

@@ -1,66 +1,130 @@
-//! The lock word: a 32-bit futex holding the owner's token and a waiters bit.
+//! The real system under the lock-word protocol: `futex(2)` on words in the segment, the clock,
+//! and the caller's liveness probe.
 //!
-//! `0` is unlocked. Otherwise the low 31 bits are the holder's token (never 0) and [`WAITERS`]
-//! says that someone may sleep on the word. Lock is one compare-and-swap `0 -> token`; unlock is
-//! one compare-and-swap `token -> 0`; only when the waiters bit is set does unlock make a
-//! `FUTEX_WAKE` syscall. Waiters sleep with non-private `FUTEX_WAIT` (the word is in shared
-//! memory, mapped at different addresses in different processes) for at most
-//! [`PROBE_INTERVAL`], and after each interval ask the caller's probe whether the holder is
-//! dead; a dead holder's lock is taken over with a compare-and-swap on the exact word observed,
-//! so exactly one waiter wins and reports [`Acquired::OwnerDied`].
+//! The protocol itself is in `lockword.rs`. Here waiters sleep with non-private `FUTEX_WAIT`
+//! (the word is in shared memory, mapped at different addresses in different processes) for at
+//! most [`PROBE_INTERVAL`], and after each interval ask the probe whether the holder is dead;
+//! unlock makes a `FUTEX_WAKE` syscall only when the waiters bit was set.
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lock_api::{Acquired, Error, Result};
 use rustix::thread::futex;
 
+use crate::lockword::{self, Sys, Tick, Word};
 use crate::segment::Le32;
 
-/// Set when someone sleeps, or is about to sleep, on the word.
-pub(crate) const WAITERS: u32 = 1 << 31;
-/// The holder's token.
-pub(crate) const OWNER: u32 = !WAITERS;
+pub(crate) use crate::lockword::OWNER;
+
 /// How long a waiter sleeps before checking whether the holder is still alive.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// Spins on a contended word before sleeping.
 const SPINS: u32 = 100;
 
-/// Takes the word if it is unlocked.
-#[inline]
-pub(crate) fn try_fast(word: &Le32, token: u32) -> bool {
-    word.compare_exchange(0, token, Acquire, Relaxed).is_ok()
-}
-
-/// Releases the word if `token` holds it; returns whether it did.
-#[inline]
-pub(crate) fn unlock(word: &Le32, token: u32) -> Result<bool> {
-    if word.compare_exchange(token, 0, Release, Relaxed).is_ok() {
-        return Ok(true);
+impl Word for Le32 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u32 {
+        Le32::load(self, order)
     }
-    unlock_contended(word, token)
+
+    #[inline]
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u32, u32> {
+        Le32::compare_exchange(self, current, new, success, failure)
+    }
 }
 
+/// A waiter on a word in the segment: the clock, the deadline, and the probe `dead`.
+struct Waiter<F> {
+    deadline: Option<Instant>,
+    last_probe: Instant,
+    now: Instant,
+    dead: F,
+}
+
+impl<F: FnMut(u32) -> Result<bool>> Waiter<F> {
+    fn new(deadline: Option<Instant>, dead: F) -> Self {
+        let now = Instant::now();
+        Waiter {
+            deadline,
+            last_probe: now,
+            now,
+            dead,
+        }
+    }
+}
+
+impl<F: FnMut(u32) -> Result<bool>> Sys<Le32> for Waiter<F> {
+    fn spins(&self) -> u32 {
+        SPINS
+    }
+
+    fn tick(&mut self) -> Tick {
+        let now = Instant::now();
+        self.now = now;
+        let probe = now.duration_since(self.last_probe) >= PROBE_INTERVAL;
+        if probe {
+            self.last_probe = now;
+        }
+        let expired = self
+            .deadline
+            .is_some_and(|d| d.saturating_duration_since(now).is_zero());
+        Tick { probe, expired }
+    }
+
+    fn dead(&mut self, owner: u32) -> Result<bool> {
+        (self.dead)(owner)
+    }
+
+    fn wait(&mut self, word: &Le32, expected: u32) -> Result<()> {
+        let mut sleep = PROBE_INTERVAL.saturating_sub(self.now.duration_since(self.last_probe));
+        if let Some(deadline) = self.deadline {
+            sleep = sleep.min(deadline.saturating_duration_since(self.now));
+        }
+        let ts = rustix::time::Timespec {
+            tv_sec: sleep.as_secs() as i64,
+            tv_nsec: i64::from(sleep.subsec_nanos()),
+        };
+        match futex::wait(
+            word.futex_word(),
+            futex::Flags::empty(),
+            expected.to_le(),
+            Some(&ts),
+        ) {
+            Ok(())
+            | Err(
+                rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR,
+            ) => Ok(()),
+            Err(e) => Err(Error::io("futex(FUTEX_WAIT)", "lock word", e.into())),
+        }
+    }
+}
+
+/// Wakes one sleeper on `word` (`FUTEX_WAKE`, shared).
 #[cold]
-fn unlock_contended(word: &Le32, token: u32) -> Result<bool> {
-    let v = word.load(Relaxed);
-    if v & OWNER != token {
-        return Ok(false);
-    }
-    // Only this owner changes the owner bits while it lives (a takeover needs the probe to find
-    // it dead), so between the load and the swap only the waiters bit can have been set.
-    let old = word.swap(0, Release);
-    if old & WAITERS != 0 {
-        wake(word)?;
-    }
-    Ok(true)
-}
-
-#[cold]
-fn wake(word: &Le32) -> Result<()> {
+pub(crate) fn wake(word: &Le32) -> Result<()> {
     futex::wake(word.futex_word(), futex::Flags::empty(), 1)
         .map(|_| ())
         .map_err(|e| Error::io("futex(FUTEX_WAKE)", "lock word", e.into()))
+}
+
+/// Takes the word if it is unlocked: one compare-and-swap, no syscall.
+#[inline]
+pub(crate) fn try_fast(word: &Le32, token: u32) -> bool {
+    lockword::try_fast(word, token)
+}
+
+/// Releases the word if `token` holds it; returns whether it did. One compare-and-swap, and a
+/// `FUTEX_WAKE` only when someone waits.
+#[inline]
+pub(crate) fn unlock(word: &Le32, token: u32) -> Result<bool> {
+    lockword::unlock(word, token, wake)
 }
 
 /// Tries once, without sleeping, taking the lock over when `dead` says its holder is gone.
@@ -70,30 +134,7 @@ pub(crate) fn try_lock(
     token: u32,
     dead: impl FnOnce(u32) -> Result<bool>,
 ) -> Result<Option<Acquired>> {
-    loop {
-        if try_fast(word, token) {
-            return Ok(Some(Acquired::Clean));
-        }
-        let v = word.load(Relaxed);
-        if v == 0 {
-            continue;
-        }
-        if v & OWNER == token {
-            return Ok(None);
-        }
-        if dead(v & OWNER)? {
-            if word
-                .compare_exchange(v, token | (v & WAITERS), Acquire, Relaxed)
-                .is_ok()
-            {
-                return Ok(Some(Acquired::OwnerDied));
-            }
-            // Someone else moved first: released it or took it over. Look once more, but never
-            // probe twice in one try.
-            return Ok(try_fast(word, token).then_some(Acquired::Clean));
-        }
-        return Ok(None);
-    }
+    lockword::try_lock(word, token, dead)
 }
 
 /// Waits for the lock until `deadline` (forever when `None`). Returns `None` on timeout.
@@ -102,81 +143,27 @@ pub(crate) fn lock_contended(
     word: &Le32,
     token: u32,
     deadline: Option<Instant>,
-    mut dead: impl FnMut(u32) -> Result<bool>,
+    dead: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Option<Acquired>> {
-    for _ in 0..SPINS {
-        let v = word.load(Relaxed);
-        if v == 0 && try_fast(word, token) {
-            return Ok(Some(Acquired::Clean));
-        }
-        std::hint::spin_loop();
-    }
-    let mut last_probe = Instant::now();
-    loop {
-        let v = word.load(Relaxed);
-        if v == 0 {
-            // Others may still sleep behind us: keep the waiters bit so our unlock wakes them.
-            if word
-                .compare_exchange(0, token | WAITERS, Acquire, Relaxed)
-                .is_ok()
-            {
-                return Ok(Some(Acquired::Clean));
-            }
-            continue;
-        }
-        let now = Instant::now();
-        if now.duration_since(last_probe) >= PROBE_INTERVAL {
-            last_probe = now;
-            if v & OWNER != token && dead(v & OWNER)? {
-                if word
-                    .compare_exchange(v, token | (v & WAITERS), Acquire, Relaxed)
-                    .is_ok()
-                {
-                    return Ok(Some(Acquired::OwnerDied));
-                }
-                continue;
-            }
-        }
-        if v & WAITERS == 0
-            && word
-                .compare_exchange(v, v | WAITERS, Relaxed, Relaxed)
-                .is_err()
-        {
-            continue;
-        }
-        let mut sleep = PROBE_INTERVAL.saturating_sub(now.duration_since(last_probe));
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
-                // One last look, so a timeout shorter than the probe interval still finds a
-                // dead holder, as `try_lock` would. The word now has the waiters bit.
-                if v & OWNER != token
-                    && dead(v & OWNER)?
-                    && word
-                        .compare_exchange(v | WAITERS, token | WAITERS, Acquire, Relaxed)
-                        .is_ok()
-                {
-                    return Ok(Some(Acquired::OwnerDied));
-                }
-                return Ok(None);
-            }
-            sleep = sleep.min(left);
-        }
-        let ts = rustix::time::Timespec {
-            tv_sec: sleep.as_secs() as i64,
-            tv_nsec: i64::from(sleep.subsec_nanos()),
-        };
-        match futex::wait(
-            word.futex_word(),
-            futex::Flags::empty(),
-            (v | WAITERS).to_le(),
-            Some(&ts),
-        ) {
-            Ok(())
-            | Err(
-                rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR,
-            ) => {}
-            Err(e) => return Err(Error::io("futex(FUTEX_WAIT)", "lock word", e.into())),
-        }
-    }
+    lockword::lock_contended(word, token, &mut Waiter::new(deadline, dead))
+}
+
+/// Runs `f` holding `word` (the allocation lock), after `repair` when its previous holder died.
+pub(crate) fn with_lock<T>(
+    word: &Le32,
+    token: u32,
+    dead: impl FnMut(u32) -> Result<bool>,
+    stolen: impl FnOnce() -> Error,
+    repair: impl FnOnce() -> Result<()>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    lockword::with_lock(
+        word,
+        token,
+        || Waiter::new(None, dead),
+        wake,
+        stolen,
+        repair,
+        f,
+    )
 }

@@ -10,8 +10,10 @@ use lock_api::{Error, Result};
 
 /// The first eight bytes of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"LKYDSHM\0";
-/// The format version this code reads and writes.
-pub(crate) const VERSION: u32 = 1;
+/// The format version this code reads and writes. Version 2 retires a client slot at its last
+/// generation instead of wrapping it (client.rs); a version 1 process would wrap it and revive a
+/// dead owner's token, so the two must never share a segment.
+pub(crate) const VERSION: u32 = 2;
 /// Bytes reserved for the header; the client table starts here.
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Bytes per lock word.
@@ -316,12 +318,8 @@ impl Layout {
                 capacity,
             ));
         }
-        let allocated = get32(field::ALLOCATED);
-        if allocated > capacity {
-            return Err(Error::corrupt(format!(
-                "segment {what}: allocated count {allocated} exceeds capacity {capacity}"
-            )));
-        }
+        // The `allocated` counter is not checked: a wrong one is repaired from the bitmap after
+        // open (manager.rs), rather than make the whole table unusable.
         Ok(layout)
     }
 }

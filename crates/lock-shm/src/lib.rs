@@ -3,9 +3,13 @@
 
 mod bitmap;
 mod client;
+mod fork;
 mod futex;
 mod layout;
+mod lockword;
 mod manager;
+#[cfg(test)]
+mod model;
 mod segment;
 
 pub use layout::MAX_CAPACITY;

@@ -11,8 +11,10 @@ use lock_api::{Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manag
 
 use crate::bitmap::Bitmap;
 use crate::client;
+use crate::fork;
 use crate::futex;
 use crate::layout::{Layout, field};
+use crate::lockword;
 use crate::segment::{self, Le32, Segment};
 
 /// What every handle of one open manager shares: the mapping, its layout, and the client slot
@@ -23,18 +25,50 @@ struct Shared {
     name: String,
     slot: u32,
     token: u32,
+    /// The fork generation this manager was opened in (fork.rs): any other means that this
+    /// process is a forked child that inherited the manager.
+    forks: u32,
+    /// The process that opened it, for the error a forked child gets.
+    pid: u32,
 }
 
 impl Shared {
     fn attach(name: &str, seg: Segment, layout: Layout) -> Result<Shared> {
+        let forks = fork::generation()?;
         let (slot, generation) = client::claim(&seg, &layout)?;
-        Ok(Shared {
+        let shared = Shared {
             seg,
             layout,
             name: name.to_owned(),
             slot,
             token: client::token(slot, generation),
-        })
+            forks,
+            pid: std::process::id(),
+        };
+        shared.repair_count()?;
+        Ok(shared)
+    }
+
+    /// Fails when this process is a forked child of the one that opened the manager. One relaxed
+    /// load and a compare: it sits on every operation, the uncontended lock and unlock included.
+    #[inline]
+    fn usable(&self) -> Result<()> {
+        if fork::current() != self.forks {
+            return Err(self.forked());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn forked(&self) -> Error {
+        Error::invalid(format!(
+            "this manager of segment {} was opened by process {} and inherited across fork(2) by process {}; \
+             a forked child shares its parent's owner identity, so it must open its own manager \
+             (ShmManager::open) and drop the inherited one",
+            self.seg.path().display(),
+            self.pid,
+            std::process::id()
+        ))
     }
 
     fn owner_dead(&self, owner: u32) -> Result<bool> {
@@ -45,6 +79,7 @@ impl Shared {
     }
 
     fn check(&self, id: LockId) -> Result<()> {
+        self.usable()?;
         if id.get() >= self.layout.capacity {
             return Err(Error::OutOfRange {
                 id,
@@ -61,36 +96,74 @@ impl Shared {
     /// Runs `f` under the segment-wide allocation lock. When the previous holder died inside its
     /// critical section, the summaries and the counter are rebuilt from the leaf bits first.
     fn with_alloc_lock<T>(&self, f: impl FnOnce(&Bitmap<'_>, &Le32) -> Result<T>) -> Result<T> {
+        self.usable()?;
         let word = self.seg.u32(field::ALLOC_LOCK)?;
-        let acquired = if futex::try_fast(word, self.token) {
-            Acquired::Clean
-        } else {
-            futex::lock_contended(word, self.token, None, |o| self.owner_dead(o))?
-                .ok_or(Error::Timeout)?
+        let bitmap = Bitmap::new(&self.seg, &self.layout);
+        let count = self.seg.u32(field::ALLOCATED)?;
+        futex::with_lock(
+            word,
+            self.token,
+            |o| self.owner_dead(o),
+            || self.alloc_lock_stolen(),
+            || {
+                let allocated = bitmap.rebuild()?;
+                count.store(allocated, Relaxed);
+                Ok(())
+            },
+            || f(&bitmap, count),
+        )
+    }
+
+    #[cold]
+    fn alloc_lock_stolen(&self) -> Error {
+        Error::corrupt(format!(
+            "segment {}: allocation lock was taken from a live holder",
+            self.seg.path().display()
+        ))
+    }
+
+    /// At open: repairs a wrong `allocated` counter from the leaf bits, when the allocation lock
+    /// is free or its holder dead (a live holder may be between its bit and its count, and
+    /// allocation repairs the counter whenever it is out of step anyway). Never waits.
+    fn repair_count(&self) -> Result<()> {
+        let word = self.seg.u32(field::ALLOC_LOCK)?;
+        let Some(acquired) = futex::try_lock(word, self.token, |o| self.owner_dead(o))? else {
+            return Ok(());
         };
         let bitmap = Bitmap::new(&self.seg, &self.layout);
         let count = self.seg.u32(field::ALLOCATED)?;
         let result = (|| {
-            if acquired.owner_died() {
-                let allocated = bitmap.rebuild()?;
+            let allocated = if acquired.owner_died() {
+                bitmap.rebuild()?
+            } else {
+                bitmap.count()?
+            };
+            if count.load(Relaxed) != allocated {
                 count.store(allocated, Relaxed);
             }
-            f(&bitmap, count)
+            Ok(())
         })();
         if !futex::unlock(word, self.token)? {
-            return Err(Error::corrupt(format!(
-                "segment {}: allocation lock was taken from a live holder",
-                self.seg.path().display()
-            )));
+            return Err(self.alloc_lock_stolen());
         }
         result
     }
 
+    /// The holder named by lock word `v` (not 0). A word with only the waiters bit names no
+    /// owner: it is a dead hold, like a dead owner's token (lockword.rs).
     fn holder(&self, v: u32) -> Result<Holder> {
         let owner = v & futex::OWNER;
-        let (slot, generation) = client::decode(owner);
         let dead = self.owner_dead(owner)?;
         let mut holder = Holder::default();
+        holder.dead = dead;
+        if lockword::dead_hold(v) {
+            holder.owner = Some(
+                "no owner: only the waiters bit is set (damaged word; the next acquirer gets OwnerDied)"
+                    .to_owned(),
+            );
+            return Ok(holder);
+        }
+        let (slot, generation) = client::decode(owner);
         holder.pid = client::pid_of(&self.seg, &self.layout, owner)?;
         holder.owner = Some(if dead {
             format!(
@@ -103,6 +176,24 @@ impl Shared {
     }
 }
 
+/// Moves the `allocated` counter one up (after a leaf bit was set) or down (after one was
+/// cleared). A counter that cannot be right (it would pass the capacity or go below zero) is
+/// recounted from the leaves instead, so it never exceeds the capacity and a wrong one heals.
+fn step_count(bitmap: &Bitmap<'_>, count: &Le32, capacity: u32, up: bool) -> Result<()> {
+    let c = count.load(Relaxed);
+    let next = if up {
+        c.checked_add(1).filter(|&n| n <= capacity)
+    } else {
+        c.checked_sub(1).filter(|_| c <= capacity)
+    };
+    let next = match next {
+        Some(n) => n,
+        None => bitmap.count()?,
+    };
+    count.store(next, Release);
+    Ok(())
+}
+
 /// A lock table in a /dev/shm segment, shared by every process that opens it.
 ///
 /// Each open manager is one *owner*: it claims a client slot in the segment for its lifetime,
@@ -111,9 +202,11 @@ impl Shared {
 ///
 /// A process that forks must open its own manager in the child: the child shares the parent's
 /// open file description, hence its client slot and its OFD lock, so the two would be one owner
-/// and the child's death would go unnoticed while the parent lives. The child should also drop
-/// the manager it inherited, or the parent's death goes unnoticed while the child lives (the
-/// descriptor is close-on-exec, so `exec` drops it).
+/// and the child's death would go unnoticed while the parent lives. Every operation on an
+/// inherited manager (and its lockers) in a forked child therefore fails with
+/// [`Error::InvalidArgument`] saying so. The child should also drop the manager it inherited, or
+/// the parent's death goes unnoticed while the child lives (the descriptor is close-on-exec, so
+/// `exec` drops it).
 pub struct ShmManager {
     shared: Arc<Shared>,
 }
@@ -146,8 +239,12 @@ impl ShmManager {
     /// # Errors
     ///
     /// `InvalidArgument` for a bad name; `NotFound` when it does not exist; `Incompatible` for
-    /// another magic, version, size or capacity; `Corrupt` when header fields do not add up;
-    /// `Io` for OS errors.
+    /// another magic, version, size or capacity, or a symbolic link at the name (never
+    /// followed); `Corrupt` when header fields do not add up; `Unavailable` when the segment's
+    /// client table is full (1024 managers have it open, or its slots are used up: see the
+    /// crate's limits); `Io` for OS errors.
+    ///
+    /// A wrong `allocated` counter is not an error: open recounts it from the allocation bitmap.
     pub fn open(name: &str, capacity: u32) -> Result<ShmManager> {
         Self::open_inner(name, Some(capacity))
     }
@@ -235,9 +332,14 @@ impl Manager for ShmManager {
     fn allocate(&self) -> Result<ShmLocker> {
         let capacity = self.shared.layout.capacity;
         let id = self.shared.with_alloc_lock(|bitmap, count| {
-            let id = bitmap.lowest_free()?.ok_or(Error::Exhausted { capacity })?;
+            let Some(id) = bitmap.lowest_free()? else {
+                if count.load(Relaxed) != capacity {
+                    count.store(bitmap.count()?, Release);
+                }
+                return Err(Error::Exhausted { capacity });
+            };
             bitmap.set(id)?;
-            count.store(count.load(Relaxed).saturating_add(1), Release);
+            step_count(bitmap, count, capacity, true)?;
             Ok(id)
         })?;
         Ok(self.locker(id))
@@ -250,13 +352,13 @@ impl Manager for ShmManager {
 
     fn allocate_and_retrieve(&self, id: LockId) -> Result<ShmLocker> {
         self.shared.check(id)?;
+        let capacity = self.shared.layout.capacity;
         self.shared.with_alloc_lock(|bitmap, count| {
             if bitmap.is_set(id.get())? {
                 return Err(Error::AlreadyAllocated(id));
             }
             bitmap.set(id.get())?;
-            count.store(count.load(Relaxed).saturating_add(1), Release);
-            Ok(())
+            step_count(bitmap, count, capacity, true)
         })?;
         Ok(self.locker(id.get()))
     }
@@ -279,6 +381,7 @@ impl Manager for ShmManager {
     }
 
     fn available(&self) -> Result<Option<u32>> {
+        self.shared.usable()?;
         let capacity = self.shared.layout.capacity;
         let allocated = self.shared.seg.u32(field::ALLOCATED)?.load(Acquire);
         capacity.checked_sub(allocated).map(Some).ok_or_else(|| {
@@ -290,19 +393,20 @@ impl Manager for ShmManager {
     }
 
     /// Every held lock with its holder's pid, read from the lock words without locking anything.
-    /// A lock whose holder died is listed until someone takes it over; its holder's `owner`
-    /// says so.
+    /// A lock whose holder died is listed until someone takes it over, with `dead` set; so is a
+    /// word that holds only the waiters bit, which `lock` takes over as `OwnerDied`.
     fn held(&self) -> Result<Vec<HeldLock>> {
+        self.shared.usable()?;
         // One probe per owner, not per lock: a process may hold thousands.
         let mut holders: HashMap<u32, Holder> = HashMap::new();
         let mut out = Vec::new();
         for id in 0..self.shared.layout.capacity {
             let v = self.shared.word(id)?.load(Acquire);
-            let owner = v & futex::OWNER;
-            if owner != 0 {
-                let holder = match holders.entry(owner) {
+            if v != 0 {
+                // Keyed by the owner bits: the waiters bit does not change who holds it.
+                let holder = match holders.entry(v & futex::OWNER) {
                     Entry::Occupied(e) => e.get().clone(),
-                    Entry::Vacant(e) => e.insert(self.shared.holder(owner)?).clone(),
+                    Entry::Vacant(e) => e.insert(self.shared.holder(v)?).clone(),
                 };
                 out.push(HeldLock::new(LockId(id), Some(holder)));
             }
@@ -329,8 +433,10 @@ pub struct ShmLocker {
 }
 
 impl ShmLocker {
+    /// The lock word, once this process is known to be the one that opened the manager.
     #[inline]
     fn word(&self) -> Result<&Le32> {
+        self.shared.usable()?;
         self.shared.word(self.id)
     }
 
@@ -386,13 +492,13 @@ impl Locker for ShmLocker {
 
     fn free(&self) -> Result<()> {
         let id = self.id;
+        let capacity = self.shared.layout.capacity;
         self.shared.with_alloc_lock(|bitmap, count| {
             if !bitmap.is_set(id)? {
                 return Err(Error::NotAllocated(LockId(id)));
             }
             bitmap.clear(id)?;
-            count.store(count.load(Relaxed).saturating_sub(1), Release);
-            Ok(())
+            step_count(bitmap, count, capacity, false)
         })
     }
 }
@@ -401,7 +507,7 @@ impl Inspect for ShmLocker {
     /// The holder's pid and client slot, read from the lock word without locking.
     fn holder(&self) -> Result<Option<Holder>> {
         let v = self.word()?.load(Acquire);
-        if v & futex::OWNER == 0 {
+        if v == 0 {
             return Ok(None);
         }
         self.shared.holder(v).map(Some)

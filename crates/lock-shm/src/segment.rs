@@ -85,11 +85,6 @@ impl Le32 {
     }
 
     #[inline]
-    pub(crate) fn swap(&self, value: u32, order: Ordering) -> u32 {
-        u32::from_le(self.0.swap(value.to_le(), order))
-    }
-
-    #[inline]
     pub(crate) fn compare_exchange(
         &self,
         current: u32,
@@ -191,20 +186,33 @@ impl Segment {
     ///
     /// # Errors
     ///
-    /// `NotFound` when it does not exist; `Incompatible` or `Corrupt` as [`Layout::validate`]
-    /// says; `Io` for OS errors.
+    /// `NotFound` when it does not exist; `Incompatible` when the name is a symbolic link or
+    /// not a regular file; `Incompatible` or `Corrupt` as [`Layout::validate`] says; `Io` for OS
+    /// errors.
     pub(crate) fn open(name: &str, capacity: Option<u32>) -> Result<(Segment, Layout)> {
         let path = path_of(name);
-        let fd =
-            match rustix::shm::open(name, rustix::shm::OFlags::RDWR, Mode::from_raw_mode(0o600)) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOENT) => {
-                    return Err(Error::NotFound {
-                        what: format!("segment {}", path.display()),
-                    });
-                }
-                Err(e) => return Err(io_err("shm_open", &path, e)),
-            };
+        // Not `shm_open`: rustix's follows a symlink at the name, glibc's does not. A symlink is
+        // refused rather than followed, so a segment is always the file its name is.
+        let fd = match rustix::fs::open(
+            &path,
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::NotFound {
+                    what: format!("segment {}", path.display()),
+                });
+            }
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(Error::incompatible(
+                    format!("segment {} file type", path.display()),
+                    "regular file",
+                    "symbolic link (not followed)",
+                ));
+            }
+            Err(e) => return Err(io_err("open", &path, e)),
+        };
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
         if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(Error::incompatible(
@@ -330,6 +338,25 @@ impl Segment {
             Some(libc::EAGAIN | libc::EACCES) => Ok(false),
             _ => Err(Error::io("fcntl(F_OFD_SETLK)", &self.path, e)),
         }
+    }
+
+    /// Releases this description's OFD lock on byte `off` (`fcntl(2)` `F_OFD_SETLK`, `F_UNLCK`).
+    ///
+    /// # Errors
+    ///
+    /// `Io` for OS errors.
+    pub(crate) fn ofd_unlock(&self, off: usize) -> Result<()> {
+        let mut fl = flock_at(off, libc::F_UNLCK as libc::c_short);
+        // SAFETY: as for `ofd_try_lock`.
+        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if r != 0 {
+            return Err(Error::io(
+                "fcntl(F_OFD_SETLK, F_UNLCK)",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether another open file description holds an OFD lock on byte `off` (`fcntl(2)`

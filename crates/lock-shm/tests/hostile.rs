@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lock_shm::{Acquired, Error, LockId, Locker, MAX_CAPACITY, Manager, ShmManager};
+use lock_shm::{Acquired, Error, Inspect, LockId, Locker, MAX_CAPACITY, Manager, ShmManager};
 
 /// A segment name unique to this test and process, removed on drop.
 struct Name(String);
@@ -134,12 +134,13 @@ fn truncated_and_resized_files_are_refused() {
     }
 }
 
-/// A segment of another format version is Incompatible.
+/// A segment of another format version is Incompatible, version 1 (which wrapped slot
+/// generations) included.
 #[test]
 fn other_version_is_incompatible() {
     let n = Name::new("version");
     drop(ShmManager::create(&n.0, CAPACITY).unwrap());
-    for v in [0u32, 2, 99, u32::MAX] {
+    for v in [0u32, 1, 3, 99, u32::MAX] {
         n.write_at(8, &v.to_le_bytes());
         let r = ShmManager::open(&n.0, CAPACITY);
         assert!(
@@ -322,4 +323,111 @@ fn random_damage_after_open_never_panics() {
     n.write_at(bitmap, &[0u8; 64]);
     m.free_all().unwrap();
     assert_eq!(m.available().unwrap(), Some(300));
+}
+
+/// A symbolic link at the segment's name is refused with a typed error, never followed, whether
+/// it points to a real segment or nowhere; the target is left alone.
+#[test]
+fn symlink_at_the_segment_name_is_refused() {
+    let target = Name::new("symlink-target");
+    let link = Name::new("symlink");
+    drop(ShmManager::create(&target.0, CAPACITY).unwrap());
+    let before = target.bytes();
+    std::os::unix::fs::symlink(target.path(), link.path()).unwrap();
+    for attempt in 0..3 {
+        let r = match attempt {
+            0 => ShmManager::open(&link.0, CAPACITY).map(|_| ()),
+            1 => ShmManager::open_existing(&link.0).map(|_| ()),
+            _ => ShmManager::open_or_create(&link.0, CAPACITY).map(|_| ()),
+        };
+        assert!(
+            matches!(r, Err(Error::Incompatible { .. })),
+            "open #{attempt} through a symlink gave {r:?}"
+        );
+    }
+    assert!(
+        target.bytes() == before,
+        "the symlink's target was modified"
+    );
+    // Dangling: still refused, and not mistaken for a missing segment to create.
+    ShmManager::remove(&target.0).unwrap();
+    let r = ShmManager::open_or_create(&link.0, CAPACITY);
+    assert!(
+        matches!(r, Err(Error::Incompatible { .. })),
+        "open_or_create over a dangling symlink gave {r:?}"
+    );
+    assert!(
+        !target.path().exists(),
+        "created through a dangling symlink"
+    );
+    // remove unlinks the symlink itself.
+    assert!(ShmManager::remove(&link.0).unwrap());
+    assert!(std::fs::symlink_metadata(link.path()).is_err());
+}
+
+/// A wrong `allocated` counter (within the capacity, or past it) never bricks the segment:
+/// open and allocation repair it from the bitmap, and it never exceeds the capacity.
+#[test]
+fn wrong_allocated_counter_is_repaired() {
+    let n = Name::new("counter");
+    let m = ShmManager::create(&n.0, 8).unwrap();
+    let mine: Vec<_> = (0..3).map(|_| m.allocate().unwrap()).collect();
+    // Says full while 3 of 8 are allocated; opening and allocating must not brick the segment.
+    n.write_at(ALLOCATED, &8u32.to_le_bytes());
+    let m2 = ShmManager::open(&n.0, 8).unwrap();
+    let fourth = m.allocate().unwrap();
+    assert_eq!(fourth.id(), LockId(3));
+    let r = ShmManager::open(&n.0, 8);
+    assert!(r.is_ok(), "the segment is bricked: {r:?}");
+    assert_eq!(m.available().unwrap(), Some(4));
+    assert_eq!(m2.available().unwrap(), Some(4));
+    // Repaired at open even before anyone allocates.
+    n.write_at(ALLOCATED, &7u32.to_le_bytes());
+    let m3 = ShmManager::open(&n.0, 8).unwrap();
+    assert_eq!(m3.available().unwrap(), Some(4), "not repaired at open");
+    // Past the capacity: still opens, repaired.
+    n.write_at(ALLOCATED, &9000u32.to_le_bytes());
+    let m3 = ShmManager::open(&n.0, 8).unwrap();
+    assert_eq!(m3.available().unwrap(), Some(4), "not repaired at open");
+    // Says empty while 4 are allocated: free and allocate keep it exact.
+    n.write_at(ALLOCATED, &0u32.to_le_bytes());
+    fourth.free().unwrap();
+    assert_eq!(m.available().unwrap(), Some(5));
+    n.write_at(ALLOCATED, &0u32.to_le_bytes());
+    while m.allocate().is_ok() {}
+    assert_eq!(m.available().unwrap(), Some(0));
+    m.free_all().unwrap();
+    assert_eq!(m3.available().unwrap(), Some(8));
+    drop(mine);
+    ShmManager::open(&n.0, 8).unwrap();
+}
+
+/// A lock word holding only the waiters bit (no owner can write it) is a hold by a dead owner
+/// everywhere: `held()` and `holder()` list it as dead, and `try_lock`, `lock` and
+/// `try_lock_for` take it over as `OwnerDied`.
+#[test]
+fn waiters_bit_alone_is_a_dead_hold() {
+    let n = Name::new("waitersonly");
+    let m = ShmManager::create(&n.0, 64).unwrap();
+    let locks = 256 + 1024 * 16 + 64;
+    let word = locks + 4 * 6;
+    let l = m.retrieve(LockId(6)).unwrap();
+    for attempt in 0..3 {
+        n.write_at(word, &0x8000_0000u32.to_le_bytes());
+        let held = m.held().unwrap();
+        assert_eq!(held.len(), 1, "held() does not list the word: {held:?}");
+        assert_eq!(held[0].id, LockId(6));
+        assert!(held[0].holder.as_ref().is_some_and(|h| h.dead), "{held:?}");
+        assert!(l.holder().unwrap().is_some_and(|h| h.dead));
+        let acquired = match attempt {
+            0 => l.try_lock().unwrap(),
+            1 => Some(l.lock().unwrap()),
+            _ => Some(l.try_lock_for(Duration::ZERO).unwrap()),
+        };
+        assert_eq!(acquired, Some(Acquired::OwnerDied), "attempt {attempt}");
+        let held = m.held().unwrap();
+        assert!(held.len() == 1 && held[0].holder.as_ref().is_some_and(|h| !h.dead));
+        l.unlock().unwrap();
+        assert!(m.held().unwrap().is_empty());
+    }
 }

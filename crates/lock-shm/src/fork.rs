@@ -1,0 +1,65 @@
+//! Telling a forked child from the process that opened a manager, at the cost of one load.
+#![allow(unsafe_code)] // reason: pthread_atfork(3) is registered through libc
+//!
+//! A child made by `fork(2)` inherits its parent's managers: the same open file description,
+//! hence the same client slot and owner token. Used from the child, a manager would act as its
+//! parent (unlock the parent's locks, and keep the parent's slot alive after the parent dies).
+//! So every manager records the *fork generation* it was opened in, and every operation compares
+//! it with the current one: a process-wide counter that a `pthread_atfork(3)` child handler,
+//! registered once, bumps in every child that `fork(2)` makes. In the parent the counter never
+//! changes, so the check is one relaxed load of a read-mostly word and a compare, with no system
+//! call: nothing measurable beside the lock's own compare-and-swap.
+//!
+//! # Invariants
+//!
+//! 1. The child handler runs in the child, on the thread that called `fork`, before `fork`
+//!    returns there: everything the child does afterwards is sequenced after the bump (threads it
+//!    starts later synchronize with it through their spawn), so `Relaxed` suffices.
+//! 2. The handler only increments an atomic: async-signal-safe, as a handler run after `fork`
+//!    in a multithreaded process must be.
+//!
+//! Not detected: children made without glibc's `fork` (raw `clone(2)`, `_Fork(3)`), which skip
+//! the handlers. `vfork(2)` also skips them, and its child may only `exec` or `_exit`, which
+//! never touch a manager.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use lock_api::{Error, Result};
+
+/// Bumped in every child `fork(2)` makes, once the handler is registered.
+static FORKS: AtomicU32 = AtomicU32::new(0);
+/// The result of registering the handler: 0, or the error number `pthread_atfork` returned.
+static REGISTERED: OnceLock<i32> = OnceLock::new();
+
+extern "C" fn in_child() {
+    FORKS.fetch_add(1, Relaxed);
+}
+
+/// The fork generation of this process, registering the child handler on first use. A manager
+/// records it when it is opened.
+///
+/// # Errors
+///
+/// `Io` when `pthread_atfork(3)` fails (out of memory).
+pub(crate) fn generation() -> Result<u32> {
+    let registered = *REGISTERED.get_or_init(|| {
+        // SAFETY: `in_child` is an `extern "C" fn()` that lives as long as the program and only
+        // increments an atomic (invariant 2); no prepare or parent handler is registered.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) }
+    });
+    if registered != 0 {
+        return Err(Error::io(
+            "pthread_atfork",
+            "lock-shm fork handler",
+            std::io::Error::from_raw_os_error(registered),
+        ));
+    }
+    Ok(FORKS.load(Relaxed))
+}
+
+/// The current fork generation; compare it with the one a manager recorded at open.
+#[inline]
+pub(crate) fn current() -> u32 {
+    FORKS.load(Relaxed)
+}

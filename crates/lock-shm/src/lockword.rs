@@ -1,0 +1,297 @@
+//! The lock-word protocol, written once over an abstract atomic word and an abstract system, so
+//! that the same code runs in production (`futex.rs`: a word in the segment, `futex(2)`, the OFD
+//! probe) and under the loom model checker (`model.rs`: loom atomics, a modelled futex, a
+//! modelled probe).
+//!
+//! # The word
+//!
+//! `0` is unlocked. Any other value is held: the low 31 bits ([`OWNER`]) name the holder's token
+//! and [`WAITERS`] says that someone may sleep on the word. A token is never 0, so a word of
+//! `WAITERS` alone names no owner: no correct process writes it, and it reads as a hold by a dead
+//! owner (see [`dead_hold`]), which the next acquirer takes over and reports as `OwnerDied`.
+//!
+//! # Transitions (each one atomic read-modify-write)
+//!
+//! 1. lock: `0 -> token` (fast path), or `0 -> token | WAITERS` by a waiter that slept, so that
+//!    its unlock wakes whoever still sleeps behind it.
+//! 2. announce: `v -> v | WAITERS` by a waiter about to sleep; the owner bits do not change.
+//! 3. take over: `v -> token | (v & WAITERS)` by a waiter whose probe found `v`'s owner dead,
+//!    compared against the exact value `v` it probed.
+//! 4. unlock: `token -> 0` or `token | WAITERS -> 0`, compared against the exact value read, in
+//!    a loop that retries only while the owner bits are still the caller's own token. Only the
+//!    waiters bit can change under an owner that lives, so the loop ends after at most two
+//!    rounds, and an unlock never clears a word whose owner bits are not its own token: of two
+//!    racing unlocks of one hold, exactly one succeeds.
+//!
+//! Nothing else writes the word. So the owner bits change only by 1 (from 0), by 3 (from a dead
+//! owner) and by 4 (by the owner itself), and while a token's owner lives, only that owner can
+//! take its token out of the word.
+//!
+//! # Memory ordering (the Rust, that is C++20, model)
+//!
+//! - Every transition that writes a token (1 and 3) is `AcqRel`; unlock (4) is `Release`;
+//!   announce (2) is `Relaxed`, and as a read-modify-write it continues the release sequence
+//!   of whatever wrote the word before it.
+//! - Clean handover: the unlocker's `Release` RMW writes 0; the next locker's `Acquire` CAS reads
+//!   that 0, so everything the unlocker did in its critical section happens-before the new
+//!   holder's.
+//! - Probing: a waiter loads the word with `Acquire` before it probes the owner it names. The
+//!   token was written by its owner's `AcqRel` CAS (1 or 3), possibly followed by `Relaxed`
+//!   announces, which belong to its release sequence; so the waiter synchronizes with the owner's
+//!   CAS, and everything the owner did before it, in particular claiming its client slot and
+//!   storing its generation (client.rs), happens-before the probe. By coherence the probe then
+//!   reads that generation or a later one, never an earlier one: an owner that lives is never
+//!   judged dead because of a stale generation. (On x86 these orderings cost nothing extra; the
+//!   fast paths compile to the same `lock cmpxchg` as before.)
+//! - Taking over compares against the exact value probed. Between the probe and the CAS the word
+//!   can only have kept that value if its owner's token stayed in it, and a dead owner's token
+//!   never becomes a live one's (client.rs: generations never wrap), so the CAS cannot take a
+//!   lock from an owner that lives.
+//! - The liveness probe itself (client.rs) reads kernel state, the OFD lock on the owner's slot,
+//!   through `fcntl(2)`; the kernel serialises lock operations on a file under its own locks, so
+//!   an OFD lock taken before an owner's first CAS is seen by any probe that synchronizes with
+//!   that CAS.
+
+use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release};
+
+use lock_api::{Acquired, Error, Result};
+
+/// Set when someone sleeps, or is about to sleep, on the word.
+pub(crate) const WAITERS: u32 = 1 << 31;
+/// The holder's token.
+pub(crate) const OWNER: u32 = !WAITERS;
+
+/// Whether a word that is not 0 names no owner at all (only the waiters bit is set). Such a word
+/// is a hold by a dead owner: no correct process writes it.
+#[inline]
+pub(crate) fn dead_hold(v: u32) -> bool {
+    v != 0 && v & OWNER == 0
+}
+
+/// A 32-bit atomic lock word.
+pub(crate) trait Word {
+    /// Atomically loads the word.
+    fn load(&self, order: Ordering) -> u32;
+    /// Atomically replaces `current` with `new`; returns the previous value either way.
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u32, u32>;
+}
+
+/// What one `lock_contended` call sees of the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tick {
+    /// A liveness probe of the holder is due.
+    pub(crate) probe: bool,
+    /// The caller's deadline has passed.
+    pub(crate) expired: bool,
+}
+
+/// The system a waiter runs on: the clock, the liveness probe and the futex.
+pub(crate) trait Sys<W: Word> {
+    /// How often to re-read the word before the first sleep.
+    fn spins(&self) -> u32;
+    /// Reads the clock once for this round of the wait loop.
+    fn tick(&mut self) -> Tick;
+    /// Whether the owner named by token `owner` (never the caller's own) is dead. Token 0 names
+    /// no owner and is dead.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the probe's system calls fail with.
+    fn dead(&mut self, owner: u32) -> Result<bool>;
+    /// Sleeps while `word` holds `expected`, at most until the next probe is due or the deadline,
+    /// whichever is first. Spurious returns are allowed.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the sleep's system call fails with.
+    fn wait(&mut self, word: &W, expected: u32) -> Result<()>;
+}
+
+/// Takes the word if it is unlocked.
+#[inline]
+pub(crate) fn try_fast<W: Word>(word: &W, token: u32) -> bool {
+    word.compare_exchange(0, token, AcqRel, Relaxed).is_ok()
+}
+
+/// Releases the word if `token` holds it; returns whether it did. `wake` wakes one sleeper; it
+/// is called only when the waiters bit was set.
+///
+/// # Errors
+///
+/// Whatever `wake` fails with (the word is released all the same).
+#[inline]
+pub(crate) fn unlock<W: Word>(
+    word: &W,
+    token: u32,
+    wake: impl FnOnce(&W) -> Result<()>,
+) -> Result<bool> {
+    match word.compare_exchange(token, 0, Release, Relaxed) {
+        Ok(_) => Ok(true),
+        Err(v) => unlock_contended(word, token, v, wake),
+    }
+}
+
+/// The unlock path when the word was not exactly `token`: `v` is what the fast path saw.
+#[cold]
+fn unlock_contended<W: Word>(
+    word: &W,
+    token: u32,
+    mut v: u32,
+    wake: impl FnOnce(&W) -> Result<()>,
+) -> Result<bool> {
+    loop {
+        if v & OWNER != token {
+            return Ok(false);
+        }
+        // Compare against the exact value: if another thread of this owner unlocked first and a
+        // waiter took the lock, the owner bits differ and this unlock fails instead of erasing
+        // the new hold.
+        match word.compare_exchange(v, 0, Release, Relaxed) {
+            Ok(_) => {
+                if v & WAITERS != 0 {
+                    wake(word)?;
+                }
+                return Ok(true);
+            }
+            Err(now) => v = now,
+        }
+    }
+}
+
+/// Tries once, without sleeping, taking the lock over when `dead` says its holder is gone.
+/// Returns `None` when the lock is held by a live owner, this one included.
+///
+/// # Errors
+///
+/// Whatever `dead` fails with.
+pub(crate) fn try_lock<W: Word>(
+    word: &W,
+    token: u32,
+    dead: impl FnOnce(u32) -> Result<bool>,
+) -> Result<Option<Acquired>> {
+    // Acquire on failure too: `v` names the owner the probe below looks at.
+    let v = match word.compare_exchange(0, token, AcqRel, Acquire) {
+        Ok(_) => return Ok(Some(Acquired::Clean)),
+        Err(v) => v,
+    };
+    if v & OWNER == token {
+        return Ok(None);
+    }
+    if dead(v & OWNER)? {
+        if word
+            .compare_exchange(v, token | (v & WAITERS), AcqRel, Relaxed)
+            .is_ok()
+        {
+            return Ok(Some(Acquired::OwnerDied));
+        }
+        // Someone else moved first: released it or took it over. Look once more, but never
+        // probe twice in one try.
+        return Ok(try_fast(word, token).then_some(Acquired::Clean));
+    }
+    Ok(None)
+}
+
+/// Waits for the lock until `sys` says the deadline passed. Returns `None` on timeout.
+///
+/// # Errors
+///
+/// Whatever the probe or the futex fail with.
+#[cold]
+pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
+    word: &W,
+    token: u32,
+    sys: &mut S,
+) -> Result<Option<Acquired>> {
+    for _ in 0..sys.spins() {
+        if word.load(Relaxed) == 0 && try_fast(word, token) {
+            return Ok(Some(Acquired::Clean));
+        }
+        std::hint::spin_loop();
+    }
+    loop {
+        // Acquire: the probe below must see at least what the owner named in `v` published
+        // before it wrote its token (module docs, "Probing").
+        let v = word.load(Acquire);
+        if v == 0 {
+            // Others may still sleep behind us: keep the waiters bit so our unlock wakes them.
+            if word
+                .compare_exchange(0, token | WAITERS, AcqRel, Relaxed)
+                .is_ok()
+            {
+                return Ok(Some(Acquired::Clean));
+            }
+            continue;
+        }
+        let tick = sys.tick();
+        if tick.probe && v & OWNER != token && sys.dead(v & OWNER)? {
+            if word
+                .compare_exchange(v, token | (v & WAITERS), AcqRel, Relaxed)
+                .is_ok()
+            {
+                return Ok(Some(Acquired::OwnerDied));
+            }
+            continue;
+        }
+        if v & WAITERS == 0
+            && word
+                .compare_exchange(v, v | WAITERS, Relaxed, Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        if tick.expired {
+            // One last look, so a timeout shorter than the probe interval still finds a dead
+            // holder, as `try_lock` would. The word now has the waiters bit.
+            if v & OWNER != token
+                && sys.dead(v & OWNER)?
+                && word
+                    .compare_exchange(v | WAITERS, token | WAITERS, AcqRel, Relaxed)
+                    .is_ok()
+            {
+                return Ok(Some(Acquired::OwnerDied));
+            }
+            return Ok(None);
+        }
+        sys.wait(word, v | WAITERS)?;
+    }
+}
+
+/// Runs `f` holding the word (the segment's allocation lock), waiting as long as it takes (`sys`
+/// makes the waiter, only when the word is contended). When
+/// the previous holder died holding it, `repair` runs first. A word taken from this holder while
+/// `f` ran (only a broken probe or a damaged segment can do that) gives the error `stolen` makes.
+///
+/// # Errors
+///
+/// Whatever the wait, `repair` or `f` fail with, and `stolen()` as above.
+pub(crate) fn with_lock<W: Word, S: Sys<W>, T>(
+    word: &W,
+    token: u32,
+    sys: impl FnOnce() -> S,
+    wake: impl FnOnce(&W) -> Result<()>,
+    stolen: impl FnOnce() -> Error,
+    repair: impl FnOnce() -> Result<()>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let acquired = if try_fast(word, token) {
+        Acquired::Clean
+    } else {
+        lock_contended(word, token, &mut sys())?.ok_or(Error::Timeout)?
+    };
+    let result = (|| {
+        if acquired.owner_died() {
+            repair()?;
+        }
+        f()
+    })();
+    if !unlock(word, token, wake)? {
+        return Err(stolen());
+    }
+    result
+}

@@ -1,0 +1,556 @@
+//! Model checks of the lock-word protocol (`lockword.rs`) with loom: the same generic code that
+//! production runs, over loom's atomics, a modelled futex and a modelled liveness probe.
+//!
+//! Run them with `cargo test -p lock-shm --lib model` (loom is an ordinary dev-dependency; no
+//! `--cfg loom` is needed, since the protocol is generic rather than cfg-switched). Each check
+//! explores every interleaving up to [`PREEMPTIONS`] preemptions, and loom's own checks come on
+//! top of the assertions here: a data race on the state a lock protects (an `UnsafeCell`), which
+//! is how too weak a memory ordering shows, and a deadlock, which is how a lost wake-up shows
+//! when the futex is modelled without timeouts.
+//!
+//! What is modelled, and how:
+//! - A lock word is a loom `AtomicU32` with its own futex: a mutex and a condition variable.
+//!   `FUTEX_WAIT` compares the word under the mutex and sleeps on the condition variable;
+//!   `FUTEX_WAKE` takes the mutex and wakes one sleeper. That is the kernel's contract: the
+//!   compare and the enqueue are atomic with respect to a wake.
+//! - A client slot is an OFD-lock flag (kernel state, hence `SeqCst`) and a generation, and the
+//!   probe is the production one (client.rs): dead if the flag is clear, or the generation moved.
+//!   An owner dies by clearing its flag without unlocking, as the kernel does for a killed one.
+//! - A futex wait has no timeout, so a lost wake-up is a deadlock, which loom reports. The
+//!   production 5 ms timeout exists for one reason, to let a waiter re-probe after a death, and
+//!   a death is the only event that turns a probe's answer from alive to dead (a slot's
+//!   generation moves on only after its owner died). So the model wakes every sleeper at each
+//!   death, and a waiter does not go to sleep if a death happened since its last probe: exactly
+//!   the re-probes that can change anything, without the polling loops that would make the
+//!   state space infinite. A probe is due at every round of the wait loop; the spin phase is
+//!   skipped.
+//! - Deadlines are not modelled: the expiry path is the takeover path once more.
+
+#![allow(unsafe_code)] // reason: loom's UnsafeCell is read and written through raw pointers
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release, SeqCst};
+
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+use lock_api::{Acquired, Error, Result};
+
+use crate::client;
+use crate::lockword::{self, OWNER, Sys, Tick, WAITERS, Word};
+
+/// Preemptions explored per execution: enough for every defect below, small enough that all the
+/// checks take seconds.
+const PREEMPTIONS: usize = 3;
+
+fn check(f: impl Fn() + Sync + Send + 'static) {
+    check_bounded(PREEMPTIONS, f);
+}
+
+fn check_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.check(f);
+}
+
+/// Client slots `0..SLOTS`.
+const SLOTS: usize = 4;
+
+/// A client slot: its OFD lock (kernel state) and its generation.
+struct Slot {
+    locked: AtomicBool,
+    generation: AtomicU32,
+}
+
+/// One lock word with its futex queue, and the client slots of the owners that use it.
+struct World {
+    word: AtomicU32,
+    queue: Mutex<()>,
+    wakeups: Condvar,
+    slots: [Slot; SLOTS],
+    /// Deaths so far: a waiter that saw fewer before its probe does not sleep.
+    deaths: AtomicUsize,
+    /// Run the protocol with the orderings before issue 9 (a `Relaxed` load before the probe, an
+    /// `Acquire`-only lock CAS), to show that the checker tells them apart.
+    weakened: bool,
+}
+
+impl World {
+    /// A word holding `value`; slots in `live` held at generation 1, the others never used.
+    fn new(value: u32, live: &[u32]) -> Arc<World> {
+        Arc::new(World {
+            word: AtomicU32::new(value),
+            queue: Mutex::new(()),
+            wakeups: Condvar::new(),
+            slots: std::array::from_fn(|s| Slot {
+                locked: AtomicBool::new(live.contains(&(s as u32))),
+                generation: AtomicU32::new(u32::from(live.contains(&(s as u32)))),
+            }),
+            deaths: AtomicUsize::new(0),
+            weakened: false,
+        })
+    }
+
+    /// As [`World::new`], with the orderings weakened (see `weakened`).
+    fn weakened(value: u32, live: &[u32]) -> Arc<World> {
+        let mut world = World::new(value, live);
+        if let Some(w) = Arc::get_mut(&mut world) {
+            w.weakened = true;
+        }
+        world
+    }
+
+    /// `FUTEX_WAIT`: sleeps until woken if the word still holds `expected` and nobody died since
+    /// the caller's last probe.
+    fn futex_wait(&self, expected: u32, deaths_seen: usize) {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if self.word.load(SeqCst) == expected && self.deaths.load(SeqCst) == deaths_seen {
+            drop(self.wakeups.wait(queue).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// `FUTEX_WAKE` of one sleeper.
+    fn futex_wake(&self) -> Result<()> {
+        let _queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.wakeups.notify_one();
+        Ok(())
+    }
+
+    /// The production probe (client::owner_dead) over the modelled slots.
+    fn dead(&self, owner: u32) -> bool {
+        let (slot, generation) = client::decode(owner);
+        let Some(slot) = self.slots.get(slot as usize) else {
+            return true;
+        };
+        if generation == 0 || !slot.locked.load(SeqCst) {
+            return true;
+        }
+        slot.generation.load(Acquire) != generation
+    }
+
+    /// The owner of `slot` dies: the kernel drops its OFD lock, nobody unlocks its locks, and
+    /// every sleeper's timeout fires after it.
+    fn die(&self, slot: u32) {
+        self.slots[slot as usize].locked.store(false, SeqCst);
+        self.deaths.fetch_add(1, SeqCst);
+        let _queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.wakeups.notify_all();
+    }
+
+    /// A new owner claims the free `slot` (client::claim): OFD lock first, then the next
+    /// generation. Returns its token.
+    fn claim(&self, slot: u32) -> u32 {
+        let s = &self.slots[slot as usize];
+        s.locked.store(true, SeqCst);
+        let generation = s.generation.load(Acquire) + 1;
+        s.generation.store(generation, Release);
+        client::token(slot, generation)
+    }
+}
+
+impl Word for World {
+    fn load(&self, order: Ordering) -> u32 {
+        self.word.load(if self.weakened { Relaxed } else { order })
+    }
+
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u32, u32> {
+        let success = match success {
+            AcqRel if self.weakened => Acquire,
+            other => other,
+        };
+        self.word.compare_exchange(current, new, success, failure)
+    }
+}
+
+/// The modelled system a waiter runs on.
+struct ModelSys<'a> {
+    world: &'a World,
+    deaths_seen: usize,
+}
+
+impl<'a> ModelSys<'a> {
+    fn new(world: &'a World) -> Self {
+        ModelSys {
+            world,
+            deaths_seen: 0,
+        }
+    }
+}
+
+impl Sys<World> for ModelSys<'_> {
+    fn spins(&self) -> u32 {
+        0
+    }
+
+    fn tick(&mut self) -> Tick {
+        self.deaths_seen = self.world.deaths.load(SeqCst);
+        Tick {
+            probe: true,
+            expired: false,
+        }
+    }
+
+    fn dead(&mut self, owner: u32) -> Result<bool> {
+        Ok(self.world.dead(owner))
+    }
+
+    fn wait(&mut self, world: &World, expected: u32) -> Result<()> {
+        world.futex_wait(expected, self.deaths_seen);
+        Ok(())
+    }
+}
+
+/// Locks for `token` as `ShmLocker::lock` does: the fast path, then the wait loop.
+fn lock(world: &World, token: u32) -> Acquired {
+    if lockword::try_fast(world, token) {
+        return Acquired::Clean;
+    }
+    match lockword::lock_contended(world, token, &mut ModelSys::new(world)) {
+        Ok(Some(acquired)) => acquired,
+        other => panic!("lock without a deadline gave {other:?}"),
+    }
+}
+
+fn unlock(world: &World, token: u32) -> bool {
+    match lockword::unlock(world, token, World::futex_wake) {
+        Ok(done) => done,
+        Err(e) => panic!("unlock failed: {e}"),
+    }
+}
+
+/// Defect 3 of issue 9, kept to show that the checker catches it: the contended unlock read the
+/// word, then swapped in 0 whatever it had become.
+fn unlock_broken(world: &World, token: u32) -> bool {
+    if world.compare_exchange(token, 0, Release, Relaxed).is_ok() {
+        return true;
+    }
+    let v = world.load(Relaxed);
+    if v & OWNER != token {
+        return false;
+    }
+    let old = world.word.swap(0, Release);
+    if old & WAITERS != 0 {
+        let _ = world.futex_wake();
+    }
+    true
+}
+
+/// The critical section: a plain (non-atomic) read-modify-write that loom reports as a data
+/// race unless the lock orders it, plus a count of holders inside, which must never pass 1.
+struct Protected {
+    data: UnsafeCell<u32>,
+    inside: AtomicUsize,
+}
+
+impl Protected {
+    fn new() -> Protected {
+        Protected {
+            data: UnsafeCell::new(0),
+            inside: AtomicUsize::new(0),
+        }
+    }
+
+    fn enter(&self) {
+        assert_eq!(self.inside.fetch_add(1, SeqCst), 0, "two holders at once");
+        set(&self.data, get(&self.data) + 1);
+        self.inside.fetch_sub(1, SeqCst);
+    }
+
+    fn total(&self) -> u32 {
+        get(&self.data)
+    }
+}
+
+/// Reads a cell; loom fails the check if a write to it is not ordered with this read.
+fn get<T: Copy>(cell: &UnsafeCell<T>) -> T {
+    // SAFETY: the pointer is valid for the cell's life, and loom's UnsafeCell tracks this access:
+    // a concurrent, unordered write is reported as a race instead of happening.
+    cell.with(|p| unsafe { *p })
+}
+
+/// Writes a cell; loom fails the check if any other access to it is not ordered with this one.
+fn set<T>(cell: &UnsafeCell<T>, value: T) {
+    // SAFETY: as for `get`.
+    cell.with_mut(|p| unsafe { *p = value })
+}
+
+/// Owners in slots 1..=3, generation 1.
+fn token(slot: u32) -> u32 {
+    client::token(slot, 1)
+}
+
+fn join<T>(t: thread::JoinHandle<T>) -> T {
+    t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Three owners lock and unlock one word, sleeping without timeouts: they are mutually
+/// exclusive, the protected data has no race, and nobody sleeps forever.
+#[test]
+fn model_exclusion_and_no_lost_wakeup() {
+    check(|| {
+        let world = World::new(0, &[1, 2, 3]);
+        let data = Arc::new(Protected::new());
+        let threads: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|slot| {
+                let (world, data) = (world.clone(), data.clone());
+                thread::spawn(move || {
+                    assert_eq!(lock(&world, token(slot)), Acquired::Clean);
+                    data.enter();
+                    assert!(unlock(&world, token(slot)));
+                })
+            })
+            .collect();
+        assert_eq!(lock(&world, token(3)), Acquired::Clean);
+        data.enter();
+        assert!(unlock(&world, token(3)));
+        threads.into_iter().for_each(join);
+        assert_eq!(data.total(), 3);
+        assert_eq!(world.load(SeqCst), 0);
+    });
+}
+
+/// Two threads of one owner unlock its one hold while another owner waits: exactly one unlock
+/// succeeds, and the waiter's hold survives until its own unlock.
+fn contended_unlock(unlock_fn: fn(&World, u32) -> bool) {
+    check(move || {
+        let holder = token(1);
+        let world = World::new(holder, &[1, 2]);
+        let waiter = {
+            let world = world.clone();
+            thread::spawn(move || {
+                assert_eq!(lock(&world, token(2)), Acquired::Clean);
+                assert!(
+                    unlock_fn(&world, token(2)),
+                    "the waiter's hold was erased by the other owner's unlock"
+                );
+            })
+        };
+        let other_thread = {
+            let world = world.clone();
+            thread::spawn(move || unlock_fn(&world, holder))
+        };
+        let mine = unlock_fn(&world, holder);
+        let theirs = join(other_thread);
+        assert!(
+            mine ^ theirs,
+            "two unlocks of one hold: {mine} and {theirs}, expected exactly one success"
+        );
+        join(waiter);
+        assert_eq!(world.load(SeqCst), 0);
+    });
+}
+
+#[test]
+fn model_contended_unlock_exactly_one_succeeds() {
+    contended_unlock(unlock);
+}
+
+/// The unconditional swap of defect 3 is caught by the same check.
+#[test]
+fn model_catches_the_unconditional_swap_unlock() {
+    let caught = catch_unwind(AssertUnwindSafe(|| contended_unlock(unlock_broken)));
+    let message = panic_message(&caught);
+    assert!(
+        message.contains("two unlocks of one hold") || message.contains("was erased"),
+        "the broken unlock failed for another reason: {message}"
+    );
+}
+
+/// An owner dies holding the lock while two others wait for it, one in `lock`, one in
+/// `try_lock` then `lock`: exactly one of them takes it over and is told `OwnerDied`, and they
+/// stay mutually exclusive.
+#[test]
+fn model_dead_owner_taken_over_exactly_once() {
+    check_bounded(2, || {
+        let world = World::new(token(1), &[1, 2, 3]);
+        let data = Arc::new(Protected::new());
+        let died = Arc::new(AtomicUsize::new(0));
+        let killer = {
+            let world = world.clone();
+            thread::spawn(move || world.die(1))
+        };
+        let waiter = {
+            let (world, data, died) = (world.clone(), data.clone(), died.clone());
+            thread::spawn(move || {
+                if lock(&world, token(2)) == Acquired::OwnerDied {
+                    died.fetch_add(1, SeqCst);
+                }
+                data.enter();
+                assert!(unlock(&world, token(2)));
+            })
+        };
+        let me = token(3);
+        let acquired = match lockword::try_lock(&*world, me, |o| Ok(world.dead(o))) {
+            Ok(Some(a)) => a,
+            Ok(None) => lock(&world, me),
+            Err(e) => panic!("try_lock: {e}"),
+        };
+        if acquired == Acquired::OwnerDied {
+            died.fetch_add(1, SeqCst);
+        }
+        data.enter();
+        assert!(unlock(&world, me));
+        join(killer);
+        join(waiter);
+        assert_eq!(died.load(SeqCst), 1, "OwnerDied reported {died:?} times");
+        assert_eq!(data.total(), 2);
+        assert_eq!(world.load(SeqCst), 0);
+    });
+}
+
+/// A new owner re-claims a dead owner's slot (next generation) and takes the lock while another
+/// owner waits for it: the waiter probes the new token and must find it alive, whatever it
+/// reads of the slot's generation. This is where the waiter's `Acquire` load of the word and the
+/// locker's `AcqRel` compare-and-swap matter (lockword.rs, "Probing").
+fn live_owner_in_a_reused_slot(new_world: fn(u32, &[u32]) -> Arc<World>) {
+    check(move || {
+        // Slot 1 was used once (generation 1) by an owner that is gone.
+        let world = new_world(0, &[1, 2]);
+        world.slots[1].locked.store(false, SeqCst);
+        let data = Arc::new(Protected::new());
+        let owner = {
+            let (world, data) = (world.clone(), data.clone());
+            thread::spawn(move || {
+                let me = world.claim(1);
+                assert_eq!(lock(&world, me), Acquired::Clean);
+                data.enter();
+                assert!(unlock(&world, me));
+            })
+        };
+        assert_eq!(
+            lock(&world, token(2)),
+            Acquired::Clean,
+            "a live owner was judged dead"
+        );
+        data.enter();
+        assert!(unlock(&world, token(2)));
+        join(owner);
+        assert_eq!(data.total(), 2);
+    });
+}
+
+#[test]
+fn model_a_live_owner_in_a_reused_slot_is_never_taken_over() {
+    live_owner_in_a_reused_slot(World::new);
+}
+
+/// The orderings before issue 9 (a `Relaxed` load of the word before the probe, an
+/// `Acquire`-only lock CAS) let the waiter read the slot's old generation and take the lock from
+/// its live owner: the checker finds it.
+#[test]
+fn model_catches_the_relaxed_probe_load() {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        live_owner_in_a_reused_slot(World::weakened);
+    }));
+    assert!(
+        panic_message(&caught).contains("a live owner was judged dead"),
+        "the weakened orderings were not caught as such: {}",
+        panic_message(&caught)
+    );
+}
+
+/// The message of a caught panic ("" when there was none).
+fn panic_message(caught: &std::thread::Result<()>) -> String {
+    match caught {
+        Ok(()) => String::new(),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    }
+}
+
+/// The allocation lock: an owner dies holding it halfway through an allocation (its leaf bit
+/// set, the counter not yet moved) while others allocate. Exactly one repair from the leaves
+/// follows (by whoever got `OwnerDied`), no id is handed out twice, and the counter ends equal
+/// to the number of bits set.
+#[test]
+fn model_allocation_lock_repairs_after_a_dead_holder() {
+    struct Table {
+        leaf: UnsafeCell<u64>,
+        count: UnsafeCell<u32>,
+        repairs: AtomicUsize,
+    }
+    /// The first step of an allocation: takes the lowest free bit.
+    fn take_bit(table: &Table) -> u32 {
+        let leaf = get(&table.leaf);
+        let id = (!leaf).trailing_zeros();
+        set(&table.leaf, leaf | 1 << id);
+        id
+    }
+    fn allocate(table: &Table, world: &World, me: u32) -> u32 {
+        let r = lockword::with_lock(
+            world,
+            me,
+            || ModelSys::new(world),
+            World::futex_wake,
+            || Error::corrupt("allocation lock stolen"),
+            || {
+                table.repairs.fetch_add(1, SeqCst);
+                set(&table.count, get(&table.leaf).count_ones());
+                Ok(())
+            },
+            || {
+                let id = take_bit(table);
+                set(&table.count, get(&table.count) + 1);
+                Ok(id)
+            },
+        );
+        r.unwrap_or_else(|e| panic!("allocation failed: {e}"))
+    }
+    check(|| {
+        let world = World::new(0, &[1, 2, 3]);
+        let table = Arc::new(Table {
+            leaf: UnsafeCell::new(0),
+            count: UnsafeCell::new(0),
+            repairs: AtomicUsize::new(0),
+        });
+        let took = Arc::new(AtomicBool::new(false));
+        // The owner in slot 1 starts an allocation and dies before counting it.
+        let dying = {
+            let (world, table, took) = (world.clone(), table.clone(), took.clone());
+            thread::spawn(move || {
+                if lockword::try_fast(&*world, token(1)) {
+                    took.store(true, SeqCst);
+                    take_bit(&table);
+                }
+                world.die(1);
+            })
+        };
+        let other = {
+            let (world, table) = (world.clone(), table.clone());
+            thread::spawn(move || allocate(&table, &world, token(2)))
+        };
+        let first = allocate(&table, &world, token(3));
+        let second = join(other);
+        join(dying);
+        // One more after the death, so a lock the dying owner took last is taken over too.
+        let third = allocate(&table, &world, token(3));
+        assert!(
+            first != second && second != third && first != third,
+            "one id handed out twice: {first}, {second}, {third}"
+        );
+        let leaf = get(&table.leaf);
+        assert_eq!(
+            get(&table.count),
+            leaf.count_ones(),
+            "the counter disagrees with the leaves"
+        );
+        assert_eq!(
+            table.repairs.load(SeqCst),
+            usize::from(took.load(SeqCst)),
+            "repairs do not match the deaths inside the lock"
+        );
+        assert_eq!(world.load(SeqCst), 0);
+    });
+}
