@@ -534,8 +534,11 @@ pub fn cycle_member<M: Manager>(
         Some(wait) => second.try_lock_for(wait),
     };
     match outcome {
-        Ok(_) => {
-            report("acquired");
+        Ok(acquired) => {
+            report(match acquired {
+                Acquired::Clean => "acquired",
+                Acquired::OwnerDied => "acquired owner-died",
+            });
             second.unlock()?;
         }
         Err(Error::Deadlock { cycle }) => report(&format!("deadlock {} {cycle}", cycle.0.len())),

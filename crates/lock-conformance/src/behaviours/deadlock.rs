@@ -216,3 +216,32 @@ pub fn a_cycle_broken_by_a_timeout_has_no_victim<B: Backend>(ctx: &Ctx<'_, B>) -
     );
     Ok(())
 }
+
+/// A member of a cycle that dies (SIGKILL) before anyone checks is no deadlock: the member
+/// waiting for its lock takes it over with `OwnerDied`, and nobody is told `Deadlock`.
+pub fn a_dead_member_of_a_cycle_is_owner_died_not_deadlock<B: Backend>(
+    ctx: &Ctx<'_, B>,
+) -> Outcome {
+    let _manager = ctx.create(4)?;
+    // Long enough for any backend to learn of the death (a lease expiring) before it checks.
+    let patient = Duration::from_secs(8);
+    let mut survivor = Member::start(ctx, 0, 1, patient, None)?;
+    let mut doomed = Member::start(ctx, 1, 0, patient, None)?;
+    survivor.expect("holding")?;
+    doomed.expect("holding")?;
+    survivor.go()?;
+    doomed.go()?;
+    std::thread::sleep(Duration::from_millis(300));
+    match &mut doomed {
+        Member::Child(child) => {
+            child.sigkill()?;
+        }
+        Member::Thread { .. } => return Err(Failed("needs child processes".into())),
+    }
+    let outcome = survivor.outcome()?;
+    ensure!(
+        outcome == "acquired owner-died",
+        "the member whose cycle partner died said {outcome:?}, want acquired owner-died"
+    );
+    Ok(())
+}

@@ -90,6 +90,7 @@ registry! {
     deadlock::a_three_cycle_has_exactly_one_victim => DEADLOCK,
     deadlock::a_long_wait_that_is_no_cycle_is_never_a_deadlock => DEADLOCK,
     deadlock::a_cycle_broken_by_a_timeout_has_no_victim => DEADLOCK,
+    deadlock::a_dead_member_of_a_cycle_is_owner_died_not_deadlock => DEADLOCK.union(DEATH),
     capability::fencing_token_strictly_increases => Capabilities::FENCED,
     capability::lease_reports_ttl_and_time_left => Capabilities::LEASED,
     capability::holder_is_visible_to_others => Capabilities::INSPECT,
