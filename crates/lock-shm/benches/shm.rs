@@ -7,6 +7,8 @@
 //!   The second process is this binary re-executed with `LOCKYARD_BENCH_CONTENDER` set.
 //! - `shm-alloc-free-2e11`, `-2e16`, `-2e20`: allocate + free with all but one id taken; there is
 //!   no peer, so the figure is written as a `.line` with its target.
+//! - `shm-snapshot-2e20`: `Manager::snapshot` of 2^20 locks (three held) against one pass that
+//!   loads every lock word, the floor a snapshot cannot beat.
 //! - `shm-bytes-per-lock`: segment bytes per lock at 2^20 locks against `sizeof(pthread_mutex_t)`.
 //! - `shm-takeover-after-sigkill`: the worst of ten delays between SIGKILL of a holder process
 //!   and a blocked waiter's `OwnerDied` (the holder is this binary re-executed with
@@ -275,7 +277,7 @@ fn contended(c: &mut Criterion) {
 fn contender(spec: &str) {
     let (ctl_path, segment) = spec.split_once(' ').expect("contender spec");
     let ctl = Ctl::open(ctl_path);
-    let m = ShmManager::open_existing(segment).expect("open segment");
+    let m = ShmManager::open(segment).expect("open segment");
     let l = m.retrieve(LockId(0)).expect("retrieve");
     let mut seen = 0;
     loop {
@@ -347,6 +349,63 @@ fn alloc_free(c: &mut Criterion) {
     }
 }
 
+/// `Manager::snapshot` of a table of 2^20 locks, a few of them held, against the floor it must
+/// not pass: one pass that loads every lock word (through a mapping of the same segment).
+fn snapshot(c: &mut Criterion) {
+    let capacity = 1u32 << 20;
+    let seg = Segment(segment_name("snapshot"));
+    let m = ShmManager::create(&seg.0, capacity).expect("create segment");
+    let held: Vec<_> = [3, 70_000, capacity - 1]
+        .into_iter()
+        .map(|id| {
+            let l = m.retrieve(LockId(id)).expect("retrieve");
+            let _ = l.lock().expect("lock");
+            l
+        })
+        .collect();
+    let file = OpenOptions::new()
+        .read(true)
+        .open(PathBuf::from("/dev/shm").join(&seg.0))
+        .expect("open segment");
+    let len = file.metadata().expect("stat segment").len() as usize;
+    let map = MmapOptions::new()
+        .len(len)
+        .map_raw_read_only(&file)
+        .expect("map segment");
+    let mut field = [0u8; 8];
+    // SAFETY: the mapping is `len` bytes long and the header (256 bytes) is inside it.
+    unsafe { std::ptr::copy_nonoverlapping(map.as_ptr().add(72), field.as_mut_ptr(), 8) };
+    let locks = u64::from_le_bytes(field) as usize;
+    assert!(locks + 4 * capacity as usize <= len && locks.is_multiple_of(4));
+    let mut g = c.benchmark_group("shm-snapshot-2e20");
+    g.bench_function("ours", |b| {
+        b.iter(|| {
+            let s = m.snapshot().expect("snapshot");
+            assert_eq!(s.len(), held.len());
+            s
+        })
+    });
+    g.bench_function("peer", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for i in 0..capacity as usize {
+                // SAFETY: `locks + 4 i` is inside the mapping (asserted above) and 4-aligned;
+                // the word is only ever accessed atomically.
+                let w = unsafe {
+                    AtomicU32::from_ptr(map.as_ptr().add(locks + 4 * i).cast_mut().cast())
+                };
+                n += usize::from(w.load(Ordering::Acquire) != 0);
+            }
+            assert_eq!(n, held.len());
+            n
+        })
+    });
+    g.finish();
+    for l in held {
+        l.unlock().expect("unlock");
+    }
+}
+
 fn bytes_per_lock() {
     let capacity = 1u32 << 20;
     let seg = Segment(segment_name("bytes"));
@@ -369,7 +428,7 @@ fn bytes_per_lock() {
 /// The holder process of `shm-takeover-after-sigkill`: locks lock 1, says so, and waits to be
 /// killed (at most a minute).
 fn holder(segment: &str) {
-    let m = ShmManager::open_existing(segment).expect("open segment");
+    let m = ShmManager::open(segment).expect("open segment");
     let l = m.retrieve(LockId(1)).expect("retrieve");
     let _ = l.lock().expect("lock");
     println!("held");
@@ -430,6 +489,7 @@ fn main() {
     uncontended(&mut c);
     contended(&mut c);
     alloc_free(&mut c);
+    snapshot(&mut c);
     bytes_per_lock();
     takeover();
     c.final_summary();

@@ -7,7 +7,23 @@
 //! in lock words is `generation << SLOT_BITS | slot`; a token whose generation is not the slot's
 //! current one belongs to an earlier, dead, owner of the slot.
 //!
-//! Slot record (16 bytes): `u32` generation, `u32` pid, 8 reserved bytes.
+//! Slot record (128 bytes): `u32` generation, `u32` pid, 4 reserved bytes, `u32` unlisted waits,
+//! then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty; 4
+//! reserved bytes; `u64` unix milliseconds when the wait began).
+//!
+//! # Waiter entries
+//!
+//! A manager blocked in `lock` or `try_lock_for` (after spinning, never on the fast path)
+//! publishes which lock it waits for and since when in an entry of its own slot, and clears it
+//! when the wait ends however it ends. Only the slot's owner writes its entries; which entries
+//! are in use is known to the manager alone (a bit mask in process memory), so its threads never
+//! race for one. A manager may have several waiting threads: the first [`WAIT_ENTRIES`] are
+//! listed, and any more are only counted (`unlisted`), which deadlock detection and snapshots
+//! cannot see (a deadlock through an unlisted wait is not detected; nothing is reported falsely).
+//! An entry is written since first, then lock id with `Release`; a reader loads the lock id with
+//! `Acquire`, then the since, then the lock id again, and keeps the pair only if the two lock
+//! ids agree. A claimer clears every entry before it stores its generation, so a dead owner's
+//! entries never become a live owner's.
 //!
 //! # Tokens never come back
 //!
@@ -50,6 +66,18 @@ const _: () = assert!(CLIENT_SLOTS == 1 << SLOT_BITS);
 
 /// Offset of the pid within a slot record.
 const PID: usize = 4;
+/// Offset of the count of waits that found no free entry.
+const UNLISTED: usize = 12;
+/// Offset of the first waiter entry.
+const ENTRIES: usize = 16;
+/// Bytes per waiter entry.
+const ENTRY_SIZE: usize = 16;
+/// Offset of the since field within an entry.
+const ENTRY_SINCE: usize = 8;
+/// Waiter entries per slot.
+pub(crate) const WAIT_ENTRIES: usize = 7;
+const _: () =
+    assert!(ENTRIES + WAIT_ENTRIES * ENTRY_SIZE <= crate::layout::CLIENT_SLOT_SIZE as usize);
 
 /// The owner token of `slot` at `generation`.
 pub(crate) fn token(slot: u32, generation: u32) -> u32 {
@@ -91,6 +119,12 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout) -> Result<(u32, u32)> {
                 retired += 1;
                 continue;
             };
+            // The previous owner's waits ended with it.
+            for entry in 0..WAIT_ENTRIES {
+                seg.u32(off + ENTRIES + entry * ENTRY_SIZE)?
+                    .store(0, Relaxed);
+            }
+            seg.u32(off + UNLISTED)?.store(0, Relaxed);
             generation_word.store(generation, Release);
             seg.u32(off + PID)?.store(std::process::id(), Release);
             return Ok((slot, generation));
@@ -141,6 +175,100 @@ pub(crate) fn pid_of(seg: &Segment, layout: &Layout, token: u32) -> Result<Optio
     let current = seg.u32(off)?.load(Acquire);
     let pid = seg.u32(off + PID)?.load(Relaxed);
     Ok((current == generation && pid != 0).then_some(pid))
+}
+
+/// Publishes a wait for lock `id` that began at `since_ms` (unix milliseconds) in entry `entry`
+/// of `slot`, which the caller owns and has reserved.
+pub(crate) fn publish_wait(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    entry: usize,
+    id: u32,
+    since_ms: u64,
+) -> Result<()> {
+    let off = entry_offset(layout, slot, entry)?;
+    seg.u64(off + ENTRY_SINCE)?.store(since_ms, Relaxed);
+    seg.u32(off)?.store(id + 1, Release);
+    Ok(())
+}
+
+/// Clears entry `entry` of `slot`.
+pub(crate) fn withdraw_wait(seg: &Segment, layout: &Layout, slot: u32, entry: usize) -> Result<()> {
+    let off = entry_offset(layout, slot, entry)?;
+    seg.u32(off)?.store(0, Release);
+    Ok(())
+}
+
+/// Counts a wait that found no free entry (`delta` 1), or its end (`delta` -1).
+pub(crate) fn count_unlisted(seg: &Segment, layout: &Layout, slot: u32, up: bool) -> Result<()> {
+    let word = seg.u32(layout.slot_offset(slot) + UNLISTED)?;
+    // Only this slot's owner changes the count, so a load and a store suffice.
+    let n = word.load(Relaxed);
+    word.store(
+        if up {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        },
+        Relaxed,
+    );
+    Ok(())
+}
+
+fn entry_offset(layout: &Layout, slot: u32, entry: usize) -> Result<usize> {
+    if slot >= CLIENT_SLOTS || entry >= WAIT_ENTRIES {
+        return Err(Error::corrupt(format!(
+            "waiter entry {entry} of client slot {slot} does not exist"
+        )));
+    }
+    Ok(layout.slot_offset(slot) + ENTRIES + entry * ENTRY_SIZE)
+}
+
+/// What a slot says about its owner: generation, pid, and the waits it lists as
+/// `(lock id, unix milliseconds)`. Lock ids are not checked against the capacity here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SlotView {
+    pub(crate) generation: u32,
+    pub(crate) pid: u32,
+    pub(crate) waits: Vec<(u32, u64)>,
+}
+
+/// Reads slot `slot`: its generation, pid and listed waits. An entry that changes while it is
+/// read is left out (module docs).
+pub(crate) fn view(seg: &Segment, layout: &Layout, slot: u32) -> Result<SlotView> {
+    let off = layout.slot_offset(slot);
+    let generation = seg.u32(off)?.load(Acquire);
+    let pid = seg.u32(off + PID)?.load(Relaxed);
+    let mut waits = Vec::new();
+    for entry in 0..WAIT_ENTRIES {
+        let at = off + ENTRIES + entry * ENTRY_SIZE;
+        let lock = seg.u32(at)?;
+        let first = lock.load(Acquire);
+        if first == 0 {
+            continue;
+        }
+        let since = seg.u64(at + ENTRY_SINCE)?.load(Relaxed);
+        if lock.load(Acquire) == first {
+            waits.push((first - 1, since));
+        }
+    }
+    Ok(SlotView {
+        generation,
+        pid,
+        waits,
+    })
+}
+
+/// Whether any slot lists a wait: a quick scan that reads one word per entry.
+pub(crate) fn any_waits(seg: &Segment, layout: &Layout, slot: u32) -> Result<bool> {
+    let off = layout.slot_offset(slot) + ENTRIES;
+    for entry in 0..WAIT_ENTRIES {
+        if seg.u32(off + entry * ENTRY_SIZE)?.load(Relaxed) != 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

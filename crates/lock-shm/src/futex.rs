@@ -15,12 +15,10 @@ use rustix::thread::futex;
 use crate::lockword::{self, Sys, Tick, Word};
 use crate::segment::Le32;
 
-pub(crate) use crate::lockword::OWNER;
-
 /// How long a waiter sleeps before checking whether the holder is still alive.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// Spins on a contended word before sleeping.
-const SPINS: u32 = 100;
+pub(crate) const SPINS: u32 = 100;
 
 impl Word for Le32 {
     #[inline]
@@ -40,7 +38,8 @@ impl Word for Le32 {
     }
 }
 
-/// A waiter on a word in the segment: the clock, the deadline, and the probe `dead`.
+/// A waiter on the allocation lock: the clock, the deadline, and the probe `dead`. Waits for
+/// table locks are `wait::LockWaiter`.
 struct Waiter<F> {
     deadline: Option<Instant>,
     last_probe: Instant,
@@ -87,22 +86,33 @@ impl<F: FnMut(u32) -> Result<bool>> Sys<Le32> for Waiter<F> {
         if let Some(deadline) = self.deadline {
             sleep = sleep.min(deadline.saturating_duration_since(self.now));
         }
-        let ts = rustix::time::Timespec {
-            tv_sec: sleep.as_secs() as i64,
-            tv_nsec: i64::from(sleep.subsec_nanos()),
-        };
-        match futex::wait(
-            word.futex_word(),
-            futex::Flags::empty(),
-            expected.to_le(),
-            Some(&ts),
-        ) {
+        wait(word, expected, Some(sleep))
+    }
+}
+
+/// Sleeps on `word` while it holds `expected`, at most `timeout` (forever when `None`):
+/// `FUTEX_WAIT`, shared. Spurious returns, a changed word, a timeout and a signal all return
+/// `Ok`.
+///
+/// # Errors
+///
+/// `Io` when `futex(2)` fails otherwise.
+pub(crate) fn wait(word: &Le32, expected: u32, timeout: Option<Duration>) -> Result<()> {
+    let ts = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    match futex::wait(
+        word.futex_word(),
+        futex::Flags::empty(),
+        expected.to_le(),
+        ts.as_ref(),
+    ) {
+        Ok(())
+        | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR) => {
             Ok(())
-            | Err(
-                rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR,
-            ) => Ok(()),
-            Err(e) => Err(Error::io("futex(FUTEX_WAIT)", "lock word", e.into())),
         }
+        Err(e) => Err(Error::io("futex(FUTEX_WAIT)", "lock word", e.into())),
     }
 }
 
@@ -121,10 +131,10 @@ pub(crate) fn try_fast(word: &Le32, token: u32) -> bool {
 }
 
 /// Releases the word if `token` holds it; returns whether it did. One compare-and-swap, and a
-/// `FUTEX_WAKE` only when someone waits.
+/// `FUTEX_WAKE` only when someone waits; `clear` runs first on the contended path only.
 #[inline]
-pub(crate) fn unlock(word: &Le32, token: u32) -> Result<bool> {
-    lockword::unlock(word, token, wake)
+pub(crate) fn unlock(word: &Le32, token: u32, clear: impl FnOnce()) -> Result<bool> {
+    lockword::unlock(word, token, clear, wake)
 }
 
 /// Tries once, without sleeping, taking the lock over when `dead` says its holder is gone.
@@ -135,17 +145,6 @@ pub(crate) fn try_lock(
     dead: impl FnOnce(u32) -> Result<bool>,
 ) -> Result<Option<Acquired>> {
     lockword::try_lock(word, token, dead)
-}
-
-/// Waits for the lock until `deadline` (forever when `None`). Returns `None` on timeout.
-#[cold]
-pub(crate) fn lock_contended(
-    word: &Le32,
-    token: u32,
-    deadline: Option<Instant>,
-    dead: impl FnMut(u32) -> Result<bool>,
-) -> Result<Option<Acquired>> {
-    lockword::lock_contended(word, token, &mut Waiter::new(deadline, dead))
 }
 
 /// Runs `f` holding `word` (the allocation lock), after `repair` when its previous holder died.

@@ -10,10 +10,11 @@ use lock_api::{Error, Result};
 
 /// The first eight bytes of every segment.
 pub(crate) const MAGIC: [u8; 8] = *b"LKYDSHM\0";
-/// The format version this code reads and writes. Version 2 retires a client slot at its last
-/// generation instead of wrapping it (client.rs); a version 1 process would wrap it and revive a
-/// dead owner's token, so the two must never share a segment.
-pub(crate) const VERSION: u32 = 2;
+/// The format version this code reads and writes. Version 2 retired a client slot at its last
+/// generation instead of wrapping it (client.rs); version 3 grew the client slot to 128 bytes for
+/// waiter entries and added the since region and the deadlock detection lock. A process of
+/// another version would ignore what this one publishes, so the versions never share a segment.
+pub(crate) const VERSION: u32 = 3;
 /// Bytes reserved for the header; the client table starts here.
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Bytes per lock word.
@@ -21,7 +22,9 @@ pub(crate) const LOCK_STRIDE: u32 = 4;
 /// Client slots: how many managers may have the segment open at once.
 pub(crate) const CLIENT_SLOTS: u32 = 1024;
 /// Bytes per client slot record.
-pub(crate) const CLIENT_SLOT_SIZE: u32 = 16;
+pub(crate) const CLIENT_SLOT_SIZE: u32 = 128;
+/// Bytes per entry of the since region (one per lock).
+pub(crate) const SINCE_STRIDE: u32 = 4;
 /// The largest capacity a segment may have (a 256 MiB lock-word region).
 pub const MAX_CAPACITY: u32 = 1 << 26;
 /// Value of the ready field once the creator has initialised the segment.
@@ -59,10 +62,19 @@ pub(crate) mod field {
     pub(crate) const LOCKS_OFFSET: usize = 72;
     /// `u64` lock word region size in bytes.
     pub(crate) const LOCKS_SIZE: usize = 80;
+    /// `u64` since region offset.
+    pub(crate) const SINCE_OFFSET: usize = 88;
+    /// `u64` since region size in bytes.
+    pub(crate) const SINCE_SIZE: usize = 96;
+    /// `u64` the epoch of the since region: unix seconds when the segment was created. Any
+    /// value is accepted.
+    pub(crate) const EPOCH: usize = 104;
     /// `u32` futex word of the segment-wide allocation lock (mutable).
     pub(crate) const ALLOC_LOCK: usize = 128;
     /// `u32` number of allocated ids (mutable, under the allocation lock).
     pub(crate) const ALLOCATED: usize = 132;
+    /// `u32` futex word of the segment-wide deadlock detection lock (mutable).
+    pub(crate) const DETECT_LOCK: usize = 136;
 }
 
 /// Where everything is in a segment of a given capacity.
@@ -82,6 +94,10 @@ pub(crate) struct Layout {
     pub(crate) locks_offset: usize,
     /// Size of the lock word region.
     pub(crate) locks_size: usize,
+    /// Offset of the since region (when each lock's holder took it, where known).
+    pub(crate) since_offset: usize,
+    /// Size of the since region.
+    pub(crate) since_size: usize,
     /// Total size of the segment.
     pub(crate) total_size: usize,
 }
@@ -125,7 +141,9 @@ impl Layout {
         let bitmap_size = words_before * 8;
         let locks_offset = align_up(bitmap_offset + bitmap_size, 64);
         let locks_size = capacity as usize * LOCK_STRIDE as usize;
-        let total_size = align_up(locks_offset + locks_size, 4096);
+        let since_offset = align_up(locks_offset + locks_size, 64);
+        let since_size = capacity as usize * SINCE_STRIDE as usize;
+        let total_size = align_up(since_offset + since_size, 4096);
         Ok(Layout {
             capacity,
             client_offset,
@@ -134,6 +152,8 @@ impl Layout {
             levels,
             locks_offset,
             locks_size,
+            since_offset,
+            since_size,
             total_size,
         })
     }
@@ -142,6 +162,12 @@ impl Layout {
     #[inline]
     pub(crate) fn lock_offset(&self, id: u32) -> usize {
         self.locks_offset + id as usize * LOCK_STRIDE as usize
+    }
+
+    /// Offset of lock `id`'s since word. The caller has checked `id < capacity`.
+    #[inline]
+    pub(crate) fn since_at(&self, id: u32) -> usize {
+        self.since_offset + id as usize * SINCE_STRIDE as usize
     }
 
     /// Offset of client slot `slot`'s record. The caller has checked `slot < CLIENT_SLOTS`.
@@ -179,6 +205,8 @@ impl Layout {
         put64(&mut h, field::BITMAP_SIZE, self.bitmap_size);
         put64(&mut h, field::LOCKS_OFFSET, self.locks_offset);
         put64(&mut h, field::LOCKS_SIZE, self.locks_size);
+        put64(&mut h, field::SINCE_OFFSET, self.since_offset);
+        put64(&mut h, field::SINCE_SIZE, self.since_size);
         h
     }
 
@@ -287,6 +315,12 @@ impl Layout {
                 layout.locks_offset,
             ),
             ("lock region size", field::LOCKS_SIZE, layout.locks_size),
+            (
+                "since region offset",
+                field::SINCE_OFFSET,
+                layout.since_offset,
+            ),
+            ("since region size", field::SINCE_SIZE, layout.since_size),
         ];
         for (name, at, want) in expect64 {
             let found = get64(at);
@@ -360,7 +394,9 @@ mod tests {
                 l.bitmap_offset >= l.client_offset + (CLIENT_SLOTS * CLIENT_SLOT_SIZE) as usize
             );
             assert!(l.locks_offset >= l.bitmap_offset + l.bitmap_size);
-            assert!(l.total_size >= l.locks_offset + l.locks_size);
+            assert!(l.since_offset >= l.locks_offset + l.locks_size);
+            assert!(l.total_size >= l.since_offset + l.since_size);
+            assert_eq!(l.since_offset % 64, 0);
             assert_eq!(l.bitmap_offset % 64, 0);
             assert_eq!(l.locks_offset % 64, 0);
         }
@@ -407,7 +443,8 @@ mod tests {
                 if h == good {
                     continue;
                 }
-                let reserved = at >= field::LOCKS_SIZE + 8;
+                // The epoch and the reserved bytes after it are not checked.
+                let reserved = at >= field::EPOCH;
                 let r = Layout::validate("t", &h, l.total_size as u64, None);
                 if reserved {
                     assert!(r.is_ok(), "reserved byte {at} is not checked");

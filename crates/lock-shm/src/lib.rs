@@ -10,11 +10,14 @@ mod lockword;
 mod manager;
 #[cfg(test)]
 mod model;
+mod observe;
 mod segment;
+mod wait;
 
 pub use layout::MAX_CAPACITY;
 pub use lock_api::{
-    self, Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manager, Result,
+    self, Acquired, Cycle, Error, HeldLock, Holder, Inspect, LockId, LockState, Locker, Manager,
+    Result, Store, StoreSpec,
 };
-pub use manager::{ShmLocker, ShmManager};
+pub use manager::{DEFAULT_DEADLOCK_TIMEOUT, ShmLocker, ShmManager};
 pub use segment::MAX_NAME_LEN;

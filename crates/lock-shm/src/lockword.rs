@@ -8,15 +8,18 @@
 //! `0` is unlocked. Any other value is held: the low 31 bits ([`OWNER`]) name the holder's token
 //! and [`WAITERS`] says that someone may sleep on the word. A token is never 0, so a word of
 //! `WAITERS` alone names no owner: no correct process writes it, and it reads as a hold by a dead
-//! owner (see [`dead_hold`]), which the next acquirer takes over and reports as `OwnerDied`.
+//! owner, which the next acquirer takes over and reports as `OwnerDied`.
 //!
 //! # Transitions (each one atomic read-modify-write)
 //!
 //! 1. lock: `0 -> token` (fast path), or `0 -> token | WAITERS` by a waiter that slept, so that
 //!    its unlock wakes whoever still sleeps behind it.
-//! 2. announce: `v -> v | WAITERS` by a waiter about to sleep; the owner bits do not change.
-//! 3. take over: `v -> token | (v & WAITERS)` by a waiter whose probe found `v`'s owner dead,
-//!    compared against the exact value `v` it probed.
+//! 2. announce: `v -> v | WAITERS` by a waiter about to sleep, or by a reader that records when
+//!    it saw the hold ([`mark`]); the owner bits do not change.
+//! 3. take over: `v -> token | WAITERS` by a waiter whose probe found `v`'s owner dead,
+//!    compared against the exact value `v` it probed. The waiters bit is always set, so that
+//!    the new holder's unlock takes the contended path (which clears the since word; see
+//!    manager.rs) and wakes whoever slept behind the dead owner.
 //! 4. unlock: `token -> 0` or `token | WAITERS -> 0`, compared against the exact value read, in
 //!    a loop that retries only while the owner bits are still the caller's own token. Only the
 //!    waiters bit can change under an owner that lives, so the loop ends after at most two
@@ -61,13 +64,6 @@ pub(crate) const WAITERS: u32 = 1 << 31;
 /// The holder's token.
 pub(crate) const OWNER: u32 = !WAITERS;
 
-/// Whether a word that is not 0 names no owner at all (only the waiters bit is set). Such a word
-/// is a hold by a dead owner: no correct process writes it.
-#[inline]
-pub(crate) fn dead_hold(v: u32) -> bool {
-    v != 0 && v & OWNER == 0
-}
-
 /// A 32-bit atomic lock word.
 pub(crate) trait Word {
     /// Atomically loads the word.
@@ -111,6 +107,25 @@ pub(crate) trait Sys<W: Word> {
     ///
     /// Whatever the sleep's system call fails with.
     fn wait(&mut self, word: &W, expected: u32) -> Result<()>;
+    /// Called once, after spinning and before the first look that may sleep: the wait is now a
+    /// slow one, and may be published.
+    ///
+    /// # Errors
+    ///
+    /// Whatever publishing fails with.
+    fn publish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Called before each sleep with the live holder's token (never the caller's own): the
+    /// place for a deadlock check, which ends the wait with its error.
+    ///
+    /// # Errors
+    ///
+    /// `Deadlock`, or whatever the check fails with.
+    fn check(&mut self, holder: u32) -> Result<()> {
+        let _ = holder;
+        Ok(())
+    }
 }
 
 /// Takes the word if it is unlocked.
@@ -119,8 +134,26 @@ pub(crate) fn try_fast<W: Word>(word: &W, token: u32) -> bool {
     word.compare_exchange(0, token, AcqRel, Relaxed).is_ok()
 }
 
+/// Makes sure the hold `v` (not 0) has the waiters bit, so that its unlock takes the contended
+/// path: a reader does this before it records when it saw the hold. Returns whether the word
+/// holds `v | WAITERS` now.
+pub(crate) fn mark<W: Word>(word: &W, v: u32) -> bool {
+    if v == 0 {
+        return false;
+    }
+    if v & WAITERS != 0 {
+        return true;
+    }
+    match word.compare_exchange(v, v | WAITERS, Relaxed, Relaxed) {
+        Ok(_) => true,
+        Err(now) => now == v | WAITERS,
+    }
+}
+
 /// Releases the word if `token` holds it; returns whether it did. `wake` wakes one sleeper; it
-/// is called only when the waiters bit was set.
+/// is called only when the waiters bit was set. `clear` runs on the contended path only, once
+/// the word is known to hold `token`, before the word is released (it clears what the holder
+/// recorded beside the word).
 ///
 /// # Errors
 ///
@@ -129,11 +162,12 @@ pub(crate) fn try_fast<W: Word>(word: &W, token: u32) -> bool {
 pub(crate) fn unlock<W: Word>(
     word: &W,
     token: u32,
+    clear: impl FnOnce(),
     wake: impl FnOnce(&W) -> Result<()>,
 ) -> Result<bool> {
     match word.compare_exchange(token, 0, Release, Relaxed) {
         Ok(_) => Ok(true),
-        Err(v) => unlock_contended(word, token, v, wake),
+        Err(v) => unlock_contended(word, token, v, clear, wake),
     }
 }
 
@@ -143,8 +177,13 @@ fn unlock_contended<W: Word>(
     word: &W,
     token: u32,
     mut v: u32,
+    clear: impl FnOnce(),
     wake: impl FnOnce(&W) -> Result<()>,
 ) -> Result<bool> {
+    if v & OWNER != token {
+        return Ok(false);
+    }
+    clear();
     loop {
         if v & OWNER != token {
             return Ok(false);
@@ -185,7 +224,7 @@ pub(crate) fn try_lock<W: Word>(
     }
     if dead(v & OWNER)? {
         if word
-            .compare_exchange(v, token | (v & WAITERS), AcqRel, Relaxed)
+            .compare_exchange(v, token | WAITERS, AcqRel, Relaxed)
             .is_ok()
         {
             return Ok(Some(Acquired::OwnerDied));
@@ -214,6 +253,7 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
         }
         std::hint::spin_loop();
     }
+    sys.publish()?;
     loop {
         // Acquire: the probe below must see at least what the owner named in `v` published
         // before it wrote its token (module docs, "Probing").
@@ -231,7 +271,7 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
         let tick = sys.tick();
         if tick.probe && v & OWNER != token && sys.dead(v & OWNER)? {
             if word
-                .compare_exchange(v, token | (v & WAITERS), AcqRel, Relaxed)
+                .compare_exchange(v, token | WAITERS, AcqRel, Relaxed)
                 .is_ok()
             {
                 return Ok(Some(Acquired::OwnerDied));
@@ -257,6 +297,9 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
                 return Ok(Some(Acquired::OwnerDied));
             }
             return Ok(None);
+        }
+        if v & OWNER != token {
+            sys.check(v & OWNER)?;
         }
         sys.wait(word, v | WAITERS)?;
     }
@@ -290,7 +333,7 @@ pub(crate) fn with_lock<W: Word, S: Sys<W>, T>(
         }
         f()
     })();
-    if !unlock(word, token, wake)? {
+    if !unlock(word, token, || {}, wake)? {
         return Err(stolen());
     }
     result

@@ -1,41 +1,56 @@
 //! `ShmManager` and `ShmLocker`: the lock table over a segment.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
-use lock_api::{Acquired, Error, HeldLock, Holder, Inspect, LockId, Locker, Manager, Result};
+use lock_api::{
+    Acquired, Error, HeldLock, Holder, Inspect, LockId, LockState, Locker, Manager, Result, Store,
+    StoreSpec, wrong_scheme,
+};
 
 use crate::bitmap::Bitmap;
 use crate::client;
 use crate::fork;
 use crate::futex;
 use crate::layout::{Layout, field};
-use crate::lockword;
 use crate::segment::{self, Le32, Segment};
+use crate::wait::LockWaiter;
+
+/// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise
+/// ([`Manager::set_deadlock_timeout`]); PostgreSQL's `deadlock_timeout` default.
+pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every handle of one open manager shares: the mapping, its layout, and the client slot
 /// that makes this manager an owner.
-struct Shared {
-    seg: Segment,
-    layout: Layout,
+pub(crate) struct Shared {
+    pub(crate) seg: Segment,
+    pub(crate) layout: Layout,
     name: String,
-    slot: u32,
-    token: u32,
+    pub(crate) slot: u32,
+    pub(crate) token: u32,
     /// The fork generation this manager was opened in (fork.rs): any other means that this
     /// process is a forked child that inherited the manager.
     forks: u32,
     /// The process that opened it, for the error a forked child gets.
     pid: u32,
+    /// The segment's epoch (unix seconds), the origin of the since words.
+    pub(crate) epoch: u64,
+    /// The deadlock timeout in milliseconds; 0 turns detection off.
+    pub(crate) deadlock_ms: AtomicU64,
+    /// Which waiter entries of this manager's slot are taken (bit i: entry i), so that its
+    /// threads never share one (client.rs, "Waiter entries").
+    pub(crate) entries: AtomicU8,
 }
 
 impl Shared {
     fn attach(name: &str, seg: Segment, layout: Layout) -> Result<Shared> {
         let forks = fork::generation()?;
         let (slot, generation) = client::claim(&seg, &layout)?;
+        let epoch = seg.u64(field::EPOCH)?.load(Relaxed);
         let shared = Shared {
             seg,
             layout,
@@ -44,6 +59,9 @@ impl Shared {
             token: client::token(slot, generation),
             forks,
             pid: std::process::id(),
+            epoch,
+            deadlock_ms: AtomicU64::new(DEFAULT_DEADLOCK_TIMEOUT.as_millis() as u64),
+            entries: AtomicU8::new(0),
         };
         shared.repair_count()?;
         Ok(shared)
@@ -52,7 +70,7 @@ impl Shared {
     /// Fails when this process is a forked child of the one that opened the manager. One relaxed
     /// load and a compare: it sits on every operation, the uncontended lock and unlock included.
     #[inline]
-    fn usable(&self) -> Result<()> {
+    pub(crate) fn usable(&self) -> Result<()> {
         if fork::current() != self.forks {
             return Err(self.forked());
         }
@@ -71,7 +89,7 @@ impl Shared {
         ))
     }
 
-    fn owner_dead(&self, owner: u32) -> Result<bool> {
+    pub(crate) fn owner_dead(&self, owner: u32) -> Result<bool> {
         if owner == self.token {
             return Ok(false);
         }
@@ -89,8 +107,14 @@ impl Shared {
         Ok(())
     }
 
-    fn word(&self, id: u32) -> Result<&Le32> {
+    #[inline]
+    pub(crate) fn word(&self, id: u32) -> Result<&Le32> {
         self.seg.u32(self.layout.lock_offset(id))
+    }
+
+    /// Lock `id`'s since word (observe.rs).
+    pub(crate) fn since_word(&self, id: u32) -> Result<&Le32> {
+        self.seg.u32(self.layout.since_at(id))
     }
 
     /// Runs `f` under the segment-wide allocation lock. When the previous holder died inside its
@@ -143,36 +167,18 @@ impl Shared {
             }
             Ok(())
         })();
-        if !futex::unlock(word, self.token)? {
+        if !futex::unlock(word, self.token, || {})? {
             return Err(self.alloc_lock_stolen());
         }
         result
     }
 
-    /// The holder named by lock word `v` (not 0). A word with only the waiters bit names no
-    /// owner: it is a dead hold, like a dead owner's token (lockword.rs).
-    fn holder(&self, v: u32) -> Result<Holder> {
-        let owner = v & futex::OWNER;
-        let dead = self.owner_dead(owner)?;
-        let mut holder = Holder::default();
-        holder.dead = dead;
-        if lockword::dead_hold(v) {
-            holder.owner = Some(
-                "no owner: only the waiters bit is set (damaged word; the next acquirer gets OwnerDied)"
-                    .to_owned(),
-            );
-            return Ok(holder);
+    /// The deadlock timeout, `None` when detection is off.
+    pub(crate) fn deadlock_timeout(&self) -> Option<Duration> {
+        match self.deadlock_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
         }
-        let (slot, generation) = client::decode(owner);
-        holder.pid = client::pid_of(&self.seg, &self.layout, owner)?;
-        holder.owner = Some(if dead {
-            format!(
-                "client slot {slot} generation {generation} (dead: the next acquirer gets OwnerDied)"
-            )
-        } else {
-            format!("client slot {slot} generation {generation}")
-        });
-        Ok(holder)
     }
 }
 
@@ -212,7 +218,8 @@ pub struct ShmManager {
 }
 
 impl ShmManager {
-    /// Creates segment `/dev/shm/<name>` with `capacity` locks and opens it.
+    /// Creates segment `/dev/shm/<name>` with `capacity` locks and opens it (the same as
+    /// [`Store::create`]).
     ///
     /// The segment is initialised under no name and published with one `linkat(2)`, so no
     /// process ever sees it half-made.
@@ -221,8 +228,8 @@ impl ShmManager {
     ///
     /// `InvalidArgument` for a bad name (empty, over [`MAX_NAME_LEN`](crate::MAX_NAME_LEN)
     /// bytes, with `/`, NUL or `..`) or a capacity of 0 or above
-    /// [`MAX_CAPACITY`](crate::MAX_CAPACITY); `AlreadyExists` when the segment exists; `Io` for
-    /// OS errors.
+    /// [`MAX_CAPACITY`](crate::MAX_CAPACITY); `AlreadyExists` when the segment exists;
+    /// `Unavailable` as for [`open`](ShmManager::open); `Io` for OS errors.
     pub fn create(name: &str, capacity: u32) -> Result<ShmManager> {
         segment::validate_name(name)?;
         let layout = Layout::for_capacity(capacity)?;
@@ -232,51 +239,42 @@ impl ShmManager {
         })
     }
 
-    /// Opens the existing segment `/dev/shm/<name>`, which must have `capacity` locks.
+    /// Opens the existing segment `/dev/shm/<name>`, whatever its capacity (the same as
+    /// [`Store::open`]); [`capacity`](Manager::capacity) says what it is.
     ///
     /// A failed open writes nothing to the segment.
     ///
     /// # Errors
     ///
     /// `InvalidArgument` for a bad name; `NotFound` when it does not exist; `Incompatible` for
-    /// another magic, version, size or capacity, or a symbolic link at the name (never
-    /// followed); `Corrupt` when header fields do not add up; `Unavailable` when the segment's
-    /// client table is full (1024 managers have it open, or its slots are used up: see the
-    /// crate's limits); `Io` for OS errors.
+    /// another magic, version or size, or a symbolic link at the name (never followed);
+    /// `Corrupt` when header fields do not add up; `Unavailable` when the segment's client table
+    /// is full (1024 managers have it open, or its slots are used up: see the crate's limits);
+    /// `Io` for OS errors.
     ///
     /// A wrong `allocated` counter is not an error: open recounts it from the allocation bitmap.
-    pub fn open(name: &str, capacity: u32) -> Result<ShmManager> {
-        Self::open_inner(name, Some(capacity))
+    pub fn open(name: &str) -> Result<ShmManager> {
+        Self::open_checked(name, None)
     }
 
-    /// Opens the existing segment `/dev/shm/<name>` whatever its capacity.
-    ///
-    /// # Errors
-    ///
-    /// As for [`open`](ShmManager::open), without the capacity check.
-    pub fn open_existing(name: &str) -> Result<ShmManager> {
-        Self::open_inner(name, None)
-    }
-
-    fn open_inner(name: &str, capacity: Option<u32>) -> Result<ShmManager> {
+    fn open_checked(name: &str, capacity: Option<u32>) -> Result<ShmManager> {
         segment::validate_name(name)?;
-        if let Some(c) = capacity {
-            Layout::for_capacity(c)?;
-        }
         let (seg, layout) = Segment::open(name, capacity)?;
         Ok(ShmManager {
             shared: Arc::new(Shared::attach(name, seg, layout)?),
         })
     }
 
-    /// Opens `/dev/shm/<name>`, creating it with `capacity` locks when it does not exist.
-    /// Returns the manager and whether this call created the segment.
+    /// Opens `/dev/shm/<name>`, creating it with `capacity` locks when it does not exist (the
+    /// same as [`Store::open_or_create`]). Returns the manager and whether this call created
+    /// the segment.
     ///
     /// Any number of processes may race on a fresh name: exactly one creates, all succeed.
     ///
     /// # Errors
     ///
-    /// As for [`create`](ShmManager::create) and [`open`](ShmManager::open).
+    /// As for [`create`](ShmManager::create) and [`open`](ShmManager::open), and
+    /// `Incompatible` when the existing segment has another capacity (nothing is written then).
     pub fn open_or_create(name: &str, capacity: u32) -> Result<(ShmManager, bool)> {
         segment::validate_name(name)?;
         Layout::for_capacity(capacity)?;
@@ -284,7 +282,7 @@ impl ShmManager {
         // handful of rounds only happens under a remover racing on purpose.
         let mut last = None;
         for _ in 0..8 {
-            match Self::open(name, capacity) {
+            match Self::open_checked(name, Some(capacity)) {
                 Ok(m) => return Ok((m, false)),
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
@@ -298,13 +296,19 @@ impl ShmManager {
         Err(last.unwrap_or_else(|| Error::corrupt("open_or_create gave up")))
     }
 
-    /// Unlinks `/dev/shm/<name>`. Returns whether it existed. Managers that have it open keep
-    /// working on the unlinked segment; later opens do not see it.
+    /// Unlinks `/dev/shm/<name>` (the same as [`Store::remove`]). Managers that have it open
+    /// keep working on the unlinked segment; later opens do not see it.
+    ///
+    /// Only a lock-shm segment is removed: a regular file that starts with the segment magic,
+    /// of any format version and however damaged after the magic, so that an operator can
+    /// clear a segment that `open` refuses.
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` for a bad name; `Io` for OS errors.
-    pub fn remove(name: &str) -> Result<bool> {
+    /// `InvalidArgument` for a bad name; `NotFound` when nothing is there; `Incompatible` when
+    /// what is there is a symbolic link, not a regular file, or a file without the magic (it is
+    /// left alone); `Io` for OS errors.
+    pub fn remove(name: &str) -> Result<()> {
         segment::remove(name)
     }
 
@@ -318,11 +322,45 @@ impl ShmManager {
         self.shared.slot
     }
 
+    /// This manager's owner key, as [`Holder::owner`] names it in `held()`, `snapshot()` and
+    /// deadlock cycles: `shm slot S generation G`, unique for the life of the segment.
+    pub fn owner(&self) -> String {
+        crate::observe::owner_key(self.shared.token)
+    }
+
     fn locker(&self, id: u32) -> ShmLocker {
         ShmLocker {
             shared: Arc::clone(&self.shared),
             id,
         }
+    }
+}
+
+impl Store for ShmManager {
+    /// A segment name under `/dev/shm` (spec `shm:NAME`).
+    type Address = str;
+
+    fn address(spec: &StoreSpec) -> Result<String> {
+        match spec {
+            StoreSpec::Shm(name) => Ok(name.clone()),
+            other => Err(wrong_scheme("shm", other)),
+        }
+    }
+
+    fn create(name: &str, capacity: u32) -> Result<ShmManager> {
+        ShmManager::create(name, capacity)
+    }
+
+    fn open(name: &str) -> Result<ShmManager> {
+        ShmManager::open(name)
+    }
+
+    fn open_or_create(name: &str, capacity: u32) -> Result<(ShmManager, bool)> {
+        ShmManager::open_or_create(name, capacity)
+    }
+
+    fn remove(name: &str) -> Result<()> {
+        ShmManager::remove(name)
     }
 }
 
@@ -392,26 +430,48 @@ impl Manager for ShmManager {
         })
     }
 
-    /// Every held lock with its holder's pid, read from the lock words without locking anything.
-    /// A lock whose holder died is listed until someone takes it over, with `dead` set; so is a
-    /// word that holds only the waiters bit, which `lock` takes over as `OwnerDied`.
+    /// Every held lock with its holder: pid, host, owner key, since and whether it is dead.
+    /// Read from the lock words without locking anything. A lock whose holder died is listed
+    /// until someone takes it over, with `dead` set; so is a word that holds only the waiters
+    /// bit, which `lock` takes over as `OwnerDied`.
+    ///
+    /// `since` is exact for a hold taken after waiting; for a hold taken on the fast path it is
+    /// the first moment any reader saw it (see [`Holder`] in the crate docs): the hold is at
+    /// least that old.
     fn held(&self) -> Result<Vec<HeldLock>> {
         self.shared.usable()?;
-        // One probe per owner, not per lock: a process may hold thousands.
-        let mut holders: HashMap<u32, Holder> = HashMap::new();
-        let mut out = Vec::new();
-        for id in 0..self.shared.layout.capacity {
-            let v = self.shared.word(id)?.load(Acquire);
-            if v != 0 {
-                // Keyed by the owner bits: the waiters bit does not change who holds it.
-                let holder = match holders.entry(v & futex::OWNER) {
-                    Entry::Occupied(e) => e.get().clone(),
-                    Entry::Vacant(e) => e.insert(self.shared.holder(v)?).clone(),
-                };
-                out.push(HeldLock::new(LockId(id), Some(holder)));
-            }
-        }
-        Ok(out)
+        Ok(crate::observe::held(&self.shared)?
+            .into_iter()
+            .map(|l| HeldLock::new(l.id, l.holder))
+            .collect())
+    }
+
+    /// Every held lock and every lock a live manager waits for, with holder and waiters, from
+    /// one pass over the lock words and one over the 1024 client slots.
+    fn snapshot(&self) -> Result<Vec<LockState>> {
+        self.shared.usable()?;
+        crate::observe::snapshot(&self.shared)
+    }
+
+    fn deadlock_timeout(&self) -> Option<Duration> {
+        self.shared.deadlock_timeout()
+    }
+
+    /// Sets how long a blocked `lock` or `try_lock_for` of this manager waits before it checks
+    /// for a deadlock, and how often it checks again; zero turns detection off. The default is
+    /// [`DEFAULT_DEADLOCK_TIMEOUT`]. Checks are serialised across processes by the segment's
+    /// detection lock, and exactly one member of a cycle returns [`Error::Deadlock`].
+    fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        self.shared.usable()?;
+        // At least 1 ms unless zero: a nonzero timeout below a millisecond must not turn
+        // detection off.
+        let ms = match timeout.as_millis() {
+            0 if timeout.is_zero() => 0,
+            0 => 1,
+            ms => u64::try_from(ms).unwrap_or(u64::MAX),
+        };
+        self.shared.deadlock_ms.store(ms, Relaxed);
+        Ok(())
     }
 }
 
@@ -440,14 +500,19 @@ impl ShmLocker {
         self.shared.word(self.id)
     }
 
+    #[cold]
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<Acquired>> {
         let word = self.word()?;
         if futex::try_fast(word, self.shared.token) {
             return Ok(Some(Acquired::Clean));
         }
-        futex::lock_contended(word, self.shared.token, deadline, |o| {
-            self.shared.owner_dead(o)
-        })
+        let mut waiter = LockWaiter::new(&self.shared, self.id, deadline);
+        let acquired = crate::lockword::lock_contended(word, self.shared.token, &mut waiter)?;
+        drop(waiter);
+        if acquired.is_some() {
+            crate::observe::record_since(&self.shared, self.id)?;
+        }
+        Ok(acquired)
     }
 }
 
@@ -460,6 +525,11 @@ impl Locker for ShmLocker {
     /// Waits until this manager holds the lock; a dead holder's lock is taken over within a few
     /// milliseconds and reported as [`Acquired::OwnerDied`]. Not re-entrant: when this manager
     /// already holds the lock, this waits until some thread of it unlocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deadlock`] when this wait closes a cycle of waits (checked once the manager's
+    /// deadlock timeout has passed, and again each further timeout).
     #[inline]
     fn lock(&self) -> Result<Acquired> {
         let word = self.word()?;
@@ -473,7 +543,11 @@ impl Locker for ShmLocker {
     /// manager included, holds it.
     fn try_lock(&self) -> Result<Option<Acquired>> {
         let word = self.word()?;
-        futex::try_lock(word, self.shared.token, |o| self.shared.owner_dead(o))
+        let acquired = futex::try_lock(word, self.shared.token, |o| self.shared.owner_dead(o))?;
+        if acquired == Some(Acquired::OwnerDied) {
+            crate::observe::record_since(&self.shared, self.id)?;
+        }
+        Ok(acquired)
     }
 
     fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
@@ -483,7 +557,10 @@ impl Locker for ShmLocker {
 
     #[inline]
     fn unlock(&self) -> Result<()> {
-        if futex::unlock(self.word()?, self.shared.token)? {
+        let word = self.word()?;
+        if futex::unlock(word, self.shared.token, || {
+            crate::observe::clear_since(&self.shared, self.id);
+        })? {
             Ok(())
         } else {
             Err(Error::NotHeld(LockId(self.id)))
@@ -504,13 +581,13 @@ impl Locker for ShmLocker {
 }
 
 impl Inspect for ShmLocker {
-    /// The holder's pid and client slot, read from the lock word without locking.
+    /// The holder (pid, host, owner key, since, dead), read from the lock word without locking.
     fn holder(&self) -> Result<Option<Holder>> {
         let v = self.word()?.load(Acquire);
         if v == 0 {
             return Ok(None);
         }
-        self.shared.holder(v).map(Some)
+        crate::observe::holder_of(&self.shared, self.id, v).map(Some)
     }
 }
 

@@ -220,7 +220,7 @@ fn lock(world: &World, token: u32) -> Acquired {
 }
 
 fn unlock(world: &World, token: u32) -> bool {
-    match lockword::unlock(world, token, World::futex_wake) {
+    match lockword::unlock(world, token, || {}, World::futex_wake) {
         Ok(done) => done,
         Err(e) => panic!("unlock failed: {e}"),
     }

@@ -268,6 +268,8 @@ impl Segment {
                 .store(u32::from_le_bytes(b), Ordering::Relaxed);
         }
         crate::bitmap::Bitmap::new(self, layout).reset()?;
+        self.u64(field::EPOCH)?
+            .store(unix_now().as_secs(), Ordering::Relaxed);
         self.u32(field::READY)?
             .store(layout::READY, Ordering::Release);
         Ok(())
@@ -293,6 +295,26 @@ impl Segment {
         // the memory is only ever accessed atomically, by this and other processes. `Le32` is a
         // `repr(transparent)` wrapper of `AtomicU32`.
         Ok(unsafe { &*self.map.as_mut_ptr().add(off).cast::<Le32>() })
+    }
+
+    /// The `count` consecutive 32-bit atomics from byte offset `off`, checked once for the whole
+    /// run (a pass over the lock words then costs one load per word).
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt` when the run is out of bounds or misaligned.
+    pub(crate) fn u32s(&self, off: usize, count: usize) -> Result<&[Le32]> {
+        let end = count.checked_mul(4).and_then(|n| off.checked_add(n));
+        if !off.is_multiple_of(4) || end.is_none_or(|end| end > self.len) {
+            return Err(self.out_of_bounds(off));
+        }
+        // SAFETY: as for `u32`: by invariant 1 the mapping is live for as long as `self`, and the
+        // check above keeps `off..off + 4 * count` inside it and 4-aligned (invariant 3); `Le32`
+        // is a `repr(transparent)` `AtomicU32`, so the run is a valid slice of atomics, which
+        // other processes may change at any time.
+        Ok(unsafe {
+            std::slice::from_raw_parts(self.map.as_mut_ptr().add(off).cast::<Le32>(), count)
+        })
     }
 
     /// The 64-bit atomic at byte offset `off`.
@@ -391,16 +413,97 @@ fn flock_at(off: usize, l_type: libc::c_short) -> libc::flock {
     fl
 }
 
-/// Unlinks segment `name`. Returns whether it existed.
+/// The wall clock as a duration since the unix epoch (zero before 1970).
+pub(crate) fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Unlinks segment `name`, but only when what is there is a lock-shm segment: a regular file
+/// (not a symbolic link) that starts with the magic. Its version and the rest of its header do
+/// not matter, so a segment of another version or a damaged one can be removed; a foreign file
+/// cannot.
 ///
 /// # Errors
 ///
-/// `InvalidArgument` for a bad name; `Io` for OS errors other than a missing segment.
-pub(crate) fn remove(name: &str) -> Result<bool> {
+/// `InvalidArgument` for a bad name; `NotFound` when nothing is there; `Incompatible` for a
+/// symbolic link, something that is not a regular file, or a file without the magic (nothing is
+/// removed then); `Io` for OS errors.
+pub(crate) fn remove(name: &str) -> Result<()> {
     validate_name(name)?;
-    match rustix::shm::unlink(name) {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::NOENT) => Ok(false),
-        Err(e) => Err(io_err("shm_unlink", &path_of(name), e)),
+    let path = path_of(name);
+    let not_found = || Error::NotFound {
+        what: format!("segment {}", path.display()),
+    };
+    // The name is checked through a descriptor, then unlinked only if it still names the same
+    // file: a file swapped in between is caught by its inode, and the removal is retried.
+    for _ in 0..4 {
+        let fd = match rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Err(not_found()),
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(Error::incompatible(
+                    format!("segment {} file type", path.display()),
+                    "regular file",
+                    "symbolic link (not removed)",
+                ));
+            }
+            Err(e) => return Err(io_err("open", &path, e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(Error::incompatible(
+                format!("segment {} file type", path.display()),
+                "regular file",
+                "something else (not removed)",
+            ));
+        }
+        let mut magic = [0u8; 8];
+        let mut got = 0;
+        while got < magic.len() {
+            match rustix::io::pread(&fd, &mut magic[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io_err("pread", &path, e)),
+            }
+        }
+        if magic[..got] != layout::MAGIC {
+            return Err(Error::incompatible(
+                format!("segment {} magic (not removed)", path.display()),
+                hex(&layout::MAGIC),
+                hex(&magic[..got]),
+            ));
+        }
+        let now = match rustix::fs::lstat(&path) {
+            Ok(now) => now,
+            Err(rustix::io::Errno::NOENT) => return Err(not_found()),
+            Err(e) => return Err(io_err("lstat", &path, e)),
+        };
+        if (now.st_dev, now.st_ino) != (stat.st_dev, stat.st_ino) {
+            continue;
+        }
+        return match rustix::fs::unlink(&path) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::NOENT) => Err(not_found()),
+            Err(e) => Err(io_err("unlink", &path, e)),
+        };
     }
+    Err(Error::io(
+        "remove",
+        &path,
+        io::Error::other("the file at the name kept changing while being checked"),
+    ))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "(empty file)".to_owned();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

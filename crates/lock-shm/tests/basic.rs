@@ -56,7 +56,7 @@ fn lifecycle_and_lowest_free_first() {
         l.try_lock_for(Duration::from_millis(1)),
         Ok(Acquired::Clean)
     ));
-    let other = ShmManager::open(&n.0, 200).unwrap();
+    let other = ShmManager::open(&n.0).unwrap();
     assert_ne!(other.client_slot(), m.client_slot());
     let ol = other.retrieve(LockId(5)).unwrap();
     assert!(matches!(ol.unlock(), Err(Error::NotHeld(_))));
@@ -71,9 +71,10 @@ fn lifecycle_and_lowest_free_first() {
     m.free_all().unwrap();
     assert_eq!(m.available().unwrap(), Some(200));
     assert!(matches!(
-        ShmManager::open(&n.0, 100),
+        ShmManager::open_or_create(&n.0, 100),
         Err(Error::Incompatible { .. })
     ));
+    assert_eq!(ShmManager::open(&n.0).unwrap().capacity(), Some(200));
 }
 
 #[test]
@@ -87,7 +88,7 @@ fn names_are_validated() {
             "{bad:?}"
         );
         assert!(matches!(
-            ShmManager::open(bad, 8),
+            ShmManager::open(bad),
             Err(Error::InvalidArgument { .. })
         ));
         assert!(matches!(
@@ -103,7 +104,7 @@ fn names_are_validated() {
 fn abandoned_lock_and_reused_slot() {
     let n = Name::new("abandoned");
     let m0 = ShmManager::create(&n.0, 16).unwrap();
-    let m1 = ShmManager::open(&n.0, 16).unwrap();
+    let m1 = ShmManager::open(&n.0).unwrap();
     let slot = m1.client_slot();
     assert_eq!(
         m1.retrieve(LockId(3)).unwrap().lock().unwrap(),
@@ -111,12 +112,17 @@ fn abandoned_lock_and_reused_slot() {
     );
     drop(m1);
     // Same slot, next generation.
-    let m2 = ShmManager::open(&n.0, 16).unwrap();
+    let m2 = ShmManager::open(&n.0).unwrap();
     assert_eq!(m2.client_slot(), slot);
     let l2 = m2.retrieve(LockId(3)).unwrap();
     assert!(matches!(l2.unlock(), Err(Error::NotHeld(_))));
     let h = m0.retrieve(LockId(3)).unwrap().holder().unwrap().unwrap();
-    assert!(h.owner.unwrap().contains("dead"));
+    assert!(h.dead, "{h:?}");
+    assert_ne!(
+        h.owner,
+        Some(m2.owner()),
+        "the dead owner and the new one share a key"
+    );
     assert_eq!(l2.try_lock().unwrap(), Some(Acquired::OwnerDied));
     assert_eq!(l2.try_lock().unwrap(), None);
     let l0 = m0.retrieve(LockId(3)).unwrap();
@@ -131,7 +137,7 @@ fn abandoned_lock_and_reused_slot() {
 fn blocked_waiter_takes_over_from_a_dropped_manager() {
     let n = Name::new("blocked");
     let m0 = ShmManager::create(&n.0, 16).unwrap();
-    let m1 = ShmManager::open(&n.0, 16).unwrap();
+    let m1 = ShmManager::open(&n.0).unwrap();
     let held = m1.retrieve(LockId(0)).unwrap();
     assert_eq!(held.lock().unwrap(), Acquired::Clean);
     let waiter = std::thread::spawn(move || {
@@ -149,7 +155,7 @@ fn blocked_waiter_takes_over_from_a_dropped_manager() {
 fn short_timeout_still_takes_over_a_dead_holder() {
     let n = Name::new("shorttimeout");
     let m0 = ShmManager::create(&n.0, 4).unwrap();
-    let m1 = ShmManager::open(&n.0, 4).unwrap();
+    let m1 = ShmManager::open(&n.0).unwrap();
     assert_eq!(
         m1.retrieve(LockId(2)).unwrap().lock().unwrap(),
         Acquired::Clean
@@ -166,7 +172,7 @@ fn short_timeout_still_takes_over_a_dead_holder() {
 fn spawned_children_do_not_inherit_the_client_slot() {
     let n = Name::new("cloexec");
     let m0 = ShmManager::create(&n.0, 4).unwrap();
-    let m1 = ShmManager::open(&n.0, 4).unwrap();
+    let m1 = ShmManager::open(&n.0).unwrap();
     assert_eq!(
         m1.retrieve(LockId(1)).unwrap().lock().unwrap(),
         Acquired::Clean

@@ -1,7 +1,7 @@
-//! Runs the lockyard conformance suite on lock-shm, with every capability it claims.
+//! Runs the lockyard conformance suite on lock-shm, through `shm:lockyard-test-<store>` specs.
 //!
-//! Store names map to `/dev/shm/lockyard-test-<name>`; `remove` unlinks the segment and `damage`
-//! rewrites its bytes in place, so every trial leaves /dev/shm as it found it.
+//! `damage` rewrites a segment's bytes in place; `scrub` unlinks what `remove` refused (a
+//! segment whose magic the suite overwrote), so every trial leaves /dev/shm as it found it.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,15 +11,11 @@ use std::process::ExitCode;
 use lock_conformance::{Backend, Capabilities, Damage, LockerOf};
 use lock_shm::{Error, Inspect, Result, ShmManager};
 
-/// lock-shm as a conformance backend.
+/// lock-shm under test.
 struct Shm;
 
-fn segment(store: &str) -> String {
-    format!("lockyard-test-{store}")
-}
-
 fn path(store: &str) -> PathBuf {
-    PathBuf::from("/dev/shm").join(segment(store))
+    PathBuf::from("/dev/shm").join(format!("lockyard-test-{store}"))
 }
 
 fn damage_io(e: std::io::Error, store: &str) -> Error {
@@ -40,22 +36,21 @@ impl Backend for Shm {
             | Capabilities::OWNER_DEATH
             | Capabilities::PERSISTENT
             | Capabilities::INSPECT
+            | Capabilities::WAITERS
+            | Capabilities::DEADLOCK
+            | Capabilities::DAMAGEABLE
     }
 
-    fn create(&self, store: &str, capacity: u32) -> Result<ShmManager> {
-        ShmManager::create(&segment(store), capacity)
+    fn spec(&self, store: &str) -> String {
+        format!("shm:lockyard-test-{store}")
     }
 
-    fn open(&self, store: &str, capacity: u32) -> Result<ShmManager> {
-        ShmManager::open(&segment(store), capacity)
-    }
-
-    fn open_or_create(&self, store: &str, capacity: u32) -> Result<(ShmManager, bool)> {
-        ShmManager::open_or_create(&segment(store), capacity)
-    }
-
-    fn remove(&self, store: &str) -> Result<()> {
-        ShmManager::remove(&segment(store)).map(|_| ())
+    /// A segment whose magic the suite overwrote is no longer one `remove` accepts: unlink it.
+    fn scrub(&self, store: &str) -> Result<()> {
+        match std::fs::remove_file(path(store)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(damage_io(e, store)),
+            _ => Ok(()),
+        }
     }
 
     fn damage(&self, store: &str, damage: Damage) -> Result<()> {

@@ -14,8 +14,14 @@ struct Name(String);
 impl Name {
     fn new(test: &str) -> Name {
         let name = format!("lockyard-test-hostile-{test}-{}", std::process::id());
-        let _ = ShmManager::remove(&name);
-        Name(name)
+        let n = Name(name);
+        n.unlink();
+        n
+    }
+
+    /// Removes whatever is at the name: `ShmManager::remove` refuses what is not a segment.
+    fn unlink(&self) {
+        let _ = std::fs::remove_file(self.path());
     }
 
     fn path(&self) -> PathBuf {
@@ -45,13 +51,13 @@ impl Name {
 
 impl Drop for Name {
     fn drop(&mut self) {
-        let _ = ShmManager::remove(&self.0);
+        self.unlink();
     }
 }
 
 const CAPACITY: u32 = 5000;
-/// Header fields that open checks, with their widths (bytes 0..88 of the header).
-const FIELDS: [(u64, usize); 15] = [
+/// Header fields that open checks, with their widths (bytes 0..104 of the header).
+const FIELDS: [(u64, usize); 18] = [
     (0, 4),
     (4, 4),
     (8, 4),
@@ -67,6 +73,9 @@ const FIELDS: [(u64, usize); 15] = [
     (56, 8),
     (64, 8),
     (72, 8),
+    (80, 8),
+    (88, 8),
+    (96, 8),
 ];
 
 /// Opens the damaged segment every way and checks the error and that nothing was written.
@@ -74,8 +83,7 @@ fn assert_refused(n: &Name, why: &str) {
     let before = n.bytes();
     for attempt in 0..3 {
         let r = match attempt {
-            0 => ShmManager::open(&n.0, CAPACITY).map(|_| ()),
-            1 => ShmManager::open_existing(&n.0).map(|_| ()),
+            0 | 1 => ShmManager::open(&n.0).map(|_| ()),
             _ => ShmManager::open_or_create(&n.0, CAPACITY).map(|_| ()),
         };
         assert!(
@@ -108,7 +116,7 @@ fn garbage_in_every_header_field_is_refused() {
     }
     // Restored, it opens again.
     n.write_at(0, &pristine[..256]);
-    ShmManager::open(&n.0, CAPACITY).unwrap();
+    ShmManager::open(&n.0).unwrap();
 }
 
 /// A truncated or extended file is refused.
@@ -134,15 +142,15 @@ fn truncated_and_resized_files_are_refused() {
     }
 }
 
-/// A segment of another format version is Incompatible, version 1 (which wrapped slot
-/// generations) included.
+/// A segment of another format version is Incompatible, versions 1 (which wrapped slot
+/// generations) and 2 (which had no waiter entries) included.
 #[test]
 fn other_version_is_incompatible() {
     let n = Name::new("version");
     drop(ShmManager::create(&n.0, CAPACITY).unwrap());
-    for v in [0u32, 1, 3, 99, u32::MAX] {
+    for v in [0u32, 1, 2, 4, 99, u32::MAX] {
         n.write_at(8, &v.to_le_bytes());
-        let r = ShmManager::open(&n.0, CAPACITY);
+        let r = ShmManager::open(&n.0);
         assert!(
             matches!(r, Err(Error::Incompatible { .. })),
             "version {v}: {r:?}"
@@ -150,18 +158,13 @@ fn other_version_is_incompatible() {
     }
 }
 
-/// Opening with another capacity is Incompatible and changes nothing.
+/// Opening (or creating) with another capacity is Incompatible and changes nothing.
 #[test]
 fn capacity_mismatch_is_incompatible() {
     let n = Name::new("capacity");
     drop(ShmManager::create(&n.0, CAPACITY).unwrap());
     let before = n.bytes();
     for c in [1, CAPACITY - 1, CAPACITY + 1, MAX_CAPACITY] {
-        let r = ShmManager::open(&n.0, c);
-        assert!(
-            matches!(r, Err(Error::Incompatible { .. })),
-            "capacity {c}: {r:?}"
-        );
         let r = ShmManager::open_or_create(&n.0, c);
         assert!(
             matches!(r, Err(Error::Incompatible { .. })),
@@ -198,6 +201,43 @@ fn foreign_file_is_incompatible() {
     assert_refused(&n, "empty file");
 }
 
+/// `remove` deletes a segment whatever its version or damage after the magic, refuses (and
+/// leaves alone) a file without the magic, and says `NotFound` when nothing is there.
+#[test]
+fn remove_deletes_segments_only() {
+    let n = Name::new("remove");
+    assert!(matches!(
+        ShmManager::remove(&n.0),
+        Err(Error::NotFound { .. })
+    ));
+    for damage in [&b"LKYDSHM\0\x63\0\0\0"[..], &b"LKYDSHM\0"[..]] {
+        drop(ShmManager::create(&n.0, CAPACITY).unwrap());
+        n.write_at(0, damage);
+        n.set_len(damage.len() as u64);
+        ShmManager::remove(&n.0).unwrap();
+        assert!(!n.path().exists());
+    }
+    for foreign in [&b"not a segment at all"[..], &b""[..], &b"LKYDSH"[..]] {
+        std::fs::write(n.path(), foreign).unwrap();
+        assert!(
+            matches!(ShmManager::remove(&n.0), Err(Error::Incompatible { .. })),
+            "{foreign:?}"
+        );
+        assert_eq!(
+            std::fs::read(n.path()).unwrap(),
+            foreign,
+            "the file was touched"
+        );
+    }
+    n.unlink();
+    std::fs::create_dir(n.path()).unwrap();
+    assert!(matches!(
+        ShmManager::remove(&n.0),
+        Err(Error::Incompatible { .. })
+    ));
+    std::fs::remove_dir(n.path()).unwrap();
+}
+
 /// Offsets of the mutable header words.
 const ALLOC_LOCK: u64 = 128;
 const ALLOCATED: u64 = 132;
@@ -211,7 +251,7 @@ fn dead_allocation_lock_is_taken_over_and_repaired() {
     for _ in 0..70 {
         drop(m.allocate().unwrap());
     }
-    let bitmap = 256 + 1024 * 16;
+    let bitmap = 256 + 1024 * 128;
     // Slot 1000 generation 7: nobody holds that slot, so the owner is dead.
     let token: u32 = (7 << 10) | 1000;
     n.write_at(ALLOC_LOCK, &token.to_le_bytes());
@@ -229,7 +269,7 @@ fn dead_allocation_lock_is_taken_over_and_repaired() {
 fn garbage_lock_word_is_taken_over() {
     let n = Name::new("lockword");
     let m = ShmManager::create(&n.0, 64).unwrap();
-    let locks = 256 + 1024 * 16 + 64;
+    let locks = 256 + 1024 * 128 + 64;
     n.write_at(locks + 4 * 3, &0x8000_03ffu32.to_le_bytes());
     n.write_at(locks + 4 * 4, &0x7fff_fc05u32.to_le_bytes());
     let held = m.held().unwrap();
@@ -257,7 +297,7 @@ fn runtime_damage_is_corrupt() {
     n.write_at(ALLOCATED, &5000u32.to_le_bytes());
     assert!(matches!(m.available(), Err(Error::Corrupt { .. })));
     n.write_at(ALLOCATED, &0u32.to_le_bytes());
-    let bitmap = 256 + 1024 * 16;
+    let bitmap = 256 + 1024 * 128;
     // Leaf 0 full while the summary says it is not.
     n.write_at(bitmap, &u64::MAX.to_le_bytes());
     assert!(matches!(m.allocate(), Err(Error::Corrupt { .. })));
@@ -279,7 +319,7 @@ fn random_damage_after_open_never_panics() {
     use rand::{Rng, SeedableRng};
     let n = Name::new("fuzz");
     let m = ShmManager::create(&n.0, 300).unwrap();
-    let other = ShmManager::open(&n.0, 300).unwrap();
+    let other = ShmManager::open(&n.0).unwrap();
     let len = n.bytes().len() as u64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x10c4_5a4d);
     for round in 0..300 {
@@ -319,7 +359,7 @@ fn random_damage_after_open_never_panics() {
         }
     }
     // Repairable by the operator's recovery path: free_all and re-allocation work again.
-    let bitmap = 256 + 1024 * 16;
+    let bitmap = 256 + 1024 * 128;
     n.write_at(bitmap, &[0u8; 64]);
     m.free_all().unwrap();
     assert_eq!(m.available().unwrap(), Some(300));
@@ -336,8 +376,7 @@ fn symlink_at_the_segment_name_is_refused() {
     std::os::unix::fs::symlink(target.path(), link.path()).unwrap();
     for attempt in 0..3 {
         let r = match attempt {
-            0 => ShmManager::open(&link.0, CAPACITY).map(|_| ()),
-            1 => ShmManager::open_existing(&link.0).map(|_| ()),
+            0 | 1 => ShmManager::open(&link.0).map(|_| ()),
             _ => ShmManager::open_or_create(&link.0, CAPACITY).map(|_| ()),
         };
         assert!(
@@ -360,9 +399,13 @@ fn symlink_at_the_segment_name_is_refused() {
         !target.path().exists(),
         "created through a dangling symlink"
     );
-    // remove unlinks the symlink itself.
-    assert!(ShmManager::remove(&link.0).unwrap());
-    assert!(std::fs::symlink_metadata(link.path()).is_err());
+    // remove refuses the symlink (it is not a segment) and leaves it alone.
+    assert!(matches!(
+        ShmManager::remove(&link.0),
+        Err(Error::Incompatible { .. })
+    ));
+    assert!(std::fs::symlink_metadata(link.path()).is_ok());
+    std::fs::remove_file(link.path()).unwrap();
 }
 
 /// A wrong `allocated` counter (within the capacity, or past it) never bricks the segment:
@@ -374,20 +417,20 @@ fn wrong_allocated_counter_is_repaired() {
     let mine: Vec<_> = (0..3).map(|_| m.allocate().unwrap()).collect();
     // Says full while 3 of 8 are allocated; opening and allocating must not brick the segment.
     n.write_at(ALLOCATED, &8u32.to_le_bytes());
-    let m2 = ShmManager::open(&n.0, 8).unwrap();
+    let m2 = ShmManager::open(&n.0).unwrap();
     let fourth = m.allocate().unwrap();
     assert_eq!(fourth.id(), LockId(3));
-    let r = ShmManager::open(&n.0, 8);
+    let r = ShmManager::open(&n.0);
     assert!(r.is_ok(), "the segment is bricked: {r:?}");
     assert_eq!(m.available().unwrap(), Some(4));
     assert_eq!(m2.available().unwrap(), Some(4));
     // Repaired at open even before anyone allocates.
     n.write_at(ALLOCATED, &7u32.to_le_bytes());
-    let m3 = ShmManager::open(&n.0, 8).unwrap();
+    let m3 = ShmManager::open(&n.0).unwrap();
     assert_eq!(m3.available().unwrap(), Some(4), "not repaired at open");
     // Past the capacity: still opens, repaired.
     n.write_at(ALLOCATED, &9000u32.to_le_bytes());
-    let m3 = ShmManager::open(&n.0, 8).unwrap();
+    let m3 = ShmManager::open(&n.0).unwrap();
     assert_eq!(m3.available().unwrap(), Some(4), "not repaired at open");
     // Says empty while 4 are allocated: free and allocate keep it exact.
     n.write_at(ALLOCATED, &0u32.to_le_bytes());
@@ -399,7 +442,7 @@ fn wrong_allocated_counter_is_repaired() {
     m.free_all().unwrap();
     assert_eq!(m3.available().unwrap(), Some(8));
     drop(mine);
-    ShmManager::open(&n.0, 8).unwrap();
+    ShmManager::open(&n.0).unwrap();
 }
 
 /// A lock word holding only the waiters bit (no owner can write it) is a hold by a dead owner
@@ -409,7 +452,7 @@ fn wrong_allocated_counter_is_repaired() {
 fn waiters_bit_alone_is_a_dead_hold() {
     let n = Name::new("waitersonly");
     let m = ShmManager::create(&n.0, 64).unwrap();
-    let locks = 256 + 1024 * 16 + 64;
+    let locks = 256 + 1024 * 128 + 64;
     let word = locks + 4 * 6;
     let l = m.retrieve(LockId(6)).unwrap();
     for attempt in 0..3 {

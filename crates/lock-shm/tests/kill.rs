@@ -136,7 +136,7 @@ fn env(name: &str) -> String {
 
 /// Worker role: increment random counters under their locks until the deadline.
 fn hammer_worker() -> Result<(), String> {
-    let manager = ShmManager::open(&env(SEGMENT_ENV), LOCKS).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)).map_err(|e| e.to_string())?;
     let data = Data(
         OpenOptions::new()
             .read(true)
@@ -194,7 +194,7 @@ fn hammer_worker() -> Result<(), String> {
 
 /// Worker role: allocate and free at random until the deadline.
 fn alloc_worker() -> Result<(), String> {
-    let manager = ShmManager::open(&env(SEGMENT_ENV), ALLOC_CAPACITY).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)).map_err(|e| e.to_string())?;
     let deadline: u64 = env(DEADLINE_ENV).parse().map_err(|_| "bad deadline")?;
     let mut mine = Vec::new();
     let mut rng = rand::rng();

@@ -174,7 +174,7 @@ fn concurrent_unlocks_of_one_hold_exactly_one_succeeds() -> TrialResult {
 /// Role: waits for lock 0 over and over, checking each time that its hold survives until its own
 /// unlock; prints `done N` at stdin EOF.
 fn contend() -> TrialResult {
-    let manager = ShmManager::open(&env(SEGMENT_ENV)?, CAPACITY).map_err(e2s)?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(e2s)?;
     let lock = manager.retrieve(LockId(0)).map_err(e2s)?;
     let eof = stdin_eof();
     println!("ready");
@@ -216,7 +216,7 @@ fn a_dead_owners_token_never_comes_back() -> TrialResult {
     first.sigkill().map_err(|e| e.to_string())?;
     // 2^21 - 3 claims of slot 1 later (written directly rather than performed): the next claim
     // takes the last generation.
-    let slot1 = 256 + 16;
+    let slot1 = 256 + 128;
     segment.write_at(slot1, &(GEN_MAX - 1).to_le_bytes())?;
     let mut last = spawn("client", &segment, 0)?;
     let slot = expect(&mut last, "slot")?;
@@ -254,7 +254,7 @@ fn a_dead_owners_token_never_comes_back() -> TrialResult {
 /// Role: opens the segment, prints `slot N`, then obeys `lock ID` (at most 5 s; prints `locked
 /// clean|owner-died`) and `unlock ID` (prints `unlocked`) until stdin EOF.
 fn client() -> TrialResult {
-    let manager = ShmManager::open(&env(SEGMENT_ENV)?, CAPACITY).map_err(e2s)?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(e2s)?;
     println!("slot {}", manager.client_slot());
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
@@ -291,7 +291,7 @@ fn an_inherited_manager_is_refused_in_a_forked_child() -> TrialResult {
 /// own state is untouched; prints `ok`.
 fn fork_role() -> TrialResult {
     let name = env(SEGMENT_ENV)?;
-    let manager = ShmManager::open(&name, CAPACITY).map_err(e2s)?;
+    let manager = ShmManager::open(&name).map_err(e2s)?;
     let lock = manager.retrieve(LockId(0)).map_err(e2s)?;
     if lock.lock().map_err(e2s)? != Acquired::Clean {
         return Err("lock 0 was left by a dead holder".into());
@@ -397,7 +397,7 @@ fn in_forked_child(
     if let Some(i) = checks.iter().position(|check| !check()) {
         return i as i32 + 1;
     }
-    let Ok(own) = ShmManager::open(name, CAPACITY) else {
+    let Ok(own) = ShmManager::open(name) else {
         return 14;
     };
     let view = (|| {
@@ -427,7 +427,7 @@ fn a_full_client_table_is_a_typed_error() -> TrialResult {
     let mut b = spawn("occupy", &segment, CLIENT_SLOTS - 1 - 512)?;
     expect(&mut a, "ready")?;
     expect(&mut b, "ready")?;
-    match ShmManager::open(&segment.0, CAPACITY) {
+    match ShmManager::open(&segment.0) {
         Err(e @ Error::Unavailable { .. }) => {
             let text = e.to_string();
             if !text.contains("1024") {
@@ -441,7 +441,7 @@ fn a_full_client_table_is_a_typed_error() -> TrialResult {
         }
     }
     drop(creator);
-    let again = ShmManager::open(&segment.0, CAPACITY).map_err(e2s)?;
+    let again = ShmManager::open(&segment.0).map_err(e2s)?;
     if again.client_slot() != 0 {
         return Err(format!("reopened in slot {}", again.client_slot()));
     }
@@ -454,7 +454,7 @@ fn occupy() -> TrialResult {
     let name = env(SEGMENT_ENV)?;
     let count: u32 = env(COUNT_ENV)?.parse().map_err(|_| "bad count")?;
     let managers = (0..count)
-        .map(|_| ShmManager::open(&name, CAPACITY))
+        .map(|_| ShmManager::open(&name))
         .collect::<Result<Vec<_>, _>>()
         .map_err(e2s)?;
     println!("ready");

@@ -1,0 +1,172 @@
+//! A blocked `lock` or `try_lock_for` on a table lock: the real [`Sys`] the lock-word protocol
+//! waits with, plus what only table locks have: the waiter entry in the client slot, and the
+//! deadlock checks.
+//!
+//! The protocol (lockword.rs) spins first; only when spinning failed does it call
+//! [`Sys::publish`], which writes this wait into a waiter entry of the manager's slot (client.rs).
+//! The entry is withdrawn when the waiter is dropped, however the wait ended, or earlier, by a
+//! deadlock victim, while it still holds the detection lock (observe.rs).
+
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::time::{Duration, Instant};
+
+use lock_api::Result;
+
+use crate::client::{self, WAIT_ENTRIES};
+use crate::futex::{self, PROBE_INTERVAL, SPINS};
+use crate::lockword::{Sys, Tick};
+use crate::manager::Shared;
+use crate::observe::{self, Checked};
+use crate::segment::{Le32, unix_now};
+
+/// How soon a waiter checks again when another detector held the detection lock.
+const BUSY_RETRY: Duration = Duration::from_millis(10);
+
+/// Where this wait is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Not (or no longer) published.
+    None,
+    /// In entry `i` of the slot.
+    Listed(usize),
+    /// Every entry was taken: only counted.
+    Unlisted,
+}
+
+/// One blocked acquisition of lock `id` by the manager `shared`.
+pub(crate) struct LockWaiter<'a> {
+    shared: &'a Shared,
+    id: u32,
+    deadline: Option<Instant>,
+    last_probe: Instant,
+    now: Instant,
+    entry: Entry,
+    /// When the next deadlock check is due (`None`: detection off).
+    next_check: Option<Instant>,
+}
+
+impl<'a> LockWaiter<'a> {
+    pub(crate) fn new(shared: &'a Shared, id: u32, deadline: Option<Instant>) -> Self {
+        let now = Instant::now();
+        LockWaiter {
+            shared,
+            id,
+            deadline,
+            last_probe: now,
+            now,
+            entry: Entry::None,
+            next_check: None,
+        }
+    }
+
+    /// Takes this wait's entry back (idempotent).
+    fn withdraw(&mut self) -> Result<()> {
+        let (seg, layout, slot) = (&self.shared.seg, &self.shared.layout, self.shared.slot);
+        match std::mem::replace(&mut self.entry, Entry::None) {
+            Entry::None => Ok(()),
+            Entry::Listed(i) => {
+                let withdrawn = client::withdraw_wait(seg, layout, slot, i);
+                self.shared.entries.fetch_and(!(1 << i), AcqRel);
+                withdrawn
+            }
+            Entry::Unlisted => client::count_unlisted(seg, layout, slot, false),
+        }
+    }
+
+    /// When the next check is due after one at `now`, if detection is on.
+    fn schedule(&self, now: Instant) -> Option<Instant> {
+        self.shared
+            .deadlock_timeout()
+            .and_then(|t| now.checked_add(t))
+    }
+}
+
+impl Drop for LockWaiter<'_> {
+    fn drop(&mut self) {
+        // Only a damaged segment makes this fail; the entry then stays until the slot is
+        // claimed again, which shows a stale waiter but breaks nothing.
+        let _ = self.withdraw();
+    }
+}
+
+impl Sys<Le32> for LockWaiter<'_> {
+    fn spins(&self) -> u32 {
+        SPINS
+    }
+
+    fn tick(&mut self) -> Tick {
+        let now = Instant::now();
+        self.now = now;
+        let probe = now.duration_since(self.last_probe) >= PROBE_INTERVAL;
+        if probe {
+            self.last_probe = now;
+        }
+        let expired = self
+            .deadline
+            .is_some_and(|d| d.saturating_duration_since(now).is_zero());
+        Tick { probe, expired }
+    }
+
+    fn dead(&mut self, owner: u32) -> Result<bool> {
+        self.shared.owner_dead(owner)
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        let since_ms = u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX);
+        let (seg, layout, slot) = (&self.shared.seg, &self.shared.layout, self.shared.slot);
+        let mut taken = self.shared.entries.load(Relaxed);
+        self.entry = loop {
+            let Some(i) = (0..WAIT_ENTRIES).find(|i| taken & (1 << i) == 0) else {
+                client::count_unlisted(seg, layout, slot, true)?;
+                break Entry::Unlisted;
+            };
+            match self.shared.entries.compare_exchange_weak(
+                taken,
+                taken | (1 << i),
+                AcqRel,
+                Relaxed,
+            ) {
+                Ok(_) => {
+                    if let Err(e) = client::publish_wait(seg, layout, slot, i, self.id, since_ms) {
+                        self.shared.entries.fetch_and(!(1 << i), AcqRel);
+                        return Err(e);
+                    }
+                    break Entry::Listed(i);
+                }
+                Err(now) => taken = now,
+            }
+        };
+        self.next_check = self.schedule(Instant::now());
+        Ok(())
+    }
+
+    fn check(&mut self, _holder: u32) -> Result<()> {
+        let Some(due) = self.next_check else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < due {
+            return Ok(());
+        }
+        // An unlisted wait is invisible to others' checks but not to its own: the graph starts
+        // from it, so only it can find a cycle through it, and exactly one victim remains.
+        let (shared, id) = (self.shared, self.id);
+        let checked = observe::detect(shared, id, || self.withdraw())?;
+        self.next_check = match checked {
+            Checked::NoCycle => self.schedule(now),
+            Checked::Busy => now.checked_add(BUSY_RETRY),
+        };
+        Ok(())
+    }
+
+    fn wait(&mut self, word: &Le32, expected: u32) -> Result<()> {
+        let mut sleep = PROBE_INTERVAL.saturating_sub(self.now.duration_since(self.last_probe));
+        if let Some(deadline) = self.deadline {
+            sleep = sleep.min(deadline.saturating_duration_since(self.now));
+        }
+        if let Some(due) = self.next_check {
+            sleep = sleep.min(due.saturating_duration_since(self.now));
+        }
+        futex::wait(word, expected, Some(sleep))
+    }
+}
