@@ -1,62 +1,230 @@
-//! `cargo xtask bench`: runs criterion and prints `NAME: ours X, peer Y, ratio Z` per target.
+//! `cargo xtask bench`: runs each backend crate's criterion benches and prints
+//! `NAME: ours X, peer Y, ratio Z` per target, then runs the side-by-side comparison (the root
+//! `benches/` package) several times and writes the report.
 //!
-//! Convention (see ARCHITECTURE.md): a compared figure is a criterion group named
+//! ```text
+//! cargo xtask bench [BACKEND..] [--quick] [--runs N] [--compare | --no-compare] [--save-plot]
+//! ```
+//!
+//! - no BACKEND: every backend; the report goes to `docs/benchmarks.md` and its charts to
+//!   `docs/*.svg` (unless `--quick`); with BACKENDs, the comparison runs those backends (and
+//!   every peer) and the report stays in `target/lockyard-bench/report/`;
+//! - `--runs N`: comparison runs (default 3, or 1 with `--quick`); each figure of the report is
+//!   the median of the runs with their min–max;
+//! - `--compare`: only the comparison; `--no-compare`: only the per-backend lines;
+//! - `--save-plot`: the per-backend lines' ratio chart goes to `docs/benchmarks.svg`.
+//!
+//! Per-backend convention (see ARCHITECTURE.md): a compared figure is a criterion group named
 //! `<backend>-<what>` with the functions `ours` and `peer`. A figure that is not a timing of two
 //! functions is written by the benchmark itself as one finished line into
 //! `<target>/lockyard-bench/<backend>-<what>.line`.
+//!
+//! The comparison writes its figures to `lockyard_bench_support::figures_file()`; xtask reads
+//! that file after each run. Criterion's HTML report (`target/criterion/report/index.html`) is
+//! drawn on the last run only: its plots cost more than the runs before it.
+
+mod report;
 
 use std::fs;
 use std::path::Path;
+use std::time::Instant;
 
-use lockyard_bench_support::{human, mean_ns_at};
+use lockyard_bench_support::{RunFigures, figures_file, human, mean_ns_at};
 
 use crate::{BACKENDS, BackendCrate, backend, cargo, prereq, run, target_dir};
 
-pub(crate) fn main(args: &[String]) -> Result<(), String> {
-    let mut quick = false;
-    let mut save = false;
-    let mut selected = Vec::new();
-    for arg in args {
+/// What the command line asked for.
+#[derive(Debug, Default)]
+struct Options {
+    quick: bool,
+    save_plot: bool,
+    runs: Option<usize>,
+    compare_only: bool,
+    no_compare: bool,
+    selected: Vec<BackendCrate>,
+}
+
+fn options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--quick" => quick = true,
-            "--save-plot" => save = true,
-            name => selected.push(backend(name)?),
+            "--quick" => o.quick = true,
+            "--save-plot" => o.save_plot = true,
+            "--compare" => o.compare_only = true,
+            "--no-compare" => o.no_compare = true,
+            "--runs" => {
+                let n = args.next().ok_or("--runs needs a number")?;
+                o.runs = Some(
+                    n.parse()
+                        .map_err(|_| format!("--runs {n:?}: not a number"))?,
+                );
+            }
+            other if other.starts_with("--runs=") => {
+                let n = &other["--runs=".len()..];
+                o.runs = Some(n.parse().map_err(|_| format!("{other:?}: not a number"))?);
+            }
+            name => o.selected.push(backend(name)?),
         }
     }
-    if selected.is_empty() {
-        selected = BACKENDS.to_vec();
-        if prereq::etcd_missing().is_some() {
-            let _ = prereq::ensure(false);
-        }
+    if o.runs == Some(0) {
+        return Err("--runs must be at least 1".into());
+    }
+    if o.compare_only && o.no_compare {
+        return Err("--compare and --no-compare exclude each other".into());
+    }
+    Ok(o)
+}
+
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let o = options(args)?;
+    let started = Instant::now();
+    let load_start = report::load_average();
+    let all = o.selected.is_empty();
+    let selected = if all {
+        BACKENDS.to_vec()
+    } else {
+        o.selected.clone()
+    };
+    if all && prereq::etcd_missing().is_some() && !o.compare_only {
+        let _ = prereq::ensure(false);
     }
     let mut lines = Vec::new();
-    for b in &selected {
-        if b.needs_etcd
-            && let Some(missing) = prereq::etcd_missing()
-        {
-            lines.push(format!(
-                "{}: unavailable ({missing}; install with: {})",
-                b.name,
-                prereq::install_hint()
-            ));
-            continue;
+    if !o.compare_only {
+        for b in &selected {
+            if b.needs_etcd
+                && let Some(missing) = prereq::etcd_missing()
+            {
+                lines.push(format!(
+                    "{}: unavailable ({missing}; install with: {})",
+                    b.name,
+                    prereq::install_hint()
+                ));
+                continue;
+            }
+            lines.extend(bench_one(b, o.quick)?);
         }
-        lines.extend(bench_one(b, quick)?);
     }
+    let comparison = if o.no_compare {
+        None
+    } else {
+        let runs = o.runs.unwrap_or(if o.quick { 1 } else { 3 });
+        Some(compare(&o, all, runs)?)
+    };
     println!();
     for line in &lines {
         println!("{line}");
     }
-    let chart = crate::plot::svg(&lines);
-    let plot = target_dir().join("lockyard-bench").join("plot.svg");
-    let docs = crate::root().join("docs").join("benchmarks.svg");
-    let path = if save { docs } else { plot };
+    if !lines.is_empty() {
+        let chart = crate::plot::svg(&lines);
+        let plot = target_dir().join("lockyard-bench").join("plot.svg");
+        let docs = crate::root().join("docs").join("benchmarks.svg");
+        let path = if o.save_plot { docs } else { plot };
+        write(&path, &chart)?;
+        eprintln!("xtask: plot written to {}", path.display());
+    }
+    if let Some((runs, loads)) = comparison {
+        let mut loads = loads;
+        loads.insert(0, load_start);
+        let report = report::Report::new(
+            &runs,
+            loads,
+            o.quick,
+            started.elapsed(),
+            &command_line(args),
+        );
+        println!();
+        println!("{}", report.text());
+        let to_docs = all && !o.quick;
+        let dir = if to_docs {
+            crate::root().join("docs")
+        } else {
+            target_dir().join("lockyard-bench").join("report")
+        };
+        for (name, content) in report.files() {
+            write(&dir.join(name), &content)?;
+        }
+        eprintln!(
+            "xtask: report written to {}; criterion's HTML report is {}",
+            dir.join("benchmarks.md").display(),
+            target_dir()
+                .join("criterion")
+                .join("report")
+                .join("index.html")
+                .display()
+        );
+    }
+    eprintln!(
+        "xtask: bench took {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+fn command_line(args: &[String]) -> String {
+    let mut text = "cargo xtask bench".to_string();
+    for a in args {
+        text.push(' ');
+        text.push_str(a);
+    }
+    text
+}
+
+fn write(path: &Path, content: &str) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    fs::write(&path, chart).map_err(|e| format!("write {}: {e}", path.display()))?;
-    eprintln!("xtask: plot written to {}", path.display());
-    Ok(())
+    fs::write(path, content).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Runs the comparison bench `runs` times; returns each run's figures and the 1-minute load
+/// average after each run.
+fn compare(o: &Options, all: bool, runs: usize) -> Result<(Vec<RunFigures>, Vec<f64>), String> {
+    let figures = figures_file();
+    let mut results = Vec::new();
+    let mut loads = Vec::new();
+    let etcd = o.selected.iter().any(|b| b.needs_etcd);
+    for i in 1..=runs {
+        eprintln!("xtask: comparison run {i} of {runs}");
+        let _ = fs::remove_file(&figures);
+        let mut command = cargo();
+        command.args([
+            "bench",
+            "--package",
+            "lockyard-benches",
+            "--bench",
+            "compare",
+        ]);
+        if etcd {
+            command.args(["--features", "etcd"]);
+        }
+        command.arg("--");
+        if o.quick {
+            command.arg("--quick");
+        }
+        if i < runs || o.quick {
+            // Criterion's plots cost about half a second a benchmark: only the last full run
+            // draws them (its HTML report is the one kept).
+            command.arg("--noplot");
+        }
+        if !all {
+            let names: Vec<&str> = o.selected.iter().map(|b| b.name).collect();
+            command.env("LOCKYARD_BENCH_BACKENDS", names.join(","));
+        }
+        run(&mut command)?;
+        let run = RunFigures::read(&figures);
+        if run.figures.is_empty() {
+            return Err(format!(
+                "comparison run {i} recorded no figures in {}",
+                figures.display()
+            ));
+        }
+        let kept = figures.with_file_name(format!("figures-run{i}.tsv"));
+        let _ = fs::rename(&figures, &kept);
+        results.push(run);
+        loads.push(report::load_average());
+    }
+    Ok((results, loads))
 }
 
 fn bench_one(b: &BackendCrate, quick: bool) -> Result<Vec<String>, String> {
@@ -122,5 +290,24 @@ fn remove_matching(dir: &Path, prefix: &str) {
     for name in names_matching(dir, prefix) {
         let path = dir.join(name);
         let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options() {
+        let args: Vec<String> = ["shm", "--runs", "5", "--quick"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let o = options(&args).expect("options");
+        assert_eq!(o.runs, Some(5));
+        assert!(o.quick);
+        assert_eq!(o.selected.len(), 1);
+        assert!(options(&["--runs=0".to_string()]).is_err());
+        assert!(options(&["--compare".into(), "--no-compare".into()]).is_err());
     }
 }

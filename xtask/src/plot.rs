@@ -1,4 +1,5 @@
-//! An SVG bar chart of the bench lines: our figure as a fraction of the peer's or the target.
+//! SVG charts: a bar chart of the per-backend bench lines (our figure as a fraction of the peer's
+//! or the target), and the line charts of the comparison report.
 
 use std::fmt::Write as _;
 
@@ -117,6 +118,165 @@ pub(crate) fn svg(lines: &[String]) -> String {
     out
 }
 
+/// One point of a line chart: a median and its spread over the runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Point {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+/// One line of a line chart: a backend or a peer, a point (or a gap) per x label.
+#[derive(Debug, Clone)]
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) points: Vec<Option<Point>>,
+}
+
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
+
+/// A line chart of nanosecond figures on a log scale: one line per series through its medians,
+/// a min–max bar at each point, x labels evenly spaced.
+pub(crate) fn line_chart(
+    title: &str,
+    x_title: &str,
+    labels: &[String],
+    series: &[Series],
+) -> String {
+    let values: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().flatten())
+        .flat_map(|p| [p.min, p.max])
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(0.0, f64::max);
+    let (lo, hi) = if values.is_empty() {
+        (0.0, 1.0)
+    } else {
+        (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        )
+    };
+    let (left, top, w, h) = (70.0, 40.0, 480.0, 300.0);
+    let legend_x = left + w + 20.0;
+    let n = labels.len().max(2) as f64;
+    let x = |i: usize| left + w * (i as f64 + 0.5) / n;
+    let y = |v: f64| top + h * (1.0 - (v.max(1e-12).log10() - lo) / (hi - lo));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="12">"#,
+        legend_x + 170.0,
+        top + h + 50.0
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="20" font-size="14">{}</text>"#,
+        escape(title)
+    );
+    let _ = writeln!(
+        out,
+        r##"<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##
+    );
+    let mut decade = lo;
+    while decade <= hi {
+        let v = 10f64.powf(decade);
+        let yy = y(v);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{left}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/>"##,
+            left + w
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            yy + 4.0,
+            escape(&lockyard_bench_support::human(v))
+        );
+        decade += 1.0;
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            x(i),
+            top + h + 18.0,
+            escape(label)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+        left + w / 2.0,
+        top + h + 38.0,
+        escape(x_title)
+    );
+    for (k, s) in series.iter().enumerate() {
+        let colour = PALETTE[k % PALETTE.len()];
+        let dash = if k >= PALETTE.len() {
+            r#" stroke-dasharray="4 3""#
+        } else {
+            ""
+        };
+        let mut path = String::new();
+        for (i, p) in s.points.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1} ",
+                if path.is_empty() { "M" } else { "L" },
+                x(i),
+                y(p.median)
+            );
+            let _ = writeln!(
+                out,
+                r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="{colour}"/>"#,
+                x(i),
+                y(p.min),
+                y(p.max)
+            );
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                x(i),
+                y(p.median)
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
+            path.trim_end()
+        );
+        let ly = top + 10.0 + 18.0 * k as f64;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{legend_x}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2"{dash}/>"#,
+            legend_x + 20.0
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            legend_x + 26.0,
+            ly + 4.0,
+            escape(&s.name)
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +292,35 @@ mod tests {
         assert!(bar("mem-lock-unlock: ours 5.0 ns").is_none());
         let chart = svg(&["a: ours 1 ms, peer 2 ms, ratio 0.5".to_string()]);
         assert!(chart.contains("0.500 × peer"));
+    }
+
+    #[test]
+    fn draws_lines_with_gaps() {
+        let p = |v: f64| {
+            Some(Point {
+                median: v,
+                min: v * 0.9,
+                max: v * 1.1,
+            })
+        };
+        let chart = line_chart(
+            "t <1>",
+            "processes",
+            &["1".into(), "2".into()],
+            &[
+                Series {
+                    name: "shm".into(),
+                    points: vec![p(30.0), p(40.0)],
+                },
+                Series {
+                    name: "file".into(),
+                    points: vec![None, p(900.0)],
+                },
+            ],
+        );
+        assert!(chart.contains("t &lt;1&gt;"));
+        assert_eq!(chart.matches("<path").count(), 2);
+        assert_eq!(chart.matches("<circle").count(), 3);
+        assert!(chart.ends_with("</svg>\n"));
     }
 }

@@ -1,8 +1,14 @@
 //! What lockyard's benchmarks and `cargo xtask bench` share.
 #![doc = include_str!("../README.md")]
 
+mod figures;
+
 use std::fs;
 use std::path::{Path, PathBuf};
+
+pub use figures::{
+    Figure, RunFigures, Unit, criterion_median_ns, figures_file, record_figure, record_meta,
+};
 
 /// The cargo target directory: `$CARGO_TARGET_DIR`, or the workspace's `target/`.
 pub fn target_dir() -> PathBuf {
@@ -53,8 +59,14 @@ pub fn record_line(group: &str, line: &str) {
 /// The mean of one criterion benchmark, in nanoseconds per iteration, read from
 /// `<dir>/new/estimates.json` where `dir` is `target/criterion/<group>/<function>`.
 pub fn mean_ns_at(dir: &Path) -> Option<f64> {
+    estimate_ns_at(dir, "mean")
+}
+
+/// One statistic (`mean`, `median`, ...) of a criterion benchmark, in nanoseconds per
+/// iteration, read from `<dir>/new/estimates.json`.
+pub fn estimate_ns_at(dir: &Path, statistic: &str) -> Option<f64> {
     let text = fs::read_to_string(dir.join("new").join("estimates.json")).ok()?;
-    let mean = &text[text.find("\"mean\"")?..];
+    let mean = &text[text.find(&format!("\"{statistic}\""))?..];
     let key = "\"point_estimate\"";
     let point = &mean[mean.find(key)? + key.len()..];
     let number: String = point
@@ -97,6 +109,7 @@ mod tests {
         )
         .expect("write estimates");
         assert_eq!(mean_ns_at(&dir), Some(25.0));
+        assert_eq!(estimate_ns_at(&dir, "median"), Some(9.0));
         fs::remove_dir_all(&dir).expect("clean up");
         assert_eq!(mean_ns_at(&dir), None);
     }

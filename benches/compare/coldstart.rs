@@ -1,0 +1,59 @@
+//! Group 8: cold start. Each iteration executes a process that opens an existing store, takes
+//! lock 0, runs `true` under it and releases it, as `flock FILE true` (flock(1)) does for a
+//! file, the peer.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use criterion::Criterion;
+use lockyard_bench_support::Unit;
+
+use crate::subject::{Subject, prepare};
+use crate::{Ctx, Pace};
+
+const GROUP: &str = "compare-coldstart";
+const ROW: &str = "cold start: exec, open the store, lock, run `true`, unlock";
+const SUBJECTS: [Subject; 4] = [Subject::Mem, Subject::Shm, Subject::File, Subject::Dirlock];
+
+fn succeed(command: &mut Command) {
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert!(status.success(), "{command:?}: {status}");
+}
+
+pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
+    if !ctx.wanted(GROUP) {
+        return;
+    }
+    let tool = Path::new(env!("CARGO_BIN_EXE_lockyard-coldstart"));
+    let flock_available = Command::new("flock")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let subjects = ctx.subjects(&SUBJECTS);
+    let mut g = c.benchmark_group(GROUP);
+    ctx.pace(&mut g, Pace::Procs);
+    for &s in &subjects {
+        let store = prepare(s, ctx.dir(), &ctx.tag, "coldstart", 16);
+        g.bench_function(s.name(), |b| {
+            b.iter(|| succeed(Command::new(tool).args([store.store.as_str(), "--", "true"])))
+        });
+    }
+    if flock_available {
+        let store = prepare(Subject::Flock, ctx.dir(), &ctx.tag, "coldstart", 1);
+        g.bench_function(Subject::Flock.name(), |b| {
+            b.iter(|| succeed(Command::new("flock").args([store.store.as_str(), "true"])))
+        });
+    } else {
+        eprintln!("{GROUP}: flock(1) is not installed; no peer");
+    }
+    g.finish();
+    for s in subjects.into_iter().chain([Subject::Flock]) {
+        ctx.criterion_figure((GROUP, s.name(), None), ("coldstart", ROW), |ns| {
+            (ns, Unit::Ns)
+        });
+    }
+}

@@ -1,0 +1,102 @@
+//! Group 7 (hand-timed): the CPU that 50 waiter processes burn while blocked on a lock whose
+//! holder (this process) is alive and idle, read from /proc/PID/schedstat (nanoseconds on the
+//! CPU) and the context-switch counts of /proc/PID/status (wake-ups).
+
+use std::time::Duration;
+
+use lockyard_bench_support::Unit;
+
+use crate::Ctx;
+use crate::child::{Child, LOCKS_ENV, STORE_ENV, SUBJECT_ENV};
+use crate::subject::{Mutexish, Subject, Work, open_locks, prepare};
+use crate::sys::cpu_and_switches;
+
+const GROUP: &str = "compare-idle";
+const SUBJECTS: [Subject; 4] = [
+    Subject::Shm,
+    Subject::File,
+    Subject::Dirlock,
+    Subject::Glibc,
+];
+const WAITERS: usize = 50;
+
+struct Idle<'a> {
+    subject: Subject,
+    store: &'a str,
+    window: Duration,
+}
+
+impl Work for Idle<'_> {
+    /// CPU-seconds and wake-ups of all waiters over the window.
+    type Out = (f64, u64);
+
+    fn run<M: Mutexish + 'static>(self, locks: Vec<M>) -> (f64, u64) {
+        locks[0].acquire();
+        let waiters: Vec<Child> = (0..WAITERS)
+            .map(|_| {
+                Child::spawn(
+                    "wait",
+                    &[
+                        (SUBJECT_ENV, self.subject.name().to_string()),
+                        (STORE_ENV, self.store.to_string()),
+                        (LOCKS_ENV, "1".to_string()),
+                    ],
+                )
+            })
+            .collect();
+        for w in &waiters {
+            w.expect("ready", Duration::from_secs(120));
+        }
+        // Let every waiter get past its first attempts and into its wait.
+        std::thread::sleep(Duration::from_millis(500));
+        let sample = || -> Vec<(u64, u64)> {
+            waiters
+                .iter()
+                .map(|w| cpu_and_switches(w.pid()).expect("read /proc of a waiter"))
+                .collect()
+        };
+        let before = sample();
+        std::thread::sleep(self.window);
+        let after = sample();
+        drop(waiters);
+        locks[0].release();
+        let cpu: u64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
+        let switches: u64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
+        (cpu as f64 / 1e9, switches)
+    }
+}
+
+pub(crate) fn run(ctx: &Ctx) {
+    if !ctx.wanted(GROUP) {
+        return;
+    }
+    let window = Duration::from_secs(if ctx.quick { 2 } else { 10 });
+    let secs = window.as_secs();
+    for s in ctx.subjects(&SUBJECTS) {
+        let store = prepare(s, ctx.dir(), &ctx.tag, "idle", 16);
+        let (cpu, wakeups) = open_locks(
+            s,
+            &store.store,
+            1,
+            Idle {
+                subject: s,
+                store: &store.store,
+                window,
+            },
+        );
+        ctx.figure(
+            "idle",
+            &format!("{WAITERS} waiters blocked {secs} s on a live holder: CPU they burn"),
+            s.name(),
+            cpu,
+            Unit::CpuSeconds,
+        );
+        ctx.figure(
+            "idle",
+            &format!("{WAITERS} waiters blocked {secs} s on a live holder: wake-ups"),
+            s.name(),
+            wakeups as f64,
+            Unit::Count,
+        );
+    }
+}

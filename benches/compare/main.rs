@@ -1,0 +1,195 @@
+//! Every lockyard backend side by side with its peers, one criterion group per operation
+//! (DESIGN.md section 10).
+//!
+//! | group | backends | peers |
+//! |---|---|---|
+//! | `compare-uncontended`: lock+unlock, one thread | mem, shm, file, dirlock | parking_lot, glibc robust, flock pair, O_EXCL pid file |
+//! | `compare-held`: try_lock of a lock another process holds | mem (another owner), shm, file, dirlock | parking_lot (another thread), glibc robust, flock, pid file |
+//! | `compare-contention`: P = 1, 2, 4, 8 processes on one lock | shm, file, dirlock | glibc robust, flock |
+//! | `compare-podman`: 8 processes, random locks of 2048, 1 µs critical section | shm, file | glibc robust array |
+//! | `compare-alloc`: allocate+free, all but one id taken, 2^11 / 2^16 / 2^20 | mem, shm, file | first-fit bitmap scan |
+//! | takeover (hand-timed): SIGKILLed holder → blocked waiter, random kill phase | shm, file, dirlock | glibc robust |
+//! | idle (hand-timed): CPU burnt by 50 waiters blocked on a live holder | shm, file, dirlock | glibc robust |
+//! | `compare-coldstart`: exec a process that opens the store, locks, runs `true` | mem, shm, file, dirlock | flock(1) |
+//!
+//! Multi-process groups re-execute this binary in a role ([`child::ROLE_ENV`]). Each figure is
+//! written to the figures file of `lockyard-bench-support` for `cargo xtask bench`, which runs
+//! the bench several times and quotes the median and spread in `docs/benchmarks.md`.
+//!
+//! Environment: `LOCKYARD_BENCH_DIR` (where path stores go; default the temp dir),
+//! `LOCKYARD_BENCH_BACKENDS` (comma-separated backends to run; peers always run).
+
+mod alloc;
+mod child;
+mod coldstart;
+mod contention;
+mod held;
+mod idle;
+mod podman;
+mod roles;
+mod subject;
+mod sys;
+mod takeover;
+mod uncontended;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
+use lockyard_bench_support::{
+    Figure, Unit, criterion_median_ns, quick, record_figure, record_meta,
+};
+
+use crate::subject::Subject;
+
+/// How long a group's benchmarks run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pace {
+    /// In-process operations of nanoseconds to microseconds.
+    Fast,
+    /// Operations that involve several processes or a process start.
+    Procs,
+}
+
+/// What every group needs: the mode, the store directory, the backend filter.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) quick: bool,
+    dir: tempfile::TempDir,
+    /// A prefix unique to this run, for shm names.
+    pub(crate) tag: String,
+    only: Option<Vec<String>>,
+    filters: Vec<String>,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        let base = std::env::var_os("LOCKYARD_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("lockyard-compare-")
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("bench directory in {}: {e}", base.display()));
+        let only = std::env::var("LOCKYARD_BENCH_BACKENDS")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.split(',').map(|b| b.trim().to_string()).collect());
+        let filters = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        Ctx {
+            quick: quick(),
+            dir,
+            tag: format!("lockyard-compare-{}", std::process::id()),
+            only,
+            filters,
+        }
+    }
+
+    /// The directory path stores live in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The subjects of `list` this run measures: every peer, and the backends asked for.
+    pub(crate) fn subjects(&self, list: &[Subject]) -> Vec<Subject> {
+        list.iter()
+            .copied()
+            .filter(|s| {
+                !s.is_backend()
+                    || self
+                        .only
+                        .as_ref()
+                        .is_none_or(|only| only.iter().any(|o| o == s.name()))
+            })
+            .collect()
+    }
+
+    /// Whether criterion's positional filter may leave anything of `group` to run (a filter
+    /// that looks like a regular expression is left to criterion).
+    pub(crate) fn wanted(&self, group: &str) -> bool {
+        self.filters.is_empty()
+            || self.filters.iter().any(|f| {
+                group.contains(f.as_str())
+                    || f.starts_with(group)
+                    || f.contains(['(', '|', '*', '.', '[', '^', '$', '?', '+'])
+            })
+    }
+
+    /// Sets a group's warm-up, measurement time and sample count for this mode.
+    pub(crate) fn pace(&self, g: &mut BenchmarkGroup<'_, WallTime>, pace: Pace) {
+        let (warm, measure, samples) = match (pace, self.quick) {
+            (Pace::Fast, false) => (500, 1_500, 30),
+            (Pace::Fast, true) => (100, 400, 10),
+            (Pace::Procs, false) => (300, 1_200, 10),
+            (Pace::Procs, true) => (100, 300, 10),
+        };
+        // 10,000 bootstrap resamples instead of 100,000: the same estimates to three digits,
+        // and criterion's plots (a KDE over every resample) cost a tenth.
+        g.warm_up_time(Duration::from_millis(warm))
+            .measurement_time(Duration::from_millis(measure))
+            .sample_size(samples)
+            .nresamples(10_000);
+    }
+
+    /// Records one figure.
+    pub(crate) fn figure(&self, group: &str, row: &str, column: &str, value: f64, unit: Unit) {
+        record_figure(&Figure {
+            group: group.into(),
+            row: row.into(),
+            column: column.into(),
+            value,
+            unit,
+        })
+        .expect("record figure");
+    }
+
+    /// Records criterion's median of `criterion_group/function[/parameter]` as a figure, when
+    /// this run measured it.
+    pub(crate) fn criterion_figure(
+        &self,
+        (criterion_group, function, parameter): (&str, &str, Option<&str>),
+        (group, row): (&str, &str),
+        transform: impl Fn(f64) -> (f64, Unit),
+    ) {
+        if let Some(ns) = criterion_median_ns(criterion_group, function, parameter) {
+            let (value, unit) = transform(ns);
+            self.figure(group, row, function, value, unit);
+        }
+    }
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(child::ROLE_ENV) {
+        roles::run(&role);
+        return;
+    }
+    let ctx = Ctx::new();
+    record_meta(
+        "store-dir",
+        &format!("{} ({})", ctx.dir().display(), sys::fs_type(ctx.dir())),
+    )
+    .expect("record meta");
+    record_meta("mode", if ctx.quick { "quick" } else { "full" }).expect("record meta");
+    let mut c = Criterion::default().configure_from_args();
+    let timed = |name: &str, f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        f();
+        eprintln!(
+            "compare: {name} took {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    };
+    timed("uncontended", &mut || uncontended::run(&mut c, &ctx));
+    timed("held", &mut || held::run(&mut c, &ctx));
+    timed("contention", &mut || contention::run(&mut c, &ctx));
+    timed("podman", &mut || podman::run(&mut c, &ctx));
+    timed("alloc", &mut || alloc::run(&mut c, &ctx));
+    timed("takeover", &mut || takeover::run(&ctx));
+    timed("idle", &mut || idle::run(&ctx));
+    timed("coldstart", &mut || coldstart::run(&mut c, &ctx));
+    c.final_summary();
+}

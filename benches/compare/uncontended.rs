@@ -1,0 +1,77 @@
+//! Group 1: lock+unlock of an uncontended lock, one thread, every backend and peer.
+
+use std::hint::black_box;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
+use lockyard_bench_support::Unit;
+
+use crate::subject::{Mutexish, Subject, Work, open_locks, prepare};
+use crate::{Ctx, Pace};
+
+const GROUP: &str = "compare-uncontended";
+const ROW: &str = "lock+unlock, uncontended";
+
+const SUBJECTS: [Subject; 8] = [
+    Subject::Mem,
+    Subject::Shm,
+    Subject::File,
+    Subject::Dirlock,
+    Subject::ParkingLot,
+    Subject::Glibc,
+    Subject::Flock,
+    Subject::PidFile,
+];
+
+struct Pair<'g, 'c> {
+    group: &'g mut BenchmarkGroup<'c, WallTime>,
+    name: &'static str,
+}
+
+impl Work for Pair<'_, '_> {
+    type Out = ();
+
+    fn run<M: Mutexish + 'static>(self, locks: Vec<M>) {
+        let lock = &locks[0];
+        self.group.bench_function(self.name, |b| {
+            b.iter(|| {
+                black_box(lock.acquire());
+                lock.release();
+            })
+        });
+    }
+}
+
+pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
+    if !ctx.wanted(GROUP) {
+        return;
+    }
+    let subjects = ctx.subjects(&SUBJECTS);
+    let mut g = c.benchmark_group(GROUP);
+    ctx.pace(&mut g, Pace::Fast);
+    for &s in &subjects {
+        if s == Subject::ParkingLot {
+            let mutex = parking_lot::Mutex::new(0u64);
+            g.bench_function(s.name(), |b| {
+                b.iter(|| {
+                    let mut guard = black_box(&mutex).lock();
+                    *guard = black_box(*guard);
+                    drop(guard);
+                })
+            });
+            continue;
+        }
+        let store = prepare(s, ctx.dir(), &ctx.tag, "uncontended", 16);
+        let pair = Pair {
+            group: &mut g,
+            name: s.name(),
+        };
+        open_locks(s, &store.store, 1, pair);
+    }
+    g.finish();
+    for s in subjects {
+        ctx.criterion_figure((GROUP, s.name(), None), ("uncontended", ROW), |ns| {
+            (ns, Unit::Ns)
+        });
+    }
+}
