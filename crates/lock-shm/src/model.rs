@@ -318,6 +318,41 @@ fn model_exclusion_and_no_lost_wakeup() {
     });
 }
 
+/// A reader marks a hold (sets the waiters bit without waiting, as observe.rs does before it
+/// records when it saw the hold) while the holder unlocks and relocks on the fast path and
+/// another owner waits: exclusion holds, nobody sleeps forever, and the word ends free.
+#[test]
+fn model_a_reader_marking_a_hold_breaks_nothing() {
+    check(|| {
+        let world = World::new(token(1), &[1, 2]);
+        let data = Arc::new(Protected::new());
+        let reader = {
+            let world = world.clone();
+            thread::spawn(move || {
+                let v = world.load(Acquire);
+                let _ = lockword::mark(&*world, v);
+            })
+        };
+        let waiter = {
+            let (world, data) = (world.clone(), data.clone());
+            thread::spawn(move || {
+                assert_eq!(lock(&world, token(2)), Acquired::Clean);
+                data.enter();
+                assert!(unlock(&world, token(2)));
+            })
+        };
+        data.enter();
+        assert!(unlock(&world, token(1)));
+        assert_eq!(lock(&world, token(1)), Acquired::Clean);
+        data.enter();
+        assert!(unlock(&world, token(1)));
+        join(reader);
+        join(waiter);
+        assert_eq!(data.total(), 3);
+        assert_eq!(world.load(SeqCst), 0);
+    });
+}
+
 /// Two threads of one owner unlock its one hold while another owner waits: exactly one unlock
 /// succeeds, and the waiter's hold survives until its own unlock.
 fn contended_unlock(unlock_fn: fn(&World, u32) -> bool) {

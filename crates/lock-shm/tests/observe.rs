@@ -1,0 +1,371 @@
+//! Holders and waiters across real processes: since words, waiter entries that leave with the
+//! wait, dead waiters, more waiting threads than entries, and deadlock detection turned off.
+//!
+//! The test binary re-executes itself: with `LOCKYARD_OBSERVE_ROLE` set it is a client that
+//! obeys commands on stdin, otherwise it runs the trials. Clients run under lock-conformance's
+//! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
+//! removes its segment.
+
+use std::io::BufRead;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lock_conformance::child::ChildProcess;
+use lock_shm::{Error, LockId, LockState, Locker, Manager, ShmManager};
+
+const ROLE_ENV: &str = "LOCKYARD_OBSERVE_ROLE";
+const SEGMENT_ENV: &str = "LOCKYARD_OBSERVE_SEGMENT";
+const CAPACITY: u32 = 8;
+/// How long any single step may take before the trial fails.
+const STEP: Duration = Duration::from_secs(10);
+
+type TrialResult = Result<(), String>;
+/// A named trial.
+type Trial = (&'static str, fn() -> TrialResult);
+
+fn e2s(e: Error) -> String {
+    e.to_string()
+}
+
+/// A segment name unique to this trial and process, removed on drop.
+struct Segment(String);
+
+impl Segment {
+    fn new(trial: &str) -> Segment {
+        let name = format!("lockyard-test-observe-{trial}-{}", std::process::id());
+        let _ = ShmManager::remove(&name);
+        Segment(name)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = ShmManager::remove(&self.0);
+    }
+}
+
+fn client(segment: &Segment) -> Result<ChildProcess, String> {
+    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
+    let mut child = ChildProcess::start(command, "client", None).map_err(|e| e.to_string())?;
+    expect(&mut child, "ready")?;
+    Ok(child)
+}
+
+fn expect(child: &mut ChildProcess, prefix: &str) -> Result<String, String> {
+    child.expect(prefix, STEP).map_err(|e| e.to_string())
+}
+
+fn send(child: &mut ChildProcess, line: &str) -> TrialResult {
+    child.send(line).map_err(|e| e.to_string())
+}
+
+fn state(manager: &ShmManager, id: u32) -> Result<Option<LockState>, String> {
+    Ok(manager
+        .snapshot()
+        .map_err(e2s)?
+        .into_iter()
+        .find(|l| l.id == LockId(id)))
+}
+
+/// Polls the snapshot until `ready` holds for lock `id`'s state (or its absence), within STEP.
+fn until(
+    manager: &ShmManager,
+    id: u32,
+    what: &str,
+    ready: impl Fn(Option<&LockState>) -> bool,
+) -> Result<Option<LockState>, String> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let s = state(manager, id)?;
+        if ready(s.as_ref()) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what}: not seen within {STEP:?}; last state {s:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn since(s: &LockState) -> Result<SystemTime, String> {
+    s.holder
+        .as_ref()
+        .and_then(|h| h.since)
+        .ok_or_else(|| format!("no holder since in {s:?}"))
+}
+
+/// A hold taken on the fast path is "held since" its first sighting, and that sighting does not
+/// outlive it: after an unlock and a new fast-path hold by the same owner, the new hold is seen
+/// afresh, not dated by the old record.
+fn a_sighting_dates_only_the_hold_it_saw() -> TrialResult {
+    let segment = Segment::new("sighting");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut holder = client(&segment)?;
+    send(&mut holder, "lock 1")?;
+    expect(&mut holder, "locked")?;
+    let first = since(&until(&manager, 1, "the hold", |s| s.is_some())?.ok_or("no state")?)?;
+    // A second look finds the record, not a new sighting.
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = since(&state(&manager, 1)?.ok_or("hold gone")?)?;
+    if again != first {
+        return Err(format!(
+            "the recorded sighting moved: {first:?} then {again:?}"
+        ));
+    }
+    send(&mut holder, "unlock 1")?;
+    expect(&mut holder, "unlocked")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let relocked_after = SystemTime::now();
+    send(&mut holder, "lock 1")?;
+    expect(&mut holder, "locked")?;
+    let second = since(&state(&manager, 1)?.ok_or("hold gone")?)?;
+    // Seconds precision: the new hold's since is not before the second it began in.
+    let floor = relocked_after - Duration::from_secs(1);
+    if second < floor || second <= first {
+        return Err(format!(
+            "the second hold is dated {second:?}, before it began ({relocked_after:?}); first hold {first:?}"
+        ));
+    }
+    send(&mut holder, "unlock 1")?;
+    expect(&mut holder, "unlocked")?;
+    holder.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// A hold taken after waiting is dated when it was acquired, not when someone looked.
+fn a_hold_taken_after_waiting_is_dated_when_acquired() -> TrialResult {
+    let segment = Segment::new("waited");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let lock = manager.retrieve(LockId(2)).map_err(e2s)?;
+    let _ = lock.lock().map_err(e2s)?;
+    let mut waiter = client(&segment)?;
+    send(&mut waiter, "wait 2 10000")?;
+    until(&manager, 2, "the waiter", |s| {
+        s.is_some_and(|s| !s.waiters.is_empty())
+    })?;
+    let released = SystemTime::now();
+    lock.unlock().map_err(e2s)?;
+    expect(&mut waiter, "locked")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let looked = SystemTime::now();
+    let s = state(&manager, 2)?.ok_or("hold gone")?;
+    let at = since(&s)?;
+    if at + Duration::from_secs(1) < released || at >= looked - Duration::from_millis(500) {
+        return Err(format!(
+            "acquired after {released:?}, looked at {looked:?}, but dated {at:?}"
+        ));
+    }
+    if !s.waiters.is_empty() {
+        return Err(format!("the waiter that acquired is still listed: {s:?}"));
+    }
+    send(&mut waiter, "unlock 2")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// A waiter that times out, and one that is killed while waiting, leave the snapshot.
+fn waiters_leave_the_snapshot_when_their_wait_ends() -> TrialResult {
+    let segment = Segment::new("leave");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let lock = manager.retrieve(LockId(0)).map_err(e2s)?;
+    let _ = lock.lock().map_err(e2s)?;
+    let mut quitter = client(&segment)?;
+    let mut victim = client(&segment)?;
+    send(&mut quitter, "wait 0 600")?;
+    send(&mut victim, "wait 0 60000")?;
+    let pids = [quitter.pid(), victim.pid()];
+    until(&manager, 0, "both waiters", |s| {
+        s.is_some_and(|s| {
+            pids.iter()
+                .all(|p| s.waiters.iter().any(|w| w.pid == Some(*p)))
+        })
+    })?;
+    expect(&mut quitter, "timeout")?;
+    until(&manager, 0, "the timed-out waiter gone", |s| {
+        s.is_some_and(|s| s.waiters.iter().all(|w| w.pid != Some(pids[0])))
+    })?;
+    victim.sigkill().map_err(|e| e.to_string())?;
+    let s = state(&manager, 0)?.ok_or("the held lock is not listed")?;
+    if !s.waiters.is_empty() {
+        return Err(format!("a killed waiter is still listed: {s:?}"));
+    }
+    lock.unlock().map_err(e2s)?;
+    if state(&manager, 0)?.is_some() {
+        return Err("a free lock with no live waiter is listed".into());
+    }
+    quitter.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// A manager with more waiting threads than its slot has entries lists seven of them, counts the
+/// rest, and every thread acquires in turn once the holder releases.
+fn more_waiting_threads_than_entries() -> TrialResult {
+    let segment = Segment::new("threads");
+    let waiters = Arc::new(ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?);
+    let mut holder = client(&segment)?;
+    send(&mut holder, "lock 3")?;
+    expect(&mut holder, "locked")?;
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let m = Arc::clone(&waiters);
+            std::thread::spawn(move || -> Result<(), Error> {
+                let l = m.retrieve(LockId(3))?;
+                let _ = l.try_lock_for(STEP)?;
+                l.unlock()
+            })
+        })
+        .collect();
+    let me = std::process::id();
+    let s = until(&waiters, 3, "seven listed waiters", |s| {
+        s.is_some_and(|s| s.waiters.iter().filter(|w| w.pid == Some(me)).count() == 7)
+    })?;
+    let listed = s.ok_or("no state")?.waiters.len();
+    send(&mut holder, "unlock 3")?;
+    expect(&mut holder, "unlocked")?;
+    for t in threads {
+        t.join()
+            .map_err(|_| "a waiting thread panicked".to_string())?
+            .map_err(e2s)?;
+    }
+    if listed != 7 {
+        return Err(format!("{listed} waiters listed, expected 7"));
+    }
+    until(&waiters, 3, "every waiter gone", |s| s.is_none())?;
+    holder.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// With the deadlock timeout set to zero, a cycle is never reported: both members time out.
+fn a_zero_deadlock_timeout_turns_detection_off() -> TrialResult {
+    let segment = Segment::new("nodetect");
+    let _manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut a = client(&segment)?;
+    let mut b = client(&segment)?;
+    for (c, first) in [(&mut a, 4), (&mut b, 5)] {
+        send(c, "deadlock 0")?;
+        expect(c, "deadlock-timeout none")?;
+        send(c, &format!("lock {first}"))?;
+        expect(c, "locked")?;
+    }
+    send(&mut a, "wait 5 1500")?;
+    send(&mut b, "wait 4 1500")?;
+    let (ra, rb) = (expect(&mut a, ""), expect(&mut b, ""));
+    if ra.as_deref() != Ok("timeout") || rb.as_deref() != Ok("timeout") {
+        return Err(format!(
+            "with detection off the members said {ra:?} and {rb:?}"
+        ));
+    }
+    a.finish(STEP).map_err(|e| e.to_string())?;
+    b.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// Role: opens the segment, prints `ready`, then obeys commands until stdin EOF:
+/// `lock ID` (prints `locked clean|owner-died`), `unlock ID` (`unlocked`), `wait ID MS`
+/// (try_lock_for; `locked ...`, `timeout` or `deadlock N`), `deadlock MS` (sets the timeout;
+/// prints `deadlock-timeout MS|none`).
+fn client_role() -> TrialResult {
+    let name = std::env::var(SEGMENT_ENV).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&name).map_err(e2s)?;
+    println!("ready");
+    let number = |s: Option<&str>| -> Result<u64, String> {
+        s.ok_or("missing argument")?
+            .parse()
+            .map_err(|e| format!("{e}"))
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let mut words = line.split_whitespace();
+        let command = words.next().unwrap_or("");
+        let a = number(words.next());
+        let b = number(words.next());
+        let lock = |id: u64| manager.retrieve(LockId(u32::try_from(id).unwrap_or(u32::MAX)));
+        let said = match command {
+            "lock" => {
+                let acquired = lock(a?).and_then(|l| l.lock()).map_err(e2s)?;
+                format!(
+                    "locked {}",
+                    if acquired.owner_died() {
+                        "owner-died"
+                    } else {
+                        "clean"
+                    }
+                )
+            }
+            "unlock" => {
+                lock(a?).and_then(|l| l.unlock()).map_err(e2s)?;
+                "unlocked".to_owned()
+            }
+            "wait" => {
+                let ms = b?;
+                match lock(a?).and_then(|l| l.try_lock_for(Duration::from_millis(ms))) {
+                    Ok(acquired) => {
+                        format!(
+                            "locked {}",
+                            if acquired.owner_died() {
+                                "owner-died"
+                            } else {
+                                "clean"
+                            }
+                        )
+                    }
+                    Err(Error::Timeout) => "timeout".to_owned(),
+                    Err(Error::Deadlock { cycle }) => format!("deadlock {}", cycle.0.len()),
+                    Err(e) => return Err(e2s(e)),
+                }
+            }
+            "deadlock" => {
+                manager
+                    .set_deadlock_timeout(Duration::from_millis(a?))
+                    .map_err(e2s)?;
+                match manager.deadlock_timeout() {
+                    Some(t) => format!("deadlock-timeout {}", t.as_millis()),
+                    None => "deadlock-timeout none".to_owned(),
+                }
+            }
+            other => return Err(format!("unknown command {other:?}")),
+        };
+        println!("{said}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if std::env::var(ROLE_ENV).is_ok() {
+        return match client_role() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("error {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let trials: [Trial; 5] = [
+        (
+            "a_sighting_dates_only_the_hold_it_saw",
+            a_sighting_dates_only_the_hold_it_saw,
+        ),
+        (
+            "a_hold_taken_after_waiting_is_dated_when_acquired",
+            a_hold_taken_after_waiting_is_dated_when_acquired,
+        ),
+        (
+            "waiters_leave_the_snapshot_when_their_wait_ends",
+            waiters_leave_the_snapshot_when_their_wait_ends,
+        ),
+        (
+            "more_waiting_threads_than_entries",
+            more_waiting_threads_than_entries,
+        ),
+        (
+            "a_zero_deadlock_timeout_turns_detection_off",
+            a_zero_deadlock_timeout_turns_detection_off,
+        ),
+    ];
+    let trials = trials
+        .into_iter()
+        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
