@@ -385,17 +385,17 @@ fn snapshot(c: &mut Criterion) {
             s
         })
     });
+    // SAFETY: `locks..locks + 4 capacity` is inside the mapping (asserted above) and 4-aligned;
+    // the words are only ever accessed atomically, and the mapping outlives `words`.
+    let words: &[AtomicU32] = unsafe {
+        std::slice::from_raw_parts(map.as_ptr().add(locks).cast_mut().cast(), capacity as usize)
+    };
     g.bench_function("peer", |b| {
         b.iter(|| {
-            let mut n = 0usize;
-            for i in 0..capacity as usize {
-                // SAFETY: `locks + 4 i` is inside the mapping (asserted above) and 4-aligned;
-                // the word is only ever accessed atomically.
-                let w = unsafe {
-                    AtomicU32::from_ptr(map.as_ptr().add(locks + 4 * i).cast_mut().cast())
-                };
-                n += usize::from(w.load(Ordering::Acquire) != 0);
-            }
+            let n = words
+                .iter()
+                .filter(|w| w.load(Ordering::Acquire) != 0)
+                .count();
             assert_eq!(n, held.len());
             n
         })
