@@ -1,11 +1,13 @@
-//! The library's own runtime thread and etcd client: blocking calls, retries and error mapping.
+//! The etcd client (one per endpoint, fail-over, retries, error mapping) and the blocking API's
+//! own runtime thread.
 //!
-//! Every public operation is one future run on a private multi-threaded tokio runtime (one worker
-//! thread named `lock-etcd`). A plain calling thread polls the future itself while the worker
-//! drives I/O and timers; a thread inside another tokio runtime hands the future to the worker and
-//! waits on a channel instead, so the blocking API may be used from any thread.
-//! Lease keepalives and key watches are tasks on the same runtime: they continue while the caller
-//! is busy inside its critical section.
+//! [`Ctx`] is the client the async API uses on the caller's runtime; it owns no runtime.
+//! [`Shared`] is the blocking API's connection: every public operation is one future run on a
+//! private multi-threaded tokio runtime (one worker thread named `lock-etcd`). A plain calling
+//! thread polls the future itself while the worker drives I/O and timers; a thread inside another
+//! tokio runtime hands the future to the worker and waits on a channel instead, so the blocking
+//! API may be used from any thread. Session keepalives and key watches are tasks on the same
+//! runtime: they continue while the caller is busy inside its critical section.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::time::{sleep, timeout_at};
 
 use crate::options::EtcdOptions;
+use crate::session::SessionCore;
 
 /// Who this process is, written into every owner record.
 #[derive(Debug)]
@@ -58,7 +61,6 @@ impl Identity {
 pub(crate) struct Ctx {
     clients: Arc<[Client]>,
     preferred: Arc<AtomicUsize>,
-    pub(crate) ttl_secs: i64,
     pub(crate) request_timeout: Duration,
     pub(crate) identity: Arc<Identity>,
 }
@@ -66,50 +68,59 @@ pub(crate) struct Ctx {
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx")
-            .field("ttl_secs", &self.ttl_secs)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }
 
-/// The runtime and the context, shared by every handle of one connection.
+/// The runtime, the context and the default session, shared by every handle of one blocking
+/// connection.
 #[derive(Debug)]
 pub(crate) struct Shared {
     runtime: Option<Runtime>,
     handle: Handle,
     pub(crate) ctx: Ctx,
     pub(crate) options: EtcdOptions,
+    /// The lease TTL of the default session, in whole seconds.
+    pub(crate) ttl_secs: i64,
+    /// The session of every handle not made through an explicit session; replaced when lost.
+    session: tokio::sync::Mutex<Option<Arc<SessionCore>>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        let session = self.session.get_mut().take();
         if let Some(runtime) = self.runtime.take() {
+            if let Some(session) = session
+                && Handle::try_current().is_err()
+            {
+                // Revoke the default session's lease, bounded by the request timeout: in an
+                // outage it expires by itself one TTL later.
+                let limit = self.ctx.request_timeout;
+                runtime.block_on(async move {
+                    let _ = tokio::time::timeout(limit, session.close()).await;
+                });
+            }
             // Never blocks and never panics, even when dropped inside another runtime.
             runtime.shutdown_background();
         }
     }
 }
 
-impl Shared {
-    /// Starts the runtime, connects and proves the cluster answers within the connect timeout.
-    pub(crate) fn connect(endpoints: &[String], options: EtcdOptions) -> Result<Arc<Shared>> {
-        let ttl_secs = options.validate()?;
+impl Ctx {
+    /// Connects to `endpoints` and proves, within the connect timeout, that a member with a
+    /// leader answers. Runs on the caller's runtime.
+    pub(crate) async fn connect(endpoints: &[String], options: &EtcdOptions) -> Result<Ctx> {
+        options.validate()?;
         if endpoints.is_empty() {
             return Err(Error::invalid("no etcd endpoint given"));
         }
-        let runtime = Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("lock-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("start runtime thread", "lock-etcd", e))?;
-        let handle = runtime.handle().clone();
         let connect_timeout = options.connect_timeout_value();
         let request_timeout = options.request_timeout_value();
         let probe_key = options.prefix_value().to_owned();
         let eps = endpoints.to_vec();
         let identity = Arc::new(Identity::current());
-        let ctx = run(&handle, async move {
+        {
             let deadline = Instant::now() + connect_timeout;
             let connect_options = ConnectOptions::new()
                 .with_connect_timeout(connect_timeout.min(Duration::from_secs(2)))
@@ -132,7 +143,6 @@ impl Shared {
             let ctx = Ctx {
                 clients: clients.into(),
                 preferred: Arc::new(AtomicUsize::new(0)),
-                ttl_secs,
                 request_timeout,
                 identity,
             };
@@ -143,19 +153,62 @@ impl Shared {
             })
             .await;
             match probe {
-                Ok(_) => Ok(ctx),
+                Ok(_) => {
+                    ctx.prefer_leader().await;
+                    Ok(ctx)
+                }
                 Err(Error::Unavailable { source }) => Err(Error::unavailable(format!(
                     "no etcd endpoint of {eps:?} answered within {connect_timeout:?}: {source}"
                 ))),
                 Err(e) => Err(e),
             }
-        })?;
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the runtime, connects and proves the cluster answers within the connect timeout.
+    pub(crate) fn connect(endpoints: &[String], options: EtcdOptions) -> Result<Arc<Shared>> {
+        let ttl_secs = options.validate()?;
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("lock-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start runtime thread", "lock-etcd", e))?;
+        let handle = runtime.handle().clone();
+        let eps = endpoints.to_vec();
+        let opts = options.clone();
+        let ctx = run(&handle, async move { Ctx::connect(&eps, &opts).await })?;
         Ok(Arc::new(Shared {
             runtime: Some(runtime),
             handle,
             ctx,
             options,
+            ttl_secs,
+            session: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// The default session, granted on first use and replaced when it was lost.
+    pub(crate) async fn default_session(&self) -> Result<Arc<SessionCore>> {
+        let mut session = self.session.lock().await;
+        if let Some(current) = session.as_ref()
+            && !current.is_lost()
+        {
+            return Ok(Arc::clone(current));
+        }
+        let fresh = SessionCore::grant(&self.ctx, self.ttl_secs).await?;
+        *session = Some(Arc::clone(&fresh));
+        Ok(fresh)
+    }
+
+    /// The default session if one is alive, without granting one.
+    pub(crate) fn current_session(&self) -> Option<Arc<SessionCore>> {
+        self.session
+            .try_lock()
+            .ok()
+            .and_then(|s| s.as_ref().filter(|s| !s.is_lost()).cloned())
     }
 
     /// Runs `fut` on the runtime thread and waits for its result.
@@ -165,14 +218,6 @@ impl Shared {
         F: Future<Output = Result<T>> + Send + 'static,
     {
         run(&self.handle, fut)
-    }
-
-    /// Starts `fut` on the runtime thread without waiting for it.
-    pub(crate) fn spawn<F>(&self, fut: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        drop(self.handle.spawn(fut));
     }
 }
 
@@ -197,6 +242,30 @@ where
 }
 
 impl Ctx {
+    /// Makes the leader the preferred endpoint, if one answers within the attempt timeout:
+    /// a write sent to a follower is forwarded to the leader, one more hop for every Txn.
+    /// Members that do not answer are left alone; the preference is only a start (fail-over
+    /// moves it on as before).
+    pub(crate) async fn prefer_leader(&self) {
+        let limit = Instant::now() + self.attempt_timeout();
+        let asks = self.clients.iter().enumerate().map(|(index, client)| {
+            let mut client = client.clone();
+            async move {
+                let status = timeout_at(limit.into(), client.status()).await.ok()?.ok()?;
+                let member = status.header()?.member_id();
+                Some((index, member, status.leader()))
+            }
+        });
+        let answers: Vec<(usize, u64, u64)> = futures_join_all(asks).await;
+        let leader = answers
+            .iter()
+            .find(|(_, member, leader)| member == leader)
+            .map(|(index, _, _)| *index);
+        if let Some(index) = leader {
+            self.preferred.store(index, Ordering::Relaxed);
+        }
+    }
+
     /// The preferred endpoint's index and client.
     pub(crate) fn pick(&self) -> (usize, Client) {
         // `connect` refuses an empty endpoint list, so the modulo leaves a valid index.
@@ -278,6 +347,34 @@ where
         }
         sleep(pause).await;
     }
+}
+
+/// Runs every future at once and collects the `Some` outputs (a tiny `join_all`: the crate does
+/// not depend on `futures`).
+async fn futures_join_all<T, F>(futures: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: Future<Output = Option<T>>,
+{
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<Option<T>>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, slot) in set.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => *slot = Some(out),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().flatten().collect()
 }
 
 /// Whether a failed request may succeed when repeated (possibly on another member).

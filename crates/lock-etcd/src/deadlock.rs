@@ -2,7 +2,7 @@
 //!
 //! A waiter on a table lock that has waited past its manager's deadlock timeout:
 //! 1. takes the table's *detection lock*, the key `<root>/deadlock`, created in a Txn guarded by
-//!    `create_revision == 0` and attached to the waiter's own lease (so a detector that dies
+//!    `create_revision == 0` and attached to the waiter's session lease (so a detector that dies
 //!    frees it within its TTL); its value is the detector's own key, which no one else writes;
 //! 2. reads one snapshot: one Range over `<root>/lock/`, one revision (`snapshot.rs`);
 //! 3. runs [`find_cycle`] from its own owner key. If it closes a cycle, one Txn deletes its own
@@ -75,28 +75,38 @@ impl Detector {
         }
     }
 
-    /// Waits for `turn` (the wait for the lock), checking for a deadlock each time the deadlock
-    /// timeout passes. `own_key` (created at `revision`, attached to `lease`) is the waiter.
+    /// When a waiter that started waiting at `since` checks first.
+    pub(crate) fn first_check(&self, since: Instant) -> Option<Instant> {
+        self.next_check(since)
+    }
+
+    /// Waits for `turn` (one stretch of the wait for the lock), checking for a deadlock when
+    /// `next` (the time of the next check, kept by the caller across stretches) comes, and
+    /// each deadlock timeout after a check. `own_key` (created at `revision`, attached to
+    /// `lease`) is the waiter.
     ///
     /// The check itself is never cut short by the turn: once the detection lock is taken, it is
-    /// released before this returns.
+    /// released before this returns. `unsure` is set when a Txn that takes the detection lock
+    /// went unanswered on some member, which may still apply it later (see `session.rs`).
+    #[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
     pub(crate) async fn wait(
         &self,
         ctx: &Ctx,
         turn: impl Future<Output = Result<()>>,
+        next: &mut Option<Instant>,
         own_key: &str,
         revision: i64,
         lease: i64,
+        unsure: &mut bool,
     ) -> Result<()> {
         tokio::pin!(turn);
-        let mut next = self.next_check(Instant::now());
         loop {
-            match next {
+            match *next {
                 None => {
                     tokio::select! {
                         result = &mut turn => return result,
                         () = sleep(OFF_RECHECK) => {
-                            next = self.next_check(Instant::now());
+                            *next = self.next_check(Instant::now());
                             continue;
                         }
                     }
@@ -109,7 +119,7 @@ impl Detector {
                 }
             }
             // Take the detection lock; while another detector holds it, the turn may still come.
-            while !self.take(ctx, own_key, lease).await? {
+            while !self.take(ctx, own_key, lease, unsure).await? {
                 tokio::select! {
                     result = &mut turn => return result,
                     () = sleep(TAKE_RETRY) => {}
@@ -118,16 +128,21 @@ impl Detector {
             if let Some(cycle) = self.check(ctx, own_key, revision).await? {
                 return Err(Error::Deadlock { cycle });
             }
-            next = self.next_check(Instant::now());
+            *next = self.next_check(Instant::now());
         }
     }
 
     /// Tries once to take the detection lock; true when this waiter holds it.
-    async fn take(&self, ctx: &Ctx, own_key: &str, lease: i64) -> Result<bool> {
+    async fn take(&self, ctx: &Ctx, own_key: &str, lease: i64, unsure: &mut bool) -> Result<bool> {
         let key = detection_key(&self.root);
         let key = key.as_str();
+        // Set while the Txn is in flight (the future may be dropped there), sticky afterwards.
+        let was = *unsure;
+        *unsure = true;
+        let mut attempts = 0u32;
         let answer = ctx
             .call(|mut c| {
+                attempts += 1;
                 let txn = Txn::new()
                     .when([Compare::create_revision(key, CompareOp::Equal, 0)])
                     .and_then([TxnOp::put(
@@ -139,6 +154,8 @@ impl Detector {
                 async move { c.txn(txn).await }
             })
             .await?;
+        // An attempt before the last may still be applied by a member that was silent.
+        *unsure = was || attempts > 1;
         if answer.0.succeeded {
             return Ok(true);
         }

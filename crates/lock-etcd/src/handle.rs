@@ -1,4 +1,4 @@
-//! `EtcdLock`, one lock handle (and owner), and `EtcdGuard`, an owned guard.
+//! `EtcdLock`, one lock handle (and owner) of the blocking API, and `EtcdGuard`, an owned guard.
 
 use std::fmt;
 use std::ops::Deref;
@@ -9,23 +9,30 @@ use lock_api::{
     Acquired, Error, Fenced, Holder, Inspect, Leased, LockData, LockId, Locker, LostSignal, Result,
 };
 
+use crate::cancel::CancelToken;
 use crate::client::Shared;
-use crate::mutex::{self, Held, Target, Wait};
+use crate::info::Info;
+use crate::mutex::{self, Cancel, Held, Target, Wait};
 use crate::options::MAX_DATA_LEN;
-use crate::record::Record;
+use crate::session::SessionCore;
 
 /// One etcd lock, named or numbered. The handle is the owner: every handle is its own owner,
 /// even two handles on the same lock in one process (they exclude each other).
 ///
+/// Acquisitions go through a session: the connection's default session (granted on first use,
+/// replaced when lost), or the [`EtcdSession`](crate::EtcdSession) the handle was made from.
 /// Dropping a handle that holds its lock releases it.
 pub struct EtcdLock {
-    shared: Arc<Shared>,
     id: LockId,
     /// The lock's queue, this handle's owner key and its table's deadlock detection.
     target: Target,
     /// The allocation key of a numbered lock (`None` for a named lock).
     alloc_key: Option<String>,
     held: Mutex<Option<Held>>,
+    /// The session of a handle made from an explicit session; `None` for the default one.
+    session: Option<Arc<SessionCore>>,
+    // Last: the runtime outlives everything above.
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for EtcdLock {
@@ -42,16 +49,18 @@ impl fmt::Debug for EtcdLock {
 impl EtcdLock {
     pub(crate) fn new(
         shared: Arc<Shared>,
+        session: Option<Arc<SessionCore>>,
         id: LockId,
         target: Target,
         alloc_key: Option<String>,
     ) -> EtcdLock {
         EtcdLock {
-            shared,
             id,
             target,
             alloc_key,
             held: Mutex::new(None),
+            session,
+            shared,
         }
     }
 
@@ -72,35 +81,76 @@ impl EtcdLock {
         self.lock_state().as_ref().map(|h| h.key.clone())
     }
 
-    /// The lease id of the current acquisition, or `None` when this handle does not hold the lock.
+    /// The lease the current acquisition's key is attached to (its session's), or `None` when
+    /// this handle does not hold the lock.
     pub fn lease_id(&self) -> Option<i64> {
-        self.lock_state().as_ref().map(|h| h.lease)
+        self.lock_state().as_ref().map(Held::lease)
     }
 
     fn lock_state(&self) -> MutexGuard<'_, Option<Held>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<Acquired>> {
-        let ctx = self.shared.ctx.clone();
+    fn acquire(&self, wait: Wait, cancel: Option<Cancel>) -> Result<Option<Acquired>> {
+        let shared = Arc::clone(&self.shared);
+        let fixed = self.session.clone();
         let target = self.target.clone();
-        let held = self
-            .shared
-            .block_on(async move { mutex::acquire(ctx, target, wait).await })?;
+        let held = self.shared.block_on(async move {
+            let Some(session) = fixed else {
+                // The default session may have been lost without anyone noticing yet (revoked,
+                // expired while idle): etcd says so at the first write, and a new one is made.
+                for _ in 0..2 {
+                    let session = shared.default_session().await?;
+                    match mutex::acquire(session, &target, wait, cancel.clone()).await {
+                        Err(mutex::AcquireError::StaleSession) => continue,
+                        other => return other.map_err(Error::from),
+                    }
+                }
+                return Err(Error::Lost);
+            };
+            mutex::acquire(session, &target, wait, cancel)
+                .await
+                .map_err(Error::from)
+        })?;
         let Some(held) = held else {
             return Ok(None);
         };
         let acquired = held.acquired;
         let previous = self.lock_state().replace(held);
         if let Some(old) = previous {
-            // The queue granted us the lock, so an older acquisition of this handle is gone.
+            // The queue granted us the lock, so an older acquisition of this handle is lost
+            // (`try_lock` refuses while one is held and not lost).
             old.stop_tasks();
             old.monitor.fire();
-            let ctx = self.shared.ctx.clone();
-            self.shared
-                .spawn(async move { mutex::revoke(&ctx, old.lease).await });
         }
         Ok(Some(acquired))
+    }
+
+    /// Waits in the lock's queue like [`Locker::lock`] until it is this handle's turn or
+    /// `cancel` is cancelled (by any thread); `Ok(None)` when cancelled, and then nothing of
+    /// the attempt is left in etcd (no key, no marker, no detection lock).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Locker::lock`].
+    pub fn lock_until_cancelled(&self, cancel: &CancelToken) -> Result<Option<Acquired>> {
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        self.acquire(Wait::Until(None), Some(cancel.receiver()))
+    }
+
+    /// What this handle's current acquisition looks like, read in one Txn: owner record,
+    /// claim time, data, token, and `expires` in milliseconds from the session's deadline.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] when this handle does not hold the lock; [`Error::Lost`] when it was
+    /// lost (its key is gone or its session expired); [`Error::Unavailable`].
+    pub fn info(&self) -> Result<Info> {
+        let view = self.with_held(Held::view)?;
+        self.shared
+            .block_on(async move { mutex::read_info(&view).await })
     }
 
     /// Runs `f` on the current acquisition: `NotHeld` without one, `Lost` when it was lost.
@@ -121,12 +171,13 @@ impl Locker for EtcdLock {
 
     /// Waits in the lock's queue until it is this handle's turn.
     ///
-    /// A holder that dies lets its lease expire, and the next acquirer takes over after the TTL
-    /// with [`Acquired::OwnerDied`]: the previous holder claimed the lock and never released it
-    /// cleanly (it died, or lost its lease or key while holding it). Use the fencing token to
-    /// reject a paused holder's late writes.
+    /// A holder that dies lets its session's lease expire, and the next acquirer takes over after
+    /// the TTL with [`Acquired::OwnerDied`]: the previous holder claimed the lock and never
+    /// released it cleanly (it died, or lost its lease or key while holding it). Use the fencing
+    /// token to reject a paused holder's late writes. A table lock that closes a cycle of waits
+    /// fails with [`Error::Deadlock`] after the table's deadlock timeout.
     fn lock(&self) -> Result<Acquired> {
-        match self.acquire(Wait::Until(None))? {
+        match self.acquire(Wait::Until(None), None)? {
             Some(acquired) => Ok(acquired),
             None => Err(Error::Timeout),
         }
@@ -140,30 +191,30 @@ impl Locker for EtcdLock {
         if holding {
             return Ok(None);
         }
-        self.acquire(Wait::Never)
+        self.acquire(Wait::Never, None)
     }
 
     fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
-        let deadline = Instant::now() + timeout;
-        match self.acquire(Wait::Until(Some(deadline)))? {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.acquire(Wait::Until(deadline), None)? {
             Some(acquired) => Ok(acquired),
             None => Err(Error::Timeout),
         }
     }
 
-    /// Deletes the own key if its CreateRevision is still ours, then revokes the lease.
+    /// Deletes the own key (and the held marker) in one Txn if its CreateRevision is still ours.
+    /// The session's lease stays: other locks live on it.
     ///
     /// # Errors
     ///
     /// [`Error::NotHeld`] when this handle does not hold the lock; [`Error::Lost`] when it was
-    /// lost before or during the release (the acquisition is over either way), returned at once
-    /// while the lease is revoked in the background; [`Error::Unavailable`] when etcd did not
-    /// answer: the lease is no longer kept alive, so the lock is released within the TTL.
+    /// lost before or during the release (the acquisition is over either way), returned at once;
+    /// [`Error::Unavailable`] when etcd did not answer: the release is retried in the background
+    /// until it succeeds or the session is lost, which takes the key with its lease.
     fn unlock(&self) -> Result<()> {
         let held = self.lock_state().take().ok_or(Error::NotHeld(self.id))?;
-        let ctx = self.shared.ctx.clone();
         self.shared
-            .block_on(async move { mutex::release(ctx, held).await })
+            .block_on(async move { mutex::release(held).await })
     }
 
     /// Marks a numbered lock free; named locks are not allocated.
@@ -198,11 +249,10 @@ impl Drop for EtcdLock {
     fn drop(&mut self) {
         let held = self.lock_state().take();
         if let Some(held) = held {
-            let ctx = self.shared.ctx.clone();
-            // A drop cannot report; the lease expires by itself if this fails.
+            // A drop cannot report; the key goes with the session if this fails.
             let _ = self
                 .shared
-                .block_on(async move { mutex::release(ctx, held).await });
+                .block_on(async move { mutex::release(held).await });
         }
     }
 }
@@ -216,19 +266,26 @@ impl Fenced for EtcdLock {
 }
 
 impl Leased for EtcdLock {
-    /// The TTL etcd granted to the current acquisition's lease, or the configured one (rounded up
-    /// to whole seconds) when the lock is not held.
+    /// The TTL etcd granted to the session of the current acquisition, or of the session the
+    /// next one would use, or the configured one (rounded up to whole seconds) before any.
     fn ttl(&self) -> Duration {
-        self.lock_state().as_ref().map_or_else(
-            || Duration::from_secs(u64::try_from(self.shared.ctx.ttl_secs).unwrap_or(0)),
-            |h| h.ttl,
+        if let Some(held) = self.lock_state().as_ref() {
+            return held.session.ttl();
+        }
+        let session = self
+            .session
+            .clone()
+            .or_else(|| self.shared.current_session());
+        session.map_or_else(
+            || Duration::from_secs(u64::try_from(self.shared.ttl_secs).unwrap_or(0)),
+            |s| s.ttl(),
         )
     }
 
-    /// Time until the lock is declared lost unless a keepalive is answered meanwhile: the send
-    /// time of the last answered keepalive, plus the granted TTL, minus a safety margin (TTL/20,
-    /// at least 50 ms), minus now. The lost signal fires when it reaches zero, and this,
-    /// [`Fenced::fencing_token`] and the signal agree at every call.
+    /// Time until the lock is declared lost unless a keepalive of its session is answered
+    /// meanwhile: the send time of the session's last answered keepalive, plus the granted TTL,
+    /// minus a safety margin (TTL/20, at least 50 ms), minus now. The lost signal fires when it
+    /// reaches zero, and this, [`Fenced::fencing_token`] and the signal agree at every call.
     fn time_left(&self) -> Result<Option<Duration>> {
         let state = self.lock_state();
         let Some(held) = state.as_ref() else {
@@ -240,6 +297,8 @@ impl Leased for EtcdLock {
         }
     }
 
+    /// Fires when the acquisition is lost: its session's lease is gone or its deadline passed
+    /// (which loses every lock of the session), or its own key was deleted.
     fn lost(&self) -> Result<LostSignal> {
         let state = self.lock_state();
         let held = state.as_ref().ok_or(Error::NotHeld(self.id))?;
@@ -250,8 +309,10 @@ impl Leased for EtcdLock {
 impl Inspect for EtcdLock {
     /// The holder named by the lock's held marker, read in one Txn with the queue's first key:
     /// pid, host, owner, when it claimed the lock, and whether it is dead (its key is gone
-    /// without a clean release, so the next acquirer gets [`Acquired::OwnerDied`]). `expires` is
-    /// when a live holder's lease ends unless renewed.
+    /// without a clean release, so the next acquirer gets [`Acquired::OwnerDied`]). `expires`
+    /// is when a live holder's lease ends unless renewed: in milliseconds, without asking etcd,
+    /// when the holder's session is one of this process's; otherwise from a second request,
+    /// in whole seconds (etcd reports no finer).
     fn holder(&self) -> Result<Option<Holder>> {
         let ctx = self.shared.ctx.clone();
         let queue = self.target.queue.clone();
@@ -260,7 +321,7 @@ impl Inspect for EtcdLock {
                 return Ok(None);
             };
             if let Some((_, lease)) = alive {
-                holder.expires = mutex::lease_expiry(&ctx, lease).await?;
+                holder.expires = mutex::holder_expiry(&ctx, lease).await?;
             }
             Ok(Some(holder))
         })
@@ -281,16 +342,16 @@ impl LockData for EtcdLock {
                 data.len()
             )));
         }
-        let (key, revision, lease, since) =
-            self.with_held(|h| (h.key.clone(), h.revision, h.lease, h.since))?;
-        let ctx = self.shared.ctx.clone();
-        let record = Record {
-            pid: ctx.identity.pid,
-            host: ctx.identity.host.clone(),
-            owner: Some(self.target.owner.to_string()),
-            since,
-            data: data.to_vec(),
-        };
+        let (ctx, key, revision, lease, mut record) = self.with_held(|h| {
+            (
+                h.session.ctx.clone(),
+                h.key.clone(),
+                h.revision,
+                h.lease(),
+                h.record.clone(),
+            )
+        })?;
+        record.data = data.to_vec();
         let result = self.shared.block_on(async move {
             mutex::rewrite(&ctx, &key, revision, lease, record.encode()).await
         });
@@ -352,5 +413,119 @@ impl Deref for EtcdGuard {
 
     fn deref(&self) -> &EtcdLock {
         &self.lock
+    }
+}
+
+/// A session of the blocking API: one lease with its own TTL, kept alive on the connection's
+/// runtime thread and shared by every lock handle made from it. From
+/// [`EtcdLocks::session`](crate::EtcdLocks::session).
+///
+/// Losing the session's lease (it expired, was revoked, or its keepalives went unanswered past
+/// the deadline) loses every lock held through it. A lost session stays lost: make a new one.
+/// Dropping the last handle of a session (this value and every lock made from it) revokes its
+/// lease.
+pub struct EtcdSession {
+    core: Arc<SessionCore>,
+    // Last: the runtime outlives the session.
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for EtcdSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSession")
+            .field("lease", &format_args!("{:016x}", self.core.lease()))
+            .field("ttl", &self.core.ttl())
+            .field("lost", &self.core.is_lost())
+            .finish()
+    }
+}
+
+impl EtcdSession {
+    pub(crate) fn new(shared: Arc<Shared>, core: Arc<SessionCore>) -> EtcdSession {
+        EtcdSession { core, shared }
+    }
+
+    /// A handle on the named lock `name` whose acquisitions go through this session.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a name [`validate_name`](crate::validate_name) refuses.
+    pub fn named(&self, name: &str) -> Result<EtcdLock> {
+        crate::validate_name(name)?;
+        Ok(EtcdLock::new(
+            Arc::clone(&self.shared),
+            Some(Arc::clone(&self.core)),
+            LockId(0),
+            Target {
+                queue: format!("{}/lock/{name}/", self.shared.options.prefix_value()),
+                owner: self.shared.ctx.identity.new_owner(),
+                detector: None,
+            },
+            None,
+        ))
+    }
+
+    /// Acquires the named lock through this session, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Locker::lock`]; [`Error::Lost`] when the session is lost.
+    pub fn lock(&self, name: &str) -> Result<EtcdGuard> {
+        let lock = self.named(name)?;
+        let acquired = lock.lock()?;
+        Ok(EtcdGuard::new(lock, acquired))
+    }
+
+    /// The session's lease id.
+    pub fn lease_id(&self) -> i64 {
+        self.core.lease()
+    }
+
+    /// The TTL etcd granted to the session's lease.
+    pub fn ttl(&self) -> Duration {
+        self.core.ttl()
+    }
+
+    /// Whether the session is lost (and with it every lock held through it).
+    pub fn is_lost(&self) -> bool {
+        self.core.is_lost()
+    }
+
+    /// Time until the session is declared lost unless a keepalive is answered meanwhile, or
+    /// `None` once it is lost.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.core.monitor.time_left()
+    }
+
+    /// A signal that fires when the session is lost.
+    pub fn lost(&self) -> LostSignal {
+        self.core.monitor.signal()
+    }
+
+    /// Ends the session now: revokes its lease, so every lock held through it is lost at once
+    /// (their holders' lost signals fire).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when etcd did not answer; the lease then expires by itself within
+    /// its TTL, as nobody renews it any more.
+    pub fn close(self) -> Result<()> {
+        let core = Arc::clone(&self.core);
+        self.shared.block_on(async move { core.close().await })
+    }
+}
+
+impl Drop for EtcdSession {
+    fn drop(&mut self) {
+        // The last handle: revoke now, while the runtime is surely alive (a revoke spawned by
+        // the session's own drop could be cut short by the runtime's shutdown).
+        if Arc::strong_count(&self.core) == 1 {
+            let core = Arc::clone(&self.core);
+            let limit = self.shared.ctx.attempt_timeout();
+            let _ = self.shared.block_on(async move {
+                let _ = tokio::time::timeout(limit, core.close()).await;
+                Ok(())
+            });
+        }
     }
 }

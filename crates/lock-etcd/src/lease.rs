@@ -1,27 +1,38 @@
-//! One acquisition's lease: the keepalive task, the own-key watch, and the lost signal they fire.
+//! A session's lease (the keepalive task and the session's lost state), each held lock's own lost
+//! state on top of it, and the watches that notice a deleted key.
+//!
+//! A session holds one lease shared by every acquisition made through it ([`Monitor`]); each
+//! held lock has a [`LockMonitor`] that is lost when its session is lost or when its own key is
+//! deleted by someone else.
 //!
 //! Invariants:
 //! 1. The *deadline* is the send time of the last keepalive the server answered, plus the TTL it
 //!    granted, minus the safety margin ([`safety_margin`]). The server renewed the lease after we
 //!    sent, so it cannot expire it before the deadline plus the margin: the lock is certainly
 //!    ours until the deadline.
-//! 2. Lost is one state, under one mutex with the deadline: the lock is lost once the lost flag is
-//!    set, and the flag is set by whoever first sees the deadline passed (a call of `is_lost`,
-//!    `time_left`, or the watchdog timer that sleeps until the deadline), by a keepalive answer
-//!    with TTL <= 0, or by a deletion of the own key that this handle is not making itself
+//! 2. A session's lost state is one state, under one mutex with the deadline: the session is
+//!    lost once the lost flag is set, and the flag is set by whoever first sees the deadline
+//!    passed (a call of `is_lost`, `time_left`, or the watchdog timer that sleeps until the
+//!    deadline), by a keepalive answer with TTL <= 0, or by a request that found the lease gone.
+//!    A lock is also lost by a deletion of its own key that its handle is not making itself
 //!    (`releasing`). The [`LostSignal`] and the watch channel are fired under that same mutex, so
 //!    `is_lost()` of the signal, `fencing_token()` and `time_left()` agree at every call: once
 //!    one of them said lost, every later call of any of them says lost.
 //! 3. The flag never clears, and a keepalive answered after the deadline does not move it: a
 //!    lock is lost at its deadline, whatever comes later.
-//! 4. A watch is as alive as its member: when it has heard nothing (no event, no answer to a
+//! 4. A lock is lost when its session is lost or its own key was deleted, and never un-lost. A
+//!    session that becomes lost fires every registered lock's signal; a lock that finds its
+//!    session lost (by the deadline) fires its own. Lock order: a lock checks its session (and
+//!    releases the session's mutex) before it touches its own state, and the session fires locks
+//!    through their atomics and signals only, so the two never wait on each other.
+//! 5. A watch is as alive as its member: when it has heard nothing (no event, no answer to a
 //!    progress request) for the attempt timeout, it is dropped and its endpoint marked failing,
 //!    exactly as an unanswered request is (see `client::retry`); the caller reads and watches
 //!    again on the next endpoint.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Event, GetOptions, WatchFilterType, WatchOptions};
 use lock_api::{LostSignal, LostTrigger};
@@ -32,12 +43,6 @@ use crate::client::{Ctx, is_lease_gone};
 
 /// How long to wait before retrying a broken stream.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// How long an acquisition runs before its own-key watch opens. The watch starts from the key's
-/// CreateRevision, so nothing that happens meanwhile is missed: a deletion during the first
-/// 100 ms fires the lost signal 100 ms late, and a hold shorter than that never costs a watch
-/// stream.
-const WATCH_DELAY: Duration = Duration::from_millis(100);
 
 /// The smallest safety margin; see [`safety_margin`].
 const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(50);
@@ -59,14 +64,16 @@ struct State {
     lost: bool,
 }
 
-/// The state shared by a held lock and its background tasks.
+/// A session lease's state, shared by the session, its keepalive task and every lock held
+/// through it.
 #[derive(Debug)]
 pub(crate) struct Monitor {
     trigger: LostTrigger,
     lost_tx: watch::Sender<bool>,
     state: Mutex<State>,
     margin: Duration,
-    releasing: AtomicBool,
+    /// The locks held through this session, fired when it is lost (invariant 4).
+    locks: Mutex<Vec<Weak<LockMonitor>>>,
 }
 
 impl Monitor {
@@ -82,8 +89,27 @@ impl Monitor {
                 lost: false,
             }),
             margin,
-            releasing: AtomicBool::new(false),
+            locks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Registers a lock held through this session; it is fired at once if the session is lost.
+    pub(crate) fn register(&self, lock: &Arc<LockMonitor>) {
+        {
+            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+            locks.retain(|l| l.strong_count() > 0);
+            locks.push(Arc::downgrade(lock));
+        }
+        if self.is_lost() {
+            lock.fire();
+        }
+    }
+
+    /// When the server may expire the lease at the earliest unless a renewal is answered: the
+    /// deadline plus the margin, on the wall clock; `None` once lost.
+    pub(crate) fn expires(&self) -> Option<SystemTime> {
+        let left = self.time_left()?;
+        Some(SystemTime::now() + left + self.margin)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -98,6 +124,11 @@ impl Monitor {
         state.lost = true;
         self.lost_tx.send_replace(true);
         self.trigger.fire();
+        // Invariant 4: locks are fired through their atomics and signals only.
+        let locks = std::mem::take(&mut *self.locks.lock().unwrap_or_else(PoisonError::into_inner));
+        for lock in locks.iter().filter_map(Weak::upgrade) {
+            lock.fire();
+        }
     }
 
     /// Whether the lock is lost; marks it lost when the deadline has passed (invariant 2).
@@ -113,14 +144,6 @@ impl Monitor {
         self.mark_lost(&mut self.state());
     }
 
-    /// Fires the lost signal for a deletion of the own key, unless this handle is deleting it
-    /// right now.
-    pub(crate) fn key_deleted(&self) {
-        if !self.releasing.load(Ordering::SeqCst) {
-            self.fire();
-        }
-    }
-
     pub(crate) fn is_lost(&self) -> bool {
         self.check(&mut self.state(), Instant::now())
     }
@@ -129,12 +152,7 @@ impl Monitor {
         self.trigger.signal()
     }
 
-    /// Marks the start (or, on failure, the end) of this handle's own release.
-    pub(crate) fn set_releasing(&self, releasing: bool) {
-        self.releasing.store(releasing, Ordering::SeqCst);
-    }
-
-    /// Resolves when the lock is lost.
+    /// Resolves when the session is lost (its deadline passed, or the lease is gone).
     pub(crate) async fn lost(&self) {
         let mut rx = self.lost_tx.subscribe();
         // The sender lives as long as `self`, so this only ends when the value is true.
@@ -175,6 +193,92 @@ impl Monitor {
                 state.deadline
             };
             sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// One held lock's lost state: lost when its session is lost or its own key is deleted by
+/// someone else (invariant 4).
+#[derive(Debug)]
+pub(crate) struct LockMonitor {
+    session: Arc<Monitor>,
+    lost: AtomicBool,
+    trigger: LostTrigger,
+    lost_tx: watch::Sender<bool>,
+    releasing: AtomicBool,
+}
+
+impl LockMonitor {
+    /// The state of a lock held through the session whose monitor is `session`.
+    pub(crate) fn new(session: &Arc<Monitor>) -> Arc<LockMonitor> {
+        let (trigger, _signal) = LostTrigger::new();
+        let lock = Arc::new(LockMonitor {
+            session: Arc::clone(session),
+            lost: AtomicBool::new(false),
+            trigger,
+            lost_tx: watch::Sender::new(false),
+            releasing: AtomicBool::new(false),
+        });
+        session.register(&lock);
+        lock
+    }
+
+    /// Fires the lost signal (once).
+    pub(crate) fn fire(&self) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            self.lost_tx.send_replace(true);
+            self.trigger.fire();
+        }
+    }
+
+    /// Whether the lock is lost; fires it when the session is (invariants 2 and 4).
+    pub(crate) fn is_lost(&self) -> bool {
+        if self.lost.load(Ordering::SeqCst) {
+            return true;
+        }
+        if self.session.is_lost() {
+            self.fire();
+            return true;
+        }
+        false
+    }
+
+    /// Time left until the session's deadline, or `None` once the lock is lost.
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        let left = self.session.time_left();
+        if left.is_none() {
+            self.fire();
+        }
+        if self.lost.load(Ordering::SeqCst) {
+            return None;
+        }
+        left
+    }
+
+    /// Fires the lost signal for a deletion of the own key, unless this handle is deleting it
+    /// right now.
+    pub(crate) fn key_deleted(&self) {
+        if !self.releasing.load(Ordering::SeqCst) {
+            self.fire();
+        }
+    }
+
+    /// Marks the start (or, on failure, the end) of this handle's own release.
+    pub(crate) fn set_releasing(&self, releasing: bool) {
+        self.releasing.store(releasing, Ordering::SeqCst);
+    }
+
+    pub(crate) fn signal(&self) -> LostSignal {
+        self.trigger.signal()
+    }
+
+    /// Resolves when the lock is lost: its own signal, or its session's deadline passing.
+    pub(crate) async fn lost(&self) {
+        let mut rx = self.lost_tx.subscribe();
+        tokio::select! {
+            // The sender lives as long as `self`, so this only ends when the value is true.
+            _ = rx.wait_for(|lost| *lost) => {}
+            () = self.session.lost() => self.fire(),
         }
     }
 }
@@ -256,15 +360,15 @@ async fn renew(ctx: &Ctx, lease: i64, ttl: Duration, monitor: &Monitor) {
 }
 
 /// Watches the own key `key` (created at `revision`) until aborted; fires the lost signal when it
-/// is deleted by anyone but this handle.
-pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor: Arc<Monitor>) {
-    sleep(WATCH_DELAY).await;
+/// is deleted by anyone but this handle. The session opens it a while into the hold
+/// (`session::KeyWatch`); it starts from the key's CreateRevision, so nothing is missed.
+pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor: Arc<LockMonitor>) {
     let mut from = revision + 1;
     loop {
         if monitor.is_lost() {
             return;
         }
-        if watch_deletion(&ctx, key.clone().into_bytes(), from).await {
+        if watch_deletion(&ctx, key.clone().into_bytes(), Some(from)).await {
             monitor.key_deleted();
             return;
         }
@@ -295,19 +399,26 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
     }
 }
 
-/// Watches `key` from revision `from`: true when it is deleted, false when the watch cannot be
-/// opened, breaks (compaction, no leader, a dead member) or goes silent, so the caller re-reads
-/// and retries.
+/// Watches `key` from revision `from`, or from now (`None`): true when it is deleted, false
+/// when the watch cannot be opened, breaks (compaction, no leader, a dead member) or goes silent,
+/// so the caller re-reads and retries.
+///
+/// From now: etcd serves a watch whose start lies in the past from a background loop that
+/// catches up every 100 ms (its "unsynced" watchers), which on a busy lock delays every
+/// hand-over by up to that much; a watch from now is served as events happen. What it cannot
+/// see, a deletion before it was created, is checked by reading the key once it is.
 ///
 /// Silence is how a stopped or partitioned member looks: its TCP connection stays open and it
 /// answers nothing. When nothing has arrived for half the attempt timeout the watch asks for a
 /// progress report (etcd answers at once with an empty response); when nothing has arrived for a
 /// whole attempt timeout the endpoint is marked failing, as for an unanswered request
-/// (invariant 4), and the watch is dropped.
-pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: i64) -> bool {
-    let options = WatchOptions::new()
-        .with_start_revision(from)
-        .with_filters([WatchFilterType::NoPut]);
+/// (invariant 5), and the watch is dropped.
+pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: Option<i64>) -> bool {
+    let mut options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+    if let Some(from) = from {
+        options = options.with_start_revision(from);
+    }
+    let probe = key.clone();
     let silence = ctx.attempt_timeout();
     let (endpoint, mut client) = ctx.pick();
     let opened = timeout_at(
@@ -333,6 +444,20 @@ pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: i64) -> bool {
                     if answer.canceled() {
                         // Compacted past `from`, or refused: not the member's fault.
                         return false;
+                    }
+                    if from.is_none() && answer.created() {
+                        // Deleted before the watch began? Then it is gone now.
+                        let probe = probe.as_slice();
+                        let read = ctx
+                            .call(|mut c| async move {
+                                c.get(probe, Some(GetOptions::new().with_count_only())).await
+                            })
+                            .await;
+                        match read {
+                            Ok(read) if read.count() == 0 => return true,
+                            Ok(_) => {}
+                            Err(_) => return false,
+                        }
                     }
                     heard = Instant::now();
                     asked = false;
@@ -435,7 +560,8 @@ mod tests {
 
     #[test]
     fn own_deletion_is_not_a_loss_but_a_foreign_one_is() {
-        let monitor = Monitor::new(Instant::now(), Duration::from_secs(10));
+        let session = Monitor::new(Instant::now(), Duration::from_secs(10));
+        let monitor = LockMonitor::new(&session);
         monitor.set_releasing(true);
         monitor.key_deleted();
         assert!(!monitor.is_lost());
@@ -443,5 +569,29 @@ mod tests {
         monitor.key_deleted();
         assert!(monitor.is_lost());
         assert!(monitor.signal().is_lost());
+        assert!(!session.is_lost(), "one lock's key is not the session");
+    }
+
+    #[test]
+    fn a_lost_session_loses_every_lock_and_a_later_one_at_once() {
+        let session = Monitor::new(Instant::now(), Duration::from_secs(10));
+        let (a, b) = (LockMonitor::new(&session), LockMonitor::new(&session));
+        let (sa, sb) = (a.signal(), b.signal());
+        session.fire();
+        assert!(sa.is_lost() && sb.is_lost(), "the session fired its locks");
+        assert!(a.is_lost() && b.is_lost());
+        assert_eq!(a.time_left(), None);
+        let late = LockMonitor::new(&session);
+        assert!(late.signal().is_lost(), "registered after the loss");
+    }
+
+    #[test]
+    fn a_lock_sees_its_sessions_deadline() {
+        let ttl = Duration::from_secs(2);
+        let session = Monitor::new(ago(ttl), ttl);
+        let lock = LockMonitor::new(&session);
+        assert_eq!(lock.time_left(), None);
+        assert!(lock.signal().is_lost());
+        assert!(session.signal().is_lost());
     }
 }

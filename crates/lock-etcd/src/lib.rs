@@ -1,13 +1,17 @@
 //! lock-etcd: distributed locks on an etcd cluster, with leases, fencing tokens and a lost signal.
 #![doc = include_str!("../README.md")]
 
+mod cancel;
 mod client;
 mod deadlock;
 mod handle;
+mod info;
 mod lease;
 mod mutex;
+mod nonblocking;
 mod options;
 mod record;
+mod session;
 mod snapshot;
 mod table;
 #[cfg(feature = "testkit")]
@@ -23,8 +27,11 @@ pub use lock_api::{
     LockGuard, LockId, LockState, Locker, LostSignal, Manager, Result, Store, StoreSpec,
 };
 
+pub use crate::cancel::CancelToken;
 pub use crate::deadlock::DEFAULT_DEADLOCK_TIMEOUT;
-pub use crate::handle::{EtcdGuard, EtcdLock};
+pub use crate::handle::{EtcdGuard, EtcdLock, EtcdSession};
+pub use crate::info::Info;
+pub use crate::nonblocking::{AsyncGuard, EtcdClient, Session};
 pub use crate::options::{
     EtcdOptions, MAX_DATA_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TTL, MIN_TTL, validate_name,
 };
@@ -39,11 +46,13 @@ use crate::table::OpenMode;
 type Connections = Vec<((Vec<String>, EtcdOptions), Weak<Shared>)>;
 static CONNECTIONS: Mutex<Connections> = Mutex::new(Vec::new());
 
-/// A connection to an etcd cluster: named locks under `<prefix>/lock/<name>/` and lock tables
-/// under `<prefix>/table/<store>/`.
+/// A blocking connection to an etcd cluster: named locks under `<prefix>/lock/<name>/` and lock
+/// tables under `<prefix>/table/<store>/`.
 ///
-/// Cheap to clone; every clone shares one client and one runtime thread, which stops when the last
-/// clone and the last lock handle are dropped.
+/// Cheap to clone; every clone shares one client, one runtime thread and one default session
+/// (one lease, TTL from the options, shared by every handle not made from an explicit
+/// [`EtcdSession`]). The runtime stops, and the default session's lease is revoked, when the last
+/// clone and the last lock handle are dropped. For async code use [`EtcdClient`].
 #[derive(Clone)]
 pub struct EtcdLocks {
     shared: Arc<Shared>,
@@ -135,6 +144,7 @@ impl EtcdLocks {
         validate_name(name)?;
         Ok(EtcdLock::new(
             Arc::clone(&self.shared),
+            None,
             LockId(0),
             Target {
                 queue: format!("{}/lock/{name}/", self.shared.options.prefix_value()),
@@ -145,12 +155,29 @@ impl EtcdLocks {
         ))
     }
 
+    /// A new session with its own lease of `ttl` (rounded up to whole seconds, at least
+    /// [`MIN_TTL`]), kept alive on this connection's runtime thread; locks made from it share
+    /// its lease. Handles from [`named`](Self::named) use the connection's default session
+    /// instead (TTL from the options, granted on first use, replaced when lost).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a TTL out of range; [`Error::Unavailable`].
+    pub fn session(&self, ttl: Duration) -> Result<EtcdSession> {
+        let ttl_secs = self.shared.options.clone().ttl(ttl).validate()?;
+        let ctx = self.shared.ctx.clone();
+        let core = self
+            .shared
+            .block_on(async move { session::SessionCore::grant(&ctx, ttl_secs).await })?;
+        Ok(EtcdSession::new(Arc::clone(&self.shared), core))
+    }
+
     /// Acquires the named lock, waiting as long as it takes.
     ///
     /// # Errors
     ///
-    /// As for [`named`](Self::named) and [`Locker::lock`]; [`Error::Lost`] when this
-    /// acquisition's lease expired while it waited (it is then never reported as held).
+    /// As for [`named`](Self::named) and [`Locker::lock`]; [`Error::Lost`] when the
+    /// session's lease expired while it waited (it is then never reported as held).
     pub fn lock(&self, name: &str) -> Result<EtcdGuard> {
         let lock = self.named(name)?;
         let acquired = lock.lock()?;

@@ -1,29 +1,42 @@
-//! The mutex recipe over KV, Txn, Watch and Lease (not etcd's `Lock` RPC).
+//! The mutex recipe over KV, Txn, Watch and Lease (not etcd's `Lock` RPC), on a session.
 //!
 //! A lock is a key range, its *queue*: `<lock prefix>/` followed by one key per acquisition,
-//! `<lock prefix>/<lease id in hex>`, attached to that acquisition's own lease. The key with the
-//! lowest CreateRevision holds the lock; the others wait in CreateRevision order.
+//! `<lock prefix>/<lease hex>-<sequence hex>`, attached to the lease of the session it was made
+//! through (`session.rs`). The key with the lowest CreateRevision holds the lock; the others wait
+//! in CreateRevision order.
 //!
 //! Invariants:
 //! 1. An acquisition creates its key in one Txn guarded by `create_revision == 0`, which also reads
-//!    the first key of the queue: an uncontended lock costs a lease grant and one Txn.
+//!    the first key of the queue: an uncontended lock is one Txn (one raft proposal), and so is
+//!    an unlock (invariant 6).
 //! 2. A waiter watches only its immediate predecessor (the last key created before its own), from
 //!    the revision of the read that found it, so no deletion is missed and a release wakes one
 //!    waiter, not the herd.
-//! 3. A waiter that finds no predecessor left re-reads its own key before it claims the lock: if
-//!    its lease expired while it waited (etcd#11456) the key is gone and the answer is
-//!    `Error::Lost`, never success.
+//! 3. A waiter that finds no predecessor left claims the lock in a Txn guarded by its own key's
+//!    CreateRevision and lease: if its session's lease expired while it waited (etcd#11456) the
+//!    key is gone and the answer is `Error::Lost`, never success.
 //! 4. The fencing token is the own key's CreateRevision: etcd revisions only grow, so tokens of
 //!    successive holders strictly increase.
-//! 5. Every acquisition that does not end holding the lock revokes its lease, which deletes its
-//!    key; if even that fails the lease is no longer kept alive and expires within the TTL.
-//! 6. Release deletes the key only while its CreateRevision is still ours, then revokes the lease.
+//! 5. Every acquisition that does not end holding the lock (timeout, cancellation, error, a
+//!    dropped future at any await point) deletes its key, the held marker if it may have claimed
+//!    it, and the detection lock if it may hold it: inline when the library ends the attempt, or
+//!    by a clean-up task spawned on the session's runtime when the future is dropped. If even that
+//!    fails the key goes with the session's lease.
+//! 6. Release is one Txn that deletes the key and the marker only while the key's CreateRevision is
+//!    still ours. The session's lease is not touched: other locks live on it.
 //! 7. The *held marker*, the single key `<lock prefix>` (the queue without its trailing `/`), exists
 //!    exactly while some holder has claimed the lock and not released it cleanly: the claim writes
 //!    it (in the acquisition Txn when the queue was empty, or in the claim Txn after waiting), a
 //!    clean release deletes it with the own key in one Txn. A claim that finds a marker left by
 //!    another acquisition therefore follows a holder that died or lost its lease while holding the
 //!    lock, and reports `Acquired::OwnerDied`. The marker has no lease, so it survives its writer.
+//!    It names the claiming acquisition's key and carries a copy of its owner record (pid, host,
+//!    owner, claim time), so that a dead holder's lock can be listed, flagged dead, with who held
+//!    it.
+//! 8. A waiter on a table lock that has waited past its manager's deadlock timeout checks the
+//!    wait-for graph under the table's detection lock (`deadlock.rs`); when it closes a cycle it
+//!    withdraws its own key in the Txn that releases the detection lock, and fails with
+//!    `Error::Deadlock`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,13 +44,15 @@ use std::time::{Duration, Instant, SystemTime};
 use etcd_client::proto::{PbKeyValue, PbTxnOpResponse, PbTxnResponse};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp};
 use lock_api::{Acquired, Error, Result};
-use tokio::task::AbortHandle;
+use tokio::sync::watch;
 use tokio::time::{sleep, timeout_at};
 
 use crate::client::Ctx;
-use crate::deadlock::Detector;
-use crate::lease::{Monitor, keep_alive, watch_deletion, watch_own_key};
+use crate::deadlock::{Detector, detection_key};
+use crate::lease::{LockMonitor, Monitor, watch_deletion};
 use crate::record::{Marker, Record};
+use crate::session::{KeyWatch, SessionCore, Suspect};
+use crate::snapshot::{Standing, standing};
 
 /// A pause before re-reading the queue after a watch broke.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -46,22 +61,63 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) key: String,
-    pub(crate) lease: i64,
     pub(crate) revision: i64,
-    pub(crate) ttl: Duration,
-    pub(crate) since: SystemTime,
     pub(crate) acquired: Acquired,
-    pub(crate) monitor: Arc<Monitor>,
-    tasks: Vec<AbortHandle>,
+    pub(crate) session: Arc<SessionCore>,
+    pub(crate) monitor: Arc<LockMonitor>,
+    /// The owner record written into the key (without data).
+    pub(crate) record: Record,
+    /// What may come back as a ghost once this acquisition ends (`session.rs`, invariant 4):
+    /// `None` when every write that could was answered at its first attempt.
+    ghost: Option<Suspect>,
+    /// The watch on our key, opened a while into the hold.
+    watch: Arc<KeyWatch>,
 }
 
 impl Held {
-    /// Stops the keepalive and the key watch.
-    pub(crate) fn stop_tasks(&self) {
-        for task in &self.tasks {
-            task.abort();
+    /// Hands the ghost suspect to the session; `clean` says whether the lock was released
+    /// cleanly (then a marker it claimed must not exist), or lost (then the marker stays, the
+    /// sign of a holder that did not release).
+    fn end(&mut self, clean: bool) {
+        if let Some(mut ghost) = self.ghost.take() {
+            if !clean {
+                let marker = marker_key_of(&self.key).to_owned();
+                ghost.values.retain(|(k, _)| *k != marker);
+            }
+            self.session.suspect(ghost);
         }
     }
+
+    /// Stops the key watch.
+    pub(crate) fn stop_tasks(&self) {
+        self.watch.stop();
+    }
+
+    /// The session lease the key is attached to.
+    pub(crate) fn lease(&self) -> i64 {
+        self.session.lease()
+    }
+
+    /// What [`read_info`] needs, detached from the handle's state.
+    pub(crate) fn view(&self) -> HeldView {
+        HeldView {
+            session: Arc::clone(&self.session),
+            key: self.key.clone(),
+            revision: self.revision,
+            acquired: self.acquired,
+            monitor: Arc::clone(&self.monitor),
+        }
+    }
+}
+
+/// The parts of a [`Held`] an `info` call reads.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldView {
+    session: Arc<SessionCore>,
+    key: String,
+    revision: i64,
+    acquired: Acquired,
+    monitor: Arc<LockMonitor>,
 }
 
 /// Which lock an acquisition is for, and on whose behalf.
@@ -84,12 +140,53 @@ pub(crate) enum Wait {
     Until(Option<Instant>),
 }
 
-/// The first key of a Txn's `index`-th response, read without the client's panicking accessor.
-fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
-    match resp.responses.get(index)?.response.as_ref()? {
-        PbTxnOpResponse::ResponseRange(range) => range.kvs.first(),
+/// A request to give up, from another thread (the blocking API's cancellation).
+pub(crate) type Cancel = watch::Receiver<bool>;
+
+/// Why an acquisition failed.
+#[derive(Debug)]
+pub(crate) enum AcquireError {
+    /// The session's lease was gone before the acquisition wrote anything: a caller with a
+    /// replaceable session (the blocking API's default one) may retry on a new session.
+    StaleSession,
+    /// Anything else.
+    Other(Error),
+}
+
+impl From<Error> for AcquireError {
+    fn from(e: Error) -> Self {
+        AcquireError::Other(e)
+    }
+}
+
+impl From<AcquireError> for Error {
+    fn from(e: AcquireError) -> Self {
+        match e {
+            AcquireError::StaleSession => Error::Lost,
+            AcquireError::Other(e) => e,
+        }
+    }
+}
+
+/// The keys of a Txn's `index`-th response, read without the client's panicking accessor.
+fn txn_kvs(resp: &PbTxnResponse, index: usize) -> &[PbKeyValue] {
+    match resp.responses.get(index).and_then(|r| r.response.as_ref()) {
+        Some(PbTxnOpResponse::ResponseRange(range)) => &range.kvs,
+        _ => &[],
+    }
+}
+
+/// The marker the acquisition Txn found: the nested Txn's read, which ran only when there was one.
+fn previous_marker(resp: &PbTxnResponse) -> Option<&PbKeyValue> {
+    match resp.responses.first()?.response.as_ref()? {
+        PbTxnOpResponse::ResponseTxn(nested) if !nested.succeeded => txn_first_kv(nested, 0),
         _ => None,
     }
+}
+
+/// The first key of a Txn's `index`-th response.
+fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
+    txn_kvs(resp, index).first()
 }
 
 fn queue_options() -> GetOptions {
@@ -111,22 +208,32 @@ pub(crate) fn leaf_of(key: &str) -> &str {
     key.rsplit_once('/').map_or(key, |(_, leaf)| leaf)
 }
 
-/// How a claim went, from the marker it found (invariant 7): a marker that names another
-/// acquisition, or that nobody can read, was left by a holder that did not release cleanly.
-fn claimed(previous_marker: Option<&PbKeyValue>, own_key: &str) -> Acquired {
-    match previous_marker {
-        None => Acquired::Clean,
-        Some(kv) => match Marker::decode(own_key, &kv.value) {
-            Ok(marker) if marker.key == leaf_of(own_key) => Acquired::Clean,
-            _ => Acquired::OwnerDied,
-        },
+/// How a claim by the acquisition `own_key`, created at `own_revision`, went, from the marker it
+/// found (invariant 7): a marker naming another acquisition that was ahead of ours (or that
+/// nobody can read) was left by a holder that did not release cleanly. A marker naming a key
+/// created after ours was written by a newcomer in the gap before our claim: no death.
+fn claimed(previous_marker: Option<&PbKeyValue>, own_key: &str, own_revision: i64) -> Acquired {
+    let Some(kv) = previous_marker else {
+        return Acquired::Clean;
+    };
+    match Marker::decode(own_key, &kv.value) {
+        Ok(marker) if marker.key == leaf_of(own_key) => Acquired::Clean,
+        Ok(marker) if marker.rev.unwrap_or(kv.mod_revision) > own_revision => Acquired::Clean,
+        _ => Acquired::OwnerDied,
     }
 }
 
-/// The marker bytes an acquisition writes when it claims the lock at `since`.
-fn marker_bytes(own_key: &str, record: &Record, since: SystemTime) -> Vec<u8> {
+/// The marker bytes an acquisition writes when it claims the lock at `since`; `revision` is its
+/// key's CreateRevision when the marker is written by a later Txn than the key's.
+fn marker_bytes(
+    own_key: &str,
+    record: &Record,
+    since: SystemTime,
+    revision: Option<i64>,
+) -> Vec<u8> {
     Marker {
         key: leaf_of(own_key).to_owned(),
+        rev: revision,
         record: Record {
             since,
             data: Vec::new(),
@@ -136,51 +243,145 @@ fn marker_bytes(own_key: &str, record: &Record, since: SystemTime) -> Vec<u8> {
     .encode()
 }
 
-/// Acquires the lock `target` names.
+/// What a cancelled or failed acquisition may have left in etcd, and the clean-up that removes
+/// it (invariant 5). Dropped while armed, it spawns the clean-up on the session's runtime.
+struct Pending {
+    session: Arc<SessionCore>,
+    key: String,
+    marker: String,
+    /// Every marker value this acquisition sent: one of them may be in place.
+    claims: Vec<Vec<u8>>,
+    /// The detection lock's key, for table locks.
+    detection: Option<String>,
+    /// Whether a Txn that may come back as a ghost went unanswered at its first attempt.
+    unsure: bool,
+    /// Whether a Txn taking the detection lock did.
+    detection_unsure: bool,
+    armed: bool,
+}
+
+impl Pending {
+    /// What this acquisition may have written that a late copy of a request could write again.
+    fn suspect(&self, with_marker: bool) -> Suspect {
+        let mut values = Vec::new();
+        if with_marker {
+            values.extend(self.claims.iter().map(|c| (self.marker.clone(), c.clone())));
+        }
+        if let Some(detection) = &self.detection
+            && self.detection_unsure
+        {
+            values.push((detection.clone(), self.key.clone().into_bytes()));
+        }
+        Suspect {
+            key: self.key.clone(),
+            values,
+        }
+    }
+
+    fn job(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.armed = false;
+        // A Txn that was in flight when the attempt ended, or answered only after a retry, may
+        // still be applied late (`session.rs`, invariant 4).
+        if self.unsure || self.detection_unsure {
+            self.session.suspect(self.suspect(true));
+        }
+        let ctx = self.session.ctx.clone();
+        let key = std::mem::take(&mut self.key);
+        let marker = std::mem::take(&mut self.marker);
+        let claims = std::mem::take(&mut self.claims);
+        let detection = self.detection.take();
+        async move { clean_up(&ctx, &key, &marker, claims, detection).await }
+    }
+
+    /// Cleans up now, waiting for it.
+    async fn clean_up(mut self) {
+        self.job().await;
+    }
+
+    /// The acquisition ended holding the lock: nothing to clean up.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            let job = self.job();
+            self.session.spawn_cleanup(job);
+        }
+    }
+}
+
+/// Deletes an abandoned acquisition's key, the marker if it holds one of `claims`, and the
+/// detection lock if it is this key's (invariant 5). Errors are dropped: the key goes with the
+/// session's lease, and a marker left behind costs the next holder a spurious `OwnerDied`.
+async fn clean_up(
+    ctx: &Ctx,
+    key: &str,
+    marker: &str,
+    mut claims: Vec<Vec<u8>>,
+    detection: Option<String>,
+) {
+    let _ = ctx
+        .call(|mut c| {
+            let mut ops = vec![TxnOp::delete(key, None)];
+            if let Some(detection) = &detection {
+                ops.push(TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::value(detection.as_str(), CompareOp::Equal, key)])
+                        .and_then([TxnOp::delete(detection.as_str(), None)]),
+                ));
+            }
+            let txn = Txn::new().and_then(ops);
+            async move { c.txn(txn).await }
+        })
+        .await;
+    claims.dedup();
+    for claim in claims {
+        let _ = ctx
+            .call(|mut c| {
+                let txn = Txn::new()
+                    .when([Compare::value(marker, CompareOp::Equal, claim.clone())])
+                    .and_then([TxnOp::delete(marker, None)]);
+                async move { c.txn(txn).await }
+            })
+            .await;
+    }
+}
+
+/// Acquires the lock `target` names through `session`.
 ///
-/// Returns `Ok(None)` when `wait` is [`Wait::Never`] and someone holds it.
-pub(crate) async fn acquire(ctx: Ctx, target: Target, wait: Wait) -> Result<Option<Held>> {
-    let queue = target.queue.clone();
+/// Returns `Ok(None)` when `wait` is [`Wait::Never`] and someone holds it, or when `cancel`
+/// fired; then, as after any error, nothing of the attempt is left in etcd (invariant 5). The
+/// future may be dropped at any await point: the clean-up then runs on the session's runtime.
+pub(crate) async fn acquire(
+    session: Arc<SessionCore>,
+    target: &Target,
+    wait: Wait,
+    cancel: Option<Cancel>,
+) -> Result<Option<Held>, AcquireError> {
+    let ctx = &session.ctx;
+    let queue = target.queue.as_str();
+    if session.is_lost() {
+        return Err(AcquireError::StaleSession);
+    }
     let deadline = match wait {
         Wait::Never => None,
         Wait::Until(deadline) => deadline,
     };
     if matches!(wait, Wait::Never) {
-        // Cheap refusal without creating a lease while the lock is visibly held.
+        // Cheap refusal without writing anything while the lock is visibly held.
         let answer = ctx
-            .call(|mut c| {
-                let queue = queue.clone();
-                async move { c.get(queue, Some(queue_options().with_count_only())).await }
-            })
+            .call(
+                |mut c| async move { c.get(queue, Some(queue_options().with_count_only())).await },
+            )
             .await?;
         if answer.count() > 0 {
             return Ok(None);
         }
     }
-    let sent = Instant::now();
-    let grant_deadline = deadline.map_or(ctx.deadline(), |d| d.min(ctx.deadline()));
-    let ttl_secs = ctx.ttl_secs;
-    let grant = crate::client::retry(&ctx, grant_deadline, |mut c| async move {
-        c.lease_grant(ttl_secs, None).await
-    })
-    .await
-    .map_err(|e| match (e, deadline) {
-        (Error::Unavailable { .. }, Some(d)) if Instant::now() >= d => Error::Timeout,
-        (e, _) => e,
-    })?;
-    let lease = grant.id();
-    let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
-    if ttl.is_zero() {
-        return Err(Error::unavailable(format!(
-            "etcd granted lease {lease:x} with TTL {}",
-            grant.ttl()
-        )));
-    }
-    let monitor = Monitor::new(sent, ttl);
-    let mut tasks = vec![
-        tokio::spawn(keep_alive(ctx.clone(), lease, ttl, Arc::clone(&monitor))).abort_handle(),
-    ];
-    let key = format!("{queue}{lease:016x}");
+    let key = session.next_key(queue);
     let since = SystemTime::now();
     let record = Record {
         pid: ctx.identity.pid,
@@ -189,110 +390,141 @@ pub(crate) async fn acquire(ctx: Ctx, target: Target, wait: Wait) -> Result<Opti
         since,
         data: Vec::new(),
     };
-    let attempt = enqueue_and_wait(
-        &ctx, &target, &key, lease, &record, wait, &monitor, &mut tasks,
-    );
-    let outcome = match deadline {
-        Some(d) => timeout_at(d.into(), attempt)
-            .await
-            .unwrap_or(Err(Error::Timeout)),
-        None => attempt.await,
+    let mut pending = Pending {
+        session: Arc::clone(&session),
+        key: key.clone(),
+        marker: marker_key(queue).to_owned(),
+        claims: Vec::new(),
+        detection: target.detector.as_ref().map(|d| detection_key(&d.root)),
+        unsure: false,
+        detection_unsure: false,
+        armed: true,
+    };
+    let outcome = {
+        // Boxed: the attempt's state is large (in debug builds hundreds of kilobytes), and a
+        // caller's stack holds the future that awaits it.
+        let attempt = Box::pin(enqueue_and_wait(
+            &session,
+            target,
+            &key,
+            &record,
+            wait,
+            &mut pending,
+        ));
+        let attempt = async {
+            match deadline {
+                Some(d) => timeout_at(d.into(), attempt)
+                    .await
+                    .unwrap_or(Err(AcquireError::Other(Error::Timeout))),
+                None => attempt.await,
+            }
+        };
+        match cancel {
+            None => attempt.await,
+            Some(mut cancel) => {
+                tokio::select! {
+                    outcome = attempt => outcome,
+                    _ = cancel.wait_for(|c| *c) => Ok(None),
+                }
+            }
+        }
     };
     match outcome {
-        Ok(Some((revision, acquired))) => Ok(Some(Held {
-            key,
-            lease,
-            revision,
-            ttl,
-            since,
-            acquired,
-            monitor,
-            tasks,
-        })),
+        Ok(Some((revision, acquired))) => {
+            pending.disarm();
+            let ghost = (pending.unsure || pending.detection_unsure).then(|| pending.suspect(true));
+            let monitor = LockMonitor::new(&session.monitor);
+            let watch = session.watch_key_later(&key, revision, &monitor);
+            Ok(Some(Held {
+                key,
+                revision,
+                acquired,
+                session,
+                monitor,
+                record,
+                ghost,
+                watch,
+            }))
+        }
         other => {
-            for task in &tasks {
-                task.abort();
+            match &other {
+                // etcd said the lease is gone.
+                Err(AcquireError::StaleSession) => session.monitor.fire(),
+                // Our key is gone: if with the lease, the session is over.
+                Err(AcquireError::Other(Error::Lost)) => session.check_lease().await,
+                _ => {}
             }
-            if other.is_err() {
-                // A claim may have been applied just before the deadline cut the answer off:
-                // give the marker back, or the next holder would think a holder died.
-                unclaim(&ctx, marker_key(&queue), &key).await;
-            }
-            revoke(&ctx, lease).await;
+            pending.clean_up().await;
             other.map(|_| None)
         }
     }
 }
 
-/// Deletes the held marker if this acquisition (`own_key`) wrote it; errors are dropped (the
-/// worst outcome is a spurious `OwnerDied` for the next holder).
-async fn unclaim(ctx: &Ctx, marker: &str, own_key: &str) {
-    let Ok(answer) = ctx
-        .call(|mut c| async move { c.get(marker, None).await })
-        .await
-    else {
-        return;
-    };
-    let Some(kv) = answer.kvs().first() else {
-        return;
-    };
-    let ours = Marker::decode(marker, kv.value()).is_ok_and(|m| m.key == leaf_of(own_key));
-    if !ours {
-        return;
-    }
-    let revision = kv.mod_revision();
-    let _ = ctx
-        .call(|mut c| {
-            let txn = Txn::new()
-                .when([Compare::mod_revision(marker, CompareOp::Equal, revision)])
-                .and_then([TxnOp::delete(marker, None)]);
-            async move { c.txn(txn).await }
-        })
-        .await;
+/// The key an acquisition waits behind.
+struct Predecessor {
+    key: Vec<u8>,
+}
+
+/// The outcome of a claim Txn.
+enum Claim {
+    /// The lock is ours.
+    Claimed(Acquired),
+    /// Someone is still ahead of us (`None`: not found in the same Txn, which cannot happen
+    /// while the compare holds; the caller pauses and claims again).
+    Behind(Option<Predecessor>),
 }
 
 /// Creates the own key, then waits for the turn; returns the own key's CreateRevision once the
 /// lock is ours, `None` when `wait` is [`Wait::Never`] and it is not.
-#[allow(clippy::too_many_arguments)] // reason: one call site; a struct would only rename them
+///
+/// No read is on the way: the acquisition Txn returns the immediate predecessor with its own
+/// key, and a claim Txn that finds a key still ahead of ours returns that one.
 async fn enqueue_and_wait(
-    ctx: &Ctx,
+    session: &SessionCore,
     target: &Target,
     key: &str,
-    lease: i64,
     record: &Record,
     wait: Wait,
-    monitor: &Arc<Monitor>,
-    tasks: &mut Vec<AbortHandle>,
-) -> Result<Option<(i64, Acquired)>> {
+    pending: &mut Pending,
+) -> Result<Option<(i64, Acquired)>, AcquireError> {
+    let ctx = &session.ctx;
+    let lease = session.lease();
     let queue = target.queue.as_str();
     let value = record.encode();
     let marker = marker_key(queue);
-    let mark = marker_bytes(key, record, record.since);
+    let mark = marker_bytes(key, record, record.since, None);
+    pending.claims.push(mark.clone());
+    let mut attempts = 0u32;
+    // Set while the Txn is in flight: the future may be dropped there.
+    pending.unsure = true;
     let answer = ctx
         .call(|mut c| {
+            attempts += 1;
             let txn = Txn::new()
                 .when([Compare::create_revision(key, CompareOp::Equal, 0)])
                 .and_then([
-                    // 0: the marker as it was; 1: claim it if the queue is empty (invariant 7).
-                    TxnOp::get(marker, None),
+                    // 0: claim the marker if there is none, else read it (invariant 7). A
+                    // compare on one key: a compare over the queue's range costs etcd 3.4 far
+                    // more. When someone is ahead of us the marker written here is premature,
+                    // and the claim of the first in the queue overwrites it.
                     TxnOp::txn(
                         Txn::new()
-                            .when([
-                                Compare::create_revision(queue, CompareOp::Equal, 0).with_prefix()
-                            ])
-                            .and_then([TxnOp::put(marker, mark.clone(), None)]),
+                            .when([Compare::create_revision(marker, CompareOp::Equal, 0)])
+                            .and_then([TxnOp::put(marker, mark.clone(), None)])
+                            .or_else([TxnOp::get(marker, None)]),
                     ),
                     TxnOp::put(
                         key,
                         value.clone(),
                         Some(PutOptions::new().with_lease(lease)),
                     ),
+                    // 2: the last two keys of the queue: ours and our predecessor, if any.
                     TxnOp::get(
                         queue,
                         Some(
                             queue_options()
-                                .with_sort(SortTarget::Create, SortOrder::Ascend)
-                                .with_limit(1)
+                                .with_sort(SortTarget::Create, SortOrder::Descend)
+                                .with_limit(2)
                                 .with_keys_only(),
                         ),
                     ),
@@ -300,11 +532,19 @@ async fn enqueue_and_wait(
                 .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
             async move { c.txn(txn).await }
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The put named a lease etcd no longer has: nothing was written.
+            Error::Lost => AcquireError::StaleSession,
+            e => AcquireError::Other(e),
+        })?;
+    // An earlier attempt may still be applied late by a member that did not answer.
+    pending.unsure = attempts > 1;
     let raw = &answer.0;
+    let txn_revision = raw.header.as_ref().map_or(0, |h| h.revision);
     let revision = if raw.succeeded {
         // Every write of a Txn happens at the Txn's revision.
-        raw.header.as_ref().map(|h| h.revision).unwrap_or(0)
+        txn_revision
     } else {
         // A retried Txn whose first attempt was applied: our key exists already.
         txn_first_kv(raw, 0)
@@ -314,122 +554,161 @@ async fn enqueue_and_wait(
     if revision <= 0 {
         return Err(Error::unavailable(format!(
             "etcd answered the acquisition of {key} without a revision"
-        )));
-    }
-    tasks.push(
-        tokio::spawn(watch_own_key(
-            ctx.clone(),
-            key.to_owned(),
-            revision,
-            Arc::clone(monitor),
         ))
-        .abort_handle(),
-    );
-    if raw.succeeded && txn_first_kv(raw, 3).is_some_and(|kv| kv.create_revision == revision) {
-        // Invariant 1: the Txn itself saw our key first in the queue, and claimed the marker.
-        return Ok(Some((revision, claimed(txn_first_kv(raw, 0), key))));
+        .into());
     }
-    if matches!(wait, Wait::Never) {
+    let mut predecessor = None;
+    let mut first = false;
+    if raw.succeeded {
+        let last = txn_kvs(raw, 2);
+        first = last.len() == 1 && last[0].create_revision == revision;
+        if first && previous_marker(raw).is_none() {
+            // Invariant 1: the Txn itself saw our key alone in the queue, and claimed the marker.
+            return Ok(Some((revision, Acquired::Clean)));
+        }
+        predecessor = last
+            .iter()
+            .find(|kv| kv.create_revision < revision)
+            .map(|kv| Predecessor {
+                key: kv.key.clone(),
+            });
+    }
+    if matches!(wait, Wait::Never) && !first {
         return Ok(None);
     }
-    match &target.detector {
-        None => wait_for_turn(ctx, queue, revision, monitor).await?,
-        Some(detector) => {
-            let turn = wait_for_turn(ctx, queue, revision, monitor);
-            detector.wait(ctx, turn, key, revision, lease).await?;
+    // First in the queue but a marker is there (a holder that died): claim it below.
+    let mut next_check = target
+        .detector
+        .as_ref()
+        .and_then(|d| d.first_check(Instant::now()));
+    loop {
+        if let Some(ahead) = predecessor.take() {
+            // Invariant 2: wait for the predecessor to go.
+            let turn = wait_gone(ctx, ahead, &session.monitor);
+            match &target.detector {
+                None => turn.await?,
+                Some(detector) => {
+                    let unsure = &mut pending.detection_unsure;
+                    detector
+                        .wait(ctx, turn, &mut next_check, key, revision, lease, unsure)
+                        .await?;
+                }
+            }
+        }
+        // Invariant 3: claim only if our key (hence our lease) still exists and no key is ahead
+        // of it; the same Txn claims the marker (invariant 7), recording when.
+        let mark = marker_bytes(key, record, SystemTime::now(), Some(revision));
+        pending.claims.push(mark.clone());
+        match claim(ctx, queue, key, revision, lease, mark).await? {
+            Some(Claim::Claimed(acquired)) => {
+                if session.is_lost() {
+                    return Err(Error::Lost.into());
+                }
+                return Ok(Some((revision, acquired)));
+            }
+            Some(Claim::Behind(_)) if matches!(wait, Wait::Never) => return Ok(None),
+            Some(Claim::Behind(Some(ahead))) => predecessor = Some(ahead),
+            Some(Claim::Behind(None)) => sleep(RETRY_PAUSE).await,
+            None => return Err(Error::Lost.into()),
         }
     }
-    // Invariant 3: claim only if our key (hence our lease) still exists; the same Txn claims the
-    // marker (invariant 7), recording when the lock was claimed.
-    let mark = marker_bytes(key, record, SystemTime::now());
-    let claim = ctx
+}
+
+/// One claim Txn: guarded by our key's CreateRevision and lease and by every key of the queue
+/// being ours or later (`create_revision > ours - 1` over the prefix). `None` when our key is
+/// gone (etcd#11456: never success).
+async fn claim(
+    ctx: &Ctx,
+    queue: &str,
+    key: &str,
+    revision: i64,
+    lease: i64,
+    mark: Vec<u8>,
+) -> Result<Option<Claim>> {
+    let marker = marker_key(queue);
+    let answer = ctx
         .call(|mut c| {
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(key, CompareOp::Equal, revision),
                     Compare::lease(key, CompareOp::Equal, lease),
+                    Compare::create_revision(queue, CompareOp::Greater, revision - 1).with_prefix(),
                 ])
                 .and_then([
                     TxnOp::get(marker, None),
                     TxnOp::put(marker, mark.clone(), None),
+                ])
+                .or_else([
+                    TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+                    TxnOp::get(
+                        queue,
+                        Some(
+                            queue_options()
+                                .with_sort(SortTarget::Create, SortOrder::Descend)
+                                .with_max_create_revision(revision - 1)
+                                .with_limit(1)
+                                .with_keys_only(),
+                        ),
+                    ),
                 ]);
             async move { c.txn(txn).await }
         })
         .await?;
-    if !claim.0.succeeded || monitor.is_lost() {
+    let raw = &answer.0;
+    if raw.succeeded {
+        return Ok(Some(Claim::Claimed(claimed(
+            txn_first_kv(raw, 0),
+            key,
+            revision,
+        ))));
+    }
+    let ours =
+        txn_first_kv(raw, 0).is_some_and(|kv| kv.create_revision == revision && kv.lease == lease);
+    if !ours {
+        return Ok(None);
+    }
+    Ok(Some(Claim::Behind(txn_first_kv(raw, 1).map(|kv| {
+        Predecessor {
+            key: kv.key.clone(),
+        }
+    }))))
+}
+
+/// Resolves when `ahead` is deleted, or when its watch breaks (then after a pause, so a broken
+/// cluster is not hammered; the claim that follows finds out where we stand), or fails with
+/// `Lost` when the session is lost meanwhile.
+async fn wait_gone(ctx: &Ctx, ahead: Predecessor, session: &Monitor) -> Result<()> {
+    if session.is_lost() {
         return Err(Error::Lost);
     }
-    Ok(Some((revision, claimed(txn_first_kv(&claim.0, 0), key))))
-}
-
-/// Waits until no key created before `revision` is left in `queue` (invariant 2).
-async fn wait_for_turn(ctx: &Ctx, queue: &str, revision: i64, monitor: &Monitor) -> Result<()> {
-    loop {
-        if monitor.is_lost() {
-            return Err(Error::Lost);
+    tokio::select! {
+        // From now: served as events happen (see `watch_deletion`).
+        deleted = watch_deletion(ctx, ahead.key, None) => {
+            if !deleted {
+                sleep(RETRY_PAUSE).await;
+            }
+            Ok(())
         }
-        let answer = ctx
-            .call(|mut c| async move {
-                c.get(
-                    queue,
-                    Some(
-                        queue_options()
-                            .with_sort(SortTarget::Create, SortOrder::Descend)
-                            .with_max_create_revision(revision - 1)
-                            .with_limit(1)
-                            .with_keys_only(),
-                    ),
-                )
-                .await
-            })
-            .await?;
-        let Some(predecessor) = answer.kvs().first() else {
-            return Ok(());
-        };
-        let from = answer.header().map_or(0, |h| h.revision()) + 1;
-        let key = predecessor.key().to_vec();
-        tokio::select! {
-            () = wait_deleted(ctx, key, from) => {}
-            () = monitor.lost() => return Err(Error::Lost),
-        }
+        () = session.lost() => Err(Error::Lost),
     }
 }
 
-/// Resolves when `key` is deleted at or after revision `from`, or when the watch breaks (the
-/// caller then reads the queue again, after a pause so a broken cluster is not hammered).
-async fn wait_deleted(ctx: &Ctx, key: Vec<u8>, from: i64) {
-    if !watch_deletion(ctx, key, from).await {
-        sleep(RETRY_PAUSE).await;
-    }
-}
-
-/// Releases a held lock (invariant 6).
+/// Releases a held lock (invariant 6): one Txn.
 ///
 /// A lock that is lost, before or during the release, returns [`Error::Lost`] at once: the
-/// acquisition is over either way, and the revoke, which in an outage would wait out the whole
-/// request timeout, goes on in the background (the lease expires by itself if it fails).
-pub(crate) async fn release(ctx: Ctx, held: Held) -> Result<()> {
+/// acquisition is over either way. When etcd does not answer, the release goes on in the
+/// background until it succeeds or the session is lost (then the key goes with the lease), and
+/// this returns [`Error::Unavailable`].
+pub(crate) async fn release(mut held: Held) -> Result<()> {
+    let ctx = held.session.ctx.clone();
     held.monitor.set_releasing(true);
     if held.monitor.is_lost() {
         held.stop_tasks();
-        revoke_in_background(&ctx, held.lease);
+        held.end(false);
         return Err(Error::Lost);
     }
     let mut attempts = 0u32;
-    let delete = ctx.call(|mut c| {
-        attempts += 1;
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                held.key.as_str(),
-                CompareOp::Equal,
-                held.revision,
-            )])
-            .and_then([
-                TxnOp::delete(held.key.as_str(), None),
-                TxnOp::delete(marker_key_of(&held.key), None),
-            ]);
-        async move { c.txn(txn).await }
-    });
+    let delete = delete_held(&ctx, &held.key, held.revision, &mut attempts);
     // Our own deletion does not fire the signal (`releasing`), so only a loss ends this early.
     let answer = tokio::select! {
         answer = delete => Some(answer),
@@ -437,47 +716,64 @@ pub(crate) async fn release(ctx: Ctx, held: Held) -> Result<()> {
     };
     held.stop_tasks();
     match answer {
-        Some(Ok(answer)) if answer.succeeded() => {
-            revoke(&ctx, held.lease).await;
+        Some(Ok(true)) => {
+            held.end(true);
             Ok(())
         }
-        // A retried delete whose first attempt was applied (the keepalive still vouched for the
+        // A retried delete whose first attempt was applied (the session still vouched for the
         // lease, so nobody else removed the key).
-        Some(Ok(_)) if attempts > 1 && held.monitor.time_left().is_some() => {
-            revoke(&ctx, held.lease).await;
+        Some(Ok(false)) if attempts > 1 && !held.monitor.is_lost() => {
+            held.end(true);
             Ok(())
         }
-        Some(Ok(_)) => {
+        Some(Ok(false)) => {
             held.monitor.set_releasing(false);
             held.monitor.fire();
-            revoke_in_background(&ctx, held.lease);
+            held.end(false);
             Err(Error::Lost)
         }
         None => {
-            revoke_in_background(&ctx, held.lease);
+            held.end(false);
             Err(Error::Lost)
         }
         Some(Err(e)) => {
-            // The lease is no longer kept alive, so the key goes within the TTL; try to make it
-            // sooner in the background.
-            revoke_in_background(&ctx, held.lease);
+            let session = Arc::clone(&held.session);
+            session.spawn(release_later(held));
             Err(e)
         }
     }
 }
 
-/// Starts a [`revoke`] without waiting for it.
-fn revoke_in_background(ctx: &Ctx, lease: i64) {
-    let ctx = ctx.clone();
-    drop(tokio::spawn(async move { revoke(&ctx, lease).await }));
+/// The release Txn: deletes the own key and the marker while the key is ours; true when it did.
+async fn delete_held(ctx: &Ctx, key: &str, revision: i64, attempts: &mut u32) -> Result<bool> {
+    let answer = ctx
+        .call(|mut c| {
+            *attempts += 1;
+            let txn = Txn::new()
+                .when([Compare::create_revision(key, CompareOp::Equal, revision)])
+                .and_then([
+                    TxnOp::delete(key, None),
+                    TxnOp::delete(marker_key_of(key), None),
+                ]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    Ok(answer.succeeded())
 }
 
-/// Revokes `lease` (deleting its keys); a lease that is already gone is not an error, and other
-/// errors are dropped because the lease expires by itself once no longer kept alive.
-pub(crate) async fn revoke(ctx: &Ctx, lease: i64) {
-    let _ = ctx
-        .call(|mut c| async move { c.lease_revoke(lease).await })
-        .await;
+/// Retries a release that etcd did not answer, until it is done or the session is lost.
+async fn release_later(mut held: Held) {
+    let ctx = held.session.ctx.clone();
+    let mut pause = RETRY_PAUSE;
+    while !held.session.is_lost() {
+        let mut attempts = 0;
+        if let Ok(deleted) = delete_held(&ctx, &held.key, held.revision, &mut attempts).await {
+            held.end(deleted || attempts > 1);
+            return;
+        }
+        sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Rewrites the own key's value while it is still ours.
@@ -543,17 +839,68 @@ pub(crate) async fn holder_info(
         // Held by someone nobody can describe.
         return Ok(Some((lock_api::Holder::default(), None)));
     };
-    let first = txn_first_kv(&answer.0, 1)
-        .filter(|kv| leaf_of(&String::from_utf8_lossy(&kv.key)) == marker.key);
-    let alive = match first {
-        Some(kv) => {
+    let first = txn_first_kv(&answer.0, 1);
+    let first_leaf = first.map(|kv| leaf_of(&String::from_utf8_lossy(&kv.key)).to_owned());
+    let head = first
+        .zip(first_leaf.as_deref())
+        .map(|(kv, leaf)| (leaf, kv.create_revision));
+    match standing(&marker, found.mod_revision, head) {
+        Standing::Premature => Ok(None),
+        Standing::Dead => Ok(Some((marker.record.holder().dead(true), None))),
+        Standing::Alive => {
+            let Some(kv) = first else {
+                return Ok(None);
+            };
             let key = String::from_utf8_lossy(&kv.key).into_owned();
-            Some((Record::decode(&key, &kv.value)?, kv.lease))
+            let record = Record::decode(&key, &kv.value)?;
+            Ok(Some((marker.record.holder(), Some((record, kv.lease)))))
         }
-        None => None,
+    }
+}
+
+/// The holder's own view of `held`, read in one Txn: its key (still ours, with its data) and the
+/// held marker (the claim time); `expires` comes from the session's deadline, in ms.
+pub(crate) async fn read_info(held: &HeldView) -> Result<crate::Info> {
+    let ctx = &held.session.ctx;
+    let key = held.key.as_str();
+    let marker = marker_key_of(key);
+    let answer = ctx
+        .call(|mut c| {
+            let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(marker, None)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    let own = txn_first_kv(&answer.0, 0).filter(|kv| kv.create_revision == held.revision);
+    let Some(own) = own else {
+        held.monitor.key_deleted();
+        return Err(Error::Lost);
     };
-    let holder = marker.record.holder().dead(alive.is_none());
-    Ok(Some((holder, alive)))
+    let record = Record::decode(key, &own.value)?;
+    let since = txn_first_kv(&answer.0, 1)
+        .and_then(|kv| Marker::decode(marker, &kv.value).ok())
+        .filter(|m| m.key == leaf_of(key))
+        .map_or(record.since, |m| m.record.since);
+    let expires = match (held.monitor.is_lost(), held.session.expires()) {
+        (false, Some(expires)) => crate::info::to_ms(expires),
+        _ => return Err(Error::Lost),
+    };
+    let mut holder = record.holder().since(since).expires(expires);
+    holder.dead = false;
+    Ok(crate::Info {
+        holder,
+        token: u64::try_from(held.revision).unwrap_or(0),
+        acquired: held.acquired,
+        data: record.data,
+    })
+}
+
+/// When the lease `lease` expires: in ms from the session when it is one of this process's,
+/// otherwise as the server says now (whole seconds).
+pub(crate) async fn holder_expiry(ctx: &Ctx, lease: i64) -> Result<Option<SystemTime>> {
+    if let Some(session) = SessionCore::find(lease) {
+        return Ok(session.expires().map(crate::info::to_ms));
+    }
+    lease_expiry(ctx, lease).await
 }
 
 /// When the lease `lease` expires, as far as the server says now.
@@ -591,18 +938,35 @@ mod tests {
             since: SystemTime::now(),
             data: Vec::new(),
         };
-        let marker = |key: &str| PbKeyValue {
-            value: marker_bytes(key, &record, record.since),
+        // Markers written at revision 10 by the Txn that created the named key.
+        let marker = |key: &str, rev: Option<i64>| PbKeyValue {
+            value: marker_bytes(key, &record, record.since, rev),
+            mod_revision: 10,
             ..PbKeyValue::default()
         };
-        let (mine, theirs) = (marker("p/lock/a/07"), marker("p/lock/a/08"));
+        let mine = marker("p/lock/a/07", None);
+        let theirs = marker("p/lock/a/08", None);
         let garbage = PbKeyValue {
             value: b"garbage".to_vec(),
             ..PbKeyValue::default()
         };
-        assert_eq!(claimed(None, "p/lock/a/07"), Acquired::Clean);
-        assert_eq!(claimed(Some(&mine), "p/lock/a/07"), Acquired::Clean);
-        assert_eq!(claimed(Some(&theirs), "p/lock/a/07"), Acquired::OwnerDied);
-        assert_eq!(claimed(Some(&garbage), "p/lock/a/07"), Acquired::OwnerDied);
+        assert_eq!(claimed(None, "p/lock/a/07", 20), Acquired::Clean);
+        assert_eq!(claimed(Some(&mine), "p/lock/a/07", 20), Acquired::Clean);
+        assert_eq!(
+            claimed(Some(&theirs), "p/lock/a/07", 20),
+            Acquired::OwnerDied
+        );
+        assert_eq!(
+            claimed(Some(&garbage), "p/lock/a/07", 20),
+            Acquired::OwnerDied
+        );
+        // Written by a newcomer created after us (revision 10 > 5): premature, no death.
+        assert_eq!(claimed(Some(&theirs), "p/lock/a/07", 5), Acquired::Clean);
+        // A marker that says its key was created at 3, although written at 10: ahead of us.
+        let waited = marker("p/lock/a/08", Some(3));
+        assert_eq!(
+            claimed(Some(&waited), "p/lock/a/07", 5),
+            Acquired::OwnerDied
+        );
     }
 }

@@ -15,11 +15,14 @@
 //! ```
 //!
 //! Held marker (version 1): the same header under its own first line, naming the key of the
-//! acquisition that claimed the lock, and no data.
+//! acquisition that claimed the lock and, when it claimed after waiting, that key's
+//! CreateRevision (`rev=`; without it the named key was created by the Txn that wrote the marker,
+//! at the marker's own ModRevision), and no data.
 //!
 //! ```text
 //! lockyard-etcd-held 1
-//! key=000000000000a1b2
+//! key=000000000000a1b2-0
+//! rev=8812
 //! pid=4242
 //! host=build-7
 //! owner=4242@build-7/1f3a9c0d5e7b2a64
@@ -56,6 +59,8 @@ pub(crate) struct Record {
 pub(crate) struct Marker {
     /// The last segment of the claiming acquisition's own key.
     pub(crate) key: String,
+    /// The CreateRevision of that key, when it was not created with the marker.
+    pub(crate) rev: Option<i64>,
     pub(crate) record: Record,
 }
 
@@ -110,6 +115,9 @@ impl Record {
 impl Marker {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = format!("{MARKER_MAGIC} {VERSION}\nkey={}\n", clean(&self.key));
+        if let Some(rev) = self.rev {
+            out.push_str(&format!("rev={rev}\n"));
+        }
         self.record.header(&mut out);
         out.into_bytes()
     }
@@ -123,6 +131,7 @@ impl Marker {
             .ok_or_else(|| corrupt(key, "held marker", "no key"))?;
         Ok(Marker {
             key: leaf,
+            rev: fields.rev,
             record: fields.record(key, "held marker")?,
         })
     }
@@ -135,6 +144,7 @@ fn corrupt(key: &str, what: &str, why: &str) -> Error {
 #[derive(Default)]
 struct Fields {
     key: Option<String>,
+    rev: Option<i64>,
     pid: Option<u32>,
     host: Option<String>,
     owner: Option<String>,
@@ -182,6 +192,13 @@ fn split<'v>(key: &str, magic: &str, what: &str, value: &'v [u8]) -> Result<(Fie
             .ok_or_else(|| corrupt(key, what, "header line without '='"))?;
         match field {
             "key" => fields.key = Some(value.to_owned()),
+            "rev" => {
+                fields.rev = Some(
+                    value
+                        .parse::<i64>()
+                        .map_err(|_| corrupt(key, what, "bad rev"))?,
+                );
+            }
             "pid" => {
                 fields.pid = Some(
                     value
@@ -239,10 +256,16 @@ mod tests {
     fn markers_round_trip_and_are_not_owner_records() {
         let marker = Marker {
             key: "00000000000000ff".into(),
+            rev: None,
             record: sample(b""),
         };
         let bytes = marker.encode();
         assert_eq!(Marker::decode("k", &bytes).ok(), Some(marker.clone()));
+        let waited = Marker {
+            rev: Some(8812),
+            ..marker.clone()
+        };
+        assert_eq!(Marker::decode("k", &waited.encode()).ok(), Some(waited));
         assert!(Record::decode("k", &bytes).is_err());
         assert!(Marker::decode("k", &marker.record.encode()).is_err());
     }

@@ -5,9 +5,12 @@
 //! snapshot never mixes two moments.
 //!
 //! - The *holder* of a lock is the acquisition its held marker names (see `mutex.rs`,
-//!   invariant 7), described by the marker's copy of its owner record. It is *dead* when the
-//!   key the marker names is no longer in the queue: the holder's lease expired or was revoked,
-//!   or its key was deleted, without a clean release, so the next acquirer gets `OwnerDied`.
+//!   invariant 7), described by the marker's copy of its owner record, when that key is first
+//!   in the queue. It is *dead* when the key was created before the queue's first key (or the
+//!   queue is empty) and is gone: the holder's lease expired or was revoked, or its key was
+//!   deleted, without a clean release, so the next acquirer gets `OwnerDied`. A marker naming a
+//!   key created after the queue's first key was written by a newcomer in a hand-over's gap
+//!   (see [`standing`]): the lock has no holder then.
 //! - The *waiters* are every other queue key, in queue (CreateRevision) order, each described by
 //!   its own owner record, whose `since` is when it started waiting. A queue with no marker has
 //!   no holder: its first key is about to claim the lock.
@@ -18,6 +21,34 @@ use etcd_client::proto::PbKeyValue;
 use lock_api::{Error, Holder, LockId, LockState, Result};
 
 use crate::record::{Marker, Record};
+
+/// What a held marker says about the lock, against the queue's first key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// The named acquisition is first in the queue: it holds the lock.
+    Alive,
+    /// The named key was created after the queue's first key: a newcomer wrote the marker in a
+    /// hand-over's gap (it found no marker), and the first key is about to claim. No holder.
+    Premature,
+    /// The named key was ahead of every key left and is gone: its holder did not release.
+    Dead,
+}
+
+/// Where the acquisition `marker` names stands; `marker_mod_revision` is the marker key's
+/// ModRevision (the named key's CreateRevision when the marker carries none), `first` the
+/// queue's first key (its last segment and CreateRevision).
+pub(crate) fn standing(
+    marker: &Marker,
+    marker_mod_revision: i64,
+    first: Option<(&str, i64)>,
+) -> Standing {
+    let named = marker.rev.unwrap_or(marker_mod_revision);
+    match first {
+        Some((leaf, _)) if leaf == marker.key => Standing::Alive,
+        Some((_, first_revision)) if named > first_revision => Standing::Premature,
+        _ => Standing::Dead,
+    }
+}
 
 #[derive(Default)]
 struct Lock<'a> {
@@ -58,17 +89,27 @@ pub(crate) fn lock_states(lock_prefix: &str, kvs: &[PbKeyValue]) -> Result<Vec<L
             let key = String::from_utf8_lossy(&kv.key);
             Marker::decode(&key, &kv.value).ok()
         });
-        let holder_leaf = marker
-            .as_ref()
-            .and_then(|m| m.as_ref().map(|m| m.key.clone()));
-        let holder = marker.map(|marker| match marker {
-            Some(marker) => {
-                let alive = lock.queue.iter().any(|kv| leaf_of(kv) == marker.key);
-                marker.record.holder().dead(!alive)
+        let first = lock
+            .queue
+            .first()
+            .map(|kv| (leaf_of(kv), kv.create_revision));
+        let mut holder_leaf = None;
+        let holder = match (lock.marker, marker) {
+            (Some(kv), Some(Some(marker))) => {
+                let first = first.as_ref().map(|(leaf, rev)| (leaf.as_str(), *rev));
+                match standing(&marker, kv.mod_revision, first) {
+                    Standing::Alive => {
+                        holder_leaf = Some(marker.key.clone());
+                        Some(marker.record.holder())
+                    }
+                    Standing::Premature => None,
+                    Standing::Dead => Some(marker.record.holder().dead(true)),
+                }
             }
             // A marker nobody can read: held by someone unknown, never an edge of the graph.
-            None => Holder::default(),
-        });
+            (Some(_), _) => Some(Holder::default()),
+            (None, _) => None,
+        };
         let waiters = lock
             .queue
             .iter()
@@ -120,15 +161,21 @@ mod tests {
     fn marker(leaf: &str, pid: u32, owner: &str) -> Vec<u8> {
         Marker {
             key: leaf.into(),
+            rev: None,
             record: record(pid, owner),
         }
         .encode()
     }
 
+    fn with_mod(mut kv: PbKeyValue, mod_revision: i64) -> PbKeyValue {
+        kv.mod_revision = mod_revision;
+        kv
+    }
+
     #[test]
     fn holder_from_the_marker_waiters_from_the_rest() {
         let kvs = [
-            kv("t/lock/3", marker("a", 1, "A"), 5),
+            with_mod(kv("t/lock/3", marker("a", 1, "A"), 5), 5),
             kv("t/lock/3/b", record(2, "B").encode(), 7),
             kv("t/lock/3/a", record(1, "A").encode(), 5),
         ];
@@ -146,7 +193,7 @@ mod tests {
     #[test]
     fn a_marker_without_its_key_is_a_dead_holder() {
         let kvs = [
-            kv("t/lock/0", marker("a", 1, "A"), 5),
+            with_mod(kv("t/lock/0", marker("a", 1, "A"), 5), 5),
             kv("t/lock/0/b", record(2, "B").encode(), 9),
         ];
         let states = lock_states("t/lock/", &kvs).expect("snapshot");
@@ -154,6 +201,19 @@ mod tests {
         assert!(holder.dead);
         assert_eq!(holder.pid, Some(1));
         assert_eq!(states[0].waiters.len(), 1);
+    }
+
+    #[test]
+    fn a_marker_a_newcomer_wrote_in_a_gap_is_no_holder() {
+        // b (rev 9) waits at the head; c (rev 12) found no marker and wrote one.
+        let kvs = [
+            with_mod(kv("t/lock/0", marker("c", 3, "C"), 12), 12),
+            kv("t/lock/0/b", record(2, "B").encode(), 9),
+            kv("t/lock/0/c", record(3, "C").encode(), 12),
+        ];
+        let states = lock_states("t/lock/", &kvs).expect("snapshot");
+        assert_eq!(states[0].holder, None);
+        assert_eq!(states[0].waiters.len(), 2);
     }
 
     #[test]

@@ -276,6 +276,7 @@ impl EtcdTable {
     fn handle(&self, id: LockId) -> EtcdLock {
         EtcdLock::new(
             Arc::clone(&self.shared),
+            None,
             id,
             Target {
                 queue: format!("{}/lock/{}/", self.root, id.get()),

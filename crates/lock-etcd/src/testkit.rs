@@ -530,6 +530,46 @@ pub fn member_status(endpoint: &str) -> Option<(u64, u64)> {
     })
 }
 
+/// One Prometheus metric of the member at `endpoint` (`http://host:port`, its `/metrics`), or
+/// `None` when it does not answer within a second or has no such line.
+pub fn metric(endpoint: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+/// The raft proposals the cluster at `endpoints` has committed: the highest
+/// `etcd_server_proposals_committed_total` of its members, read until two reads 50 ms apart
+/// agree (a follower may lag a moment behind the leader). Every write (a Put, a Delete, a Txn
+/// with a write, a lease grant or revoke) is one proposal; reads and lease renewals are none.
+pub fn proposals_committed(endpoints: &[String]) -> Option<u64> {
+    let read = || {
+        endpoints
+            .iter()
+            .filter_map(|e| metric(e, "etcd_server_proposals_committed_total"))
+            .map(|v| v as u64)
+            .max()
+    };
+    let mut last = read()?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = read()?;
+        if now == last {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
+}
+
 fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
     let deadline = Instant::now() + timeout;
     loop {

@@ -373,30 +373,33 @@ fn lease_revoked_behind_our_back(eps: &[String]) -> Result<(), Failed> {
     Ok(())
 }
 
-/// etcd#11456: a waiter whose lease is revoked while it waits is never told it holds the lock.
+/// etcd#11456: a waiter whose session's lease is revoked while it waits is never told it holds
+/// the lock.
 fn waiter_lease_expired(eps: &[String]) -> Result<(), Failed> {
     let (locks, prefix) = connect(eps, "11456");
     let holder = locks.named("w")?;
     let _ = holder.lock()?;
-    let waiter = Arc::new(locks.named("w")?);
+    // The waiter has a session (a lease) of its own, so that revoking it leaves the holder be.
+    let session = locks.session(TTL)?;
+    let waiter = Arc::new(session.named("w")?);
     let result = {
         let waiter = Arc::clone(&waiter);
         std::thread::spawn(move || waiter.try_lock_for(Duration::from_secs(20)))
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    let waiting = loop {
+    loop {
         let k = queue_keys(eps, &prefix);
         if k.len() == 2 {
-            break k;
+            break;
         }
         check!(Instant::now() < deadline, "waiter did not enqueue: {k:?}");
         std::thread::sleep(Duration::from_millis(10));
-    };
-    let holder_lease = holder.lease_id().ok_or("no holder lease")?;
-    let (_, waiter_lease) = waiting
-        .into_iter()
-        .find(|(_, lease)| *lease != holder_lease)
-        .ok_or("no waiter key")?;
+    }
+    let waiter_lease = session.lease_id();
+    check!(
+        holder.lease_id() != Some(waiter_lease),
+        "the waiter shares the holder's lease"
+    );
     raw(eps, async move |c| {
         c.lease_revoke(waiter_lease).await.map(drop)
     });

@@ -5,7 +5,7 @@
 
 pub mod proxy;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -236,17 +236,13 @@ pub fn mono_ns() -> u128 {
     secs * 1_000_000_000 + nanos
 }
 
+/// The raft proposals the cluster has committed (see the testkit).
+pub fn proposals_committed(endpoints: &[String]) -> Option<u64> {
+    lock_etcd::testkit::proposals_committed(endpoints)
+}
+
 /// How many watchers the member at `endpoint` serves (its `etcd_debugging_mvcc_watcher_total`
 /// metric), or `None` when it does not answer within a second.
 pub fn watchers(endpoint: &str) -> Option<u64> {
-    let addr: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().ok()?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    lock_etcd::testkit::metric(endpoint, "etcd_debugging_mvcc_watcher_total").map(|v| v as u64)
 }

@@ -1,0 +1,470 @@
+//! Sessions: one lease, kept alive, shared by every acquisition made through it.
+//!
+//! Like Go's `concurrency.Session`: an uncontended lock is one Txn and an unlock one Txn, because
+//! no acquisition grants or revokes a lease of its own. Invariants:
+//! 1. A session's lease is granted once and kept alive every TTL/3 by one task on the runtime
+//!    the session was made on (the caller's for the async API, the library's own thread for
+//!    the blocking one). The session is lost when a renewal says the lease is gone or the
+//!    deadline passes (`lease.rs`); losing it loses every lock held through it, and the task then
+//!    revokes the lease, so every key of the session goes at once.
+//! 2. Every acquisition's key is `<lock prefix>/<lease hex>-<sequence hex>`: unique per
+//!    acquisition, so two handles of one session on one lock are two owners that exclude each
+//!    other, and a key never names two acquisitions.
+//! 3. A session that is closed, or whose last handle is dropped, revokes its lease, after the
+//!    clean-ups of cancelled acquisitions still under way (they delete held markers, which have
+//!    no lease). A lost session is never revived: the blocking API's default session is
+//!    replaced by a new one at the next acquisition.
+//! 4. *Ghosts.* A request that went unanswered (a stopped or partitioned member) may still be
+//!    applied later, when that member wakes up, although the library gave up on it and retried
+//!    elsewhere. With a lease per acquisition such a late write failed (the lease was revoked);
+//!    with a session's lease it would succeed: a late acquisition Txn re-creates a key that was
+//!    released (a *ghost* holding or queueing for the lock), a late detection-lock Txn re-takes
+//!    the detection lock. Only writes guarded by `create_revision == 0` can come back this way
+//!    (every other write is guarded by the key's CreateRevision or value, so a late copy fails).
+//!    So every acquisition whose such Txn was not answered at its first attempt (or was cut
+//!    off) is remembered as a *suspect* once it ends; while the session lives, a sweeper reads
+//!    the suspects about once a second and deletes any that reappeared (and a marker they
+//!    claimed); `close` revokes the lease first (no late write can succeed after that) and then
+//!    deletes suspects' markers. A ghost therefore holds or blocks a lock for about a second at
+//!    most, never for the session's life.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::proto::PbTxnOpResponse;
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use lock_api::{Error, Result};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::client::{Ctx, retry};
+use crate::lease::{LockMonitor, Monitor, keep_alive, watch_own_key};
+
+/// How often the sweeper looks for ghosts (invariant 4).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The most suspects a session remembers; the oldest are forgotten first.
+const MAX_SUSPECTS: usize = 1024;
+
+/// How long a lock is held before a watch on its own key opens. The watch starts from the key's
+/// CreateRevision, so nothing that happens meanwhile is missed: a deletion during the first
+/// 100 ms fires the lost signal that much late, and a hold shorter than that (the common case)
+/// costs no watch stream and no task.
+const WATCH_DELAY: Duration = Duration::from_millis(100);
+
+/// The own-key watch of one held lock, opened by the session's timer once the lock has been held
+/// for [`WATCH_DELAY`], and stopped by the release.
+#[derive(Debug, Default)]
+pub(crate) struct KeyWatch {
+    /// Stopped, and the watch task once it runs.
+    state: Mutex<(bool, Option<AbortHandle>)>,
+}
+
+impl KeyWatch {
+    /// Stops the watch, or keeps it from ever starting.
+    pub(crate) fn stop(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = true;
+        if let Some(task) = state.1.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A held lock waiting for its own-key watch.
+#[derive(Debug)]
+struct Due {
+    at: Instant,
+    key: String,
+    revision: i64,
+    monitor: Weak<LockMonitor>,
+    watch: Weak<KeyWatch>,
+}
+
+/// An ended acquisition whose writes might still be applied late (invariant 4).
+#[derive(Debug, Clone)]
+pub(crate) struct Suspect {
+    /// Its key: if it exists again, it is a ghost.
+    pub(crate) key: String,
+    /// Keys to delete while they hold exactly this value (a marker it claimed, the detection
+    /// lock it took).
+    pub(crate) values: Vec<(String, Vec<u8>)>,
+}
+
+/// The sessions alive in this process, by lease, so a holder's expiry can be told in ms without
+/// asking etcd when the holder is one of ours.
+static SESSIONS: Mutex<Vec<(i64, Weak<SessionCore>)>> = Mutex::new(Vec::new());
+
+/// One session: its lease, its keepalive task and its lost state.
+#[derive(Debug)]
+pub(crate) struct SessionCore {
+    pub(crate) ctx: Ctx,
+    lease: i64,
+    ttl: Duration,
+    pub(crate) monitor: Arc<Monitor>,
+    keepalive: AbortHandle,
+    /// The runtime the session lives on: clean-ups and the final revoke are spawned there.
+    handle: Handle,
+    next: AtomicU64,
+    closed: AtomicBool,
+    /// Clean-ups of cancelled acquisitions under way (invariant 3).
+    pending: AtomicUsize,
+    settled: Notify,
+    /// Ended acquisitions that may come back as ghosts (invariant 4).
+    suspects: Mutex<Vec<Suspect>>,
+    sweeping: AtomicBool,
+    /// Held locks whose own-key watch is yet to open, and whether the timer that opens them runs.
+    due: Mutex<(Vec<Due>, bool)>,
+}
+
+impl SessionCore {
+    /// Grants a lease of `ttl_secs` and starts keeping it alive on the current runtime.
+    pub(crate) async fn grant(ctx: &Ctx, ttl_secs: i64) -> Result<Arc<SessionCore>> {
+        let sent = Instant::now();
+        let grant = retry(ctx, ctx.deadline(), |mut c| async move {
+            c.lease_grant(ttl_secs, None).await
+        })
+        .await?;
+        let lease = grant.id();
+        let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
+        if ttl.is_zero() {
+            return Err(Error::unavailable(format!(
+                "etcd granted lease {lease:x} with TTL {}",
+                grant.ttl()
+            )));
+        }
+        let monitor = Monitor::new(sent, ttl);
+        let task = {
+            let ctx = ctx.clone();
+            let monitor = Arc::clone(&monitor);
+            tokio::spawn(async move {
+                keep_alive(ctx.clone(), lease, ttl, monitor).await;
+                // Invariant 1: a lost session takes its keys with it.
+                revoke(&ctx, lease).await;
+            })
+        };
+        let core = Arc::new(SessionCore {
+            ctx: ctx.clone(),
+            lease,
+            ttl,
+            monitor,
+            keepalive: task.abort_handle(),
+            handle: Handle::current(),
+            next: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+            settled: Notify::new(),
+            suspects: Mutex::new(Vec::new()),
+            sweeping: AtomicBool::new(false),
+            due: Mutex::new((Vec::new(), false)),
+        });
+        let mut sessions = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.retain(|(_, s)| s.strong_count() > 0);
+        sessions.push((lease, Arc::downgrade(&core)));
+        Ok(core)
+    }
+
+    /// The session of this process whose lease is `lease`, if it is alive.
+    pub(crate) fn find(lease: i64) -> Option<Arc<SessionCore>> {
+        SESSIONS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(l, _)| *l == lease)
+            .and_then(|(_, s)| s.upgrade())
+    }
+
+    pub(crate) fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// The TTL etcd granted.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.monitor.is_lost()
+    }
+
+    /// When the server may expire the lease at the earliest: ms precision, known locally.
+    pub(crate) fn expires(&self) -> Option<SystemTime> {
+        self.monitor.expires()
+    }
+
+    /// Asks etcd whether the lease still exists, and marks the session lost when it does not
+    /// (after an acquisition found its key gone: the lease may have expired, or only the key
+    /// may have been deleted). An unanswered question changes nothing.
+    pub(crate) async fn check_lease(&self) {
+        let lease = self.lease;
+        let answer = self
+            .ctx
+            .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
+            .await;
+        match answer {
+            Ok(a) if a.ttl() > 0 => {}
+            Ok(_) | Err(Error::Lost) => self.monitor.fire(),
+            Err(_) => {}
+        }
+    }
+
+    /// A new acquisition key in the queue `queue` (invariant 2).
+    pub(crate) fn next_key(&self, queue: &str) -> String {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{queue}{:016x}-{seq:x}", self.lease)
+    }
+
+    /// Runs `job` on the session's runtime, counted until it ends so `close` waits for it.
+    pub(crate) fn spawn_cleanup<F>(self: &Arc<Self>, job: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let core = Arc::clone(self);
+        drop(self.handle.spawn(async move {
+            job.await;
+            if core.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                core.settled.notify_waiters();
+            }
+        }));
+    }
+
+    fn suspects(&self) -> MutexGuard<'_, Vec<Suspect>> {
+        self.suspects.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers an ended acquisition that may come back as a ghost, and starts the sweeper
+    /// (invariant 4).
+    pub(crate) fn suspect(self: &Arc<Self>, suspect: Suspect) {
+        {
+            let mut suspects = self.suspects();
+            if suspects.len() >= MAX_SUSPECTS {
+                suspects.remove(0);
+            }
+            suspects.push(suspect);
+        }
+        if !self.sweeping.swap(true, Ordering::SeqCst) {
+            let weak = Arc::downgrade(self);
+            self.spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    // The sweeper does not keep the session alive.
+                    let Some(core) = weak.upgrade() else { return };
+                    if core.is_lost() || core.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    core.sweep().await;
+                }
+            });
+        }
+    }
+
+    /// Reads the suspects' keys and deletes those that came back, with what they wrote.
+    async fn sweep(&self) {
+        let suspects = self.suspects().clone();
+        for chunk in suspects.chunks(32) {
+            let keys: Vec<&str> = chunk.iter().map(|s| s.key.as_str()).collect();
+            let answer = self
+                .ctx
+                .call(|mut c| {
+                    let ops: Vec<TxnOp> = keys
+                        .iter()
+                        .map(|k| TxnOp::get(*k, Some(GetOptions::new().with_count_only())))
+                        .collect();
+                    let txn = Txn::new().and_then(ops);
+                    async move { c.txn(txn).await }
+                })
+                .await;
+            let Ok(answer) = answer else { return };
+            for (suspect, response) in chunk.iter().zip(answer.0.responses.iter()) {
+                let back = matches!(
+                    &response.response,
+                    Some(PbTxnOpResponse::ResponseRange(range)) if range.count > 0
+                );
+                if back {
+                    self.exorcise(suspect, true).await;
+                }
+            }
+        }
+    }
+
+    /// Deletes a ghost: its key (when `key` says so) and every value it may have written.
+    async fn exorcise(&self, suspect: &Suspect, key: bool) {
+        if key {
+            let _ = self
+                .ctx
+                .call(|mut c| {
+                    let k = suspect.key.clone();
+                    async move { c.delete(k, None).await }
+                })
+                .await;
+        }
+        for (k, v) in &suspect.values {
+            let _ = self
+                .ctx
+                .call(|mut c| {
+                    let txn = Txn::new()
+                        .when([Compare::value(k.as_str(), CompareOp::Equal, v.clone())])
+                        .and_then([TxnOp::delete(k.as_str(), None)]);
+                    async move { c.txn(txn).await }
+                })
+                .await;
+        }
+    }
+
+    /// Arranges a watch on the own key of a lock just acquired (`key`, created at `revision`),
+    /// opened after [`WATCH_DELAY`] unless the lock was released by then. One timer per session
+    /// opens them, so a short hold spawns no task at all.
+    pub(crate) fn watch_key_later(
+        self: &Arc<Self>,
+        key: &str,
+        revision: i64,
+        monitor: &Arc<LockMonitor>,
+    ) -> Arc<KeyWatch> {
+        let watch = Arc::new(KeyWatch::default());
+        let start = {
+            let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+            due.0.push(Due {
+                at: Instant::now() + WATCH_DELAY,
+                key: key.to_owned(),
+                revision,
+                monitor: Arc::downgrade(monitor),
+                watch: Arc::downgrade(&watch),
+            });
+            !std::mem::replace(&mut due.1, true)
+        };
+        if start {
+            let weak = Arc::downgrade(self);
+            self.spawn(async move { open_due_watches(weak).await });
+        }
+        watch
+    }
+
+    /// Runs `job` on the session's runtime without waiting for it.
+    pub(crate) fn spawn<F>(&self, job: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(job));
+    }
+
+    /// Ends the session: waits (at most the request timeout) for clean-ups under way, revokes
+    /// the lease and fires the lost signal of every lock still held through it.
+    pub(crate) async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.ctx.request_timeout;
+        while self.pending.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            let settled = self.settled.notified();
+            tokio::select! {
+                () = settled => {}
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        self.keepalive.abort();
+        self.monitor.fire();
+        let lease = self.lease;
+        let answer = self
+            .ctx
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await;
+        let revoked = match answer {
+            Ok(_) | Err(Error::Lost) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if revoked.is_ok() {
+            // Invariant 4: no late write can succeed now; delete what ghosts left without lease.
+            let suspects = std::mem::take(&mut *self.suspects());
+            for suspect in &suspects {
+                self.exorcise(suspect, false).await;
+            }
+        }
+        revoked
+    }
+}
+
+impl Drop for SessionCore {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            // Invariant 3. Nothing can be pending: clean-ups hold the session.
+            let ctx = self.ctx.clone();
+            let lease = self.lease;
+            let suspects = std::mem::take(&mut *self.suspects());
+            drop(self.handle.spawn(async move {
+                revoke(&ctx, lease).await;
+                for (k, v) in suspects.iter().flat_map(|s| s.values.iter()) {
+                    let _ = ctx
+                        .call(|mut c| {
+                            let txn = Txn::new()
+                                .when([Compare::value(k.as_str(), CompareOp::Equal, v.clone())])
+                                .and_then([TxnOp::delete(k.as_str(), None)]);
+                            async move { c.txn(txn).await }
+                        })
+                        .await;
+                }
+            }));
+        }
+    }
+}
+
+/// The session's watch timer: opens the own-key watch of every lock held past its due time, and
+/// ends when none is waiting (the next acquisition starts it again).
+async fn open_due_watches(weak: Weak<SessionCore>) {
+    loop {
+        let next = {
+            let Some(core) = weak.upgrade() else { return };
+            let now = Instant::now();
+            let mut due = core.due.lock().unwrap_or_else(PoisonError::into_inner);
+            let (ready, waiting): (Vec<Due>, Vec<Due>) = std::mem::take(&mut due.0)
+                .into_iter()
+                .partition(|d| d.at <= now);
+            due.0 = waiting;
+            let next = due.0.iter().map(|d| d.at).min();
+            if next.is_none() {
+                due.1 = false;
+            }
+            drop(due);
+            for entry in ready {
+                let (Some(watch), Some(monitor)) = (entry.watch.upgrade(), entry.monitor.upgrade())
+                else {
+                    continue;
+                };
+                let mut state = watch.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.0 {
+                    continue;
+                }
+                let ctx = core.ctx.clone();
+                let session = Arc::downgrade(&core);
+                let task = core.handle.spawn(async move {
+                    watch_own_key(ctx, entry.key, entry.revision, monitor).await;
+                    // Our key went behind our back (the task is stopped before our own
+                    // release): if with the lease, every lock of the session is lost, now
+                    // rather than at the next keepalive.
+                    if let Some(session) = session.upgrade()
+                        && !session.is_lost()
+                    {
+                        session.check_lease().await;
+                    }
+                });
+                state.1 = Some(task.abort_handle());
+            }
+            next
+        };
+        match next {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => return,
+        }
+    }
+}
+
+/// Revokes `lease` (deleting its keys); a lease that is already gone is not an error, and other
+/// errors are dropped because the lease expires by itself once no longer kept alive.
+pub(crate) async fn revoke(ctx: &Ctx, lease: i64) {
+    let _ = ctx
+        .call(|mut c| async move { c.lease_revoke(lease).await })
+        .await;
+}
