@@ -95,7 +95,7 @@ fn backend<B: Backend + Manager>(
         manager.free_all().expect("free_all");
         (spec, manager, None)
     } else {
-        let spec = B::spec(ctx.dir(), &format!("{}-alloc-{capacity}", ctx.tag));
+        let spec = ctx.spec::<B>(&format!("{}-alloc-{capacity}", ctx.tag));
         let manager = B::create(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"));
         (spec.clone(), manager, Some(spec))
     };
@@ -125,7 +125,13 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     if !ctx.wanted(GROUP) {
         return;
     }
-    let subjects = ctx.subjects(&[Subject::Mem, Subject::Shm, Subject::File]);
+    let subjects = ctx.subjects(&[
+        Subject::Mem,
+        Subject::Shm,
+        Subject::File,
+        #[cfg(feature = "etcd")]
+        Subject::Etcd,
+    ]);
     let mut g = c.benchmark_group(GROUP);
     ctx.pace(&mut g, Pace::Fast);
     for shift in SHIFTS {
@@ -144,6 +150,13 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
                     );
                 }
                 Subject::File => backend::<FileManager>(&mut g, ctx, capacity, shift == 20),
+                // A network round trip per allocation: the design asks for 2^11 only.
+                #[cfg(feature = "etcd")]
+                Subject::Etcd if shift == 11 => {
+                    backend::<lockyard_benches::EtcdTable>(&mut g, ctx, capacity, false)
+                }
+                #[cfg(feature = "etcd")]
+                Subject::Etcd => {}
                 _ => unreachable!("alloc subjects are table backends"),
             }
         }

@@ -13,7 +13,14 @@ use crate::{Ctx, Pace};
 
 const GROUP: &str = "compare-coldstart";
 const ROW: &str = "cold start: exec, open the store, lock, run `true`, unlock";
-const SUBJECTS: [Subject; 4] = [Subject::Mem, Subject::Shm, Subject::File, Subject::Dirlock];
+const SUBJECTS: &[Subject] = &[
+    Subject::Mem,
+    Subject::Shm,
+    Subject::File,
+    Subject::Dirlock,
+    #[cfg(feature = "etcd")]
+    Subject::Etcd,
+];
 
 fn succeed(command: &mut Command) {
     let status = command
@@ -33,17 +40,17 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let subjects = ctx.subjects(&SUBJECTS);
+    let subjects = ctx.subjects(SUBJECTS);
     let mut g = c.benchmark_group(GROUP);
     ctx.pace(&mut g, Pace::Procs);
     for &s in &subjects {
-        let store = prepare(s, ctx.dir(), &ctx.tag, "coldstart", 16);
+        let store = prepare(s, ctx, "coldstart", 16);
         g.bench_function(s.name(), |b| {
             b.iter(|| succeed(Command::new(tool).args([store.store.as_str(), "--", "true"])))
         });
     }
     if flock_available {
-        let store = prepare(Subject::Flock, ctx.dir(), &ctx.tag, "coldstart", 1);
+        let store = prepare(Subject::Flock, ctx, "coldstart", 1);
         g.bench_function(Subject::Flock.name(), |b| {
             b.iter(|| succeed(Command::new("flock").args([store.store.as_str(), "true"])))
         });

@@ -23,10 +23,12 @@ use crate::{Ctx, Pace};
 const GROUP: &str = "compare-contention";
 pub(crate) const PROCESSES: [usize; 4] = [1, 2, 4, 8];
 
-const SUBJECTS: [Subject; 5] = [
+const SUBJECTS: &[Subject] = &[
     Subject::Shm,
     Subject::File,
     Subject::Dirlock,
+    #[cfg(feature = "etcd")]
+    Subject::Etcd,
     Subject::Glibc,
     Subject::Flock,
 ];
@@ -56,12 +58,12 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     if !ctx.wanted(GROUP) {
         return;
     }
-    let subjects = ctx.subjects(&SUBJECTS);
+    let subjects = ctx.subjects(SUBJECTS);
     let mut fairness = Vec::new();
     let mut g = c.benchmark_group(GROUP);
     ctx.pace(&mut g, Pace::Procs);
     for &s in &subjects {
-        let store = prepare(s, ctx.dir(), &ctx.tag, "contention", 16);
+        let store = prepare(s, ctx, "contention", 16);
         for p in PROCESSES {
             let ctl_path =
                 PathBuf::from("/dev/shm").join(format!("{}-ctl-{}-{p}", ctx.tag, s.name()));

@@ -16,11 +16,13 @@ use crate::{Ctx, Pace};
 const GROUP: &str = "compare-held";
 const ROW: &str = "try_lock of a lock another process holds";
 
-const SUBJECTS: [Subject; 8] = [
+const SUBJECTS: &[Subject] = &[
     Subject::Mem,
     Subject::Shm,
     Subject::File,
     Subject::Dirlock,
+    #[cfg(feature = "etcd")]
+    Subject::Etcd,
     Subject::ParkingLot,
     Subject::Glibc,
     Subject::Flock,
@@ -64,7 +66,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     if !ctx.wanted(GROUP) {
         return;
     }
-    let subjects = ctx.subjects(&SUBJECTS);
+    let subjects = ctx.subjects(SUBJECTS);
     let mut g = c.benchmark_group(GROUP);
     ctx.pace(&mut g, Pace::Fast);
     for &s in &subjects {
@@ -89,7 +91,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
                 holder.join().expect("holder thread");
             }
             Subject::Mem => {
-                let store = prepare(s, ctx.dir(), &ctx.tag, "held", 16);
+                let store = prepare(s, ctx, "held", 16);
                 let (held_tx, held_rx) = mpsc::channel();
                 let (stop_tx, stop_rx) = mpsc::channel();
                 let spec = store.store.clone();
@@ -118,7 +120,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
                 holder.join().expect("holder thread");
             }
             _ => {
-                let store = prepare(s, ctx.dir(), &ctx.tag, "held", 16);
+                let store = prepare(s, ctx, "held", 16);
                 let holder = Child::spawn(
                     "hold",
                     &[

@@ -70,10 +70,14 @@ pub(crate) fn run(ctx: &Ctx) {
     if !ctx.wanted(GROUP) {
         return;
     }
-    let window = Duration::from_secs(if ctx.quick { 2 } else { 10 });
-    let secs = window.as_secs();
+    let window = match (ctx.smoke, ctx.quick) {
+        (true, _) => Duration::from_millis(200),
+        (false, true) => Duration::from_secs(2),
+        (false, false) => Duration::from_secs(10),
+    };
+    let secs = window.as_secs_f64();
     for s in ctx.subjects(&SUBJECTS) {
-        let store = prepare(s, ctx.dir(), &ctx.tag, "idle", 16);
+        let store = prepare(s, ctx, "idle", 16);
         let (cpu, wakeups) = open_locks(
             s,
             &store.store,

@@ -23,6 +23,8 @@ mod alloc;
 mod child;
 mod coldstart;
 mod contention;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod held;
 mod idle;
 mod podman;
@@ -56,11 +58,16 @@ pub(crate) enum Pace {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub(crate) quick: bool,
+    /// Criterion's test mode (`cargo test --benches`): every group once, as briefly as it can.
+    pub(crate) smoke: bool,
     dir: tempfile::TempDir,
     /// A prefix unique to this run, for shm names.
     pub(crate) tag: String,
     only: Option<Vec<String>>,
     filters: Vec<String>,
+    /// The 3-member cluster the etcd rows run on, stopped on drop.
+    #[cfg(feature = "etcd")]
+    cluster: Option<lock_etcd::testkit::EtcdCluster>,
 }
 
 impl Ctx {
@@ -80,13 +87,49 @@ impl Ctx {
             .skip(1)
             .filter(|a| !a.starts_with('-'))
             .collect();
+        #[cfg(feature = "etcd")]
+        let cluster = only
+            .as_ref()
+            .is_none_or(|o: &Vec<String>| o.iter().any(|b| b == "etcd"))
+            .then(|| {
+                lock_etcd::testkit::EtcdCluster::start()
+                    .unwrap_or_else(|e| panic!("etcd cluster for the bench: {e}"))
+            });
         Ctx {
             quick: quick(),
+            smoke: !lockyard_bench_support::measuring(),
             dir,
             tag: format!("lockyard-compare-{}", std::process::id()),
             only,
             filters,
+            #[cfg(feature = "etcd")]
+            cluster,
         }
+    }
+
+    /// The spec of this run's store `name` of backend `B`.
+    pub(crate) fn spec<B: lockyard_benches::Backend>(&self, name: &str) -> String {
+        #[cfg(feature = "etcd")]
+        if B::NAME == "etcd" {
+            // A short TTL: a SIGKILLed holder's lease expires within it (takeover group).
+            return format!(
+                "etcd://{}/lockyard-bench/{name}?ttl=2s",
+                self.etcd_endpoints().join(",")
+            );
+        }
+        B::spec(self.dir(), name)
+    }
+
+    /// The endpoints of the run's etcd cluster.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn etcd_endpoints(&self) -> Vec<String> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.endpoints())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.trim_start_matches("http://").to_string())
+            .collect()
     }
 
     /// The directory path stores live in.
@@ -99,13 +142,22 @@ impl Ctx {
         list.iter()
             .copied()
             .filter(|s| {
-                !s.is_backend()
+                // Peers always run (etcd's only where its cluster does).
+                (!s.is_backend() && (s.name() != "etcd-lock-rpc" || self.has_etcd()))
                     || self
                         .only
                         .as_ref()
                         .is_none_or(|only| only.iter().any(|o| o == s.name()))
             })
             .collect()
+    }
+
+    /// Whether this run has an etcd cluster.
+    fn has_etcd(&self) -> bool {
+        #[cfg(feature = "etcd")]
+        return self.cluster.is_some();
+        #[cfg(not(feature = "etcd"))]
+        false
     }
 
     /// Whether criterion's positional filter may leave anything of `group` to run (a filter
@@ -122,9 +174,9 @@ impl Ctx {
     /// Sets a group's warm-up, measurement time and sample count for this mode.
     pub(crate) fn pace(&self, g: &mut BenchmarkGroup<'_, WallTime>, pace: Pace) {
         let (warm, measure, samples) = match (pace, self.quick) {
-            (Pace::Fast, false) => (500, 1_500, 30),
+            (Pace::Fast, false) => (300, 1_000, 20),
             (Pace::Fast, true) => (100, 400, 10),
-            (Pace::Procs, false) => (300, 1_200, 10),
+            (Pace::Procs, false) => (200, 900, 10),
             (Pace::Procs, true) => (100, 300, 10),
         };
         // 10,000 bootstrap resamples instead of 100,000: the same estimates to three digits,

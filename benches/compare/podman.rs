@@ -17,17 +17,23 @@ const PROCESSES: usize = 8;
 const LOCKS: u32 = 2048;
 const ROW: &str = "Podman-like: 8 processes, random locks of 2048, 1 µs critical section";
 
-const SUBJECTS: [Subject; 3] = [Subject::Shm, Subject::File, Subject::Glibc];
+const SUBJECTS: &[Subject] = &[
+    Subject::Shm,
+    Subject::File,
+    #[cfg(feature = "etcd")]
+    Subject::Etcd,
+    Subject::Glibc,
+];
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     if !ctx.wanted(GROUP) {
         return;
     }
-    let subjects = ctx.subjects(&SUBJECTS);
+    let subjects = ctx.subjects(SUBJECTS);
     let mut g = c.benchmark_group(GROUP);
     ctx.pace(&mut g, Pace::Procs);
     for &s in &subjects {
-        let store = prepare(s, ctx.dir(), &ctx.tag, "podman", LOCKS);
+        let store = prepare(s, ctx, "podman", LOCKS);
         let mut workers: Vec<Child> = (0..PROCESSES)
             .map(|i| {
                 Child::spawn(

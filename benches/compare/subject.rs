@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lock_api::{Error, Locker};
-use lockyard_benches::{Backend, DirStore, FileManager, MemManager, ShmManager};
+use lockyard_benches::{Backend, DirTable, FileManager, MemManager, ShmManager};
 use rustix::fs::FlockOperation;
 
+use crate::Ctx;
 use crate::sys::{GlibcArray, GlibcMutex};
 
 /// A backend or a peer: one column of the report.
@@ -31,19 +32,29 @@ pub(crate) enum Subject {
     Flock,
     /// The classic pid file: `open(O_CREAT|O_EXCL)`, write the pid, `unlink` to release.
     PidFile,
+    /// lock-etcd.
+    #[cfg(feature = "etcd")]
+    Etcd,
+    /// etcd's own Lock and Unlock RPCs on one session lease.
+    #[cfg(feature = "etcd")]
+    EtcdRpc,
 }
 
 impl Subject {
     /// Every subject, backends first.
-    pub(crate) const ALL: [Subject; 8] = [
+    pub(crate) const ALL: &[Subject] = &[
         Subject::Mem,
         Subject::Shm,
         Subject::File,
         Subject::Dirlock,
+        #[cfg(feature = "etcd")]
+        Subject::Etcd,
         Subject::ParkingLot,
         Subject::Glibc,
         Subject::Flock,
         Subject::PidFile,
+        #[cfg(feature = "etcd")]
+        Subject::EtcdRpc,
     ];
 
     /// The column name in the figures and the report.
@@ -52,24 +63,30 @@ impl Subject {
             Subject::Mem => MemManager::NAME,
             Subject::Shm => ShmManager::NAME,
             Subject::File => FileManager::NAME,
-            Subject::Dirlock => DirStore::NAME,
+            Subject::Dirlock => DirTable::NAME,
             Subject::ParkingLot => "parking_lot",
             Subject::Glibc => "glibc-robust",
             Subject::Flock => "flock",
             Subject::PidFile => "pidfile",
+            #[cfg(feature = "etcd")]
+            Subject::Etcd => lockyard_benches::EtcdTable::NAME,
+            #[cfg(feature = "etcd")]
+            Subject::EtcdRpc => "etcd-lock-rpc",
         }
     }
 
     pub(crate) fn from_name(name: &str) -> Option<Subject> {
-        Subject::ALL.into_iter().find(|s| s.name() == name)
+        Subject::ALL.iter().copied().find(|s| s.name() == name)
     }
 
     /// Whether it is one of lockyard's backends (as opposed to a peer).
     pub(crate) fn is_backend(self) -> bool {
-        matches!(
-            self,
-            Subject::Mem | Subject::Shm | Subject::File | Subject::Dirlock
-        )
+        match self {
+            Subject::Mem | Subject::Shm | Subject::File | Subject::Dirlock => true,
+            #[cfg(feature = "etcd")]
+            Subject::Etcd => true,
+            _ => false,
+        }
     }
 }
 
@@ -253,7 +270,7 @@ pub(crate) fn open_locks<W: Work>(subject: Subject, store: &str, count: u32, wor
         Subject::Mem => via::<MemManager, W>(store, count, work),
         Subject::Shm => via::<ShmManager, W>(store, count, work),
         Subject::File => via::<FileManager, W>(store, count, work),
-        Subject::Dirlock => via::<DirStore, W>(store, count, work),
+        Subject::Dirlock => via::<DirTable, W>(store, count, work),
         Subject::Glibc => {
             let array = GlibcArray::open(Path::new(store));
             work.run((0..count as usize).map(|i| array.mutex(i)).collect())
@@ -265,6 +282,13 @@ pub(crate) fn open_locks<W: Work>(subject: Subject, store: &str, count: u32, wor
         Subject::PidFile => {
             assert_eq!(count, 1, "the pid-file peer is one lock");
             work.run(vec![PidFile(PathBuf::from(store))])
+        }
+        #[cfg(feature = "etcd")]
+        Subject::Etcd => via::<lockyard_benches::EtcdTable, W>(store, count, work),
+        #[cfg(feature = "etcd")]
+        Subject::EtcdRpc => {
+            assert_eq!(count, 1, "the etcd Lock RPC peer is one lock");
+            work.run(vec![crate::etcd::LockRpc::connect(store)])
         }
         Subject::ParkingLot => panic!("parking_lot is an in-process peer"),
     }
@@ -298,15 +322,9 @@ impl Drop for Prepared {
 }
 
 /// Creates a store of `capacity` locks called `name` for `subject` (in `dir` when it is a path).
-pub(crate) fn prepare(
-    subject: Subject,
-    dir: &Path,
-    tag: &str,
-    name: &str,
-    capacity: u32,
-) -> Prepared {
-    fn backend<B: Backend>(subject: Subject, dir: &Path, name: &str, capacity: u32) -> Prepared {
-        let spec = B::spec(dir, name);
+pub(crate) fn prepare(subject: Subject, ctx: &Ctx, name: &str, capacity: u32) -> Prepared {
+    fn backend<B: Backend>(subject: Subject, ctx: &Ctx, name: &str, capacity: u32) -> Prepared {
+        let spec = ctx.spec::<B>(name);
         let made = B::create(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"));
         let remove = spec.clone();
         Prepared {
@@ -318,12 +336,21 @@ pub(crate) fn prepare(
             })),
         }
     }
-    let unique = format!("{tag}-{name}");
+    let (dir, unique) = (ctx.dir(), format!("{}-{name}", ctx.tag));
     match subject {
-        Subject::Mem => backend::<MemManager>(subject, dir, &unique, capacity),
-        Subject::Shm => backend::<ShmManager>(subject, dir, &unique, capacity),
-        Subject::File => backend::<FileManager>(subject, dir, &unique, capacity),
-        Subject::Dirlock => backend::<DirStore>(subject, dir, &unique, capacity),
+        Subject::Mem => backend::<MemManager>(subject, ctx, &unique, capacity),
+        Subject::Shm => backend::<ShmManager>(subject, ctx, &unique, capacity),
+        Subject::File => backend::<FileManager>(subject, ctx, &unique, capacity),
+        Subject::Dirlock => backend::<DirTable>(subject, ctx, &unique, capacity),
+        #[cfg(feature = "etcd")]
+        Subject::Etcd => backend::<lockyard_benches::EtcdTable>(subject, ctx, &unique, capacity),
+        #[cfg(feature = "etcd")]
+        Subject::EtcdRpc => Prepared {
+            subject,
+            store: ctx.etcd_endpoints().join(","),
+            _keep: None,
+            cleanup: None,
+        },
         Subject::Glibc => {
             let path = PathBuf::from("/dev/shm").join(format!("{unique}-glibc"));
             let array = GlibcArray::create(&path, capacity as usize);

@@ -12,15 +12,19 @@ use crate::{Ctx, Pace};
 const GROUP: &str = "compare-uncontended";
 const ROW: &str = "lock+unlock, uncontended";
 
-const SUBJECTS: [Subject; 8] = [
+const SUBJECTS: &[Subject] = &[
     Subject::Mem,
     Subject::Shm,
     Subject::File,
     Subject::Dirlock,
+    #[cfg(feature = "etcd")]
+    Subject::Etcd,
     Subject::ParkingLot,
     Subject::Glibc,
     Subject::Flock,
     Subject::PidFile,
+    #[cfg(feature = "etcd")]
+    Subject::EtcdRpc,
 ];
 
 struct Pair<'g, 'c> {
@@ -46,7 +50,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     if !ctx.wanted(GROUP) {
         return;
     }
-    let subjects = ctx.subjects(&SUBJECTS);
+    let subjects = ctx.subjects(SUBJECTS);
     let mut g = c.benchmark_group(GROUP);
     ctx.pace(&mut g, Pace::Fast);
     for &s in &subjects {
@@ -61,7 +65,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
             });
             continue;
         }
-        let store = prepare(s, ctx.dir(), &ctx.tag, "uncontended", 16);
+        let store = prepare(s, ctx, "uncontended", 16);
         let pair = Pair {
             group: &mut g,
             name: s.name(),

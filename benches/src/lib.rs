@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use lock_api::{Error, LockId, Locker, Manager, Result, Store, StoreSpec};
 
-pub use dirlock::DirLock;
+pub use dirlock::{DirLock, DirTable};
 pub use lock_file::FileManager;
 pub use lock_mem::MemManager;
 pub use lock_shm::ShmManager;
@@ -57,18 +57,10 @@ fn parse(spec: &str) -> Result<StoreSpec> {
     StoreSpec::parse(spec)
 }
 
-fn shm_name(spec: &str) -> Result<String> {
+fn file_path(spec: &str) -> Result<PathBuf> {
     match parse(spec)? {
-        StoreSpec::Shm(name) => Ok(name),
-        other => Err(lock_api::wrong_scheme("shm", &other)),
-    }
-}
-
-fn path_of(spec: &str, scheme: &str) -> Result<PathBuf> {
-    match parse(spec)? {
-        StoreSpec::File(path) if scheme == "file" => Ok(path),
-        StoreSpec::Dir(path) if scheme == "dir" => Ok(path),
-        other => Err(lock_api::wrong_scheme(scheme, &other)),
+        StoreSpec::File(path) => Ok(path),
+        other => Err(lock_api::wrong_scheme("file", &other)),
     }
 }
 
@@ -97,8 +89,6 @@ impl Backend for MemManager {
     }
 }
 
-// lock-shm does not implement `Store` yet; when it does, each body becomes the
-// `<ShmManager as Store>::*_spec` call, as for lock-mem above.
 impl Backend for ShmManager {
     type Lock = lock_shm::ShmLocker;
     const NAME: &'static str = "shm";
@@ -108,15 +98,15 @@ impl Backend for ShmManager {
     }
 
     fn create(spec: &str, capacity: u32) -> Result<Self> {
-        ShmManager::create(&shm_name(spec)?, capacity)
+        <ShmManager as Store>::create_spec(&parse(spec)?, capacity)
     }
 
     fn open(spec: &str) -> Result<Self> {
-        ShmManager::open_existing(&shm_name(spec)?)
+        <ShmManager as Store>::open_spec(&parse(spec)?)
     }
 
     fn remove(spec: &str) -> Result<()> {
-        ShmManager::remove(&shm_name(spec)?).map(drop)
+        <ShmManager as Store>::remove_spec(&parse(spec)?)
     }
 
     fn lock(&self, id: u32) -> Result<Self::Lock> {
@@ -124,7 +114,8 @@ impl Backend for ShmManager {
     }
 }
 
-// lock-file's inherent lifecycle has the `Store` shape already; the switch is the same as shm's.
+// lock-file does not implement `Store` yet; when it does, each body becomes the
+// `<FileManager as Store>::*_spec` call, as for the others.
 impl Backend for FileManager {
     type Lock = lock_file::FileLocker;
     const NAME: &'static str = "file";
@@ -134,15 +125,15 @@ impl Backend for FileManager {
     }
 
     fn create(spec: &str, capacity: u32) -> Result<Self> {
-        FileManager::create(path_of(spec, "file")?, capacity)
+        FileManager::create(file_path(spec)?, capacity)
     }
 
     fn open(spec: &str) -> Result<Self> {
-        FileManager::open(path_of(spec, "file")?)
+        FileManager::open(file_path(spec)?)
     }
 
     fn remove(spec: &str) -> Result<()> {
-        FileManager::remove(path_of(spec, "file")?)
+        FileManager::remove(file_path(spec)?)
     }
 
     fn lock(&self, id: u32) -> Result<Self::Lock> {
@@ -150,14 +141,7 @@ impl Backend for FileManager {
     }
 }
 
-/// dirlock as a table of one lock (id 0) over a directory, until `dirlock::DirTable`
-/// implements `Store`: then this struct goes and `Backend` is implemented for `DirTable`.
-#[derive(Debug)]
-pub struct DirStore {
-    path: PathBuf,
-}
-
-impl Backend for DirStore {
+impl Backend for DirTable {
     type Lock = DirLock;
     const NAME: &'static str = "dirlock";
 
@@ -165,133 +149,56 @@ impl Backend for DirStore {
         format!("dir:{}", dir.join(name).display())
     }
 
-    fn create(spec: &str, _capacity: u32) -> Result<Self> {
-        let path = path_of(spec, "dir")?;
-        std::fs::create_dir(&path).map_err(|source| Error::Io {
-            op: "mkdir",
-            path: path.clone(),
-            source,
-        })?;
-        Ok(DirStore { path })
+    fn create(spec: &str, capacity: u32) -> Result<Self> {
+        <DirTable as Store>::create_spec(&parse(spec)?, capacity)
     }
 
     fn open(spec: &str) -> Result<Self> {
-        let path = path_of(spec, "dir")?;
-        if !path.is_dir() {
-            return Err(Error::NotFound {
-                what: format!("directory {}", path.display()),
-            });
-        }
-        Ok(DirStore { path })
+        <DirTable as Store>::open_spec(&parse(spec)?)
     }
 
     fn remove(spec: &str) -> Result<()> {
-        let path = path_of(spec, "dir")?;
-        std::fs::remove_dir_all(&path).map_err(|source| Error::Io {
-            op: "remove directory",
-            path,
-            source,
-        })
+        <DirTable as Store>::remove_spec(&parse(spec)?)
     }
 
     fn lock(&self, id: u32) -> Result<Self::Lock> {
-        if id != 0 {
-            return Err(Error::OutOfRange {
-                id: LockId(id),
-                capacity: 1,
-            });
-        }
-        DirLock::new(&self.path)
+        self.retrieve(LockId(id))
     }
 }
 
 #[cfg(feature = "etcd")]
-pub use etcd::{ENDPOINTS_ENV, EtcdStore};
+pub use lock_etcd::EtcdTable;
+
+/// The environment variable that holds the etcd endpoints (`HOST:PORT,...`) of the run.
+#[cfg(feature = "etcd")]
+pub const ETCD_ENDPOINTS_ENV: &str = "LOCKYARD_BENCH_ETCD";
 
 #[cfg(feature = "etcd")]
-mod etcd {
-    //! lock-etcd behind the `etcd` feature (building etcd-client needs protoc).
+impl Backend for EtcdTable {
+    type Lock = <EtcdTable as Manager>::Locker;
+    const NAME: &'static str = "etcd";
 
-    use std::path::Path;
-    use std::time::Duration;
-
-    use lock_api::{LockId, Manager, Result, StoreSpec};
-    use lock_etcd::{EtcdLocks, EtcdOptions, EtcdTable};
-
-    use crate::Backend;
-
-    /// The environment variable that holds the etcd endpoints (`HOST:PORT,...`) of the run.
-    pub const ENDPOINTS_ENV: &str = "LOCKYARD_BENCH_ETCD";
-
-    /// A lock-etcd table and the client it was opened with.
-    #[derive(Debug)]
-    pub struct EtcdStore {
-        table: EtcdTable,
-        _client: EtcdLocks,
+    fn spec(_dir: &Path, name: &str) -> String {
+        let endpoints = std::env::var(ETCD_ENDPOINTS_ENV).unwrap_or_default();
+        format!("etcd://{endpoints}/lockyard-bench/{name}")
     }
 
-    impl EtcdStore {
-        /// The table, for allocation.
-        pub fn table(&self) -> &EtcdTable {
-            &self.table
-        }
+    fn create(spec: &str, capacity: u32) -> Result<Self> {
+        <EtcdTable as Store>::create_spec(&parse(spec)?, capacity)
     }
 
-    fn connect(spec: &str) -> Result<(EtcdLocks, String)> {
-        match StoreSpec::parse(spec)? {
-            StoreSpec::Etcd(e) => {
-                let options = EtcdOptions::new()
-                    .prefix(e.prefix.clone())
-                    .ttl(e.ttl.unwrap_or(Duration::from_secs(10)));
-                Ok((EtcdLocks::connect(&e.endpoints, options)?, e.table.clone()))
-            }
-            other => Err(lock_api::wrong_scheme("etcd", &other)),
-        }
+    fn open(spec: &str) -> Result<Self> {
+        <EtcdTable as Store>::open_spec(&parse(spec)?)
     }
 
-    // Until lock-etcd implements `Store`: the switch is the same as shm's.
-    impl Backend for EtcdStore {
-        type Lock = <EtcdTable as Manager>::Locker;
-        const NAME: &'static str = "etcd";
+    fn remove(spec: &str) -> Result<()> {
+        <EtcdTable as Store>::remove_spec(&parse(spec)?)
+    }
 
-        fn spec(_dir: &Path, name: &str) -> String {
-            let endpoints = std::env::var(ENDPOINTS_ENV).unwrap_or_default();
-            format!("etcd://{endpoints}/lockyard-bench/{name}")
-        }
-
-        fn create(spec: &str, capacity: u32) -> Result<Self> {
-            let (client, table) = connect(spec)?;
-            let table = client.create_table(&table, capacity)?;
-            Ok(EtcdStore {
-                table,
-                _client: client,
-            })
-        }
-
-        fn open(spec: &str) -> Result<Self> {
-            let (client, table) = connect(spec)?;
-            // The table's capacity must be repeated until `Store::open` reads it.
-            let table = client.open_table(&table, crate::ETCD_CAPACITY)?;
-            Ok(EtcdStore {
-                table,
-                _client: client,
-            })
-        }
-
-        fn remove(spec: &str) -> Result<()> {
-            let (client, table) = connect(spec)?;
-            client.remove_table(&table)
-        }
-
-        fn lock(&self, id: u32) -> Result<Self::Lock> {
-            self.table.retrieve(LockId(id))
-        }
+    fn lock(&self, id: u32) -> Result<Self::Lock> {
+        self.retrieve(LockId(id))
     }
 }
-
-/// The capacity of every etcd table the benchmarks create (lock-etcd's `open_table` needs it).
-#[cfg(feature = "etcd")]
-pub const ETCD_CAPACITY: u32 = 2048;
 
 /// Opens the store `spec` names with the backend its scheme selects, takes lock 0 and calls
 /// `f` while holding it; the lock is released afterwards. What the cold-start process does.
@@ -312,9 +219,9 @@ pub fn with_lock_zero<T>(spec: &str, f: impl FnOnce() -> T) -> Result<T> {
         StoreSpec::Mem(_) => run(<MemManager as Backend>::create(spec, 1)?, f),
         StoreSpec::Shm(_) => run(<ShmManager as Backend>::open(spec)?, f),
         StoreSpec::File(_) => run(<FileManager as Backend>::open(spec)?, f),
-        StoreSpec::Dir(_) => run(<DirStore as Backend>::open(spec)?, f),
+        StoreSpec::Dir(_) => run(<DirTable as Backend>::open(spec)?, f),
         #[cfg(feature = "etcd")]
-        StoreSpec::Etcd(_) => run(<EtcdStore as Backend>::open(spec)?, f),
+        StoreSpec::Etcd(_) => run(<EtcdTable as Backend>::open(spec)?, f),
         other => Err(Error::Unsupported(match other.scheme() {
             "etcd" => "etcd stores (build with --features etcd)",
             _ => "this store kind",

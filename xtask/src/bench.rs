@@ -3,15 +3,19 @@
 //! `benches/` package) several times and writes the report.
 //!
 //! ```text
-//! cargo xtask bench [BACKEND..] [--quick] [--runs N] [--compare | --no-compare] [--save-plot]
+//! cargo xtask bench [BACKEND..] [--quick] [--runs N] [--compare | --no-compare] [--etcd]
+//!                   [--save-plot]
 //! ```
 //!
 //! - no BACKEND: every backend; the report goes to `docs/benchmarks.md` and its charts to
-//!   `docs/*.svg` (unless `--quick`); with BACKENDs, the comparison runs those backends (and
-//!   every peer) and the report stays in `target/lockyard-bench/report/`;
+//!   `docs/*.svg` (unless `--quick` or fewer than 3 runs); with BACKENDs, the comparison runs
+//!   those backends (and every peer); other reports stay in `target/lockyard-bench/report/`;
 //! - `--runs N`: comparison runs (default 3, or 1 with `--quick`); each figure of the report is
 //!   the median of the runs with their min–max;
 //! - `--compare`: only the comparison; `--no-compare`: only the per-backend lines;
+//! - `--etcd`: the comparison gets its etcd rows (cargo feature `etcd` of `lockyard-benches`:
+//!   needs protoc and etcd; the bench starts a 3-member cluster); selecting the `etcd` backend
+//!   does the same for etcd alone;
 //! - `--save-plot`: the per-backend lines' ratio chart goes to `docs/benchmarks.svg`.
 //!
 //! Per-backend convention (see ARCHITECTURE.md): a compared figure is a criterion group named
@@ -41,6 +45,7 @@ struct Options {
     runs: Option<usize>,
     compare_only: bool,
     no_compare: bool,
+    etcd: bool,
     selected: Vec<BackendCrate>,
 }
 
@@ -53,6 +58,7 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--save-plot" => o.save_plot = true,
             "--compare" => o.compare_only = true,
             "--no-compare" => o.no_compare = true,
+            "--etcd" => o.etcd = true,
             "--runs" => {
                 let n = args.next().ok_or("--runs needs a number")?;
                 o.runs = Some(
@@ -124,6 +130,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         eprintln!("xtask: plot written to {}", path.display());
     }
     if let Some((runs, loads)) = comparison {
+        let run_count = runs.len();
         let mut loads = loads;
         loads.insert(0, load_start);
         let report = report::Report::new(
@@ -135,7 +142,11 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
         );
         println!();
         println!("{}", report.text());
-        let to_docs = all && !o.quick;
+        for line in report.lines() {
+            println!("{line}");
+        }
+        // docs/ quotes the spread of at least three runs of every default backend.
+        let to_docs = all && !o.quick && run_count >= 3;
         let dir = if to_docs {
             crate::root().join("docs")
         } else {
@@ -183,7 +194,7 @@ fn compare(o: &Options, all: bool, runs: usize) -> Result<(Vec<RunFigures>, Vec<
     let figures = figures_file();
     let mut results = Vec::new();
     let mut loads = Vec::new();
-    let etcd = o.selected.iter().any(|b| b.needs_etcd);
+    let etcd = o.etcd || o.selected.iter().any(|b| b.needs_etcd);
     for i in 1..=runs {
         eprintln!("xtask: comparison run {i} of {runs}");
         let _ = fs::remove_file(&figures);

@@ -118,6 +118,8 @@ impl Machine {
 
 /// A target of DESIGN.md section 5, computed from the figures of each run.
 struct Target {
+    /// The bench line's name: `compare-<slug>: ours X, peer Y, ratio Z`.
+    slug: &'static str,
     what: &'static str,
     group: &'static str,
     /// The row, by its beginning.
@@ -131,8 +133,9 @@ struct Target {
     unit: Unit,
 }
 
-const TARGETS: [Target; 18] = {
+const TARGETS: [Target; 19] = {
     const fn ratio(
+        slug: &'static str,
         what: &'static str,
         group: &'static str,
         row: &'static str,
@@ -141,6 +144,7 @@ const TARGETS: [Target; 18] = {
         bound: f64,
     ) -> Target {
         Target {
+            slug,
             what,
             group,
             row,
@@ -152,6 +156,7 @@ const TARGETS: [Target; 18] = {
         }
     }
     const fn absolute(
+        slug: &'static str,
         what: &'static str,
         group: &'static str,
         row: &'static str,
@@ -159,6 +164,7 @@ const TARGETS: [Target; 18] = {
         unit: Unit,
     ) -> Target {
         Target {
+            slug,
             what,
             group,
             row,
@@ -172,6 +178,7 @@ const TARGETS: [Target; 18] = {
     const UNC: &str = "lock+unlock, uncontended";
     [
         ratio(
+            "shm-uncontended",
             "shm uncontended lock+unlock ÷ glibc robust",
             "uncontended",
             UNC,
@@ -180,6 +187,7 @@ const TARGETS: [Target; 18] = {
             0.9,
         ),
         ratio(
+            "mem-uncontended",
             "mem lock+unlock ÷ parking_lot",
             "uncontended",
             UNC,
@@ -188,6 +196,7 @@ const TARGETS: [Target; 18] = {
             1.1,
         ),
         ratio(
+            "file-uncontended",
             "file lock+unlock ÷ flock pair",
             "uncontended",
             UNC,
@@ -196,6 +205,7 @@ const TARGETS: [Target; 18] = {
             1.1,
         ),
         ratio(
+            "dirlock-uncontended",
             "dirlock lock+unlock ÷ O_EXCL pid file ¹",
             "uncontended",
             UNC,
@@ -204,6 +214,7 @@ const TARGETS: [Target; 18] = {
             1.2,
         ),
         ratio(
+            "file-2proc",
             "file, 2 processes ÷ flock",
             "contention",
             "P = 2: ns",
@@ -212,6 +223,7 @@ const TARGETS: [Target; 18] = {
             1.05,
         ),
         ratio(
+            "shm-2proc",
             "shm, 2 processes ÷ glibc robust",
             "contention",
             "P = 2: ns",
@@ -220,6 +232,7 @@ const TARGETS: [Target; 18] = {
             0.75,
         ),
         ratio(
+            "shm-4proc",
             "shm, 4 processes ÷ glibc robust",
             "contention",
             "P = 4: ns",
@@ -228,6 +241,7 @@ const TARGETS: [Target; 18] = {
             0.75,
         ),
         ratio(
+            "shm-8proc",
             "shm, 8 processes ÷ glibc robust",
             "contention",
             "P = 8: ns",
@@ -236,6 +250,7 @@ const TARGETS: [Target; 18] = {
             0.75,
         ),
         Target {
+            slug: "shm-2proc-fairness",
             what: "shm fairness ÷ glibc's, 2 processes",
             group: "contention",
             row: "P = 2: fairness",
@@ -246,6 +261,7 @@ const TARGETS: [Target; 18] = {
             unit: Unit::Ratio,
         },
         Target {
+            slug: "shm-4proc-fairness",
             what: "shm fairness ÷ glibc's, 4 processes",
             group: "contention",
             row: "P = 4: fairness",
@@ -256,6 +272,7 @@ const TARGETS: [Target; 18] = {
             unit: Unit::Ratio,
         },
         Target {
+            slug: "shm-8proc-fairness",
             what: "shm fairness ÷ glibc's, 8 processes",
             group: "contention",
             row: "P = 8: fairness",
@@ -266,6 +283,7 @@ const TARGETS: [Target; 18] = {
             unit: Unit::Ratio,
         },
         absolute(
+            "shm-alloc-free-2e11",
             "shm allocate+free at 2^11",
             "alloc",
             "allocate+free, all but one id taken: 2^11",
@@ -273,6 +291,7 @@ const TARGETS: [Target; 18] = {
             Unit::Ns,
         ),
         absolute(
+            "shm-alloc-free-2e16",
             "shm allocate+free at 2^16",
             "alloc",
             "allocate+free, all but one id taken: 2^16",
@@ -280,6 +299,7 @@ const TARGETS: [Target; 18] = {
             Unit::Ns,
         ),
         absolute(
+            "shm-alloc-free-2e20",
             "shm allocate+free at 2^20",
             "alloc",
             "allocate+free, all but one id taken: 2^20",
@@ -287,6 +307,7 @@ const TARGETS: [Target; 18] = {
             Unit::Ns,
         ),
         absolute(
+            "shm-takeover-median",
             "shm takeover after SIGKILL, median",
             "takeover",
             "SIGKILLed holder → blocked waiter holds the lock: median",
@@ -294,6 +315,7 @@ const TARGETS: [Target; 18] = {
             Unit::Ns,
         ),
         absolute(
+            "shm-takeover-max",
             "shm takeover after SIGKILL, max",
             "takeover",
             "SIGKILLed holder → blocked waiter holds the lock: max",
@@ -301,6 +323,7 @@ const TARGETS: [Target; 18] = {
             Unit::Ns,
         ),
         absolute(
+            "shm-idle-waiters-cpu",
             "shm: CPU of 50 waiters blocked 10 s",
             "idle",
             "50 waiters blocked 10 s on a live holder: CPU",
@@ -308,6 +331,16 @@ const TARGETS: [Target; 18] = {
             Unit::CpuSeconds,
         ),
         ratio(
+            "etcd-uncontended",
+            "etcd lock+unlock ÷ etcd's Lock RPC on a session",
+            "uncontended",
+            UNC,
+            "etcd",
+            "etcd-lock-rpc",
+            1.0,
+        ),
+        ratio(
+            "shm-vs-mem",
             "shm uncontended ÷ mem (no target; for scale)",
             "uncontended",
             UNC,
@@ -479,6 +512,42 @@ impl Report {
                     t.unit.show(t.bound),
                     values.len()
                 ))
+            })
+            .collect()
+    }
+
+    /// One bench line per target measured, in the per-backend format
+    /// (`compare-<slug>: ours X, peer Y, ratio Z`, or `ours X, target Y` without a peer), from
+    /// the medians of the runs.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        TARGETS
+            .iter()
+            .filter_map(|t| {
+                let median = |col: &str| {
+                    self.cells
+                        .iter()
+                        .find(|((g, r, c), _)| g == t.group && r.starts_with(t.row) && c == col)
+                        .and_then(|(_, cell)| Some((cell.stats()?.0, cell.unit)))
+                };
+                let (ours, unit) = median(t.ours)?;
+                Some(match t.peer {
+                    Some(p) => {
+                        let (peer, _) = median(p)?;
+                        let ratio = if peer > 0.0 { ours / peer } else { f64::NAN };
+                        format!(
+                            "compare-{}: ours {}, peer {}, ratio {ratio:.2}",
+                            t.slug,
+                            unit.show(ours),
+                            unit.show(peer)
+                        )
+                    }
+                    None => format!(
+                        "compare-{}: ours {}, target {}",
+                        t.slug,
+                        unit.show(ours),
+                        t.unit.show(t.bound)
+                    ),
+                })
             })
             .collect()
     }
@@ -678,6 +747,7 @@ const NOTES: &str = "
 - **takeover**: a holder process is SIGKILLed while a thread of the bench waits in `lock` (a 30 s bound); the figure is from the kill to the waiter holding the lock.
   The kill comes a uniformly random 10-30 ms after the waiter started waiting, so it falls at a random phase of any probe or backoff cycle of the wait; the share of takeovers reported as owner death is listed too (1.00: all).
 - **idle**: 50 processes wait in `lock` on a lock this process holds and never releases; the CPU they burn in the window (from `/proc/PID/schedstat`) and their context switches (from `/proc/PID/status`).
+- **etcd** (with `--etcd`, or `cargo xtask bench etcd`): a 3-member cluster on 127.0.0.1 started by the bench, tables with a 2 s lease TTL (so a killed holder's lock is taken over within the TTL); the peer is etcd's Lock and Unlock RPCs on one session lease granted for the run.
 - **coldstart**: execute a process that opens an existing store, takes lock 0, runs `true`, releases the lock and exits (`lockyard-coldstart SPEC -- true`), against `flock FILE true`.
   An in-process mem table cannot outlive its process, so the mem process creates its table.
 
@@ -779,5 +849,9 @@ mod tests {
         assert!(md.contains("met in 1 of 2 runs"), "{md}");
         assert!(md.contains("/tmp (ext4)"));
         assert!(r.text().contains("shm"));
+        assert_eq!(
+            r.lines(),
+            vec!["compare-shm-uncontended: ours 20.0 ns, peer 20.0 ns, ratio 1.00".to_string()]
+        );
     }
 }

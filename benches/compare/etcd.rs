@@ -1,0 +1,76 @@
+//! The etcd peer: etcd's own Lock and Unlock RPCs (etcd-client) on one session lease, granted
+//! once for the whole run, as Go's `concurrency.Mutex` on a `Session` does.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{Client, LockOptions};
+
+use crate::subject::Mutexish;
+
+/// The name every acquisition of the peer locks.
+const NAME: &str = "lockyard-bench/etcd-lock-rpc";
+
+/// One lock through etcd's Lock RPC.
+pub(crate) struct LockRpc {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    lease: i64,
+    key: Mutex<Option<Vec<u8>>>,
+}
+
+impl LockRpc {
+    /// Connects to `endpoints` (comma-separated) and grants the session lease (60 s: longer
+    /// than any group that uses it, so no keepalive is needed).
+    pub(crate) fn connect(endpoints: &str) -> LockRpc {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let endpoints: Vec<&str> = endpoints.split(',').collect();
+        let (client, lease) = runtime.block_on(async {
+            let mut client = Client::connect(&endpoints, None)
+                .await
+                .expect("connect to etcd");
+            let lease = client.lease_grant(60, None).await.expect("lease").id();
+            (client, lease)
+        });
+        LockRpc {
+            runtime,
+            client,
+            lease,
+            key: Mutex::new(None),
+        }
+    }
+}
+
+impl Mutexish for LockRpc {
+    fn acquire(&self) -> bool {
+        let mut client = self.client.clone();
+        let key = self
+            .runtime
+            .block_on(client.lock(NAME, Some(LockOptions::new().with_lease(self.lease))))
+            .expect("Lock RPC")
+            .key()
+            .to_vec();
+        *self.key.lock().expect("key") = Some(key);
+        false
+    }
+
+    fn acquire_for(&self, _timeout: Duration) -> Option<bool> {
+        panic!("the Lock RPC peer only runs in the uncontended group")
+    }
+
+    fn try_acquire(&self) -> bool {
+        panic!("etcd's Lock RPC has no try_lock")
+    }
+
+    fn release(&self) {
+        let key = self.key.lock().expect("key").take().expect("held");
+        let mut client = self.client.clone();
+        self.runtime
+            .block_on(client.unlock(key))
+            .expect("Unlock RPC");
+    }
+}
