@@ -130,11 +130,17 @@ const HEAVY: [&str; 3] = ["tokio", "etcd-client", "tonic"];
 fn lean() -> Result<(), String> {
     for package in LEAN {
         let mut command = cargo();
-        command.args(["tree", "--package", package, "--edges", "normal", "--prefix", "none"]);
+        command.args([
+            "tree",
+            "--package",
+            package,
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+        ]);
         eprintln!("xtask: {}", show(&command));
-        let output = command
-            .output()
-            .map_err(|e| format!("cargo tree: {e}"))?;
+        let output = command.output().map_err(|e| format!("cargo tree: {e}"))?;
         if !output.status.success() {
             return Err(format!("cargo tree -p {package} failed"));
         }
@@ -148,7 +154,11 @@ fn lean() -> Result<(), String> {
             return Err(format!("{package} depends on {heavy:?}; it must stay lean"));
         }
     }
-    eprintln!("xtask: {} pull in none of {}", LEAN.join(", "), HEAVY.join(", "));
+    eprintln!(
+        "xtask: {} pull in none of {}",
+        LEAN.join(", "),
+        HEAVY.join(", ")
+    );
     Ok(())
 }
 
