@@ -7,7 +7,7 @@
 //! in lock words is `generation << SLOT_BITS | slot`; a token whose generation is not the slot's
 //! current one belongs to an earlier, dead, owner of the slot.
 //!
-//! Slot record (128 bytes): `u32` generation, `u32` pid, 4 reserved bytes, `u32` unlisted waits,
+//! Slot record (128 bytes): `u32` generation, `u32` pid, `u32` death word, `u32` unlisted waits,
 //! then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty; 4
 //! reserved bytes; `u64` unix milliseconds when the wait began).
 //!
@@ -55,7 +55,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use lock_api::{Error, Result};
 
 use crate::layout::{CLIENT_SLOTS, Layout};
-use crate::segment::Segment;
+use crate::segment::{Le32, Segment, SlotLock};
 
 /// Bits of a token that name the slot.
 pub(crate) const SLOT_BITS: u32 = 10;
@@ -66,6 +66,8 @@ const _: () = assert!(CLIENT_SLOTS == 1 << SLOT_BITS);
 
 /// Offset of the pid within a slot record.
 const PID: usize = 4;
+/// Offset of the death word: the last generation of this slot whose owner is known dead.
+const DEATH: usize = 8;
 /// Offset of the count of waits that found no free entry.
 const UNLISTED: usize = 12;
 /// Offset of the first waiter entry.
@@ -102,7 +104,7 @@ fn next_generation(g: u32) -> Option<u32> {
 ///
 /// `Unavailable` when every slot is held by an open manager or retired, naming the table's size;
 /// `Io` when `fcntl(2)` fails.
-pub(crate) fn claim(seg: &Segment, layout: &Layout) -> Result<(u32, u32)> {
+pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(u32, u32)> {
     let mut retired = 0;
     for slot in 0..CLIENT_SLOTS {
         let off = layout.slot_offset(slot);
@@ -112,10 +114,13 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout) -> Result<(u32, u32)> {
             retired += 1;
             continue;
         }
-        if seg.ofd_try_lock(off)? {
+        if lock.try_lock(off)? {
+            // Holding the slot's lock proves its previous owner gone: say so, for waiters that
+            // sleep on its death word (a watcher may have missed it: see watch.rs).
+            announce_death(seg, layout, slot, generation_word.load(Acquire))?;
             let Some(generation) = next_generation(generation_word.load(Acquire)) else {
                 // Its last owner used the last generation after our first look.
-                seg.ofd_unlock(off)?;
+                lock.unlock(off)?;
                 retired += 1;
                 continue;
             };
@@ -144,21 +149,64 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout) -> Result<(u32, u32)> {
     ))))
 }
 
-/// Whether the owner named by `owner` (a token other than this manager's) is gone. Token 0
-/// (a word holding only the waiters bit) names nobody and is dead.
-///
-/// The OFD lock is probed before the generation is read (module docs).
-pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, my_slot: u32, owner: u32) -> Result<bool> {
+/// The death word of `slot`: the last generation of the slot whose owner is known dead (0: none
+/// yet). Waiters sleep on it (`futex_waitv`) beside the lock word.
+pub(crate) fn death_word<'a>(seg: &'a Segment, layout: &Layout, slot: u32) -> Result<&'a Le32> {
+    if slot >= CLIENT_SLOTS {
+        return Err(Error::corrupt(format!("client slot {slot} does not exist")));
+    }
+    seg.u32(layout.slot_offset(slot) + DEATH)
+}
+
+/// Records that the owner of generation `generation` of `slot` is dead and wakes every waiter
+/// sleeping on the slot's death word. The caller proved it: it holds a lock on the slot's byte
+/// (so nobody holds the slot) and read `generation` under that lock. Generation 0 (never
+/// claimed) records nothing.
+pub(crate) fn announce_death(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    generation: u32,
+) -> Result<()> {
+    if generation == 0 {
+        return Ok(());
+    }
+    let word = death_word(seg, layout, slot)?;
+    if word.load(Relaxed) != generation {
+        word.store(generation, Release);
+    }
+    crate::futex::wake_all(word)
+}
+
+/// Whether the owner named by `owner` (a token other than this manager's) is known gone from
+/// shared memory alone: its slot's death word names its generation, or the slot's generation
+/// moved on. `false` means "alive, or dead without anyone having said so yet". Token 0 (a word
+/// holding only the waiters bit) names nobody and is dead.
+pub(crate) fn owner_known_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
     let (slot, generation) = decode(owner);
     if generation == 0 {
         // No manager ever writes such a token: garbage in the word. Taking it over repairs it.
         return Ok(true);
     }
-    let off = layout.slot_offset(slot);
-    if slot == my_slot {
-        // Our own description's lock is invisible to F_OFD_GETLK; the generation decides.
-        return Ok(seg.u32(off)?.load(Acquire) != generation);
+    if death_word(seg, layout, slot)?.load(Acquire) == generation {
+        return Ok(true);
     }
+    Ok(seg.u32(layout.slot_offset(slot))?.load(Acquire) != generation)
+}
+
+/// Whether the owner named by `owner` (a token other than this manager's) is gone: known dead
+/// (above), or its slot's byte is unlocked (`F_OFD_GETLK`, a system call). Token 0 (a word
+/// holding only the waiters bit) names nobody and is dead.
+///
+/// The OFD lock is probed before the generation is read (module docs).
+pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
+    if owner_known_dead(seg, layout, owner)? {
+        return Ok(true);
+    }
+    let (slot, generation) = decode(owner);
+    let off = layout.slot_offset(slot);
+    // Every slot is locked through its own description, never the mapped one the probe asks
+    // through, so this manager's own slot reads as locked too.
     if !seg.ofd_is_locked(off)? {
         return Ok(true);
     }

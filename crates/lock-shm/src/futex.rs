@@ -6,7 +6,8 @@
 //! most [`PROBE_INTERVAL`], and after each interval ask the probe whether the holder is dead;
 //! unlock makes a `FUTEX_WAKE` syscall only when the waiters bit was set.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{self, Relaxed};
 use std::time::{Duration, Instant};
 
 use lock_api::{Acquired, Error, Result};
@@ -77,11 +78,19 @@ impl<F: FnMut(u32) -> Result<bool>> Sys<Le32> for Waiter<F> {
         Tick { probe, expired }
     }
 
-    fn dead(&mut self, owner: u32) -> Result<bool> {
-        (self.dead)(owner)
+    /// The allocation lock is held for microseconds: its waiters poll the holder every
+    /// [`PROBE_INTERVAL`] instead of watching it.
+    type Seen = ();
+
+    fn watch(&mut self, _owner: u32) -> Result<()> {
+        Ok(())
     }
 
-    fn wait(&mut self, word: &Le32, expected: u32) -> Result<()> {
+    fn dead(&mut self, owner: u32, full: bool) -> Result<bool> {
+        if full { (self.dead)(owner) } else { Ok(false) }
+    }
+
+    fn wait(&mut self, word: &Le32, expected: u32, _seen: Option<()>) -> Result<()> {
         let mut sleep = PROBE_INTERVAL.saturating_sub(self.now.duration_since(self.last_probe));
         if let Some(deadline) = self.deadline {
             sleep = sleep.min(deadline.saturating_duration_since(self.now));
@@ -114,6 +123,79 @@ pub(crate) fn wait(word: &Le32, expected: u32, timeout: Option<Duration>) -> Res
         }
         Err(e) => Err(Error::io("futex(FUTEX_WAIT)", "lock word", e.into())),
     }
+}
+
+/// Whether `futex_waitv(2)` (Linux 5.16) was found missing; then waiters poll.
+static NO_WAITV: AtomicBool = AtomicBool::new(false);
+
+/// Whether `futex_waitv(2)` can be used (it has not failed with `ENOSYS`).
+pub(crate) fn waitv_available() -> bool {
+    !NO_WAITV.load(Relaxed)
+}
+
+/// Sleeps while `word` holds `expected` and `other` holds `other_expected`, until either
+/// changes and is woken, or `timeout` passes (`futex_waitv(2)`, both futexes shared). Spurious
+/// returns, a changed value, a timeout and a signal all return `Ok(true)`; `Ok(false)` says that
+/// the kernel has no `futex_waitv` (then nothing slept; the caller falls back to polling).
+///
+/// # Errors
+///
+/// `Io` when `futex_waitv(2)` fails otherwise.
+pub(crate) fn wait_either(
+    word: &Le32,
+    expected: u32,
+    other: &Le32,
+    other_expected: u32,
+    timeout: Option<Duration>,
+) -> Result<bool> {
+    let mut waiters = [futex::Wait::new(), futex::Wait::new()];
+    for (w, (atom, value)) in waiters
+        .iter_mut()
+        .zip([(word, expected), (other, other_expected)])
+    {
+        w.val = u64::from(value.to_le());
+        w.uaddr = futex::WaitPtr::new(atom.futex_word().as_ptr().cast());
+        w.flags = futex::WaitFlags::SIZE_U32;
+    }
+    // The timeout of futex_waitv is absolute, on the clock it is given.
+    let deadline = timeout.map(|t| {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let nanos = i64::from(t.subsec_nanos()) + now.tv_nsec;
+        rustix::time::Timespec {
+            tv_sec: now
+                .tv_sec
+                .saturating_add(i64::try_from(t.as_secs()).unwrap_or(i64::MAX))
+                .saturating_add(nanos / 1_000_000_000),
+            tv_nsec: nanos % 1_000_000_000,
+        }
+    });
+    match futex::waitv(
+        &waiters,
+        futex::WaitvFlags::empty(),
+        deadline.as_ref(),
+        rustix::time::ClockId::Monotonic,
+    ) {
+        Ok(_)
+        | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR) => {
+            Ok(true)
+        }
+        Err(rustix::io::Errno::NOSYS) => {
+            NO_WAITV.store(true, Relaxed);
+            Ok(false)
+        }
+        Err(e) => Err(Error::io("futex_waitv", "lock word", e.into())),
+    }
+}
+
+/// Wakes every sleeper on `word` (`FUTEX_WAKE`, shared).
+///
+/// # Errors
+///
+/// `Io` when `futex(2)` fails.
+pub(crate) fn wake_all(word: &Le32) -> Result<()> {
+    futex::wake(word.futex_word(), futex::Flags::empty(), u32::MAX)
+        .map(|_| ())
+        .map_err(|e| Error::io("futex(FUTEX_WAKE)", "death word", e.into()))
 }
 
 /// Wakes one sleeper on `word` (`FUTEX_WAKE`, shared).

@@ -12,9 +12,11 @@ use lock_api::{Error, Result};
 pub(crate) const MAGIC: [u8; 8] = *b"LKYDSHM\0";
 /// The format version this code reads and writes. Version 2 retired a client slot at its last
 /// generation instead of wrapping it (client.rs); version 3 grew the client slot to 128 bytes for
-/// waiter entries and added the since region and the deadlock detection lock. A process of
-/// another version would ignore what this one publishes, so the versions never share a segment.
-pub(crate) const VERSION: u32 = 3;
+/// waiter entries and added the since region and the deadlock detection lock; version 4 gave
+/// each slot a death word that waiters sleep on (watch.rs). A process of another version would
+/// ignore what this one publishes (a version 3 waiter would never be woken by a death, a version
+/// 3 claimer would not announce one), so the versions never share a segment.
+pub(crate) const VERSION: u32 = 4;
 /// Bytes reserved for the header; the client table starts here.
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Bytes per lock word.

@@ -13,6 +13,7 @@ mod model;
 mod observe;
 mod segment;
 mod wait;
+mod watch;
 
 pub use layout::MAX_CAPACITY;
 pub use lock_api::{

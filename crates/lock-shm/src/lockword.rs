@@ -54,6 +54,24 @@
 //!   through `fcntl(2)`; the kernel serialises lock operations on a file under its own locks, so
 //!   an OFD lock taken before an owner's first CAS is seen by any probe that synchronizes with
 //!   that CAS.
+//!
+//! # Waking on a death
+//!
+//! A dead holder never writes its word again, so a sleeper on the word alone would sleep
+//! forever. Each owner therefore has a *death notice* (production: the death word of its client
+//! slot, written by a watcher or a claimer that proved the death, see watch.rs and client.rs),
+//! and a waiter sleeps on the word and on its holder's notice at once (`futex_waitv`). The
+//! order in each round of the wait loop is what makes that race-free:
+//!
+//! 1. read the notice ([`Sys::watch`]), and make sure someone watches the holder;
+//! 2. probe the holder ([`Sys::dead`]); a dead one is taken over at once;
+//! 3. sleep while the word and the notice both still hold what was read ([`Sys::wait`]).
+//!
+//! A death is published by changing the notice, then waking its sleepers. If it was published
+//! before step 1, step 2 sees it (the probe reads the notice too); if after, the notice differs
+//! from what step 1 read, so step 3 either does not sleep or is woken: the futex compares and
+//! enqueues atomically with respect to the wake. Reading the notice after the probe would lose
+//! exactly the deaths published in between (model.rs plants that bug and loom finds it).
 
 use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release};
 
@@ -78,35 +96,47 @@ pub(crate) trait Word {
     ) -> std::result::Result<u32, u32>;
 }
 
-/// What one `lock_contended` call sees of the clock.
+/// What one round of a `lock_contended` call sees of the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tick {
-    /// A liveness probe of the holder is due.
+    /// A full liveness probe of the holder (one that asks the kernel) is due.
     pub(crate) probe: bool,
     /// The caller's deadline has passed.
     pub(crate) expired: bool,
 }
 
-/// The system a waiter runs on: the clock, the liveness probe and the futex.
+/// The system a waiter runs on: the clock, the liveness probe, the death notices and the futex.
 pub(crate) trait Sys<W: Word> {
+    /// What a waiter read of the holder's death notice before it probed the holder: a death
+    /// published after that read wakes a [`wait`](Sys::wait) given it.
+    type Seen: Copy;
     /// How often to re-read the word before the first sleep.
     fn spins(&self) -> u32;
     /// Reads the clock once for this round of the wait loop.
     fn tick(&mut self) -> Tick;
-    /// Whether the owner named by token `owner` (never the caller's own) is dead. Token 0 names
-    /// no owner and is dead.
+    /// Reads the death notice of `owner` (never the caller's own token), before it is probed,
+    /// and makes sure someone watches it.
+    ///
+    /// # Errors
+    ///
+    /// Whatever reading it fails with.
+    fn watch(&mut self, owner: u32) -> Result<Self::Seen>;
+    /// Whether the owner named by token `owner` (never the caller's own) is dead: from its death
+    /// notice and slot alone, or, when `full`, also from the kernel. Token 0 names no owner and
+    /// is dead.
     ///
     /// # Errors
     ///
     /// Whatever the probe's system calls fail with.
-    fn dead(&mut self, owner: u32) -> Result<bool>;
-    /// Sleeps while `word` holds `expected`, at most until the next probe is due or the deadline,
-    /// whichever is first. Spurious returns are allowed.
+    fn dead(&mut self, owner: u32, full: bool) -> Result<bool>;
+    /// Sleeps while `word` holds `expected` and, when `seen` is given, while the holder's death
+    /// notice is still what `watch` read; at most until a timeout of the system's choosing or
+    /// the deadline. Spurious returns are allowed.
     ///
     /// # Errors
     ///
     /// Whatever the sleep's system call fails with.
-    fn wait(&mut self, word: &W, expected: u32) -> Result<()>;
+    fn wait(&mut self, word: &W, expected: u32, seen: Option<Self::Seen>) -> Result<()>;
     /// Called once, after spinning and before the first look that may sleep: the wait is now a
     /// slow one, and may be published.
     ///
@@ -269,14 +299,21 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             continue;
         }
         let tick = sys.tick();
-        if tick.probe && v & OWNER != token && sys.dead(v & OWNER)? {
-            if word
-                .compare_exchange(v, token | WAITERS, AcqRel, Relaxed)
-                .is_ok()
-            {
-                return Ok(Some(Acquired::OwnerDied));
+        let owner = v & OWNER;
+        // The death notice is read before the probe: a death the probe missed is published
+        // after this read, and wakes the sleep below (module docs, "Waking on a death").
+        let mut seen = None;
+        if owner != token {
+            seen = Some(sys.watch(owner)?);
+            if sys.dead(owner, tick.probe)? {
+                if word
+                    .compare_exchange(v, token | WAITERS, AcqRel, Relaxed)
+                    .is_ok()
+                {
+                    return Ok(Some(Acquired::OwnerDied));
+                }
+                continue;
             }
-            continue;
         }
         if v & WAITERS == 0
             && word
@@ -286,10 +323,10 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             continue;
         }
         if tick.expired {
-            // One last look, so a timeout shorter than the probe interval still finds a dead
-            // holder, as `try_lock` would. The word now has the waiters bit.
-            if v & OWNER != token
-                && sys.dead(v & OWNER)?
+            // One last full look, so a timeout still finds a dead holder, as `try_lock` would.
+            // The word now has the waiters bit.
+            if owner != token
+                && sys.dead(owner, true)?
                 && word
                     .compare_exchange(v | WAITERS, token | WAITERS, AcqRel, Relaxed)
                     .is_ok()
@@ -298,10 +335,10 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             }
             return Ok(None);
         }
-        if v & OWNER != token {
-            sys.check(v & OWNER)?;
+        if owner != token {
+            sys.check(owner)?;
         }
-        sys.wait(word, v | WAITERS)?;
+        sys.wait(word, v | WAITERS, seen)?;
     }
 }
 

@@ -17,8 +17,9 @@ use crate::client;
 use crate::fork;
 use crate::futex;
 use crate::layout::{Layout, field};
-use crate::segment::{self, Le32, Segment};
+use crate::segment::{self, Le32, Segment, SlotLock};
 use crate::wait::LockWaiter;
+use crate::watch::Watchers;
 
 /// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise
 /// ([`Manager::set_deadlock_timeout`]); PostgreSQL's `deadlock_timeout` default.
@@ -29,6 +30,15 @@ pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     pub(crate) seg: Segment,
     pub(crate) layout: Layout,
+    /// The description that holds this manager's client slot (not mapped: segment.rs). Never
+    /// read: it is held so that dropping the manager releases the slot.
+    #[allow(
+        dead_code,
+        reason = "held for its OFD lock, released when it is dropped"
+    )]
+    slot_lock: SlotLock,
+    /// The threads that watch the owners this manager waits for (watch.rs).
+    pub(crate) watchers: Arc<Watchers>,
     name: String,
     pub(crate) slot: u32,
     pub(crate) token: u32,
@@ -49,11 +59,15 @@ pub(crate) struct Shared {
 impl Shared {
     fn attach(name: &str, seg: Segment, layout: Layout) -> Result<Shared> {
         let forks = fork::generation()?;
-        let (slot, generation) = client::claim(&seg, &layout)?;
+        let slot_lock = seg.slot_description()?;
+        let watchers = Watchers::new(&seg, &layout)?;
+        let (slot, generation) = client::claim(&seg, &layout, &slot_lock)?;
         let epoch = seg.u64(field::EPOCH)?.load(Relaxed);
         let shared = Shared {
             seg,
             layout,
+            slot_lock,
+            watchers,
             name: name.to_owned(),
             slot,
             token: client::token(slot, generation),
@@ -93,7 +107,7 @@ impl Shared {
         if owner == self.token {
             return Ok(false);
         }
-        client::owner_dead(&self.seg, &self.layout, self.slot, owner)
+        client::owner_dead(&self.seg, &self.layout, owner)
     }
 
     fn check(&self, id: LockId) -> Result<()> {

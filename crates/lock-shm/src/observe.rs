@@ -33,8 +33,8 @@
 //! A waiter past its deadlock timeout builds the part of the wait-for graph it can reach: the
 //! lock it waits for, that lock's holder, the waits that holder lists in its slot, their holders,
 //! and so on (dead holders are no edge). When the holder of its lock waits for nothing, which is
-//! the common case for a long wait, that costs one word, one probe and one slot: no lock, no scan
-//! of the lock words. Only when [`lock_api::find_cycle`] finds a cycle through this wait does the
+//! the common case for a long wait, the check reads the lock word and the holder's seven entries
+//! and stops there: no probe, no allocation, no lock, no scan of the lock words. Only when [`lock_api::find_cycle`] finds a cycle through this wait does the
 //! waiter take the segment's detection lock (a lock word in the header, owner-death safe like the
 //! allocation lock), read the graph again twice, and, when the cycle is still there, withdraw its
 //! own waiter entry before it releases the detection lock and returns `Deadlock`. The detection
@@ -309,6 +309,19 @@ pub(crate) fn detect(
     lock: u32,
     withdraw: impl FnOnce() -> Result<()>,
 ) -> Result<Checked> {
+    // The common case, a long wait behind a holder that waits for nothing, costs a few loads:
+    // no probe, no allocation.
+    let v = shared.word(lock)?.load(Acquire);
+    let holder = v & OWNER;
+    if v == 0 || holder == shared.token {
+        return Ok(Checked::NoCycle);
+    }
+    let (slot, _) = client::decode(holder);
+    if !client::any_waits(&shared.seg, &shared.layout, slot)?
+        || client::owner_known_dead(&shared.seg, &shared.layout, holder)?
+    {
+        return Ok(Checked::NoCycle);
+    }
     let me = owner_key(shared.token);
     let (states, _) = reachable(shared, lock)?;
     if find_cycle(&states, &me).is_none() {

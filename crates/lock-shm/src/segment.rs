@@ -341,24 +341,85 @@ impl Segment {
         ))
     }
 
-    /// Takes an exclusive OFD lock (`fcntl(2)` `F_OFD_SETLK`) on byte `off` of the file, without
-    /// waiting. Returns whether it was taken. The lock lasts until the file is closed.
+    /// A second mapping of the first `len` bytes of this segment (the header and the client
+    /// table, for watch.rs), over a duplicate of this segment's descriptor: it lives on after
+    /// this `Segment` is dropped, and holds no lock.
     ///
     /// # Errors
     ///
-    /// `Io` for errors other than a conflicting lock.
-    pub(crate) fn ofd_try_lock(&self, off: usize) -> Result<bool> {
-        let mut fl = flock_at(off, libc::F_WRLCK as libc::c_short);
-        // SAFETY: `fl` is a valid, initialised `struct flock` that outlives the call, and the fd
-        // is open for the life of `self`.
-        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-        if r == 0 {
-            return Ok(true);
+    /// `Io` for OS errors; `Corrupt` when `len` exceeds the segment.
+    pub(crate) fn prefix(&self, len: usize) -> Result<Segment> {
+        if len > self.len {
+            return Err(self.out_of_bounds(len));
         }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::EACCES) => Ok(false),
-            _ => Err(Error::io("fcntl(F_OFD_SETLK)", &self.path, e)),
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("dup", &self.path, e))?;
+        Segment::map(file, len, self.path.clone())
+    }
+
+    /// A second open file description of this segment's file, for the client slot's OFD lock
+    /// (client.rs). It is not mapped: a mapping holds a reference on the description it was
+    /// made from, and the slot lock must go away with the manager even while a watcher thread
+    /// (watch.rs) still uses the mapping. Opened through `/proc/self/fd/N` (a new description of
+    /// the same inode), or, without `/proc`, by name and checked to be the same inode.
+    ///
+    /// # Errors
+    ///
+    /// `Io` for OS errors, or when the name no longer leads to this segment.
+    pub(crate) fn slot_description(&self) -> Result<SlotLock> {
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let fd = match rustix::fs::open(
+            proc_path.as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => {
+                let fd = rustix::fs::open(&self.path, flags, Mode::empty())
+                    .map_err(|e| io_err("open", &self.path, e))?;
+                let ours =
+                    rustix::fs::fstat(&self.file).map_err(|e| io_err("fstat", &self.path, e))?;
+                let theirs = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &self.path, e))?;
+                if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino) {
+                    return Err(Error::io(
+                        "reopen",
+                        &self.path,
+                        io::Error::other("the name leads to another file than the one mapped"),
+                    ));
+                }
+                fd
+            }
+        };
+        Ok(SlotLock {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Waits for a shared OFD lock (`fcntl(2)` `F_OFD_SETLKW`, `F_RDLCK`) on byte `off`
+    /// through this segment's (mapped) description: it is granted once no other description
+    /// holds an exclusive lock on the byte, that is, once the client slot's owner is gone.
+    /// Release it with [`ofd_unlock`](Segment::ofd_unlock).
+    ///
+    /// # Errors
+    ///
+    /// `Io` for OS errors (a signal only makes it retry).
+    pub(crate) fn ofd_read_lock_wait(&self, off: usize) -> Result<()> {
+        loop {
+            let mut fl = flock_at(off, libc::F_RDLCK as libc::c_short);
+            // SAFETY: `fl` is a valid, initialised `struct flock` that outlives the call, and the
+            // fd is open for the life of `self`.
+            let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLKW, &mut fl) };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(Error::io("fcntl(F_OFD_SETLKW)", &self.path, e));
+            }
         }
     }
 
@@ -368,28 +429,20 @@ impl Segment {
     ///
     /// `Io` for OS errors.
     pub(crate) fn ofd_unlock(&self, off: usize) -> Result<()> {
-        let mut fl = flock_at(off, libc::F_UNLCK as libc::c_short);
-        // SAFETY: as for `ofd_try_lock`.
-        let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
-        if r != 0 {
-            return Err(Error::io(
-                "fcntl(F_OFD_SETLK, F_UNLCK)",
-                &self.path,
-                io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        ofd_unlock(self.file.as_raw_fd(), off, &self.path)
     }
 
     /// Whether another open file description holds an OFD lock on byte `off` (`fcntl(2)`
-    /// `F_OFD_GETLK`). Locks held through this segment's own description are not seen.
+    /// `F_OFD_GETLK`). Locks held through this segment's own (mapped) description are not seen;
+    /// client slots are locked through their own descriptions ([`SlotLock`]), so every owner's
+    /// slot is seen, this process's included.
     ///
     /// # Errors
     ///
     /// `Io` for OS errors.
     pub(crate) fn ofd_is_locked(&self, off: usize) -> Result<bool> {
         let mut fl = flock_at(off, libc::F_WRLCK as libc::c_short);
-        // SAFETY: as for `ofd_try_lock`; F_OFD_GETLK only writes into `fl`.
+        // SAFETY: as for `ofd_read_lock_wait`; F_OFD_GETLK only writes into `fl`.
         let r = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
         if r != 0 {
             return Err(Error::io(
@@ -400,6 +453,63 @@ impl Segment {
         }
         Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
     }
+}
+
+/// The open file description through which a manager holds its client slot's OFD lock: it
+/// holds nothing else, and nothing else holds it, so the lock lasts exactly as long as the
+/// manager (or a forked child that inherited the descriptor).
+#[derive(Debug)]
+pub(crate) struct SlotLock {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl SlotLock {
+    /// Takes an exclusive OFD lock (`fcntl(2)` `F_OFD_SETLK`) on byte `off`, without waiting.
+    /// Returns whether it was taken. The lock lasts until the description is closed.
+    ///
+    /// # Errors
+    ///
+    /// `Io` for errors other than a conflicting lock.
+    pub(crate) fn try_lock(&self, off: usize) -> Result<bool> {
+        let mut fl = flock_at(off, libc::F_WRLCK as libc::c_short);
+        // SAFETY: `fl` is a valid, initialised `struct flock` that outlives the call, and the fd
+        // is open for the life of `self`.
+        let r = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+            _ => Err(Error::io("fcntl(F_OFD_SETLK)", &self.path, e)),
+        }
+    }
+
+    /// Releases the lock on byte `off`.
+    ///
+    /// # Errors
+    ///
+    /// `Io` for OS errors.
+    pub(crate) fn unlock(&self, off: usize) -> Result<()> {
+        ofd_unlock(self.fd.as_raw_fd(), off, &self.path)
+    }
+}
+
+/// `fcntl(fd, F_OFD_SETLK, F_UNLCK)` on byte `off`.
+fn ofd_unlock(fd: std::os::fd::RawFd, off: usize, path: &std::path::Path) -> Result<()> {
+    let mut fl = flock_at(off, libc::F_UNLCK as libc::c_short);
+    // SAFETY: `fl` is a valid, initialised `struct flock` that outlives the call; the caller's
+    // descriptor is open for the call.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) };
+    if r != 0 {
+        return Err(Error::io(
+            "fcntl(F_OFD_SETLK, F_UNLCK)",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn flock_at(off: usize, l_type: libc::c_short) -> libc::flock {

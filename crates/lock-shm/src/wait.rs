@@ -2,18 +2,27 @@
 //! waits with, plus what only table locks have: the waiter entry in the client slot, and the
 //! deadlock checks.
 //!
+//! A waiter sleeps on its lock word and on its holder's death word at once (`futex_waitv`), and
+//! makes sure a watcher thread of its manager watches the holder (watch.rs): it wakes when the
+//! lock is released or the holder dies, and otherwise only for its deadline, its deadlock checks
+//! (one deadlock timeout after it began waiting, then at doubling intervals) and, every
+//! [`SAFETY_PROBE`], a full probe of the holder (in case a watcher could not do its job).
+//! Without `futex_waitv` (Linux before 5.16) or a watcher thread, it falls back to polling: a
+//! full probe every [`PROBE_INTERVAL`].
+//!
 //! The protocol (lockword.rs) spins first; only when spinning failed does it call
 //! [`Sys::publish`], which writes this wait into a waiter entry of the manager's slot (client.rs).
 //! The entry is withdrawn when the waiter is dropped, however the wait ended, or earlier, by a
 //! deadlock victim, while it still holds the detection lock (observe.rs).
 
-use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use lock_api::Result;
 
 use crate::client::{self, WAIT_ENTRIES};
 use crate::futex::{self, PROBE_INTERVAL, SPINS};
+use crate::lockword::OWNER;
 use crate::lockword::{Sys, Tick};
 use crate::manager::Shared;
 use crate::observe::{self, Checked};
@@ -21,6 +30,13 @@ use crate::segment::{Le32, unix_now};
 
 /// How soon a waiter checks again when another detector held the detection lock.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
+/// How often a waiter that relies on watchers still probes its holder in full, in case its
+/// watcher could not do its job. Rare on purpose: every wake-up of an idle waiter costs tens of
+/// microseconds of CPU (a timer, two context switches).
+const SAFETY_PROBE: Duration = Duration::from_secs(30);
+/// Re-checks for a deadlock back off: the n-th comes `2^min(n, MAX_BACKOFF)` deadlock timeouts
+/// after the one before.
+const MAX_BACKOFF: u32 = 6;
 
 /// Where this wait is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +59,10 @@ pub(crate) struct LockWaiter<'a> {
     entry: Entry,
     /// When the next deadlock check is due (`None`: detection off).
     next_check: Option<Instant>,
+    /// Whether this wait relies on watchers and `futex_waitv`; otherwise it polls.
+    watching: bool,
+    /// Deadlock checks done so far (for the backoff).
+    checks: u32,
 }
 
 impl<'a> LockWaiter<'a> {
@@ -56,6 +76,17 @@ impl<'a> LockWaiter<'a> {
             now,
             entry: Entry::None,
             next_check: None,
+            watching: futex::waitv_available(),
+            checks: 0,
+        }
+    }
+
+    /// How often the holder is probed in full.
+    fn probe_interval(&self) -> Duration {
+        if self.watching {
+            SAFETY_PROBE
+        } else {
+            PROBE_INTERVAL
         }
     }
 
@@ -73,10 +104,13 @@ impl<'a> LockWaiter<'a> {
         }
     }
 
-    /// When the next check is due after one at `now`, if detection is on.
+    /// When the next check is due after one at `now`, if detection is on: one deadlock timeout
+    /// after the wait was published, then twice as long after each check, up to
+    /// `2^MAX_BACKOFF` timeouts between checks.
     fn schedule(&self, now: Instant) -> Option<Instant> {
         self.shared
             .deadlock_timeout()
+            .and_then(|t| t.checked_mul(1 << self.checks.min(MAX_BACKOFF)))
             .and_then(|t| now.checked_add(t))
     }
 }
@@ -90,6 +124,9 @@ impl Drop for LockWaiter<'_> {
 }
 
 impl Sys<Le32> for LockWaiter<'_> {
+    /// The holder's slot and the value its death word had.
+    type Seen = (u32, u32);
+
     fn spins(&self) -> u32 {
         SPINS
     }
@@ -97,7 +134,7 @@ impl Sys<Le32> for LockWaiter<'_> {
     fn tick(&mut self) -> Tick {
         let now = Instant::now();
         self.now = now;
-        let probe = now.duration_since(self.last_probe) >= PROBE_INTERVAL;
+        let probe = now.duration_since(self.last_probe) >= self.probe_interval();
         if probe {
             self.last_probe = now;
         }
@@ -107,8 +144,21 @@ impl Sys<Le32> for LockWaiter<'_> {
         Tick { probe, expired }
     }
 
-    fn dead(&mut self, owner: u32) -> Result<bool> {
-        self.shared.owner_dead(owner)
+    fn watch(&mut self, owner: u32) -> Result<(u32, u32)> {
+        let (slot, _) = client::decode(owner & OWNER);
+        if self.watching && !self.shared.watchers.ensure(slot) {
+            self.watching = false;
+        }
+        let word = client::death_word(&self.shared.seg, &self.shared.layout, slot)?;
+        Ok((slot, word.load(Acquire)))
+    }
+
+    fn dead(&mut self, owner: u32, full: bool) -> Result<bool> {
+        if full {
+            self.shared.owner_dead(owner)
+        } else {
+            client::owner_known_dead(&self.shared.seg, &self.shared.layout, owner)
+        }
     }
 
     fn publish(&mut self) -> Result<()> {
@@ -153,19 +203,35 @@ impl Sys<Le32> for LockWaiter<'_> {
         let (shared, id) = (self.shared, self.id);
         let checked = observe::detect(shared, id, || self.withdraw())?;
         self.next_check = match checked {
-            Checked::NoCycle => self.schedule(now),
+            Checked::NoCycle => {
+                self.checks = self.checks.saturating_add(1);
+                self.schedule(now)
+            }
             Checked::Busy => now.checked_add(BUSY_RETRY),
         };
         Ok(())
     }
 
-    fn wait(&mut self, word: &Le32, expected: u32) -> Result<()> {
-        let mut sleep = PROBE_INTERVAL.saturating_sub(self.now.duration_since(self.last_probe));
+    fn wait(&mut self, word: &Le32, expected: u32, seen: Option<(u32, u32)>) -> Result<()> {
+        let mut sleep = self
+            .probe_interval()
+            .saturating_sub(self.now.duration_since(self.last_probe));
         if let Some(deadline) = self.deadline {
             sleep = sleep.min(deadline.saturating_duration_since(self.now));
         }
         if let Some(due) = self.next_check {
             sleep = sleep.min(due.saturating_duration_since(self.now));
+        }
+        if self.watching
+            && let Some((slot, death)) = seen
+        {
+            let notice = client::death_word(&self.shared.seg, &self.shared.layout, slot)?;
+            if futex::wait_either(word, expected, notice, death, Some(sleep))? {
+                return Ok(());
+            }
+            // No futex_waitv in this kernel: poll from now on.
+            self.watching = false;
+            sleep = sleep.min(PROBE_INTERVAL);
         }
         futex::wait(word, expected, Some(sleep))
     }

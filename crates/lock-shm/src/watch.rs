@@ -1,0 +1,117 @@
+//! Watcher threads: a waiter learns of its holder's death when it happens.
+//!
+//! A live owner holds an exclusive OFD lock on its client slot's byte for its whole life, and the
+//! kernel drops it when the owner's open file description goes away, whatever killed the
+//! process, in whatever pid namespace. A watcher is a thread that asks for a *shared* OFD lock on
+//! that byte and waits (`F_OFD_SETLKW`): the kernel grants it the moment the owner is gone. The
+//! watcher then reads the slot's generation (stable while it holds the shared lock: no claimer
+//! can take the slot), writes it into the slot's death word, wakes every sleeper on that word,
+//! and releases the byte. Waiters sleep on their lock word and their holder's death word at once
+//! (`futex_waitv`, lockword.rs "Waking on a death"), so they wake within the kernel's own
+//! latency, and never wake while the holder lives.
+//!
+//! One watcher per slot per manager, started by the first wait on an owner of that slot and
+//! ended by that owner's death: a slot's next owner gets a new watcher when someone waits for
+//! it. A watcher leaves the registry *before* it announces, so a wait on the slot's next owner
+//! (which can only begin after the announcement, once a claimer took the slot) always starts a
+//! new one. The registry and the watcher threads hold their own mapping of the header and client
+//! table over a duplicate of the manager's mapped descriptor, never the client slot's own
+//! descriptor (`SlotLock`): a watcher still blocked when its manager is dropped keeps no slot
+//! alive and no lock held; it ends when the owner it watches ends, announcing that death for
+//! whoever still cares.
+//!
+//! A claimer that takes a slot announces its previous owner's death too (client.rs), which
+//! covers a slot reclaimed before a watcher's request reached the kernel (the watcher then
+//! blocks on the new owner, and the announcement comes from the claimer instead).
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use lock_api::Result;
+
+use crate::client;
+use crate::layout::Layout;
+use crate::segment::Segment;
+
+/// Stack of a watcher thread: it only makes a few system calls.
+const STACK: usize = 64 * 1024;
+
+/// The watcher threads of one manager.
+#[derive(Debug)]
+pub(crate) struct Watchers {
+    /// The header and client table, mapped over a duplicate of the manager's mapped descriptor.
+    seg: Segment,
+    layout: Layout,
+    /// Slots with a watcher thread that has not begun its announcement.
+    active: Mutex<HashSet<u32>>,
+    /// Set when a watcher's `F_OFD_SETLKW` failed: this manager's waiters poll from then on.
+    failed: AtomicBool,
+}
+
+impl Watchers {
+    /// The registry of a manager whose segment is `seg` with `layout`.
+    ///
+    /// # Errors
+    ///
+    /// `Io` when the descriptor cannot be duplicated or the table mapped.
+    pub(crate) fn new(seg: &Segment, layout: &Layout) -> Result<Arc<Watchers>> {
+        let len = layout.slot_offset(crate::layout::CLIENT_SLOTS - 1)
+            + crate::layout::CLIENT_SLOT_SIZE as usize;
+        Ok(Arc::new(Watchers {
+            seg: seg.prefix(len)?,
+            layout: layout.clone(),
+            active: Mutex::new(HashSet::new()),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Makes sure a thread watches the owner of `slot`. Returns `false` when no thread could be
+    /// started (the caller then polls).
+    pub(crate) fn ensure(self: &Arc<Self>, slot: u32) -> bool {
+        if self.failed.load(Relaxed) {
+            return false;
+        }
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.contains(&slot) {
+            return true;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("lock-shm-watch-{slot}"))
+            .stack_size(STACK)
+            .spawn(move || me.run(slot));
+        if spawned.is_err() {
+            return false;
+        }
+        active.insert(slot);
+        true
+    }
+
+    /// A watcher thread: waits for the slot's owner to go, then announces it.
+    fn run(&self, slot: u32) {
+        let off = self.layout.slot_offset(slot);
+        let granted = self.seg.ofd_read_lock_wait(off);
+        // Leave the registry first (module docs): a wait that begins after this starts its own
+        // watcher.
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&slot);
+        if granted.is_err() {
+            // No lock, no announcement. Wake this slot's sleepers without a death: they find the
+            // registry failed and poll instead (wait.rs).
+            self.failed.store(true, Relaxed);
+            if let Ok(word) = client::death_word(&self.seg, &self.layout, slot) {
+                let _ = crate::futex::wake_all(word);
+            }
+            return;
+        }
+        let announced = self.seg.u32(off).and_then(|generation| {
+            client::announce_death(&self.seg, &self.layout, slot, generation.load(Acquire))
+        });
+        let _ = self.seg.ofd_unlock(off);
+        drop(announced);
+    }
+}

@@ -1,0 +1,353 @@
+//! Noticing a dead holder when it dies, and letting idle waiters sleep, across real processes.
+//!
+//! The test binary re-executes itself: with `LOCKYARD_WATCH_ROLE` set it is a client that obeys
+//! commands on stdin, otherwise it runs the trials. Clients run under lock-conformance's
+//! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
+//! removes its segment. Offsets of the segment format are in docs/segment-format.md.
+
+use std::io::BufRead;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use lock_conformance::child::ChildProcess;
+use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
+
+const ROLE_ENV: &str = "LOCKYARD_WATCH_ROLE";
+const SEGMENT_ENV: &str = "LOCKYARD_WATCH_SEGMENT";
+const CAPACITY: u32 = 8;
+/// How long any single step may take before the trial fails.
+const STEP: Duration = Duration::from_secs(10);
+/// Where client slot `s` begins, and the offsets of its generation and death word.
+const SLOTS_AT: u64 = 256;
+const SLOT_SIZE: u64 = 128;
+const DEATH: u64 = 8;
+
+type TrialResult = Result<(), String>;
+/// A named trial.
+type Trial = (&'static str, fn() -> TrialResult);
+
+fn e2s(e: Error) -> String {
+    e.to_string()
+}
+
+/// A segment name unique to this trial and process, removed on drop.
+struct Segment(String);
+
+impl Segment {
+    fn new(trial: &str) -> Segment {
+        let name = format!("lockyard-test-watch-{trial}-{}", std::process::id());
+        let _ = ShmManager::remove(&name);
+        Segment(name)
+    }
+
+    /// The u32 at `off` of the segment file.
+    fn u32_at(&self, off: u64) -> Result<u32, String> {
+        let f = std::fs::File::open(std::path::Path::new("/dev/shm").join(&self.0))
+            .map_err(|e| format!("open segment file: {e}"))?;
+        let mut b = [0u8; 4];
+        f.read_exact_at(&mut b, off)
+            .map_err(|e| format!("read segment file: {e}"))?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Client slot `slot`'s generation and death word.
+    fn slot(&self, slot: u32) -> Result<(u32, u32), String> {
+        let at = SLOTS_AT + SLOT_SIZE * u64::from(slot);
+        Ok((self.u32_at(at)?, self.u32_at(at + DEATH)?))
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = ShmManager::remove(&self.0);
+    }
+}
+
+fn client(segment: &Segment) -> Result<ChildProcess, String> {
+    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
+    let mut child = ChildProcess::start(command, "client", None).map_err(|e| e.to_string())?;
+    child.expect("slot", STEP).map_err(|e| e.to_string())?;
+    Ok(child)
+}
+
+fn expect(child: &mut ChildProcess, prefix: &str) -> Result<String, String> {
+    child.expect(prefix, STEP).map_err(|e| e.to_string())
+}
+
+fn send(child: &mut ChildProcess, line: &str) -> TrialResult {
+    child.send(line).map_err(|e| e.to_string())
+}
+
+/// Waits, within STEP, until `ready` says yes.
+fn until(what: &str, mut ready: impl FnMut() -> Result<bool, String>) -> TrialResult {
+    let deadline = Instant::now() + STEP;
+    while !ready()? {
+        if Instant::now() > deadline {
+            return Err(format!("{what}: not within {STEP:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Whether process `pid` lists a waiter on lock `id` in the snapshot.
+fn waits(manager: &ShmManager, id: u32, pid: u32) -> Result<bool, String> {
+    Ok(manager
+        .snapshot()
+        .map_err(e2s)?
+        .iter()
+        .any(|l| l.id == LockId(id) && l.waiters.iter().any(|w| w.pid == Some(pid))))
+}
+
+/// Voluntary context switches of every thread of process `pid` so far: how often it slept.
+fn switches(pid: u32) -> Result<u64, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    let mut total = 0;
+    for task in tasks {
+        let status =
+            std::fs::read_to_string(task.map_err(|e| e.to_string())?.path().join("status"))
+                .map_err(|e| e.to_string())?;
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or("no voluntary_ctxt_switches in status")?;
+    }
+    Ok(total)
+}
+
+/// A waiter blocked behind a holder that is SIGKILLed takes the lock over as `OwnerDied`, and
+/// its watcher has written the dead owner's generation into the slot's death word.
+fn a_watched_holders_death_is_announced_and_taken_over() -> TrialResult {
+    let segment = Segment::new("announce");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut holder = client(&segment)?;
+    send(&mut holder, "lock 1")?;
+    expect(&mut holder, "locked clean")?;
+    let mut waiter = client(&segment)?;
+    send(&mut waiter, "wait 1 60000")?;
+    until("the waiter", || waits(&manager, 1, waiter.pid()))?;
+    let slot = manager
+        .held()
+        .map_err(e2s)?
+        .first()
+        .and_then(|h| h.holder.as_ref())
+        .and_then(|h| h.owner.clone())
+        .ok_or("no holder")?;
+    holder.sigkill().map_err(|e| e.to_string())?;
+    expect(&mut waiter, "locked owner-died")?;
+    // "shm slot S generation G"
+    let words: Vec<&str> = slot.split(' ').collect();
+    let (s, g): (u32, u32) = match words.as_slice() {
+        ["shm", "slot", s, "generation", g] => (
+            s.parse().map_err(|_| "bad slot")?,
+            g.parse().map_err(|_| "bad generation")?,
+        ),
+        _ => return Err(format!("unexpected owner key {slot:?}")),
+    };
+    let (generation, death) = segment.slot(s)?;
+    if (generation, death) != (g, g) {
+        return Err(format!(
+            "slot {s}: generation {generation}, death word {death}; expected both {g}"
+        ));
+    }
+    send(&mut waiter, "unlock 1")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// A slot whose owner died unwatched has its death announced by the next manager that claims
+/// it, before that manager's generation: waiters sleeping on the old owner wake either way.
+fn a_claimer_announces_the_death_of_the_slot_it_takes() -> TrialResult {
+    let segment = Segment::new("claimer");
+    let _manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut first = client(&segment)?;
+    send(&mut first, "slot")?;
+    let slot: u32 = expect(&mut first, "slot")?
+        .parse()
+        .map_err(|_| "bad slot")?;
+    let (generation, death) = segment.slot(slot)?;
+    if death == generation {
+        return Err(format!(
+            "slot {slot}: death word {death} names its live owner"
+        ));
+    }
+    first.sigkill().map_err(|e| e.to_string())?;
+    let second = ShmManager::open(&segment.0).map_err(e2s)?;
+    if second.client_slot() != slot {
+        return Err(format!(
+            "the next manager took slot {}, not the dead owner's {slot}",
+            second.client_slot()
+        ));
+    }
+    let (now, death) = segment.slot(slot)?;
+    if death != generation || now != generation + 1 {
+        return Err(format!(
+            "slot {slot}: death word {death}, generation {now}; expected {generation} and {}",
+            generation + 1
+        ));
+    }
+    Ok(())
+}
+
+/// A waiter behind a live holder sleeps: over two seconds its process does not wake up once a
+/// millisecond-scale poll would (the first-wave waiter woke every 5 ms: 400 times).
+fn an_idle_waiter_sleeps() -> TrialResult {
+    let segment = Segment::new("idle");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let lock = manager.retrieve(LockId(2)).map_err(e2s)?;
+    let _ = lock.lock().map_err(e2s)?;
+    let mut waiter = client(&segment)?;
+    send(&mut waiter, "deadlock 0")?;
+    expect(&mut waiter, "deadlock-timeout none")?;
+    send(&mut waiter, "wait 2 60000")?;
+    until("the waiter", || waits(&manager, 2, waiter.pid()))?;
+    // Let it settle into its sleep (its watcher thread starts on the first round).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = switches(waiter.pid())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = switches(waiter.pid())?;
+    lock.unlock().map_err(e2s)?;
+    expect(&mut waiter, "locked clean")?;
+    send(&mut waiter, "unlock 2")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())?;
+    if after - before > 10 {
+        return Err(format!(
+            "an idle waiter woke {} times in 2 s",
+            after - before
+        ));
+    }
+    Ok(())
+}
+
+/// A manager dropped while its watcher thread is still blocked on a live holder keeps no slot
+/// alive: a lock it held when dropped is taken over at once as `OwnerDied`.
+fn a_lingering_watcher_keeps_no_slot_alive() -> TrialResult {
+    let segment = Segment::new("linger");
+    let survivor = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut holder = client(&segment)?;
+    send(&mut holder, "lock 1")?;
+    expect(&mut holder, "locked clean")?;
+    let dropped = ShmManager::open(&segment.0).map_err(e2s)?;
+    let _ = dropped
+        .retrieve(LockId(3))
+        .and_then(|l| l.lock())
+        .map_err(e2s)?;
+    // Waiting for lock 1 starts a watcher on the holder's slot; the wait then times out.
+    match dropped
+        .retrieve(LockId(1))
+        .and_then(|l| l.try_lock_for(Duration::from_millis(300)))
+    {
+        Err(Error::Timeout) => {}
+        other => return Err(format!("waiting behind a live holder gave {other:?}")),
+    }
+    drop(dropped);
+    let got = survivor
+        .retrieve(LockId(3))
+        .and_then(|l| l.try_lock())
+        .map_err(e2s)?;
+    if got != Some(Acquired::OwnerDied) {
+        return Err(format!(
+            "the dropped manager's lock gave {got:?}: its slot is still held"
+        ));
+    }
+    send(&mut holder, "unlock 1")?;
+    expect(&mut holder, "unlocked")?;
+    holder.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// Role: opens the segment, prints `slot N`, then obeys commands until stdin EOF: `slot`
+/// (prints `slot N` again), `lock ID` (`locked clean|owner-died`), `unlock ID` (`unlocked`),
+/// `wait ID MS` (try_lock_for; `locked ...` or `timeout`), `deadlock MS` (sets the timeout;
+/// prints `deadlock-timeout MS|none`).
+fn client_role() -> TrialResult {
+    let name = std::env::var(SEGMENT_ENV).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&name).map_err(e2s)?;
+    println!("slot {}", manager.client_slot());
+    let said = |acquired: Acquired| {
+        format!(
+            "locked {}",
+            if acquired.owner_died() {
+                "owner-died"
+            } else {
+                "clean"
+            }
+        )
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| -> Result<u64, String> {
+            words
+                .get(i)
+                .ok_or("missing argument")?
+                .parse()
+                .map_err(|e| format!("{e}"))
+        };
+        let lock = |id: u64| manager.retrieve(LockId(u32::try_from(id).unwrap_or(u32::MAX)));
+        let reply = match words.first().copied().unwrap_or("") {
+            "slot" => format!("slot {}", manager.client_slot()),
+            "lock" => said(lock(number(1)?).and_then(|l| l.lock()).map_err(e2s)?),
+            "unlock" => {
+                lock(number(1)?).and_then(|l| l.unlock()).map_err(e2s)?;
+                "unlocked".to_owned()
+            }
+            "wait" => {
+                let ms = number(2)?;
+                match lock(number(1)?).and_then(|l| l.try_lock_for(Duration::from_millis(ms))) {
+                    Ok(acquired) => said(acquired),
+                    Err(Error::Timeout) => "timeout".to_owned(),
+                    Err(e) => return Err(e2s(e)),
+                }
+            }
+            "deadlock" => {
+                manager
+                    .set_deadlock_timeout(Duration::from_millis(number(1)?))
+                    .map_err(e2s)?;
+                match manager.deadlock_timeout() {
+                    Some(t) => format!("deadlock-timeout {}", t.as_millis()),
+                    None => "deadlock-timeout none".to_owned(),
+                }
+            }
+            other => return Err(format!("unknown command {other:?}")),
+        };
+        println!("{reply}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    if std::env::var(ROLE_ENV).is_ok() {
+        return match client_role() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("error {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let trials: [Trial; 4] = [
+        (
+            "a_watched_holders_death_is_announced_and_taken_over",
+            a_watched_holders_death_is_announced_and_taken_over,
+        ),
+        (
+            "a_claimer_announces_the_death_of_the_slot_it_takes",
+            a_claimer_announces_the_death_of_the_slot_it_takes,
+        ),
+        ("an_idle_waiter_sleeps", an_idle_waiter_sleeps),
+        (
+            "a_lingering_watcher_keeps_no_slot_alive",
+            a_lingering_watcher_keeps_no_slot_alive,
+        ),
+    ];
+    let trials = trials
+        .into_iter()
+        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
