@@ -381,7 +381,7 @@ impl Locker for DirLock {
     }
 }
 
-/// The holder as recorded in `lock0` and judged from this process: see [`holder`].
+/// The holder as recorded in `lock0` and judged from this process (pid, host, owner, since, dead).
 impl Inspect for DirLock {
     fn holder(&self) -> Result<Option<Holder>> {
         match self.dir.read(0)? {
