@@ -207,9 +207,16 @@ pub(crate) fn wake(word: &Le32) -> Result<()> {
 }
 
 /// Takes the word if it is unlocked: one compare-and-swap, no syscall.
-#[inline]
+#[inline(always)]
 pub(crate) fn try_fast(word: &Le32, token: u32) -> bool {
     lockword::try_fast(word, token)
+}
+
+/// Releases the word if it holds exactly `token` (nobody waits): one compare-and-swap. `false`
+/// sends the caller to [`unlock`], which handles the waiters bit and tells "not held".
+#[inline(always)]
+pub(crate) fn unlock_fast(word: &Le32, token: u32) -> bool {
+    lockword::unlock_fast(word, token)
 }
 
 /// Releases the word if `token` holds it; returns whether it did. One compare-and-swap, and a

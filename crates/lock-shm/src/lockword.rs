@@ -159,7 +159,7 @@ pub(crate) trait Sys<W: Word> {
 }
 
 /// Takes the word if it is unlocked.
-#[inline]
+#[inline(always)]
 pub(crate) fn try_fast<W: Word>(word: &W, token: u32) -> bool {
     word.compare_exchange(0, token, AcqRel, Relaxed).is_ok()
 }
@@ -178,6 +178,12 @@ pub(crate) fn mark<W: Word>(word: &W, v: u32) -> bool {
         Ok(_) => true,
         Err(now) => now == v | WAITERS,
     }
+}
+
+/// The uncontended unlock: releases the word if it holds exactly `token`.
+#[inline(always)]
+pub(crate) fn unlock_fast<W: Word>(word: &W, token: u32) -> bool {
+    word.compare_exchange(token, 0, Release, Relaxed).is_ok()
 }
 
 /// Releases the word if `token` holds it; returns whether it did. `wake` wakes one sleeper; it

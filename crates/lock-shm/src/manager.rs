@@ -514,6 +514,40 @@ impl ShmLocker {
         self.shared.word(self.id)
     }
 
+    /// The lock word for the fast paths: `None` in a forked child or for an out-of-bounds word,
+    /// which the slow paths then report. Nothing here builds an error, so the fast paths stay
+    /// small enough to inline.
+    #[inline(always)]
+    fn fast_word(&self) -> Option<&Le32> {
+        if fork::current() != self.shared.forks {
+            return None;
+        }
+        self.shared
+            .seg
+            .u32_or_none(self.shared.layout.lock_offset(self.id))
+    }
+
+    /// `lock` when the fast path did not take the lock.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self) -> Result<Acquired> {
+        self.wait(None)?.ok_or(Error::Timeout)
+    }
+
+    /// `unlock` when the word was not exactly this manager's token.
+    #[cold]
+    #[inline(never)]
+    fn unlock_slow(&self) -> Result<()> {
+        let word = self.word()?;
+        if futex::unlock(word, self.shared.token, || {
+            crate::observe::clear_since(&self.shared, self.id);
+        })? {
+            Ok(())
+        } else {
+            Err(Error::NotHeld(LockId(self.id)))
+        }
+    }
+
     #[cold]
     fn wait(&self, deadline: Option<Instant>) -> Result<Option<Acquired>> {
         let word = self.word()?;
@@ -546,11 +580,12 @@ impl Locker for ShmLocker {
     /// deadlock timeout has passed, and again each further timeout).
     #[inline]
     fn lock(&self) -> Result<Acquired> {
-        let word = self.word()?;
-        if futex::try_fast(word, self.shared.token) {
+        if let Some(word) = self.fast_word()
+            && futex::try_fast(word, self.shared.token)
+        {
             return Ok(Acquired::Clean);
         }
-        self.wait(None)?.ok_or(Error::Timeout)
+        self.lock_slow()
     }
 
     /// Takes the lock if it is free or its holder is dead; `Ok(None)` when a live owner, this
@@ -571,14 +606,12 @@ impl Locker for ShmLocker {
 
     #[inline]
     fn unlock(&self) -> Result<()> {
-        let word = self.word()?;
-        if futex::unlock(word, self.shared.token, || {
-            crate::observe::clear_since(&self.shared, self.id);
-        })? {
-            Ok(())
-        } else {
-            Err(Error::NotHeld(LockId(self.id)))
+        if let Some(word) = self.fast_word()
+            && futex::unlock_fast(word, self.shared.token)
+        {
+            return Ok(());
         }
+        self.unlock_slow()
     }
 
     fn free(&self) -> Result<()> {
