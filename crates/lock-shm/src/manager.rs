@@ -1,6 +1,16 @@
 //! `ShmManager` and `ShmLocker`: the lock table over a segment.
+#![allow(unsafe_code)] // reason: a locker keeps its lock word's address, checked once
+//!
+//! # Invariants
+//!
+//! 1. `ShmLocker::word` is the address of the locker's lock word, taken from the bounds- and
+//!    alignment-checked reference `Shared::word(id)` when the locker was made; it points into the
+//!    mapping of `shared.seg`, which lives exactly as long as that `Shared` (segment.rs,
+//!    invariant 1), and every locker holds an `Arc` of it. So the fast paths dereference it
+//!    without checking anything again.
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
 use std::sync::atomic::AtomicU64;
@@ -342,11 +352,13 @@ impl ShmManager {
         crate::observe::owner_key(self.shared.token)
     }
 
-    fn locker(&self, id: u32) -> ShmLocker {
-        ShmLocker {
+    fn locker(&self, id: u32) -> Result<ShmLocker> {
+        let word = NonNull::from(self.shared.word(id)?);
+        Ok(ShmLocker {
             shared: Arc::clone(&self.shared),
             id,
-        }
+            word,
+        })
     }
 }
 
@@ -394,12 +406,12 @@ impl Manager for ShmManager {
             step_count(bitmap, count, capacity, true)?;
             Ok(id)
         })?;
-        Ok(self.locker(id))
+        self.locker(id)
     }
 
     fn retrieve(&self, id: LockId) -> Result<ShmLocker> {
         self.shared.check(id)?;
-        Ok(self.locker(id.get()))
+        self.locker(id.get())
     }
 
     fn allocate_and_retrieve(&self, id: LockId) -> Result<ShmLocker> {
@@ -412,7 +424,7 @@ impl Manager for ShmManager {
             bitmap.set(id.get())?;
             step_count(bitmap, count, capacity, true)
         })?;
-        Ok(self.locker(id.get()))
+        self.locker(id.get())
     }
 
     /// Frees every allocation; held locks stay held.
@@ -504,7 +516,16 @@ impl fmt::Debug for ShmManager {
 pub struct ShmLocker {
     shared: Arc<Shared>,
     id: u32,
+    /// Lock `id`'s word in `shared`'s mapping (invariant 1).
+    word: NonNull<Le32>,
 }
+
+// SAFETY: `word` points into the mapping that `shared` owns and this locker keeps alive
+// (invariant 1), and the word behind it is only ever accessed atomically (`Le32` is `Sync`), so
+// sending or sharing the locker shares no more than a `&Le32` and an `Arc<Shared>` would.
+unsafe impl Send for ShmLocker {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for ShmLocker {}
 
 impl ShmLocker {
     /// The lock word, once this process is known to be the one that opened the manager.
@@ -514,17 +535,16 @@ impl ShmLocker {
         self.shared.word(self.id)
     }
 
-    /// The lock word for the fast paths: `None` in a forked child or for an out-of-bounds word,
-    /// which the slow paths then report. Nothing here builds an error, so the fast paths stay
-    /// small enough to inline.
+    /// The lock word for the fast paths: `None` in a forked child, which the slow paths then
+    /// report. Nothing here builds an error, so the fast paths stay small enough to inline.
     #[inline(always)]
     fn fast_word(&self) -> Option<&Le32> {
         if fork::current() != self.shared.forks {
             return None;
         }
-        self.shared
-            .seg
-            .u32_or_none(self.shared.layout.lock_offset(self.id))
+        // SAFETY: by invariant 1 `word` is a checked address in a mapping that `self.shared`,
+        // held by `self`, keeps alive; the word is only accessed atomically.
+        Some(unsafe { self.word.as_ref() })
     }
 
     /// `lock` when the fast path did not take the lock.

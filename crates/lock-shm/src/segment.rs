@@ -297,18 +297,6 @@ impl Segment {
         Ok(unsafe { &*self.map.as_mut_ptr().add(off).cast::<Le32>() })
     }
 
-    /// The 32-bit atomic at byte offset `off`, or `None` when the offset is out of bounds or
-    /// misaligned: the same check as [`u32`](Segment::u32) without building an error, for the
-    /// fast paths (their slow paths call `u32` again to report it).
-    #[inline(always)]
-    pub(crate) fn u32_or_none(&self, off: usize) -> Option<&Le32> {
-        if !off.is_multiple_of(4) || off.checked_add(4).is_none_or(|end| end > self.len) {
-            return None;
-        }
-        // SAFETY: as for `u32`: invariants 1 and 3, with the same bounds and alignment check.
-        Some(unsafe { &*self.map.as_mut_ptr().add(off).cast::<Le32>() })
-    }
-
     /// The `count` consecutive 32-bit atomics from byte offset `off`, checked once for the whole
     /// run (a pass over the lock words then costs one load per word).
     ///
