@@ -63,6 +63,8 @@ pub(crate) struct LockWaiter<'a> {
     watching: bool,
     /// Deadlock checks done so far (for the backoff).
     checks: u32,
+    /// The owner whose watcher this wait made sure of last.
+    watched: Option<u32>,
 }
 
 impl<'a> LockWaiter<'a> {
@@ -78,6 +80,7 @@ impl<'a> LockWaiter<'a> {
             next_check: None,
             watching: futex::waitv_available(),
             checks: 0,
+            watched: None,
         }
     }
 
@@ -145,12 +148,20 @@ impl Sys<Le32> for LockWaiter<'_> {
     }
 
     fn watch(&mut self, owner: u32) -> Result<(u32, u32)> {
-        let (slot, _) = client::decode(owner & OWNER);
-        if self.watching && !self.shared.watchers.ensure(slot) {
-            self.watching = false;
-        }
+        let (slot, generation) = client::decode(owner & OWNER);
         let word = client::death_word(&self.shared.seg, &self.shared.layout, slot)?;
-        Ok((slot, word.load(Acquire)))
+        let death = word.load(Acquire);
+        // An owner already announced dead needs no watcher: the probe that follows sees the
+        // announcement (and starting a thread here would delay the take-over). An owner watched
+        // in an earlier round still is: its watcher leaves only when it dies.
+        if self.watching && death != generation && self.watched != Some(owner) {
+            if self.shared.watchers.ensure(slot) {
+                self.watched = Some(owner);
+            } else {
+                self.watching = false;
+            }
+        }
+        Ok((slot, death))
     }
 
     fn dead(&mut self, owner: u32, full: bool) -> Result<bool> {
