@@ -154,6 +154,9 @@ impl Sys<Le32> for LockWaiter<'_> {
         // An owner already announced dead needs no watcher: the probe that follows sees the
         // announcement (and starting a thread here would delay the take-over). An owner watched
         // in an earlier round still is: its watcher leaves only when it dies.
+        if self.watching && self.shared.watchers.failed() {
+            self.watching = false;
+        }
         if self.watching && death != generation && self.watched != Some(owner) {
             if self.shared.watchers.ensure(slot) {
                 self.watched = Some(owner);

@@ -89,6 +89,11 @@ impl Watchers {
         true
     }
 
+    /// Whether a watcher failed: waits of this manager poll instead of relying on watchers.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Relaxed)
+    }
+
     /// A watcher thread: waits for the slot's owner to go, then announces it.
     fn run(&self, slot: u32) {
         let off = self.layout.slot_offset(slot);
