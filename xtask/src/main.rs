@@ -13,9 +13,10 @@ usage: cargo xtask <command>
 
   conformance [--backend NAME]   run the conformance suite; print backend x behaviour matrix
   test                           install prerequisites if possible, then run every test
-  bench [BACKEND..] [--quick] [--save-plot]
+  bench [BACKEND..] [--quick] [--runs N] [--compare | --no-compare] [--etcd] [--save-plot]
                                  run criterion benchmarks; print `NAME: ours X, peer Y, ratio Z`;
-                                 --save-plot writes the chart to docs/benchmarks.svg
+                                 then the side-by-side comparison N times (default 3); a full run
+                                 of every backend rewrites docs/benchmarks.md and its charts
   etcd up|down                   start or stop a local 3-member etcd cluster for manual use
   lint                           cargo fmt --check, clippy -D warnings, cargo doc --no-deps
   ci                             lint, then test
