@@ -13,7 +13,7 @@
 //!
 //! # Waiter entries
 //!
-//! A manager blocked in `lock` or `try_lock_for` (after spinning, never on the fast path)
+//! A manager blocked in `lock` or `try_lock_for` (on the slow path only, never on the fast path)
 //! publishes which lock it waits for and since when in an entry of its own slot, and clears it
 //! when the wait ends however it ends. Only the slot's owner writes its entries; which entries
 //! are in use is known to the manager alone (a bit mask in process memory), so its threads never

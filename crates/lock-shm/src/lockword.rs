@@ -137,7 +137,7 @@ pub(crate) trait Sys<W: Word> {
     ///
     /// Whatever the sleep's system call fails with.
     fn wait(&mut self, word: &W, expected: u32, seen: Option<Self::Seen>) -> Result<()>;
-    /// Called once, after spinning and before the first look that may sleep: the wait is now a
+    /// Called once, after any spinning and before the first look that may sleep: the wait is now a
     /// slow one, and may be published.
     ///
     /// # Errors
@@ -345,20 +345,6 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             sys.check(owner)?;
         }
         sys.wait(word, v | WAITERS, seen)?;
-        // Woken: the lock was released (or the holder died, or a timer fired). A holder that
-        // unlocks and locks again in a loop re-takes the word within nanoseconds of releasing
-        // it, so a woken waiter that only looked once would almost always find it taken again
-        // and go back to sleep: it spins for a moment first, to catch the next release.
-        for _ in 0..sys.spins() {
-            if word.load(Relaxed) == 0
-                && word
-                    .compare_exchange(0, token | WAITERS, AcqRel, Relaxed)
-                    .is_ok()
-            {
-                return Ok(Some(Acquired::Clean));
-            }
-            std::hint::spin_loop();
-        }
     }
 }
 
