@@ -756,7 +756,12 @@ fn idle_waiters() {
     record_line(
         name,
         &format!(
-            "{name}: ours {ours:.4} CPU-s, peer {peer:.4} CPU-s ({} s window; target 0.02 CPU-s)",
+            "{name}: ours {ours:.4} CPU-s, peer {peer:.4} CPU-s, ratio {} ({} s window; target 0.02 CPU-s)",
+            if peer > 0.0 {
+                format!("{:.2}", ours / peer)
+            } else {
+                "n/a (the peer used none)".to_owned()
+            },
             window.as_secs()
         ),
     );
