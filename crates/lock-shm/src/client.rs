@@ -8,8 +8,9 @@
 //! current one belongs to an earlier, dead, owner of the slot.
 //!
 //! Slot record (128 bytes): `u32` generation, `u32` pid, `u32` death word, `u32` unlisted waits,
-//! then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty; 4
-//! reserved bytes; `u64` unix milliseconds when the wait began).
+//! then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
+//! [`HELD`] set for a hold record; 4 reserved bytes; `u64` unix milliseconds when the wait, or
+//! the hold, began).
 //!
 //! # Waiter entries
 //!
@@ -24,6 +25,16 @@
 //! `Acquire`, then the since, then the lock id again, and keeps the pair only if the two lock
 //! ids agree. A claimer clears every entry before it stores its generation, so a dead owner's
 //! entries never become a live owner's.
+//!
+//! # Hold records
+//!
+//! A wait that ends by acquiring turns its entry into a *hold record* (lock id with [`HELD`],
+//! since = when it acquired): that is how a hold taken after waiting is dated, in the holder's
+//! own cache line rather than in a word every contender of the lock writes. The hold's unlock
+//! takes its waiters bit's contended path, which takes the record back ([`take_hold`]) before
+//! the word is released, so a record never outlives its hold. A wait that finds no free entry
+//! takes a hold record's entry instead ([`evict_hold`]); that hold is then dated by its first
+//! sighting.
 //!
 //! # Tokens never come back
 //!
@@ -225,6 +236,10 @@ pub(crate) fn pid_of(seg: &Segment, layout: &Layout, token: u32) -> Result<Optio
     Ok((current == generation && pid != 0).then_some(pid))
 }
 
+/// Marks an entry that records a hold taken after waiting rather than a wait: the entry's lock
+/// field is `(id + 1) | HELD` and its since field when the hold began.
+pub(crate) const HELD: u32 = 1 << 31;
+
 /// Publishes a wait for lock `id` that began at `since_ms` (unix milliseconds) in entry `entry`
 /// of `slot`, which the caller owns and has reserved.
 pub(crate) fn publish_wait(
@@ -239,6 +254,57 @@ pub(crate) fn publish_wait(
     seg.u64(off + ENTRY_SINCE)?.store(since_ms, Relaxed);
     seg.u32(off)?.store(id + 1, Release);
     Ok(())
+}
+
+/// Turns entry `entry` of `slot`, which the caller owns, into the record of a hold of lock `id`
+/// taken after waiting, at `since_ms`: readers date the hold by it.
+pub(crate) fn record_hold(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    entry: usize,
+    id: u32,
+    since_ms: u64,
+) -> Result<()> {
+    let off = entry_offset(layout, slot, entry)?;
+    let lock = seg.u32(off)?;
+    // Withdraw the wait first, so that no reader pairs the wait's lock with the hold's time.
+    lock.store(0, Release);
+    seg.u64(off + ENTRY_SINCE)?.store(since_ms, Relaxed);
+    lock.store((id + 1) | HELD, Release);
+    Ok(())
+}
+
+/// Takes back the hold record of lock `id` from `slot`, if there is one; returns the entry it
+/// freed. A compare-and-swap: of two threads of the owner taking back one record (two racing
+/// unlocks, or an unlock and a wait that evicts it), exactly one gets the entry.
+pub(crate) fn take_hold(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    id: u32,
+) -> Result<Option<usize>> {
+    let held = (id + 1) | HELD;
+    for entry in 0..WAIT_ENTRIES {
+        let lock = seg.u32(entry_offset(layout, slot, entry)?)?;
+        if lock.load(Relaxed) == held && lock.compare_exchange(held, 0, Release, Relaxed).is_ok() {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
+}
+
+/// Takes back any one hold record of `slot` so that a wait can use its entry; returns that
+/// entry. The hold is then dated by its first sighting instead.
+pub(crate) fn evict_hold(seg: &Segment, layout: &Layout, slot: u32) -> Result<Option<usize>> {
+    for entry in 0..WAIT_ENTRIES {
+        let lock = seg.u32(entry_offset(layout, slot, entry)?)?;
+        let v = lock.load(Relaxed);
+        if v & HELD != 0 && lock.compare_exchange(v, 0, Release, Relaxed).is_ok() {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
 }
 
 /// Clears entry `entry` of `slot`.
@@ -273,22 +339,24 @@ fn entry_offset(layout: &Layout, slot: u32, entry: usize) -> Result<usize> {
     Ok(layout.slot_offset(slot) + ENTRIES + entry * ENTRY_SIZE)
 }
 
-/// What a slot says about its owner: generation, pid, and the waits it lists as
-/// `(lock id, unix milliseconds)`. Lock ids are not checked against the capacity here.
+/// What a slot says about its owner: generation, pid, the waits it lists as `(lock id, unix
+/// milliseconds)`, and the holds taken after waiting it records, in the same form. Lock ids are
+/// not checked against the capacity here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SlotView {
     pub(crate) generation: u32,
     pub(crate) pid: u32,
     pub(crate) waits: Vec<(u32, u64)>,
+    pub(crate) holds: Vec<(u32, u64)>,
 }
 
-/// Reads slot `slot`: its generation, pid and listed waits. An entry that changes while it is
-/// read is left out (module docs).
+/// Reads slot `slot`: its generation, pid, listed waits and hold records. An entry that changes
+/// while it is read is left out (module docs).
 pub(crate) fn view(seg: &Segment, layout: &Layout, slot: u32) -> Result<SlotView> {
     let off = layout.slot_offset(slot);
     let generation = seg.u32(off)?.load(Acquire);
     let pid = seg.u32(off + PID)?.load(Relaxed);
-    let mut waits = Vec::new();
+    let (mut waits, mut holds) = (Vec::new(), Vec::new());
     for entry in 0..WAIT_ENTRIES {
         let at = off + ENTRIES + entry * ENTRY_SIZE;
         let lock = seg.u32(at)?;
@@ -298,21 +366,51 @@ pub(crate) fn view(seg: &Segment, layout: &Layout, slot: u32) -> Result<SlotView
         }
         let since = seg.u64(at + ENTRY_SINCE)?.load(Relaxed);
         if lock.load(Acquire) == first {
-            waits.push((first - 1, since));
+            if first & HELD == 0 {
+                waits.push((first - 1, since));
+            } else {
+                holds.push(((first & !HELD).wrapping_sub(1), since));
+            }
         }
     }
     Ok(SlotView {
         generation,
         pid,
         waits,
+        holds,
     })
 }
 
-/// Whether any slot lists a wait: a quick scan that reads one word per entry.
+/// When the hold of lock `id` by the owner of `slot` began, if its owner recorded it (a hold
+/// taken after waiting), in unix milliseconds. Reads the seven entries and nothing else.
+pub(crate) fn hold_since(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    id: u32,
+) -> Result<Option<u64>> {
+    let held = (id + 1) | HELD;
+    for entry in 0..WAIT_ENTRIES {
+        let at = entry_offset(layout, slot, entry)?;
+        let lock = seg.u32(at)?;
+        if lock.load(Acquire) != held {
+            continue;
+        }
+        let since = seg.u64(at + ENTRY_SINCE)?.load(Relaxed);
+        if lock.load(Acquire) == held {
+            return Ok(Some(since));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the slot lists any wait (hold records do not count): a quick scan that reads one word
+/// per entry.
 pub(crate) fn any_waits(seg: &Segment, layout: &Layout, slot: u32) -> Result<bool> {
     let off = layout.slot_offset(slot) + ENTRIES;
     for entry in 0..WAIT_ENTRIES {
-        if seg.u32(off + entry * ENTRY_SIZE)?.load(Relaxed) != 0 {
+        let v = seg.u32(off + entry * ENTRY_SIZE)?.load(Relaxed);
+        if v != 0 && v & HELD == 0 {
             return Ok(true);
         }
     }

@@ -576,10 +576,13 @@ impl ShmLocker {
         }
         let mut waiter = LockWaiter::new(&self.shared, self.id, deadline);
         let acquired = crate::lockword::lock_contended(word, self.shared.token, &mut waiter)?;
-        drop(waiter);
-        if acquired.is_some() {
-            crate::observe::record_since(&self.shared, self.id)?;
+        // A hold taken after waiting carries the waiters bit, so its unlock takes the contended
+        // path, which takes the record back (observe.rs, rule 1).
+        if acquired.is_some() && word.load(Relaxed) == self.shared.token | crate::lockword::WAITERS
+        {
+            waiter.record_hold()?;
         }
+        drop(waiter);
         Ok(acquired)
     }
 }

@@ -13,13 +13,17 @@
 //! Every lock has a since word beside the lock words instead (u32: seconds since the segment's
 //! epoch, plus 1; 0 is "not recorded"), written only off the fast path:
 //!
-//! 1. A hold taken after waiting (the word then carries the waiters bit) records the time right
-//!    after its compare-and-swap: `since` is when it was acquired.
+//! 1. A hold taken after waiting (the word then carries the waiters bit) is dated by its
+//!    holder's hold record (client.rs, "Hold records"), written right after its
+//!    compare-and-swap in the holder's own slot: `since` is when it was acquired, to the
+//!    millisecond. (A take-over by `try_lock`, which has no wait to turn into a record, writes
+//!    the since word instead.)
 //! 2. A reader that finds a hold with no time recorded ([`held`], [`snapshot`], `Inspect`)
 //!    first makes sure the word has the waiters bit, then records the time it saw the hold:
 //!    `since` is then "held at least since", the first moment anyone looked.
-//! 3. The unlock of a word with the waiters bit takes the contended path, which clears the
-//!    since word before it releases the lock (lockword.rs, `unlock`).
+//! 3. The unlock of a word with the waiters bit takes the contended path, which takes back the
+//!    hold record and clears the since word (when it is not already clear) before it releases
+//!    the lock (lockword.rs, `unlock`).
 //!
 //! So a since word is non-zero only while the word has the waiters bit, and is cleared before
 //! the hold that owns it ends: a fast-path hold that follows finds it clear. A reader re-checks
@@ -91,9 +95,9 @@ fn since_time(shared: &Shared, value: u32) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(shared.epoch.saturating_add(u64::from(value - 1)))
 }
 
-/// After a slow-path acquisition (or a take-over): records when this hold began, if the word
-/// carries the waiters bit (rule 1 of the module docs). A hold taken while spinning has no
-/// waiters bit and records nothing, like a fast-path hold.
+/// After a take-over by `try_lock` (no wait, so no entry to turn into a hold record): records
+/// when this hold began in the since word, if the word carries the waiters bit (a take-over
+/// always sets it), as a first sighting would.
 pub(crate) fn record_since(shared: &Shared, id: u32) -> Result<()> {
     let v = shared.word(id)?.load(Relaxed);
     if v == shared.token | WAITERS {
@@ -102,9 +106,18 @@ pub(crate) fn record_since(shared: &Shared, id: u32) -> Result<()> {
     Ok(())
 }
 
-/// On the contended unlock path, before the word is released: forgets when the hold began.
+/// On the contended unlock path, before the word is released: takes back this hold's record and
+/// forgets any sighting of it. The since word is written only when it holds something, so that
+/// contenders do not pass its cache line around for nothing.
 pub(crate) fn clear_since(shared: &Shared, id: u32) {
-    if let Ok(word) = shared.since_word(id) {
+    if let Ok(Some(entry)) = client::take_hold(&shared.seg, &shared.layout, shared.slot, id) {
+        shared
+            .entries
+            .fetch_and(!(1 << entry), std::sync::atomic::Ordering::AcqRel);
+    }
+    if let Ok(word) = shared.since_word(id)
+        && word.load(Relaxed) != 0
+    {
         word.store(0, Relaxed);
     }
 }
@@ -112,6 +125,14 @@ pub(crate) fn clear_since(shared: &Shared, id: u32) {
 /// When the hold `v` of lock `id` began, as far as anyone knows, recording the first sighting
 /// when nothing is recorded yet (rule 2).
 fn since_of(shared: &Shared, id: u32, v: u32) -> Result<SystemTime> {
+    // A hold taken after waiting is dated by its holder's record.
+    let owner = v & OWNER;
+    if owner != 0 {
+        let (slot, _) = client::decode(owner);
+        if let Some(ms) = client::hold_since(&shared.seg, &shared.layout, slot, id)? {
+            return Ok(UNIX_EPOCH + Duration::from_millis(ms));
+        }
+    }
     let since = shared.since_word(id)?;
     let recorded = since.load(Relaxed);
     if recorded != 0 {

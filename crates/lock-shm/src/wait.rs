@@ -99,6 +99,26 @@ impl<'a> LockWaiter<'a> {
         }
     }
 
+    /// The wait ended by acquiring: its entry becomes the hold's record (client.rs, "Hold
+    /// records"), dated now, and stays reserved until the hold's unlock takes it back. Without
+    /// an entry, nothing is recorded: the hold is dated by its first sighting.
+    pub(crate) fn record_hold(&mut self) -> Result<()> {
+        if let Entry::Listed(i) = self.entry {
+            let since_ms = u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX);
+            let shared = self.shared;
+            client::record_hold(
+                &shared.seg,
+                &shared.layout,
+                shared.slot,
+                i,
+                self.id,
+                since_ms,
+            )?;
+            self.entry = Entry::None;
+        }
+        Ok(())
+    }
+
     /// Takes this wait's entry back (idempotent).
     fn withdraw(&mut self) -> Result<()> {
         let (seg, layout, slot) = (&self.shared.seg, &self.shared.layout, self.shared.slot);
@@ -192,6 +212,12 @@ impl Sys<Le32> for LockWaiter<'_> {
         let mut taken = self.shared.entries.load(Relaxed);
         self.entry = loop {
             let Some(i) = (0..WAIT_ENTRIES).find(|i| taken & (1 << i) == 0) else {
+                // Every entry is a wait or a hold record: a hold record gives way (its entry
+                // stays reserved and passes to this wait).
+                if let Some(i) = client::evict_hold(seg, layout, slot)? {
+                    client::publish_wait(seg, layout, slot, i, self.id, since_ms)?;
+                    break Entry::Listed(i);
+                }
                 client::count_unlisted(seg, layout, slot, true)?;
                 break Entry::Unlisted;
             };

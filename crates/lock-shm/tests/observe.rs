@@ -166,6 +166,79 @@ fn a_hold_taken_after_waiting_is_dated_when_acquired() -> TrialResult {
     waiter.finish(STEP).map_err(|e| e.to_string())
 }
 
+/// A hold taken after waiting is dated by its holder's record, and the record goes with the
+/// hold: once that hold ends, a new hold of the same lock by the same owner taken at once is
+/// seen afresh, not dated by the old record.
+fn a_hold_record_dates_only_its_hold() -> TrialResult {
+    let segment = Segment::new("record");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let lock = manager.retrieve(LockId(4)).map_err(e2s)?;
+    let _ = lock.lock().map_err(e2s)?;
+    let mut waiter = client(&segment)?;
+    send(&mut waiter, "wait 4 10000")?;
+    until(&manager, 4, "the waiter", |s| {
+        s.is_some_and(|s| !s.waiters.is_empty())
+    })?;
+    lock.unlock().map_err(e2s)?;
+    expect(&mut waiter, "locked")?;
+    let first = since(&state(&manager, 4)?.ok_or("hold gone")?)?;
+    send(&mut waiter, "unlock 4")?;
+    expect(&mut waiter, "unlocked")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let relocked_after = SystemTime::now();
+    send(&mut waiter, "lock 4")?;
+    expect(&mut waiter, "locked")?;
+    let second = since(&state(&manager, 4)?.ok_or("hold gone")?)?;
+    if second <= first || second + Duration::from_secs(1) < relocked_after {
+        return Err(format!(
+            "the second hold (taken after {relocked_after:?}) is dated {second:?}; the first was {first:?}"
+        ));
+    }
+    send(&mut waiter, "unlock 4")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// A manager whose seven entries all record holds taken after waiting still lists its next
+/// wait: a hold record gives its entry up.
+fn hold_records_give_way_to_a_wait() -> TrialResult {
+    let segment = Segment::new("evict");
+    let waiter = Arc::new(ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?);
+    let mut holder = client(&segment)?;
+    for id in 0..8 {
+        send(&mut holder, &format!("lock {id}"))?;
+        expect(&mut holder, "locked")?;
+    }
+    let me = std::process::id();
+    let worker = {
+        let m = Arc::clone(&waiter);
+        std::thread::spawn(move || -> Result<(), Error> {
+            for id in 0..8 {
+                let _ = m.retrieve(LockId(id))?.try_lock_for(STEP)?;
+            }
+            Ok(())
+        })
+    };
+    for id in 0..8 {
+        until(&waiter, id, "the wait", |s| {
+            s.is_some_and(|s| s.waiters.iter().any(|w| w.pid == Some(me)))
+        })?;
+        send(&mut holder, &format!("unlock {id}"))?;
+        expect(&mut holder, "unlocked")?;
+    }
+    worker
+        .join()
+        .map_err(|_| "the waiting thread panicked".to_string())?
+        .map_err(e2s)?;
+    for id in 0..8 {
+        waiter
+            .retrieve(LockId(id))
+            .and_then(|l| l.unlock())
+            .map_err(e2s)?;
+    }
+    holder.finish(STEP).map_err(|e| e.to_string())
+}
+
 /// A waiter that times out, and one that is killed while waiting, leave the snapshot.
 fn waiters_leave_the_snapshot_when_their_wait_ends() -> TrialResult {
     let segment = Segment::new("leave");
@@ -341,7 +414,15 @@ fn main() -> ExitCode {
         };
     }
     let args = libtest_mimic::Arguments::from_args();
-    let trials: [Trial; 5] = [
+    let trials: [Trial; 7] = [
+        (
+            "a_hold_record_dates_only_its_hold",
+            a_hold_record_dates_only_its_hold,
+        ),
+        (
+            "hold_records_give_way_to_a_wait",
+            hold_records_give_way_to_a_wait,
+        ),
         (
             "a_sighting_dates_only_the_hold_it_saw",
             a_sighting_dates_only_the_hold_it_saw,
