@@ -191,47 +191,9 @@ impl Segment {
     /// errors.
     pub(crate) fn open(name: &str, capacity: Option<u32>) -> Result<(Segment, Layout)> {
         let path = path_of(name);
-        // Not `shm_open`: rustix's follows a symlink at the name, glibc's does not. A symlink is
-        // refused rather than followed, so a segment is always the file its name is.
-        let fd = match rustix::fs::open(
-            &path,
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => {
-                return Err(Error::NotFound {
-                    what: format!("segment {}", path.display()),
-                });
-            }
-            Err(rustix::io::Errno::LOOP) => {
-                return Err(Error::incompatible(
-                    format!("segment {} file type", path.display()),
-                    "regular file",
-                    "symbolic link (not followed)",
-                ));
-            }
-            Err(e) => return Err(io_err("open", &path, e)),
-        };
-        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-            return Err(Error::incompatible(
-                format!("segment {} file type", path.display()),
-                "regular file",
-                "something else",
-            ));
-        }
-        let file_size = u64::try_from(stat.st_size).unwrap_or(0);
         let mut header = [0u8; HEADER_SIZE];
-        let mut got = 0;
-        while got < HEADER_SIZE {
-            match rustix::io::pread(&fd, &mut header[got..], got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(io_err("pread", &path, e)),
-            }
-        }
+        let (fd, stat, got) = open_checked(&path, Purpose::Map, &mut header)?;
+        let file_size = u64::try_from(stat.st_size).unwrap_or(0);
         let what = path.display().to_string();
         let layout = Layout::validate(&what, &header[..got], file_size, capacity)?;
         let seg = Segment::map(File::from(fd), layout.total_size, path)?;
@@ -530,6 +492,81 @@ pub(crate) fn unix_now() -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// Why a segment file is opened: to map it, or to check it before it is unlinked.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Map,
+    Remove,
+}
+
+impl Purpose {
+    fn flags(self) -> OFlags {
+        match self {
+            Purpose::Map => OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Purpose::Remove => {
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
+            }
+        }
+    }
+
+    /// What a refusal says was found: a symbolic link, or anything else but a regular file.
+    fn refused(self) -> (&'static str, &'static str) {
+        match self {
+            Purpose::Map => ("symbolic link (not followed)", "something else"),
+            Purpose::Remove => (
+                "symbolic link (not removed)",
+                "something else (not removed)",
+            ),
+        }
+    }
+}
+
+/// Opens the segment file at `path` for `purpose`, checks that it is a regular file, and reads
+/// its first `start.len()` bytes into `start` with `pread(2)`; returns the descriptor, its
+/// `fstat(2)` and how many bytes it read (fewer for a shorter file). Nothing is written.
+///
+/// Not `shm_open`: rustix's follows a symlink at the name, glibc's does not. A symlink is
+/// refused rather than followed, so a segment is always the file its name is.
+///
+/// # Errors
+///
+/// `NotFound` when nothing is at `path`; `Incompatible` for a symbolic link or anything but a
+/// regular file; `Io` for OS errors.
+fn open_checked(
+    path: &std::path::Path,
+    purpose: Purpose,
+    start: &mut [u8],
+) -> Result<(OwnedFd, rustix::fs::Stat, usize)> {
+    let (symlink, other) = purpose.refused();
+    let file_type = || format!("segment {} file type", path.display());
+    let fd = match rustix::fs::open(path, purpose.flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => {
+            return Err(Error::NotFound {
+                what: format!("segment {}", path.display()),
+            });
+        }
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(Error::incompatible(file_type(), "regular file", symlink));
+        }
+        Err(e) => return Err(io_err("open", path, e)),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", path, e))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::incompatible(file_type(), "regular file", other));
+    }
+    let mut got = 0;
+    while got < start.len() {
+        match rustix::io::pread(&fd, &mut start[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io_err("pread", path, e)),
+        }
+    }
+    Ok((fd, stat, got))
+}
+
 /// Unlinks segment `name`, but only when what is there is a lock-shm segment: a regular file
 /// (not a symbolic link) that starts with the magic. Its version and the rest of its header do
 /// not matter, so a segment of another version or a damaged one can be removed; a foreign file
@@ -549,40 +586,8 @@ pub(crate) fn remove(name: &str) -> Result<()> {
     // The name is checked through a descriptor, then unlinked only if it still names the same
     // file: a file swapped in between is caught by its inode, and the removal is retried.
     for _ in 0..4 {
-        let fd = match rustix::fs::open(
-            &path,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => return Err(not_found()),
-            Err(rustix::io::Errno::LOOP) => {
-                return Err(Error::incompatible(
-                    format!("segment {} file type", path.display()),
-                    "regular file",
-                    "symbolic link (not removed)",
-                ));
-            }
-            Err(e) => return Err(io_err("open", &path, e)),
-        };
-        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", &path, e))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-            return Err(Error::incompatible(
-                format!("segment {} file type", path.display()),
-                "regular file",
-                "something else (not removed)",
-            ));
-        }
         let mut magic = [0u8; 8];
-        let mut got = 0;
-        while got < magic.len() {
-            match rustix::io::pread(&fd, &mut magic[got..], got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(io_err("pread", &path, e)),
-            }
-        }
+        let (_fd, stat, got) = open_checked(&path, Purpose::Remove, &mut magic)?;
         if magic[..got] != layout::MAGIC {
             return Err(Error::incompatible(
                 format!("segment {} magic (not removed)", path.display()),
