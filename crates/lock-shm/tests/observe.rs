@@ -1,65 +1,18 @@
 //! Holders and waiters across real processes: since words, waiter entries that leave with the
 //! wait, dead waiters, more waiting threads than entries, and deadlock detection turned off.
 //!
-//! The test binary re-executes itself: with `LOCKYARD_OBSERVE_ROLE` set it is a client that
-//! obeys commands on stdin, otherwise it runs the trials. Clients run under lock-conformance's
-//! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
-//! removes its segment.
+//! The clients are this test binary re-executed (`common`); every wait is bounded, and every
+//! trial removes its segment.
 
-use std::io::BufRead;
-use std::process::{Command, ExitCode};
+mod common;
+
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use lock_conformance::child::ChildProcess;
 use lock_shm::{Error, LockId, LockState, Locker, Manager, ShmManager};
 
-const ROLE_ENV: &str = "LOCKYARD_OBSERVE_ROLE";
-const SEGMENT_ENV: &str = "LOCKYARD_OBSERVE_SEGMENT";
-const CAPACITY: u32 = 8;
-/// How long any single step may take before the trial fails.
-const STEP: Duration = Duration::from_secs(10);
-
-type TrialResult = Result<(), String>;
-/// A named trial.
-type Trial = (&'static str, fn() -> TrialResult);
-
-fn e2s(e: Error) -> String {
-    e.to_string()
-}
-
-/// A segment name unique to this trial and process, removed on drop.
-struct Segment(String);
-
-impl Segment {
-    fn new(trial: &str) -> Segment {
-        let name = format!("lockyard-test-observe-{trial}-{}", std::process::id());
-        let _ = ShmManager::remove(&name);
-        Segment(name)
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        let _ = ShmManager::remove(&self.0);
-    }
-}
-
-fn client(segment: &Segment) -> Result<ChildProcess, String> {
-    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
-    let mut child = ChildProcess::start(command, "client", None).map_err(|e| e.to_string())?;
-    expect(&mut child, "ready")?;
-    Ok(child)
-}
-
-fn expect(child: &mut ChildProcess, prefix: &str) -> Result<String, String> {
-    child.expect(prefix, STEP).map_err(|e| e.to_string())
-}
-
-fn send(child: &mut ChildProcess, line: &str) -> TrialResult {
-    child.send(line).map_err(|e| e.to_string())
-}
+use common::{CAPACITY, STEP, Segment, TrialResult, client, e2s, expect, send};
 
 fn state(manager: &ShmManager, id: u32) -> Result<Option<LockState>, String> {
     Ok(manager
@@ -333,88 +286,8 @@ fn a_zero_deadlock_timeout_turns_detection_off() -> TrialResult {
     b.finish(STEP).map_err(|e| e.to_string())
 }
 
-/// Role: opens the segment, prints `ready`, then obeys commands until stdin EOF:
-/// `lock ID` (prints `locked clean|owner-died`), `unlock ID` (`unlocked`), `wait ID MS`
-/// (try_lock_for; `locked ...`, `timeout` or `deadlock N`), `deadlock MS` (sets the timeout;
-/// prints `deadlock-timeout MS|none`).
-fn client_role() -> TrialResult {
-    let name = std::env::var(SEGMENT_ENV).map_err(|e| e.to_string())?;
-    let manager = ShmManager::open(&name).map_err(e2s)?;
-    println!("ready");
-    let number = |s: Option<&str>| -> Result<u64, String> {
-        s.ok_or("missing argument")?
-            .parse()
-            .map_err(|e| format!("{e}"))
-    };
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        let mut words = line.split_whitespace();
-        let command = words.next().unwrap_or("");
-        let a = number(words.next());
-        let b = number(words.next());
-        let lock = |id: u64| manager.retrieve(LockId(u32::try_from(id).unwrap_or(u32::MAX)));
-        let said = match command {
-            "lock" => {
-                let acquired = lock(a?).and_then(|l| l.lock()).map_err(e2s)?;
-                format!(
-                    "locked {}",
-                    if acquired.owner_died() {
-                        "owner-died"
-                    } else {
-                        "clean"
-                    }
-                )
-            }
-            "unlock" => {
-                lock(a?).and_then(|l| l.unlock()).map_err(e2s)?;
-                "unlocked".to_owned()
-            }
-            "wait" => {
-                let ms = b?;
-                match lock(a?).and_then(|l| l.try_lock_for(Duration::from_millis(ms))) {
-                    Ok(acquired) => {
-                        format!(
-                            "locked {}",
-                            if acquired.owner_died() {
-                                "owner-died"
-                            } else {
-                                "clean"
-                            }
-                        )
-                    }
-                    Err(Error::Timeout) => "timeout".to_owned(),
-                    Err(Error::Deadlock { cycle }) => format!("deadlock {}", cycle.0.len()),
-                    Err(e) => return Err(e2s(e)),
-                }
-            }
-            "deadlock" => {
-                manager
-                    .set_deadlock_timeout(Duration::from_millis(a?))
-                    .map_err(e2s)?;
-                match manager.deadlock_timeout() {
-                    Some(t) => format!("deadlock-timeout {}", t.as_millis()),
-                    None => "deadlock-timeout none".to_owned(),
-                }
-            }
-            other => return Err(format!("unknown command {other:?}")),
-        };
-        println!("{said}");
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    if std::env::var(ROLE_ENV).is_ok() {
-        return match client_role() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let args = libtest_mimic::Arguments::from_args();
-    let trials: [Trial; 7] = [
+    let trials: [common::Trial; 7] = [
         (
             "a_hold_record_dates_only_its_hold",
             a_hold_record_dates_only_its_hold,
@@ -444,9 +317,5 @@ fn main() -> ExitCode {
             a_zero_deadlock_timeout_turns_detection_off,
         ),
     ];
-    let trials = trials
-        .into_iter()
-        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    common::main(trials)
 }

@@ -1,46 +1,24 @@
 //! Noticing a dead holder when it dies, and letting idle waiters sleep, across real processes.
 //!
-//! The test binary re-executes itself: with `LOCKYARD_WATCH_ROLE` set it is a client that obeys
-//! commands on stdin, otherwise it runs the trials. Clients run under lock-conformance's
-//! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
-//! removes its segment. Offsets of the segment format are in docs/segment-format.md.
+//! The clients are this test binary re-executed (`common`); every wait is bounded, and every
+//! trial removes its segment. Offsets of the segment format are in docs/segment-format.md.
 
-use std::io::BufRead;
+mod common;
+
 use std::os::unix::fs::FileExt;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
 
-const ROLE_ENV: &str = "LOCKYARD_WATCH_ROLE";
-const SEGMENT_ENV: &str = "LOCKYARD_WATCH_SEGMENT";
-const CAPACITY: u32 = 8;
-/// How long any single step may take before the trial fails.
-const STEP: Duration = Duration::from_secs(10);
+use common::{CAPACITY, STEP, Segment, TrialResult, client, e2s, expect, send};
+
 /// Where client slot `s` begins, and the offsets of its generation and death word.
 const SLOTS_AT: u64 = 256;
 const SLOT_SIZE: u64 = 128;
 const DEATH: u64 = 8;
 
-type TrialResult = Result<(), String>;
-/// A named trial.
-type Trial = (&'static str, fn() -> TrialResult);
-
-fn e2s(e: Error) -> String {
-    e.to_string()
-}
-
-/// A segment name unique to this trial and process, removed on drop.
-struct Segment(String);
-
 impl Segment {
-    fn new(trial: &str) -> Segment {
-        let name = format!("lockyard-test-watch-{trial}-{}", std::process::id());
-        let _ = ShmManager::remove(&name);
-        Segment(name)
-    }
-
     /// The u32 at `off` of the segment file.
     fn u32_at(&self, off: u64) -> Result<u32, String> {
         let f = std::fs::File::open(std::path::Path::new("/dev/shm").join(&self.0))
@@ -56,28 +34,6 @@ impl Segment {
         let at = SLOTS_AT + SLOT_SIZE * u64::from(slot);
         Ok((self.u32_at(at)?, self.u32_at(at + DEATH)?))
     }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        let _ = ShmManager::remove(&self.0);
-    }
-}
-
-fn client(segment: &Segment) -> Result<ChildProcess, String> {
-    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
-    let mut child = ChildProcess::start(command, "client", None).map_err(|e| e.to_string())?;
-    child.expect("slot", STEP).map_err(|e| e.to_string())?;
-    Ok(child)
-}
-
-fn expect(child: &mut ChildProcess, prefix: &str) -> Result<String, String> {
-    child.expect(prefix, STEP).map_err(|e| e.to_string())
-}
-
-fn send(child: &mut ChildProcess, line: &str) -> TrialResult {
-    child.send(line).map_err(|e| e.to_string())
 }
 
 /// Waits, within STEP, until `ready` says yes.
@@ -259,78 +215,8 @@ fn a_lingering_watcher_keeps_no_slot_alive() -> TrialResult {
     holder.finish(STEP).map_err(|e| e.to_string())
 }
 
-/// Role: opens the segment, prints `slot N`, then obeys commands until stdin EOF: `slot`
-/// (prints `slot N` again), `lock ID` (`locked clean|owner-died`), `unlock ID` (`unlocked`),
-/// `wait ID MS` (try_lock_for; `locked ...` or `timeout`), `deadlock MS` (sets the timeout;
-/// prints `deadlock-timeout MS|none`).
-fn client_role() -> TrialResult {
-    let name = std::env::var(SEGMENT_ENV).map_err(|e| e.to_string())?;
-    let manager = ShmManager::open(&name).map_err(e2s)?;
-    println!("slot {}", manager.client_slot());
-    let said = |acquired: Acquired| {
-        format!(
-            "locked {}",
-            if acquired.owner_died() {
-                "owner-died"
-            } else {
-                "clean"
-            }
-        )
-    };
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let number = |i: usize| -> Result<u64, String> {
-            words
-                .get(i)
-                .ok_or("missing argument")?
-                .parse()
-                .map_err(|e| format!("{e}"))
-        };
-        let lock = |id: u64| manager.retrieve(LockId(u32::try_from(id).unwrap_or(u32::MAX)));
-        let reply = match words.first().copied().unwrap_or("") {
-            "slot" => format!("slot {}", manager.client_slot()),
-            "lock" => said(lock(number(1)?).and_then(|l| l.lock()).map_err(e2s)?),
-            "unlock" => {
-                lock(number(1)?).and_then(|l| l.unlock()).map_err(e2s)?;
-                "unlocked".to_owned()
-            }
-            "wait" => {
-                let ms = number(2)?;
-                match lock(number(1)?).and_then(|l| l.try_lock_for(Duration::from_millis(ms))) {
-                    Ok(acquired) => said(acquired),
-                    Err(Error::Timeout) => "timeout".to_owned(),
-                    Err(e) => return Err(e2s(e)),
-                }
-            }
-            "deadlock" => {
-                manager
-                    .set_deadlock_timeout(Duration::from_millis(number(1)?))
-                    .map_err(e2s)?;
-                match manager.deadlock_timeout() {
-                    Some(t) => format!("deadlock-timeout {}", t.as_millis()),
-                    None => "deadlock-timeout none".to_owned(),
-                }
-            }
-            other => return Err(format!("unknown command {other:?}")),
-        };
-        println!("{reply}");
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    if std::env::var(ROLE_ENV).is_ok() {
-        return match client_role() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let args = libtest_mimic::Arguments::from_args();
-    let trials: [Trial; 4] = [
+    let trials: [common::Trial; 4] = [
         (
             "a_watched_holders_death_is_announced_and_taken_over",
             a_watched_holders_death_is_announced_and_taken_over,
@@ -345,9 +231,5 @@ fn main() -> ExitCode {
             a_lingering_watcher_keeps_no_slot_alive,
         ),
     ];
-    let trials = trials
-        .into_iter()
-        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    common::main(trials)
 }

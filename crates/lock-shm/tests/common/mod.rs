@@ -1,0 +1,148 @@
+//! Client processes for the multiprocess trials of `observe.rs` and `watch.rs`.
+//!
+//! The test binary re-executes itself: with [`ROLE_ENV`] set it is a client that opens the
+//! segment named by [`SEGMENT_ENV`] and obeys commands on stdin ([`client_role`]), otherwise it
+//! runs the trials ([`main`]). Clients run under lock-conformance's `ChildProcess`, which SIGKILLs
+//! and reaps them on drop; every wait is bounded, and every trial removes its segment.
+
+use std::io::BufRead;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use lock_conformance::child::ChildProcess;
+use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
+
+/// Set in a client process; its value is the role's name.
+const ROLE_ENV: &str = "LOCKYARD_SHM_TEST_ROLE";
+/// The name of the segment a client opens.
+const SEGMENT_ENV: &str = "LOCKYARD_SHM_TEST_SEGMENT";
+/// The capacity of every trial's segment.
+pub(crate) const CAPACITY: u32 = 8;
+/// How long any single step may take before the trial fails.
+pub(crate) const STEP: Duration = Duration::from_secs(10);
+
+pub(crate) type TrialResult = Result<(), String>;
+/// A named trial.
+pub(crate) type Trial = (&'static str, fn() -> TrialResult);
+
+pub(crate) fn e2s(e: Error) -> String {
+    e.to_string()
+}
+
+/// A segment name unique to this test binary, trial and process, removed on drop.
+pub(crate) struct Segment(pub(crate) String);
+
+impl Segment {
+    pub(crate) fn new(trial: &str) -> Segment {
+        // The test binary's name (`observe`, `watch`): binaries run at the same time.
+        let binary = env!("CARGO_CRATE_NAME");
+        let name = format!("lockyard-test-{binary}-{trial}-{}", std::process::id());
+        let _ = ShmManager::remove(&name);
+        Segment(name)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = ShmManager::remove(&self.0);
+    }
+}
+
+/// Starts a client on `segment` and waits until it has opened it (it says `slot N`).
+pub(crate) fn client(segment: &Segment) -> Result<ChildProcess, String> {
+    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
+    let mut child = ChildProcess::start(command, "client", None).map_err(|e| e.to_string())?;
+    expect(&mut child, "slot")?;
+    Ok(child)
+}
+
+/// The rest of the client's next line, which must start with `prefix` and come within STEP.
+pub(crate) fn expect(child: &mut ChildProcess, prefix: &str) -> Result<String, String> {
+    child.expect(prefix, STEP).map_err(|e| e.to_string())
+}
+
+pub(crate) fn send(child: &mut ChildProcess, line: &str) -> TrialResult {
+    child.send(line).map_err(|e| e.to_string())
+}
+
+/// Role: opens the segment, prints `slot N`, then obeys commands until stdin EOF: `slot`
+/// (prints `slot N` again), `lock ID` (`locked clean|owner-died`), `unlock ID` (`unlocked`),
+/// `wait ID MS` (try_lock_for; `locked ...`, `timeout` or `deadlock N`), `deadlock MS` (sets
+/// the timeout; prints `deadlock-timeout MS|none`).
+fn client_role() -> TrialResult {
+    let name = std::env::var(SEGMENT_ENV).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&name).map_err(e2s)?;
+    println!("slot {}", manager.client_slot());
+    let said = |acquired: Acquired| {
+        format!(
+            "locked {}",
+            if acquired.owner_died() {
+                "owner-died"
+            } else {
+                "clean"
+            }
+        )
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| -> Result<u64, String> {
+            words
+                .get(i)
+                .ok_or("missing argument")?
+                .parse()
+                .map_err(|e| format!("{e}"))
+        };
+        let lock = |id: u64| manager.retrieve(LockId(u32::try_from(id).unwrap_or(u32::MAX)));
+        let reply = match words.first().copied().unwrap_or("") {
+            "slot" => format!("slot {}", manager.client_slot()),
+            "lock" => said(lock(number(1)?).and_then(|l| l.lock()).map_err(e2s)?),
+            "unlock" => {
+                lock(number(1)?).and_then(|l| l.unlock()).map_err(e2s)?;
+                "unlocked".to_owned()
+            }
+            "wait" => {
+                let ms = number(2)?;
+                match lock(number(1)?).and_then(|l| l.try_lock_for(Duration::from_millis(ms))) {
+                    Ok(acquired) => said(acquired),
+                    Err(Error::Timeout) => "timeout".to_owned(),
+                    Err(Error::Deadlock { cycle }) => format!("deadlock {}", cycle.0.len()),
+                    Err(e) => return Err(e2s(e)),
+                }
+            }
+            "deadlock" => {
+                manager
+                    .set_deadlock_timeout(Duration::from_millis(number(1)?))
+                    .map_err(e2s)?;
+                match manager.deadlock_timeout() {
+                    Some(t) => format!("deadlock-timeout {}", t.as_millis()),
+                    None => "deadlock-timeout none".to_owned(),
+                }
+            }
+            other => return Err(format!("unknown command {other:?}")),
+        };
+        println!("{reply}");
+    }
+    Ok(())
+}
+
+/// The test binary's `main`: the client role in a client process, otherwise `trials` under
+/// libtest-mimic.
+pub(crate) fn main(trials: impl IntoIterator<Item = Trial>) -> ExitCode {
+    if std::env::var(ROLE_ENV).is_ok() {
+        return match client_role() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("error {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = trials
+        .into_iter()
+        .map(|(name, f)| libtest_mimic::Trial::test(name, move || f().map_err(Into::into)))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
