@@ -4,9 +4,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use lock_conformance::Failed;
 use lock_file::{Acquired, Error, FileManager, LockId, LockState, Locker, Manager};
 
 /// Generous liveness bound: long enough for a loaded 2-core machine, short enough to fail fast.
@@ -36,6 +38,34 @@ fn snapshot_until(manager: &FileManager, done: impl Fn(&[LockState]) -> bool) ->
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// One member of a would-be cycle, as lock-conformance runs it for `manager`'s owner on this
+/// thread: sets the deadlock timeout to `deadlock`, holds `first`, then (once `go` returns)
+/// waits for `second` with `lock`, and sends what it says to `said`: `holding`, then
+/// `acquired`, `deadlock N ...` or `timeout`, then `released` once it has let go of both.
+fn cycle_member(
+    manager: &FileManager,
+    first: u32,
+    second: u32,
+    deadlock: Duration,
+    said: &Sender<String>,
+    mut go: impl FnMut() -> bool,
+) -> Result<(), Failed> {
+    lock_conformance::child::cycle_member(
+        manager,
+        LockId(first),
+        LockId(second),
+        deadlock,
+        None,
+        &mut |line| {
+            let _ = said.send(line.to_owned());
+        },
+        &mut go,
+    )
+}
+
+/// What a member that acquired its second lock says, from first to last.
+const ACQUIRED: [&str; 3] = ["holding", "acquired", "released"];
 
 /// The names in the store's `owners` directory.
 fn owner_files(path: &std::path::Path) -> Vec<String> {
@@ -171,24 +201,15 @@ fn a_thread_that_blocks_sigurg_still_times_out_and_acquires() {
 fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
     let (_root, path, a) = fresh(2);
     let b = FileManager::open(&path).expect("open");
-    for m in [&a, &b] {
-        m.set_deadlock_timeout(Duration::from_millis(50))
-            .expect("timeout");
-    }
-    let a0 = a.retrieve(LockId(0)).expect("retrieve");
+    let deadlock = Duration::from_millis(50);
+    b.set_deadlock_timeout(deadlock).expect("timeout");
     let b1 = b.retrieve(LockId(1)).expect("retrieve");
-    let _ = a0.lock().expect("lock");
     let _ = b1.lock().expect("lock");
-    let a1 = a.retrieve(LockId(1)).expect("retrieve");
     let b0 = b.retrieve(LockId(0)).expect("retrieve");
-    let a_waits = with_sigurg_blocked(move || {
-        let got = a1.lock().map_err(|e| e.to_string());
-        if got.is_ok() {
-            a1.unlock().expect("unlock");
-        }
-        a0.unlock().expect("unlock");
-        got
-    });
+    let (said, a_said) = mpsc::channel();
+    let a_member = a.clone();
+    let a_waits =
+        with_sigurg_blocked(move || cycle_member(&a_member, 0, 1, deadlock, &said, || true));
     // Let `a` publish its wait first, so `b` closes the cycle.
     snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
     let b_result = b0.lock();
@@ -204,7 +225,8 @@ fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
         (LockId(1), LockId(0))
     );
     b1.unlock().expect("the victim backs off");
-    assert_eq!(a_waits.join().expect("join"), Ok(Acquired::Clean));
+    a_waits.join().expect("join").expect("member a");
+    assert_eq!(a_said.try_iter().collect::<Vec<_>>(), ACQUIRED);
     let snapshot = a.snapshot().expect("snapshot");
     assert!(snapshot.is_empty(), "{snapshot:?}");
 }
@@ -216,43 +238,43 @@ fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
 fn a_cycle_is_decided_only_under_the_detection_lock() {
     let (_root, path, a) = fresh(2);
     let b = FileManager::open(&path).expect("open");
-    for m in [&a, &b] {
-        m.set_deadlock_timeout(Duration::from_millis(20))
-            .expect("timeout");
-    }
     let detection = std::fs::File::open(path.join("deadlock")).expect("detection lock file");
     rustix::fs::flock(&detection, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-    let (tx, rx) = mpsc::channel();
-    let mut members = Vec::new();
-    for (m, first, second) in [(a.clone(), 0, 1), (b.clone(), 1, 0)] {
-        let mine = m.retrieve(LockId(first)).expect("retrieve");
-        let _ = mine.lock().expect("lock");
-        let theirs = m.retrieve(LockId(second)).expect("retrieve");
-        let tx = tx.clone();
-        members.push(std::thread::spawn(move || {
-            let got = theirs.lock();
-            let victim = matches!(got, Err(Error::Deadlock { .. }));
-            let _ = tx.send(victim);
-            if got.is_ok() {
-                theirs.unlock().expect("unlock");
-            }
-            mine.unlock().expect("unlock");
-            got.map_err(|e| e.to_string())
-        }));
-    }
+    let (said, heard) = mpsc::channel();
+    // Neither member waits before both hold their first lock.
+    let both_hold = Arc::new(Barrier::new(2));
+    let members: Vec<_> = [(a.clone(), 0, 1), (b.clone(), 1, 0)]
+        .into_iter()
+        .map(|(m, first, second)| {
+            let (said, both_hold) = (said.clone(), Arc::clone(&both_hold));
+            std::thread::spawn(move || {
+                let go = || {
+                    both_hold.wait();
+                    true
+                };
+                cycle_member(&m, first, second, Duration::from_millis(20), &said, go)
+            })
+        })
+        .collect();
     snapshot_until(&a, |s| {
         s.iter().map(|l| l.waiters.len()).sum::<usize>() == 2
     });
+    for _ in 0..2 {
+        assert_eq!(heard.recv_timeout(LIVENESS).as_deref(), Ok("holding"));
+    }
     // Many checks fall due while the detection lock is held elsewhere; none may decide.
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert!(heard.recv_timeout(Duration::from_millis(300)).is_err());
     rustix::fs::flock(&detection, rustix::fs::FlockOperation::Unlock).expect("unlock");
-    let results: Vec<_> = members
-        .into_iter()
-        .map(|t| t.join().expect("join"))
-        .collect();
-    let victims = results.iter().filter(|r| r.is_err()).count();
-    assert_eq!(victims, 1, "{results:?}");
-    assert!(results.contains(&Ok(Acquired::Clean)), "{results:?}");
+    for member in members {
+        member.join().expect("join").expect("member");
+    }
+    let outcomes: Vec<String> = heard.try_iter().filter(|l| l != "released").collect();
+    let victims = outcomes
+        .iter()
+        .filter(|l| l.starts_with("deadlock"))
+        .count();
+    assert_eq!(victims, 1, "{outcomes:?}");
+    assert!(outcomes.iter().any(|l| l == "acquired"), "{outcomes:?}");
 }
 
 /// With detection off (a zero timeout) a cycle is never reported, however long it lasts: here
@@ -266,26 +288,18 @@ fn with_detection_off_a_cycle_is_never_reported() {
         assert_eq!(m.deadlock_timeout(), None);
     }
     let a0 = a.retrieve(LockId(0)).expect("retrieve");
-    let b1 = b.retrieve(LockId(1)).expect("retrieve");
     let _ = a0.lock().expect("lock");
-    let _ = b1.lock().expect("lock");
     let a1 = a.retrieve(LockId(1)).expect("retrieve");
-    let b0 = b.retrieve(LockId(0)).expect("retrieve");
-    let waiter = std::thread::spawn(move || {
-        let got = b0.lock().map_err(|e| e.to_string());
-        if got.is_ok() {
-            b0.unlock().expect("unlock");
-        }
-        b1.unlock().expect("unlock");
-        got
-    });
+    let (said, b_said) = mpsc::channel();
+    let waiter = std::thread::spawn(move || cycle_member(&b, 1, 0, Duration::ZERO, &said, || true));
     snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
     assert!(matches!(
         a1.try_lock_for(Duration::from_millis(300)),
         Err(Error::Timeout)
     ));
     a0.unlock().expect("unlock");
-    assert_eq!(waiter.join().expect("join"), Ok(Acquired::Clean));
+    waiter.join().expect("join").expect("member b");
+    assert_eq!(b_said.try_iter().collect::<Vec<_>>(), ACQUIRED);
 }
 
 /// A program with its own `SIGURG` handler keeps it: lock-file does not install its own, and
