@@ -13,7 +13,6 @@ use crate::cancel::CancelToken;
 use crate::client::Shared;
 use crate::info::Info;
 use crate::mutex::{self, Cancel, Held, Target, Wait};
-use crate::options::MAX_DATA_LEN;
 use crate::session::SessionCore;
 
 /// One etcd lock, named or numbered. The handle is the owner: every handle is its own owner,
@@ -336,25 +335,9 @@ impl LockData for EtcdLock {
     /// [`Error::NotHeld`], [`Error::Lost`], [`Error::InvalidArgument`] over
     /// [`MAX_DATA_LEN`](crate::MAX_DATA_LEN) bytes, [`Error::Unavailable`].
     fn write_data(&self, data: &[u8]) -> Result<()> {
-        if data.len() > MAX_DATA_LEN {
-            return Err(Error::invalid(format!(
-                "lock data of {} bytes is over the limit of {MAX_DATA_LEN}",
-                data.len()
-            )));
-        }
-        let (ctx, key, revision, lease, mut record) = self.with_held(|h| {
-            (
-                h.session.ctx.clone(),
-                h.key.clone(),
-                h.revision,
-                h.lease(),
-                h.record.clone(),
-            )
-        })?;
-        record.data = data.to_vec();
-        let result = self.shared.block_on(async move {
-            mutex::rewrite(&ctx, &key, revision, lease, record.encode()).await
-        });
+        crate::data::check(data)?;
+        let write = self.with_held(|h| crate::data::write(h, data))?;
+        let result = self.shared.block_on(write);
         if matches!(result, Err(Error::Lost))
             && let Some(h) = self.lock_state().as_ref()
         {

@@ -3,6 +3,7 @@
 
 mod cancel;
 mod client;
+mod data;
 mod deadlock;
 mod handle;
 mod info;

@@ -20,7 +20,7 @@ use lock_api::{Acquired, Error, LostSignal, Result};
 use crate::client::Ctx;
 use crate::info::Info;
 use crate::mutex::{self, Held, Target, Wait};
-use crate::options::{EtcdOptions, MAX_DATA_LEN, validate_name};
+use crate::options::{EtcdOptions, validate_name};
 use crate::session::SessionCore;
 
 /// A connection to an etcd cluster for async code, on the caller's tokio runtime.
@@ -314,26 +314,12 @@ impl AsyncGuard {
     ///
     /// # Errors
     ///
-    /// [`Error::Lost`]; [`Error::InvalidArgument`] over [`MAX_DATA_LEN`] bytes;
-    /// [`Error::Unavailable`].
+    /// [`Error::Lost`]; [`Error::InvalidArgument`] over [`MAX_DATA_LEN`](crate::MAX_DATA_LEN)
+    /// bytes; [`Error::Unavailable`].
     pub async fn write_data(&self, data: &[u8]) -> Result<()> {
-        if data.len() > MAX_DATA_LEN {
-            return Err(Error::invalid(format!(
-                "lock data of {} bytes is over the limit of {MAX_DATA_LEN}",
-                data.len()
-            )));
-        }
+        crate::data::check(data)?;
         let held = self.held()?;
-        let mut record = held.record.clone();
-        record.data = data.to_vec();
-        let result = mutex::rewrite(
-            &held.session.ctx,
-            &held.key,
-            held.revision,
-            held.lease(),
-            record.encode(),
-        )
-        .await;
+        let result = crate::data::write(held, data).await;
         if matches!(result, Err(Error::Lost)) {
             held.monitor.fire();
         }
