@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion};
-use lock_api::{LockId, Locker, Manager};
+use lock_api::{LockId, Locker};
 use lockyard_bench_support::Unit;
 use lockyard_benches::{Backend, FileManager, MemManager, ShmManager};
 
@@ -58,7 +58,7 @@ struct Remove<B: Backend>(Option<String>, std::marker::PhantomData<B>);
 impl<B: Backend> Drop for Remove<B> {
     fn drop(&mut self) {
         if let Some(spec) = self.0.take() {
-            let _ = B::remove(&spec);
+            let _ = B::remove_store(&spec);
         }
     }
 }
@@ -69,34 +69,30 @@ fn kept_store(name: &str) -> PathBuf {
     lockyard_bench_support::line_dir().join("kept").join(name)
 }
 
-fn backend<B: Backend + Manager>(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    ctx: &Ctx,
-    capacity: u32,
-    keep: bool,
-) {
+fn backend<B: Backend>(g: &mut BenchmarkGroup<'_, WallTime>, ctx: &Ctx, capacity: u32, keep: bool) {
     let (spec, manager, remove) = if keep {
         let path = kept_store(&format!("{}-{capacity}", B::NAME));
         let spec = B::spec(
             path.parent().unwrap_or(&path),
             &format!("{}-{capacity}", B::NAME),
         );
-        let manager = match B::open(&spec) {
+        let manager = match B::open_store(&spec) {
             Ok(m) if m.capacity() == Some(capacity) => m,
             _ => {
-                let _ = B::remove(&spec);
+                let _ = B::remove_store(&spec);
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).expect("kept-store directory");
                 }
                 eprintln!("{GROUP}: creating {spec} once; later runs reuse it");
-                B::create(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"))
+                B::create_store(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"))
             }
         };
         manager.free_all().expect("free_all");
         (spec, manager, None)
     } else {
         let spec = ctx.spec::<B>(&format!("{}-alloc-{capacity}", ctx.tag));
-        let manager = B::create(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"));
+        let manager =
+            B::create_store(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"));
         (spec.clone(), manager, Some(spec))
     };
     let _remove = Remove::<B>(remove, std::marker::PhantomData);

@@ -258,7 +258,7 @@ pub(crate) trait Work {
 /// process, through a manager of its own, and hands them to `work`.
 pub(crate) fn open_locks<W: Work>(subject: Subject, store: &str, count: u32, work: W) -> W::Out {
     fn via<B: Backend, W: Work>(store: &str, count: u32, work: W) -> W::Out {
-        let backend = B::open(store).unwrap_or_else(|e| panic!("open {store}: {e}"));
+        let backend = B::open_store(store).unwrap_or_else(|e| panic!("open {store}: {e}"));
         let locks = (0..count)
             .map(|i| Ours(backend.lock(i).expect("lock handle")))
             .collect();
@@ -325,14 +325,15 @@ impl Drop for Prepared {
 pub(crate) fn prepare(subject: Subject, ctx: &Ctx, name: &str, capacity: u32) -> Prepared {
     fn backend<B: Backend>(subject: Subject, ctx: &Ctx, name: &str, capacity: u32) -> Prepared {
         let spec = ctx.spec::<B>(name);
-        let made = B::create(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"));
+        let made =
+            B::create_store(&spec, capacity).unwrap_or_else(|e| panic!("create {spec}: {e}"));
         let remove = spec.clone();
         Prepared {
             subject,
             store: spec,
             _keep: Some(Box::new(made)),
             cleanup: Some(Box::new(move || {
-                let _ = B::remove(&remove);
+                let _ = B::remove_store(&remove);
             })),
         }
     }
