@@ -3,11 +3,20 @@
 //! The parent sets [`ROLE_ENV`] and the role's parameters; `main` sees the variable and runs the
 //! role instead of criterion. Every read is bounded, and a child is SIGKILLed and reaped when its
 //! handle is dropped; a child whose parent died sees its stdin close and exits.
+//!
+//! A [`Crew`] is several children in one role that share a control mapping and start each round
+//! together, at its start line.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
+
+use crate::Ctx;
+use crate::subject::{Prepared, Subject};
+use crate::sys::{Shared, open_start};
 
 /// The role a re-executed bench binary plays.
 pub(crate) const ROLE_ENV: &str = "LOCKYARD_BENCH_ROLE";
@@ -21,6 +30,14 @@ pub(crate) const CTL_ENV: &str = "LOCKYARD_BENCH_CTL";
 pub(crate) const LOCKS_ENV: &str = "LOCKYARD_BENCH_LOCKS";
 /// The worker's index (seeds its random ids).
 pub(crate) const INDEX_ENV: &str = "LOCKYARD_BENCH_INDEX";
+
+/// The control mapping of a [`Crew`]: the start line (a `u32` that counts the rounds started).
+pub(crate) const CTL_START: usize = 0;
+/// The control mapping of a [`Crew`]: the contention group's ticket pool (`u64`).
+pub(crate) const CTL_REMAINING: usize = 8;
+/// The control mapping of a [`Crew`]: when the contention group's last ticket was taken (`u64`,
+/// CLOCK_MONOTONIC ns).
+pub(crate) const CTL_FINISHED: usize = 16;
 
 /// A running child.
 #[derive(Debug)]
@@ -66,6 +83,24 @@ impl Child {
         }
     }
 
+    /// Starts this binary in `role` on locks `0..locks` of `subject`'s store `store` (a spec, or a
+    /// path for peers), with `extra` environment.
+    pub(crate) fn worker(
+        role: &str,
+        subject: Subject,
+        store: &str,
+        locks: u32,
+        extra: &[(&str, String)],
+    ) -> Child {
+        let mut env = vec![
+            (SUBJECT_ENV, subject.name().to_string()),
+            (STORE_ENV, store.to_string()),
+            (LOCKS_ENV, locks.to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        Child::spawn(role, &env)
+    }
+
     /// The child's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -99,6 +134,90 @@ impl Drop for Child {
         drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a worker of a [`Crew`] reports after a round: `done <ops> <start ns> <end ns>`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done {
+    /// Operations it did in the round.
+    pub(crate) ops: u64,
+    /// When it left the start line (CLOCK_MONOTONIC ns, one clock for every process).
+    pub(crate) start: u64,
+    /// When it stopped.
+    pub(crate) end: u64,
+}
+
+/// Workers in one role on one store, which start every round together: each is told its order,
+/// says `set` when it waits at the start line, and one `FUTEX_WAKE` lets all of them go.
+#[derive(Debug)]
+pub(crate) struct Crew {
+    workers: Vec<Child>,
+    ctl: Shared,
+}
+
+impl Crew {
+    /// Starts `count` workers in `role` on locks `0..locks` of `store` and waits until each is
+    /// ready (has opened the store).
+    pub(crate) fn spawn(ctx: &Ctx, role: &str, store: &Prepared, locks: u32, count: usize) -> Crew {
+        static CREWS: AtomicUsize = AtomicUsize::new(0);
+        let ctl_path = PathBuf::from("/dev/shm").join(format!(
+            "{}-ctl-{role}-{}-{}",
+            ctx.tag,
+            store.subject.name(),
+            CREWS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let ctl = Shared::create(&ctl_path, 4096);
+        let workers: Vec<Child> = (0..count)
+            .map(|i| {
+                Child::worker(
+                    role,
+                    store.subject,
+                    &store.store,
+                    locks,
+                    &[
+                        (CTL_ENV, ctl_path.display().to_string()),
+                        (INDEX_ENV, i.to_string()),
+                    ],
+                )
+            })
+            .collect();
+        for w in &workers {
+            w.expect("ready", Duration::from_secs(60));
+        }
+        Crew { workers, ctl }
+    }
+
+    /// The control mapping the workers share.
+    pub(crate) fn ctl(&self) -> &Shared {
+        &self.ctl
+    }
+
+    /// One round: gives worker `i` the line `order(i)`, waits until every worker is at the start
+    /// line, opens it, and returns each worker's report, in worker order.
+    pub(crate) fn round(&mut self, order: impl Fn(usize) -> String) -> Vec<Done> {
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            w.send(&order(i));
+        }
+        for w in &self.workers {
+            w.expect("set", Duration::from_secs(60));
+        }
+        open_start(self.ctl.u32(CTL_START));
+        self.workers
+            .iter()
+            .map(|w| {
+                let line = w.expect("done", Duration::from_secs(600));
+                let fields: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|f| f.parse().expect("done field"))
+                    .collect();
+                let [ops, start, end] = fields[..] else {
+                    panic!("bad done line {line:?}");
+                };
+                Done { ops, start, end }
+            })
+            .collect()
     }
 }
 

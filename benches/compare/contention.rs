@@ -3,21 +3,21 @@
 //!
 //! Each sample puts `iters` tickets in a pool in shared memory; the P worker processes take one
 //! ticket per pair, under the lock, until the pool is empty. So every sample does exactly
-//! `iters` pairs, a lost update would show as a wrong total (checked), and the time is from the
-//! first worker's start to the last one's end, read from one clock (CLOCK_MONOTONIC).
+//! `iters` pairs, and a lost update would show as a wrong total (checked). The workers start
+//! together: each waits at the crew's start line, which one `FUTEX_WAKE` opens for all. The
+//! pool empties for all of them at once, so every worker is measured over the same window, from
+//! the first worker's start to the taking of the last ticket, read from one clock
+//! (CLOCK_MONOTONIC).
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use lockyard_bench_support::Unit;
 
-use crate::child::{CTL_ENV, Child, LOCKS_ENV, STORE_ENV, SUBJECT_ENV};
-use crate::roles::REMAINING;
+use crate::child::{CTL_FINISHED, CTL_REMAINING, Crew};
 use crate::subject::{Subject, prepare};
-use crate::sys::Shared;
 use crate::{Ctx, Pace};
 
 const GROUP: &str = "compare-contention";
@@ -33,25 +33,31 @@ const SUBJECTS: &[Subject] = &[
     Subject::Flock,
 ];
 
-/// A sample's outcome from each worker line `done <pairs> <start> <end>`.
-pub(crate) fn gather(workers: &[Child], counts: &mut [u64]) -> (u64, u64, u64) {
-    let (mut first, mut last, mut total) = (u64::MAX, 0u64, 0u64);
-    for (w, count) in workers.iter().zip(counts.iter_mut()) {
-        let line = w.expect("done", Duration::from_secs(600));
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|f| f.parse().expect("done field"))
-            .collect();
-        let [pairs, start, end] = fields[..] else {
-            panic!("bad done line {line:?}");
-        };
-        *count += pairs;
-        total += pairs;
-        first = first.min(start);
-        last = last.max(end);
+/// One sample of `iters` pairs by the crew: its duration, and each worker's pairs added to
+/// `counts`.
+fn sample(crew: &mut Crew, subject: Subject, iters: u64, counts: &mut [u64]) -> Duration {
+    crew.ctl()
+        .u64(CTL_REMAINING)
+        .store(iters, Ordering::Release);
+    crew.ctl().u64(CTL_FINISHED).store(0, Ordering::Release);
+    let done = crew.round(|_| "go".to_string());
+    let total: u64 = done.iter().map(|d| d.ops).sum();
+    assert_eq!(
+        total,
+        iters,
+        "{}: pairs lost or doubled: exclusion broken",
+        subject.name()
+    );
+    for (count, d) in counts.iter_mut().zip(&done) {
+        *count += d.ops;
     }
-    (total, first, last)
+    let first = done.iter().map(|d| d.start).min().unwrap_or(0);
+    let finished = match crew.ctl().u64(CTL_FINISHED).load(Ordering::Acquire) {
+        // No ticket to take (iters = 0): the last worker's end.
+        0 => done.iter().map(|d| d.end).max().unwrap_or(first),
+        at => at,
+    };
+    Duration::from_nanos(finished.saturating_sub(first))
 }
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
@@ -65,43 +71,12 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     for &s in &subjects {
         let store = prepare(s, ctx, "contention", 16);
         for p in PROCESSES {
-            let ctl_path =
-                PathBuf::from("/dev/shm").join(format!("{}-ctl-{}-{p}", ctx.tag, s.name()));
-            let ctl = Shared::create(&ctl_path, 4096);
-            let mut workers: Vec<Child> = (0..p)
-                .map(|_| {
-                    Child::spawn(
-                        "contend",
-                        &[
-                            (SUBJECT_ENV, s.name().to_string()),
-                            (STORE_ENV, store.store.clone()),
-                            (LOCKS_ENV, "1".to_string()),
-                            (CTL_ENV, ctl_path.display().to_string()),
-                        ],
-                    )
-                })
-                .collect();
-            for w in &workers {
-                w.expect("ready", Duration::from_secs(60));
-            }
+            let mut crew = Crew::spawn(ctx, "contend", &store, 1, p);
             let counts = RefCell::new(vec![0u64; p]);
             g.bench_with_input(BenchmarkId::new(s.name(), p), &p, |b, _| {
-                b.iter_custom(|iters| {
-                    ctl.u64(REMAINING).store(iters, Ordering::Release);
-                    for w in workers.iter_mut() {
-                        w.send("go");
-                    }
-                    let (total, first, last) = gather(&workers, &mut counts.borrow_mut());
-                    assert_eq!(
-                        total,
-                        iters,
-                        "{}: pairs lost or doubled: exclusion broken",
-                        s.name()
-                    );
-                    Duration::from_nanos(last.saturating_sub(first))
-                })
+                b.iter_custom(|iters| sample(&mut crew, s, iters, &mut counts.borrow_mut()))
             });
-            drop(workers);
+            drop(crew);
             let counts = counts.into_inner();
             let (min, max) = (
                 counts.iter().copied().min().unwrap_or(0),

@@ -1,14 +1,15 @@
 //! Group 4: a Podman-like load: 8 processes lock random locks of 2048, each for a 1 µs
 //! critical section. Criterion times one operation of all processes together; the report
-//! quotes operations per second.
+//! quotes operations per second. Each sample splits its operations evenly over the processes,
+//! which start together at the crew's start line; it lasts from the first one's start to the
+//! last one's end.
 
 use std::time::Duration;
 
 use criterion::Criterion;
 use lockyard_bench_support::Unit;
 
-use crate::child::{Child, INDEX_ENV, LOCKS_ENV, STORE_ENV, SUBJECT_ENV};
-use crate::contention::gather;
+use crate::child::Crew;
 use crate::subject::{Subject, prepare};
 use crate::{Ctx, Pace};
 
@@ -34,36 +35,21 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
     ctx.pace(&mut g, Pace::Procs);
     for &s in &subjects {
         let store = prepare(s, ctx, "podman", LOCKS);
-        let mut workers: Vec<Child> = (0..PROCESSES)
-            .map(|i| {
-                Child::spawn(
-                    "podman",
-                    &[
-                        (SUBJECT_ENV, s.name().to_string()),
-                        (STORE_ENV, store.store.clone()),
-                        (LOCKS_ENV, LOCKS.to_string()),
-                        (INDEX_ENV, i.to_string()),
-                    ],
-                )
-            })
-            .collect();
-        for w in &workers {
-            w.expect("ready", Duration::from_secs(60));
-        }
-        let mut counts = vec![0u64; PROCESSES];
+        let mut crew = Crew::spawn(ctx, "podman", &store, LOCKS, PROCESSES);
         g.bench_function(s.name(), |b| {
             b.iter_custom(|iters| {
                 let n = PROCESSES as u64;
-                for (i, w) in workers.iter_mut().enumerate() {
+                let done = crew.round(|i| {
                     let quota = iters / n + u64::from((i as u64) < iters % n);
-                    w.send(&format!("go {quota}"));
-                }
-                let (total, first, last) = gather(&workers, &mut counts);
-                assert_eq!(total, iters);
+                    format!("go {quota}")
+                });
+                assert_eq!(done.iter().map(|d| d.ops).sum::<u64>(), iters);
+                let first = done.iter().map(|d| d.start).min().unwrap_or(0);
+                let last = done.iter().map(|d| d.end).max().unwrap_or(first);
                 Duration::from_nanos(last.saturating_sub(first))
             })
         });
-        drop(workers);
+        drop(crew);
     }
     g.finish();
     for &s in &subjects {

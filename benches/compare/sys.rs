@@ -1,4 +1,5 @@
-//! Shared mappings and the glibc robust mutex peer: the only unsafe code of the bench.
+//! Shared mappings, the start line of multi-process samples and the glibc robust mutex peer: the
+//! only unsafe code of the bench.
 #![allow(unsafe_code)] // reason: pthread mutexes and atomics in a mapping shared between processes
 //!
 //! # Invariants
@@ -13,10 +14,11 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
+use rustix::thread::futex;
 
 /// A file in /dev/shm mapped shared in every process that opens it.
 #[derive(Debug)]
@@ -74,6 +76,14 @@ impl Shared {
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
     }
 
+    /// The 32-bit word at byte `off`.
+    pub(crate) fn u32(&self, off: usize) -> &AtomicU32 {
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len, "offset {off}");
+        // SAFETY: invariant 1: in bounds and aligned (checked above; the mapping is page-aligned).
+        // Every process reaches the word through atomics only.
+        unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(off).cast()) }
+    }
+
     fn ptr(&self, off: usize, size: usize) -> *mut u8 {
         assert!(off + size <= self.len, "offset {off} + {size}");
         // SAFETY: invariant 1: the range is inside the mapping (checked above).
@@ -87,6 +97,42 @@ impl Drop for Shared {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Waits at a start line until it opens (its word is no longer `seen`; at most ten minutes) and
+/// returns the word's new value.
+///
+/// A start line is a 32-bit word of a [`Shared`] mapping that counts the starts so far. Worker
+/// processes wait at it and one [`open_start`] lets them all go with a single `FUTEX_WAKE`, so
+/// that no worker runs alone for the time it takes to tell the others one by one.
+pub(crate) fn wait_at_start(line: &AtomicU32, seen: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let tick = futex::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    loop {
+        let now = line.load(Ordering::Acquire);
+        if now != seen {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "no start within ten minutes");
+        // A shared (not private) futex: the waiters are other processes. EAGAIN: it moved
+        // already; ETIMEDOUT: look again (the parent may be gone, the deadline is checked).
+        match futex::wait(line, futex::Flags::empty(), seen, Some(&tick)) {
+            Ok(())
+            | Err(rustix::io::Errno::AGAIN)
+            | Err(rustix::io::Errno::INTR)
+            | Err(rustix::io::Errno::TIMEDOUT) => {}
+            Err(e) => panic!("FUTEX_WAIT on the start line: {e}"),
+        }
+    }
+}
+
+/// Opens the start line: every process waiting at it (or about to) goes now.
+pub(crate) fn open_start(line: &AtomicU32) {
+    line.fetch_add(1, Ordering::Release);
+    futex::wake(line, futex::Flags::empty(), i32::MAX as u32).expect("FUTEX_WAKE the start line");
 }
 
 const MUTEX: usize = size_of::<libc::pthread_mutex_t>();

@@ -738,9 +738,11 @@ const NOTES: &str = "
   mem and parking_lot cannot be held by another process: another owner, or another thread, holds them.
 - **contention**: P processes on one lock.
   Each sample puts N tickets in a pool in shared memory; every process takes one ticket per lock+unlock pair, under the lock, until the pool is empty, so a sample is exactly N pairs and a lost update would show (checked).
-  The time is from the first process's start to the last one's end on CLOCK_MONOTONIC, divided by N; fairness is the fewest pairs one process did divided by the most, over all samples.
+  The processes start together: all wait on one futex word in shared memory, which the bench releases with a single `FUTEX_WAKE`; the pool empties for all of them at once, so every process is measured over the same window.
+  The time is from the first process's start to the taking of the last ticket on CLOCK_MONOTONIC, divided by N; fairness is the fewest pairs one process did divided by the most, over all samples.
   With more processes than the 2 cores, the scheduler decides much of both.
 - **podman**: 8 processes each lock a random lock of 2048, spin 1 µs inside, unlock; the figure is operations per second, all processes together.
+  A sample splits its operations evenly over the processes, which start together as in the contention group; it lasts from the first process's start to the last one's end.
 - **alloc**: allocate+free with every id but the last one allocated.
   The peer is Podman's algorithm written here: scan 32-bit bitmap words from the first for one not full (the scan alone, without Podman's segment mutex).
   A file store of 2^20 locks is 2^20 lock files; it is created once, kept in `target/lockyard-bench/kept/` and reused by later runs (a `--quick` run without it skips that cell).
