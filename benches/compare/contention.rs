@@ -31,6 +31,9 @@ const SUBJECTS: &[Subject] = &[
     Subject::Etcd,
     Subject::Glibc,
     Subject::Flock,
+    // The peer of the etcd target "4 processes on one lock ÷ the Lock RPC's throughput".
+    #[cfg(feature = "etcd")]
+    Subject::EtcdRpc,
 ];
 
 /// One sample of `iters` pairs by the crew: its duration, and each worker's pairs added to

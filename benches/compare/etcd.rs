@@ -1,5 +1,6 @@
-//! The etcd peer: etcd's own Lock and Unlock RPCs (etcd-client) on one session lease, granted
-//! once for the whole run, as Go's `concurrency.Mutex` on a `Session` does.
+//! The etcd peer: etcd's own Lock and Unlock RPCs (etcd-client) on one session lease per process,
+//! granted once, as Go's `concurrency.Mutex` on a `Session` does. It runs in the uncontended group
+//! and, one lease per worker process, in the contention group (the target on 4 processes).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -59,7 +60,7 @@ impl Mutexish for LockRpc {
     }
 
     fn acquire_for(&self, _timeout: Duration) -> Option<bool> {
-        panic!("the Lock RPC peer only runs in the uncontended group")
+        panic!("the Lock RPC peer only runs in the uncontended and contention groups")
     }
 
     fn try_acquire(&self) -> bool {

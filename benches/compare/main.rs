@@ -12,6 +12,9 @@
 //! | idle (hand-timed): CPU burnt by 50 waiters blocked on a live holder | shm, file, dirlock | glibc robust |
 //! | `compare-coldstart`: exec a process that opens the store, locks, runs `true` | mem, shm, file, dirlock | flock(1) |
 //!
+//! With the `etcd` feature, etcd joins every group but idle (alloc at 2^11 only), and etcd's own
+//! Lock RPC on a session lease joins the uncontended and contention groups as its peer.
+//!
 //! Multi-process groups re-execute this binary in a role ([`child::ROLE_ENV`]). Each figure is
 //! written to the figures file of `lockyard-bench-support` for `cargo xtask bench`, which runs
 //! the bench several times and quotes the median and spread in `docs/benchmarks.md`.

@@ -131,9 +131,12 @@ struct Target {
     bound: f64,
     at_most: bool,
     unit: Unit,
+    /// The row's figures are times per operation and the target compares throughputs: ours in
+    /// operations per second ÷ the peer's, which is the peer's time ÷ ours.
+    throughput: bool,
 }
 
-const TARGETS: [Target; 19] = {
+const TARGETS: [Target; 20] = {
     const fn ratio(
         slug: &'static str,
         what: &'static str,
@@ -153,6 +156,7 @@ const TARGETS: [Target; 19] = {
             bound,
             at_most: true,
             unit: Unit::Ratio,
+            throughput: false,
         }
     }
     const fn absolute(
@@ -173,6 +177,7 @@ const TARGETS: [Target; 19] = {
             bound,
             at_most: true,
             unit,
+            throughput: false,
         }
     }
     const UNC: &str = "lock+unlock, uncontended";
@@ -259,6 +264,7 @@ const TARGETS: [Target; 19] = {
             bound: 1.0,
             at_most: false,
             unit: Unit::Ratio,
+            throughput: false,
         },
         Target {
             slug: "shm-4proc-fairness",
@@ -270,6 +276,7 @@ const TARGETS: [Target; 19] = {
             bound: 1.0,
             at_most: false,
             unit: Unit::Ratio,
+            throughput: false,
         },
         Target {
             slug: "shm-8proc-fairness",
@@ -281,6 +288,7 @@ const TARGETS: [Target; 19] = {
             bound: 1.0,
             at_most: false,
             unit: Unit::Ratio,
+            throughput: false,
         },
         absolute(
             "shm-alloc-free-2e11",
@@ -332,13 +340,25 @@ const TARGETS: [Target; 19] = {
         ),
         ratio(
             "etcd-uncontended",
-            "etcd lock+unlock ÷ etcd's Lock RPC on a session",
+            "etcd lock+unlock, uncontended ÷ etcd's Lock+Unlock RPC on a shared session lease",
             "uncontended",
             UNC,
             "etcd",
             "etcd-lock-rpc",
             1.0,
         ),
+        Target {
+            slug: "etcd-4proc",
+            what: "etcd, 4 processes on one lock ÷ the Lock RPC's throughput (4 processes)",
+            group: "contention",
+            row: "P = 4: ns",
+            ours: "etcd",
+            peer: Some("etcd-lock-rpc"),
+            bound: 1.2,
+            at_most: false,
+            unit: Unit::Ratio,
+            throughput: true,
+        },
         ratio(
             "shm-vs-mem",
             "shm uncontended ÷ mem (no target; for scale)",
@@ -471,6 +491,9 @@ impl Report {
             .filter_map(|run| {
                 let ours = find(run, t.ours)?;
                 match t.peer {
+                    Some(p) if t.throughput => {
+                        find(run, p).filter(|_| ours > 0.0).map(|p| p / ours)
+                    }
                     Some(p) => find(run, p).filter(|v| *v > 0.0).map(|p| ours / p),
                     None => Some(ours),
                 }
@@ -531,6 +554,19 @@ impl Report {
                 };
                 let (ours, unit) = median(t.ours)?;
                 Some(match t.peer {
+                    Some(p) if t.throughput => {
+                        let (peer, _) = median(p)?;
+                        // Time per operation → operations per second, as the crate benches print.
+                        let per_second = |ns: f64| if ns > 0.0 { 1e9 / ns } else { f64::NAN };
+                        let (ours, peer) = (per_second(ours), per_second(peer));
+                        format!(
+                            "compare-{}: ours {}, peer {}, ratio {:.2}",
+                            t.slug,
+                            Unit::OpsPerSec.show(ours),
+                            Unit::OpsPerSec.show(peer),
+                            ours / peer
+                        )
+                    }
                     Some(p) => {
                         let (peer, _) = median(p)?;
                         let ratio = if peer > 0.0 { ours / peer } else { f64::NAN };
@@ -749,7 +785,7 @@ const NOTES: &str = "
 - **takeover**: a holder process is SIGKILLed while a thread of the bench waits in `lock` (a 30 s bound); the figure is from the kill to the waiter holding the lock.
   The kill comes a uniformly random 10-30 ms after the waiter started waiting, so it falls at a random phase of any probe or backoff cycle of the wait; the share of takeovers reported as owner death is listed too (1.00: all).
 - **idle**: 50 processes wait in `lock` on a lock this process holds and never releases; the CPU they burn in the window (from `/proc/PID/schedstat`) and their context switches (from `/proc/PID/status`).
-- **etcd** (with `--etcd`, or `cargo xtask bench etcd`): a 3-member cluster on 127.0.0.1 started by the bench, tables with a 2 s lease TTL (so a killed holder's lock is taken over within the TTL); the peer is etcd's Lock and Unlock RPCs on one session lease granted for the run.
+- **etcd** (with `--etcd`, or `cargo xtask bench etcd`): a 3-member cluster on 127.0.0.1 started by the bench, tables with a 2 s lease TTL (so a killed holder's lock is taken over within the TTL); the peer is etcd's Lock and Unlock RPCs on one session lease granted once per process (in the contention group, each process has its own lease).
 - **coldstart**: execute a process that opens an existing store, takes lock 0, runs `true`, releases the lock and exits (`lockyard-coldstart SPEC -- true`), against `flock FILE true`.
   An in-process mem table cannot outlive its process, so the mem process creates its table.
 
@@ -828,6 +864,50 @@ mod tests {
     fn dates_are_civil() {
         let now = utc_now();
         assert_eq!(now.len(), "2026-11-30 12:00 UTC".len());
+    }
+
+    #[test]
+    fn etcd_targets_from_the_etcd_rows() {
+        let run = RunFigures::parse(
+            "uncontended\tlock+unlock, uncontended\tetcd\t2000000\tns\n\
+             uncontended\tlock+unlock, uncontended\tetcd-lock-rpc\t1000000\tns\n\
+             contention\tP = 4: ns per lock+unlock pair\tetcd\t10000000\tns\n\
+             contention\tP = 4: ns per lock+unlock pair\tetcd-lock-rpc\t20000000\tns\n",
+        );
+        let r = Report::new(
+            &[run],
+            vec![0.5, 1.0],
+            true,
+            Duration::from_secs(60),
+            "cargo xtask bench --etcd",
+        );
+        let targets = r.targets();
+        assert!(
+            targets
+                .iter()
+                .any(|t| t.starts_with("etcd lock+unlock, uncontended")
+                    && t.contains("2.00 (target ≤ 1.00; met in 0 of 1 runs)")),
+            "{targets:?}"
+        );
+        // 100 ops/s against 50 ops/s: twice the throughput.
+        assert!(
+            targets
+                .iter()
+                .any(|t| t.starts_with("etcd, 4 processes on one lock")
+                    && t.contains("2.00 (target ≥ 1.20; met in 1 of 1 runs)")),
+            "{targets:?}"
+        );
+        let lines = r.lines();
+        assert!(
+            lines.contains(&"compare-etcd-4proc: ours 100 ops/s, peer 50 ops/s, ratio 2.00".into()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(
+                &"compare-etcd-uncontended: ours 2.00 ms, peer 1.00 ms, ratio 2.00".into()
+            ),
+            "{lines:?}"
+        );
     }
 
     #[test]
