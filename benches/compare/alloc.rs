@@ -16,6 +16,13 @@ use crate::{Ctx, Pace};
 const GROUP: &str = "compare-alloc";
 pub(crate) const SHIFTS: [u32; 3] = [11, 16, 20];
 const FIRST_FIT: &str = "first-fit";
+const SUBJECTS: &[Subject] = &[
+    Subject::Mem,
+    Subject::Shm,
+    Subject::File,
+    #[cfg(feature = "etcd")]
+    Subject::Etcd,
+];
 
 /// Podman's allocation: scan 32-bit bitmap words from the first for one that is not full and
 /// take its lowest clear bit. (Podman also holds its segment mutex around the scan; this is the
@@ -118,18 +125,9 @@ fn backend<B: Backend>(g: &mut BenchmarkGroup<'_, WallTime>, ctx: &Ctx, capacity
 }
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
+    let Some((mut g, subjects)) = ctx.group(c, GROUP, SUBJECTS, Pace::Fast) else {
         return;
-    }
-    let subjects = ctx.subjects(&[
-        Subject::Mem,
-        Subject::Shm,
-        Subject::File,
-        #[cfg(feature = "etcd")]
-        Subject::Etcd,
-    ]);
-    let mut g = c.benchmark_group(GROUP);
-    ctx.pace(&mut g, Pace::Fast);
+    };
     for shift in SHIFTS {
         let capacity = 1u32 << shift;
         for &s in &subjects {

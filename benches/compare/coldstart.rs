@@ -31,18 +31,15 @@ fn succeed(command: &mut Command) {
 }
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
+    let Some((mut g, subjects)) = ctx.group(c, GROUP, SUBJECTS, Pace::Procs) else {
         return;
-    }
+    };
     let tool = Path::new(env!("CARGO_BIN_EXE_lockyard-coldstart"));
     let flock_available = Command::new("flock")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let subjects = ctx.subjects(SUBJECTS);
-    let mut g = c.benchmark_group(GROUP);
-    ctx.pace(&mut g, Pace::Procs);
     for &s in &subjects {
         let store = prepare(s, ctx, "coldstart", 16);
         g.bench_function(s.name(), |b| {
@@ -58,9 +55,6 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
         eprintln!("{GROUP}: flock(1) is not installed; no peer");
     }
     g.finish();
-    for s in subjects.into_iter().chain([Subject::Flock]) {
-        ctx.criterion_figure((GROUP, s.name(), None), ("coldstart", ROW), |ns| {
-            (ns, Unit::Ns)
-        });
-    }
+    let subjects: Vec<Subject> = subjects.into_iter().chain([Subject::Flock]).collect();
+    ctx.criterion_figures(GROUP, &subjects, ("coldstart", ROW), |ns| (ns, Unit::Ns));
 }

@@ -64,13 +64,10 @@ fn sample(crew: &mut Crew, subject: Subject, iters: u64, counts: &mut [u64]) -> 
 }
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
+    let Some((mut g, subjects)) = ctx.group(c, GROUP, SUBJECTS, Pace::Procs) else {
         return;
-    }
-    let subjects = ctx.subjects(SUBJECTS);
+    };
     let mut fairness = Vec::new();
-    let mut g = c.benchmark_group(GROUP);
-    ctx.pace(&mut g, Pace::Procs);
     for &s in &subjects {
         let store = prepare(s, ctx, "contention", 16);
         for p in PROCESSES {

@@ -9,7 +9,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 use lockyard_bench_support::Unit;
 
-use crate::child::{Child, LOCKS_ENV, STORE_ENV, SUBJECT_ENV};
+use crate::child::Child;
 use crate::subject::{Mutexish, Subject, Work, open_locks, prepare};
 use crate::{Ctx, Pace};
 
@@ -63,12 +63,9 @@ impl Work for HoldOnThread {
 }
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
+    let Some((mut g, subjects)) = ctx.group(c, GROUP, SUBJECTS, Pace::Fast) else {
         return;
-    }
-    let subjects = ctx.subjects(SUBJECTS);
-    let mut g = c.benchmark_group(GROUP);
-    ctx.pace(&mut g, Pace::Fast);
+    };
     for &s in &subjects {
         match s {
             Subject::ParkingLot => {
@@ -107,9 +104,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
                     )
                 });
                 held_rx.recv().expect("holder thread");
-                open_locks(
-                    s,
-                    &store.store,
+                store.open(
                     1,
                     TryHeld {
                         group: &mut g,
@@ -121,18 +116,9 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
             }
             _ => {
                 let store = prepare(s, ctx, "held", 16);
-                let holder = Child::spawn(
-                    "hold",
-                    &[
-                        (SUBJECT_ENV, s.name().to_string()),
-                        (STORE_ENV, store.store.clone()),
-                        (LOCKS_ENV, "1".to_string()),
-                    ],
-                );
+                let holder = Child::worker("hold", s, &store.store, 1, &[]);
                 holder.expect("held", Duration::from_secs(60));
-                open_locks(
-                    s,
-                    &store.store,
+                store.open(
                     1,
                     TryHeld {
                         group: &mut g,
@@ -144,7 +130,5 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
         }
     }
     g.finish();
-    for s in subjects {
-        ctx.criterion_figure((GROUP, s.name(), None), ("held", ROW), |ns| (ns, Unit::Ns));
-    }
+    ctx.criterion_figures(GROUP, &subjects, ("held", ROW), |ns| (ns, Unit::Ns));
 }

@@ -7,12 +7,12 @@ use std::time::Duration;
 use lockyard_bench_support::Unit;
 
 use crate::Ctx;
-use crate::child::{Child, LOCKS_ENV, STORE_ENV, SUBJECT_ENV};
-use crate::subject::{Mutexish, Subject, Work, open_locks, prepare};
+use crate::child::Child;
+use crate::subject::{Mutexish, Subject, Work, prepare};
 use crate::sys::cpu_and_switches;
 
 const GROUP: &str = "compare-idle";
-const SUBJECTS: [Subject; 4] = [
+const SUBJECTS: &[Subject] = &[
     Subject::Shm,
     Subject::File,
     Subject::Dirlock,
@@ -33,16 +33,7 @@ impl Work for Idle<'_> {
     fn run<M: Mutexish + 'static>(self, locks: Vec<M>) -> (f64, u64) {
         locks[0].acquire();
         let waiters: Vec<Child> = (0..WAITERS)
-            .map(|_| {
-                Child::spawn(
-                    "wait",
-                    &[
-                        (SUBJECT_ENV, self.subject.name().to_string()),
-                        (STORE_ENV, self.store.to_string()),
-                        (LOCKS_ENV, "1".to_string()),
-                    ],
-                )
-            })
+            .map(|_| Child::worker("wait", self.subject, self.store, 1, &[]))
             .collect();
         for w in &waiters {
             w.expect("ready", Duration::from_secs(120));
@@ -67,20 +58,15 @@ impl Work for Idle<'_> {
 }
 
 pub(crate) fn run(ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
-        return;
-    }
     let window = match (ctx.smoke, ctx.quick) {
         (true, _) => Duration::from_millis(200),
         (false, true) => Duration::from_secs(2),
         (false, false) => Duration::from_secs(10),
     };
     let secs = window.as_secs_f64();
-    for s in ctx.subjects(&SUBJECTS) {
+    for s in ctx.subjects_in(GROUP, SUBJECTS) {
         let store = prepare(s, ctx, "idle", 16);
-        let (cpu, wakeups) = open_locks(
-            s,
-            &store.store,
+        let (cpu, wakeups) = store.open(
             1,
             Idle {
                 subject: s,

@@ -141,7 +141,7 @@ impl Ctx {
     }
 
     /// The subjects of `list` this run measures: every peer, and the backends asked for.
-    pub(crate) fn subjects(&self, list: &[Subject]) -> Vec<Subject> {
+    fn subjects(&self, list: &[Subject]) -> Vec<Subject> {
         list.iter()
             .copied()
             .filter(|s| {
@@ -163,9 +163,36 @@ impl Ctx {
         false
     }
 
+    /// The subjects of `list` this run measures in `group`: none when criterion's filter leaves
+    /// nothing of the group (the hand-timed groups).
+    pub(crate) fn subjects_in(&self, group: &str, list: &[Subject]) -> Vec<Subject> {
+        if self.wanted(group) {
+            self.subjects(list)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Criterion group `name`, paced for `pace`, and the subjects of `list` this run measures
+    /// in it; `None` when criterion's filter leaves nothing of the group.
+    pub(crate) fn group<'c>(
+        &self,
+        c: &'c mut Criterion,
+        name: &str,
+        list: &[Subject],
+        pace: Pace,
+    ) -> Option<(BenchmarkGroup<'c, WallTime>, Vec<Subject>)> {
+        if !self.wanted(name) {
+            return None;
+        }
+        let mut g = c.benchmark_group(name);
+        self.pace(&mut g, pace);
+        Some((g, self.subjects(list)))
+    }
+
     /// Whether criterion's positional filter may leave anything of `group` to run (a filter
     /// that looks like a regular expression is left to criterion).
-    pub(crate) fn wanted(&self, group: &str) -> bool {
+    fn wanted(&self, group: &str) -> bool {
         self.filters.is_empty()
             || self.filters.iter().any(|f| {
                 group.contains(f.as_str())
@@ -175,7 +202,7 @@ impl Ctx {
     }
 
     /// Sets a group's warm-up, measurement time and sample count for this mode.
-    pub(crate) fn pace(&self, g: &mut BenchmarkGroup<'_, WallTime>, pace: Pace) {
+    fn pace(&self, g: &mut BenchmarkGroup<'_, WallTime>, pace: Pace) {
         let (warm, measure, samples) = match (pace, self.quick) {
             (Pace::Fast, false) => (300, 1_000, 20),
             (Pace::Fast, true) => (100, 400, 10),
@@ -200,6 +227,20 @@ impl Ctx {
             unit,
         })
         .expect("record figure");
+    }
+
+    /// Records criterion's median of each subject's function of `criterion_group` (one without
+    /// a parameter) as the subject's figure in `row` of `group`.
+    pub(crate) fn criterion_figures(
+        &self,
+        criterion_group: &str,
+        subjects: &[Subject],
+        (group, row): (&str, &str),
+        transform: impl Fn(f64) -> (f64, Unit),
+    ) {
+        for s in subjects {
+            self.criterion_figure((criterion_group, s.name(), None), (group, row), &transform);
+        }
     }
 
     /// Records criterion's median of `criterion_group/function[/parameter]` as a figure, when

@@ -27,12 +27,9 @@ const SUBJECTS: &[Subject] = &[
 ];
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
+    let Some((mut g, subjects)) = ctx.group(c, GROUP, SUBJECTS, Pace::Procs) else {
         return;
-    }
-    let subjects = ctx.subjects(SUBJECTS);
-    let mut g = c.benchmark_group(GROUP);
-    ctx.pace(&mut g, Pace::Procs);
+    };
     for &s in &subjects {
         let store = prepare(s, ctx, "podman", LOCKS);
         let mut crew = Crew::spawn(ctx, "podman", &store, LOCKS, PROCESSES);
@@ -52,9 +49,7 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
         drop(crew);
     }
     g.finish();
-    for &s in &subjects {
-        ctx.criterion_figure((GROUP, s.name(), None), ("podman", ROW), |ns| {
-            (1e9 / ns, Unit::OpsPerSec)
-        });
-    }
+    ctx.criterion_figures(GROUP, &subjects, ("podman", ROW), |ns| {
+        (1e9 / ns, Unit::OpsPerSec)
+    });
 }

@@ -312,6 +312,14 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+impl Prepared {
+    /// Opens locks `0..count` of this store in this process, through a manager of its own, and
+    /// hands them to `work` ([`open_locks`]).
+    pub(crate) fn open<W: Work>(&self, count: u32, work: W) -> W::Out {
+        open_locks(self.subject, &self.store, count, work)
+    }
+}
+
 impl Drop for Prepared {
     fn drop(&mut self) {
         self._keep.take();

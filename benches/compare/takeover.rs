@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use lockyard_bench_support::Unit;
 
 use crate::Ctx;
-use crate::child::{Child, LOCKS_ENV, STORE_ENV, SUBJECT_ENV};
-use crate::subject::{Mutexish, Subject, Work, open_locks, prepare};
+use crate::child::Child;
+use crate::subject::{Mutexish, Subject, Work, prepare};
 
 const GROUP: &str = "compare-takeover";
 const SUBJECTS: &[Subject] = &[
@@ -42,14 +42,7 @@ impl Work for Trials<'_> {
         let lock = &locks[0];
         let mut out = Vec::with_capacity(self.trials);
         for _ in 0..self.trials {
-            let mut holder = Child::spawn(
-                "hold",
-                &[
-                    (SUBJECT_ENV, self.subject.name().to_string()),
-                    (STORE_ENV, self.store.to_string()),
-                    (LOCKS_ENV, "1".to_string()),
-                ],
-            );
+            let mut holder = Child::worker("hold", self.subject, self.store, 1, &[]);
             holder.expect("held", Duration::from_secs(60));
             let delay = Duration::from_nanos(rand::random_range(10_000_000..30_000_000));
             let outcome = std::thread::scope(|scope| {
@@ -88,19 +81,14 @@ impl Work for Trials<'_> {
 }
 
 pub(crate) fn run(ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
-        return;
-    }
     let trials = match (ctx.smoke, ctx.quick) {
         (true, _) => 2,
         (false, true) => 20,
         (false, false) => 30,
     };
-    for s in ctx.subjects(SUBJECTS) {
+    for s in ctx.subjects_in(GROUP, SUBJECTS) {
         let store = prepare(s, ctx, "takeover", 16);
-        let outcome = open_locks(
-            s,
-            &store.store,
+        let outcome = store.open(
             1,
             Trials {
                 subject: s,

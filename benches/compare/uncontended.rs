@@ -6,7 +6,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 use lockyard_bench_support::Unit;
 
-use crate::subject::{Mutexish, Subject, Work, open_locks, prepare};
+use crate::subject::{Mutexish, Subject, Work, prepare};
 use crate::{Ctx, Pace};
 
 const GROUP: &str = "compare-uncontended";
@@ -47,12 +47,9 @@ impl Work for Pair<'_, '_> {
 }
 
 pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
-    if !ctx.wanted(GROUP) {
+    let Some((mut g, subjects)) = ctx.group(c, GROUP, SUBJECTS, Pace::Fast) else {
         return;
-    }
-    let subjects = ctx.subjects(SUBJECTS);
-    let mut g = c.benchmark_group(GROUP);
-    ctx.pace(&mut g, Pace::Fast);
+    };
     for &s in &subjects {
         if s == Subject::ParkingLot {
             let mutex = parking_lot::Mutex::new(0u64);
@@ -65,17 +62,14 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
             });
             continue;
         }
-        let store = prepare(s, ctx, "uncontended", 16);
-        let pair = Pair {
-            group: &mut g,
-            name: s.name(),
-        };
-        open_locks(s, &store.store, 1, pair);
+        prepare(s, ctx, "uncontended", 16).open(
+            1,
+            Pair {
+                group: &mut g,
+                name: s.name(),
+            },
+        );
     }
     g.finish();
-    for s in subjects {
-        ctx.criterion_figure((GROUP, s.name(), None), ("uncontended", ROW), |ns| {
-            (ns, Unit::Ns)
-        });
-    }
+    ctx.criterion_figures(GROUP, &subjects, ("uncontended", ROW), |ns| (ns, Unit::Ns));
 }
