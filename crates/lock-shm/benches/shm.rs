@@ -458,7 +458,7 @@ fn alloc_free(c: &mut Criterion) {
         let group = format!("shm-alloc-free-2e{shift}");
         record_line(
             &group,
-            &format!("{group}: ours {}, target 1.00 µs", human(mean)),
+            &format!("{group}: ours {}, target 100.0 ns", human(mean)),
         );
     }
 }
