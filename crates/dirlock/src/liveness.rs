@@ -293,7 +293,15 @@ impl ProcStat {
 /// [`Error::Io`] (kind `InvalidData`) when the file exists but cannot be parsed.
 fn read_stat(pid: Pid) -> Result<Option<ProcStat>> {
     let path = format!("/proc/{}/stat", pid.as_raw_nonzero());
-    let text = match std::fs::read(&path) {
+    // One read for the whole line (a few hundred bytes): `fs::read` would start with 32-byte
+    // probes, since /proc files have no size, and this is on every contended attempt's path.
+    let read = || {
+        use std::io::Read as _;
+        let mut text = Vec::with_capacity(1024);
+        std::fs::File::open(&path)?.read_to_end(&mut text)?;
+        Ok::<_, io::Error>(text)
+    };
+    let text = match read() {
         Ok(text) => text,
         Err(e)
             if matches!(
