@@ -65,15 +65,18 @@ impl FileId {
     }
 }
 
-/// A record read from a level: its file identity, its exact bytes and their meaning, and
-/// whether its file was locked when read.
-#[derive(Debug, Clone)]
+/// A record read from a level: its file identity, its exact bytes and their meaning, whether
+/// its file was locked when read, and the descriptor it was read through.
+#[derive(Debug)]
 pub(crate) struct Seen {
     pub(crate) id: FileId,
     pub(crate) bytes: Vec<u8>,
     pub(crate) record: Record,
     /// `F_OFD_GETLK` on the file read, when the record promises a lock; otherwise `Unknown`.
     pub(crate) lock: Probe,
+    /// The read-only descriptor of the file: a waiter blocked by this record watches its lock
+    /// through it (watch.rs), so it is kept rather than closed after reading.
+    pub(crate) fd: OwnedFd,
 }
 
 impl Seen {
@@ -348,6 +351,7 @@ impl Dir {
             bytes,
             record,
             lock,
+            fd,
         }))
     }
 
@@ -638,10 +642,10 @@ mod tests {
         std::fs::write(tmp.path().join("lock0"), dead.to_bytes()).unwrap();
         std::fs::write(tmp.path().join("lock1"), dead.to_bytes()).unwrap();
         let file = dir.write_record_named(&me).unwrap();
-        assert_eq!(
+        assert!(matches!(
             try_take(&dir, &file, &me, 0).unwrap(),
             Attempt::Taken(Acquired::OwnerDied)
-        );
+        ));
         // lock1 was reclaimed through lock2 and released; only lock0 and our private name.
         let owned = file.into_owned();
         assert_eq!(names(tmp.path()), ["lock0"]);
@@ -708,7 +712,10 @@ mod tests {
         assert!(dir.publish(&file, 1).unwrap());
         assert!(dir.remove_if("lock1", file.id().unwrap()).unwrap());
         assert!(file.is_spent().unwrap());
-        assert_eq!(try_take(&dir, &file, &me, 0).unwrap(), Attempt::Spent);
+        assert!(matches!(
+            try_take(&dir, &file, &me, 0).unwrap(),
+            Attempt::Spent
+        ));
         assert!(names(tmp.path()).is_empty());
     }
 }

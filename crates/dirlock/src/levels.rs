@@ -12,23 +12,51 @@
 
 use lock_api::{Acquired, Error, Result};
 
-use crate::dir::{Dir, LEVELS, RecordFile, level_name};
-use crate::liveness::{Identity, Verdict, judge};
+use crate::dir::{Dir, LEVELS, RecordFile, Seen, level_name};
+use crate::liveness::{HeldBecause, Identity, Verdict, judge};
 
 /// How often a level is re-examined within one attempt when it keeps changing under us
 /// (released, re-taken) before the attempt reports it as busy.
 const RETRIES: usize = 8;
 
 /// The result of one attempt on one level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Attempt {
     /// We now hold the level.
     Taken(Acquired),
-    /// A live (or unverifiable) holder has it, or another process is reclaiming it.
-    Busy,
+    /// A live (or unverifiable) holder has it, or another process is reclaiming it: what stood
+    /// in the way, for a waiter to watch (wait.rs).
+    Busy(Blocked),
     /// Our record file lost every name and cannot be linked again: the caller writes a new
     /// one and tries again at once. We hold no level.
     Spent,
+}
+
+/// What made an attempt busy, as far as a waiter needs to know.
+#[derive(Debug)]
+pub(crate) enum Blocked {
+    /// A process of this host, boot and pid namespace that holds the level and was judged
+    /// alive (or unverifiable): its record and the descriptor it was read through. (Boxed: the
+    /// uncontended path returns `Attempt::Taken`, and should not move a record around.)
+    Process(Box<Seen>),
+    /// A holder on another host: it releases on another machine, which inotify does not report
+    /// on a network file system.
+    ForeignHost,
+    /// A holder in another pid namespace of this host: held until it releases or an operator
+    /// breaks the lock, both changes made on this host.
+    ForeignNamespace,
+    /// The level kept changing under the attempt.
+    Churn,
+}
+
+impl Blocked {
+    fn held(why: HeldBecause, seen: Seen) -> Blocked {
+        match why {
+            HeldBecause::Alive | HeldBecause::Unverifiable => Blocked::Process(Box::new(seen)),
+            HeldBecause::ForeignHost => Blocked::ForeignHost,
+            HeldBecause::ForeignPidNamespace => Blocked::ForeignNamespace,
+        }
+    }
 }
 
 /// Tries to take level `n` with `file` without waiting, reclaiming it from a dead holder
@@ -92,8 +120,8 @@ fn take(
             // Released between our link and our read: try the link again.
             continue;
         };
-        if let Verdict::Held(_) = judge(&seen.record, seen.lock, me)? {
-            return Ok(Attempt::Busy);
+        if let Verdict::Held(why) = judge(&seen.record, seen.lock, me)? {
+            return Ok(Attempt::Busy(Blocked::held(why, seen)));
         }
         // Stale. Only the holder of the next level may replace it.
         match try_take(dir, file, me, n + 1)? {
@@ -118,7 +146,7 @@ fn take(
             (Err(e), _) | (Ok(false), Err(e)) => return Err(e),
         }
     }
-    Ok(Attempt::Busy)
+    Ok(Attempt::Busy(Blocked::Churn))
 }
 
 /// Replaces level `n` by our record if it still is exactly `seen`; whether it did.
@@ -157,7 +185,7 @@ pub(crate) fn tidy(dir: &Dir, file: &RecordFile<'_>, me: &Identity) -> Result<bo
                 dir.remove_if(&name, file.id()?)?;
                 staging?;
             }
-            Attempt::Busy => clear = false,
+            Attempt::Busy(_) => clear = false,
             // Cannot happen while we hold the master level through this file; stop anyway.
             Attempt::Spent => return Ok(false),
         }

@@ -8,6 +8,7 @@ mod ofd;
 mod record;
 mod table;
 mod wait;
+mod watch;
 mod wipeonfork;
 
 use std::fmt;
@@ -182,7 +183,7 @@ impl DirLock {
             let file = self.dir.write_record(me)?;
             match self.take_master(state, &file, me)? {
                 Attempt::Taken(acquired) => return Ok(Some(self.taken(state, file, me, acquired))),
-                Attempt::Busy => return Ok(None),
+                Attempt::Busy(_) => return Ok(None),
                 Attempt::Spent => {}
             }
         }
@@ -212,6 +213,8 @@ impl DirLock {
         // that came before the watch.
         let mut waiter: Option<Waiter> = None;
         loop {
+            // What the attempt found in the way; `None` when this handle holds the lock.
+            let mut blocked = None;
             {
                 let mut state = self.state();
                 if !self.holds(&state) {
@@ -222,7 +225,7 @@ impl DirLock {
                         Attempt::Taken(acquired) => {
                             return Ok(self.taken(&mut state, file, &me, acquired));
                         }
-                        Attempt::Busy => {}
+                        Attempt::Busy(why) => blocked = Some(why),
                         // The levels changed under us: look again at once.
                         Attempt::Spent => continue,
                     }
@@ -234,7 +237,7 @@ impl DirLock {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::Timeout);
                     }
-                    waiter.wait(deadline);
+                    waiter.wait(blocked, &me, deadline);
                 }
             }
         }

@@ -14,6 +14,12 @@
 //! other descriptor of the same file (another handle reading `lock0`), and it belongs to the
 //! open file description, not to the thread that took it.
 //!
+//! Waiters learn of the release through the same lock: a watcher thread asks for a *read* lock
+//! on the holder's file and blocks (`F_OFD_SETLKW`) until the kernel grants it, which is the
+//! moment no write lock is left (watch.rs). So the probe asks whether a *read* lock could be
+//! placed: only a write lock, which only writers of records take, answers "locked"; a watcher's
+//! read lock, held for the microseconds between its grant and its `close`, never does.
+//!
 //! Invariants (cited by the `SAFETY` comments below):
 //! 1. The `flock` passed to `fcntl(2)` is a live, initialised local that the call may read and,
 //!    for `F_OFD_GETLK`, write; nothing else refers to it.
@@ -60,12 +66,13 @@ pub(crate) fn lock(fd: BorrowedFd<'_>) -> bool {
     r == 0
 }
 
-/// Whether an open file description other than `fd`'s holds a lock on the file (`fcntl(2)`
-/// `F_OFD_GETLK`, asking about a whole-file write lock, which any lock conflicts with).
+/// Whether an open file description other than `fd`'s holds a write lock on the file
+/// (`fcntl(2)` `F_OFD_GETLK`, asking about a whole-file read lock, which only a write lock
+/// conflicts with: the read locks of waiters' watchers are not an answer).
 ///
 /// `fd` may be read-only: the query takes no lock. An error is [`Probe::Unknown`].
 pub(crate) fn probe(fd: BorrowedFd<'_>) -> Probe {
-    let mut fl = whole_file(libc::F_WRLCK as libc::c_short);
+    let mut fl = whole_file(libc::F_RDLCK as libc::c_short);
     // SAFETY: by invariant 1 `fl` is a valid flock the call may read and overwrite with the
     // first conflicting lock; by invariant 2 `fd` is open.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
@@ -75,6 +82,32 @@ pub(crate) fn probe(fd: BorrowedFd<'_>) -> Probe {
         Probe::Unlocked
     } else {
         Probe::Locked
+    }
+}
+
+/// Waits until no other open file description holds a write lock on the file, then read-locks
+/// it through `fd` (`fcntl(2)` `F_OFD_SETLKW`, `F_RDLCK`, whole file): returns when the writer
+/// of the record has let go of its descriptor, by exit, `exec` or release. Interrupted waits are
+/// resumed. The read lock lasts until `fd`'s description closes.
+///
+/// `fd` must be open for reading.
+///
+/// # Errors
+///
+/// What `fcntl(2)` reports: `ENOLCK`, `EINVAL` on a file system without OFD locks, `EBADF`.
+pub(crate) fn wait_unlocked(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    loop {
+        let mut fl = whole_file(libc::F_RDLCK as libc::c_short);
+        // SAFETY: by invariant 1 `fl` is a valid flock the call may read; by invariant 2 `fd` is
+        // open for the whole call, however long it blocks.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLKW, &mut fl) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -101,5 +134,34 @@ mod tests {
         assert_eq!(probe(reader.as_fd()), Probe::Locked);
         drop(copy);
         assert_eq!(probe(reader.as_fd()), Probe::Unlocked);
+    }
+
+    #[test]
+    fn a_watchers_read_lock_is_granted_at_release_and_is_no_answer_to_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record");
+        let writer = std::fs::File::create(&path).unwrap();
+        assert!(lock(writer.as_fd()));
+        let watcher = std::fs::File::open(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let granted = wait_unlocked(watcher.as_fd());
+            tx.send(()).unwrap();
+            (granted.is_ok(), watcher)
+        });
+        // Still blocked while the writer's description is open (no timing: a grant now would be
+        // a bug whenever it is seen).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            rx.try_recv().is_err(),
+            "granted while the writer holds its lock"
+        );
+        drop(writer);
+        let (granted, watcher) = thread.join().unwrap();
+        assert!(granted);
+        // The watcher holds a read lock now; a probe from a third description says unlocked.
+        let reader = std::fs::File::open(&path).unwrap();
+        assert_eq!(probe(reader.as_fd()), Probe::Unlocked);
+        drop(watcher);
     }
 }
