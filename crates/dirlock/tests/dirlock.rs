@@ -111,6 +111,16 @@ fn child_role() {
         },
         "leader-exits" => leader_exits(dir),
         "fork" => forks(dir, work),
+        "exec-on-line" => {
+            let lock = DirLock::new(dir).expect("new");
+            say(word(lock.lock().expect("lock")));
+            let _ = read_line();
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new("sleep").arg("30"),
+            );
+            say(&format!("error exec {err}"));
+        }
+        "linger" => linger(dir, count),
         "exec-sleep" => {
             let lock = DirLock::new(dir).expect("new");
             say(word(lock.lock().expect("lock")));
@@ -124,6 +134,52 @@ fn child_role() {
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
+}
+
+/// One line from stdin (without its newline); `None` at EOF.
+fn read_line() -> Option<String> {
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim_end().to_owned()),
+        _ => None,
+    }
+}
+
+/// The threads and open descriptors of this process.
+fn threads_and_fds() -> (usize, usize) {
+    let count = |dir: &str| fs::read_dir(dir).map(|d| d.count()).unwrap_or(usize::MAX);
+    (count("/proc/self/task"), count("/proc/self/fd"))
+}
+
+/// `count` rounds of: read a line (the parent holds the lock), wait 200 ms for the lock
+/// (`timeout` is expected), say how it ended, read a line (the parent has released the lock),
+/// wait until the thread count is back where it was before the first wait, and say `after
+/// <threads> <fds>` (thread and descriptor counts, relative to before the first wait).
+fn linger(dir: &Path, count: u32) {
+    let lock = DirLock::new(dir).expect("new");
+    let (threads, fds) = threads_and_fds();
+    for _ in 0..count {
+        if read_line().is_none() {
+            return;
+        }
+        match lock.try_lock_for(Duration::from_millis(200)) {
+            Err(Error::Timeout) => say("timeout"),
+            other => say(&format!("wait gave {other:?}")),
+        }
+        if read_line().is_none() {
+            return;
+        }
+        let deadline = Instant::now() + PATIENCE;
+        while threads_and_fds().0 > threads && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (t, f) = threads_and_fds();
+        say(&format!(
+            "after {} {}",
+            t as i64 - threads as i64,
+            f as i64 - fds as i64
+        ));
+    }
 }
 
 /// Takes the lock on a worker thread, then ends the main thread alone with `SYS_exit`: the
@@ -386,6 +442,30 @@ fn leader_state(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// Voluntary context switches of every thread of process `pid` so far: how often it slept,
+/// that is how often it woke up.
+fn switches(pid: u32) -> u64 {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("tasks of the waiter");
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Whether process `pid` has a thread named `name`.
+fn has_thread(pid: u32, name: &str) -> bool {
+    fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks.filter_map(Result::ok).any(|task| {
+            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+        })
+    })
 }
 
 /// The command name of `pid` (`/proc/<pid>/comm`); `None` when the process is gone.
@@ -1294,6 +1374,96 @@ fn exactly_one_of_many_reclaimers_wins() {
         }
         assert_entries(dir.path(), &[], &format!("round {round} released"));
     }
+}
+
+/// A process blocked in `lock` on a live holder sleeps: over two seconds it wakes up only a
+/// few times (the wait has no short timer). When the holder is SIGKILLed, the waiter takes the
+/// lock over with `OwnerDied`.
+#[test]
+fn an_idle_waiter_sleeps_until_its_holder_is_killed() {
+    let dir = lock_dir();
+    let work = work_dir();
+    let mut holder = spawn("hold", dir.path(), work.path(), 0, None);
+    assert_eq!(holder.next_line(PATIENCE).expect("holder"), "clean");
+    let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
+    let pid = waiter.pid();
+    // Settled: its watcher thread runs (a wait that polls has none: then after two seconds).
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !has_thread(pid, "dirlock-watch") && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let before = switches(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = switches(pid) - before;
+    holder
+        .signal(rustix::process::Signal::KILL)
+        .expect("kill the holder");
+    assert_eq!(waiter.next_line(PATIENCE).expect("waiter"), "owner-died");
+    holder.wait(PATIENCE).expect("reap the holder");
+    waiter.close_stdin();
+    waiter.finish(PATIENCE).expect("waiter unlocks and exits");
+    assert_entries(dir.path(), &[], "after the waiter's unlock");
+    assert!(woke <= 10, "an idle waiter woke {woke} times in 2 s");
+}
+
+/// A process blocked in `lock` when its holder calls `exec` takes the lock over with
+/// `OwnerDied`, while the new program runs with the holder's pid and start time.
+#[test]
+fn a_blocked_waiter_takes_over_from_a_holder_that_calls_exec() {
+    let dir = lock_dir();
+    let work = work_dir();
+    let mut holder = spawn("exec-on-line", dir.path(), work.path(), 0, None);
+    assert_eq!(holder.next_line(PATIENCE).expect("holder"), "clean");
+    let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
+    let pid = waiter.pid();
+    // Not needed for the outcome; makes it likelier that the waiter is asleep, not starting.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !has_thread(pid, "dirlock-watch") && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    holder.send("exec").expect("tell the holder to exec");
+    assert_eq!(waiter.next_line(PATIENCE).expect("waiter"), "owner-died");
+    assert_eq!(
+        comm(holder.pid()).as_deref(),
+        Some("sleep"),
+        "the exec'd program must still run"
+    );
+    waiter.close_stdin();
+    waiter.finish(PATIENCE).expect("waiter unlocks and exits");
+    holder.sigkill().expect("kill sleep");
+    assert_entries(dir.path(), &[], "after the waiter's unlock");
+}
+
+/// A wait that times out on a live holder leaves nothing behind once that holder releases:
+/// its watcher thread ends, and repeated waits keep no more descriptors than the first one
+/// (the pooled inotify instance).
+#[test]
+fn a_timed_out_wait_leaves_no_thread_or_descriptor() {
+    let dir = lock_dir();
+    let work = work_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    let mut kid = spawn("linger", dir.path(), work.path(), 2, None);
+    let mut afters = Vec::new();
+    for round in 0..2 {
+        assert!(lock.try_lock().expect("try").is_some(), "round {round}");
+        kid.send("held").expect("tell the child");
+        assert_eq!(kid.next_line(PATIENCE).expect("linger"), "timeout");
+        lock.unlock().expect("unlock");
+        kid.send("released").expect("tell the child");
+        afters.push(kid.next_line(PATIENCE).expect("linger"));
+    }
+    kid.finish(PATIENCE).expect("the child exits");
+    // No thread left; at most the pooled inotify instance, and the same after both rounds.
+    assert!(
+        afters[0] == "after 0 0" || afters[0] == "after 0 1",
+        "after the first wait: {afters:?}"
+    );
+    assert_eq!(
+        afters[0], afters[1],
+        "threads and descriptors after each wait"
+    );
+    assert_entries(dir.path(), &[], "after the rounds");
 }
 
 /// A process blocked in `lock` takes the lock soon after another process releases it.
