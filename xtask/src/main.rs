@@ -86,11 +86,10 @@ pub(crate) fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The cargo target directory in use.
+/// The cargo target directory in use: the one the benchmarks write to (see
+/// [`lockyard_bench_support::target_dir`]).
 pub(crate) fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+    lockyard_bench_support::target_dir()
 }
 
 /// A `cargo` command run from the workspace root.

@@ -10,11 +10,24 @@ pub use figures::{
     Figure, RunFigures, Unit, criterion_median_ns, figures_file, record_figure, record_meta,
 };
 
-/// The cargo target directory: `$CARGO_TARGET_DIR`, or the workspace's `target/`.
+/// The cargo target directory: `$CARGO_TARGET_DIR`; else the directory holding the running
+/// binary that cargo marked with `CACHEDIR.TAG` (a bench binary lives in
+/// `<target>/release/deps/`); else the workspace's `target/`.
+///
+/// The running binary comes before this crate's source path because cargo may reuse a build of
+/// this crate made from another checkout sharing the target directory (a git worktree): the
+/// source path compiled into it would then name the other checkout.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let marked = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .skip(1)
+            .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+            .map(Path::to_path_buf)
+    });
+    marked.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
 /// Where benchmarks leave finished lines for `cargo xtask bench`.
@@ -96,6 +109,19 @@ pub fn human(ns: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_target_dir_is_the_one_this_binary_was_built_in() {
+        // Without CARGO_TARGET_DIR, this test binary sits in `<target>/debug/deps/`: lines a
+        // bench records must land where xtask (built into the same target) looks for them,
+        // even when this crate's build came from another checkout.
+        let exe = std::env::current_exe().expect("current_exe");
+        let target = target_dir();
+        if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+            assert!(exe.starts_with(&target), "{exe:?} is not under {target:?}");
+        }
+        assert!(target.join("CACHEDIR.TAG").is_file(), "{target:?}");
+    }
 
     #[test]
     fn reads_criterion_estimates() {
