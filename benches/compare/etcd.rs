@@ -9,6 +9,9 @@ use etcd_client::{Client, LockOptions};
 
 use crate::subject::Mutexish;
 
+/// The peer's session lease TTL, renewed every third of it.
+const LEASE_SECS: i64 = 60;
+
 /// The name every acquisition of the peer locks.
 const NAME: &str = "lockyard-bench/etcd-lock-rpc";
 
@@ -21,8 +24,9 @@ pub(crate) struct LockRpc {
 }
 
 impl LockRpc {
-    /// Connects to `endpoints` (comma-separated) and grants the session lease (60 s: longer
-    /// than any group that uses it, so no keepalive is needed).
+    /// Connects to `endpoints` (comma-separated), grants the session lease (60 s) and keeps it
+    /// alive from a task on the peer's runtime, as a Go `Session` does: a slow machine must not
+    /// lose the peer's lease in the middle of a group.
     pub(crate) fn connect(endpoints: &str) -> LockRpc {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -34,7 +38,23 @@ impl LockRpc {
             let mut client = Client::connect(&endpoints, None)
                 .await
                 .expect("connect to etcd");
-            let lease = client.lease_grant(60, None).await.expect("lease").id();
+            let lease = client
+                .lease_grant(LEASE_SECS, None)
+                .await
+                .expect("lease")
+                .id();
+            let (mut keeper, mut answers) = client
+                .lease_keep_alive(lease)
+                .await
+                .expect("lease keepalive");
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(LEASE_SECS as u64 / 3)).await;
+                    if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
+                        return;
+                    }
+                }
+            });
             (client, lease)
         });
         LockRpc {
