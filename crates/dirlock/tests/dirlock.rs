@@ -468,6 +468,16 @@ fn has_thread(pid: u32, name: &str) -> bool {
     })
 }
 
+/// Waits (at most two seconds) until process `pid` runs a watcher thread, the sign that its
+/// `lock` is asleep rather than starting; a wait that polls has none, and then this returns
+/// after the two seconds.
+fn settle_on_watcher(pid: u32) {
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !has_thread(pid, "dirlock-watch") && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The command name of `pid` (`/proc/<pid>/comm`); `None` when the process is gone.
 fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -1387,11 +1397,7 @@ fn an_idle_waiter_sleeps_until_its_holder_is_killed() {
     assert_eq!(holder.next_line(PATIENCE).expect("holder"), "clean");
     let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
     let pid = waiter.pid();
-    // Settled: its watcher thread runs (a wait that polls has none: then after two seconds).
-    let settle = Instant::now() + Duration::from_secs(2);
-    while !has_thread(pid, "dirlock-watch") && Instant::now() < settle {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    settle_on_watcher(pid);
     std::thread::sleep(Duration::from_millis(100));
     let before = switches(pid);
     std::thread::sleep(Duration::from_secs(2));
@@ -1418,10 +1424,7 @@ fn a_blocked_waiter_takes_over_from_a_holder_that_calls_exec() {
     let mut waiter = spawn("hold", dir.path(), work.path(), 0, None);
     let pid = waiter.pid();
     // Not needed for the outcome; makes it likelier that the waiter is asleep, not starting.
-    let settle = Instant::now() + Duration::from_secs(2);
-    while !has_thread(pid, "dirlock-watch") && Instant::now() < settle {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    settle_on_watcher(pid);
     holder.send("exec").expect("tell the holder to exec");
     assert_eq!(waiter.next_line(PATIENCE).expect("waiter"), "owner-died");
     assert_eq!(
