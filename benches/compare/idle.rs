@@ -1,6 +1,7 @@
 //! Group 7 (hand-timed): the CPU that 50 waiter processes burn while blocked on a lock whose
-//! holder (this process) is alive and idle, read from /proc/PID/schedstat (nanoseconds on the
-//! CPU) and the context-switch counts of /proc/PID/status (wake-ups).
+//! holder (this process) is alive and idle, read per thread (helper threads included) from
+//! /proc/PID/task/*/schedstat (nanoseconds on the CPU) and the context-switch counts of
+//! /proc/PID/task/*/status (wake-ups).
 
 use std::time::Duration;
 
@@ -51,8 +52,17 @@ impl Work for Idle<'_> {
         let after = sample();
         drop(waiters);
         locks[0].release();
-        let cpu: u64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
-        let switches: u64 = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum();
+        // Saturating: a thread that ended in the window took its counts with it (sys.rs).
+        let cpu: u64 = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.0.saturating_sub(b.0))
+            .sum();
+        let switches: u64 = after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.1.saturating_sub(b.1))
+            .sum();
         (cpu as f64 / 1e9, switches)
     }
 }

@@ -289,16 +289,33 @@ pub(crate) fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// CPU time (ns) and context switches of a process so far, from /proc.
+/// CPU time (ns) and context switches of a process so far, from /proc: summed over every
+/// thread (`/proc/PID/task/*`), since `/proc/PID/schedstat` and `/proc/PID/status` count the
+/// main thread only, and a lock's helper threads (lock-shm's and dirlock's watchers, lock-file's
+/// timer thread) burn CPU on behalf of the wait too. A thread that exited in between takes its
+/// counts with it: callers subtract with saturation.
 pub(crate) fn cpu_and_switches(pid: u32) -> Option<(u64, u64)> {
-    let sched = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
-    let cpu: u64 = sched.split_whitespace().next()?.parse().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let switches = status
-        .lines()
-        .filter(|l| l.contains("ctxt_switches:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum();
+    let mut cpu = 0;
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?.path();
+        // A thread may end while the directory is read: it then counts for nothing.
+        let (Ok(sched), Ok(status)) = (
+            std::fs::read_to_string(task.join("schedstat")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue;
+        };
+        cpu += sched
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())?;
+        switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
     Some((cpu, switches))
 }
 
