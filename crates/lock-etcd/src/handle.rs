@@ -434,16 +434,12 @@ impl EtcdSession {
     ///
     /// [`Error::InvalidArgument`] for a name [`validate_name`](crate::validate_name) refuses.
     pub fn named(&self, name: &str) -> Result<EtcdLock> {
-        crate::validate_name(name)?;
+        let prefix = self.shared.options.prefix_value();
         Ok(EtcdLock::new(
             Arc::clone(&self.shared),
             Some(Arc::clone(&self.core)),
             LockId(0),
-            Target {
-                queue: format!("{}/lock/{name}/", self.shared.options.prefix_value()),
-                owner: self.shared.ctx.identity.new_owner(),
-                detector: None,
-            },
+            Target::named(prefix, name, &self.shared.ctx.identity)?,
             None,
         ))
     }

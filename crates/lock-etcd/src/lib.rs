@@ -142,16 +142,12 @@ impl EtcdLocks {
     ///
     /// [`Error::InvalidArgument`] for a name [`validate_name`] refuses.
     pub fn named(&self, name: &str) -> Result<EtcdLock> {
-        validate_name(name)?;
+        let prefix = self.shared.options.prefix_value();
         Ok(EtcdLock::new(
             Arc::clone(&self.shared),
             None,
             LockId(0),
-            Target {
-                queue: format!("{}/lock/{name}/", self.shared.options.prefix_value()),
-                owner: self.shared.ctx.identity.new_owner(),
-                detector: None,
-            },
+            Target::named(prefix, name, &self.shared.ctx.identity)?,
             None,
         ))
     }

@@ -47,7 +47,7 @@ use lock_api::{Acquired, Error, Result};
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout_at};
 
-use crate::client::Ctx;
+use crate::client::{Ctx, Identity};
 use crate::deadlock::{Detector, detection_key};
 use crate::lease::{LockMonitor, Monitor, watch_deletion};
 use crate::record::{Marker, Record};
@@ -129,6 +129,23 @@ pub(crate) struct Target {
     pub(crate) owner: Arc<str>,
     /// Deadlock detection, for the locks of a table.
     pub(crate) detector: Option<Detector>,
+}
+
+impl Target {
+    /// The named lock `name` under `prefix` (`<prefix>/lock/<name>/`), with a new owner of
+    /// this process: what `EtcdLocks::named`, `EtcdSession::named` and the async `Session` lock.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a name [`crate::validate_name`] refuses.
+    pub(crate) fn named(prefix: &str, name: &str, identity: &Identity) -> Result<Target> {
+        crate::validate_name(name)?;
+        Ok(Target {
+            queue: format!("{prefix}/lock/{name}/"),
+            owner: identity.new_owner(),
+            detector: None,
+        })
+    }
 }
 
 /// How long an acquisition may wait for the holder.
@@ -339,14 +356,7 @@ async fn clean_up(
         .await;
     claims.dedup();
     for claim in claims {
-        let _ = ctx
-            .call(|mut c| {
-                let txn = Txn::new()
-                    .when([Compare::value(marker, CompareOp::Equal, claim.clone())])
-                    .and_then([TxnOp::delete(marker, None)]);
-                async move { c.txn(txn).await }
-            })
-            .await;
+        let _ = ctx.delete_if_value(marker, &claim).await;
     }
 }
 

@@ -20,7 +20,7 @@ use lock_api::{Acquired, Error, LostSignal, Result};
 use crate::client::Ctx;
 use crate::info::Info;
 use crate::mutex::{self, Held, Target, Wait};
-use crate::options::{EtcdOptions, validate_name};
+use crate::options::EtcdOptions;
 use crate::session::SessionCore;
 
 /// A connection to an etcd cluster for async code, on the caller's tokio runtime.
@@ -126,12 +126,7 @@ impl fmt::Debug for Session {
 
 impl Session {
     fn target(&self, name: &str) -> Result<Target> {
-        validate_name(name)?;
-        Ok(Target {
-            queue: format!("{}/lock/{name}/", self.prefix),
-            owner: self.core.ctx.identity.new_owner(),
-            detector: None,
-        })
+        Target::named(&self.prefix, name, &self.core.ctx.identity)
     }
 
     async fn acquire(&self, name: &str, wait: Wait) -> Result<Option<AsyncGuard>> {

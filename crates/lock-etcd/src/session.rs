@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::proto::PbTxnOpResponse;
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{GetOptions, Txn, TxnOp};
 use lock_api::{Error, Result};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -302,15 +302,7 @@ impl SessionCore {
                 .await;
         }
         for (k, v) in &suspect.values {
-            let _ = self
-                .ctx
-                .call(|mut c| {
-                    let txn = Txn::new()
-                        .when([Compare::value(k.as_str(), CompareOp::Equal, v.clone())])
-                        .and_then([TxnOp::delete(k.as_str(), None)]);
-                    async move { c.txn(txn).await }
-                })
-                .await;
+            let _ = self.ctx.delete_if_value(k, v).await;
         }
     }
 
@@ -397,14 +389,7 @@ impl Drop for SessionCore {
             drop(self.handle.spawn(async move {
                 revoke(&ctx, lease).await;
                 for (k, v) in suspects.iter().flat_map(|s| s.values.iter()) {
-                    let _ = ctx
-                        .call(|mut c| {
-                            let txn = Txn::new()
-                                .when([Compare::value(k.as_str(), CompareOp::Equal, v.clone())])
-                                .and_then([TxnOp::delete(k.as_str(), None)]);
-                            async move { c.txn(txn).await }
-                        })
-                        .await;
+                    let _ = ctx.delete_if_value(k, v).await;
                 }
             }));
         }
