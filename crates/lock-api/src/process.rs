@@ -1,0 +1,210 @@
+//! Process-wide state that a forked child starts afresh, for the backends' registries.
+#![allow(unsafe_code)] // reason: reading back a pointer from an `AtomicPtr`; see the invariant.
+//!
+//! A backend that keeps a process-wide table behind a `static Mutex` (watcher threads, a timer
+//! thread, pooled descriptors) has a hazard in every program that calls `fork(2)` without
+//! `exec`: the child gets a copy of the mutex as it was at the fork, and if another thread of the
+//! parent held it at that moment, the copy stays locked for ever, since that thread does not
+//! exist in the child. The child's first lock of it then hangs.
+//!
+//! [`PerProcess`] never hands a child its parent's mutex. It keeps the state behind a pointer
+//! tagged with the process it belongs to; a caller from another process (the caller passes its
+//! pid) gets a fresh, default state, and the parent's is left alone for good. A forked child
+//! thus never locks a mutex it inherited, whatever state it was in.
+//!
+//! # Invariant
+//!
+//! Every pointer `current` has ever held is null or came from `Box::leak`, and is never freed
+//! (a child cannot know whether its parent's copy is locked, so it must not drop it): reading one
+//! back as `&'static` is sound.
+//!
+//! What this costs: one acquire load and a compare per use in the process that made the state,
+//! and in each forked child that uses it, one leaked copy of its parent's state (what the child
+//! inherited anyway).
+//!
+//! Not covered: a descendant whose pid equals that of the ancestor whose state it inherited
+//! unchanged (the ancestor died and its pid was reused, with no use of the state in between).
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One process's state and the pid it belongs to.
+#[derive(Debug)]
+struct Tagged<T> {
+    pid: u32,
+    state: Mutex<T>,
+}
+
+/// Process-wide state behind a mutex that a forked child never inherits locked: the child gets a
+/// fresh `T::default()` instead (see the [module docs](self)).
+///
+/// ```
+/// use lock_api::PerProcess;
+///
+/// static WATCHERS: PerProcess<Vec<u32>> = PerProcess::new();
+///
+/// let pid = std::process::id();
+/// WATCHERS.lock(pid).push(7);
+/// assert_eq!(*WATCHERS.lock(pid), [7]);
+/// // Another process (a forked child) starts from the default.
+/// assert!(WATCHERS.lock(pid + 1).is_empty());
+/// ```
+#[derive(Debug)]
+pub struct PerProcess<T: 'static> {
+    current: AtomicPtr<Tagged<T>>,
+}
+
+impl<T: Default + 'static> PerProcess<T> {
+    /// No state yet: the first [`lock`](Self::lock) makes it.
+    #[must_use]
+    pub const fn new() -> PerProcess<T> {
+        PerProcess {
+            current: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Locks the state of process `pid` (the caller's own, which it passes because it usually
+    /// knows it without a system call), making a fresh one if the state held is another
+    /// process's. A panic while it was locked does not poison it: callers keep it consistent at
+    /// every step.
+    pub fn lock(&self, pid: u32) -> MutexGuard<'static, T> {
+        self.tagged(pid)
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tagged(&self, pid: u32) -> &'static Tagged<T> {
+        let mut seen = self.current.load(Ordering::Acquire);
+        loop {
+            // SAFETY: by the module's invariant, `seen` is null or a leaked, never freed box.
+            if let Some(tagged) = unsafe { seen.as_ref() }
+                && tagged.pid == pid
+            {
+                return tagged;
+            }
+            let fresh = Box::into_raw(Box::new(Tagged {
+                pid,
+                state: Mutex::new(T::default()),
+            }));
+            match self
+                .current
+                .compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // The state replaced (another process's) is leaked on purpose: the invariant.
+                // SAFETY: `fresh` is a leaked box, now published and never freed.
+                Ok(_) => return unsafe { &*fresh },
+                Err(now) => {
+                    // Another thread of this process made one first.
+                    // SAFETY: `fresh` came from `Box::into_raw` above and was never published.
+                    drop(unsafe { Box::from_raw(fresh) });
+                    seen = now;
+                }
+            }
+        }
+    }
+}
+
+impl<T: Default + 'static> Default for PerProcess<T> {
+    fn default() -> Self {
+        PerProcess::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn one_state_per_process_and_the_same_one_for_every_thread() {
+        static STATE: PerProcess<Vec<u32>> = PerProcess::new();
+        let pid = std::process::id();
+        let threads: Vec<_> = (0..4)
+            .map(|i| std::thread::spawn(move || STATE.lock(pid).push(i)))
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let mut seen = STATE.lock(pid).clone();
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2, 3]);
+        // Another process's view starts empty, and the first one's is gone from this static.
+        assert!(STATE.lock(pid ^ 1).is_empty());
+        assert!(STATE.lock(pid).is_empty());
+    }
+
+    /// The hazard itself, in the child of a real `fork`: another thread holds the state's lock
+    /// when the process forks; the child must still get a state to lock, and at once. With a
+    /// plain `static Mutex` the child blocks for ever (the parent sees it time out).
+    #[test]
+    #[allow(
+        unsafe_code,
+        reason = "fork(2), waitpid(2) and _exit(2) have no safe wrappers"
+    )]
+    fn a_child_forked_while_another_thread_holds_the_lock_gets_its_own() {
+        static STATE: PerProcess<u32> = PerProcess::new();
+        let parent = std::process::id();
+        *STATE.lock(parent) = 7;
+        let held = Arc::new(AtomicUsize::new(0));
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let held = Arc::clone(&held);
+            std::thread::spawn(move || {
+                let guard = STATE.lock(parent);
+                held.store(1, Ordering::SeqCst);
+                let _ = wait_release.recv();
+                drop(guard);
+            })
+        };
+        while held.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        // SAFETY: the child only locks `STATE` (its own fresh copy after the fix), reads it and
+        // calls `_exit`; it allocates once (`Box::new`), which glibc's fork handlers make safe.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            // SAFETY: `getpid` has no preconditions.
+            let me = u32::try_from(unsafe { libc::getpid() }).unwrap_or(0);
+            let fresh = *STATE.lock(me) == 0;
+            // SAFETY: `_exit` ends the child without running the parent's destructors or
+            // libtest's code.
+            unsafe { libc::_exit(if fresh { 0 } else { 1 }) };
+        }
+        let status = wait_bounded(child, std::time::Duration::from_secs(10));
+        release.send(()).expect("release");
+        holder.join().expect("holder");
+        assert_eq!(
+            status,
+            Some(0),
+            "the child hung (None) or saw its parent's state (1)"
+        );
+        assert_eq!(*STATE.lock(parent), 7, "the parent keeps its own state");
+    }
+
+    /// The child's exit code, or `None` if it had not exited after `limit` (it is killed then).
+    #[allow(unsafe_code, reason = "waitpid(2) and kill(2) have no safe wrappers")]
+    fn wait_bounded(child: libc::pid_t, limit: std::time::Duration) -> Option<i32> {
+        let start = std::time::Instant::now();
+        loop {
+            let mut status = 0;
+            // SAFETY: `child` is our child; `status` is a valid out-pointer.
+            let got = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            if got == child {
+                return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            }
+            if start.elapsed() > limit {
+                // SAFETY: signalling and reaping our own child.
+                unsafe {
+                    libc::kill(child, libc::SIGKILL);
+                    libc::waitpid(child, &mut status, 0);
+                }
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
