@@ -27,14 +27,14 @@
 //! thread can appear after that.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use lock_api::{Error, Result};
+use lock_api::{Error, PerProcess, Result};
 use rustix::process::{Pid, getuid, test_kill_process};
 
 use crate::ofd::Probe;
 use crate::record::{Record, checked_word};
-use crate::wipeonfork::getpid;
+use crate::wipeonfork::{self, getpid};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PID_NS: &str = "/proc/self/ns/pid";
@@ -68,10 +68,11 @@ pub(crate) struct Identity {
     reason = "st_ino is narrower than u64 on some targets"
 )]
 pub(crate) fn current() -> Result<Arc<Identity>> {
-    static CACHE: Mutex<Option<Arc<Identity>>> = Mutex::new(None);
+    // A forked child starts with an empty cache (and never locks its parent's copy).
+    static CACHE: PerProcess<Option<Arc<Identity>>> = PerProcess::new();
     let pid = getpid();
-    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(identity) = cache.as_ref().filter(|id| id.pid == pid) {
+    let mut cache = CACHE.lock(wipeonfork::pid());
+    if let Some(identity) = cache.as_ref() {
         return Ok(Arc::clone(identity));
     }
     let boot_id = std::fs::read_to_string(BOOT_ID).map_err(|e| Error::io("read", BOOT_ID, e))?;

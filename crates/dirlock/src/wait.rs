@@ -75,9 +75,10 @@
 
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lock_api::PerProcess;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::io::Errno;
@@ -88,33 +89,24 @@ use crate::levels::Blocked;
 use crate::liveness::{self, HeldBecause, Identity, Verdict};
 use crate::ofd::Probe;
 use crate::watch::{self, Ended, Subscription};
-use crate::wipeonfork::getpid;
+use crate::wipeonfork;
 
-/// Idle inotify instances of this process (tagged with the pid that made them: a forked child
-/// must not share its parent's event queue).
-static POOL: Mutex<Vec<(Pid, OwnedFd)>> = Mutex::new(Vec::new());
+/// Idle inotify instances of this process (a forked child starts with none: it must not share
+/// its parent's event queues, nor lock the parent's copy of the pool's mutex).
+static POOL: PerProcess<Vec<OwnedFd>> = PerProcess::new();
 /// More idle instances than this are closed rather than kept (as many waiters at once).
 const POOL_MAX: usize = 32;
 
 fn take_pooled() -> Option<OwnedFd> {
-    let me = getpid();
-    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    while let Some((pid, fd)) = pool.pop() {
-        if pid == me {
-            drop(pool);
-            drain(&fd);
-            return Some(fd);
-        }
-        // Inherited from the parent across fork: closing our duplicate is cheap (the parent
-        // still holds the instance) and leaves the parent's queue alone.
-    }
-    None
+    let fd = POOL.lock(wipeonfork::pid()).pop()?;
+    drain(&fd);
+    Some(fd)
 }
 
 fn give_back(fd: OwnedFd) {
-    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut pool = POOL.lock(wipeonfork::pid());
     if pool.len() < POOL_MAX {
-        pool.push((getpid(), fd));
+        pool.push(fd);
     }
 }
 
@@ -446,5 +438,78 @@ impl Drop for Waiter {
             let _ = inotify::remove_watch(&fd, wd);
             give_back(fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DirLock;
+    use lock_api::{Error, Locker};
+
+    /// A child forked while another thread of its parent holds the locks of the process-wide
+    /// registries (the watchers' and the inotify pool's) still waits, and its wait ends at its
+    /// deadline: it never locks its parent's copies of those mutexes. With them as plain `static
+    /// Mutex`es the child hung in its first wait.
+    #[test]
+    #[allow(
+        unsafe_code,
+        reason = "fork(2), waitpid(2), kill(2) and _exit(2) have no safe wrappers"
+    )]
+    fn a_child_forked_while_the_registries_are_locked_still_waits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let holder = DirLock::new(dir.path()).expect("holder");
+        let _ = holder.lock().expect("lock");
+        let other = DirLock::new(dir.path()).expect("waiter");
+        // One wait in the parent first, so that both registries have been used here.
+        let waited = other.try_lock_for(Duration::from_millis(20));
+        assert!(matches!(waited, Err(Error::Timeout)), "{waited:?}");
+
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let registries = std::thread::spawn(move || {
+            watch::while_locked(|| {
+                let _pool = POOL.lock(wipeonfork::pid());
+                locked.send(()).expect("locked");
+                let _ = released.recv();
+            });
+        });
+        is_locked.recv().expect("registries locked");
+        // SAFETY: the child waits on a dirlock and calls `_exit`; the locks another thread of
+        // this process holds at the fork are the point of the test, and glibc's fork handlers
+        // make its allocator safe to use in the child.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let waited = other.try_lock_for(Duration::from_millis(50));
+            let code = i32::from(!matches!(waited, Err(Error::Timeout)));
+            // SAFETY: ends the child without running the parent's destructors or libtest.
+            unsafe { libc::_exit(code) };
+        }
+        let start = Instant::now();
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: `child` is ours; `status` is a valid out-pointer.
+            if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+                break libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(child, libc::SIGKILL);
+                    libc::waitpid(child, &mut status, 0);
+                }
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        release.send(()).expect("release");
+        registries.join().expect("registries thread");
+        assert_eq!(
+            status,
+            Some(0),
+            "the child hung (None) or its wait did not time out"
+        );
+        holder.unlock().expect("unlock");
     }
 }

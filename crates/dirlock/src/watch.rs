@@ -16,26 +16,34 @@
 //! so no watcher outlives the holding it watches, and repeated waits on one holder share one
 //! thread.
 //!
-//! A forked child has the registry's entries but not their threads: it ignores and drops the
-//! entries its parent made.
+//! A forked child has copies of the registry's entries but not their threads, and its copy of
+//! the registry's mutex may be locked for good (another thread of the parent held it at the
+//! fork): the registry is a [`PerProcess`], so the child starts with an empty one of its own.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rustix::process::Pid;
+use lock_api::PerProcess;
 
 use crate::dir::FileId;
 use crate::ofd;
-use crate::wipeonfork::getpid;
+use crate::wipeonfork;
 
 /// Stack of a watcher thread: it makes a few system calls and nothing else.
 const STACK: usize = 64 * 1024;
 
 /// The watchers of this process, each blocked on one record file.
-static WATCHES: Mutex<Vec<Arc<Watch>>> = Mutex::new(Vec::new());
+static WATCHES: PerProcess<Vec<Arc<Watch>>> = PerProcess::new();
 
 fn watches() -> MutexGuard<'static, Vec<Arc<Watch>>> {
-    WATCHES.lock().unwrap_or_else(PoisonError::into_inner)
+    WATCHES.lock(wipeonfork::pid())
+}
+
+/// Runs `f` holding the registry's lock (a test holds it across a `fork`).
+#[cfg(test)]
+pub(crate) fn while_locked<T>(f: impl FnOnce() -> T) -> T {
+    let _all = watches();
+    f()
 }
 
 /// How a watch ended.
@@ -51,8 +59,6 @@ pub(crate) enum Ended {
 #[derive(Debug)]
 struct Watch {
     file: FileId,
-    /// The process whose thread watches (a forked child's copy of the entry has no thread).
-    pid: Pid,
     state: Mutex<State>,
 }
 
@@ -97,16 +103,12 @@ impl Drop for Subscription {
 /// `fd` (a read-only descriptor of that file) if none watches it yet; `fd` is closed otherwise.
 /// `None` when no thread could be started.
 pub(crate) fn subscribe(fd: OwnedFd, file: FileId, bell: &Arc<OwnedFd>) -> Option<Subscription> {
-    let me = getpid();
     let mut all = watches();
-    // Entries made by the parent of a forked child: no thread of ours watches for them.
-    all.retain(|w| w.pid == me);
     let watch = match all.iter().find(|w| w.file == file) {
         Some(watch) => Arc::clone(watch),
         None => {
             let watch = Arc::new(Watch {
                 file,
-                pid: me,
                 state: Mutex::new(State::default()),
             });
             let theirs = Arc::clone(&watch);

@@ -54,6 +54,12 @@ pub(crate) fn getpid() -> Pid {
     }
 }
 
+/// [`getpid`] as the number [`lock_api::PerProcess`] keys its state by.
+#[inline]
+pub(crate) fn pid() -> u32 {
+    getpid().as_raw_nonzero().get().unsigned_abs()
+}
+
 /// The cache cell, once set up; `None` where the kernel has no `MADV_WIPEONFORK`.
 #[inline]
 fn cell() -> Option<&'static AtomicI32> {
