@@ -32,7 +32,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
 use std::time::{Duration, Instant};
+
+use lock_api::PerProcess;
 
 /// How long the timer thread keeps a deadline after its last timer, before it sleeps without
 /// one (and the next `arm` has to wake it).
@@ -43,8 +46,8 @@ const SIGNAL: libc::c_int = libc::SIGURG;
 
 /// Our `SIGURG` handler is installed (and nobody replaced it since we last looked).
 static HANDLER: AtomicBool = AtomicBool::new(false);
-/// Serialises the one-time installation.
-static INSTALL: Mutex<bool> = Mutex::new(false);
+/// Serialises the one-time installation (a forked child looks again, at its inherited handler).
+static INSTALL: PerProcess<bool> = PerProcess::new();
 
 /// The handler: it only has to exist, so that the signal interrupts the system call.
 extern "C" fn on_signal(_: libc::c_int) {}
@@ -55,12 +58,12 @@ fn is_ours(action: &libc::sigaction) -> bool {
 }
 
 /// Installs the handler if `SIGURG` is free (default or ignored); returns whether ours is
-/// installed.
-fn install() -> bool {
+/// installed. `pid` is the caller's process.
+fn install(pid: u32) -> bool {
     if HANDLER.load(Ordering::Acquire) {
         return true;
     }
-    let mut tried = INSTALL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut tried = INSTALL.lock(pid);
     if *tried {
         return HANDLER.load(Ordering::Acquire);
     }
@@ -149,33 +152,31 @@ struct Table {
 pub(crate) struct Waker {
     table: Mutex<Table>,
     changed: Condvar,
-    /// The process that started the thread: a forked child has no timer thread and needs its own.
-    pid: u32,
 }
 
 /// An armed timer, to disarm.
 #[derive(Debug)]
 pub(crate) struct Ticket(u64);
 
-/// The process's waker, keyed by pid.
-static WAKER: Mutex<Option<Arc<Waker>>> = Mutex::new(None);
+/// The process's waker. A forked child starts without one (and never locks its parent's copy of
+/// this mutex, which a thread of the parent may have held at the fork).
+static WAKER: PerProcess<Option<Arc<Waker>>> = PerProcess::new();
 
 impl Waker {
     /// The waker of process `pid` (the caller's), starting its thread the first time; `None`
     /// when threads cannot be interrupted here (another `SIGURG` handler) or the thread cannot
     /// be started: the caller then polls.
     pub(crate) fn get(pid: u32) -> Option<Arc<Waker>> {
-        if !install() {
+        if !install(pid) {
             return None;
         }
-        let mut slot = WAKER.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waker) = slot.as_ref().filter(|w| w.pid == pid) {
+        let mut slot = WAKER.lock(pid);
+        if let Some(waker) = slot.as_ref() {
             return Some(Arc::clone(waker));
         }
         let waker = Arc::new(Waker {
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
-            pid,
         });
         let theirs = Arc::clone(&waker);
         std::thread::Builder::new()
@@ -290,6 +291,72 @@ mod tests {
         assert_eq!(
             rustix::fs::flock(&b, rustix::fs::FlockOperation::NonBlockingLockExclusive),
             Err(rustix::io::Errno::WOULDBLOCK)
+        );
+    }
+
+    /// A child forked while another thread holds the waker's and the installer's locks gets a
+    /// waker of its own, with a running timer thread that interrupts its blocked `flock`. With
+    /// plain `static Mutex`es the child hung in `Waker::get`.
+    #[test]
+    #[allow(
+        unsafe_code,
+        reason = "fork(2), waitpid(2), kill(2) and _exit(2) have no safe wrappers"
+    )]
+    fn a_child_forked_while_the_waker_is_locked_gets_its_own() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("l");
+        let a = std::fs::File::create(&path).expect("create");
+        let b = std::fs::File::open(&path).expect("open");
+        rustix::fs::flock(&a, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        let parent = std::process::id();
+        Waker::get(parent).expect("waker");
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _install = INSTALL.lock(parent);
+            let _waker = WAKER.lock(parent);
+            locked.send(()).expect("locked");
+            let _ = released.recv();
+        });
+        is_locked.recv().expect("locks held");
+        // SAFETY: the child gets a waker, blocks in one `flock` and calls `_exit`; the locks
+        // another thread holds at the fork are the point of the test, and glibc's fork handlers
+        // make its allocator and thread creation safe to use in the child.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let me = std::process::id();
+            let interrupted = Waker::get(me).is_some_and(|waker| {
+                let ticket = waker.arm(Instant::now() + Duration::from_millis(20));
+                let got = rustix::fs::flock(&b, rustix::fs::FlockOperation::LockExclusive);
+                waker.disarm(ticket) && got == Err(rustix::io::Errno::INTR)
+            });
+            // SAFETY: ends the child without running the parent's destructors or libtest.
+            unsafe { libc::_exit(i32::from(!interrupted)) };
+        }
+        let start = Instant::now();
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: `child` is ours; `status` is a valid out-pointer.
+            if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+                break libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(child, libc::SIGKILL);
+                    libc::waitpid(child, &mut status, 0);
+                }
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        release.send(()).expect("release");
+        holder.join().expect("holder");
+        assert_eq!(
+            status,
+            Some(0),
+            "the child hung (None) or its flock was not interrupted"
         );
     }
 }
