@@ -12,11 +12,11 @@
 //! pid) gets a fresh, default state, and the parent's is left alone for good. A forked child
 //! thus never locks a mutex it inherited, whatever state it was in.
 //!
-//! # Invariant
+//! # Invariants
 //!
-//! Every pointer `current` has ever held is null or came from `Box::leak`, and is never freed
-//! (a child cannot know whether its parent's copy is locked, so it must not drop it): reading one
-//! back as `&'static` is sound.
+//! 1. Every pointer `current` has ever held is null or came from `Box::leak`, and is never freed
+//!    (a child cannot know whether its parent's copy is locked, so it must not drop it): reading
+//!    one back as `&'static` is sound.
 //!
 //! What this costs: one acquire load and a compare per use in the process that made the state,
 //! and in each forked child that uses it, one leaked copy of its parent's state (what the child
@@ -78,7 +78,7 @@ impl<T: Default + 'static> PerProcess<T> {
     fn tagged(&self, pid: u32) -> &'static Tagged<T> {
         let mut seen = self.current.load(Ordering::Acquire);
         loop {
-            // SAFETY: by the module's invariant, `seen` is null or a leaked, never freed box.
+            // SAFETY: by invariant 1, `seen` is null or a leaked, never freed box.
             if let Some(tagged) = unsafe { seen.as_ref() }
                 && tagged.pid == pid
             {
@@ -92,12 +92,13 @@ impl<T: Default + 'static> PerProcess<T> {
                 .current
                 .compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire)
             {
-                // The state replaced (another process's) is leaked on purpose: the invariant.
-                // SAFETY: `fresh` is a leaked box, now published and never freed.
+                // The state replaced (another process's) is leaked on purpose (invariant 1).
+                // SAFETY: invariant 1: `fresh` is a leaked box, now published and never freed.
                 Ok(_) => return unsafe { &*fresh },
                 Err(now) => {
                     // Another thread of this process made one first.
-                    // SAFETY: `fresh` came from `Box::into_raw` above and was never published.
+                    // SAFETY: `fresh` came from `Box::into_raw` above and was never published, so no other
+                    // reference to it exists (invariant 1 is about published pointers).
                     drop(unsafe { Box::from_raw(fresh) });
                     seen = now;
                 }
