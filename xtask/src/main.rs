@@ -78,9 +78,18 @@ pub(crate) fn backend(name: &str) -> Result<BackendCrate, String> {
         })
 }
 
-/// The workspace root, found from this crate's manifest directory.
+/// The workspace root, found from this crate's manifest directory: the one `cargo run` names at
+/// run time, else the one it was compiled in. The run-time one comes first because a build
+/// reused from another checkout (a target directory shared between worktrees) carries that
+/// checkout's compile-time path, and the tasks would then test and write the other checkout.
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    root_from(std::env::var_os("CARGO_MANIFEST_DIR"))
+}
+
+/// [`root`] given the run-time manifest directory, if any.
+fn root_from(manifest_dir: Option<std::ffi::OsString>) -> PathBuf {
+    manifest_dir
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
@@ -237,5 +246,24 @@ fn main() -> ExitCode {
             eprintln!("xtask: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run-time manifest directory wins over the compiled-in one: a build reused from
+    /// another checkout must still work on the checkout `cargo` was run in.
+    #[test]
+    fn the_root_follows_the_manifest_directory_cargo_names_at_run_time() {
+        let elsewhere = Path::new("/some/other/checkout/xtask");
+        assert_eq!(
+            root_from(Some(elsewhere.as_os_str().to_owned())),
+            Path::new("/some/other/checkout")
+        );
+        let compiled = root_from(None);
+        assert!(compiled.join("Cargo.toml").is_file(), "{compiled:?}");
+        assert!(compiled.join("xtask").is_dir(), "{compiled:?}");
     }
 }
