@@ -98,8 +98,19 @@ impl EtcdLock {
             let Some(session) = fixed else {
                 // The default session may have been lost without anyone noticing yet (revoked,
                 // expired while idle): etcd says so at the first write, and a new one is made.
+                let deadline = match wait {
+                    Wait::Until(deadline) => deadline,
+                    Wait::Never => None,
+                };
                 for _ in 0..2 {
-                    let session = shared.default_session().await?;
+                    // A lease grant that etcd does not answer must not outlast the caller's
+                    // deadline, any more than the rest of the attempt does.
+                    let session = match deadline {
+                        Some(d) => tokio::time::timeout_at(d.into(), shared.default_session())
+                            .await
+                            .unwrap_or(Err(Error::Timeout))?,
+                        None => shared.default_session().await?,
+                    };
                     match mutex::acquire(session, &target, wait, cancel.clone()).await {
                         Err(mutex::AcquireError::StaleSession) => continue,
                         other => return other.map_err(Error::from),
@@ -126,8 +137,10 @@ impl EtcdLock {
     }
 
     /// Waits in the lock's queue like [`Locker::lock`] until it is this handle's turn or
-    /// `cancel` is cancelled (by any thread); `Ok(None)` when cancelled, and then nothing of
-    /// the attempt is left in etcd (no key, no marker, no detection lock).
+    /// `cancel` is cancelled (by any thread); `Ok(None)` when cancelled. What the attempt wrote
+    /// (its key, a marker, a detection lock) is deleted by then, or, when etcd does not answer
+    /// within a quarter of a second, soon after by a task on the session's runtime, which the
+    /// session's close waits for.
     ///
     /// # Errors
     ///

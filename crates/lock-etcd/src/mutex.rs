@@ -19,9 +19,10 @@
 //!    successive holders strictly increase.
 //! 5. Every acquisition that does not end holding the lock (timeout, cancellation, error, a
 //!    dropped future at any await point) deletes its key, the held marker if it may have claimed
-//!    it, and the detection lock if it may hold it: inline when the library ends the attempt, or
-//!    by a clean-up task spawned on the session's runtime when the future is dropped. If even that
-//!    fails the key goes with the session's lease.
+//!    it, and the detection lock if it may hold it, by a clean-up task on the session's runtime.
+//!    When the library ends the attempt it waits for that task, but at most [`CLEAN_UP_WAIT`]:
+//!    an unreachable cluster must not stretch a timeout or a cancellation by request timeouts.
+//!    If the clean-up fails for good the key goes with the session's lease.
 //! 6. Release is one Txn that deletes the key and the marker only while the key's CreateRevision is
 //!    still ours. The session's lease is not touched: other locks live on it.
 //! 7. The *held marker*, the single key `<lock prefix>` (the queue without its trailing `/`), exists
@@ -56,6 +57,10 @@ use crate::snapshot::{Standing, standing};
 
 /// A pause before re-reading the queue after a watch broke.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long an acquisition that ends without the lock waits for its own clean-up before it
+/// returns and leaves the rest to the session's runtime: a healthy cluster answers well within
+/// it, and an unreachable one does not delay a timeout or a cancellation by a request timeout.
+const CLEAN_UP_WAIT: Duration = Duration::from_millis(250);
 
 /// One acquisition that holds the lock.
 #[derive(Debug)]
@@ -310,9 +315,15 @@ impl Pending {
         async move { clean_up(&ctx, &key, &marker, claims, detection).await }
     }
 
-    /// Cleans up now, waiting for it.
+    /// Cleans up on the session's runtime, waiting at most [`CLEAN_UP_WAIT`] for it to finish.
     async fn clean_up(mut self) {
-        self.job().await;
+        let job = self.job();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.session.spawn_cleanup(async move {
+            job.await;
+            let _ = done.send(());
+        });
+        let _ = tokio::time::timeout(CLEAN_UP_WAIT, finished).await;
     }
 
     /// The acquisition ended holding the lock: nothing to clean up.
@@ -363,8 +374,9 @@ async fn clean_up(
 /// Acquires the lock `target` names through `session`.
 ///
 /// Returns `Ok(None)` when `wait` is [`Wait::Never`] and someone holds it, or when `cancel`
-/// fired; then, as after any error, nothing of the attempt is left in etcd (invariant 5). The
-/// future may be dropped at any await point: the clean-up then runs on the session's runtime.
+/// fired; then, as after any error, the attempt's clean-up has run or, if etcd is slow to
+/// answer, goes on on the session's runtime (invariant 5). The future may be dropped at any
+/// await point: the clean-up then runs on the session's runtime.
 pub(crate) async fn acquire(
     session: Arc<SessionCore>,
     target: &Target,

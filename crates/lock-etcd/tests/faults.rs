@@ -660,6 +660,98 @@ fn waiter_watching_a_stopped_member_fails_over() {
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
 }
 
+/// In an outage (every member blackholed, the session still within its TTL), a `try_lock_for`
+/// returns `Timeout` at its deadline and a cancelled `lock` returns at its cancellation, rather
+/// than waiting out the request timeout for the clean-up of their queue keys, which nobody
+/// answers; the clean-up goes on in the background and the keys go with the lease at the latest.
+/// A `try_lock_for` that first has to grant its connection's session returns at its deadline too.
+#[test]
+#[serial]
+fn an_attempt_ended_in_an_outage_returns_without_waiting_for_its_clean_up() {
+    let tc = TestCluster::start();
+    let prefix = common::prefix("end-outage");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    let ttl = Duration::from_secs(10);
+    let request_timeout = Duration::from_secs(20);
+    let locks = EtcdLocks::connect(
+        proxies.iter().map(Proxy::url),
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(ttl)
+            .request_timeout(request_timeout),
+    )
+    .expect("connect through the proxies");
+    let timed = locks.named("timed").expect("named");
+    let cancelled = locks.named("cancelled").expect("named");
+    // A second connection that has no session yet: its first attempt has to grant a lease.
+    let fresh = EtcdLocks::connect(
+        proxies.iter().map(Proxy::url),
+        EtcdOptions::new()
+            .prefix(&prefix)
+            .ttl(ttl)
+            .request_timeout(request_timeout),
+    )
+    .expect("connect through the proxies")
+    .named("fresh")
+    .expect("named");
+    // The connection's default session exists before the outage (making one then is another
+    // matter: a lease grant nobody answers).
+    let _ = timed.lock().expect("lock");
+    timed.unlock().expect("unlock");
+    for proxy in &proxies {
+        proxy.set_mode(Mode::Blackhole);
+    }
+    let (took, result) = bounded(request_timeout * 3, move || {
+        let start = Instant::now();
+        let result = timed.try_lock_for(Duration::from_millis(500));
+        (start.elapsed(), result)
+    });
+    assert!(
+        matches!(result, Err(Error::Timeout)),
+        "try_lock_for: {result:?}"
+    );
+    assert!(
+        took < request_timeout / 4,
+        "try_lock_for(500ms) in an outage took {took:?} (request timeout {request_timeout:?})"
+    );
+    let (took, result) = bounded(request_timeout * 3, move || {
+        let start = Instant::now();
+        let result = fresh.try_lock_for(Duration::from_millis(500));
+        (start.elapsed(), result)
+    });
+    assert!(
+        matches!(result, Err(Error::Timeout)),
+        "try_lock_for without a session: {result:?}"
+    );
+    assert!(
+        took < request_timeout / 4,
+        "try_lock_for(500ms) that needs a lease grant in an outage took {took:?} (request \
+         timeout {request_timeout:?})"
+    );
+    let cancel = lock_etcd::CancelToken::new();
+    let canceller = cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        canceller.cancel();
+    });
+    let (took, result) = bounded(request_timeout * 3, move || {
+        let start = Instant::now();
+        let result = cancelled.lock_until_cancelled(&cancel);
+        (start.elapsed(), result)
+    });
+    assert!(matches!(result, Ok(None)), "cancelled lock: {result:?}");
+    assert!(
+        took < request_timeout / 4,
+        "a lock cancelled after 500ms in an outage took {took:?} (request timeout {request_timeout:?})"
+    );
+    drop(locks);
+    drop(proxies);
+    // Nobody renews the lease now: etcd expires it and the queue keys with it.
+    assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    assert_eq!(common::queue_keys(&tc.endpoints, &prefix), Vec::new());
+    common::delete_prefix(&tc.endpoints, &prefix);
+}
+
 /// After the lock was lost in an outage (every member blackholed), `unlock` and a drop return at
 /// once instead of waiting out the request timeout for a revoke nobody answers; the leases leave
 /// the cluster by themselves one TTL later.
