@@ -5,6 +5,7 @@
 //! own), otherwise it runs the trials ([`main`]). Children run under lock-conformance's
 //! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
 //! removes its segment.
+#![allow(dead_code)] // reason: each test binary uses a different part of this module
 
 use std::io::BufRead;
 use std::process::{Command, ExitCode};
