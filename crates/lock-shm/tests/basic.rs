@@ -1,30 +1,17 @@
 //! Single-process behaviour of the public API: lifecycle, allocation order, names, ownership.
 
+mod common;
+
 use std::time::Duration;
 
 use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, Inspect, LockId, Locker, Manager, ShmManager};
 
-/// A segment name unique to this test and process, removed on drop.
-struct Name(String);
-
-impl Name {
-    fn new(test: &str) -> Name {
-        let name = format!("lockyard-test-basic-{test}-{}", std::process::id());
-        let _ = ShmManager::remove(&name);
-        Name(name)
-    }
-}
-
-impl Drop for Name {
-    fn drop(&mut self) {
-        let _ = ShmManager::remove(&self.0);
-    }
-}
+use common::Segment;
 
 #[test]
 fn lifecycle_and_lowest_free_first() {
-    let n = Name::new("lifecycle");
+    let n = Segment::new("lifecycle");
     let m = ShmManager::create(&n.0, 200).unwrap();
     assert_eq!(m.capacity(), Some(200));
     assert_eq!(m.available().unwrap(), Some(200));
@@ -102,7 +89,7 @@ fn names_are_validated() {
 /// a later manager that re-claims the same client slot is not mistaken for the dead owner.
 #[test]
 fn abandoned_lock_and_reused_slot() {
-    let n = Name::new("abandoned");
+    let n = Segment::new("abandoned");
     let m0 = ShmManager::create(&n.0, 16).unwrap();
     let m1 = ShmManager::open(&n.0).unwrap();
     let slot = m1.client_slot();
@@ -135,7 +122,7 @@ fn abandoned_lock_and_reused_slot() {
 /// A blocked lock() notices a dead holder without anyone unlocking.
 #[test]
 fn blocked_waiter_takes_over_from_a_dropped_manager() {
-    let n = Name::new("blocked");
+    let n = Segment::new("blocked");
     let m0 = ShmManager::create(&n.0, 16).unwrap();
     let m1 = ShmManager::open(&n.0).unwrap();
     let held = m1.retrieve(LockId(0)).unwrap();
@@ -153,7 +140,7 @@ fn blocked_waiter_takes_over_from_a_dropped_manager() {
 /// A timeout shorter than the probe interval still takes over a dead holder's lock.
 #[test]
 fn short_timeout_still_takes_over_a_dead_holder() {
-    let n = Name::new("shorttimeout");
+    let n = Segment::new("shorttimeout");
     let m0 = ShmManager::create(&n.0, 4).unwrap();
     let m1 = ShmManager::open(&n.0).unwrap();
     assert_eq!(
@@ -170,7 +157,7 @@ fn short_timeout_still_takes_over_a_dead_holder() {
 /// so it cannot keep a dead owner's client slot alive.
 #[test]
 fn spawned_children_do_not_inherit_the_client_slot() {
-    let n = Name::new("cloexec");
+    let n = Segment::new("cloexec");
     let m0 = ShmManager::create(&n.0, 4).unwrap();
     let m1 = ShmManager::open(&n.0).unwrap();
     assert_eq!(

@@ -1,40 +1,28 @@
 //! lock-shm reached only through the umbrella crate, as a program that picks its backend from
 //! configuration would: `lockyard::open*` with a `shm:` spec, in two processes.
 //!
-//! The test binary re-executes itself: with `LOCKYARD_SPEC_ROLE` set it is the second process,
-//! otherwise it runs the trial. The child runs under lock-conformance's `ChildProcess`, which
-//! SIGKILLs and reaps it on drop; every wait is bounded and the segment is removed at the end.
+//! The second process is this test binary re-executed (`common`); every wait is bounded and the
+//! segment is removed at the end.
 
-use std::process::{Command, ExitCode};
+mod common;
+
+use std::process::ExitCode;
 use std::time::Duration;
 
-use lock_conformance::child::ChildProcess;
 use lockyard::{Acquired, Error, LockId, Locker};
 
-const ROLE_ENV: &str = "LOCKYARD_SPEC_ROLE";
-const SPEC_ENV: &str = "LOCKYARD_SPEC_SPEC";
-const STEP: Duration = Duration::from_secs(10);
+use common::{SEGMENT_ENV, STEP, Segment, TrialResult, e2s, env, expect, spawn};
 
-type TrialResult = Result<(), String>;
-
-fn e2s(e: Error) -> String {
-    e.to_string()
-}
-
-/// Removes the spec's store when dropped.
-struct Store(String);
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = lockyard::remove(&self.0);
-    }
+/// The spec that names segment `name`.
+fn shm_spec(name: &str) -> String {
+    format!("shm:{name}")
 }
 
 /// Two processes share one table opened by spec: the second sees the first's allocation and
 /// hold (with its pid), waits for the lock, gets it on release, and the store is removed by spec.
 fn two_processes_share_a_table_opened_by_spec() -> TrialResult {
-    let spec = format!("shm:lockyard-test-spec-{}", std::process::id());
-    let store = Store(spec.clone());
+    let segment = Segment::new("spec");
+    let spec = shm_spec(&segment.0);
     match lockyard::open(&spec) {
         Err(Error::NotFound { .. }) => {}
         other => return Err(format!("open of a missing store: {:?}", other.map(|_| ()))),
@@ -48,10 +36,8 @@ fn two_processes_share_a_table_opened_by_spec() -> TrialResult {
         return Err(format!("first allocation is {}", lock.id()));
     }
     let _ = lock.lock().map_err(e2s)?;
-    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-    command.env(ROLE_ENV, "second").env(SPEC_ENV, &spec);
-    let mut child = ChildProcess::start(command, "second", None).map_err(|e| e.to_string())?;
-    let saw = child.expect("saw", STEP).map_err(|e| e.to_string())?;
+    let mut child = spawn("second", &segment, &[])?;
+    let saw = expect(&mut child, "saw")?;
     if saw != format!("capacity 8 available 7 holder {}", std::process::id()) {
         return Err(format!("the second process saw {saw:?}"));
     }
@@ -70,9 +56,7 @@ fn two_processes_share_a_table_opened_by_spec() -> TrialResult {
         return Err("the second process never showed as a waiter".into());
     }
     lock.unlock().map_err(e2s)?;
-    child
-        .expect("locked clean", STEP)
-        .map_err(|e| e.to_string())?;
+    expect(&mut child, "locked clean")?;
     child.finish(STEP).map_err(|e| e.to_string())?;
     drop(lock);
     drop(manager);
@@ -81,14 +65,13 @@ fn two_processes_share_a_table_opened_by_spec() -> TrialResult {
         Err(Error::NotFound { .. }) => {}
         other => return Err(format!("second remove: {other:?}")),
     }
-    drop(store);
+    drop(segment);
     Ok(())
 }
 
 /// The second process: opens the spec, reports what it sees, then waits for lock 0.
 fn second() -> TrialResult {
-    let spec = std::env::var(SPEC_ENV).map_err(|e| e.to_string())?;
-    let manager = lockyard::open(&spec).map_err(e2s)?;
+    let manager = lockyard::open(&shm_spec(&env(SEGMENT_ENV)?)).map_err(e2s)?;
     let holder = manager
         .held()
         .map_err(e2s)?
@@ -111,19 +94,9 @@ fn second() -> TrialResult {
 }
 
 fn main() -> ExitCode {
-    if std::env::var(ROLE_ENV).is_ok() {
-        return match second() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let args = libtest_mimic::Arguments::from_args();
-    let trials = vec![libtest_mimic::Trial::test(
+    let trials: [common::Trial; 1] = [(
         "two_processes_share_a_table_opened_by_spec",
-        || two_processes_share_a_table_opened_by_spec().map_err(Into::into),
+        two_processes_share_a_table_opened_by_spec,
     )];
-    libtest_mimic::run(&args, trials).exit_code()
+    common::main(&[("second", second)], trials)
 }

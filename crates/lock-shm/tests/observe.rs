@@ -317,5 +317,5 @@ fn main() -> ExitCode {
             a_zero_deadlock_timeout_turns_detection_off,
         ),
     ];
-    common::main(trials)
+    common::main(&[], trials)
 }

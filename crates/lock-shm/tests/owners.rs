@@ -1,47 +1,35 @@
 //! Owners across real processes: racing unlocks, owner tokens that must never come back, managers
 //! inherited across `fork(2)`, and a full client table.
 //!
-//! The test binary re-executes itself: with `LOCKYARD_OWNERS_ROLE` set it plays a role (a plain
-//! single-threaded process, so it may `fork`), otherwise it runs the trials. Children run under
-//! lock-conformance's `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is
-//! bounded, and every trial removes its segment.
+//! The children are this test binary re-executed (`common`), each in a role: a plain
+//! single-threaded process, so it may `fork`. Every wait is bounded, and every trial removes its
+//! segment.
 #![allow(unsafe_code)] // reason: the fork trial calls fork(2), waitpid(2) and _exit(2) through libc
+
+mod common;
 
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, Inspect, LockId, Locker, Manager, ShmManager};
 
-const ROLE_ENV: &str = "LOCKYARD_OWNERS_ROLE";
-const SEGMENT_ENV: &str = "LOCKYARD_OWNERS_SEGMENT";
+use common::{
+    CAPACITY, SEGMENT_ENV, STEP, Segment, TrialResult, client, e2s, env, expect, send, spawn,
+};
+
+/// How many managers an `occupy` child opens.
 const COUNT_ENV: &str = "LOCKYARD_OWNERS_COUNT";
 
-/// Capacity of every trial's table.
-const CAPACITY: u32 = 8;
 /// Client slots in a segment (docs/segment-format.md).
 const CLIENT_SLOTS: u32 = 1024;
 /// The largest slot generation: tokens have 31 bits and the slot takes 10.
 const GEN_MAX: u32 = (1 << 21) - 1;
-/// How long any single step may take before the trial fails.
-const STEP: Duration = Duration::from_secs(10);
-
-type TrialResult = Result<(), String>;
-
-/// A segment name unique to this trial and process, removed on drop.
-struct Segment(String);
 
 impl Segment {
-    fn new(trial: &str) -> Segment {
-        let name = format!("lockyard-test-owners-{trial}-{}", std::process::id());
-        let _ = ShmManager::remove(&name);
-        Segment(name)
-    }
-
     /// Writes `bytes` at `off` of the segment file, as a damaged or aged segment would hold them.
     fn write_at(&self, off: u64, bytes: &[u8]) -> TrialResult {
         let f = std::fs::OpenOptions::new()
@@ -53,37 +41,13 @@ impl Segment {
     }
 }
 
-impl Drop for Segment {
-    fn drop(&mut self) {
-        let _ = ShmManager::remove(&self.0);
-    }
-}
-
-fn spawn(role: &str, segment: &Segment, count: u32) -> Result<ChildProcess, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut command = Command::new(exe);
-    command
-        .env(ROLE_ENV, role)
-        .env(SEGMENT_ENV, &segment.0)
-        .env(COUNT_ENV, count.to_string());
-    ChildProcess::start(command, role, None).map_err(|e| e.to_string())
-}
-
-fn expect(child: &mut ChildProcess, prefix: &str) -> Result<String, String> {
-    child.expect(prefix, STEP).map_err(|e| e.to_string())
-}
-
-fn e2s(e: Error) -> String {
-    e.to_string()
-}
-
 /// Two threads of one owner unlock the lock it holds once, at the same moment, while another
 /// process waits for it: exactly one unlock succeeds and the other fails with `NotHeld`, and the
 /// waiter's hold, taken right after the first unlock, is never erased by the second.
 fn concurrent_unlocks_of_one_hold_exactly_one_succeeds() -> TrialResult {
     let segment = Segment::new("unlockrace");
     let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
-    let mut waiter = spawn("contend", &segment, 0)?;
+    let mut waiter = spawn("contend", &segment, &[])?;
     expect(&mut waiter, "ready")?;
     let first = manager.retrieve(LockId(0)).map_err(e2s)?;
     let second = manager.retrieve(LockId(0)).map_err(e2s)?;
@@ -206,28 +170,31 @@ fn a_dead_owners_token_never_comes_back() -> TrialResult {
     let segment = Segment::new("genwrap");
     let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
     // First owner of slot 1, generation 1: takes lock 0 and dies holding it.
-    let mut first = spawn("client", &segment, 0)?;
+    let mut first = client(&segment)?;
+    send(&mut first, "slot")?;
     let slot = expect(&mut first, "slot")?;
     if slot != "1" {
         return Err(format!("first client got slot {slot}, expected 1"));
     }
-    first.send("lock 0").map_err(|e| e.to_string())?;
+    send(&mut first, "wait 0 5000")?;
     expect(&mut first, "locked clean")?;
     first.sigkill().map_err(|e| e.to_string())?;
     // 2^21 - 3 claims of slot 1 later (written directly rather than performed): the next claim
     // takes the last generation.
     let slot1 = 256 + 128;
     segment.write_at(slot1, &(GEN_MAX - 1).to_le_bytes())?;
-    let mut last = spawn("client", &segment, 0)?;
+    let mut last = client(&segment)?;
+    send(&mut last, "slot")?;
     let slot = expect(&mut last, "slot")?;
     if slot != "1" {
         return Err(format!("the last generation of slot 1 went to slot {slot}"));
     }
     last.finish(STEP).map_err(|e| e.to_string())?;
     // Slot 1 is used up: a new owner must not get generation 1 again, the dead owner's.
-    let mut next = spawn("client", &segment, 0)?;
+    let mut next = client(&segment)?;
+    send(&mut next, "slot")?;
     let slot = expect(&mut next, "slot")?;
-    next.send("lock 0").map_err(|e| e.to_string())?;
+    send(&mut next, "wait 0 5000")?;
     let got = expect(&mut next, "locked");
     if got.as_deref() != Ok("owner-died") {
         return Err(format!(
@@ -245,34 +212,9 @@ fn a_dead_owners_token_never_comes_back() -> TrialResult {
             next.pid()
         ));
     }
-    next.send("unlock 0").map_err(|e| e.to_string())?;
+    send(&mut next, "unlock 0")?;
     expect(&mut next, "unlocked")?;
     next.finish(STEP).map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// Role: opens the segment, prints `slot N`, then obeys `lock ID` (at most 5 s; prints `locked
-/// clean|owner-died`) and `unlock ID` (prints `unlocked`) until stdin EOF.
-fn client() -> TrialResult {
-    let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(e2s)?;
-    println!("slot {}", manager.client_slot());
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        let (command, id) = line.split_once(' ').ok_or("bad command")?;
-        let id: u32 = id.parse().map_err(|_| "bad id")?;
-        let lock = manager.retrieve(LockId(id)).map_err(e2s)?;
-        match command {
-            "lock" => match lock.try_lock_for(STEP / 2).map_err(e2s)? {
-                Acquired::Clean => println!("locked clean"),
-                Acquired::OwnerDied => println!("locked owner-died"),
-            },
-            "unlock" => {
-                lock.unlock().map_err(e2s)?;
-                println!("unlocked");
-            }
-            other => return Err(format!("unknown command {other}")),
-        }
-    }
     Ok(())
 }
 
@@ -282,7 +224,7 @@ fn client() -> TrialResult {
 fn an_inherited_manager_is_refused_in_a_forked_child() -> TrialResult {
     let segment = Segment::new("fork");
     let _creator = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
-    let mut parent = spawn("fork", &segment, 0)?;
+    let mut parent = spawn("fork", &segment, &[])?;
     expect(&mut parent, "ok")?;
     parent.finish(STEP).map_err(|e| e.to_string())
 }
@@ -423,8 +365,12 @@ fn a_full_client_table_is_a_typed_error() -> TrialResult {
     let segment = Segment::new("fulltable");
     let creator = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
     // 1 slot here, 1023 in two processes.
-    let mut a = spawn("occupy", &segment, 512)?;
-    let mut b = spawn("occupy", &segment, CLIENT_SLOTS - 1 - 512)?;
+    let mut a = spawn("occupy", &segment, &[(COUNT_ENV, "512")])?;
+    let mut b = spawn(
+        "occupy",
+        &segment,
+        &[(COUNT_ENV, &(CLIENT_SLOTS - 1 - 512).to_string())],
+    )?;
     expect(&mut a, "ready")?;
     expect(&mut b, "ready")?;
     match ShmManager::open(&segment.0) {
@@ -463,10 +409,6 @@ fn occupy() -> TrialResult {
     Ok(())
 }
 
-fn env(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} not set"))
-}
-
 /// A flag set once stdin reaches EOF.
 fn stdin_eof() -> Arc<AtomicBool> {
     let eof = Arc::new(AtomicBool::new(false));
@@ -479,44 +421,28 @@ fn stdin_eof() -> Arc<AtomicBool> {
 }
 
 fn main() -> ExitCode {
-    if let Ok(role) = std::env::var(ROLE_ENV) {
-        let result = match role.as_str() {
-            "contend" => contend(),
-            "client" => client(),
-            "fork" => fork_role(),
-            "occupy" => occupy(),
-            other => Err(format!("unknown role {other}")),
-        };
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error {e}");
-                eprintln!("{role} {}: {e}", std::process::id());
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let args = libtest_mimic::Arguments::from_args();
-    let trial = |name: &'static str, f: fn() -> TrialResult| {
-        libtest_mimic::Trial::test(name, move || f().map_err(Into::into))
-    };
-    let trials = vec![
-        trial(
+    let roles: [common::Role; 3] = [
+        ("contend", contend),
+        ("fork", fork_role),
+        ("occupy", occupy),
+    ];
+    let trials: [common::Trial; 4] = [
+        (
             "concurrent_unlocks_of_one_hold_exactly_one_succeeds",
             concurrent_unlocks_of_one_hold_exactly_one_succeeds,
         ),
-        trial(
+        (
             "a_dead_owners_token_never_comes_back",
             a_dead_owners_token_never_comes_back,
         ),
-        trial(
+        (
             "an_inherited_manager_is_refused_in_a_forked_child",
             an_inherited_manager_is_refused_in_a_forked_child,
         ),
-        trial(
+        (
             "a_full_client_table_is_a_typed_error",
             a_full_client_table_is_a_typed_error,
         ),
     ];
-    libtest_mimic::run(&args, trials).exit_code()
+    common::main(&roles, trials)
 }

@@ -231,5 +231,5 @@ fn main() -> ExitCode {
             a_lingering_watcher_keeps_no_slot_alive,
         ),
     ];
-    common::main(trials)
+    common::main(&[], trials)
 }

@@ -1,9 +1,11 @@
-//! Client processes for the multiprocess trials of `observe.rs` and `watch.rs`.
+//! Segments and child processes for lock-shm's test binaries.
 //!
-//! The test binary re-executes itself: with [`ROLE_ENV`] set it is a client that opens the
-//! segment named by [`SEGMENT_ENV`] and obeys commands on stdin ([`client_role`]), otherwise it
-//! runs the trials ([`main`]). Clients run under lock-conformance's `ChildProcess`, which SIGKILLs
-//! and reaps them on drop; every wait is bounded, and every trial removes its segment.
+//! A test binary re-executes itself: with [`ROLE_ENV`] set it plays the named role on the segment
+//! named by [`SEGMENT_ENV`] (the [`client_role`] that obeys commands on stdin, or a role of its
+//! own), otherwise it runs the trials ([`main`]). Children run under lock-conformance's
+//! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
+//! removes its segment.
+#![allow(dead_code)] // reason: each test binary uses a different part of this module
 
 use std::io::BufRead;
 use std::process::{Command, ExitCode};
@@ -12,10 +14,10 @@ use std::time::Duration;
 use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
 
-/// Set in a client process; its value is the role's name.
+/// Set in a child process; its value is the role's name.
 const ROLE_ENV: &str = "LOCKYARD_SHM_TEST_ROLE";
-/// The name of the segment a client opens.
-const SEGMENT_ENV: &str = "LOCKYARD_SHM_TEST_SEGMENT";
+/// The name of the segment a child opens.
+pub(crate) const SEGMENT_ENV: &str = "LOCKYARD_SHM_TEST_SEGMENT";
 /// The capacity of every trial's segment.
 pub(crate) const CAPACITY: u32 = 8;
 /// How long any single step may take before the trial fails.
@@ -24,6 +26,8 @@ pub(crate) const STEP: Duration = Duration::from_secs(10);
 pub(crate) type TrialResult = Result<(), String>;
 /// A named trial.
 pub(crate) type Trial = (&'static str, fn() -> TrialResult);
+/// A named role a child process can play, besides `client`.
+pub(crate) type Role = (&'static str, fn() -> TrialResult);
 
 pub(crate) fn e2s(e: Error) -> String {
     e.to_string()
@@ -34,7 +38,7 @@ pub(crate) struct Segment(pub(crate) String);
 
 impl Segment {
     pub(crate) fn new(trial: &str) -> Segment {
-        // The test binary's name (`observe`, `watch`): binaries run at the same time.
+        // The test binary's name (`observe`, `owners`, ...): binaries run at the same time.
         let binary = env!("CARGO_CRATE_NAME");
         let name = format!("lockyard-test-{binary}-{trial}-{}", std::process::id());
         let _ = ShmManager::remove(&name);
@@ -48,11 +52,23 @@ impl Drop for Segment {
     }
 }
 
+/// Starts this test binary again as `role` on `segment`, with the environment variables `vars`.
+pub(crate) fn spawn(
+    role: &str,
+    segment: &Segment,
+    vars: &[(&str, &str)],
+) -> Result<ChildProcess, String> {
+    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    command
+        .env(ROLE_ENV, role)
+        .env(SEGMENT_ENV, &segment.0)
+        .envs(vars.iter().copied());
+    ChildProcess::start(command, role, None).map_err(|e| e.to_string())
+}
+
 /// Starts a client on `segment` and waits until it has opened it (it says `slot N`).
 pub(crate) fn client(segment: &Segment) -> Result<ChildProcess, String> {
-    let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
-    let mut child = ChildProcess::start(command, "client", None).map_err(|e| e.to_string())?;
+    let mut child = spawn("client", segment, &[])?;
     expect(&mut child, "slot")?;
     Ok(child)
 }
@@ -66,13 +82,17 @@ pub(crate) fn send(child: &mut ChildProcess, line: &str) -> TrialResult {
     child.send(line).map_err(|e| e.to_string())
 }
 
+/// The environment variable `name`, in a child process.
+pub(crate) fn env(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} not set"))
+}
+
 /// Role: opens the segment, prints `slot N`, then obeys commands until stdin EOF: `slot`
 /// (prints `slot N` again), `lock ID` (`locked clean|owner-died`), `unlock ID` (`unlocked`),
 /// `wait ID MS` (try_lock_for; `locked ...`, `timeout` or `deadlock N`), `deadlock MS` (sets
 /// the timeout; prints `deadlock-timeout MS|none`).
 fn client_role() -> TrialResult {
-    let name = std::env::var(SEGMENT_ENV).map_err(|e| e.to_string())?;
-    let manager = ShmManager::open(&name).map_err(e2s)?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(e2s)?;
     println!("slot {}", manager.client_slot());
     let said = |acquired: Acquired| {
         format!(
@@ -127,14 +147,20 @@ fn client_role() -> TrialResult {
     Ok(())
 }
 
-/// The test binary's `main`: the client role in a client process, otherwise `trials` under
-/// libtest-mimic.
-pub(crate) fn main(trials: impl IntoIterator<Item = Trial>) -> ExitCode {
-    if std::env::var(ROLE_ENV).is_ok() {
-        return match client_role() {
+/// The test binary's `main`: in a child process the role it was started as (`client` or one of
+/// `roles`), otherwise `trials` under libtest-mimic.
+pub(crate) fn main(roles: &[Role], trials: impl IntoIterator<Item = Trial>) -> ExitCode {
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        let played = match roles.iter().find(|(name, _)| *name == role) {
+            Some((_, play)) => play(),
+            None if role == "client" => client_role(),
+            None => Err(format!("unknown role {role}")),
+        };
+        return match played {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 println!("error {e}");
+                eprintln!("{role} {}: {e}", std::process::id());
                 ExitCode::FAILURE
             }
         };
