@@ -160,7 +160,8 @@ impl Session {
     }
 
     /// Acquires the named lock, waiting at most `timeout`; a timed-out attempt has deleted what
-    /// it wrote before this returns.
+    /// it wrote before this returns, or, when etcd does not answer within a quarter of a second,
+    /// leaves that to a task on the session's runtime, which [`close`](Self::close) waits for.
     ///
     /// # Errors
     ///
