@@ -452,10 +452,6 @@ mod tests {
     /// deadline: it never locks its parent's copies of those mutexes. With them as plain `static
     /// Mutex`es the child hung in its first wait.
     #[test]
-    #[allow(
-        unsafe_code,
-        reason = "fork(2), waitpid(2), kill(2) and _exit(2) have no safe wrappers"
-    )]
     fn a_child_forked_while_the_registries_are_locked_still_waits() {
         let dir = tempfile::tempdir().expect("temp dir");
         let holder = DirLock::new(dir.path()).expect("holder");
@@ -475,34 +471,11 @@ mod tests {
             });
         });
         is_locked.recv().expect("registries locked");
-        // SAFETY: the child waits on a dirlock and calls `_exit`; the locks another thread of
-        // this process holds at the fork are the point of the test, and glibc's fork handlers
-        // make its allocator safe to use in the child.
-        let child = unsafe { libc::fork() };
-        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
-        if child == 0 {
+        let status = lock_conformance::fork::fork_and_wait(Duration::from_secs(10), || {
             let waited = other.try_lock_for(Duration::from_millis(50));
-            let code = i32::from(!matches!(waited, Err(Error::Timeout)));
-            // SAFETY: ends the child without running the parent's destructors or libtest.
-            unsafe { libc::_exit(code) };
-        }
-        let start = Instant::now();
-        let status = loop {
-            let mut status = 0;
-            // SAFETY: `child` is ours; `status` is a valid out-pointer.
-            if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
-                break libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(child, libc::SIGKILL);
-                    libc::waitpid(child, &mut status, 0);
-                }
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+            i32::from(!matches!(waited, Err(Error::Timeout)))
+        })
+        .expect("fork");
         release.send(()).expect("release");
         registries.join().expect("registries thread");
         assert_eq!(

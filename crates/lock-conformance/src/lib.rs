@@ -5,6 +5,7 @@ mod backend;
 pub mod behaviours;
 pub mod child;
 mod ctx;
+pub mod fork;
 mod outcome;
 
 use std::collections::BTreeMap;

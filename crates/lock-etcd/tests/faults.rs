@@ -44,6 +44,35 @@ fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
         .unwrap_or_else(|_| panic!("operation hung for more than {limit:?}"))
 }
 
+/// [`bounded`], also returning how long `f` took.
+fn timed<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (Duration, T) {
+    bounded(limit, move || {
+        let start = Instant::now();
+        let result = f();
+        (start.elapsed(), result)
+    })
+}
+
+/// A connection through `proxies` with its own prefix, TTL and request timeout.
+fn connect_through(
+    proxies: &[Proxy],
+    prefix: &str,
+    ttl: Duration,
+    request_timeout: Duration,
+) -> EtcdLocks {
+    EtcdLocks::connect(
+        proxies.iter().map(Proxy::url),
+        EtcdOptions::new()
+            .prefix(prefix)
+            .ttl(ttl)
+            .request_timeout(request_timeout),
+    )
+    .expect("connect through the proxies")
+}
+
 /// The leader is SIGKILLed while three handles contend; exclusion holds and locking goes on.
 #[test]
 #[serial]
@@ -513,14 +542,7 @@ fn partitioned_holder_loses_before_another_acquires() -> Result<(), Failed> {
     let prefix = common::prefix("partition");
     let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
     let ttl = Duration::from_secs(2);
-    let locks = EtcdLocks::connect(
-        proxies.iter().map(Proxy::url),
-        EtcdOptions::new()
-            .prefix(&prefix)
-            .ttl(ttl)
-            .request_timeout(Duration::from_secs(3)),
-    )
-    .expect("connect through the proxies");
+    let locks = connect_through(&proxies, &prefix, ttl, Duration::from_secs(3));
     let holder = Arc::new(locks.named("p").expect("named"));
     let _ = holder.lock().expect("lock");
     let old = holder.fencing_token().expect("token");
@@ -673,38 +695,22 @@ fn an_attempt_ended_in_an_outage_returns_without_waiting_for_its_clean_up() {
     let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
     let ttl = Duration::from_secs(10);
     let request_timeout = Duration::from_secs(20);
-    let locks = EtcdLocks::connect(
-        proxies.iter().map(Proxy::url),
-        EtcdOptions::new()
-            .prefix(&prefix)
-            .ttl(ttl)
-            .request_timeout(request_timeout),
-    )
-    .expect("connect through the proxies");
-    let timed = locks.named("timed").expect("named");
+    let locks = connect_through(&proxies, &prefix, ttl, request_timeout);
+    let waits = locks.named("waits").expect("named");
     let cancelled = locks.named("cancelled").expect("named");
     // A second connection that has no session yet: its first attempt has to grant a lease.
-    let fresh = EtcdLocks::connect(
-        proxies.iter().map(Proxy::url),
-        EtcdOptions::new()
-            .prefix(&prefix)
-            .ttl(ttl)
-            .request_timeout(request_timeout),
-    )
-    .expect("connect through the proxies")
-    .named("fresh")
-    .expect("named");
+    let fresh = connect_through(&proxies, &prefix, ttl, request_timeout)
+        .named("fresh")
+        .expect("named");
     // The connection's default session exists before the outage (making one then is another
     // matter: a lease grant nobody answers).
-    let _ = timed.lock().expect("lock");
-    timed.unlock().expect("unlock");
+    let _ = waits.lock().expect("lock");
+    waits.unlock().expect("unlock");
     for proxy in &proxies {
         proxy.set_mode(Mode::Blackhole);
     }
-    let (took, result) = bounded(request_timeout * 3, move || {
-        let start = Instant::now();
-        let result = timed.try_lock_for(Duration::from_millis(500));
-        (start.elapsed(), result)
+    let (took, result) = timed(request_timeout * 3, move || {
+        waits.try_lock_for(Duration::from_millis(500))
     });
     assert!(
         matches!(result, Err(Error::Timeout)),
@@ -714,10 +720,8 @@ fn an_attempt_ended_in_an_outage_returns_without_waiting_for_its_clean_up() {
         took < request_timeout / 4,
         "try_lock_for(500ms) in an outage took {took:?} (request timeout {request_timeout:?})"
     );
-    let (took, result) = bounded(request_timeout * 3, move || {
-        let start = Instant::now();
-        let result = fresh.try_lock_for(Duration::from_millis(500));
-        (start.elapsed(), result)
+    let (took, result) = timed(request_timeout * 3, move || {
+        fresh.try_lock_for(Duration::from_millis(500))
     });
     assert!(
         matches!(result, Err(Error::Timeout)),
@@ -734,10 +738,8 @@ fn an_attempt_ended_in_an_outage_returns_without_waiting_for_its_clean_up() {
         std::thread::sleep(Duration::from_millis(500));
         canceller.cancel();
     });
-    let (took, result) = bounded(request_timeout * 3, move || {
-        let start = Instant::now();
-        let result = cancelled.lock_until_cancelled(&cancel);
-        (start.elapsed(), result)
+    let (took, result) = timed(request_timeout * 3, move || {
+        cancelled.lock_until_cancelled(&cancel)
     });
     assert!(matches!(result, Ok(None)), "cancelled lock: {result:?}");
     assert!(
@@ -763,14 +765,7 @@ fn unlock_after_lost_in_an_outage_returns_at_once() {
     let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
     let ttl = Duration::from_secs(2);
     let request_timeout = Duration::from_secs(20);
-    let locks = EtcdLocks::connect(
-        proxies.iter().map(Proxy::url),
-        EtcdOptions::new()
-            .prefix(&prefix)
-            .ttl(ttl)
-            .request_timeout(request_timeout),
-    )
-    .expect("connect through the proxies");
+    let locks = connect_through(&proxies, &prefix, ttl, request_timeout);
     let unlocked = locks.named("u").expect("named");
     let dropped = locks.named("d").expect("named");
     let _ = unlocked.lock().expect("lock u");
@@ -788,21 +783,13 @@ fn unlock_after_lost_in_an_outage_returns_at_once() {
             "Lost did not fire in the outage"
         );
     }
-    let (took, result) = bounded(request_timeout * 2, move || {
-        let start = Instant::now();
-        let result = unlocked.unlock();
-        (start.elapsed(), result)
-    });
+    let (took, result) = timed(request_timeout * 2, move || unlocked.unlock());
     assert!(matches!(result, Err(Error::Lost)), "unlock: {result:?}");
     assert!(
         took < request_timeout / 4,
         "unlock after Lost took {took:?} (request timeout {request_timeout:?})"
     );
-    let took = bounded(request_timeout * 2, move || {
-        let start = Instant::now();
-        drop(dropped);
-        start.elapsed()
-    });
+    let (took, ()) = timed(request_timeout * 2, move || drop(dropped));
     assert!(
         took < request_timeout / 4,
         "dropping a lost lock took {took:?} (request timeout {request_timeout:?})"

@@ -298,10 +298,6 @@ mod tests {
     /// waker of its own, with a running timer thread that interrupts its blocked `flock`. With
     /// plain `static Mutex`es the child hung in `Waker::get`.
     #[test]
-    #[allow(
-        unsafe_code,
-        reason = "fork(2), waitpid(2), kill(2) and _exit(2) have no safe wrappers"
-    )]
     fn a_child_forked_while_the_waker_is_locked_gets_its_own() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("l");
@@ -319,38 +315,15 @@ mod tests {
             let _ = released.recv();
         });
         is_locked.recv().expect("locks held");
-        // SAFETY: the child gets a waker, blocks in one `flock` and calls `_exit`; the locks
-        // another thread holds at the fork are the point of the test, and glibc's fork handlers
-        // make its allocator and thread creation safe to use in the child.
-        let child = unsafe { libc::fork() };
-        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
-        if child == 0 {
-            let me = std::process::id();
-            let interrupted = Waker::get(me).is_some_and(|waker| {
+        let status = lock_conformance::fork::fork_and_wait(Duration::from_secs(10), || {
+            let interrupted = Waker::get(std::process::id()).is_some_and(|waker| {
                 let ticket = waker.arm(Instant::now() + Duration::from_millis(20));
                 let got = rustix::fs::flock(&b, rustix::fs::FlockOperation::LockExclusive);
                 waker.disarm(ticket) && got == Err(rustix::io::Errno::INTR)
             });
-            // SAFETY: ends the child without running the parent's destructors or libtest.
-            unsafe { libc::_exit(i32::from(!interrupted)) };
-        }
-        let start = Instant::now();
-        let status = loop {
-            let mut status = 0;
-            // SAFETY: `child` is ours; `status` is a valid out-pointer.
-            if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
-                break libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(child, libc::SIGKILL);
-                    libc::waitpid(child, &mut status, 0);
-                }
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+            i32::from(!interrupted)
+        })
+        .expect("fork");
         release.send(()).expect("release");
         holder.join().expect("holder");
         assert_eq!(
