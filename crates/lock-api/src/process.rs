@@ -37,7 +37,13 @@ struct Tagged<T> {
 }
 
 /// Process-wide state behind a mutex that a forked child never inherits locked: the child gets a
-/// fresh `T::default()` instead (see the [module docs](self)).
+/// fresh `T::default()` instead.
+///
+/// A plain `static Mutex` that one thread holds while another calls `fork(2)` stays locked in the
+/// child for good (the holding thread does not exist there), so the child's first lock of it
+/// hangs. `PerProcess` tags its state with the pid the caller passes and hands any other pid a
+/// fresh state, leaking (never locking) the parent's. Each forked child that uses it leaks its
+/// parent's copy once; the process that made the state pays one atomic load and a compare.
 ///
 /// ```
 /// use lock_api::PerProcess;
