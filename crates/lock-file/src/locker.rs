@@ -9,11 +9,14 @@
 //!   the deadlock check (process-local, see `wake.rs`), and block in ONE `flock(LOCK_EX)`. When
 //!   the record was released but the non-blocking try still fails (another owner took the lock
 //!   in between), the same path follows that try.
-//! - **Past the deadlock timeout:** the timer interrupts the blocked `flock` with `SIGURG`; the
-//!   waiter walks the wait-for graph from itself, and if it sees a cycle, decides under the
-//!   store's detection lock: it returns `Error::Deadlock` (after withdrawing its wait, before
-//!   releasing the detection lock) or blocks again, checking again after twice the interval
-//!   (up to 32 timeouts).
+//! - **Past the deadlock timeout:** the process's timer thread walks the wait-for graph from
+//!   this owner (checks come at 1, 3, 7, 15, ... timeouts into the wait, then every 32). Only if
+//!   it sees a cycle does it interrupt the blocked `flock` with `SIGURG`; the waiter then checks
+//!   itself and decides under the store's detection lock: it returns `Error::Deadlock` (after
+//!   withdrawing its wait, before releasing the detection lock) or blocks again. So an idle
+//!   waiter is not woken by its checks, nor are the waiters the kernel queues behind its `flock`
+//!   (an interrupted one wakes them all to queue again). Where no timer thread can interrupt
+//!   the waiter (polling), the waiter makes every check itself.
 //!
 //! `try_lock_for` takes the same path with its deadline as a second timer.
 
@@ -123,8 +126,10 @@ impl FileLocker {
         let file = &self.slot.file;
         let path = || self.path();
         let mut interval = 1;
-        let mut check_at = shared
-            .deadlock_timeout()
+        // An unpublished wait is in nobody's graph: it has nothing to check.
+        let mut check_at = entry
+            .as_ref()
+            .and(shared.deadlock_timeout())
             .and_then(|d| Instant::now().checked_add(d));
         // Timers need the process's timer thread and a thread that `SIGURG` interrupts. A
         // bounded wait must end at its deadline, so it looks at this thread's signal mask (one
@@ -151,10 +156,19 @@ impl FileLocker {
                     flock::lock(file, &path)?;
                     true
                 }
-                (Some(due), Some(waker)) => {
-                    let ticket = waker.arm(due);
+                (Some(_), Some(waker)) => {
+                    // The deadline interrupts this thread when it comes. A deadlock check runs
+                    // on the timer thread, and interrupts this thread only when it sees a cycle
+                    // through this owner: an idle waiter is not woken by its checks (nor, in
+                    // the kernel's tree of blocked `flock`s, are the waiters queued behind it).
+                    let deadline_ticket = deadline.map(|d| waker.arm(d));
+                    let check_ticket =
+                        check_at.map(|at| waker.arm_job(at, self.check_job(interval)));
                     let result = rustix::fs::flock(file, FlockOperation::LockExclusive);
-                    let fired = waker.disarm(ticket);
+                    let fired = [deadline_ticket, check_ticket]
+                        .into_iter()
+                        .flatten()
+                        .fold(false, |fired, ticket| waker.disarm(ticket) | fired);
                     match result {
                         Ok(()) => {
                             if fired {
@@ -198,6 +212,32 @@ impl FileLocker {
                 };
             }
         }
+    }
+
+    /// The deadlock check's first look, for the timer thread: the wait-for graph read from this
+    /// owner without any lock. No cycle through this owner (the usual answer): look again at
+    /// the next check time, doubling the interval as [`block`](Self::block) does, without
+    /// waking the waiter. A cycle, or an error reading the graph: interrupt the waiter, which
+    /// then makes the whole check itself ([`check_deadlock`](Self::check_deadlock)), so the
+    /// decision and the victim's withdrawal stay where they were, on the waiting thread.
+    fn check_job(&self, interval: u32) -> crate::wake::Job {
+        let shared = Arc::clone(&self.shared);
+        let me = owner_key(shared.owner);
+        let mut interval = interval;
+        Box::new(move || match shared.wait_graph_from(shared.owner) {
+            Ok(graph) if find_cycle(&graph, &me).is_none() => {
+                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
+                match shared
+                    .deadlock_timeout()
+                    .and_then(|d| Instant::now().checked_add(d * interval))
+                {
+                    Some(at) => crate::wake::Next::At(at),
+                    // Detection was turned off meanwhile.
+                    None => crate::wake::Next::Done,
+                }
+            }
+            _ => crate::wake::Next::Signal,
+        })
     }
 
     /// Checks whether this wait closes a cycle; `Ok(false)` when it may and another check holds

@@ -9,6 +9,18 @@
 //! to the waiting thread (`pthread_kill(3)`), whose blocking `flock` returns `EINTR`. The waiter
 //! *disarms* when its call returns, however it returned.
 //!
+//! A signal that lands before the thread has entered `flock` (the thread was preempted between
+//! `arm` and the call, or the time was already near) would be spent on nothing, and the `flock`
+//! would sleep on. So a signalled timer is signalled again every [`RESEND`] until its thread
+//! disarms; a thread blocked in `flock` when the first one came disarms at once and sees none
+//! of the others.
+//!
+//! A timer may carry a *job* instead ([`Waker::arm_job`]): when due, the timer thread runs it
+//! (outside the table's mutex) and does what it answers: run again later, signal the thread, or
+//! nothing more. A deadlock check's first look runs so (`locker.rs`): the waiting thread is
+//! interrupted only when the look sees a cycle, so an idle waiter sleeps through its checks.
+//! A job that is running when its timer is disarmed runs to its end, and its answer is dropped.
+//!
 //! The timer thread is told about a new timer (a futex wake) only when it sleeps without a
 //! deadline or past the new one. After a timer fires or is disarmed, the thread lingers for
 //! [`LINGER`] before sleeping without a deadline, so a stream of short waits (a contended lock)
@@ -27,15 +39,20 @@
 //!
 //! 1. A `pthread_t` is in the timer table only between `arm` and `disarm`, which the waiting
 //!    thread calls around its blocking call, so every thread signalled is alive.
-//! 2. The timer thread signals a thread only while holding the table's mutex, and `disarm`
-//!    takes the same mutex: once `disarm` returns, no signal for that wait is sent any more.
+//! 2. The timer thread signals a thread only while holding the table's mutex and only for a
+//!    timer still in the table, and `disarm` takes the same mutex to remove it: once `disarm`
+//!    returns, no signal for that wait is sent any more (a job's answer that comes later finds
+//!    no timer and signals nobody).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-
 use std::time::{Duration, Instant};
 
 use lock_api::PerProcess;
+
+/// How often a signal is sent again while the thread it was for has not disarmed: it may have
+/// landed just before the thread blocked, and a `flock` entered after it would sleep on.
+const RESEND: Duration = Duration::from_millis(2);
 
 /// How long the timer thread keeps a deadline after its last timer, before it sleeps without
 /// one (and the next `arm` has to wake it).
@@ -126,13 +143,68 @@ pub(crate) fn interruptible() -> bool {
     unsafe { libc::sigismember(&mask, SIGNAL) == 0 }
 }
 
+/// Work a timer does on the timer thread when it comes due, instead of signalling at once: a
+/// waiter's deadlock check, which only needs to interrupt the waiter when it is the victim.
+pub(crate) type Job = Box<dyn FnMut() -> Next + Send>;
+
+/// What a [`Job`] wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Run again at this time.
+    At(Instant),
+    /// Interrupt the waiting thread now (and never run again).
+    Signal,
+    /// Never run again.
+    Done,
+}
+
+/// Where an armed timer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not due yet (or its job asked to run again at `due`).
+    Waiting,
+    /// The thread was signalled; the signal is sent again at `due` until the thread disarms.
+    Signalled,
+    /// Its job asked for nothing more.
+    Finished,
+}
+
 /// One armed timer.
-#[derive(Debug)]
 struct Timer {
     ticket: u64,
     thread: libc::pthread_t,
     due: Instant,
-    fired: bool,
+    stage: Stage,
+    /// The job to run when due (signal at once when there is none); `None` also while it runs.
+    job: Option<Job>,
+    /// The job is running on the timer thread, outside the table's mutex.
+    running: bool,
+}
+
+impl Timer {
+    /// Signals the timer's thread, now and again every [`RESEND`] until it disarms.
+    fn signal(&mut self, now: Instant) {
+        self.stage = Stage::Signalled;
+        self.due = now + RESEND;
+        if still_ours() {
+            // SAFETY: by invariant 1 the thread is alive: the timer is in the table, so its
+            // thread has not returned from `disarm`, which waits for the table's mutex that
+            // every caller of this holds. `pthread_kill` only sends a signal; an error (none
+            // expected) leaves the waiter to the next resend.
+            let _ = unsafe { libc::pthread_kill(self.thread, SIGNAL) };
+        }
+    }
+}
+
+impl std::fmt::Debug for Timer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timer")
+            .field("ticket", &self.ticket)
+            .field("due", &self.due)
+            .field("stage", &self.stage)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The timer table, under the waker's mutex.
@@ -194,6 +266,17 @@ impl Waker {
 
     /// Arms a timer that interrupts the calling thread at `due`, unless disarmed first.
     pub(crate) fn arm(&self, due: Instant) -> Ticket {
+        self.arm_timer(due, None)
+    }
+
+    /// Arms a timer that runs `job` on the timer thread at `due`, and again whenever it asks,
+    /// until it asks to interrupt the calling thread (which it then does, unless disarmed
+    /// first) or to stop. The calling thread is not woken for runs that ask for neither.
+    pub(crate) fn arm_job(&self, due: Instant, job: Job) -> Ticket {
+        self.arm_timer(due, Some(job))
+    }
+
+    fn arm_timer(&self, due: Instant, job: Option<Job>) -> Ticket {
         // SAFETY: `pthread_self` has no preconditions.
         let thread = unsafe { libc::pthread_self() };
         let mut table = self.table();
@@ -203,7 +286,9 @@ impl Waker {
             ticket,
             thread,
             due,
-            fired: false,
+            stage: Stage::Waiting,
+            job,
+            running: false,
         });
         table.armed = true;
         if table.sleeps_until.is_none_or(|t| due < t) {
@@ -213,13 +298,64 @@ impl Waker {
         Ticket(ticket)
     }
 
-    /// Disarms a timer; returns whether it fired (its signal was sent).
+    /// Disarms a timer; returns whether it fired (its signal was sent). A job running now goes
+    /// on to its end, but its answer is dropped: it signals nobody.
     pub(crate) fn disarm(&self, ticket: Ticket) -> bool {
+        let removed = {
+            let mut table = self.table();
+            let at = table.timers.iter().position(|t| t.ticket == ticket.0);
+            at.map(|at| table.timers.swap_remove(at))
+        };
+        // Dropped outside the mutex: a job owns what it checks, which may be the last reference.
+        removed.is_some_and(|timer| timer.stage == Stage::Signalled)
+    }
+
+    /// Runs the due jobs `jobs` outside the table's mutex, then applies their answers to the
+    /// timers that are still armed.
+    fn run_jobs<'a>(
+        &'a self,
+        table: MutexGuard<'a, Table>,
+        jobs: Vec<(u64, Job)>,
+    ) -> MutexGuard<'a, Table> {
+        drop(table);
+        let answers: Vec<(u64, Job, Next)> = jobs
+            .into_iter()
+            .map(|(ticket, mut job)| {
+                let next = job();
+                (ticket, job, next)
+            })
+            .collect();
         let mut table = self.table();
-        match table.timers.iter().position(|t| t.ticket == ticket.0) {
-            Some(at) => table.timers.swap_remove(at).fired,
-            None => false,
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        for (ticket, job, next) in answers {
+            let Some(timer) = table.timers.iter_mut().find(|t| t.ticket == ticket) else {
+                // Disarmed while it ran.
+                gone.push(job);
+                continue;
+            };
+            timer.running = false;
+            match next {
+                Next::At(at) => {
+                    timer.due = at;
+                    timer.job = Some(job);
+                }
+                Next::Signal => {
+                    timer.signal(now);
+                    gone.push(job);
+                }
+                Next::Done => {
+                    timer.stage = Stage::Finished;
+                    gone.push(job);
+                }
+            }
         }
+        if !gone.is_empty() {
+            drop(table);
+            drop(gone);
+            table = self.table();
+        }
+        table
     }
 
     /// The timer thread.
@@ -228,19 +364,28 @@ impl Waker {
         loop {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
-            for timer in table.timers.iter_mut().filter(|t| !t.fired) {
-                if timer.due <= now {
-                    timer.fired = true;
-                    if still_ours() {
-                        // SAFETY: by invariant 1 the thread is alive (it is between `arm` and
-                        // `disarm`, and `disarm` waits for this mutex); `pthread_kill` only
-                        // sends a signal. An error (none expected) leaves the waiter to its
-                        // next chance.
-                        let _ = unsafe { libc::pthread_kill(timer.thread, SIGNAL) };
-                    }
-                } else {
-                    next = Some(next.map_or(timer.due, |n| n.min(timer.due)));
+            let mut jobs = Vec::new();
+            let live = |t: &&mut Timer| t.stage != Stage::Finished && !t.running;
+            for timer in table.timers.iter_mut().filter(live) {
+                if timer.due <= now
+                    && let Some(job) = timer.job.take()
+                {
+                    timer.running = true;
+                    jobs.push((timer.ticket, job));
+                    continue;
                 }
+                if timer.due <= now {
+                    // Due, or signalled and not disarmed yet: the signal may have landed
+                    // before the thread blocked, so it is sent again until the thread disarms.
+                    timer.signal(now);
+                }
+                next = Some(next.map_or(timer.due, |n| n.min(timer.due)));
+            }
+            if !jobs.is_empty() {
+                // Their answers may arm them again: look at the table afresh.
+                table.armed = true;
+                table = self.run_jobs(table, jobs);
+                continue;
             }
             let until = match next {
                 Some(due) => Some(due),
@@ -291,6 +436,40 @@ mod tests {
         assert_eq!(
             rustix::fs::flock(&b, rustix::fs::FlockOperation::NonBlockingLockExclusive),
             Err(rustix::io::Errno::WOULDBLOCK)
+        );
+    }
+
+    /// A signal that lands before its thread blocks (here: during a sleep just after `arm`) is
+    /// sent again until the thread disarms, so the `flock` that follows is still interrupted.
+    /// Without the resend the flock blocked until the lock was let go.
+    #[test]
+    fn a_signal_that_lands_before_the_flock_is_sent_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("l");
+        let a = std::fs::File::create(&path).expect("create");
+        let b = std::fs::File::open(&path).expect("open");
+        rustix::fs::flock(&a, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        let waker = Waker::get(std::process::id()).expect("waker");
+        assert!(interruptible());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let blocked = std::thread::spawn(move || {
+            let ticket = waker.arm(Instant::now());
+            // The timer thread signals now; the handler runs during this sleep (std retries the
+            // interrupted `nanosleep`).
+            std::thread::sleep(Duration::from_millis(50));
+            let got = rustix::fs::flock(&b, rustix::fs::FlockOperation::LockExclusive);
+            let fired = waker.disarm(ticket);
+            let _ = done_tx.send(());
+            (got, fired)
+        });
+        let interrupted_in_time = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        // Lets a flock that was never interrupted return, so the test ends either way.
+        rustix::fs::flock(&a, rustix::fs::FlockOperation::Unlock).expect("unlock");
+        let (got, fired) = blocked.join().expect("thread");
+        assert!(fired, "the timer fired");
+        assert!(
+            interrupted_in_time && got == Err(rustix::io::Errno::INTR),
+            "the flock after a lost signal: {got:?}, within 5 s: {interrupted_in_time}"
         );
     }
 

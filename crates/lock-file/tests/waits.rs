@@ -331,3 +331,51 @@ fn detection_needs_owner_records() {
         Err(Error::Unsupported(_))
     ));
 }
+
+/// Voluntary context switches of thread `tid` of this process so far: how often it slept.
+fn switches_of(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .expect("the waiter's status")
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// A waiter on a live holder with no cycle in sight sleeps through its deadlock checks: they
+/// run on the timer thread, which interrupts the waiter only when it sees a cycle. With a 20 ms
+/// timeout the checks come at 20, 60, 140, 300, 620 and 1260 ms; when each of them interrupted
+/// the blocked `flock`, the waiter woke at least four times in the window below.
+#[test]
+fn an_idle_waiter_sleeps_through_its_deadlock_checks() {
+    let (_root, path, holder) = fresh(2);
+    let lock = holder.retrieve(LockId(0)).expect("retrieve");
+    let _ = lock.lock().expect("lock");
+    let waiter = FileManager::open(&path).expect("open");
+    waiter
+        .set_deadlock_timeout(Duration::from_millis(20))
+        .expect("deadlock timeout");
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+        let lock = waiter.retrieve(LockId(0)).expect("retrieve");
+        let got = lock.try_lock_for(LIVENESS).map(|_| ());
+        let unlocked = lock.unlock();
+        (got, unlocked)
+    });
+    let tid = tid_rx.recv().expect("the waiter's thread id");
+    snapshot_until(&holder, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    // Past the first check, well into the schedule.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = switches_of(tid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let woke = switches_of(tid) - before;
+    lock.unlock().expect("unlock");
+    let (got, unlocked) = waiting.join().expect("waiter");
+    got.expect("the waiter acquires once the holder lets go");
+    unlocked.expect("unlock");
+    assert!(
+        woke <= 1,
+        "the idle waiter woke {woke} times in 1.5 s of deadlock checks"
+    );
+}
