@@ -414,13 +414,20 @@ impl Waker {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_armed_timer_interrupts_a_blocked_flock() {
+    /// A file in a fresh directory, opened twice: the first description (`flock`ed exclusively)
+    /// and the second, whose `flock(LOCK_EX)` blocks; the directory is removed when dropped.
+    fn locked_pair() -> (tempfile::TempDir, std::fs::File, std::fs::File) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("l");
         let a = std::fs::File::create(&path).expect("create");
         let b = std::fs::File::open(&path).expect("open");
         rustix::fs::flock(&a, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        (dir, a, b)
+    }
+
+    #[test]
+    fn an_armed_timer_interrupts_a_blocked_flock() {
+        let (_dir, _a, b) = locked_pair();
         let waker = Waker::get(std::process::id()).expect("waker");
         assert!(interruptible());
         let start = Instant::now();
@@ -444,11 +451,7 @@ mod tests {
     /// Without the resend the flock blocked until the lock was let go.
     #[test]
     fn a_signal_that_lands_before_the_flock_is_sent_again() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("l");
-        let a = std::fs::File::create(&path).expect("create");
-        let b = std::fs::File::open(&path).expect("open");
-        rustix::fs::flock(&a, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        let (_dir, a, b) = locked_pair();
         let waker = Waker::get(std::process::id()).expect("waker");
         assert!(interruptible());
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -478,11 +481,7 @@ mod tests {
     /// plain `static Mutex`es the child hung in `Waker::get`.
     #[test]
     fn a_child_forked_while_the_waker_is_locked_gets_its_own() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("l");
-        let a = std::fs::File::create(&path).expect("create");
-        let b = std::fs::File::open(&path).expect("open");
-        rustix::fs::flock(&a, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        let (_dir, _a, b) = locked_pair();
         let parent = std::process::id();
         Waker::get(parent).expect("waker");
         let (locked, is_locked) = std::sync::mpsc::channel::<()>();
