@@ -34,29 +34,9 @@ impl LockRpc {
             .build()
             .expect("tokio runtime");
         let endpoints: Vec<&str> = endpoints.split(',').collect();
-        let (client, lease) = runtime.block_on(async {
-            let mut client = Client::connect(&endpoints, None)
-                .await
-                .expect("connect to etcd");
-            let lease = client
-                .lease_grant(LEASE_SECS, None)
-                .await
-                .expect("lease")
-                .id();
-            let (mut keeper, mut answers) = client
-                .lease_keep_alive(lease)
-                .await
-                .expect("lease keepalive");
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(LEASE_SECS as u64 / 3)).await;
-                    if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
-                        return;
-                    }
-                }
-            });
-            (client, lease)
-        });
+        let (client, lease) = runtime
+            .block_on(lock_etcd::testkit::lock_rpc_peer(&endpoints, LEASE_SECS))
+            .expect("the Lock RPC peer");
         LockRpc {
             runtime,
             client,

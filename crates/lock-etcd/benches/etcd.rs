@@ -54,26 +54,9 @@ struct Peer {
 
 impl Peer {
     async fn connect(endpoints: &[String]) -> Peer {
-        let mut client = Client::connect(endpoints, None)
+        let (client, lease) = lock_etcd::testkit::lock_rpc_peer(endpoints, TTL_SECS)
             .await
-            .expect("peer connect");
-        let lease = client
-            .lease_grant(TTL_SECS, None)
-            .await
-            .expect("peer lease")
-            .id();
-        let (mut keeper, mut answers) = client
-            .lease_keep_alive(lease)
-            .await
-            .expect("peer keepalive");
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(TTL_SECS as u64 / 3)).await;
-                if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
-                    return;
-                }
-            }
-        });
+            .expect("the Lock RPC peer");
         Peer { client, lease }
     }
 

@@ -582,3 +582,38 @@ fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The peer the benchmarks measure lock-etcd against: a plain etcd client on `endpoints` and a
+/// lease of `ttl_secs` granted once and kept alive by a task on the current tokio runtime (for
+/// etcd's `Lock` RPC, which takes a lease). The task ends when a keepalive fails.
+///
+/// # Errors
+///
+/// A [`TestkitError`] naming the step (connect, grant, keepalive) that failed.
+pub async fn lock_rpc_peer<E: AsRef<str>>(
+    endpoints: &[E],
+    ttl_secs: i64,
+) -> Result<(Client, i64), TestkitError> {
+    let mut client = Client::connect(endpoints, None)
+        .await
+        .map_err(|e| err(format!("connect the Lock RPC peer: {e}")))?;
+    let lease = client
+        .lease_grant(ttl_secs, None)
+        .await
+        .map_err(|e| err(format!("the Lock RPC peer's lease: {e}")))?
+        .id();
+    let (mut keeper, mut answers) = client
+        .lease_keep_alive(lease)
+        .await
+        .map_err(|e| err(format!("the Lock RPC peer's keepalive: {e}")))?;
+    let every = Duration::from_secs(u64::try_from(ttl_secs / 3).unwrap_or(1).max(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((client, lease))
+}
