@@ -202,10 +202,7 @@ impl FileLocker {
             }
             if check_at.is_some_and(|at| now >= at) {
                 check_at = if self.check_deadlock(entry)? {
-                    interval = (interval * 2).min(MAX_CHECK_INTERVAL);
-                    shared
-                        .deadlock_timeout()
-                        .and_then(|d| now.checked_add(d * interval))
+                    next_check(shared, &mut interval, now)
                 } else {
                     // Another check holds the detection lock: look again shortly.
                     now.checked_add(retry_delay(shared.owner))
@@ -226,11 +223,7 @@ impl FileLocker {
         let mut interval = interval;
         Box::new(move || match shared.wait_graph_from(shared.owner) {
             Ok(graph) if find_cycle(&graph, &me).is_none() => {
-                interval = (interval * 2).min(MAX_CHECK_INTERVAL);
-                match shared
-                    .deadlock_timeout()
-                    .and_then(|d| Instant::now().checked_add(d * interval))
-                {
+                match next_check(&shared, &mut interval, Instant::now()) {
                     Some(at) => crate::wake::Next::At(at),
                     // Detection was turned off meanwhile.
                     None => crate::wake::Next::Done,
@@ -329,6 +322,15 @@ impl FileLocker {
             }
         }
     }
+}
+
+/// When the check after one that decided nothing comes: `interval` (in deadlock timeouts)
+/// doubles, up to [`MAX_CHECK_INTERVAL`]; `None` when detection is off.
+fn next_check(shared: &Shared, interval: &mut u32, now: Instant) -> Option<Instant> {
+    *interval = (*interval * 2).min(MAX_CHECK_INTERVAL);
+    shared
+        .deadlock_timeout()
+        .and_then(|d| now.checked_add(d * *interval))
 }
 
 /// How long a check that found the detection lock taken waits before it tries again: 1 to 8

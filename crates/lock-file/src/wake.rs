@@ -163,6 +163,8 @@ pub(crate) enum Next {
 enum Stage {
     /// Not due yet (or its job asked to run again at `due`).
     Waiting,
+    /// Its job is running on the timer thread, outside the table's mutex.
+    Running,
     /// The thread was signalled; the signal is sent again at `due` until the thread disarms.
     Signalled,
     /// Its job asked for nothing more.
@@ -177,8 +179,6 @@ struct Timer {
     stage: Stage,
     /// The job to run when due (signal at once when there is none); `None` also while it runs.
     job: Option<Job>,
-    /// The job is running on the timer thread, outside the table's mutex.
-    running: bool,
 }
 
 impl Timer {
@@ -202,7 +202,6 @@ impl std::fmt::Debug for Timer {
             .field("ticket", &self.ticket)
             .field("due", &self.due)
             .field("stage", &self.stage)
-            .field("running", &self.running)
             .finish_non_exhaustive()
     }
 }
@@ -288,7 +287,6 @@ impl Waker {
             due,
             stage: Stage::Waiting,
             job,
-            running: false,
         });
         table.armed = true;
         if table.sleeps_until.is_none_or(|t| due < t) {
@@ -334,9 +332,9 @@ impl Waker {
                 gone.push(job);
                 continue;
             };
-            timer.running = false;
             match next {
                 Next::At(at) => {
+                    timer.stage = Stage::Waiting;
                     timer.due = at;
                     timer.job = Some(job);
                 }
@@ -365,12 +363,12 @@ impl Waker {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             let mut jobs = Vec::new();
-            let live = |t: &&mut Timer| t.stage != Stage::Finished && !t.running;
+            let live = |t: &&mut Timer| matches!(t.stage, Stage::Waiting | Stage::Signalled);
             for timer in table.timers.iter_mut().filter(live) {
                 if timer.due <= now
                     && let Some(job) = timer.job.take()
                 {
-                    timer.running = true;
+                    timer.stage = Stage::Running;
                     jobs.push((timer.ticket, job));
                     continue;
                 }
