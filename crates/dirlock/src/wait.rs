@@ -175,6 +175,18 @@ impl Watched {
     fn is(&self, seen: &Seen) -> bool {
         self.file == seen.id && self.nonce == seen.record.nonce
     }
+
+    /// Drops a subscription whose watch has ended; true (and `fired` set) when it ended because
+    /// the file's write lock went.
+    fn settle(&mut self) -> bool {
+        let Some(ended) = self.subscription.as_ref().and_then(Subscription::ended) else {
+            return false;
+        };
+        self.subscription = None;
+        let unlocked = ended == Ended::Unlocked;
+        self.fired |= unlocked;
+        unlocked
+    }
 }
 
 /// Sleeps until the directory changes, the holder in the way lets go, the safety net or
@@ -264,24 +276,18 @@ impl Waiter {
         };
         if !self.watched.as_ref().is_some_and(|w| w.is(&seen)) {
             let watched = self.arm(*seen, me);
-            if watched.fired {
-                self.watched = Some(watched);
+            let fired = watched.fired;
+            self.watched = Some(watched);
+            if fired {
                 return Pace::Now;
             }
-            self.watched = Some(watched);
         }
         let Some(watched) = self.watched.as_mut() else {
             return Pace::Poll;
         };
         // A watch that ended before its bell was polled (or that was joined after it rang).
-        match watched.subscription.as_ref().and_then(Subscription::ended) {
-            Some(Ended::Unlocked) => {
-                watched.subscription = None;
-                watched.fired = true;
-                return Pace::Now;
-            }
-            Some(Ended::Failed) => watched.subscription = None,
-            None => {}
+        if watched.settle() {
+            return Pace::Now;
         }
         let covered = !watched.fired
             && watched.pidfd.is_some()
@@ -400,11 +406,8 @@ impl Waiter {
                 drain(bell);
             }
             // Rung by the current subscription or by one dropped since: look either way.
-            if let Some(watched) = self.watched.as_mut()
-                && let Some(ended) = watched.subscription.as_ref().and_then(Subscription::ended)
-            {
-                watched.subscription = None;
-                watched.fired |= ended == Ended::Unlocked;
+            if let Some(watched) = self.watched.as_mut() {
+                watched.settle();
             }
             woke = Woke::Changed;
         }
