@@ -1,4 +1,5 @@
-//! Process-wide state that a forked child starts afresh, for the backends' registries.
+//! Process-wide state that a forked child never finds locked: the backends' registries, and values
+//! read once such as the host name.
 #![allow(unsafe_code)] // reason: reading back a pointer from an `AtomicPtr`; see the invariant.
 //!
 //! A backend that keeps a process-wide table behind a `static Mutex` (watcher threads, a timer
@@ -12,11 +13,16 @@
 //! pid) gets a fresh, default state, and the parent's is left alone for good. A forked child
 //! thus never locks a mutex it inherited, whatever state it was in.
 //!
+//! [`OnceValue`] is the same idea for a value made once and only read after (the host name): it
+//! holds no lock while the value is made, so a child forked meanwhile makes its own rather than
+//! wait for ever on a `LazyLock` that its parent's thread was initialising.
+//!
 //! # Invariants
 //!
-//! 1. Every pointer `current` has ever held is null or came from `Box::leak`, and is never freed
-//!    (a child cannot know whether its parent's copy is locked, so it must not drop it): reading
-//!    one back as `&'static` is sound.
+//! 1. Every pointer that `current` (of a [`PerProcess`] or a [`OnceValue`]) has ever held is null
+//!    or came from `Box::into_raw` and was published by a compare-exchange, and is never freed (a
+//!    child cannot know whether its parent's copy is locked, so it must not drop it): reading one
+//!    back as `&'static` is sound.
 //!
 //! What this costs: one acquire load and a compare per use in the process that made the state,
 //! and in each forked child that uses it, one leaked copy of its parent's state (what the child
@@ -61,7 +67,7 @@ pub struct PerProcess<T: 'static> {
     current: AtomicPtr<Tagged<T>>,
 }
 
-impl<T: Default + 'static> PerProcess<T> {
+impl<T: Default + Send + 'static> PerProcess<T> {
     /// No state yet: the first [`lock`](Self::lock) makes it.
     #[must_use]
     pub const fn new() -> PerProcess<T> {
@@ -113,9 +119,79 @@ impl<T: Default + 'static> PerProcess<T> {
     }
 }
 
-impl<T: Default + 'static> Default for PerProcess<T> {
+impl<T: Default + Send + 'static> Default for PerProcess<T> {
     fn default() -> Self {
         PerProcess::new()
+    }
+}
+
+/// A value made once and then read for the rest of the program, that never blocks: not even
+/// in a child forked while another thread was making it.
+///
+/// A `LazyLock` or `OnceLock` that one thread is initialising when another thread calls
+/// `fork(2)` stays "being initialised" in the child for good, and the child's first read of it
+/// waits for ever. `OnceValue` holds no lock while it makes the value: threads that find it
+/// missing each make one, the first to publish wins and the others drop theirs. So it suits
+/// values that are cheap to make twice and the same whoever makes them, such as the host name.
+/// A forked child reads the value its parent had published, or makes its own.
+///
+/// ```
+/// use lock_api::OnceValue;
+///
+/// static HOST: OnceValue<String> = OnceValue::new();
+///
+/// let host = HOST.get_or_make(|| "example".to_owned());
+/// assert_eq!(host, "example");
+/// // Made once: later calls return the first value.
+/// assert_eq!(HOST.get_or_make(|| "other".to_owned()), "example");
+/// ```
+#[derive(Debug)]
+pub struct OnceValue<T: 'static> {
+    current: AtomicPtr<T>,
+}
+
+impl<T: Send + Sync + 'static> OnceValue<T> {
+    /// No value yet: the first [`get_or_make`](Self::get_or_make) makes it.
+    #[must_use]
+    pub const fn new() -> OnceValue<T> {
+        OnceValue {
+            current: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// The value, made with `make` if there is none yet. Threads that get here together may
+    /// each call their `make`; one value is kept (invariant 1: it is leaked, never freed) and
+    /// the others are dropped.
+    pub fn get_or_make(&self, make: impl FnOnce() -> T) -> &'static T {
+        let seen = self.current.load(Ordering::Acquire);
+        // SAFETY: by invariant 1, `seen` is null or a leaked, never freed box.
+        if let Some(value) = unsafe { seen.as_ref() } {
+            return value;
+        }
+        let fresh = Box::into_raw(Box::new(make()));
+        match self.current.compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            // SAFETY: invariant 1: `fresh` is a leaked box, now published and never freed.
+            Ok(_) => unsafe { &*fresh },
+            Err(first) => {
+                // SAFETY: `fresh` came from `Box::into_raw` above and was never published, so no
+                // other reference to it exists.
+                drop(unsafe { Box::from_raw(fresh) });
+                // SAFETY: by invariant 1, `first` (not null: the exchange from null failed) is
+                // a leaked, never freed box.
+                unsafe { &*first }
+            }
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for OnceValue<T> {
+    fn default() -> Self {
+        OnceValue::new()
     }
 }
 
@@ -190,6 +266,69 @@ mod tests {
             "the child hung (None) or saw its parent's state (1)"
         );
         assert_eq!(*STATE.lock(parent), 7, "the parent keeps its own state");
+    }
+
+    #[test]
+    fn a_value_is_made_once_and_kept() {
+        static VALUE: OnceValue<String> = OnceValue::new();
+        let threads: Vec<_> = (0..4)
+            .map(|i| std::thread::spawn(move || VALUE.get_or_make(|| format!("made by {i}"))))
+            .collect();
+        let seen: Vec<&str> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread").as_str())
+            .collect();
+        assert!(
+            seen.iter().all(|v| *v == seen[0]),
+            "one value kept: {seen:?}"
+        );
+        assert_eq!(VALUE.get_or_make(|| "late".to_owned()), seen[0]);
+    }
+
+    /// The hazard of a lazily made value, in the child of a real `fork`: another thread is making
+    /// it when the process forks; the child must still get a value, at once. With a `LazyLock` or
+    /// a `OnceLock` (`get_or_init`) in place of `OnceValue` the child waits for ever on the
+    /// initialisation its parent's thread had begun (the parent sees it time out).
+    #[test]
+    #[allow(
+        unsafe_code,
+        reason = "fork(2), getpid(2) and _exit(2) have no safe wrappers"
+    )]
+    fn a_child_forked_while_another_thread_makes_the_value_makes_its_own() {
+        static VALUE: OnceValue<u32> = OnceValue::new();
+        let (inside, is_inside) = std::sync::mpsc::channel::<()>();
+        let (release, wait_release) = std::sync::mpsc::channel::<()>();
+        let maker = std::thread::spawn(move || {
+            *VALUE.get_or_make(|| {
+                inside.send(()).expect("inside");
+                let _ = wait_release.recv();
+                1
+            })
+        });
+        is_inside.recv().expect("the maker started");
+        // SAFETY: the child only reads `VALUE` (making its own, one `Box::new`, which glibc's fork
+        // handlers make safe) and calls `_exit`.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            let made = *VALUE.get_or_make(|| 2) == 2;
+            // SAFETY: `_exit` ends the child without running the parent's destructors or
+            // libtest's code.
+            unsafe { libc::_exit(if made { 0 } else { 1 }) };
+        }
+        let status = wait_bounded(child, std::time::Duration::from_secs(10));
+        release.send(()).expect("release");
+        assert_eq!(
+            maker.join().expect("maker"),
+            1,
+            "the parent keeps its value"
+        );
+        assert_eq!(*VALUE.get_or_make(|| 3), 1);
+        assert_eq!(
+            status,
+            Some(0),
+            "the child hung (None) or read no value of its own (1)"
+        );
     }
 
     /// The child's exit code, or `None` if it had not exited after `limit` (it is killed then).

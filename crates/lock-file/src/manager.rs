@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 use lock_api::{
-    Error, HeldLock, Holder, LockId, LockState, Manager, Result, Store as StoreLifecycle,
-    StoreSpec, wrong_scheme,
+    Error, HeldLock, Holder, LockId, LockState, Manager, OnceValue, Result,
+    Store as StoreLifecycle, StoreSpec, wrong_scheme,
 };
 
 use crate::bitmap::Bitmap;
@@ -27,13 +27,17 @@ use crate::wake::Waker;
 pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// This host's name (`uname(2)`'s nodename), read once: every holder and waiter of a store is
-/// on this host, since a store must be on a local filesystem.
-static HOST: LazyLock<String> = LazyLock::new(|| {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-});
+/// on this host, since a store must be on a local filesystem. A child forked while it is read
+/// makes its own rather than wait (see `lock_api::OnceValue`).
+fn host() -> &'static str {
+    static HOST: OnceValue<String> = OnceValue::new();
+    HOST.get_or_make(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
 
 /// The owner key of owner number `owner`, the same in holder and waiter entries.
 pub(crate) fn owner_key(owner: u64) -> String {
@@ -42,7 +46,7 @@ pub(crate) fn owner_key(owner: u64) -> String {
 
 /// The holder a claimed record names.
 fn holder_of(claim: Claim, dead: bool) -> Holder {
-    let mut holder = Holder::default().host(HOST.as_str()).dead(dead);
+    let mut holder = Holder::default().host(host()).dead(dead);
     holder.owner = claim.owner.map(owner_key);
     holder.pid = claim.pid;
     holder.since = claim.since;
@@ -59,9 +63,7 @@ struct Found {
 
 /// The waiter a published wait names.
 fn waiter_of(wait: &Waiting) -> Holder {
-    let mut waiter = Holder::default()
-        .host(HOST.as_str())
-        .owner(owner_key(wait.owner));
+    let mut waiter = Holder::default().host(host()).owner(owner_key(wait.owner));
     waiter.pid = wait.pid;
     waiter.since = wait.since;
     waiter

@@ -14,12 +14,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lock_api::{
-    Acquired, Error, HeldLock, Holder, LockId, LockState, Locker, Manager, Result, Store,
-    StoreSpec, find_cycle, wrong_scheme,
+    Acquired, Error, HeldLock, Holder, LockId, LockState, Locker, Manager, OnceValue, PerProcess,
+    Result, Store, StoreSpec, find_cycle, wrong_scheme,
 };
 
 use crate::bitmap::FreeSet;
@@ -37,21 +37,27 @@ pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
 
 /// Named tables (`mem:NAME`), so that every open of one name in this process shares a table.
-static REGISTRY: LazyLock<Mutex<HashMap<String, Arc<Table>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// A forked child starts with none (its tables are copies that no other process shares), and
+/// never locks its parent's registry, which another thread may have held at the fork.
+static REGISTRY: PerProcess<HashMap<String, Arc<Table>>> = PerProcess::new();
 
 fn registry() -> MutexGuard<'static, HashMap<String, Arc<Table>>> {
-    // Every update is one insert or remove, so a panic elsewhere cannot leave it half-done.
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+    // Every update is one insert or remove, so a panic elsewhere cannot leave it half-done
+    // (`PerProcess` does not poison).
+    REGISTRY.lock(std::process::id())
 }
 
-/// This host's name, read once.
-static HOST: LazyLock<String> = LazyLock::new(|| {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-});
+/// This host's name (`uname(2)`'s nodename), read once; a child forked while it is
+/// read makes its own rather than wait (see `lock_api::OnceValue`).
+fn host() -> &'static str {
+    static HOST: OnceValue<String> = OnceValue::new();
+    HOST.get_or_make(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
 
 /// The wall clock in milliseconds from a coarse clock: a few nanoseconds through the vDSO,
 /// cheap enough for the lock path, and fine to the few milliseconds a `since` needs.
@@ -136,7 +142,7 @@ impl Table {
 
     fn who(owner: u64) -> Holder {
         Holder::with_pid(std::process::id())
-            .host(HOST.as_str())
+            .host(host())
             .owner(format!("mem owner {owner}"))
     }
 
@@ -686,6 +692,39 @@ mod tests {
             MemManager::remove(&name),
             Err(Error::NotFound { .. })
         ));
+    }
+
+    /// A child forked while another thread holds the registry's lock opens and creates named
+    /// tables of its own, at once, and does not see its parent's. With the registry a plain
+    /// `static Mutex` the child hung in its first open.
+    #[test]
+    fn a_child_forked_while_the_registry_is_locked_has_its_own() {
+        let name = format!("lock-mem-fork-{}", std::process::id());
+        MemManager::create(&name, 2).expect("create");
+        let parent = std::process::id();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _registry = REGISTRY.lock(parent);
+            locked.send(()).expect("locked");
+            let _ = released.recv();
+        });
+        is_locked.recv().expect("registry held");
+        let child_name = name.clone();
+        let status = lock_conformance::fork::fork_and_wait(Duration::from_secs(10), move || {
+            let own = matches!(MemManager::open(&child_name), Err(Error::NotFound { .. }))
+                && MemManager::create(&child_name, 2).is_ok();
+            i32::from(!own)
+        })
+        .expect("fork");
+        release.send(()).expect("release");
+        holder.join().expect("holder");
+        MemManager::remove(&name).expect("the parent's table is still there");
+        assert_eq!(
+            status,
+            Some(0),
+            "the child hung (None) or saw its parent's table (1)"
+        );
     }
 
     #[test]

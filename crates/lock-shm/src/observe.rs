@@ -51,11 +51,10 @@
 //! through waits that were each re-read has every edge present at each read.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::LazyLock;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lock_api::{Cycle, Error, Holder, LockId, LockState, Result, find_cycle};
+use lock_api::{Cycle, Error, Holder, LockId, LockState, OnceValue, Result, find_cycle};
 
 use crate::client;
 use crate::futex;
@@ -64,13 +63,17 @@ use crate::lockword::{self, OWNER, WAITERS};
 use crate::manager::Shared;
 use crate::segment::unix_now;
 
-/// This host's name, read once.
-static HOST: LazyLock<String> = LazyLock::new(|| {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-});
+/// This host's name (`uname(2)`'s nodename), read once; a child forked while it is
+/// read makes its own rather than wait (see `lock_api::OnceValue`).
+fn host() -> &'static str {
+    static HOST: OnceValue<String> = OnceValue::new();
+    HOST.get_or_make(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
 
 /// The owner key of `token`: what tells owners apart in holders, waiters and cycles.
 pub(crate) fn owner_key(token: u32) -> String {
@@ -161,9 +164,7 @@ impl Owners {
         if let Some(h) = self.0.get(&token) {
             return Ok(h.clone());
         }
-        let mut holder = Holder::default()
-            .host(HOST.as_str())
-            .owner(owner_key(token));
+        let mut holder = Holder::default().host(host()).owner(owner_key(token));
         if token == 0 {
             holder = holder.dead(true);
         } else {
