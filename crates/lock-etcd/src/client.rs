@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
@@ -61,6 +61,8 @@ impl Identity {
 pub(crate) struct Ctx {
     clients: Arc<[Client]>,
     preferred: Arc<AtomicUsize>,
+    /// A search for the leader is running (at most one at a time).
+    seeking: Arc<AtomicBool>,
     pub(crate) request_timeout: Duration,
     pub(crate) identity: Arc<Identity>,
 }
@@ -143,6 +145,7 @@ impl Ctx {
             let ctx = Ctx {
                 clients: clients.into(),
                 preferred: Arc::new(AtomicUsize::new(0)),
+                seeking: Arc::new(AtomicBool::new(false)),
                 request_timeout,
                 identity,
             };
@@ -245,7 +248,8 @@ impl Ctx {
     /// Makes the leader the preferred endpoint, if one answers within the attempt timeout:
     /// a write sent to a follower is forwarded to the leader, one more hop for every Txn.
     /// Members that do not answer are left alone; the preference is only a start (fail-over
-    /// moves it on as before).
+    /// moves it on as before). Runs at connect, and again after a request that had to fail
+    /// over succeeds ([`seek_leader`](Self::seek_leader)).
     pub(crate) async fn prefer_leader(&self) {
         let limit = Instant::now() + self.attempt_timeout();
         let asks = self.clients.iter().enumerate().map(|(index, client)| {
@@ -264,6 +268,25 @@ impl Ctx {
         if let Some(index) = leader {
             self.preferred.store(index, Ordering::Relaxed);
         }
+    }
+
+    /// Looks for the leader again in the background, unless a search is running: after a
+    /// request had to fail over, the member it reached may be a follower, which would forward
+    /// every later write to the new leader for the rest of the connection's life. Needs a tokio
+    /// runtime (every request runs on one); the search runs on the caller's.
+    fn seek_leader(&self) {
+        if self.seeking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            self.seeking.store(false, Ordering::Release);
+            return;
+        };
+        let ctx = self.clone();
+        drop(runtime.spawn(async move {
+            ctx.prefer_leader().await;
+            ctx.seeking.store(false, Ordering::Release);
+        }));
     }
 
     /// The preferred endpoint's index and client.
@@ -334,7 +357,13 @@ where
         let (index, client) = ctx.pick();
         let attempt_deadline = deadline.min(Instant::now() + ctx.attempt_timeout());
         match timeout_at(attempt_deadline.into(), f(client)).await {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                if attempts > 0 {
+                    // Answered after a fail-over: the cluster may have a new leader.
+                    ctx.seek_leader();
+                }
+                return Ok(value);
+            }
             Ok(Err(e)) if is_transient(&e) => {
                 ctx.failed(index);
                 last = e.to_string();

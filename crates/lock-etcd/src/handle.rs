@@ -428,11 +428,7 @@ pub struct EtcdSession {
 
 impl fmt::Debug for EtcdSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdSession")
-            .field("lease", &format_args!("{:016x}", self.core.lease()))
-            .field("ttl", &self.core.ttl())
-            .field("lost", &self.core.is_lost())
-            .finish()
+        self.core.debug_as("EtcdSession", f)
     }
 }
 

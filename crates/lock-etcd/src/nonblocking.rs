@@ -116,11 +116,7 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("lease", &format_args!("{:016x}", self.core.lease()))
-            .field("ttl", &self.core.ttl())
-            .field("lost", &self.core.is_lost())
-            .finish()
+        self.core.debug_as("Session", f)
     }
 }
 

@@ -120,6 +120,16 @@ pub(crate) struct SessionCore {
 }
 
 impl SessionCore {
+    /// The `Debug` of a session type named `name` (the blocking and the async one show the same
+    /// fields).
+    pub(crate) fn debug_as(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("lease", &format_args!("{:016x}", self.lease()))
+            .field("ttl", &self.ttl())
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+
     /// Grants a lease of `ttl_secs` and starts keeping it alive on the current runtime.
     pub(crate) async fn grant(ctx: &Ctx, ttl_secs: i64) -> Result<Arc<SessionCore>> {
         let sent = Instant::now();

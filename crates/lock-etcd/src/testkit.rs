@@ -399,6 +399,43 @@ impl EtcdCluster {
         None
     }
 
+    /// Hands the leadership to member `to` (etcd's `MoveLeader`, sent to the leader) and waits
+    /// until every live member names it, within 10 s.
+    ///
+    /// # Errors
+    ///
+    /// No leader, `to` not running, or the move not done in time.
+    pub fn move_leader(&mut self, to: usize) -> Result<(), TestkitError> {
+        let leader = self.leader().ok_or_else(|| err("no leader"))?;
+        let target = self
+            .endpoint(to)
+            .filter(|_| self.members.get(to).is_some_and(|m| m.pid.is_some()))
+            .and_then(|e| member_status(&e))
+            .map(|(id, _)| id)
+            .ok_or_else(|| err(format!("member {to} does not answer")))?;
+        if leader != to {
+            let endpoint = self
+                .endpoint(leader)
+                .ok_or_else(|| err("no leader endpoint"))?;
+            block_on(async move {
+                let mut client = Client::connect([endpoint], None)
+                    .await
+                    .map_err(|e| err(format!("connect: {e}")))?;
+                client
+                    .move_leader(target)
+                    .await
+                    .map_err(|e| err(format!("move leader: {e}")))?;
+                Ok(())
+            })?;
+        }
+        let live: Vec<String> = self.live_endpoints();
+        wait_for(Duration::from_secs(10), || {
+            live.iter()
+                .all(|e| member_status(e).is_some_and(|(_, l)| l == target))
+        })
+        .map_err(|()| err(format!("member {to} did not become the leader")))
+    }
+
     /// The tail of every member's log, for error messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -180,6 +180,81 @@ fn stopped_leader_locks_keep_working() {
     assert_no_leases(&tc.endpoints, Duration::from_secs(10));
 }
 
+/// Txn requests a member has answered: how a test sees which member a connection writes to.
+fn txns_answered(endpoint: &str) -> f64 {
+    lock_etcd::testkit::metric(
+        endpoint,
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\",\
+         grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}",
+    )
+    .unwrap_or(f64::NAN)
+}
+
+/// After the leader is killed, a connection fails over to the next member in its list; once a
+/// request succeeds there it looks for the new leader and sends its writes to it, rather than
+/// to a follower that forwards every one for the rest of the connection's life. To make the
+/// case certain, the leadership is moved off the member the fail-over lands on. Without the
+/// search the connection kept writing through that follower.
+#[test]
+#[serial]
+fn after_a_fail_over_writes_go_to_the_new_leader() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("leader-seek");
+    let locks = tc.connect(&prefix, Duration::from_secs(5));
+    let lock = locks.named("w").expect("named");
+    let _ = lock.lock().expect("lock before");
+    lock.unlock().expect("unlock before");
+    // The connection writes to the leader (found at connect); it fails over to the next one.
+    let killed = tc.cluster().leader().expect("a leader");
+    let landing = (killed + 1) % 3;
+    let other = (killed + 2) % 3;
+    tc.cluster().kill(killed).expect("kill leader");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tc.cluster().leader().is_none() {
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tc.cluster()
+        .move_leader(other)
+        .expect("move the leadership");
+    let endpoints = tc.endpoints.clone();
+    let pairs = |n: usize| {
+        for _ in 0..n {
+            let _ = lock.lock().expect("lock");
+            lock.unlock().expect("unlock");
+        }
+    };
+    // The first pair fails over, to a follower.
+    pairs(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (to_follower, to_leader) = loop {
+        let before = (
+            txns_answered(&endpoints[landing]),
+            txns_answered(&endpoints[other]),
+        );
+        pairs(10);
+        let after = (
+            txns_answered(&endpoints[landing]),
+            txns_answered(&endpoints[other]),
+        );
+        let delta = (after.0 - before.0, after.1 - before.1);
+        if delta == (0.0, 20.0) || Instant::now() >= deadline {
+            break delta;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (to_follower, to_leader),
+        (0.0, 20.0),
+        "Txns of 10 pairs answered by the follower and the new leader, 10 s after the fail-over"
+    );
+    drop(lock);
+    drop(locks);
+    let live = tc.cluster().live_endpoints();
+    assert_no_keys(&live, &prefix, Duration::from_secs(10));
+    assert_no_leases(&live, Duration::from_secs(10));
+}
+
 /// A holder process SIGSTOPped past its TTL loses the lock: another process acquires it with a
 /// higher token, the fenced resource rejects the old token, and the holder sees Lost on SIGCONT.
 #[test]
