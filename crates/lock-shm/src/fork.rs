@@ -22,15 +22,19 @@
 //! the handlers. `vfork(2)` also skips them, and its child may only `exec` or `_exit`, which
 //! never touch a manager.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use lock_api::{Error, Result};
+use lock_api::{Error, OnceValue, Result};
 
 /// Bumped in every child `fork(2)` makes, once the handler is registered.
 static FORKS: AtomicU32 = AtomicU32::new(0);
 /// The result of registering the handler: 0, or the error number `pthread_atfork` returned.
-static REGISTERED: OnceLock<i32> = OnceLock::new();
+///
+/// A `OnceValue`, not a `OnceLock`: a child forked while another thread was registering would
+/// wait for ever on a `OnceLock`'s initialisation. The price: threads whose first opens race may
+/// each register the handler, and every fork then bumps the counter more than once, which the
+/// equality check of [`current`] does not mind.
+static REGISTERED: OnceValue<i32> = OnceValue::new();
 
 extern "C" fn in_child() {
     FORKS.fetch_add(1, Relaxed);
@@ -43,7 +47,7 @@ extern "C" fn in_child() {
 ///
 /// `Io` when `pthread_atfork(3)` fails (out of memory).
 pub(crate) fn generation() -> Result<u32> {
-    let registered = *REGISTERED.get_or_init(|| {
+    let registered = *REGISTERED.get_or_make(|| {
         // SAFETY: `in_child` is an `extern "C" fn()` that lives as long as the program and only
         // increments an atomic (invariant 2); no prepare or parent handler is registered.
         unsafe { libc::pthread_atfork(None, None, Some(in_child)) }
