@@ -44,6 +44,7 @@
 //!    returns, no signal for that wait is sent any more (a job's answer that comes later finds
 //!    no timer and signals nobody).
 
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -158,6 +159,107 @@ pub(crate) enum Next {
     Done,
 }
 
+/// What the timer protocol needs of the system it runs on: the table's mutex and condition
+/// variable, the clock, the calling thread and the signal.
+///
+/// Production runs it on [`Std`] (std's mutex and condition variable, [`Instant::now`],
+/// `pthread_self` and `pthread_kill`); the model check (`model.rs`) runs the same code on loom's
+/// mutex and condition variable, a logical clock and a modelled signal. The waker is generic over
+/// it rather than switched by `cfg`, so both run exactly this code, and production pays nothing
+/// for it (one monomorphised implementation).
+pub(crate) trait Sys {
+    /// A thread that a timer interrupts.
+    type Thread: Copy;
+    /// The timer table, locked.
+    type Guard<'a>: DerefMut<Target = Table<Self::Thread>>
+    where
+        Self: 'a;
+
+    /// Locks the timer table.
+    fn lock(&self) -> Self::Guard<'_>;
+    /// Wakes the timer thread if it sleeps in [`wait`](Sys::wait).
+    fn notify(&self);
+    /// Lets go of the table and sleeps until notified or, when `until` is given, until then
+    /// (`now` is the time the caller last read); returns with the table locked again. Spurious
+    /// returns are allowed. `None` ends the timer thread: only a model's timer thread ends.
+    fn wait<'a>(
+        &'a self,
+        table: Self::Guard<'a>,
+        now: Instant,
+        until: Option<Instant>,
+    ) -> Option<Self::Guard<'a>>;
+    /// The time now.
+    fn now(&self) -> Instant;
+    /// The calling thread.
+    fn current(&self) -> Self::Thread;
+    /// Interrupts `thread` (a blocking call returns `EINTR`). Called only while holding the
+    /// table's mutex, for a timer that is in the table (invariants 1 and 2).
+    fn signal(&self, thread: Self::Thread);
+}
+
+/// The system production runs on: std's mutex and condition variable around the table,
+/// [`Instant::now`], and `SIGURG` sent with `pthread_kill(3)`.
+#[derive(Debug)]
+pub(crate) struct Std {
+    table: Mutex<Table<libc::pthread_t>>,
+    changed: Condvar,
+}
+
+impl Sys for Std {
+    type Thread = libc::pthread_t;
+    type Guard<'a> = MutexGuard<'a, Table<libc::pthread_t>>;
+
+    fn lock(&self) -> Self::Guard<'_> {
+        // Every update leaves the table consistent.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.changed.notify_one();
+    }
+
+    fn wait<'a>(
+        &'a self,
+        table: Self::Guard<'a>,
+        now: Instant,
+        until: Option<Instant>,
+    ) -> Option<Self::Guard<'a>> {
+        Some(match until {
+            Some(until) => {
+                self.changed
+                    .wait_timeout(table, until.saturating_duration_since(now))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => self
+                .changed
+                .wait(table)
+                .unwrap_or_else(PoisonError::into_inner),
+        })
+    }
+
+    #[inline]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    #[inline]
+    fn current(&self) -> libc::pthread_t {
+        // SAFETY: `pthread_self` has no preconditions.
+        unsafe { libc::pthread_self() }
+    }
+
+    fn signal(&self, thread: libc::pthread_t) {
+        if still_ours() {
+            // SAFETY: by invariant 1 the thread is alive: its timer is in the table, so it has
+            // not returned from `disarm`, which waits for the table's mutex that every caller of
+            // this holds (invariant 2). `pthread_kill` only sends a signal; an error (none
+            // expected) leaves the waiter to the next resend.
+            let _ = unsafe { libc::pthread_kill(thread, SIGNAL) };
+        }
+    }
+}
+
 /// Where an armed timer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -171,32 +273,27 @@ enum Stage {
     Finished,
 }
 
-/// One armed timer.
-struct Timer {
+/// One armed timer, for a thread of type `T`.
+struct Timer<T> {
     ticket: u64,
-    thread: libc::pthread_t,
+    thread: T,
     due: Instant,
     stage: Stage,
     /// The job to run when due (signal at once when there is none); `None` also while it runs.
     job: Option<Job>,
 }
 
-impl Timer {
-    /// Signals the timer's thread, now and again every [`RESEND`] until it disarms.
-    fn signal(&mut self, now: Instant) {
+impl<T: Copy> Timer<T> {
+    /// Marks the timer signalled, to be signalled again every [`RESEND`] until its thread
+    /// disarms; returns the thread to signal now.
+    fn fire(&mut self, now: Instant) -> T {
         self.stage = Stage::Signalled;
         self.due = now + RESEND;
-        if still_ours() {
-            // SAFETY: by invariant 1 the thread is alive: the timer is in the table, so its
-            // thread has not returned from `disarm`, which waits for the table's mutex that
-            // every caller of this holds. `pthread_kill` only sends a signal; an error (none
-            // expected) leaves the waiter to the next resend.
-            let _ = unsafe { libc::pthread_kill(self.thread, SIGNAL) };
-        }
+        self.thread
     }
 }
 
-impl std::fmt::Debug for Timer {
+impl<T> std::fmt::Debug for Timer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Timer")
             .field("ticket", &self.ticket)
@@ -206,10 +303,10 @@ impl std::fmt::Debug for Timer {
     }
 }
 
-/// The timer table, under the waker's mutex.
-#[derive(Debug, Default)]
-struct Table {
-    timers: Vec<Timer>,
+/// The timer table, under the waker's mutex; `T` names a thread.
+#[derive(Debug)]
+pub(crate) struct Table<T> {
+    timers: Vec<Timer<T>>,
     next_ticket: u64,
     /// The time the timer thread sleeps until; `None` while it sleeps without a deadline (or
     /// before it first sleeps).
@@ -218,11 +315,22 @@ struct Table {
     armed: bool,
 }
 
-/// The process's timer thread and its table.
+impl<T> Table<T> {
+    /// An empty table.
+    pub(crate) const fn new() -> Table<T> {
+        Table {
+            timers: Vec::new(),
+            next_ticket: 0,
+            sleeps_until: None,
+            armed: false,
+        }
+    }
+}
+
+/// The process's timer thread and its table, on the system `S` ([`Std`] but in the model check).
 #[derive(Debug)]
-pub(crate) struct Waker {
-    table: Mutex<Table>,
-    changed: Condvar,
+pub(crate) struct Waker<S: Sys = Std> {
+    sys: S,
 }
 
 /// An armed timer, to disarm.
@@ -245,10 +353,10 @@ impl Waker {
         if let Some(waker) = slot.as_ref() {
             return Some(Arc::clone(waker));
         }
-        let waker = Arc::new(Waker {
-            table: Mutex::new(Table::default()),
+        let waker = Arc::new(Waker::new(Std {
+            table: Mutex::new(Table::new()),
             changed: Condvar::new(),
-        });
+        }));
         let theirs = Arc::clone(&waker);
         std::thread::Builder::new()
             .name("lock-file-waker".into())
@@ -257,10 +365,17 @@ impl Waker {
         *slot = Some(Arc::clone(&waker));
         Some(waker)
     }
+}
 
-    fn table(&self) -> MutexGuard<'_, Table> {
-        // Every update leaves the table consistent.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+impl<S: Sys> Waker<S> {
+    /// A waker on `sys` with an empty table; its thread is started by whoever made it, to
+    /// [`run`](Self::run).
+    pub(crate) fn new(sys: S) -> Waker<S> {
+        Waker { sys }
+    }
+
+    fn table(&self) -> S::Guard<'_> {
+        self.sys.lock()
     }
 
     /// Arms a timer that interrupts the calling thread at `due`, unless disarmed first.
@@ -276,8 +391,7 @@ impl Waker {
     }
 
     fn arm_timer(&self, due: Instant, job: Option<Job>) -> Ticket {
-        // SAFETY: `pthread_self` has no preconditions.
-        let thread = unsafe { libc::pthread_self() };
+        let thread = self.sys.current();
         let mut table = self.table();
         table.next_ticket += 1;
         let ticket = table.next_ticket;
@@ -291,7 +405,7 @@ impl Waker {
         table.armed = true;
         if table.sleeps_until.is_none_or(|t| due < t) {
             table.sleeps_until = Some(due);
-            self.changed.notify_one();
+            self.sys.notify();
         }
         Ticket(ticket)
     }
@@ -310,11 +424,7 @@ impl Waker {
 
     /// Runs the due jobs `jobs` outside the table's mutex, then applies their answers to the
     /// timers that are still armed.
-    fn run_jobs<'a>(
-        &'a self,
-        table: MutexGuard<'a, Table>,
-        jobs: Vec<(u64, Job)>,
-    ) -> MutexGuard<'a, Table> {
+    fn run_jobs<'a>(&'a self, table: S::Guard<'a>, jobs: Vec<(u64, Job)>) -> S::Guard<'a> {
         drop(table);
         let answers: Vec<(u64, Job, Next)> = jobs
             .into_iter()
@@ -324,7 +434,7 @@ impl Waker {
             })
             .collect();
         let mut table = self.table();
-        let now = Instant::now();
+        let now = self.sys.now();
         let mut gone = Vec::new();
         for (ticket, job, next) in answers {
             let Some(timer) = table.timers.iter_mut().find(|t| t.ticket == ticket) else {
@@ -339,7 +449,7 @@ impl Waker {
                     timer.job = Some(job);
                 }
                 Next::Signal => {
-                    timer.signal(now);
+                    self.sys.signal(timer.fire(now));
                     gone.push(job);
                 }
                 Next::Done => {
@@ -356,14 +466,15 @@ impl Waker {
         table
     }
 
-    /// The timer thread.
-    fn run(&self) {
+    /// The timer thread: runs until [`Sys::wait`] ends it, which in production it never does.
+    pub(crate) fn run(&self) {
         let mut table = self.table();
         loop {
-            let now = Instant::now();
+            let now = self.sys.now();
             let mut next: Option<Instant> = None;
             let mut jobs = Vec::new();
-            let live = |t: &&mut Timer| matches!(t.stage, Stage::Waiting | Stage::Signalled);
+            let live =
+                |t: &&mut Timer<S::Thread>| matches!(t.stage, Stage::Waiting | Stage::Signalled);
             for timer in table.timers.iter_mut().filter(live) {
                 if timer.due <= now
                     && let Some(job) = timer.job.take()
@@ -375,7 +486,7 @@ impl Waker {
                 if timer.due <= now {
                     // Due, or signalled and not disarmed yet: the signal may have landed
                     // before the thread blocked, so it is sent again until the thread disarms.
-                    timer.signal(now);
+                    self.sys.signal(timer.fire(now));
                 }
                 next = Some(next.map_or(timer.due, |n| n.min(timer.due)));
             }
@@ -392,17 +503,9 @@ impl Waker {
             };
             table.armed = false;
             table.sleeps_until = until;
-            table = match until {
-                Some(until) => {
-                    self.changed
-                        .wait_timeout(table, until.saturating_duration_since(now))
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-                None => self
-                    .changed
-                    .wait(table)
-                    .unwrap_or_else(PoisonError::into_inner),
+            table = match self.sys.wait(table, now, until) {
+                Some(table) => table,
+                None => return,
             };
         }
     }
