@@ -6,6 +6,8 @@ mod flock;
 mod format;
 mod locker;
 mod manager;
+#[cfg(test)]
+mod model;
 mod owner;
 mod record;
 mod slot;

@@ -43,6 +43,20 @@
 //!    timer still in the table, and `disarm` takes the same mutex to remove it: once `disarm`
 //!    returns, no signal for that wait is sent any more (a job's answer that comes later finds
 //!    no timer and signals nobody).
+//!
+//! The model check. The table and the timer thread are generic over [`Sys`] (the table's mutex
+//! and condition variable, the clock, the calling thread, the signal); production uses [`Std`],
+//! and `model.rs` runs the same code under loom with a logical clock, a modelled signal and a
+//! modelled blocking `flock` (`cargo test -p lock-file --lib model`, a few seconds). It checks
+//! invariant 2 (no signal for a wait after its `disarm` returned, and `disarm` says "fired"
+//! exactly when a signal was sent), that a thread blocked in `flock` after arming is always
+//! interrupted, also when the first signal landed before it blocked (the resend), that a job
+//! runs again when it answers [`Next::At`], interrupts on `Signal` and never on `Done`, and that
+//! the timer thread never sleeps past a timer's due time (an `arm` that needs it earlier wakes
+//! it). Two planted bugs, which only the model switches on through `Sys`'s constants, must be
+//! caught: a timer signalled only once ([`Sys::SIGNAL_ONCE`]: the waiter sleeps on, which loom
+//! reports as a deadlock) and a due timer signalled after the table's mutex was let go
+//! ([`Sys::SIGNAL_UNLOCKED`]: a signal after `disarm`).
 
 use std::ops::DerefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,6 +189,14 @@ pub(crate) trait Sys {
     where
         Self: 'a;
 
+    /// Planted bug (a), set only by the model check: a signalled timer is never signalled again,
+    /// so a signal that lands before its thread blocks is lost for good.
+    const SIGNAL_ONCE: bool = false;
+    /// Planted bug (b), set only by the model check: the timer thread sends a due timer's signal
+    /// after letting go of the table's mutex (one timer's per look at the table; the others wait
+    /// for their resend), so it may arrive after `disarm` returned (against invariant 2).
+    const SIGNAL_UNLOCKED: bool = false;
+
     /// Locks the timer table.
     fn lock(&self) -> Self::Guard<'_>;
     /// Wakes the timer thread if it sleeps in [`wait`](Sys::wait).
@@ -193,7 +215,8 @@ pub(crate) trait Sys {
     /// The calling thread.
     fn current(&self) -> Self::Thread;
     /// Interrupts `thread` (a blocking call returns `EINTR`). Called only while holding the
-    /// table's mutex, for a timer that is in the table (invariants 1 and 2).
+    /// table's mutex, for a timer that is in the table (invariants 1 and 2), except by planted
+    /// bug (b).
     fn signal(&self, thread: Self::Thread);
 }
 
@@ -324,6 +347,17 @@ impl<T> Table<T> {
             sleeps_until: None,
             armed: false,
         }
+    }
+
+    /// When the earliest timer that has yet to fire or to run its job is due: what the model
+    /// check holds the timer thread's sleeps against.
+    #[cfg(test)]
+    pub(crate) fn earliest_waiting(&self) -> Option<Instant> {
+        self.timers
+            .iter()
+            .filter(|t| t.stage == Stage::Waiting)
+            .map(|t| t.due)
+            .min()
     }
 }
 
@@ -473,8 +507,13 @@ impl<S: Sys> Waker<S> {
             let now = self.sys.now();
             let mut next: Option<Instant> = None;
             let mut jobs = Vec::new();
-            let live =
-                |t: &&mut Timer<S::Thread>| matches!(t.stage, Stage::Waiting | Stage::Signalled);
+            // Planted bug (b) only: a signal to send once the mutex is let go.
+            let mut unlocked = None;
+            let live = |t: &&mut Timer<S::Thread>| match t.stage {
+                Stage::Waiting => true,
+                Stage::Signalled => !S::SIGNAL_ONCE,
+                Stage::Running | Stage::Finished => false,
+            };
             for timer in table.timers.iter_mut().filter(live) {
                 if timer.due <= now
                     && let Some(job) = timer.job.take()
@@ -486,9 +525,24 @@ impl<S: Sys> Waker<S> {
                 if timer.due <= now {
                     // Due, or signalled and not disarmed yet: the signal may have landed
                     // before the thread blocked, so it is sent again until the thread disarms.
-                    self.sys.signal(timer.fire(now));
+                    let thread = timer.fire(now);
+                    if S::SIGNAL_UNLOCKED {
+                        unlocked = Some(thread);
+                    } else {
+                        self.sys.signal(thread);
+                    }
                 }
                 next = Some(next.map_or(timer.due, |n| n.min(timer.due)));
+            }
+            if let Some(thread) = unlocked {
+                // Planted bug (b): the timer may be disarmed before this signal goes.
+                drop(table);
+                self.sys.signal(thread);
+                table = self.table();
+                if jobs.is_empty() {
+                    // The table may have changed meanwhile.
+                    continue;
+                }
             }
             if !jobs.is_empty() {
                 // Their answers may arm them again: look at the table afresh.
