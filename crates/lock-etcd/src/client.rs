@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
@@ -63,6 +63,9 @@ pub(crate) struct Ctx {
     preferred: Arc<AtomicUsize>,
     /// A search for the leader is running (at most one at a time).
     seeking: Arc<AtomicBool>,
+    /// The highest raft term a member has told us (0: none yet); a higher one means an election
+    /// since, so the leader may have moved.
+    term: Arc<AtomicU64>,
     pub(crate) request_timeout: Duration,
     pub(crate) identity: Arc<Identity>,
 }
@@ -146,6 +149,7 @@ impl Ctx {
                 clients: clients.into(),
                 preferred: Arc::new(AtomicUsize::new(0)),
                 seeking: Arc::new(AtomicBool::new(false)),
+                term: Arc::new(AtomicU64::new(0)),
                 request_timeout,
                 identity,
             };
@@ -249,13 +253,14 @@ impl Ctx {
     /// a write sent to a follower is forwarded to the leader, one more hop for every Txn.
     /// Members that do not answer are left alone; the preference is only a start (fail-over
     /// moves it on as before). Runs at connect, and again after a request that had to fail
-    /// over succeeds ([`seek_leader`](Self::seek_leader)).
+    /// over succeeds or a member tells of a newer raft term ([`seek_leader`](Self::seek_leader)).
     pub(crate) async fn prefer_leader(&self) {
         let limit = Instant::now() + self.attempt_timeout();
         let asks = self.clients.iter().enumerate().map(|(index, client)| {
             let mut client = client.clone();
             async move {
                 let status = timeout_at(limit.into(), client.status()).await.ok()?.ok()?;
+                self.term.fetch_max(status.raft_term(), Ordering::AcqRel);
                 let member = status.header()?.member_id();
                 Some((index, member, status.leader()))
             }
@@ -271,8 +276,8 @@ impl Ctx {
     }
 
     /// Looks for the leader again in the background, unless a search is running: after a
-    /// request had to fail over, the member it reached may be a follower, which would forward
-    /// every later write to the new leader for the rest of the connection's life. Needs a tokio
+    /// request had to fail over, or an election, the member written to may be a follower, which
+    /// would forward every later write to the leader for the rest of the connection's life. Needs a tokio
     /// runtime (every request runs on one); the search runs on the caller's.
     fn seek_leader(&self) {
         if self.seeking.swap(true, Ordering::AcqRel) {
@@ -287,6 +292,16 @@ impl Ctx {
             ctx.prefer_leader().await;
             ctx.seeking.store(false, Ordering::Release);
         }));
+    }
+
+    /// Notes the raft term a member answered with: a term higher than any seen before means an
+    /// election happened, and the leader may have moved without any request failing (a leader
+    /// transfer), so the leader is sought again ([`seek_leader`](Self::seek_leader)).
+    pub(crate) fn saw_term(&self, term: u64) {
+        let before = self.term.fetch_max(term, Ordering::AcqRel);
+        if before != 0 && term > before {
+            self.seek_leader();
+        }
     }
 
     /// The preferred endpoint's index and client.

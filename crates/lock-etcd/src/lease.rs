@@ -287,8 +287,9 @@ impl LockMonitor {
 enum Renewal {
     /// A new stream was opened; its opening keepalive was answered with a positive TTL.
     Opened,
-    /// The server answered with this TTL (<= 0: the lease is gone).
-    Answered(i64),
+    /// The server answered with this TTL (<= 0: the lease is gone), in this raft term (0 when
+    /// the answer has no header).
+    Answered(i64, u64),
     /// The server closed the stream.
     Closed,
 }
@@ -325,7 +326,10 @@ async fn renew(ctx: &Ctx, lease: i64, ttl: Duration, monitor: &Monitor) {
                 };
                 keeper.keep_alive().await?;
                 Ok(match answers.message().await? {
-                    Some(answer) => Renewal::Answered(answer.ttl()),
+                    Some(answer) => Renewal::Answered(
+                        answer.ttl(),
+                        answer.header().map_or(0, |h| h.raft_term()),
+                    ),
                     None => Renewal::Closed,
                 })
             })
@@ -335,12 +339,15 @@ async fn renew(ctx: &Ctx, lease: i64, ttl: Duration, monitor: &Monitor) {
                     monitor.confirm(sent, ttl);
                     break;
                 }
-                Ok(Ok(Renewal::Answered(granted))) if granted > 0 => {
+                Ok(Ok(Renewal::Answered(granted, term))) if granted > 0 => {
                     let granted = u64::try_from(granted).unwrap_or(0);
                     monitor.confirm(sent, Duration::from_secs(granted));
+                    // A renewal every TTL/3 is also how a connection hears of an election that
+                    // failed none of its requests (a leader transfer).
+                    ctx.saw_term(term);
                     break;
                 }
-                Ok(Ok(Renewal::Answered(_))) => {
+                Ok(Ok(Renewal::Answered(..))) => {
                     monitor.fire();
                     return;
                 }

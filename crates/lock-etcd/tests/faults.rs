@@ -190,6 +190,42 @@ fn txns_answered(endpoint: &str) -> f64 {
     .unwrap_or(f64::NAN)
 }
 
+/// Checks that within 10 s, the 20 Txns of 10 lock+unlock pairs on `lock` all go to member
+/// `leader` and none to member `follower` (as each member's `/metrics` counts them).
+fn assert_writes_go_to(
+    lock: &lock_etcd::EtcdLock,
+    endpoints: &[String],
+    follower: usize,
+    leader: usize,
+    when: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = || {
+        (
+            txns_answered(&endpoints[follower]),
+            txns_answered(&endpoints[leader]),
+        )
+    };
+    let delta = loop {
+        let before = counts();
+        for _ in 0..10 {
+            let _ = lock.lock().expect("lock");
+            lock.unlock().expect("unlock");
+        }
+        let after = counts();
+        let delta = (after.0 - before.0, after.1 - before.1);
+        if delta == (0.0, 20.0) || Instant::now() >= deadline {
+            break delta;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        delta,
+        (0.0, 20.0),
+        "Txns of 10 pairs answered by the follower and the leader, 10 s {when}"
+    );
+}
+
 /// After the leader is killed, a connection fails over to the next member in its list; once a
 /// request succeeds there it looks for the new leader and sends its writes to it, rather than
 /// to a follower that forwards every one for the rest of the connection's life. To make the
@@ -217,42 +253,39 @@ fn after_a_fail_over_writes_go_to_the_new_leader() {
     tc.cluster()
         .move_leader(other)
         .expect("move the leadership");
-    let endpoints = tc.endpoints.clone();
-    let pairs = |n: usize| {
-        for _ in 0..n {
-            let _ = lock.lock().expect("lock");
-            lock.unlock().expect("unlock");
-        }
-    };
     // The first pair fails over, to a follower.
-    pairs(1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (to_follower, to_leader) = loop {
-        let before = (
-            txns_answered(&endpoints[landing]),
-            txns_answered(&endpoints[other]),
-        );
-        pairs(10);
-        let after = (
-            txns_answered(&endpoints[landing]),
-            txns_answered(&endpoints[other]),
-        );
-        let delta = (after.0 - before.0, after.1 - before.1);
-        if delta == (0.0, 20.0) || Instant::now() >= deadline {
-            break delta;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        (to_follower, to_leader),
-        (0.0, 20.0),
-        "Txns of 10 pairs answered by the follower and the new leader, 10 s after the fail-over"
-    );
+    let _ = lock.lock().expect("lock");
+    lock.unlock().expect("unlock");
+    assert_writes_go_to(&lock, &tc.endpoints, landing, other, "after the fail-over");
     drop(lock);
     drop(locks);
     let live = tc.cluster().live_endpoints();
     assert_no_keys(&live, &prefix, Duration::from_secs(10));
     assert_no_leases(&live, Duration::from_secs(10));
+}
+
+/// A leader transfer fails no request: the connection hears of the election from the raft term
+/// of its session's next renewal (every TTL/3), looks for the leader again and writes to it,
+/// rather than through the old leader, now a follower, for the rest of its life. Without the
+/// term check the writes kept going to the old leader.
+#[test]
+#[serial]
+fn after_a_leader_transfer_writes_go_to_the_new_leader() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("leader-move");
+    // A 2 s TTL: a renewal every 0.67 s.
+    let locks = tc.connect(&prefix, Duration::from_secs(2));
+    let lock = locks.named("t").expect("named");
+    let _ = lock.lock().expect("lock before");
+    lock.unlock().expect("unlock before");
+    let old = tc.cluster().leader().expect("a leader");
+    let new = (old + 1) % 3;
+    tc.cluster().move_leader(new).expect("move the leadership");
+    assert_writes_go_to(&lock, &tc.endpoints, old, new, "after the transfer");
+    drop(lock);
+    drop(locks);
+    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
+    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
 }
 
 /// A holder process SIGSTOPped past its TTL loses the lock: another process acquires it with a
