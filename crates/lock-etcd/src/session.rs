@@ -54,6 +54,12 @@ const MAX_SUSPECTS: usize = 1024;
 /// costs no watch stream and no task.
 const WATCH_DELAY: Duration = Duration::from_millis(100);
 
+/// The least time between two runs of a session's watch timer, so that a stream of short holds
+/// (each due [`WATCH_DELAY`] after its acquisition, then released) wakes the runtime's thread a
+/// few times per `WATCH_DELAY`, not once per hold: a watch opens between `WATCH_DELAY` and
+/// `WATCH_DELAY + WATCH_TICK` into its hold.
+const WATCH_TICK: Duration = Duration::from_millis(25);
+
 /// The own-key watch of one held lock, opened by the session's timer once the lock has been held
 /// for [`WATCH_DELAY`], and stopped by the release.
 #[derive(Debug, Default)]
@@ -418,7 +424,13 @@ async fn open_due_watches(weak: Weak<SessionCore>) {
                 .into_iter()
                 .partition(|d| d.at <= now);
             due.0 = waiting;
-            let next = due.0.iter().map(|d| d.at).min();
+            // Holds released since they were queued are dropped now, not at their due time.
+            due.0.retain(|d| {
+                d.watch
+                    .upgrade()
+                    .is_some_and(|w| !w.state.lock().unwrap_or_else(PoisonError::into_inner).0)
+            });
+            let next = due.0.iter().map(|d| d.at.max(now + WATCH_TICK)).min();
             if next.is_none() {
                 due.1 = false;
             }
