@@ -277,8 +277,8 @@ impl Ctx {
 
     /// Looks for the leader again in the background, unless a search is running: after a
     /// request had to fail over, or an election, the member written to may be a follower, which
-    /// would forward every later write to the leader for the rest of the connection's life. Needs a tokio
-    /// runtime (every request runs on one); the search runs on the caller's.
+    /// would forward every later write to the leader for the rest of the connection's life.
+    /// Needs a tokio runtime (every request runs on one); the search runs on the caller's.
     fn seek_leader(&self) {
         if self.seeking.swap(true, Ordering::AcqRel) {
             return;
