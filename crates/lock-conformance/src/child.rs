@@ -576,3 +576,60 @@ pub fn write_counter(path: &Path, value: u64) -> Result<(), Failed> {
     std::fs::write(path, format!("{value:020}"))?;
     Ok(())
 }
+
+/// Runs the libtest test `name` (a full path, `module::test`) of the current test binary in a
+/// child process with the environment variable `env` set to `1`, and returns how it exited and
+/// everything it printed. For a check that must end the process rather than fail in it, such
+/// as a planted bug that loom reports as a deadlock (loom aborts on one): the test named looks at
+/// `env` and runs the planted check only in the child.
+///
+/// # Errors
+///
+/// `Failed` when the child cannot be started or read, or has not ended after `limit` (it is
+/// then killed and reaped).
+pub fn run_test_in_child(
+    name: &str,
+    env: &str,
+    limit: Duration,
+) -> Result<(ExitStatus, String), Failed> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Drained as they come, so a child that prints more than a pipe holds is not stalled.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Failed(format!("test {name} ran for more than {limit:?}")));
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    for out in [stdout, stderr] {
+        let bytes = out
+            .join()
+            .map_err(|_| Failed(format!("reading the output of test {name}")))?;
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    Ok((status, text))
+}

@@ -605,38 +605,15 @@ fn model_catches_the_death_notice_read_after_the_probe() {
     if std::env::var_os(PLANTED_ENV).is_some() {
         return;
     }
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "model::model_planted_bug_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(PLANTED_ENV, "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the planted-bug child");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while child.try_wait().expect("wait for the child").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the planted-bug model ran for more than 300 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("child output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (status, text) = lock_conformance::child::run_test_in_child(
+        "model::model_planted_bug_child",
+        PLANTED_ENV,
+        std::time::Duration::from_secs(300),
+    )
+    .expect("the planted-bug child");
     assert!(
-        !output.status.success() && text.contains("deadlock"),
-        "the late death notice was not caught as a lost wake-up ({}): {text}",
-        output.status
+        !status.success() && text.contains("deadlock"),
+        "the late death notice was not caught as a lost wake-up ({status}): {text}"
     );
 }
 
