@@ -3,7 +3,6 @@
 
 mod bitmap;
 mod client;
-mod fork;
 mod futex;
 mod layout;
 mod lockword;

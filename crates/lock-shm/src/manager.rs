@@ -24,12 +24,12 @@ use lock_api::{
 
 use crate::bitmap::Bitmap;
 use crate::client;
-use crate::fork;
 use crate::futex;
 use crate::layout::{Layout, field};
 use crate::segment::{self, Le32, Segment, SlotLock};
 use crate::wait::LockWaiter;
 use crate::watch::Watchers;
+use lockyard_fork as fork;
 
 /// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise
 /// ([`Manager::set_deadlock_timeout`]); PostgreSQL's `deadlock_timeout` default.

@@ -1,14 +1,14 @@
-//! Telling a forked child from the process that opened a manager, at the cost of one load.
+//! Telling a forked child from the process that opened a lockyard manager, at the cost of one load.
+#![doc = include_str!("../README.md")]
 #![allow(unsafe_code)] // reason: pthread_atfork(3) is registered through libc
 //!
-//! A child made by `fork(2)` inherits its parent's managers: the same open file description,
-//! hence the same client slot and owner token. Used from the child, a manager would act as its
-//! parent (unlock the parent's locks, and keep the parent's slot alive after the parent dies).
-//! So every manager records the *fork generation* it was opened in, and every operation compares
-//! it with the current one: a process-wide counter that a `pthread_atfork(3)` child handler,
+//! # How it works
+//!
+//! Every manager records the fork generation it was opened in, and every operation compares it
+//! with the current one: a process-wide counter that a `pthread_atfork(3)` child handler,
 //! registered once, bumps in every child that `fork(2)` makes. In the parent the counter never
 //! changes, so the check is one relaxed load of a read-mostly word and a compare, with no system
-//! call: nothing measurable beside the lock's own compare-and-swap.
+//! call: nothing measurable beside a lock's own compare-and-swap or system call.
 //!
 //! # Invariants
 //!
@@ -18,9 +18,6 @@
 //! 2. The handler only increments an atomic: async-signal-safe, as a handler run after `fork`
 //!    in a multithreaded process must be.
 //!
-//! Not detected: children made without glibc's `fork` (raw `clone(2)`, `_Fork(3)`), which skip
-//! the handlers. `vfork(2)` also skips them, and its child may only `exec` or `_exit`, which
-//! never touch a manager.
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
@@ -46,7 +43,7 @@ extern "C" fn in_child() {
 /// # Errors
 ///
 /// `Io` when `pthread_atfork(3)` fails (out of memory).
-pub(crate) fn generation() -> Result<u32> {
+pub fn generation() -> Result<u32> {
     let registered = *REGISTERED.get_or_make(|| {
         // SAFETY: `in_child` is an `extern "C" fn()` that lives as long as the program and only
         // increments an atomic (invariant 2); no prepare or parent handler is registered.
@@ -55,7 +52,7 @@ pub(crate) fn generation() -> Result<u32> {
     if registered != 0 {
         return Err(Error::io(
             "pthread_atfork",
-            "lock-shm fork handler",
+            "lockyard fork handler",
             std::io::Error::from_raw_os_error(registered),
         ));
     }
@@ -64,6 +61,30 @@ pub(crate) fn generation() -> Result<u32> {
 
 /// The current fork generation; compare it with the one a manager recorded at open.
 #[inline]
-pub(crate) fn current() -> u32 {
+pub fn current() -> u32 {
     FORKS.load(Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The generation stays put in the process that read it, and differs in a forked child.
+    #[test]
+    fn a_forked_child_sees_another_generation() {
+        let opened = generation().expect("handler");
+        assert_eq!(current(), opened);
+        assert_eq!(
+            generation().expect("handler"),
+            opened,
+            "read twice, registered once"
+        );
+        let status = lock_conformance::fork::fork_and_wait(Duration::from_secs(10), || {
+            i32::from(current() == opened)
+        })
+        .expect("fork");
+        assert_eq!(status, Some(0), "the child saw its parent's generation");
+        assert_eq!(current(), opened, "the parent's generation did not move");
+    }
 }
