@@ -379,6 +379,9 @@ impl Locker for FileLocker {
     fn lock(&self) -> Result<Acquired> {
         let slot = &*self.slot;
         let shared = &*self.shared;
+        if lockyard_fork::current() != shared.forks {
+            return Err(shared.forked());
+        }
         let mut state = slot.state();
         if state.phase == Phase::Idle {
             // A claimed record: another owner holds the lock (or died holding it). Go straight
@@ -400,6 +403,9 @@ impl Locker for FileLocker {
     #[inline(always)]
     fn try_lock(&self) -> Result<Option<Acquired>> {
         let slot = &*self.slot;
+        if lockyard_fork::current() != self.shared.forks {
+            return Err(self.shared.forked());
+        }
         let mut state = slot.state();
         if state.phase != Phase::Idle {
             return Ok(None);
@@ -415,6 +421,7 @@ impl Locker for FileLocker {
     }
 
     fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
+        self.shared.usable()?;
         // A timeout too large to add to now is as good as none.
         self.acquire(Instant::now().checked_add(timeout))
     }
@@ -422,6 +429,9 @@ impl Locker for FileLocker {
     #[inline(always)]
     fn unlock(&self) -> Result<()> {
         let slot = &*self.slot;
+        if lockyard_fork::current() != self.shared.forks {
+            return Err(self.shared.forked());
+        }
         let mut state = slot.state();
         if state.phase != Phase::Held {
             return Err(Error::NotHeld(self.id()));
@@ -439,6 +449,7 @@ impl Locker for FileLocker {
     }
 
     fn free(&self) -> Result<()> {
+        self.shared.usable()?;
         let id = self.slot.id;
         if self.shared.with_bitmap(|b| b.clear(id))? {
             Ok(())
@@ -459,6 +470,7 @@ impl Inspect for FileLocker {
     /// [`Error::Io`] when the lock file cannot be opened for the probe. A damaged lock file
     /// (`Corrupt`) cannot be probed: the record is reported as it stands.
     fn holder(&self) -> Result<Option<Holder>> {
+        self.shared.usable()?;
         self.shared.holder(self.slot.id)
     }
 }

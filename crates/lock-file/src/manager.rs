@@ -131,7 +131,7 @@ impl StoreOptions {
             capacity: self.capacity,
             owner_death: self.owner_death,
         };
-        store::create(path.as_ref(), marker).map(FileManager::from_store)
+        store::create(path.as_ref(), marker).and_then(FileManager::from_store)
     }
 
     /// Opens the store at `path`, creating it with these options when missing; the flag says
@@ -196,6 +196,9 @@ pub(crate) struct Shared {
     detecting: Mutex<()>,
     /// The process's timer thread, fetched the first time a wait needs one; `None`: poll.
     waker: OnceLock<Option<Arc<Waker>>>,
+    /// The fork generation the manager was opened in (`lockyard_fork`): another one means this
+    /// process is a forked child, which shares the parent's descriptions, hence its locks.
+    pub(crate) forks: u32,
 }
 
 impl Drop for Shared {
@@ -218,6 +221,32 @@ impl Drop for Shared {
 }
 
 impl Shared {
+    /// Fails when this process is a forked child of the one that opened the manager: the child
+    /// shares its parent's open file descriptions, so a `flock` would not exclude the parent
+    /// (the child would take a lock its parent holds at once) and an unlock would release the
+    /// parent's. One relaxed load and a compare, on every operation.
+    #[inline]
+    pub(crate) fn usable(&self) -> Result<()> {
+        if lockyard_fork::current() != self.forks {
+            return Err(self.forked());
+        }
+        Ok(())
+    }
+
+    /// The error of an operation in a forked child ([`usable`](Self::usable)).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn forked(&self) -> Error {
+        Error::invalid(format!(
+            "this manager of lock-file store {} was opened by process {} and inherited across \
+             fork(2) by process {}; a forked child shares its parent's open files, hence its \
+             locks, so it must open its own manager (FileManager::open) and drop the inherited one",
+            self.store.path.display(),
+            self.pid,
+            std::process::id()
+        ))
+    }
+
     /// Runs `f` on the allocation bitmap under the allocation lock (this manager's mutex, then
     /// `flock` on the table file), and unlocks whatever `f` returned.
     pub(crate) fn with_bitmap<T>(&self, f: impl FnOnce(Bitmap<'_>) -> T) -> Result<T> {
@@ -487,8 +516,9 @@ impl Shared {
 /// taking any `AsRef<Path>`.
 ///
 /// Cloning a manager gives another handle on the same owner, not a new owner: open the store
-/// again for that. A forked child shares its parent's descriptions, hence its locks: a child
-/// must open its own manager. Dropping the manager and all its handles while holding locks releases them, and as
+/// again for that. A forked child shares its parent's descriptions, hence its locks: every
+/// operation of a manager (or handle) inherited across `fork(2)` fails in the child with
+/// [`Error::InvalidArgument`] saying so, and the child must open its own manager. Dropping the manager and all its handles while holding locks releases them, and as
 /// the owner is gone their next acquirer gets `OwnerDied`.
 #[derive(Debug, Clone)]
 pub struct FileManager {
@@ -497,7 +527,8 @@ pub struct FileManager {
 }
 
 impl FileManager {
-    fn from_store(store: Store) -> FileManager {
+    fn from_store(store: Store) -> Result<FileManager> {
+        let forks = lockyard_fork::generation()?;
         let capacity = store.marker.capacity;
         let owner_death = store.marker.owner_death;
         let owner = store.table.next_owner();
@@ -507,7 +538,7 @@ impl FileManager {
         } else {
             0
         };
-        FileManager {
+        Ok(FileManager {
             shared: Arc::new(Shared {
                 store,
                 capacity,
@@ -522,9 +553,10 @@ impl FileManager {
                 making_owner_file: Mutex::new(()),
                 detecting: Mutex::new(()),
                 waker: OnceLock::new(),
+                forks,
             }),
             capacity,
-        }
+        })
     }
 
     /// Creates a store of `capacity` locks at `path`, with owner records on (see
@@ -548,7 +580,7 @@ impl FileManager {
     /// (a table of the wrong size, a header that disagrees with the marker, a symlink where a
     /// file should be); [`Error::Io`] for OS errors such as a permission denied, with the path.
     pub fn open(path: impl AsRef<Path>) -> Result<FileManager> {
-        store::open(path.as_ref()).map(FileManager::from_store)
+        store::open(path.as_ref()).and_then(FileManager::from_store)
     }
 
     /// Opens the store at `path`, creating it with `capacity` locks when missing; the flag says
@@ -662,6 +694,7 @@ impl Manager for FileManager {
     /// damage to one file, so nothing is skipped and nothing allocated.
     fn allocate(&self) -> Result<FileLocker> {
         let shared = &self.shared;
+        shared.usable()?;
         shared.with_bitmap(|b| {
             let mut from = 0;
             let mut damaged = None;
@@ -696,11 +729,13 @@ impl Manager for FileManager {
     }
 
     fn retrieve(&self, id: LockId) -> Result<FileLocker> {
+        self.shared.usable()?;
         let id = self.shared.check(id)?;
         self.shared.locker(id)
     }
 
     fn allocate_and_retrieve(&self, id: LockId) -> Result<FileLocker> {
+        self.shared.usable()?;
         let raw = self.shared.check(id)?;
         // Open the lock file first: a damaged store must not leave a fresh allocation behind.
         let locker = self.shared.locker(raw)?;
@@ -711,6 +746,7 @@ impl Manager for FileManager {
     }
 
     fn free_all(&self) -> Result<()> {
+        self.shared.usable()?;
         self.shared.with_bitmap(|b| b.clear_all())
     }
 
@@ -724,6 +760,7 @@ impl Manager for FileManager {
     /// Reads the `locks` directory once (`getdents(2)`, no `open` per lock), so it costs time
     /// in proportion to the capacity, as `held` does.
     fn available(&self) -> Result<Option<u32>> {
+        self.shared.usable()?;
         let store = &self.shared.store;
         let healthy =
             store::healthy_lock_files(&store.locks_dir, &store.locks_path, self.capacity)?;
@@ -743,6 +780,7 @@ impl Manager for FileManager {
     /// A lock whose file is damaged cannot be probed: it is listed iff its record is claimed
     /// (without owner records, never), and the other locks are reported as usual.
     fn held(&self) -> Result<Vec<HeldLock>> {
+        self.shared.usable()?;
         let mut out = Vec::new();
         for id in 0..self.capacity {
             if let Some(holder) = self.shared.holder(id)? {
@@ -759,6 +797,7 @@ impl Manager for FileManager {
     ///
     /// Reading the waiter files deletes those of owners that died.
     fn snapshot(&self) -> Result<Vec<LockState>> {
+        self.shared.usable()?;
         self.shared.snapshot()
     }
 
@@ -773,6 +812,7 @@ impl Manager for FileManager {
     ///
     /// [`Error::Unsupported`] for a store without owner records, whose holders are unknown.
     fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        self.shared.usable()?;
         if !self.shared.owner_death {
             return Err(Error::Unsupported(
                 "deadlock detection on a lock-file store without owner records",

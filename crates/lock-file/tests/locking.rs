@@ -334,3 +334,70 @@ fn allocator_survives_sigkill() {
         assert_eq!(manager.allocate().expect("allocate").id(), LockId(want));
     }
 }
+
+/// Every operation of a manager (and its handles) inherited across `fork(2)` fails in the
+/// child with `InvalidArgument`, and changes nothing the parent holds; a manager the child opens
+/// itself works, and sees the parent's lock held. Without the check the child's `unlock`
+/// released the parent's lock (one open file description, one `flock`), and its `lock` took
+/// the parent's lock at once.
+#[test]
+fn an_inherited_manager_is_refused_in_a_forked_child() {
+    let (_root, path, manager) = fresh(8);
+    let lock = manager.retrieve(LockId(0)).expect("retrieve");
+    assert_eq!(lock.lock().expect("lock"), Acquired::Clean);
+    let allocated = manager.allocate().expect("allocate");
+    let child_path = path.clone();
+    let status = lock_conformance::fork::fork_and_wait(LIVENESS, || {
+        fn refused<T>(r: lock_file::Result<T>) -> bool {
+            matches!(r, Err(Error::InvalidArgument { .. }))
+        }
+        // Unlock first: on a shared identity it would release the parent's hold. Each check
+        // runs only if the ones before it passed (on a shared identity `lock` would not wait).
+        let checks: [&dyn Fn() -> bool; 15] = [
+            &|| refused(lock.unlock()),
+            &|| refused(lock.try_lock()),
+            &|| refused(lock.try_lock_for(Duration::from_millis(1))),
+            &|| refused(lock.lock()),
+            &|| refused(lock.holder()),
+            &|| refused(allocated.free()),
+            &|| refused(manager.allocate()),
+            &|| refused(manager.retrieve(LockId(1))),
+            &|| refused(manager.allocate_and_retrieve(LockId(5))),
+            &|| refused(manager.free_all()),
+            &|| refused(manager.available()),
+            &|| refused(manager.held()),
+            &|| refused(manager.snapshot()),
+            &|| refused(manager.set_deadlock_timeout(Duration::from_secs(1))),
+            &|| {
+                // A manager of its own is another owner: the parent's lock is held.
+                FileManager::open(&child_path)
+                    .and_then(|own| own.retrieve(LockId(0)))
+                    .is_ok_and(|own| matches!(own.try_lock(), Ok(None)))
+            },
+        ];
+        checks
+            .iter()
+            .position(|check| !check())
+            .map_or(0, |i| i as i32 + 1)
+    })
+    .expect("fork");
+    assert_eq!(
+        status,
+        Some(0),
+        "check number {status:?} failed in the child"
+    );
+    // The parent still holds its lock and its allocation.
+    let other = FileManager::open(&path).expect("open again");
+    let theirs = other.retrieve(LockId(0)).expect("retrieve");
+    assert!(
+        theirs.try_lock().expect("try_lock").is_none(),
+        "the parent's lock was released"
+    );
+    assert!(matches!(
+        other.allocate_and_retrieve(allocated.id()),
+        Err(Error::AlreadyAllocated(_))
+    ));
+    lock.unlock().expect("the parent unlocks");
+    assert_eq!(theirs.try_lock().expect("try_lock"), Some(Acquired::Clean));
+    theirs.unlock().expect("unlock");
+}
