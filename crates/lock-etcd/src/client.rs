@@ -66,6 +66,9 @@ pub(crate) struct Ctx {
     /// The highest raft term a member has told us (0: none yet); a higher one means an election
     /// since, so the leader may have moved.
     term: Arc<AtomicU64>,
+    /// The fork generation the connection was made in (`lockyard_fork`): in a forked child,
+    /// which has none of the runtime's threads, every request is refused.
+    forks: u32,
     pub(crate) request_timeout: Duration,
     pub(crate) identity: Arc<Identity>,
 }
@@ -95,6 +98,13 @@ pub(crate) struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         let session = self.session.get_mut().take();
+        if self.ctx.usable().is_err() {
+            // A forked child: the runtime's threads, and what its mutexes guard, are the
+            // parent's. Shutting it down or revoking from here could wait for ever; leak both.
+            std::mem::forget(session);
+            std::mem::forget(self.runtime.take());
+            return;
+        }
         if let Some(runtime) = self.runtime.take() {
             if let Some(session) = session
                 && Handle::try_current().is_err()
@@ -125,6 +135,7 @@ impl Ctx {
         let probe_key = options.prefix_value().to_owned();
         let eps = endpoints.to_vec();
         let identity = Arc::new(Identity::current());
+        let forks = lockyard_fork::generation()?;
         {
             let deadline = Instant::now() + connect_timeout;
             let connect_options = ConnectOptions::new()
@@ -150,6 +161,7 @@ impl Ctx {
                 preferred: Arc::new(AtomicUsize::new(0)),
                 seeking: Arc::new(AtomicBool::new(false)),
                 term: Arc::new(AtomicU64::new(0)),
+                forks,
                 request_timeout,
                 identity,
             };
@@ -224,6 +236,8 @@ impl Shared {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
+        // Before the runtime is touched: in a forked child its threads are gone.
+        self.ctx.usable()?;
         run(&self.handle, fut)
     }
 }
@@ -249,6 +263,22 @@ where
 }
 
 impl Ctx {
+    /// Fails in a forked child of the process that made the connection: the child has none of
+    /// the runtime's threads (a call would wait for ever on them) and shares the parent's
+    /// sockets. One relaxed load and a compare.
+    pub(crate) fn usable(&self) -> Result<()> {
+        if lockyard_fork::current() != self.forks {
+            return Err(Error::invalid(format!(
+                "this etcd connection was made by process {} and inherited across fork(2) by \
+                 process {}; its runtime threads and sockets stay with the parent, so a child \
+                 must connect again (and leak, not drop, what it inherited)",
+                self.identity.pid,
+                std::process::id()
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes the leader the preferred endpoint, if one answers within the attempt timeout:
     /// a write sent to a follower is forwarded to the leader, one more hop for every Txn.
     /// Members that do not answer are left alone; the preference is only a start (fail-over
@@ -365,6 +395,7 @@ where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
+    ctx.usable()?;
     let mut backoff = Duration::from_millis(20);
     let mut last;
     let mut attempts = 0usize;

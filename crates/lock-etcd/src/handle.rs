@@ -260,6 +260,11 @@ impl Locker for EtcdLock {
 impl Drop for EtcdLock {
     fn drop(&mut self) {
         let held = self.lock_state().take();
+        if self.shared.ctx.usable().is_err() {
+            // A forked child: the hold and its tasks are the parent's; touch nothing.
+            std::mem::forget(held);
+            return;
+        }
         if let Some(held) = held {
             // A drop cannot report; the key goes with the session if this fails.
             let _ = self
@@ -273,6 +278,7 @@ impl Fenced for EtcdLock {
     /// The own key's CreateRevision: etcd's revision counter only grows, so every later
     /// acquisition of this lock, by anyone, has a higher token.
     fn fencing_token(&self) -> Result<u64> {
+        self.shared.ctx.usable()?;
         self.with_held(|h| u64::try_from(h.revision).unwrap_or(0))
     }
 }
@@ -299,6 +305,7 @@ impl Leased for EtcdLock {
     /// minus a safety margin (TTL/20, at least 50 ms), minus now. The lost signal fires when it
     /// reaches zero, and this, [`Fenced::fencing_token`] and the signal agree at every call.
     fn time_left(&self) -> Result<Option<Duration>> {
+        self.shared.ctx.usable()?;
         let state = self.lock_state();
         let Some(held) = state.as_ref() else {
             return Ok(None);
@@ -312,6 +319,7 @@ impl Leased for EtcdLock {
     /// Fires when the acquisition is lost: its session's lease is gone or its deadline passed
     /// (which loses every lock of the session), or its own key was deleted.
     fn lost(&self) -> Result<LostSignal> {
+        self.shared.ctx.usable()?;
         let state = self.lock_state();
         let held = state.as_ref().ok_or(Error::NotHeld(self.id))?;
         Ok(held.monitor.signal())

@@ -335,6 +335,11 @@ impl AsyncGuard {
 impl Drop for AsyncGuard {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
+            if held.session.ctx.usable().is_err() {
+                // A forked child: the hold and the runtime are the parent's; touch nothing.
+                std::mem::forget(held);
+                return;
+            }
             let session = Arc::clone(&held.session);
             session.spawn_cleanup(async move {
                 let _ = mutex::release(held).await;

@@ -396,6 +396,10 @@ impl SessionCore {
 
 impl Drop for SessionCore {
     fn drop(&mut self) {
+        if self.ctx.usable().is_err() {
+            // A forked child: the keepalive task and the runtime are the parent's.
+            return;
+        }
         self.keepalive.abort();
         if !self.closed.swap(true, Ordering::SeqCst) {
             // Invariant 3. Nothing can be pending: clean-ups hold the session.

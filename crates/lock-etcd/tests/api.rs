@@ -470,12 +470,63 @@ fn inside_another_runtime(eps: &[String]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Every call on a connection (and its handles) inherited across `fork(2)` fails in the child
+/// with `InvalidArgument`, at once: the child has none of the connection's runtime threads, and
+/// the parent's lock stays held. A connection the child opens itself works. Without the check
+/// the child's first call hung.
+fn an_inherited_connection_is_refused_in_a_forked_child(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "fork");
+    let lock = locks.named("f")?;
+    let _ = lock.lock()?;
+    let child_eps = eps.to_vec();
+    let child_prefix = prefix.clone();
+    let status = lock_conformance::fork::fork_and_wait(Duration::from_secs(20), || {
+        fn refused<T>(r: lock_etcd::Result<T>) -> bool {
+            matches!(r, Err(Error::InvalidArgument { .. }))
+        }
+        let checks: [&dyn Fn() -> bool; 6] = [
+            &|| refused(lock.unlock()),
+            &|| refused(lock.try_lock()),
+            &|| refused(lock.lock()),
+            &|| refused(lock.holder()),
+            &|| refused(locks.try_lock("f")),
+            &|| {
+                // A connection of its own (and its own runtime) sees the parent's lock held.
+                EtcdLocks::connect(
+                    &child_eps,
+                    EtcdOptions::new().prefix(&child_prefix).ttl(TTL),
+                )
+                .and_then(|own| own.try_lock("f"))
+                .is_ok_and(|guard| guard.is_none())
+            },
+        ];
+        checks
+            .iter()
+            .position(|check| !check())
+            .map_or(0, |i| i as i32 + 1)
+    })?;
+    check!(
+        status == Some(0),
+        "check {status:?} failed in the child (None: it hung)"
+    );
+    check!(lock.fencing_token().is_ok(), "the parent's lock was lost");
+    lock.unlock()?;
+    drop(lock);
+    drop(locks);
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let cluster = TestCluster::get();
     let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 12] = [
+    let tests: [(&str, Test); 13] = [
         ("inside_another_runtime", inside_another_runtime),
+        (
+            "an_inherited_connection_is_refused_in_a_forked_child",
+            an_inherited_connection_is_refused_in_a_forked_child,
+        ),
         ("lifecycle", lifecycle),
         ("exclusion_and_timeout", exclusion_and_timeout),
         ("fifo", fifo),
