@@ -42,8 +42,12 @@ impl Capabilities {
     /// The store is bytes outside the process (a segment, files, keys) that
     /// [`Backend::damage`] can damage, for the damaged-store behaviours.
     pub const DAMAGEABLE: Capabilities = Capabilities(1 << 11);
+    /// A manager (and its lockers) inherited across `fork(2)` refuses every operation in the
+    /// child with `Error::InvalidArgument`: the child shares the parent's descriptors (or lacks
+    /// its threads), and must open its own.
+    pub const FORK_REFUSED: Capabilities = Capabilities(1 << 12);
 
-    const NAMES: [(Capabilities, &'static str); 12] = [
+    const NAMES: [(Capabilities, &'static str); 13] = [
         (Self::ALLOCATION, "allocation"),
         (Self::OWNER_PER_MANAGER, "owner-per-manager"),
         (Self::MULTIPROCESS, "multiprocess"),
@@ -56,6 +60,7 @@ impl Capabilities {
         (Self::WAITERS, "waiters"),
         (Self::DEADLOCK, "deadlock"),
         (Self::DAMAGEABLE, "damageable"),
+        (Self::FORK_REFUSED, "fork-refused"),
     ];
 
     /// The raw bits (for set arithmetic).

@@ -378,11 +378,13 @@ impl Manager for EtcdTable {
     }
 
     fn retrieve(&self, id: LockId) -> Result<EtcdLock> {
+        self.shared.ctx.usable()?;
         self.check(id)?;
         Ok(self.handle(id))
     }
 
     fn allocate_and_retrieve(&self, id: LockId) -> Result<EtcdLock> {
+        self.shared.ctx.usable()?;
         self.check(id)?;
         let ctx = self.shared.ctx.clone();
         let key = self.alloc_key(id);

@@ -49,6 +49,7 @@ impl Backend for EtcdBackend {
             | Capabilities::WAITERS
             | Capabilities::DEADLOCK
             | Capabilities::DAMAGEABLE
+            | Capabilities::FORK_REFUSED
     }
 
     fn spec(&self, store: &str) -> String {

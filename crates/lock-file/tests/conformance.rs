@@ -69,6 +69,7 @@ impl Backend for FileBackend {
             | Capabilities::WAITERS
             | Capabilities::DEADLOCK
             | Capabilities::DAMAGEABLE
+            | Capabilities::FORK_REFUSED
     }
 
     fn spec(&self, store: &str) -> String {

@@ -39,6 +39,7 @@ impl Backend for Shm {
             | Capabilities::WAITERS
             | Capabilities::DEADLOCK
             | Capabilities::DAMAGEABLE
+            | Capabilities::FORK_REFUSED
     }
 
     fn spec(&self, store: &str) -> String {

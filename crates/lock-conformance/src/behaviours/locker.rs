@@ -493,3 +493,42 @@ pub fn sigkilled_holder_is_reported_to_try_lock<B: Backend>(ctx: &Ctx<'_, B>) ->
     lock.unlock()?;
     Ok(())
 }
+
+/// Every operation on a manager and its lockers inherited across `fork(2)` fails in the child
+/// with `InvalidArgument`, and leaves the parent's lock held.
+pub fn an_inherited_manager_is_refused_in_a_forked_child<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    let manager = ctx.create(4)?;
+    let lock = manager.retrieve(LockId(0))?;
+    let acquired = lock.lock()?;
+    ensure!(acquired == Acquired::Clean, "a fresh lock: {acquired:?}");
+    let status = crate::fork::fork_and_wait(PROMPTLY, || {
+        fn refused<T>(r: Result<T, Error>) -> bool {
+            matches!(r, Err(Error::InvalidArgument { .. }))
+        }
+        // Unlock first: on a shared identity it would release the parent's hold. Each check
+        // runs only if the ones before it passed.
+        let checks: [&dyn Fn() -> bool; 6] = [
+            &|| refused(lock.unlock()),
+            &|| refused(lock.try_lock()),
+            &|| refused(lock.try_lock_for(Duration::from_millis(1))),
+            &|| refused(lock.lock()),
+            &|| refused(manager.retrieve(LockId(1))),
+            &|| refused(manager.held()),
+        ];
+        checks
+            .iter()
+            .position(|check| !check())
+            .map_or(0, |i| i32::try_from(i + 1).unwrap_or(i32::MAX))
+    })?;
+    ensure!(
+        status == Some(0),
+        "in the forked child, check {status:?} was not refused (None: the child hung)"
+    );
+    let other = ctx.second_owner(&manager)?;
+    ensure!(
+        other.retrieve(LockId(0))?.try_lock()?.is_none(),
+        "the parent's lock was let go by its forked child"
+    );
+    lock.unlock()?;
+    Ok(())
+}

@@ -41,6 +41,7 @@ const SHARED_OWNER: Capabilities = Capabilities::OWNER_PER_MANAGER;
 const DAMAGE: Capabilities = Capabilities::PERSISTENT.union(Capabilities::DAMAGEABLE);
 const WAITERS: Capabilities = Capabilities::WAITERS;
 const DEADLOCK: Capabilities = Capabilities::DEADLOCK;
+const FORK: Capabilities = Capabilities::FORK_REFUSED;
 
 registry! {
     manager::allocates_distinct_ids_until_exhausted => ALLOC,
@@ -75,6 +76,7 @@ registry! {
     locker::free_of_a_held_lock_leaves_it_held => ALLOC,
     locker::sigkilled_holder_is_taken_over_with_owner_died => DEATH,
     locker::sigkilled_holder_is_reported_to_try_lock => DEATH,
+    locker::an_inherited_manager_is_refused_in_a_forked_child => FORK,
     store::open_of_missing_store_is_not_found => PERSIST,
     store::create_of_existing_store_already_exists => PERSIST,
     store::store_outlives_its_manager => PERSIST,
