@@ -19,10 +19,11 @@ mod table;
 pub mod testkit;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use lock_api;
+use lock_api::PerProcess;
 pub use lock_api::{
     Acquired, Cycle, Error, EtcdSpec, Fenced, HeldLock, Holder, Inspect, Leased, LockData,
     LockGuard, LockId, LockState, Locker, LostSignal, Manager, Result, Store, StoreSpec,
@@ -43,9 +44,11 @@ use crate::mutex::Target;
 use crate::table::OpenMode;
 
 /// Connections made for store specs, shared by every store of the same endpoints and options in
-/// this process (each connection is a runtime thread and a client per endpoint).
+/// this process (each connection is a runtime thread and a client per endpoint). A forked child
+/// starts with none: its parent's connections refuse it, and their registry's lock may have been
+/// held by a thread of the parent at the fork.
 type Connections = Vec<((Vec<String>, EtcdOptions), Weak<Shared>)>;
-static CONNECTIONS: Mutex<Connections> = Mutex::new(Vec::new());
+static CONNECTIONS: PerProcess<Connections> = PerProcess::new();
 
 /// A blocking connection to an etcd cluster: named locks under `<prefix>/lock/<name>/` and lock
 /// tables under `<prefix>/table/<store>/`.
@@ -114,7 +117,7 @@ impl EtcdLocks {
             options = options.ttl(ttl);
         }
         let key = (endpoints, options);
-        let mut connections = CONNECTIONS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut connections = CONNECTIONS.lock(std::process::id());
         connections.retain(|(_, weak)| weak.strong_count() > 0);
         if let Some(shared) = connections
             .iter()

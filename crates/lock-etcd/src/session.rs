@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{GetOptions, Txn, TxnOp};
-use lock_api::{Error, Result};
+use lock_api::{Error, PerProcess, Result};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -100,8 +100,9 @@ pub(crate) struct Suspect {
 }
 
 /// The sessions alive in this process, by lease, so a holder's expiry can be told in ms without
-/// asking etcd when the holder is one of ours.
-static SESSIONS: Mutex<Vec<(i64, Weak<SessionCore>)>> = Mutex::new(Vec::new());
+/// asking etcd when the holder is one of ours. A forked child starts with none (its parent's
+/// are not its own), and never locks its parent's copy.
+static SESSIONS: PerProcess<Vec<(i64, Weak<SessionCore>)>> = PerProcess::new();
 
 /// One session: its lease, its keepalive task and its lost state.
 #[derive(Debug)]
@@ -176,7 +177,7 @@ impl SessionCore {
             sweeping: AtomicBool::new(false),
             due: Mutex::new((Vec::new(), false)),
         });
-        let mut sessions = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sessions = SESSIONS.lock(std::process::id());
         sessions.retain(|(_, s)| s.strong_count() > 0);
         sessions.push((lease, Arc::downgrade(&core)));
         Ok(core)
@@ -185,8 +186,7 @@ impl SessionCore {
     /// The session of this process whose lease is `lease`, if it is alive.
     pub(crate) fn find(lease: i64) -> Option<Arc<SessionCore>> {
         SESSIONS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock(std::process::id())
             .iter()
             .find(|(l, _)| *l == lease)
             .and_then(|(_, s)| s.upgrade())

@@ -9,7 +9,7 @@ use lock_api::{Acquired, Error, LockId, Locker, Manager};
 
 use super::PROMPTLY;
 use crate::child::{Role, read_counter};
-use crate::{Backend, Ctx, Failed, Outcome, ensure, ensure_err};
+use crate::{Backend, Capabilities, Ctx, Failed, Outcome, ensure, ensure_err};
 
 /// A lock goes free → held (`Clean`) → free, and another owner can take it after the unlock.
 pub fn lock_unlock_lifecycle<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
@@ -495,10 +495,16 @@ pub fn sigkilled_holder_is_reported_to_try_lock<B: Backend>(ctx: &Ctx<'_, B>) ->
 }
 
 /// Every operation on a manager and its lockers inherited across `fork(2)` fails in the child
-/// with `InvalidArgument`, and leaves the parent's lock held.
+/// with `InvalidArgument`, and leaves the parent's lock (and allocation) as it was; a manager
+/// the child opens itself is another owner, which finds the lock held.
 pub fn an_inherited_manager_is_refused_in_a_forked_child<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
-    let manager = ctx.create(4)?;
-    let lock = manager.retrieve(LockId(0))?;
+    let manager = ctx.create(8)?;
+    let alloc = ctx.has(Capabilities::ALLOCATION);
+    let lock = if alloc {
+        manager.allocate_and_retrieve(LockId(0))?
+    } else {
+        manager.retrieve(LockId(0))?
+    };
     let acquired = lock.lock()?;
     ensure!(acquired == Acquired::Clean, "a fresh lock: {acquired:?}");
     let status = crate::fork::fork_and_wait(PROMPTLY, || {
@@ -507,14 +513,31 @@ pub fn an_inherited_manager_is_refused_in_a_forked_child<B: Backend>(ctx: &Ctx<'
         }
         // Unlock first: on a shared identity it would release the parent's hold. Each check
         // runs only if the ones before it passed.
-        let checks: [&dyn Fn() -> bool; 6] = [
-            &|| refused(lock.unlock()),
-            &|| refused(lock.try_lock()),
-            &|| refused(lock.try_lock_for(Duration::from_millis(1))),
-            &|| refused(lock.lock()),
-            &|| refused(manager.retrieve(LockId(1))),
-            &|| refused(manager.held()),
+        type Check<'a> = Box<dyn Fn() -> bool + 'a>;
+        let mut checks: Vec<Check<'_>> = vec![
+            Box::new(|| refused(lock.unlock())),
+            Box::new(|| refused(lock.try_lock())),
+            Box::new(|| refused(lock.try_lock_for(Duration::from_millis(1)))),
+            Box::new(|| refused(lock.lock())),
+            Box::new(|| refused(manager.retrieve(LockId(1)))),
+            Box::new(|| refused(manager.held())),
+            Box::new(|| refused(manager.snapshot())),
         ];
+        if alloc {
+            checks.push(Box::new(|| refused(lock.free())));
+            checks.push(Box::new(|| refused(manager.allocate())));
+            checks.push(Box::new(|| {
+                refused(manager.allocate_and_retrieve(LockId(5)))
+            }));
+            checks.push(Box::new(|| refused(manager.free_all())));
+            checks.push(Box::new(|| refused(manager.available())));
+        }
+        // A manager of the child's own is another owner: the parent's lock is held.
+        checks.push(Box::new(|| {
+            ctx.open()
+                .and_then(|own| own.retrieve(LockId(0)))
+                .is_ok_and(|own| matches!(own.try_lock(), Ok(None)))
+        }));
         checks
             .iter()
             .position(|check| !check())
@@ -522,13 +545,20 @@ pub fn an_inherited_manager_is_refused_in_a_forked_child<B: Backend>(ctx: &Ctx<'
     })?;
     ensure!(
         status == Some(0),
-        "in the forked child, check {status:?} was not refused (None: the child hung)"
+        "in the forked child, check {status:?} failed (None: the child hung)"
     );
     let other = ctx.second_owner(&manager)?;
     ensure!(
         other.retrieve(LockId(0))?.try_lock()?.is_none(),
         "the parent's lock was let go by its forked child"
     );
+    if alloc {
+        ensure_err!(
+            other.allocate_and_retrieve(LockId(0)),
+            Error::AlreadyAllocated(_),
+            "the parent's allocation was freed by its forked child"
+        );
+    }
     lock.unlock()?;
     Ok(())
 }
