@@ -457,6 +457,7 @@ impl Manager for EtcdTable {
     /// checks for a deadlock (default 1 s); zero turns detection off. Applies to waits already
     /// under way from their next check.
     fn set_deadlock_timeout(&self, timeout: Duration) -> Result<()> {
+        self.shared.ctx.usable()?;
         self.deadlock_ms
             .store(timeout_ms(timeout), Ordering::Relaxed);
         Ok(())

@@ -522,7 +522,16 @@ pub fn an_inherited_manager_is_refused_in_a_forked_child<B: Backend>(ctx: &Ctx<'
             Box::new(|| refused(manager.retrieve(LockId(1)))),
             Box::new(|| refused(manager.held())),
             Box::new(|| refused(manager.snapshot())),
+            Box::new(|| refused(lock.guard())),
         ];
+        if let Some(inspect) = ctx.backend.as_inspect(&lock) {
+            checks.push(Box::new(move || refused(inspect.holder())));
+        }
+        if ctx.has(Capabilities::DEADLOCK) {
+            checks.push(Box::new(|| {
+                refused(manager.set_deadlock_timeout(Duration::from_secs(1)))
+            }));
+        }
         if alloc {
             checks.push(Box::new(|| refused(lock.free())));
             checks.push(Box::new(|| refused(manager.allocate())));
