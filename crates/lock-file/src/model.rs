@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 use loom::thread;
 
-use crate::wake::{Job, Next, Sys, Table, Waker};
+use crate::wake::{Job, Next, Sys, Table, Ticket, Waker};
 
 /// Preemptions explored per execution: enough for every defect below, small enough that all the
 /// checks take seconds.
@@ -496,9 +496,20 @@ fn model_planted_bug_child() {
 /// interrupted, no signal reaches the thread after its `disarm` returned, and `disarm` says the
 /// timer fired exactly when a signal was sent.
 fn no_signal_after_disarm<const P: u8>(world: &Arc<World>, waker: &Arc<Waker<ModelSys<P>>>) {
+    one_wait(world, waker, || waker.arm(world.now()));
+}
+
+/// One wait of thread 0 while the lock is let go: `arm` arms its timer, then the thread blocks
+/// in `flock` and disarms; `disarm` must say "fired" exactly when a signal was sent. Returns the
+/// signals sent.
+fn one_wait<const P: u8>(
+    world: &Arc<World>,
+    waker: &Arc<Waker<ModelSys<P>>>,
+    arm: impl FnOnce() -> Ticket,
+) -> u32 {
     let holder = holder(world);
     let me = world.begin(0);
-    let ticket = waker.arm(world.now());
+    let ticket = arm();
     world.flock(me);
     let fired = waker.disarm(ticket);
     let (sent, _) = world.end(me);
@@ -508,6 +519,7 @@ fn no_signal_after_disarm<const P: u8>(world: &Arc<World>, waker: &Arc<Waker<Mod
         "disarm said fired {fired} with {sent} signals sent"
     );
     join(holder);
+    sent
 }
 
 /// P1: no signal reaches a thread after its `disarm` returned, and `fired` is exact.
@@ -588,19 +600,9 @@ fn model_a_job_answering_after_disarm_signals_nobody() {
     check_then::<REAL, u32>(
         PREEMPTIONS,
         |world, waker| {
-            let holder = holder(world);
-            let me = world.begin(0);
-            let ticket = waker.arm_job(world.now(), job(world, |_| Next::Signal));
-            world.flock(me);
-            let fired = waker.disarm(ticket);
-            let (sent, _) = world.end(me);
-            assert_eq!(
-                fired,
-                sent > 0,
-                "disarm said fired {fired} with {sent} sent"
-            );
-            join(holder);
-            sent
+            one_wait(world, waker, || {
+                waker.arm_job(world.now(), job(world, |_| Next::Signal))
+            })
         },
         move |world, sent| {
             // The job ran and answered `Signal`, but nothing was sent: its answer was dropped.
