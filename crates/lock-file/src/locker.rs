@@ -379,9 +379,7 @@ impl Locker for FileLocker {
     fn lock(&self) -> Result<Acquired> {
         let slot = &*self.slot;
         let shared = &*self.shared;
-        if lockyard_fork::current() != shared.forks {
-            return Err(shared.forked());
-        }
+        shared.usable()?;
         let mut state = slot.state();
         if state.phase == Phase::Idle {
             // A claimed record: another owner holds the lock (or died holding it). Go straight
@@ -403,9 +401,7 @@ impl Locker for FileLocker {
     #[inline(always)]
     fn try_lock(&self) -> Result<Option<Acquired>> {
         let slot = &*self.slot;
-        if lockyard_fork::current() != self.shared.forks {
-            return Err(self.shared.forked());
-        }
+        self.shared.usable()?;
         let mut state = slot.state();
         if state.phase != Phase::Idle {
             return Ok(None);
@@ -429,9 +425,7 @@ impl Locker for FileLocker {
     #[inline(always)]
     fn unlock(&self) -> Result<()> {
         let slot = &*self.slot;
-        if lockyard_fork::current() != self.shared.forks {
-            return Err(self.shared.forked());
-        }
+        self.shared.usable()?;
         let mut state = slot.state();
         if state.phase != Phase::Held {
             return Err(Error::NotHeld(self.id()));

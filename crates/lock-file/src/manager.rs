@@ -225,7 +225,7 @@ impl Shared {
     /// shares its parent's open file descriptions, so a `flock` would not exclude the parent
     /// (the child would take a lock its parent holds at once) and an unlock would release the
     /// parent's. One relaxed load and a compare, on every operation.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn usable(&self) -> Result<()> {
         if lockyard_fork::current() != self.forks {
             return Err(self.forked());
@@ -236,7 +236,7 @@ impl Shared {
     /// The error of an operation in a forked child ([`usable`](Self::usable)).
     #[cold]
     #[inline(never)]
-    pub(crate) fn forked(&self) -> Error {
+    fn forked(&self) -> Error {
         Error::invalid(format!(
             "this manager of lock-file store {} was opened by process {} and inherited across \
              fork(2) by process {}; a forked child shares its parent's open files, hence its \
