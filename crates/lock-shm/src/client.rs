@@ -8,7 +8,7 @@
 //! current one belongs to an earlier, dead, owner of the slot.
 //!
 //! Slot record (128 bytes): `u32` generation, `u32` pid, `u32` death word, `u32` unlisted waits,
-//! then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
+//! `u32` life word (life.rs) and 12 reserved bytes, then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
 //! [`HELD`] set for a hold record; 4 reserved bytes; `u64` unix milliseconds when the wait, or
 //! the hold, began).
 //!
@@ -57,7 +57,11 @@
 //!
 //! A probe checks the OFD lock first, then the generation: a slot byte that is unlocked proves
 //! the owner dead (a live owner holds it all its life), and a generation that moved on proves it
-//! too, since only a slot's current holder changes it and only upwards. A new owner caught
+//! too, since only a slot's current holder changes it and only upwards. Before either, it reads
+//! the death word, then the generation, then the life word: a death word naming the token's
+//! generation, or `FUTEX_OWNER_DIED` in the life word of a slot still at that generation, proves
+//! the owner dead without a system call (life.rs says why the life word cannot name an earlier
+//! owner's death). A new owner caught
 //! between its lock and its generation store makes a dead owner look alive for one probe; the
 //! next probe sees the truth. A live owner never looks dead.
 
@@ -81,14 +85,16 @@ const PID: usize = 4;
 const DEATH: usize = 8;
 /// Offset of the count of waits that found no free entry.
 const UNLISTED: usize = 12;
+/// Offset of the life word (life.rs), in native byte order.
+const LIFE: usize = 16;
 /// Offset of the first waiter entry.
-const ENTRIES: usize = 16;
+const ENTRIES: usize = 32;
 /// Bytes per waiter entry.
 const ENTRY_SIZE: usize = 16;
 /// Offset of the since field within an entry.
 const ENTRY_SINCE: usize = 8;
 /// Waiter entries per slot.
-pub(crate) const WAIT_ENTRIES: usize = 7;
+pub(crate) const WAIT_ENTRIES: usize = 6;
 const _: () =
     assert!(ENTRIES + WAIT_ENTRIES * ENTRY_SIZE <= crate::layout::CLIENT_SLOT_SIZE as usize);
 
@@ -141,8 +147,15 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(
                     .store(0, Relaxed);
             }
             seg.u32(off + UNLISTED)?.store(0, Relaxed);
+            // Not armed until this owner's sentinel arms it (life.rs): the previous owner's
+            // death must not be read as this one's.
+            let life = seg.u32(off + LIFE)?;
+            life.futex_word().store(0, Relaxed);
             generation_word.store(generation, Release);
             seg.u32(off + PID)?.store(std::process::id(), Release);
+            // A watcher still asleep on the previous owner's word (a death the kernel never
+            // marked: a damaged word) finds the slot claimed again.
+            crate::futex::wake_all(life)?;
             return Ok((slot, generation));
         }
     }
@@ -169,6 +182,15 @@ pub(crate) fn death_word<'a>(seg: &'a Segment, layout: &Layout, slot: u32) -> Re
     seg.u32(layout.slot_offset(slot) + DEATH)
 }
 
+/// The life word of `slot` (life.rs): armed by its owner's sentinel, marked by the kernel when
+/// the sentinel goes.
+pub(crate) fn life_word<'a>(seg: &'a Segment, layout: &Layout, slot: u32) -> Result<&'a Le32> {
+    if slot >= CLIENT_SLOTS {
+        return Err(Error::corrupt(format!("client slot {slot} does not exist")));
+    }
+    seg.u32(layout.slot_offset(slot) + LIFE)
+}
+
 /// Records that the owner of generation `generation` of `slot` is dead and wakes every waiter
 /// sleeping on the slot's death word. The caller proved it: it holds a lock on the slot's byte
 /// (so nobody holds the slot) and read `generation` under that lock. Generation 0 (never
@@ -190,8 +212,8 @@ pub(crate) fn announce_death(
 }
 
 /// Whether the owner named by `owner` (a token other than this manager's) is known gone from
-/// shared memory alone: its slot's death word names its generation, or the slot's generation
-/// moved on. `false` means "alive, or dead without anyone having said so yet". Token 0 (a word
+/// shared memory alone: its slot's death word names its generation, the slot's generation moved
+/// on, or its life word says `FUTEX_OWNER_DIED` (read after the generation: module docs). `false` means "alive, or dead without anyone having said so yet". Token 0 (a word
 /// holding only the waiters bit) names nobody and is dead.
 pub(crate) fn owner_known_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
     let (slot, generation) = decode(owner);
@@ -202,7 +224,11 @@ pub(crate) fn owner_known_dead(seg: &Segment, layout: &Layout, owner: u32) -> Re
     if death_word(seg, layout, slot)?.load(Acquire) == generation {
         return Ok(true);
     }
-    Ok(seg.u32(layout.slot_offset(slot))?.load(Acquire) != generation)
+    if seg.u32(layout.slot_offset(slot))?.load(Acquire) != generation {
+        return Ok(true);
+    }
+    let life = life_word(seg, layout, slot)?.futex_word().load(Acquire);
+    Ok(life & crate::life::OWNER_DIED != 0)
 }
 
 /// Whether the owner named by `owner` (a token other than this manager's) is gone: known dead
@@ -382,7 +408,7 @@ pub(crate) fn view(seg: &Segment, layout: &Layout, slot: u32) -> Result<SlotView
 }
 
 /// When the hold of lock `id` by the owner of `slot` began, if its owner recorded it (a hold
-/// taken after waiting), in unix milliseconds. Reads the seven entries and nothing else.
+/// taken after waiting), in unix milliseconds. Reads the six entries and nothing else.
 pub(crate) fn hold_since(
     seg: &Segment,
     layout: &Layout,

@@ -16,7 +16,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"LKYDSHM\0";
 /// each slot a death word that waiters sleep on (watch.rs). A process of another version would
 /// ignore what this one publishes (a version 3 waiter would never be woken by a death, a version
 /// 3 claimer would not announce one), so the versions never share a segment.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 /// Bytes reserved for the header; the client table starts here.
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Bytes per lock word.

@@ -5,6 +5,7 @@ mod bitmap;
 mod client;
 mod futex;
 mod layout;
+mod life;
 mod lockword;
 mod manager;
 #[cfg(test)]

@@ -26,6 +26,7 @@ use crate::bitmap::Bitmap;
 use crate::client;
 use crate::futex;
 use crate::layout::{Layout, field};
+use crate::life::Sentinel;
 use crate::segment::{self, Le32, Segment, SlotLock};
 use crate::wait::LockWaiter;
 use crate::watch::Watchers;
@@ -40,6 +41,10 @@ pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     pub(crate) seg: Segment,
     pub(crate) layout: Layout,
+    /// The thread whose exit marks this manager's life word (life.rs), if one could be started.
+    /// Declared before `slot_lock`, so a dropped manager's death is told before its slot goes.
+    #[allow(dead_code, reason = "held for its thread, stopped when it is dropped")]
+    sentinel: Option<Sentinel>,
     /// The description that holds this manager's client slot (not mapped: segment.rs). Never
     /// read: it is held so that dropping the manager releases the slot.
     #[allow(
@@ -72,10 +77,13 @@ impl Shared {
         let slot_lock = seg.slot_description()?;
         let watchers = Watchers::new(&seg, &layout)?;
         let (slot, generation) = client::claim(&seg, &layout, &slot_lock)?;
+        // Armed before any lock word can hold this manager's token.
+        let sentinel = Sentinel::start(Arc::clone(&watchers), slot, forks);
         let epoch = seg.u64(field::EPOCH)?.load(Relaxed);
         let shared = Shared {
             seg,
             layout,
+            sentinel,
             slot_lock,
             watchers,
             name: name.to_owned(),

@@ -37,7 +37,7 @@
 //! A waiter past its deadlock timeout builds the part of the wait-for graph it can reach: the
 //! lock it waits for, that lock's holder, the waits that holder lists in its slot, their holders,
 //! and so on (dead holders are no edge). When the holder of its lock waits for nothing, which is
-//! the common case for a long wait, the check reads the lock word and the holder's seven entries
+//! the common case for a long wait, the check reads the lock word and the holder's six entries
 //! and stops there: no probe, no allocation, no lock, no scan of the lock words. Only when [`lock_api::find_cycle`] finds a cycle through this wait does the
 //! waiter take the segment's detection lock (a lock word in the header, owner-death safe like the
 //! allocation lock), read the graph again twice, and, when the cycle is still there, withdraw its

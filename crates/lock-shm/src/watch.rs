@@ -1,5 +1,10 @@
 //! Watcher threads: a waiter learns of its holder's death when it happens.
 //!
+//! An owner that armed its slot's life word (life.rs) is watched there: the watcher sleeps on
+//! the word, and the kernel wakes it early in the owner's exit, before the owner's memory is
+//! torn down. The watcher then announces the death exactly as below. Owners without a life word
+//! (no sentinel thread could be started) are watched through their OFD lock:
+//!
 //! A live owner holds an exclusive OFD lock on its client slot's byte for its whole life, and the
 //! kernel drops it when the owner's open file description goes away, whatever killed the
 //! process, in whatever pid namespace. A watcher is a thread that asks for a *shared* OFD lock on
@@ -33,6 +38,7 @@ use lock_api::Result;
 
 use crate::client;
 use crate::layout::Layout;
+use crate::life::{self, Watched};
 use crate::segment::Segment;
 
 /// Stack of a watcher thread: it only makes a few system calls.
@@ -89,30 +95,63 @@ impl Watchers {
         true
     }
 
+    /// The life word of `slot`, in this registry's mapping (which the sentinel keeps alive).
+    pub(crate) fn life(&self, slot: u32) -> Result<&crate::segment::Le32> {
+        client::life_word(&self.seg, &self.layout, slot)
+    }
+
     /// Whether a watcher failed: waits of this manager poll instead of relying on watchers.
     pub(crate) fn failed(&self) -> bool {
         self.failed.load(Relaxed)
     }
 
-    /// A watcher thread: waits for the slot's owner to go, then announces it.
+    /// A watcher thread: waits for the slot's owner to go, then announces it. It waits on the
+    /// owner's life word when the owner armed one (life.rs: the kernel marks it early in the
+    /// owner's exit), on the slot's OFD lock otherwise.
     fn run(&self, slot: u32) {
         let off = self.layout.slot_offset(slot);
-        let granted = self.seg.ofd_read_lock_wait(off);
-        // Leave the registry first (module docs): a wait that begins after this starts its own
-        // watcher.
+        let life = self.seg.u32(off).and_then(|generation| {
+            let life = client::life_word(&self.seg, &self.layout, slot)?;
+            life::watch(&life::Slot { generation, life })
+        });
+        match life {
+            Ok(Watched::Died(generation)) => {
+                self.leave(slot);
+                let _ = client::announce_death(&self.seg, &self.layout, slot, generation);
+            }
+            // The claimer announced the death of the owner this watcher was started for.
+            Ok(Watched::Reclaimed) => self.leave(slot),
+            Ok(Watched::Unarmed) => self.watch_ofd(slot, off),
+            Err(_) => self.fail(slot),
+        }
+    }
+
+    /// Leaves the registry (module docs): a wait that begins after this starts its own watcher.
+    fn leave(&self, slot: u32) {
         self.active
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&slot);
+    }
+
+    /// No announcement can come from this watcher. Wakes the slot's sleepers without a death:
+    /// they find the registry failed and poll instead (wait.rs).
+    fn fail(&self, slot: u32) {
+        self.leave(slot);
+        self.failed.store(true, Relaxed);
+        if let Ok(word) = client::death_word(&self.seg, &self.layout, slot) {
+            let _ = crate::futex::wake_all(word);
+        }
+    }
+
+    /// Waits for the slot's OFD lock (the owner armed no life word), then announces.
+    fn watch_ofd(&self, slot: u32, off: usize) {
+        let granted = self.seg.ofd_read_lock_wait(off);
         if granted.is_err() {
-            // No lock, no announcement. Wake this slot's sleepers without a death: they find the
-            // registry failed and poll instead (wait.rs).
-            self.failed.store(true, Relaxed);
-            if let Ok(word) = client::death_word(&self.seg, &self.layout, slot) {
-                let _ = crate::futex::wake_all(word);
-            }
+            self.fail(slot);
             return;
         }
+        self.leave(slot);
         let announced = self.seg.u32(off).and_then(|generation| {
             client::announce_death(&self.seg, &self.layout, slot, generation.load(Acquire))
         });

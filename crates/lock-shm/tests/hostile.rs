@@ -143,12 +143,13 @@ fn truncated_and_resized_files_are_refused() {
 }
 
 /// A segment of another format version is Incompatible, versions 1 (which wrapped slot
-/// generations), 2 (which had no waiter entries) and 3 (which had no death words) included.
+/// generations), 2 (which had no waiter entries), 3 (which had no death words) and 4 (which had
+/// no life words) included.
 #[test]
 fn other_version_is_incompatible() {
     let n = Name::new("version");
     drop(ShmManager::create(&n.0, CAPACITY).unwrap());
-    for v in [0u32, 1, 2, 3, 5, 99, u32::MAX] {
+    for v in [0u32, 1, 2, 3, 4, 6, 99, u32::MAX] {
         n.write_at(8, &v.to_le_bytes());
         let r = ShmManager::open(&n.0);
         assert!(

@@ -152,7 +152,7 @@ fn a_hold_record_dates_only_its_hold() -> TrialResult {
     waiter.finish(STEP).map_err(|e| e.to_string())
 }
 
-/// A manager whose seven entries all record holds taken after waiting still lists its next
+/// A manager whose six entries all record holds taken after waiting still lists its next
 /// wait: a hold record gives its entry up.
 fn hold_records_give_way_to_a_wait() -> TrialResult {
     let segment = Segment::new("evict");
@@ -225,7 +225,7 @@ fn waiters_leave_the_snapshot_when_their_wait_ends() -> TrialResult {
     quitter.finish(STEP).map_err(|e| e.to_string())
 }
 
-/// A manager with more waiting threads than its slot has entries lists seven of them, counts the
+/// A manager with more waiting threads than its slot has entries lists six of them, counts the
 /// rest, and every thread acquires in turn once the holder releases.
 fn more_waiting_threads_than_entries() -> TrialResult {
     let segment = Segment::new("threads");
@@ -244,8 +244,8 @@ fn more_waiting_threads_than_entries() -> TrialResult {
         })
         .collect();
     let me = std::process::id();
-    let s = until(&waiters, 3, "seven listed waiters", |s| {
-        s.is_some_and(|s| s.waiters.iter().filter(|w| w.pid == Some(me)).count() == 7)
+    let s = until(&waiters, 3, "six listed waiters", |s| {
+        s.is_some_and(|s| s.waiters.iter().filter(|w| w.pid == Some(me)).count() == 6)
     })?;
     let listed = s.ok_or("no state")?.waiters.len();
     send(&mut holder, "unlock 3")?;
@@ -255,8 +255,8 @@ fn more_waiting_threads_than_entries() -> TrialResult {
             .map_err(|_| "a waiting thread panicked".to_string())?
             .map_err(e2s)?;
     }
-    if listed != 7 {
-        return Err(format!("{listed} waiters listed, expected 7"));
+    if listed != 6 {
+        return Err(format!("{listed} waiters listed, expected 6"));
     }
     until(&waiters, 3, "every waiter gone", |s| s.is_none())?;
     holder.finish(STEP).map_err(|e| e.to_string())

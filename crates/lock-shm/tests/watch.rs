@@ -17,6 +17,10 @@ use common::{CAPACITY, STEP, Segment, TrialResult, client, e2s, expect, send};
 const SLOTS_AT: u64 = 256;
 const SLOT_SIZE: u64 = 128;
 const DEATH: u64 = 8;
+/// The life word (native byte order) and its `FUTEX_OWNER_DIED` bit and thread id bits.
+const LIFE: u64 = 16;
+const OWNER_DIED: u32 = 0x4000_0000;
+const TID: u32 = 0x3fff_ffff;
 
 impl Segment {
     /// The u32 at `off` of the segment file.
@@ -27,6 +31,12 @@ impl Segment {
         f.read_exact_at(&mut b, off)
             .map_err(|e| format!("read segment file: {e}"))?;
         Ok(u32::from_le_bytes(b))
+    }
+
+    /// Client slot `slot`'s life word.
+    fn life(&self, slot: u32) -> Result<u32, String> {
+        let le = self.u32_at(SLOTS_AT + SLOT_SIZE * u64::from(slot) + LIFE)?;
+        Ok(u32::from_ne_bytes(le.to_le_bytes()))
     }
 
     /// Client slot `slot`'s generation and death word.
@@ -108,6 +118,51 @@ fn a_watched_holders_death_is_announced_and_taken_over() -> TrialResult {
         return Err(format!(
             "slot {s}: generation {generation}, death word {death}; expected both {g}"
         ));
+    }
+    send(&mut waiter, "unlock 1")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())
+}
+
+/// The kernel tells a holder's death through the holder's life word, early in its exit: a
+/// holder killed while a forked child of it still keeps its client slot's lock open (the OFD
+/// lock, the only sign of life before the life word) is taken over at once as `OwnerDied`.
+/// Before the life word, the waiter slept until the child exited, 60 s later.
+fn a_dead_holder_is_told_by_its_life_word() -> TrialResult {
+    let segment = Segment::new("life");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut holder = client(&segment)?;
+    send(&mut holder, "slot")?;
+    let slot: u32 = expect(&mut holder, "slot")?
+        .parse()
+        .map_err(|_| "bad slot")?;
+    let armed = segment.life(slot)?;
+    send(&mut holder, "lock 1")?;
+    expect(&mut holder, "locked clean")?;
+    send(&mut holder, "keep 60000")?;
+    let keeper: i32 = expect(&mut holder, "kept")?
+        .parse()
+        .map_err(|_| "bad pid")?;
+    let mut waiter = client(&segment)?;
+    send(&mut waiter, "wait 1 60000")?;
+    until("the waiter", || waits(&manager, 1, waiter.pid()))?;
+    holder.sigkill().map_err(|e| e.to_string())?;
+    let taken = expect(&mut waiter, "locked");
+    let life = segment.life(slot);
+    // The keeper holds the dead holder's descriptors: end it whatever happened.
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).ok_or("pid 0")?,
+        rustix::process::Signal::KILL,
+    );
+    if taken? != "owner-died" {
+        return Err("the dead holder's lock was not reported as owner-died".into());
+    }
+    if armed & TID == 0 || armed & OWNER_DIED != 0 {
+        return Err(format!("a live owner's life word was {armed:#x}"));
+    }
+    let life = life?;
+    if life & OWNER_DIED == 0 {
+        return Err(format!("the dead owner's life word is {life:#x}"));
     }
     send(&mut waiter, "unlock 1")?;
     expect(&mut waiter, "unlocked")?;
@@ -216,7 +271,11 @@ fn a_lingering_watcher_keeps_no_slot_alive() -> TrialResult {
 }
 
 fn main() -> ExitCode {
-    let trials: [common::Trial; 4] = [
+    let trials: [common::Trial; 5] = [
+        (
+            "a_dead_holder_is_told_by_its_life_word",
+            a_dead_holder_is_told_by_its_life_word,
+        ),
         (
             "a_watched_holders_death_is_announced_and_taken_over",
             a_watched_holders_death_is_announced_and_taken_over,

@@ -6,6 +6,7 @@
 //! `ChildProcess`, which SIGKILLs and reaps them on drop; every wait is bounded, and every trial
 //! removes its segment.
 #![allow(dead_code)] // reason: each test binary uses a different part of this module
+#![allow(unsafe_code)] // reason: the `keep` command forks a child that sleeps, with libc::fork
 
 use std::io::BufRead;
 use std::process::{Command, ExitCode};
@@ -90,7 +91,8 @@ pub(crate) fn env(name: &str) -> Result<String, String> {
 /// Role: opens the segment, prints `slot N`, then obeys commands until stdin EOF: `slot`
 /// (prints `slot N` again), `lock ID` (`locked clean|owner-died`), `unlock ID` (`unlocked`),
 /// `wait ID MS` (try_lock_for; `locked ...`, `timeout` or `deadlock N`), `deadlock MS` (sets
-/// the timeout; prints `deadlock-timeout MS|none`).
+/// the timeout; prints `deadlock-timeout MS|none`), `keep MS` (forks a child that only sleeps
+/// MS ms, keeping every descriptor of this process open meanwhile; prints `kept PID`).
 fn client_role() -> TrialResult {
     let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(e2s)?;
     println!("slot {}", manager.client_slot());
@@ -140,11 +142,34 @@ fn client_role() -> TrialResult {
                     None => "deadlock-timeout none".to_owned(),
                 }
             }
+            "keep" => format!("kept {}", keep(Duration::from_millis(number(1)?))?),
             other => return Err(format!("unknown command {other:?}")),
         };
         println!("{reply}");
     }
     Ok(())
+}
+
+/// Forks a child that sleeps for `time` and exits: it inherits, and so keeps open, every open
+/// file description of this process, the manager's client slot lock among them.
+fn keep(time: Duration) -> Result<u32, String> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(time.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(time.subsec_millis() as u16) * 1_000_000,
+    };
+    // SAFETY: the child only calls async-signal-safe functions (nanosleep, _exit), so forking a
+    // threaded process is sound.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            // SAFETY: as above.
+            unsafe {
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::_exit(0)
+            }
+        }
+        pid => u32::try_from(pid).map_err(|e| e.to_string()),
+    }
 }
 
 /// The test binary's `main`: in a child process the role it was started as (`client` or one of
