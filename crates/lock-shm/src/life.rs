@@ -50,8 +50,9 @@
 //! A watcher reads the generation `g`, then the life word, then the generation again. The first
 //! read (`Acquire`) sees the claimer's store of `g`, so the life word read after it is the
 //! claimer's 0 or something later: never a previous owner's death. If the generation still reads
-//! `g` after the life word, the death in it is that of `g`'s owner (a later owner would have
-//! needed a later generation first). The protocol is [`watch`], which the loom model runs
+//! `g` after the life word, the death in it is that of `g`'s owner (a later owner stores its
+//! generation before it arms the word, so a death of a later owner read with `Acquire` would
+//! make the second read see that later generation). The protocol is [`watch`], which the loom model runs
 //! (model.rs, `model_life_*`).
 
 use std::sync::Arc;
@@ -80,8 +81,6 @@ const STACK: usize = 64 * 1024;
 pub(crate) enum Watched {
     /// The owner of this generation died: announce it.
     Died(u32),
-    /// The slot was claimed again: its claimer announced the death of the owner watched.
-    Reclaimed,
     /// The word is not armed: only the OFD lock can tell this owner's death.
     Unarmed,
 }
@@ -115,26 +114,33 @@ pub(crate) trait LifeSys {
     fn wake_all(&self) -> Result<()>;
 }
 
-/// Waits until the owner of the slot's current generation is gone, as the life word tells it
-/// (module docs), and wakes the word's other sleepers when it is. Returns at once with
+/// Waits until the slot's owner is gone, as the life word tells it (module docs), and wakes the
+/// word's other sleepers when it is; returns the generation that died. Returns at once with
 /// [`Watched::Unarmed`] when the word is not armed.
+///
+/// Like a watcher of the OFD lock, it watches the slot, not one generation: if the owner it was
+/// started for is gone and the slot was claimed again before it looked, it watches the new owner
+/// (the claimer announced the old one's death). So it reads the life word between two reads of
+/// the generation, and trusts a death only when both reads agree: then the death is that
+/// generation's (module docs). The same holds for a word marked, reset and armed again with the
+/// same thread id while it slept (a reused thread id): it wakes, and reads again.
 ///
 /// # Errors
 ///
 /// Whatever the futex fails with.
 pub(crate) fn watch<S: LifeSys>(sys: &S) -> Result<Watched> {
-    let watched = sys.generation();
     loop {
+        let generation = sys.generation();
         let life = sys.load();
-        if sys.generation() != watched {
-            return Ok(Watched::Reclaimed);
+        if sys.generation() != generation {
+            continue;
         }
         if life & OWNER_DIED != 0 {
             // The kernel woke one sleeper of the word: this one, or another that wakes the rest.
             if !S::NO_WAKE_ALL {
                 sys.wake_all()?;
             }
-            return Ok(Watched::Died(watched));
+            return Ok(Watched::Died(generation));
         }
         if life & TID == 0 {
             return Ok(Watched::Unarmed);

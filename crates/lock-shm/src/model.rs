@@ -25,6 +25,15 @@
 //!   slot announces its previous owner's death the same way before it bumps the generation.
 //! - Waiters sleep without timeouts and probe in full at every round; the spin phase is skipped
 //!   and deadlines are not modelled (the expiry path is the take-over path once more).
+//! - The life word (life.rs): a sentinel's exit is the kernel's robust-list walk (the word
+//!   becomes `FUTEX_OWNER_DIED` if it holds the sentinel's id, and ONE sleeper is woken if
+//!   `FUTEX_WAITERS` was set); watchers run the production `life::watch`, then announce on the
+//!   death word, or watch the OFD lock when the word is not armed. Every sentinel gets the same
+//!   thread id, as if ids were reused. Checked: every watcher of a dead owner learns of it, a
+//!   waiter is woken through its watcher with the OFD lock still held, and no announcement ever
+//!   names a generation whose sentinel has not exited. Two planted bugs must be caught as
+//!   deadlocks: a watcher that sleeps without setting `FUTEX_WAITERS`, and one that does not
+//!   wake the others.
 
 #![allow(unsafe_code)] // reason: loom's UnsafeCell is read and written through raw pointers
 
@@ -39,6 +48,7 @@ use loom::thread;
 use lock_api::{Acquired, Error, Result};
 
 use crate::client;
+use crate::life::{self, LifeSys, Watched};
 use crate::lockword::{self, OWNER, Sys, Tick, WAITERS, Word};
 
 /// Preemptions explored per execution: enough for every defect below, small enough that all the
@@ -58,11 +68,12 @@ fn check_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
 /// Client slots `0..SLOTS`.
 const SLOTS: usize = 4;
 
-/// A futex of the world: the lock word, or a slot's death word.
+/// A futex of the world: the lock word, a slot's death word, or a slot's life word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
     Word,
     Death(usize),
+    Life(usize),
 }
 
 /// One sleeper in the kernel's futex queue.
@@ -79,11 +90,15 @@ struct Queue {
     next: usize,
 }
 
-/// A client slot: its OFD lock (kernel state), its generation and its death word.
+/// A client slot: its OFD lock (kernel state), its generation, its death word and its life word
+/// (life.rs; 0, not armed, unless a check arms it).
 struct Slot {
     locked: AtomicBool,
     generation: AtomicU32,
     death: AtomicU32,
+    life: AtomicU32,
+    /// The last generation whose sentinel exited (what a life-word announcement may name).
+    exited: AtomicU32,
 }
 
 /// One lock word, the client slots of the owners that use it, and the futex queue.
@@ -109,6 +124,8 @@ impl World {
                 locked: AtomicBool::new(live.contains(&(s as u32))),
                 generation: AtomicU32::new(u32::from(live.contains(&(s as u32)))),
                 death: AtomicU32::new(0),
+                life: AtomicU32::new(0),
+                exited: AtomicU32::new(0),
             }),
             futex: Mutex::new(Queue::default()),
             wakeups: Condvar::new(),
@@ -131,6 +148,7 @@ impl World {
         match key {
             Key::Word => &self.word,
             Key::Death(slot) => &self.slots[slot].death,
+            Key::Life(slot) => &self.slots[slot].life,
         }
     }
 
@@ -188,10 +206,10 @@ impl World {
         if generation == 0 || s.death.load(Acquire) == generation {
             return true;
         }
-        if s.generation.load(Acquire) != generation || !s.locked.load(SeqCst) {
+        if s.generation.load(Acquire) != generation {
             return true;
         }
-        false
+        s.life.load(Acquire) & life::OWNER_DIED != 0 || !s.locked.load(SeqCst)
     }
 
     /// Announces the death of `slot`'s owner of `generation` (client::announce_death).
@@ -801,4 +819,268 @@ fn model_allocation_lock_repairs_after_a_dead_holder() {
         );
         assert_eq!(world.load(SeqCst), 0);
     });
+}
+
+// The life word (life.rs): the kernel marks it at the start of the owner's exit.
+
+/// The sentinel thread id the life-word checks arm slots with: every owner's sentinel gets the
+/// same one, as if thread ids were reused, the hardest case for a watcher (life.rs, [`watch`]).
+///
+/// [`watch`]: life::watch
+const SENTINEL: u32 = 7;
+
+impl World {
+    /// Arms `slot`'s life word as its owner's sentinel does.
+    fn arm(&self, slot: u32) {
+        self.slots[slot as usize].life.store(SENTINEL, Release);
+    }
+
+    /// The sentinel of `slot`'s owner exits: the kernel walks its robust list (handle_futex_death
+    /// in kernel/futex/core.c): if the word holds the thread's id, it becomes `FUTEX_OWNER_DIED`,
+    /// keeping `FUTEX_WAITERS`, and if that bit was set ONE sleeper is woken. Nothing else: the
+    /// OFD lock goes later ([`World::die`]). Records the generation that died in `exited`.
+    fn sentinel_exits(&self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        s.exited.store(s.generation.load(SeqCst), SeqCst);
+        let mut v = s.life.load(SeqCst);
+        loop {
+            if v & life::TID != SENTINEL {
+                return;
+            }
+            match s.life.compare_exchange(
+                v,
+                life::OWNER_DIED | (v & life::SLEEPERS),
+                SeqCst,
+                SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        if v & life::SLEEPERS != 0 {
+            self.futex_wake(Key::Life(slot as usize), 1);
+        }
+    }
+
+    /// A watcher of `slot` as watch.rs runs it: [`life::watch`], then the announcement a death
+    /// gets, which must name a generation whose sentinel has exited; or, when the word is not
+    /// armed, the OFD watcher ([`World::watch`]). Returns what the life word said.
+    fn watch_life<const NO_BIT: bool, const NO_WAKE: bool>(&self, slot: u32) -> Watched {
+        let sys = LifeView::<NO_BIT, NO_WAKE> { world: self, slot };
+        let watched = life::watch(&sys).expect("the modelled futex does not fail");
+        match watched {
+            Watched::Died(generation) => {
+                assert!(
+                    generation <= self.slots[slot as usize].exited.load(SeqCst),
+                    "the death of generation {generation}, which lives, was announced"
+                );
+                self.announce(slot, generation);
+            }
+            Watched::Unarmed => self.watch(slot),
+        }
+        watched
+    }
+
+    /// A new owner claims `slot` as client::claim does, with the life word reset before the
+    /// generation and its sleepers woken after; its sentinel then arms the word again.
+    fn claim_armed(&self, slot: u32) -> u32 {
+        let s = &self.slots[slot as usize];
+        {
+            let _ofd = self.ofd.lock().unwrap_or_else(|e| e.into_inner());
+            s.locked.store(true, SeqCst);
+        }
+        let previous = s.generation.load(Acquire);
+        self.announce(slot, previous);
+        s.life.store(0, Relaxed);
+        let generation = previous + 1;
+        s.generation.store(generation, Release);
+        self.futex_wake(Key::Life(slot as usize), usize::MAX);
+        self.arm(slot);
+        client::token(slot, generation)
+    }
+}
+
+/// The life word of one slot as [`life::watch`] sees it; `NO_BIT` and `NO_WAKE` plant bugs (a)
+/// and (b) of [`LifeSys`].
+struct LifeView<'a, const NO_BIT: bool, const NO_WAKE: bool> {
+    world: &'a World,
+    slot: u32,
+}
+
+impl<const NO_BIT: bool, const NO_WAKE: bool> LifeSys for LifeView<'_, NO_BIT, NO_WAKE> {
+    const NO_SLEEPERS_BIT: bool = NO_BIT;
+    const NO_WAKE_ALL: bool = NO_WAKE;
+
+    fn generation(&self) -> u32 {
+        self.world.slots[self.slot as usize]
+            .generation
+            .load(Acquire)
+    }
+
+    fn mark(&self, seen: u32) -> u32 {
+        let word = &self.world.slots[self.slot as usize].life;
+        match word.compare_exchange(seen, seen | life::SLEEPERS, Relaxed, Acquire) {
+            Ok(_) => seen | life::SLEEPERS,
+            Err(now) => now,
+        }
+    }
+
+    fn wait(&self, expected: u32) -> Result<()> {
+        self.world
+            .futex_wait([Some((Key::Life(self.slot as usize), expected)), None]);
+        Ok(())
+    }
+
+    fn load(&self) -> u32 {
+        self.world.slots[self.slot as usize].life.load(Acquire)
+    }
+
+    fn wake_all(&self) -> Result<()> {
+        self.world
+            .futex_wake(Key::Life(self.slot as usize), usize::MAX);
+        Ok(())
+    }
+}
+
+/// Two watchers (of two other processes) sleep on the life word of a holder that dies. The
+/// kernel wakes one of them; both must learn of the death (the one woken wakes the other) and
+/// announce it. `NO_BIT` and `NO_WAKE` plant bugs (a) and (b): loom then finds a watcher asleep
+/// for ever.
+fn every_life_watcher_learns<const NO_BIT: bool, const NO_WAKE: bool>() {
+    check(|| {
+        let world = World::new(token(1), &[1, 2]);
+        world.arm(1);
+        let watchers: Vec<_> = (0..2)
+            .map(|_| {
+                let world = world.clone();
+                thread::spawn(move || world.watch_life::<NO_BIT, NO_WAKE>(1))
+            })
+            .collect();
+        world.sentinel_exits(1);
+        for w in watchers {
+            assert_eq!(join(w), Watched::Died(1), "a watcher missed the death");
+        }
+    });
+}
+
+#[test]
+fn model_life_word_death_reaches_every_watcher() {
+    every_life_watcher_learns::<false, false>();
+}
+
+/// A waiter sleeps behind a holder whose life word is armed; the holder's sentinel exits, and
+/// only the waiter's life-word watcher hears of it (the OFD lock is not released within the
+/// check). The waiter must take the lock over.
+#[test]
+fn model_life_word_wakes_a_waiter_through_its_watcher() {
+    check(|| {
+        let world = World::new(token(1), &[1, 2]);
+        world.arm(1);
+        let watcher = {
+            let world = world.clone();
+            thread::spawn(move || world.watch_life::<false, false>(1))
+        };
+        let killer = {
+            let world = world.clone();
+            thread::spawn(move || world.sentinel_exits(1))
+        };
+        assert_eq!(
+            lock(&world, token(2)),
+            Acquired::OwnerDied,
+            "the dead holder's lock was not taken over"
+        );
+        assert!(unlock(&world, token(2)));
+        join(killer);
+        assert_eq!(join(watcher), Watched::Died(1));
+    });
+}
+
+/// An armed owner dies and its slot is claimed by a new owner whose sentinel gets the same
+/// thread id; later the new owner dies too. A watcher started at the beginning announces a death
+/// only of a generation whose sentinel has exited (checked in [`World::watch_life`]), whichever
+/// owner it ends up watching (it may meet the word between the claim and the arming: then it
+/// watches the OFD lock), and a probe of the new token finds it alive while it lives.
+#[test]
+fn model_life_word_never_names_a_live_owner() {
+    check(|| {
+        let world = World::new(0, &[1]);
+        world.arm(1);
+        let watcher = {
+            let world = world.clone();
+            thread::spawn(move || world.watch_life::<false, false>(1))
+        };
+        world.sentinel_exits(1);
+        world.die(1);
+        let next = world.claim_armed(1);
+        assert!(
+            !world.dead(next),
+            "the next owner of the slot was judged dead"
+        );
+        world.sentinel_exits(1);
+        world.die(1);
+        join(watcher);
+    });
+}
+
+/// Set in the child processes of [`model_catches_a_life_watcher_without_the_sleepers_bit`] and
+/// [`model_catches_a_life_watcher_that_wakes_no_other`].
+const PLANTED_LIFE_BIT_ENV: &str = "LOCK_SHM_MODEL_PLANTED_LIFE_BIT";
+const PLANTED_LIFE_WAKE_ENV: &str = "LOCK_SHM_MODEL_PLANTED_LIFE_WAKE";
+
+/// Runs the planted child test `child` (of this module) with `env` set, and requires loom to have
+/// reported a deadlock: a watcher asleep for ever.
+fn planted_life_bug_is_caught(child: &str, env: &str, what: &str) {
+    if std::env::var_os(env).is_some() {
+        return;
+    }
+    let (status, text) = lock_conformance::child::run_test_in_child(
+        &format!("model::{child}"),
+        env,
+        std::time::Duration::from_secs(300),
+    )
+    .expect("the planted-bug child");
+    assert!(
+        !status.success() && text.contains("deadlock"),
+        "{what} was not caught as a lost wake-up ({status}): {text}"
+    );
+}
+
+/// Planted bug (a): a watcher that sleeps without setting `FUTEX_WAITERS`, so the kernel wakes
+/// nobody at the death.
+#[test]
+fn model_catches_a_life_watcher_without_the_sleepers_bit() {
+    planted_life_bug_is_caught(
+        "model_planted_life_bit_child",
+        PLANTED_LIFE_BIT_ENV,
+        "a watcher without the sleepers bit",
+    );
+}
+
+/// Planted bug (b): a watcher that learns of the death does not wake the others, and the kernel
+/// woke only one.
+#[test]
+fn model_catches_a_life_watcher_that_wakes_no_other() {
+    planted_life_bug_is_caught(
+        "model_planted_life_wake_child",
+        PLANTED_LIFE_WAKE_ENV,
+        "a watcher that wakes no other",
+    );
+}
+
+/// The planted bug of [`model_catches_a_life_watcher_without_the_sleepers_bit`]; passes
+/// trivially outside its child process.
+#[test]
+fn model_planted_life_bit_child() {
+    if std::env::var_os(PLANTED_LIFE_BIT_ENV).is_some() {
+        every_life_watcher_learns::<true, false>();
+    }
+}
+
+/// The planted bug of [`model_catches_a_life_watcher_that_wakes_no_other`]; passes trivially
+/// outside its child process.
+#[test]
+fn model_planted_life_wake_child() {
+    if std::env::var_os(PLANTED_LIFE_WAKE_ENV).is_some() {
+        every_life_watcher_learns::<false, true>();
+    }
 }

@@ -119,8 +119,6 @@ impl Watchers {
                 self.leave(slot);
                 let _ = client::announce_death(&self.seg, &self.layout, slot, generation);
             }
-            // The claimer announced the death of the owner this watcher was started for.
-            Ok(Watched::Reclaimed) => self.leave(slot),
             Ok(Watched::Unarmed) => self.watch_ofd(slot, off),
             Err(_) => self.fail(slot),
         }
