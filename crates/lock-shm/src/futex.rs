@@ -133,30 +133,24 @@ pub(crate) fn waitv_available() -> bool {
     !NO_WAITV.load(Relaxed)
 }
 
-/// Sleeps while `word` holds `expected` and `other` holds `other_expected`, until either
-/// changes and is woken, or `timeout` passes (`futex_waitv(2)`, both futexes shared). Spurious
-/// returns, a changed value, a timeout and a signal all return `Ok(true)`; `Ok(false)` says that
-/// the kernel has no `futex_waitv` (then nothing slept; the caller falls back to polling).
+/// Sleeps while every word of `words` holds the value given with it, until one changes and is
+/// woken, or `timeout` passes (`futex_waitv(2)`, every futex shared; at most three words). The
+/// values are as the segment stores them (little-endian), like [`wait`]'s. Spurious returns, a
+/// changed value, a timeout and a signal all return `Ok(true)`; `Ok(false)` says that the kernel
+/// has no `futex_waitv` (then nothing slept; the caller falls back to polling).
 ///
 /// # Errors
 ///
 /// `Io` when `futex_waitv(2)` fails otherwise.
-pub(crate) fn wait_either(
-    word: &Le32,
-    expected: u32,
-    other: &Le32,
-    other_expected: u32,
-    timeout: Option<Duration>,
-) -> Result<bool> {
-    let mut waiters = [futex::Wait::new(), futex::Wait::new()];
-    for (w, (atom, value)) in waiters
-        .iter_mut()
-        .zip([(word, expected), (other, other_expected)])
-    {
+pub(crate) fn wait_any(words: &[(&Le32, u32)], timeout: Option<Duration>) -> Result<bool> {
+    let mut waiters = [futex::Wait::new(), futex::Wait::new(), futex::Wait::new()];
+    let n = words.len().min(waiters.len());
+    for (w, (atom, value)) in waiters.iter_mut().zip(words) {
         w.val = u64::from(value.to_le());
         w.uaddr = futex::WaitPtr::new(atom.futex_word().as_ptr().cast());
         w.flags = futex::WaitFlags::SIZE_U32;
     }
+    let waiters = &waiters[..n];
     // The timeout of futex_waitv is absolute, on the clock it is given.
     let deadline = timeout.map(|t| {
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -170,7 +164,7 @@ pub(crate) fn wait_either(
         }
     });
     match futex::waitv(
-        &waiters,
+        waiters,
         futex::WaitvFlags::empty(),
         deadline.as_ref(),
         rustix::time::ClockId::Monotonic,

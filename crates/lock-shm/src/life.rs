@@ -321,38 +321,43 @@ fn run(life: &Le32, stop: &AtomicU32, armed: &std::sync::mpsc::SyncSender<bool>)
         return;
     }
     // One entry, whose futex word is `life`: the entry lives in this thread's heap, the word in
-    // the segment, and the head's offset joins them.
-    let entry = Box::new(RobustList {
+    // the segment, and the head's offset joins them. Both are handed to the kernel as raw
+    // pointers and freed below, after the registration is undone.
+    let entry: *mut RobustList = Box::into_raw(Box::new(RobustList {
         next: std::ptr::null(),
-    });
-    let mut head = Box::new(RobustListHead {
-        list: RobustList {
-            next: std::ptr::null(),
-        },
-        futex_offset: 0,
-        list_op_pending: std::ptr::null(),
-    });
-    let entry_at: *const RobustList = &*entry;
+    }));
     let word_at = life.futex_word().as_ptr() as usize;
-    head.futex_offset = (word_at as libc::c_long).wrapping_sub(entry_at as libc::c_long);
-    head.list.next = entry_at;
-    let head_at: *const RobustListHead = &*head;
-    // SAFETY: the entry is only ever read by the kernel, at this thread's exit; it points back
-    // at the head, closing the list.
+    let head: *mut RobustListHead = Box::into_raw(Box::new(RobustListHead {
+        list: RobustList { next: entry },
+        futex_offset: (word_at as libc::c_long).wrapping_sub(entry as libc::c_long),
+        list_op_pending: std::ptr::null(),
+    }));
+    // SAFETY: `entry` came from `Box::into_raw` above and nothing else refers to it yet. It
+    // points back at the head's list field (the first field of a `repr(C)` struct, so at the
+    // head's address), closing the list.
     unsafe {
-        (*entry_at.cast_mut()).next = head_at.cast::<RobustList>();
+        (*entry).next = head.cast::<RobustList>();
     }
+    let free = || {
+        // SAFETY: both came from `Box::into_raw` above, are freed once, and the kernel no longer
+        // refers to them (never registered, or the registration was undone first).
+        unsafe {
+            drop(Box::from_raw(entry));
+            drop(Box::from_raw(head));
+        }
+    };
     // SAFETY: `head` is a valid `robust_list_head` whose list is closed and whose one entry's
     // word is a 4-byte aligned futex word in a mapping that outlives this thread (the caller's
-    // `Arc`); both boxes outlive the registration, which is undone below before they are freed.
+    // `Arc`); both allocations outlive the registration, which is undone before they are freed.
     let set = unsafe {
         libc::syscall(
             libc::SYS_set_robust_list,
-            head_at,
+            head.cast_const(),
             std::mem::size_of::<RobustListHead>(),
         )
     };
     if set != 0 {
+        free();
         let _ = armed.send(false);
         return;
     }
@@ -367,5 +372,5 @@ fn run(life: &Le32, stop: &AtomicU32, armed: &std::sync::mpsc::SyncSender<bool>)
     unsafe {
         libc::syscall(libc::SYS_set_robust_list, previous, previous_len);
     }
-    drop((entry, head));
+    free();
 }

@@ -79,7 +79,7 @@ enum Key {
 /// One sleeper in the kernel's futex queue.
 struct Sleeper {
     id: usize,
-    keys: [Option<Key>; 2],
+    keys: [Option<Key>; 3],
     woken: bool,
 }
 
@@ -153,7 +153,7 @@ impl World {
     }
 
     /// `futex_waitv`: sleeps until woken if every word still holds what is expected.
-    fn futex_wait(&self, waits: [Option<(Key, u32)>; 2]) {
+    fn futex_wait(&self, waits: [Option<(Key, u32)>; 3]) {
         let mut queue = self.futex.lock().unwrap_or_else(|e| e.into_inner());
         if waits
             .iter()
@@ -276,11 +276,15 @@ impl Word for World {
     }
 }
 
-/// The modelled system a waiter runs on.
+/// The modelled system a waiter runs on: wait.rs's `LockWaiter` without deadlines, deadlock
+/// checks and waiter entries.
 struct ModelSys<'a> {
     world: &'a World,
     /// The planted bug: read the death word at sleep time, after the probe, instead of before.
     late_notice: bool,
+    /// Planted bug (c): a waiter woken with its holder's life word marked does not wake the
+    /// word's other sleepers, although the kernel woke only it.
+    no_life_wake: bool,
 }
 
 impl<'a> ModelSys<'a> {
@@ -288,13 +292,15 @@ impl<'a> ModelSys<'a> {
         ModelSys {
             world,
             late_notice: false,
+            no_life_wake: false,
         }
     }
 }
 
 impl Sys<World> for ModelSys<'_> {
-    /// The holder's slot and its death word as read before the probe.
-    type Seen = (usize, u32);
+    /// The holder's slot, its death word as read before the probe, and its life word when the
+    /// waiter sleeps on it too (armed, `FUTEX_WAITERS` set).
+    type Seen = (usize, u32, Option<u32>);
 
     fn spins(&self) -> u32 {
         0
@@ -307,22 +313,39 @@ impl Sys<World> for ModelSys<'_> {
         }
     }
 
-    fn watch(&mut self, owner: u32) -> Result<(usize, u32)> {
+    fn watch(&mut self, owner: u32) -> Result<(usize, u32, Option<u32>)> {
         let slot = client::decode(owner).0 as usize;
-        let death = self
-            .world
-            .slots
-            .get(slot)
-            .map_or(0, |s| s.death.load(Acquire));
-        Ok((slot, death))
+        let Some(s) = self.world.slots.get(slot) else {
+            return Ok((slot, 0, None));
+        };
+        let death = s.death.load(Acquire);
+        // As wait.rs: set FUTEX_WAITERS in an armed life word, and sleep on it too.
+        let mut now = s.life.load(Acquire);
+        if now & life::TID != 0 && now & (life::OWNER_DIED | life::SLEEPERS) == 0 {
+            now = match s
+                .life
+                .compare_exchange(now, now | life::SLEEPERS, Relaxed, Acquire)
+            {
+                Ok(_) => now | life::SLEEPERS,
+                Err(v) => v,
+            };
+        }
+        let life = (now & life::SLEEPERS != 0 && now & life::OWNER_DIED == 0).then_some(now);
+        Ok((slot, death, life))
     }
 
     fn dead(&mut self, owner: u32, _full: bool) -> Result<bool> {
         Ok(self.world.dead(owner))
     }
 
-    fn wait(&mut self, world: &World, expected: u32, seen: Option<(usize, u32)>) -> Result<()> {
-        let notice = seen.filter(|&(slot, _)| slot < SLOTS).map(|(slot, death)| {
+    fn wait(
+        &mut self,
+        world: &World,
+        expected: u32,
+        seen: Option<(usize, u32, Option<u32>)>,
+    ) -> Result<()> {
+        let seen = seen.filter(|&(slot, _, _)| slot < SLOTS);
+        let notice = seen.map(|(slot, death, _)| {
             let death = if self.late_notice {
                 world.slots[slot].death.load(Acquire)
             } else {
@@ -330,7 +353,14 @@ impl Sys<World> for ModelSys<'_> {
             };
             (Key::Death(slot), death)
         });
-        world.futex_wait([Some((Key::Word, expected)), notice]);
+        let life = seen.and_then(|(slot, _, life)| life.map(|l| (Key::Life(slot), l)));
+        world.futex_wait([Some((Key::Word, expected)), notice, life]);
+        if let Some((Key::Life(slot), _)) = life
+            && world.slots[slot].life.load(Acquire) & life::OWNER_DIED != 0
+            && !self.no_life_wake
+        {
+            world.futex_wake(Key::Life(slot), usize::MAX);
+        }
         Ok(())
     }
 }
@@ -927,7 +957,7 @@ impl<const NO_BIT: bool, const NO_WAKE: bool> LifeSys for LifeView<'_, NO_BIT, N
 
     fn wait(&self, expected: u32) -> Result<()> {
         self.world
-            .futex_wait([Some((Key::Life(self.slot as usize), expected)), None]);
+            .futex_wait([Some((Key::Life(self.slot as usize), expected)), None, None]);
         Ok(())
     }
 
@@ -968,12 +998,13 @@ fn model_life_word_death_reaches_every_watcher() {
     every_life_watcher_learns::<false, false>();
 }
 
-/// A waiter sleeps behind a holder whose life word is armed; the holder's sentinel exits, and
-/// only the waiter's life-word watcher hears of it (the OFD lock is not released within the
-/// check). The waiter must take the lock over.
-#[test]
-fn model_life_word_wakes_a_waiter_through_its_watcher() {
-    check(|| {
+/// A waiter sleeps behind a holder whose life word is armed, on the lock word, the death word
+/// and the life word, and the holder's life-word watcher sleeps on the life word; the holder's
+/// sentinel exits (the OFD lock is not released within the check), and the kernel wakes one of
+/// the two. The waiter must take the lock over and the watcher must learn of the death, whichever
+/// the kernel woke. `no_life_wake` plants bug (c): loom then finds the watcher asleep for ever.
+fn life_word_wakes_the_waiter_and_the_watcher(no_life_wake: bool) {
+    check(move || {
         let world = World::new(token(1), &[1, 2]);
         world.arm(1);
         let watcher = {
@@ -984,8 +1015,10 @@ fn model_life_word_wakes_a_waiter_through_its_watcher() {
             let world = world.clone();
             thread::spawn(move || world.sentinel_exits(1))
         };
+        let mut sys = ModelSys::new(&world);
+        sys.no_life_wake = no_life_wake;
         assert_eq!(
-            lock(&world, token(2)),
+            lock_with(&world, token(2), &mut sys),
             Acquired::OwnerDied,
             "the dead holder's lock was not taken over"
         );
@@ -993,6 +1026,11 @@ fn model_life_word_wakes_a_waiter_through_its_watcher() {
         join(killer);
         assert_eq!(join(watcher), Watched::Died(1));
     });
+}
+
+#[test]
+fn model_life_word_wakes_the_waiter_and_the_watcher() {
+    life_word_wakes_the_waiter_and_the_watcher(false);
 }
 
 /// An armed owner dies and its slot is claimed by a new owner whose sentinel gets the same
@@ -1022,10 +1060,32 @@ fn model_life_word_never_names_a_live_owner() {
     });
 }
 
-/// Set in the child processes of [`model_catches_a_life_watcher_without_the_sleepers_bit`] and
-/// [`model_catches_a_life_watcher_that_wakes_no_other`].
+/// Set in the child processes of [`model_catches_a_life_watcher_without_the_sleepers_bit`],
+/// [`model_catches_a_life_watcher_that_wakes_no_other`] and
+/// [`model_catches_a_waiter_that_wakes_no_other_life_sleeper`].
 const PLANTED_LIFE_BIT_ENV: &str = "LOCK_SHM_MODEL_PLANTED_LIFE_BIT";
 const PLANTED_LIFE_WAKE_ENV: &str = "LOCK_SHM_MODEL_PLANTED_LIFE_WAKE";
+const PLANTED_WAITER_WAKE_ENV: &str = "LOCK_SHM_MODEL_PLANTED_WAITER_WAKE";
+
+/// Planted bug (c): a waiter woken by the kernel at its holder's death does not wake the life
+/// word's other sleepers, here the holder's watcher.
+#[test]
+fn model_catches_a_waiter_that_wakes_no_other_life_sleeper() {
+    planted_life_bug_is_caught(
+        "model_planted_waiter_wake_child",
+        PLANTED_WAITER_WAKE_ENV,
+        "a waiter that wakes no other life-word sleeper",
+    );
+}
+
+/// The planted bug of [`model_catches_a_waiter_that_wakes_no_other_life_sleeper`]; passes
+/// trivially outside its child process.
+#[test]
+fn model_planted_waiter_wake_child() {
+    if std::env::var_os(PLANTED_WAITER_WAKE_ENV).is_some() {
+        life_word_wakes_the_waiter_and_the_watcher(true);
+    }
+}
 
 /// Runs the planted child test `child` (of this module) with `env` set, and requires loom to have
 /// reported a deadlock: a watcher asleep for ever.

@@ -23,6 +23,7 @@ use lock_api::Result;
 
 use crate::client::{self, WAIT_ENTRIES};
 use crate::futex::{self, PROBE_INTERVAL};
+use crate::life;
 use crate::lockword::OWNER;
 use crate::lockword::{Sys, Tick};
 use crate::manager::Shared;
@@ -43,6 +44,15 @@ const SAFETY_PROBE: Duration = Duration::from_secs(30);
 /// another member waits for). Every wake-up of an idle waiter costs CPU: 0.05 to 0.4 ms of it
 /// on this VM (the least when the machine is busy).
 const RECHECK: [u32; 3] = [1, 16, 64];
+
+/// What a waiter read of its holder's slot before it probed the holder: the slot, its death
+/// word, and its life word when the waiter is to sleep on it too (armed, `FUTEX_WAITERS` set).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    slot: u32,
+    death: u32,
+    life: Option<u32>,
+}
 
 /// Where this wait is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +163,7 @@ impl Drop for LockWaiter<'_> {
 }
 
 impl Sys<Le32> for LockWaiter<'_> {
-    /// The holder's slot and the value its death word had.
-    type Seen = (u32, u32);
+    type Seen = Seen;
 
     /// None: a table lock's waiter goes to sleep at its first failed look. Measured with the
     /// crate's bench (2, 4, 8 processes looping on one lock, in one sitting, 3 rounds): when the
@@ -178,10 +187,27 @@ impl Sys<Le32> for LockWaiter<'_> {
         Tick { probe, expired }
     }
 
-    fn watch(&mut self, owner: u32) -> Result<(u32, u32)> {
+    fn watch(&mut self, owner: u32) -> Result<Seen> {
         let (slot, generation) = client::decode(owner & OWNER);
-        let word = client::death_word(&self.shared.seg, &self.shared.layout, slot)?;
-        let death = word.load(Acquire);
+        let (seg, layout) = (&self.shared.seg, &self.shared.layout);
+        let death = client::death_word(seg, layout, slot)?.load(Acquire);
+        // The holder's life word, when it is armed: this waiter sleeps on it too, with
+        // FUTEX_WAITERS set, so that the kernel may wake it at the holder's death without its
+        // watcher's announcement in between (life.rs).
+        let life = client::life_word(seg, layout, slot)?;
+        let mut now = life.futex_word().load(Acquire);
+        if now & life::TID != 0 && now & (life::OWNER_DIED | life::SLEEPERS) == 0 {
+            now = match life.futex_word().compare_exchange(
+                now,
+                now | life::SLEEPERS,
+                Relaxed,
+                Acquire,
+            ) {
+                Ok(_) => now | life::SLEEPERS,
+                Err(v) => v,
+            };
+        }
+        let life = (now & life::SLEEPERS != 0 && now & life::OWNER_DIED == 0).then_some(now);
         // An owner already announced dead needs no watcher: the probe that follows sees the
         // announcement (and starting a thread here would delay the take-over). An owner watched
         // in an earlier round still is: its watcher leaves only when it dies.
@@ -195,7 +221,7 @@ impl Sys<Le32> for LockWaiter<'_> {
                 self.watching = false;
             }
         }
-        Ok((slot, death))
+        Ok(Seen { slot, death, life })
     }
 
     fn dead(&mut self, owner: u32, full: bool) -> Result<bool> {
@@ -263,7 +289,7 @@ impl Sys<Le32> for LockWaiter<'_> {
         Ok(())
     }
 
-    fn wait(&mut self, word: &Le32, expected: u32, seen: Option<(u32, u32)>) -> Result<()> {
+    fn wait(&mut self, word: &Le32, expected: u32, seen: Option<Seen>) -> Result<()> {
         let mut sleep = self
             .probe_interval()
             .saturating_sub(self.now.duration_since(self.last_probe));
@@ -274,10 +300,26 @@ impl Sys<Le32> for LockWaiter<'_> {
             sleep = sleep.min(due.saturating_duration_since(self.now));
         }
         if self.watching
-            && let Some((slot, death)) = seen
+            && let Some(seen) = seen
         {
-            let notice = client::death_word(&self.shared.seg, &self.shared.layout, slot)?;
-            if futex::wait_either(word, expected, notice, death, Some(sleep))? {
+            let (seg, layout) = (&self.shared.seg, &self.shared.layout);
+            let notice = client::death_word(seg, layout, seen.slot)?;
+            let life = client::life_word(seg, layout, seen.slot)?;
+            // The life word is in native byte order (life.rs): given as the segment's
+            // little-endian values are.
+            let words = [
+                (word, expected),
+                (notice, seen.death),
+                (life, u32::from_le(seen.life.unwrap_or(0))),
+            ];
+            let n = if seen.life.is_some() { 3 } else { 2 };
+            let slept = futex::wait_any(&words[..n], Some(sleep))?;
+            if seen.life.is_some() && life.futex_word().load(Acquire) & life::OWNER_DIED != 0 {
+                // The kernel wakes one sleeper of the word at the death: if it was this one, the
+                // others (the watcher, other processes' waiters) must hear of it from us.
+                futex::wake_all(life)?;
+            }
+            if slept {
                 return Ok(());
             }
             // No futex_waitv in this kernel: poll from now on.
