@@ -609,22 +609,41 @@ fn model_dead_owner_taken_over_exactly_once() {
     });
 }
 
-/// A waiter sleeps on a holder that dies; only the holder's watcher learns of it. The waiter
-/// must take the lock over: `late_notice` plants the bug of reading the death notice after the
-/// probe instead of before, and then a death announced between the two is lost.
-fn woken_by_the_watcher(late_notice: bool) {
+/// A waiter sleeps behind a holder that dies, and a watcher of the holder's slot runs. Unarmed
+/// (`armed` false): the holder's OFD lock goes and only the watcher learns of it. Armed: the
+/// holder's sentinel exits (the OFD lock is not released within the check), the waiter sleeps on
+/// the life word too, and the kernel wakes one of the two; the watcher must learn of the death
+/// whichever it woke. Either way the waiter must take the lock over. `plant` plants a bug in the
+/// waiter: reading the death notice after the probe (unarmed), or not waking the life word's
+/// other sleepers (armed); loom then finds a thread asleep for ever.
+fn woken_at_a_death(armed: bool, plant: fn(&mut ModelSys<'_>)) {
     check(move || {
         let world = World::new(token(1), &[1, 2]);
+        if armed {
+            world.arm(1);
+        }
         let watcher = {
             let world = world.clone();
-            thread::spawn(move || world.watch(1))
+            thread::spawn(move || {
+                if armed {
+                    assert_eq!(world.watch_life::<false, false>(1), Watched::Died(1));
+                } else {
+                    world.watch(1);
+                }
+            })
         };
         let killer = {
             let world = world.clone();
-            thread::spawn(move || world.die(1))
+            thread::spawn(move || {
+                if armed {
+                    world.sentinel_exits(1);
+                } else {
+                    world.die(1);
+                }
+            })
         };
         let mut sys = ModelSys::new(&world);
-        sys.late_notice = late_notice;
+        plant(&mut sys);
         assert_eq!(
             lock_with(&world, token(2), &mut sys),
             Acquired::OwnerDied,
@@ -638,7 +657,7 @@ fn woken_by_the_watcher(late_notice: bool) {
 
 #[test]
 fn model_a_death_wakes_its_waiters_through_the_watcher() {
-    woken_by_the_watcher(false);
+    woken_at_a_death(false, |_| {});
 }
 
 /// Set in the child process of [`model_catches_the_death_notice_read_after_the_probe`].
@@ -664,7 +683,7 @@ fn model_planted_bug_child() {
     if std::env::var_os(PLANTED_ENV).is_none() {
         return;
     }
-    woken_by_the_watcher(true);
+    woken_at_a_death(false, |sys| sys.late_notice = true);
 }
 
 /// A holder dies and a new owner claims its slot before any watcher watches it (a watcher
@@ -990,39 +1009,9 @@ fn model_life_word_death_reaches_every_watcher() {
     every_life_watcher_learns::<false, false>();
 }
 
-/// A waiter sleeps behind a holder whose life word is armed, on the lock word, the death word
-/// and the life word, and the holder's life-word watcher sleeps on the life word; the holder's
-/// sentinel exits (the OFD lock is not released within the check), and the kernel wakes one of
-/// the two. The waiter must take the lock over and the watcher must learn of the death, whichever
-/// the kernel woke. `no_life_wake` plants bug (c): loom then finds the watcher asleep for ever.
-fn life_word_wakes_the_waiter_and_the_watcher(no_life_wake: bool) {
-    check(move || {
-        let world = World::new(token(1), &[1, 2]);
-        world.arm(1);
-        let watcher = {
-            let world = world.clone();
-            thread::spawn(move || world.watch_life::<false, false>(1))
-        };
-        let killer = {
-            let world = world.clone();
-            thread::spawn(move || world.sentinel_exits(1))
-        };
-        let mut sys = ModelSys::new(&world);
-        sys.no_life_wake = no_life_wake;
-        assert_eq!(
-            lock_with(&world, token(2), &mut sys),
-            Acquired::OwnerDied,
-            "the dead holder's lock was not taken over"
-        );
-        assert!(unlock(&world, token(2)));
-        join(killer);
-        assert_eq!(join(watcher), Watched::Died(1));
-    });
-}
-
 #[test]
 fn model_life_word_wakes_the_waiter_and_the_watcher() {
-    life_word_wakes_the_waiter_and_the_watcher(false);
+    woken_at_a_death(true, |_| {});
 }
 
 /// An armed owner dies and its slot is claimed by a new owner whose sentinel gets the same
@@ -1075,7 +1064,7 @@ fn model_catches_a_waiter_that_wakes_no_other_life_sleeper() {
 #[test]
 fn model_planted_waiter_wake_child() {
     if std::env::var_os(PLANTED_WAITER_WAKE_ENV).is_some() {
-        life_word_wakes_the_waiter_and_the_watcher(true);
+        woken_at_a_death(true, |sys| sys.no_life_wake = true);
     }
 }
 
