@@ -304,9 +304,12 @@ fn run(life: &Le32, stop: &AtomicU32, armed: &std::sync::mpsc::SyncSender<bool>)
         let _ = armed.send(false);
         return;
     }
-    // The thread's current list (glibc's, for its robust mutexes), to put back at the end.
+    // The thread's current list (glibc's, for its robust mutexes), to put back at the end. Where
+    // the call is refused (a sandbox may filter it), a null list is put back instead: the kernel
+    // then walks nothing at this thread's exit, and glibc's list of this thread was empty anyway
+    // (the thread locks no pthread mutex).
     let mut previous: *mut libc::c_void = std::ptr::null_mut();
-    let mut previous_len: libc::size_t = 0;
+    let mut previous_len: libc::size_t = std::mem::size_of::<RobustListHead>();
     // SAFETY: both out-pointers are valid for writes; pid 0 is the calling thread.
     let got = unsafe {
         libc::syscall(
@@ -317,8 +320,8 @@ fn run(life: &Le32, stop: &AtomicU32, armed: &std::sync::mpsc::SyncSender<bool>)
         )
     };
     if got != 0 {
-        let _ = armed.send(false);
-        return;
+        previous = std::ptr::null_mut();
+        previous_len = std::mem::size_of::<RobustListHead>();
     }
     // One entry, whose futex word is `life`: the entry lives in this thread's heap, the word in
     // the segment, and the head's offset joins them. Both are handed to the kernel as raw
@@ -368,9 +371,12 @@ fn run(life: &Le32, stop: &AtomicU32, armed: &std::sync::mpsc::SyncSender<bool>)
     }
     // The manager is being dropped: its end, said as the kernel would say it.
     mark_dead(life, tid);
-    // SAFETY: `previous` and `previous_len` are what the kernel had registered for this thread.
-    unsafe {
-        libc::syscall(libc::SYS_set_robust_list, previous, previous_len);
+    // SAFETY: `previous` and `previous_len` are what the kernel had registered for this thread,
+    // or a null list, which the kernel accepts and never walks.
+    let restored = unsafe { libc::syscall(libc::SYS_set_robust_list, previous, previous_len) };
+    if restored == 0 {
+        free();
     }
-    free();
+    // Otherwise the kernel still holds our list, and walks it at this thread's exit: the entry
+    // and head stay allocated (a few bytes, once per manager in a process that refuses the call).
 }
