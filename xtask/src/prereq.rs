@@ -1,12 +1,18 @@
-//! System prerequisites (etcd, protoc): found, installed with apt-get as root, or named.
+//! System prerequisites (etcd, protoc, unshare): found, installed with apt-get as root, or named.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// The Debian packages the etcd backend needs: the server for its tests, protoc and the
-/// well-known protobuf types to build `etcd-client`.
-pub(crate) const PACKAGES: [&str; 3] = ["etcd-server", "protobuf-compiler", "libprotobuf-dev"];
+/// The Debian packages the tests need: for the etcd backend the server, protoc and the
+/// well-known protobuf types to build `etcd-client`; for lock-shm's pid-namespace test
+/// `unshare(1)`, from util-linux (essential on Debian, so normally there).
+pub(crate) const PACKAGES: [&str; 4] = [
+    "etcd-server",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "util-linux",
+];
 
 /// The command a user runs to install them.
 pub(crate) fn install_hint() -> String {
@@ -40,6 +46,18 @@ pub(crate) fn etcd_missing() -> Option<String> {
     (!missing.is_empty()).then(|| format!("{} not installed", missing.join(", ")))
 }
 
+/// What is missing for the whole test suite: the etcd prerequisites and `unshare(1)`.
+fn test_missing() -> Option<String> {
+    let etcd = etcd_missing();
+    if works("unshare", "--version") {
+        return etcd;
+    }
+    Some(match etcd {
+        Some(etcd) => format!("{etcd}; unshare not installed"),
+        None => "unshare not installed".to_owned(),
+    })
+}
+
 fn is_root() -> bool {
     rustix_free_euid() == Some(0)
 }
@@ -51,10 +69,10 @@ fn rustix_free_euid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Makes sure the etcd prerequisites exist: installs them with apt-get when running as root,
-/// otherwise fails (when `required`) with the exact command to run.
+/// Makes sure the test suite's prerequisites exist: installs them with apt-get when running as
+/// root, otherwise fails (when `required`) with the exact command to run.
 pub(crate) fn ensure(required: bool) -> Result<(), String> {
-    let Some(missing) = etcd_missing() else {
+    let Some(missing) = test_missing() else {
         return Ok(());
     };
     if is_root() && works("apt-get", "--version") {
@@ -73,7 +91,7 @@ pub(crate) fn ensure(required: bool) -> Result<(), String> {
                 .args(PACKAGES)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
-        return match etcd_missing() {
+        return match test_missing() {
             None => Ok(()),
             Some(still) if required => Err(format!("{still} after apt-get install")),
             Some(_) => Ok(()),

@@ -169,6 +169,54 @@ fn a_dead_holder_is_told_by_its_life_word() -> TrialResult {
     waiter.finish(STEP).map_err(|e| e.to_string())
 }
 
+/// Owner death is told across pid namespaces: the kernel compares the sentinel's thread id in
+/// the sentinel's own namespace, and readers only look at `FUTEX_OWNER_DIED`. A holder in a new
+/// pid namespace (where its pid is 1) arms its life word; killed, it is taken over as
+/// `OwnerDied` by a waiter outside, and its life word is marked.
+fn a_holder_in_another_pid_namespace_is_told_dead() -> TrialResult {
+    let segment = Segment::new("pidns");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let mut holder = common::client_in_pid_namespace(&segment)?;
+    send(&mut holder, "slot")?;
+    let slot: u32 = expect(&mut holder, "slot")?
+        .parse()
+        .map_err(|_| "bad slot")?;
+    send(&mut holder, "lock 1")?;
+    expect(&mut holder, "locked clean")?;
+    // The slot records the pid the holder sees: 1, the init of its own namespace.
+    let pid = manager
+        .held()
+        .map_err(e2s)?
+        .first()
+        .and_then(|h| h.holder.as_ref())
+        .and_then(|h| h.pid);
+    if pid != Some(1) {
+        return Err(format!(
+            "the holder is not in a pid namespace of its own: pid {pid:?}"
+        ));
+    }
+    let armed = segment.life(slot)?;
+    let mut waiter = client(&segment)?;
+    send(&mut waiter, "wait 1 60000")?;
+    until("the waiter", || waits(&manager, 1, waiter.pid()))?;
+    holder.sigkill().map_err(|e| e.to_string())?;
+    expect(&mut waiter, "locked owner-died")?;
+    if armed & TID == 0 || armed & OWNER_DIED != 0 {
+        return Err(format!(
+            "the namespaced owner's life word was {armed:#x} while it lived"
+        ));
+    }
+    let life = segment.life(slot)?;
+    if life & OWNER_DIED == 0 {
+        return Err(format!(
+            "the namespaced owner's life word is {life:#x} after its death"
+        ));
+    }
+    send(&mut waiter, "unlock 1")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())
+}
+
 /// A slot whose owner died unwatched has its death announced by the next manager that claims
 /// it, before that manager's generation: waiters sleeping on the old owner wake either way.
 fn a_claimer_announces_the_death_of_the_slot_it_takes() -> TrialResult {
@@ -271,7 +319,11 @@ fn a_lingering_watcher_keeps_no_slot_alive() -> TrialResult {
 }
 
 fn main() -> ExitCode {
-    let trials: [common::Trial; 5] = [
+    let trials: [common::Trial; 6] = [
+        (
+            "a_holder_in_another_pid_namespace_is_told_dead",
+            a_holder_in_another_pid_namespace_is_told_dead,
+        ),
         (
             "a_dead_holder_is_told_by_its_life_word",
             a_dead_holder_is_told_by_its_life_word,

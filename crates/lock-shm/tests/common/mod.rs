@@ -67,6 +67,28 @@ pub(crate) fn spawn(
     ChildProcess::start(command, role, None).map_err(|e| e.to_string())
 }
 
+/// Starts a client on `segment` in a new pid namespace (and a user namespace, so that no
+/// privilege is needed), through `unshare(1)`, and waits until it has opened the segment.
+/// Killing the returned process (`unshare`) kills the client too (`--kill-child`).
+pub(crate) fn client_in_pid_namespace(segment: &Segment) -> Result<ChildProcess, String> {
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ])
+        .arg(std::env::current_exe().map_err(|e| e.to_string())?)
+        .env(ROLE_ENV, "client")
+        .env(SEGMENT_ENV, &segment.0);
+    let mut child = ChildProcess::start(command, "client in a pid namespace", None)
+        .map_err(|e| format!("unshare(1) from util-linux: {e}"))?;
+    expect(&mut child, "slot")?;
+    Ok(child)
+}
+
 /// Starts a client on `segment` and waits until it has opened it (it says `slot N`).
 pub(crate) fn client(segment: &Segment) -> Result<ChildProcess, String> {
     let mut child = spawn("client", segment, &[])?;
