@@ -1,7 +1,7 @@
 //! Kill tests beyond the conformance suite: processes hammer locks and the allocator while a
 //! driver SIGKILLs them at random, and every invariant must hold afterwards.
 //!
-//! The test binary re-executes itself: with `LOCKYARD_KILL_ROLE` set it is a worker, otherwise
+//! The test binary re-executes itself (`common`): in a child it plays a worker role, otherwise
 //! it runs the trials. Workers keep their shared data in a plain file under /dev/shm, written
 //! with `pwrite(2)` inside the critical section under a roll-forward journal, so a worker killed
 //! halfway through an increment leaves a record that the next holder (told `OwnerDied`)
@@ -11,15 +11,17 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
 use rand::Rng;
 
-const ROLE_ENV: &str = "LOCKYARD_KILL_ROLE";
-const SEGMENT_ENV: &str = "LOCKYARD_KILL_SEGMENT";
+mod common;
+
+use common::{SEGMENT_ENV, Segment, env};
+
 const DATA_ENV: &str = "LOCKYARD_KILL_DATA";
 const INDEX_ENV: &str = "LOCKYARD_KILL_INDEX";
 const DEADLINE_ENV: &str = "LOCKYARD_KILL_DEADLINE_MS";
@@ -95,32 +97,32 @@ struct Worker {
     index: u64,
 }
 
-/// Removes the trial's segment and data file when dropped.
-struct Cleanup {
-    segment: String,
-    data: Option<String>,
-}
+/// Removes the hammer trial's data file when dropped.
+struct DataFile(String);
 
-impl Drop for Cleanup {
+impl Drop for DataFile {
     fn drop(&mut self) {
-        let _ = ShmManager::remove(&self.segment);
-        if let Some(d) = &self.data {
-            let _ = std::fs::remove_file(d);
-        }
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
-fn spawn(role: &str, segment: &str, data: &str, index: u64, deadline_ms: u64) -> Worker {
-    let mut command = Command::new(std::env::current_exe().expect("current exe"));
-    command
-        .env(ROLE_ENV, role)
-        .env(SEGMENT_ENV, segment)
-        .env(DATA_ENV, data)
-        .env(INDEX_ENV, index.to_string())
-        .env(DEADLINE_ENV, deadline_ms.to_string());
-    let process = ChildProcess::start(command, &format!("{role} worker {index}"), None)
-        .expect("spawn worker");
-    Worker { process, index }
+fn spawn(
+    role: &str,
+    segment: &Segment,
+    data: &str,
+    index: u64,
+    deadline_ms: u64,
+) -> Result<Worker, String> {
+    let process = common::spawn(
+        role,
+        segment,
+        &[
+            (DATA_ENV, data),
+            (INDEX_ENV, &index.to_string()),
+            (DEADLINE_ENV, &deadline_ms.to_string()),
+        ],
+    )?;
+    Ok(Worker { process, index })
 }
 
 fn epoch_ms() -> u64 {
@@ -130,22 +132,18 @@ fn epoch_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} not set"))
-}
-
 /// Worker role: increment random counters under their locks until the deadline.
 fn hammer_worker() -> Result<(), String> {
-    let manager = ShmManager::open(&env(SEGMENT_ENV)).map_err(|e| e.to_string())?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(|e| e.to_string())?;
     let data = Data(
         OpenOptions::new()
             .read(true)
             .write(true)
-            .open(env(DATA_ENV))
+            .open(env(DATA_ENV)?)
             .map_err(|e| e.to_string())?,
     );
-    let me: u64 = env(INDEX_ENV).parse().map_err(|_| "bad index")?;
-    let deadline: u64 = env(DEADLINE_ENV).parse().map_err(|_| "bad deadline")?;
+    let me: u64 = env(INDEX_ENV)?.parse().map_err(|_| "bad index")?;
+    let deadline: u64 = env(DEADLINE_ENV)?.parse().map_err(|_| "bad deadline")?;
     let pid = u64::from(std::process::id());
     let lockers: Vec<_> = (0..LOCKS)
         .map(|i| manager.retrieve(LockId(i)))
@@ -194,8 +192,8 @@ fn hammer_worker() -> Result<(), String> {
 
 /// Worker role: allocate and free at random until the deadline.
 fn alloc_worker() -> Result<(), String> {
-    let manager = ShmManager::open(&env(SEGMENT_ENV)).map_err(|e| e.to_string())?;
-    let deadline: u64 = env(DEADLINE_ENV).parse().map_err(|_| "bad deadline")?;
+    let manager = ShmManager::open(&env(SEGMENT_ENV)?).map_err(|e| e.to_string())?;
+    let deadline: u64 = env(DEADLINE_ENV)?.parse().map_err(|_| "bad deadline")?;
     let mut mine = Vec::new();
     let mut rng = rand::rng();
     while epoch_ms() < deadline {
@@ -250,13 +248,10 @@ fn wait_all(workers: Vec<Worker>, bound: Duration) -> Result<(), String> {
 /// counters come out exact, no lock is stuck, and every death inside a critical section is
 /// reported to the next holder as OwnerDied.
 fn hammer_with_kills() -> Result<(), String> {
-    let segment = format!("lockyard-test-kill-hammer-{}", std::process::id());
+    let segment = Segment::new("hammer");
     let data_path = format!("/dev/shm/lockyard-test-kill-data-{}", std::process::id());
-    let _cleanup = Cleanup {
-        segment: segment.clone(),
-        data: Some(data_path.clone()),
-    };
-    let manager = ShmManager::create(&segment, LOCKS).map_err(|e| e.to_string())?;
+    let _data_file = DataFile(data_path.clone());
+    let manager = ShmManager::create(&segment.0, LOCKS).map_err(|e| e.to_string())?;
     let file = File::create(&data_path).map_err(|e| e.to_string())?;
     file.set_len(Data::tally_off(LOCKS, 0))
         .map_err(|e| e.to_string())?;
@@ -271,7 +266,7 @@ fn hammer_with_kills() -> Result<(), String> {
     let mut next_index = 0u64;
     let mut workers: Vec<Worker> = Vec::new();
     for _ in 0..WORKERS {
-        workers.push(spawn("hammer", &segment, &data_path, next_index, deadline));
+        workers.push(spawn("hammer", &segment, &data_path, next_index, deadline)?);
         next_index += 1;
     }
     let mut rng = rand::rng();
@@ -291,7 +286,7 @@ fn hammer_with_kills() -> Result<(), String> {
             let mut victim = workers.swap_remove(i);
             victim.process.sigkill().map_err(|e| e.to_string())?;
             kills += 1;
-            workers.push(spawn("hammer", &segment, &data_path, next_index, deadline));
+            workers.push(spawn("hammer", &segment, &data_path, next_index, deadline)?);
             next_index += 1;
         }
     }
@@ -340,16 +335,12 @@ fn hammer_with_kills() -> Result<(), String> {
 /// Processes allocating and freeing are SIGKILLed at random, some inside the allocation lock;
 /// afterwards the allocator still works, and `available()` matches the allocated bits.
 fn allocator_survives_kills() -> Result<(), String> {
-    let segment = format!("lockyard-test-kill-alloc-{}", std::process::id());
-    let _cleanup = Cleanup {
-        segment: segment.clone(),
-        data: None,
-    };
-    let manager = ShmManager::create(&segment, ALLOC_CAPACITY).map_err(|e| e.to_string())?;
+    let segment = Segment::new("alloc");
+    let manager = ShmManager::create(&segment.0, ALLOC_CAPACITY).map_err(|e| e.to_string())?;
     let deadline = epoch_ms() + 2500;
     let mut workers: Vec<Worker> = (0..4)
         .map(|i| spawn("alloc", &segment, "", i, deadline))
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut next_index = 4;
     let mut rng = rand::rng();
     let started = Instant::now();
@@ -363,7 +354,7 @@ fn allocator_survives_kills() -> Result<(), String> {
         let i = rng.random_range(0..workers.len());
         drop(workers.swap_remove(i));
         kills += 1;
-        workers.push(spawn("alloc", &segment, "", next_index, deadline));
+        workers.push(spawn("alloc", &segment, "", next_index, deadline)?);
         next_index += 1;
     }
     wait_all(workers, Duration::from_secs(30))?;
@@ -396,28 +387,12 @@ fn allocator_survives_kills() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    if let Ok(role) = std::env::var(ROLE_ENV) {
-        let result = match role.as_str() {
-            "hammer" => hammer_worker(),
-            "alloc" => alloc_worker(),
-            other => Err(format!("unknown role {other}")),
-        };
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("worker {}: {e}", std::process::id());
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let args = libtest_mimic::Arguments::from_args();
-    let trials = vec![
-        libtest_mimic::Trial::test("hammer_with_kills", || {
-            hammer_with_kills().map_err(Into::into)
-        }),
-        libtest_mimic::Trial::test("allocator_survives_kills", || {
-            allocator_survives_kills().map_err(Into::into)
-        }),
+    let trials: [common::Trial; 2] = [
+        ("hammer_with_kills", hammer_with_kills),
+        ("allocator_survives_kills", allocator_survives_kills),
     ];
-    libtest_mimic::run(&args, trials).exit_code()
+    common::main(
+        &[("hammer", hammer_worker), ("alloc", alloc_worker)],
+        trials,
+    )
 }
