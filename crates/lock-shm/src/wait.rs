@@ -2,9 +2,11 @@
 //! waits with, plus what only table locks have: the waiter entry in the client slot, and the
 //! deadlock checks.
 //!
-//! A waiter sleeps on its lock word and on its holder's death word at once (`futex_waitv`), and
-//! makes sure a watcher thread of its manager watches the holder (watch.rs): it wakes when the
-//! lock is released or the holder dies, and otherwise only for its deadline, its deadlock checks
+//! A waiter sleeps on its lock word, on its holder's death word and, when the holder armed one,
+//! on its holder's life word at once (`futex_waitv`; life.rs: the kernel may wake it directly at
+//! the holder's death, and it then wakes the word's other sleepers), and makes sure a watcher
+//! thread of its manager watches the holder (watch.rs): it wakes when the lock is released or the
+//! holder dies, and otherwise only for its deadline, its deadlock checks
 //! (one deadlock timeout after it began waiting, then rarely: see [`RECHECK`]) and, every
 //! [`SAFETY_PROBE`], a full probe of the holder (in case a watcher could not do its job).
 //! Without `futex_waitv` (Linux before 5.16) or a watcher thread, it falls back to polling: a
