@@ -577,6 +577,27 @@ pub fn write_counter(path: &Path, value: u64) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Requires that the planted-bug test `name` of the current test binary (a full path,
+/// `module::test`) is caught by loom as a deadlock: runs it in a child process with `env` set
+/// ([`run_test_in_child`], at most five minutes) and panics, naming `what`, unless the child
+/// failed reporting a deadlock. Does nothing when `env` is set, so that the check calling it
+/// passes in the child, where only the planted test runs.
+///
+/// # Panics
+///
+/// When the planted bug was not caught, or the child could not be run.
+pub fn assert_caught_as_deadlock(name: &str, env: &str, what: &str) {
+    if std::env::var_os(env).is_some() {
+        return;
+    }
+    let (status, text) = run_test_in_child(name, env, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("the planted-bug child {name}: {e}"));
+    assert!(
+        !status.success() && text.contains("deadlock"),
+        "{what} was not caught as a lost wake-up ({status}): {text}"
+    );
+}
+
 /// Runs the libtest test `name` (a full path, `module::test`) of the current test binary in a
 /// child process with the environment variable `env` set to `1`, and returns how it exited and
 /// everything it printed. For a check that must end the process rather than fail in it, such

@@ -669,8 +669,8 @@ const PLANTED_ENV: &str = "LOCK_SHM_MODEL_PLANTED_BUG";
 /// test binary, filtered to [`model_planted_bug_child`].
 #[test]
 fn model_catches_the_death_notice_read_after_the_probe() {
-    planted_bug_is_caught(
-        "model_planted_bug_child",
+    lock_conformance::child::assert_caught_as_deadlock(
+        "model::model_planted_bug_child",
         PLANTED_ENV,
         "the late death notice",
     );
@@ -1052,8 +1052,8 @@ const PLANTED_WAITER_WAKE_ENV: &str = "LOCK_SHM_MODEL_PLANTED_WAITER_WAKE";
 /// word's other sleepers, here the holder's watcher.
 #[test]
 fn model_catches_a_waiter_that_wakes_no_other_life_sleeper() {
-    planted_bug_is_caught(
-        "model_planted_waiter_wake_child",
+    lock_conformance::child::assert_caught_as_deadlock(
+        "model::model_planted_waiter_wake_child",
         PLANTED_WAITER_WAKE_ENV,
         "a waiter that wakes no other life-word sleeper",
     );
@@ -1068,30 +1068,12 @@ fn model_planted_waiter_wake_child() {
     }
 }
 
-/// Runs the planted child test `child` (of this module) with `env` set, and requires loom to have
-/// reported a deadlock: a waiter or watcher asleep for ever. Does nothing in that child itself.
-fn planted_bug_is_caught(child: &str, env: &str, what: &str) {
-    if std::env::var_os(env).is_some() {
-        return;
-    }
-    let (status, text) = lock_conformance::child::run_test_in_child(
-        &format!("model::{child}"),
-        env,
-        std::time::Duration::from_secs(300),
-    )
-    .expect("the planted-bug child");
-    assert!(
-        !status.success() && text.contains("deadlock"),
-        "{what} was not caught as a lost wake-up ({status}): {text}"
-    );
-}
-
 /// Planted bug (a): a watcher that sleeps without setting `FUTEX_WAITERS`, so the kernel wakes
 /// nobody at the death.
 #[test]
 fn model_catches_a_life_watcher_without_the_sleepers_bit() {
-    planted_bug_is_caught(
-        "model_planted_life_bit_child",
+    lock_conformance::child::assert_caught_as_deadlock(
+        "model::model_planted_life_bit_child",
         PLANTED_LIFE_BIT_ENV,
         "a watcher without the sleepers bit",
     );
@@ -1101,8 +1083,8 @@ fn model_catches_a_life_watcher_without_the_sleepers_bit() {
 /// woke only one.
 #[test]
 fn model_catches_a_life_watcher_that_wakes_no_other() {
-    planted_bug_is_caught(
-        "model_planted_life_wake_child",
+    lock_conformance::child::assert_caught_as_deadlock(
+        "model::model_planted_life_wake_child",
         PLANTED_LIFE_WAKE_ENV,
         "a watcher that wakes no other",
     );
