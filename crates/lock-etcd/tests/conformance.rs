@@ -125,8 +125,7 @@ fn supervise() -> ExitCode {
     };
     if cluster.own.is_some() && code == ExitCode::SUCCESS {
         // Every trial removed its table and released its locks: nothing may be left.
-        common::assert_no_keys(&cluster.endpoints, PREFIX, Duration::from_secs(10));
-        common::assert_no_leases(&cluster.endpoints, Duration::from_secs(10));
+        common::assert_nothing_left(&cluster.endpoints, PREFIX, Duration::from_secs(10));
         eprintln!("conformance: no leaked keys or leases");
     }
     drop(cluster);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Mode, Proxy};
 use common::{
-    FencedResource, ROLE_ENV, TestCluster, assert_no_keys, assert_no_leases, spawn_child, tell,
+    FencedResource, ROLE_ENV, TestCluster, assert_no_leases, assert_nothing_left, spawn_child, tell,
 };
 use lock_conformance::Failed;
 use lock_etcd::{Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Leased, Locker};
@@ -135,8 +135,7 @@ fn leader_killed_mid_run_locks_keep_working() {
     );
     drop(locks);
     let live = tc.cluster().live_endpoints();
-    assert_no_keys(&live, &prefix, Duration::from_secs(10));
-    assert_no_leases(&live, Duration::from_secs(10));
+    assert_nothing_left(&live, &prefix, Duration::from_secs(10));
 }
 
 /// The leader is SIGSTOPped (connections stay open, nothing answers): after an election the
@@ -176,8 +175,7 @@ fn stopped_leader_locks_keep_working() {
     assert_eq!(cycles, 10, "locking did not resume with the leader stopped");
     drop(lock);
     drop(locks);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
 }
 
 /// Txn requests a member has answered: how a test sees which member a connection writes to.
@@ -260,8 +258,7 @@ fn after_a_fail_over_writes_go_to_the_new_leader() {
     drop(lock);
     drop(locks);
     let live = tc.cluster().live_endpoints();
-    assert_no_keys(&live, &prefix, Duration::from_secs(10));
-    assert_no_leases(&live, Duration::from_secs(10));
+    assert_nothing_left(&live, &prefix, Duration::from_secs(10));
 }
 
 /// A leader transfer fails no request: the connection hears of the election from the raft term
@@ -284,8 +281,7 @@ fn after_a_leader_transfer_writes_go_to_the_new_leader() {
     assert_writes_go_to(&lock, &tc.endpoints, old, new, "after the transfer");
     drop(lock);
     drop(locks);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
 }
 
 /// A holder process SIGSTOPped past its TTL loses the lock: another process acquires it with a
@@ -365,8 +361,7 @@ fn stopped_holder_is_fenced_off_and_sees_lost() -> Result<(), Failed> {
     // The connection's session holds a lease until the connection is dropped.
     drop(lock);
     drop(locks);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
     Ok(())
 }
 
@@ -429,8 +424,7 @@ fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() -> Result<(), Fai
     holder.unlock().expect("unlock");
     drop(holder);
     drop(locks);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
     Ok(())
 }
 
@@ -472,8 +466,7 @@ fn killed_holder_lock_is_taken_after_ttl() -> Result<(), Failed> {
     lock.unlock().expect("unlock");
     drop(lock);
     drop(locks);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
     Ok(())
 }
 
@@ -555,8 +548,7 @@ fn quorum_lost_fires_lost_and_fails_fast() {
     lock.unlock().expect("unlock");
     drop(lock);
     drop(locks);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(5));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(5));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(5));
 }
 
 /// What a thread polling a holder's three views of its lock saw.
@@ -712,8 +704,7 @@ fn partitioned_holder_loses_before_another_acquires() -> Result<(), Failed> {
     drop(holder);
     drop(locks);
     drop(proxies);
-    assert_no_keys(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, ttl + Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, ttl + Duration::from_secs(10));
     Ok(())
 }
 
@@ -786,8 +777,7 @@ fn waiter_watching_a_stopped_member_fails_over() {
     drop(waiter_locks);
     drop(holder_locks);
     drop(proxy);
-    assert_no_keys(&tc.endpoints, &prefix, Duration::from_secs(10));
-    assert_no_leases(&tc.endpoints, Duration::from_secs(10));
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
 }
 
 /// In an outage (every member blackholed, the session still within its TTL), a `try_lock_for`

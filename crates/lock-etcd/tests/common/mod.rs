@@ -136,6 +136,13 @@ pub fn delete_prefix(endpoints: &[String], prefix: &str) {
     });
 }
 
+/// Neither a key under `prefix` nor any lease is left on `endpoints` within `within`: what
+/// every test that made locks checks at its end ([`assert_no_keys`], [`assert_no_leases`]).
+pub fn assert_nothing_left(endpoints: &[String], prefix: &str, within: Duration) {
+    assert_no_keys(endpoints, prefix, within);
+    assert_no_leases(endpoints, within);
+}
+
 /// Asserts that within `within` no key is left under `prefix`.
 pub fn assert_no_keys(endpoints: &[String], prefix: &str, within: Duration) {
     let deadline = Instant::now() + within;
