@@ -72,6 +72,17 @@
 //! from what step 1 read, so step 3 either does not sleep or is woken: the futex compares and
 //! enqueues atomically with respect to the wake. Reading the notice after the probe would lose
 //! exactly the deaths published in between (model.rs plants that bug and loom finds it).
+//!
+//! # Backing off
+//!
+//! A release wakes one sleeper, but does not hand it the lock: the releasing owner (or any
+//! other) may take the word again before the sleeper runs, which is what keeps an uncontended
+//! lock one compare-and-swap. A waiter that wakes to find the word taken by someone else calls
+//! [`Sys::backoff`] before it looks again. Marking the word at once would pull its cache line
+//! away from the new holder and make that holder's unlock a system call, only to sleep again;
+//! on a machine where the two run in parallel, that costs the holder more than the whole rest
+//! of its critical section. The back-off changes only when a waiter looks, never what it does
+//! with what it sees, so the protocol above is unchanged by it.
 
 use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release};
 
@@ -146,6 +157,10 @@ pub(crate) trait Sys<W: Word> {
     fn publish(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Called when a waiter wakes to find that the lock changed hands while it slept: another
+    /// owner took it first. The place to stay off the word for a moment (module docs, "Backing
+    /// off"; production: wait.rs's `BACKOFF`); the default does nothing.
+    fn backoff(&mut self) {}
     /// Called before each sleep with the live holder's token (never the caller's own): the
     /// place for a deadlock check, which ends the wait with its error.
     ///
@@ -290,10 +305,21 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
         std::hint::spin_loop();
     }
     sys.publish()?;
+    // What the word held when this waiter last went to sleep on it.
+    let mut slept_on = None;
     loop {
         // Acquire: the probe below must see at least what the owner named in `v` published
         // before it wrote its token (module docs, "Probing").
-        let v = word.load(Acquire);
+        let mut v = word.load(Acquire);
+        if let Some(before) = slept_on.take()
+            && v != 0
+            && v != before
+        {
+            // Woken by a release, but another owner took the lock first: let it run before
+            // marking the word again (module docs, "Backing off").
+            sys.backoff();
+            v = word.load(Acquire);
+        }
         if v == 0 {
             // Others may still sleep behind us: keep the waiters bit so our unlock wakes them.
             if word
@@ -345,6 +371,7 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             sys.check(owner)?;
         }
         sys.wait(word, v | WAITERS, seen)?;
+        slept_on = Some(v | WAITERS);
     }
 }
 

@@ -285,6 +285,8 @@ struct ModelSys<'a> {
     /// Planted bug (c): a waiter woken with its holder's life word marked does not wake the
     /// word's other sleepers, although the kernel woke only it.
     no_life_wake: bool,
+    /// Counts the back-offs taken, over every execution of a check.
+    backoffs: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl<'a> ModelSys<'a> {
@@ -293,6 +295,7 @@ impl<'a> ModelSys<'a> {
             world,
             late_notice: false,
             no_life_wake: false,
+            backoffs: None,
         }
     }
 }
@@ -336,6 +339,14 @@ impl Sys<World> for ModelSys<'_> {
 
     fn dead(&mut self, owner: u32, _full: bool) -> Result<bool> {
         Ok(self.world.dead(owner))
+    }
+
+    /// Production spins; here every other thread may run in the meantime.
+    fn backoff(&mut self) {
+        if let Some(n) = &self.backoffs {
+            n.fetch_add(1, SeqCst);
+        }
+        thread::yield_now();
     }
 
     fn wait(
@@ -477,6 +488,41 @@ fn model_exclusion_and_no_lost_wakeup() {
         assert_eq!(data.total(), 3);
         assert_eq!(world.load(SeqCst), 0);
     });
+}
+
+/// A waiter woken by a release finds the lock taken again by its releaser, which barged in on
+/// the fast path, and backs off (lockword.rs, "Backing off"): exclusion holds, nobody sleeps
+/// forever, and some execution does take the back-off.
+#[test]
+fn model_a_waiter_that_lost_the_race_backs_off() {
+    let backoffs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = backoffs.clone();
+    check(move || {
+        let world = World::new(0, &[1, 2]);
+        let data = Arc::new(Protected::new());
+        let waiter = {
+            let (world, data, backoffs) = (world.clone(), data.clone(), backoffs.clone());
+            thread::spawn(move || {
+                let mut sys = ModelSys::new(&world);
+                sys.backoffs = Some(backoffs);
+                assert_eq!(lock_with(&world, token(2), &mut sys), Acquired::Clean);
+                data.enter();
+                assert!(unlock(&world, token(2)));
+            })
+        };
+        for _ in 0..2 {
+            assert_eq!(lock(&world, token(1)), Acquired::Clean);
+            data.enter();
+            assert!(unlock(&world, token(1)));
+        }
+        join(waiter);
+        assert_eq!(data.total(), 3);
+        assert_eq!(world.load(SeqCst), 0);
+    });
+    assert!(
+        counted.load(SeqCst) > 0,
+        "no execution reached the back-off: the check says nothing about it"
+    );
 }
 
 /// A reader marks a hold (sets the waiters bit without waiting, as observe.rs does before it
