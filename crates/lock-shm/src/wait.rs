@@ -15,6 +15,8 @@
 //! The protocol (lockword.rs) may spin first (a table lock's waiter does not: see
 //! [`LockWaiter::spins`]); then it calls [`Sys::publish`], which writes this wait into a waiter
 //! entry of the manager's slot (client.rs).
+//! A waiter that a release woke, but that finds the lock taken by another owner first, spins off
+//! the word for a moment before it sleeps again ([`BACKOFF`], [`BACKOFFS`]).
 //! The entry is withdrawn when the waiter is dropped, however the wait ended, or earlier, by a
 //! deadlock victim, while it still holds the detection lock (observe.rs).
 
