@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use lock_conformance::child::ChildProcess;
 use lock_shm::{Acquired, Error, LockId, Locker, Manager, ShmManager};
 
 use common::{CAPACITY, STEP, Segment, TrialResult, client, e2s, expect, send};
@@ -54,6 +55,26 @@ fn until(what: &str, mut ready: impl FnMut() -> Result<bool, String>) -> TrialRe
             return Err(format!("{what}: not within {STEP:?}"));
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The client slot that `client`'s manager claimed.
+fn slot_of(client: &mut ChildProcess) -> Result<u32, String> {
+    send(client, "slot")?;
+    expect(client, "slot")?
+        .parse()
+        .map_err(|_| "bad slot".to_string())
+}
+
+/// `armed`, read while `who` lived, is a live owner's life word (a thread id, not marked), and
+/// `life`, read after its death, is marked `FUTEX_OWNER_DIED`.
+fn life_told_the_death(who: &str, armed: u32, life: u32) -> TrialResult {
+    if armed & TID == 0 || armed & OWNER_DIED != 0 {
+        return Err(format!("{who}'s life word was {armed:#x} while it lived"));
+    }
+    if life & OWNER_DIED == 0 {
+        return Err(format!("{who}'s life word is {life:#x} after its death"));
     }
     Ok(())
 }
@@ -132,10 +153,7 @@ fn a_dead_holder_is_told_by_its_life_word() -> TrialResult {
     let segment = Segment::new("life");
     let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
     let mut holder = client(&segment)?;
-    send(&mut holder, "slot")?;
-    let slot: u32 = expect(&mut holder, "slot")?
-        .parse()
-        .map_err(|_| "bad slot")?;
+    let slot = slot_of(&mut holder)?;
     let armed = segment.life(slot)?;
     send(&mut holder, "lock 1")?;
     expect(&mut holder, "locked clean")?;
@@ -157,13 +175,7 @@ fn a_dead_holder_is_told_by_its_life_word() -> TrialResult {
     if taken? != "owner-died" {
         return Err("the dead holder's lock was not reported as owner-died".into());
     }
-    if armed & TID == 0 || armed & OWNER_DIED != 0 {
-        return Err(format!("a live owner's life word was {armed:#x}"));
-    }
-    let life = life?;
-    if life & OWNER_DIED == 0 {
-        return Err(format!("the dead owner's life word is {life:#x}"));
-    }
+    life_told_the_death("the holder", armed, life?)?;
     send(&mut waiter, "unlock 1")?;
     expect(&mut waiter, "unlocked")?;
     waiter.finish(STEP).map_err(|e| e.to_string())
@@ -177,10 +189,7 @@ fn a_holder_in_another_pid_namespace_is_told_dead() -> TrialResult {
     let segment = Segment::new("pidns");
     let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
     let mut holder = common::client_in_pid_namespace(&segment)?;
-    send(&mut holder, "slot")?;
-    let slot: u32 = expect(&mut holder, "slot")?
-        .parse()
-        .map_err(|_| "bad slot")?;
+    let slot = slot_of(&mut holder)?;
     send(&mut holder, "lock 1")?;
     expect(&mut holder, "locked clean")?;
     // The slot records the pid the holder sees: 1, the init of its own namespace.
@@ -201,17 +210,7 @@ fn a_holder_in_another_pid_namespace_is_told_dead() -> TrialResult {
     until("the waiter", || waits(&manager, 1, waiter.pid()))?;
     holder.sigkill().map_err(|e| e.to_string())?;
     expect(&mut waiter, "locked owner-died")?;
-    if armed & TID == 0 || armed & OWNER_DIED != 0 {
-        return Err(format!(
-            "the namespaced owner's life word was {armed:#x} while it lived"
-        ));
-    }
-    let life = segment.life(slot)?;
-    if life & OWNER_DIED == 0 {
-        return Err(format!(
-            "the namespaced owner's life word is {life:#x} after its death"
-        ));
-    }
+    life_told_the_death("the namespaced holder", armed, segment.life(slot)?)?;
     send(&mut waiter, "unlock 1")?;
     expect(&mut waiter, "unlocked")?;
     waiter.finish(STEP).map_err(|e| e.to_string())
@@ -223,10 +222,7 @@ fn a_claimer_announces_the_death_of_the_slot_it_takes() -> TrialResult {
     let segment = Segment::new("claimer");
     let _manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
     let mut first = client(&segment)?;
-    send(&mut first, "slot")?;
-    let slot: u32 = expect(&mut first, "slot")?
-        .parse()
-        .map_err(|_| "bad slot")?;
+    let slot = slot_of(&mut first)?;
     let (generation, death) = segment.slot(slot)?;
     if death == generation {
         return Err(format!(
