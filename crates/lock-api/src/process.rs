@@ -195,6 +195,20 @@ impl<T: Send + Sync + 'static> Default for OnceValue<T> {
     }
 }
 
+/// This host's name (`uname(2)`'s nodename), read once per process: what the backends of one
+/// machine put in a [`Holder`](crate::Holder)'s `host`. A child forked while it is read makes
+/// its own rather than wait (see [`OnceValue`]).
+#[must_use]
+pub fn host_name() -> &'static str {
+    static HOST: OnceValue<String> = OnceValue::new();
+    HOST.get_or_make(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +280,15 @@ mod tests {
             "the child hung (None) or saw its parent's state (1)"
         );
         assert_eq!(*STATE.lock(parent), 7, "the parent keeps its own state");
+    }
+
+    #[test]
+    fn the_host_name_is_the_nodename_read_once() {
+        let uname = rustix::system::uname();
+        let expected = uname.nodename().to_string_lossy();
+        let first = host_name();
+        assert_eq!(first, expected);
+        assert!(std::ptr::eq(first, host_name()), "made once, then kept");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 use lock_api::{
-    Error, HeldLock, Holder, LockId, LockState, Manager, OnceValue, Result,
-    Store as StoreLifecycle, StoreSpec, wrong_scheme,
+    Error, HeldLock, Holder, LockId, LockState, Manager, Result, Store as StoreLifecycle,
+    StoreSpec, host_name, wrong_scheme,
 };
 
 use crate::bitmap::Bitmap;
@@ -26,19 +26,6 @@ use crate::wake::Waker;
 /// ([`Manager::set_deadlock_timeout`]), as PostgreSQL's `deadlock_timeout`.
 pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// This host's name (`uname(2)`'s nodename), read once: every holder and waiter of a store is
-/// on this host, since a store must be on a local filesystem. A child forked while it is read
-/// makes its own rather than wait (see `lock_api::OnceValue`).
-fn host() -> &'static str {
-    static HOST: OnceValue<String> = OnceValue::new();
-    HOST.get_or_make(|| {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    })
-}
-
 /// The owner key of owner number `owner`, the same in holder and waiter entries.
 pub(crate) fn owner_key(owner: u64) -> String {
     format!("file owner {owner}")
@@ -46,7 +33,7 @@ pub(crate) fn owner_key(owner: u64) -> String {
 
 /// The holder a claimed record names.
 fn holder_of(claim: Claim, dead: bool) -> Holder {
-    let mut holder = Holder::default().host(host()).dead(dead);
+    let mut holder = Holder::default().host(host_name()).dead(dead);
     holder.owner = claim.owner.map(owner_key);
     holder.pid = claim.pid;
     holder.since = claim.since;
@@ -63,7 +50,9 @@ struct Found {
 
 /// The waiter a published wait names.
 fn waiter_of(wait: &Waiting) -> Holder {
-    let mut waiter = Holder::default().host(host()).owner(owner_key(wait.owner));
+    let mut waiter = Holder::default()
+        .host(host_name())
+        .owner(owner_key(wait.owner));
     waiter.pid = wait.pid;
     waiter.since = wait.since;
     waiter

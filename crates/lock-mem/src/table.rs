@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lock_api::{
-    Acquired, Error, HeldLock, Holder, LockId, LockState, Locker, Manager, OnceValue, PerProcess,
-    Result, Store, StoreSpec, find_cycle, wrong_scheme,
+    Acquired, Error, HeldLock, Holder, LockId, LockState, Locker, Manager, PerProcess, Result,
+    Store, StoreSpec, find_cycle, host_name, wrong_scheme,
 };
 
 use crate::bitmap::FreeSet;
@@ -45,18 +45,6 @@ fn registry() -> MutexGuard<'static, HashMap<String, Arc<Table>>> {
     // Every update is one insert or remove, so a panic elsewhere cannot leave it half-done
     // (`PerProcess` does not poison).
     REGISTRY.lock(std::process::id())
-}
-
-/// This host's name (`uname(2)`'s nodename), read once; a child forked while it is
-/// read makes its own rather than wait (see `lock_api::OnceValue`).
-fn host() -> &'static str {
-    static HOST: OnceValue<String> = OnceValue::new();
-    HOST.get_or_make(|| {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    })
 }
 
 /// The wall clock in milliseconds from a coarse clock: a few nanoseconds through the vDSO,
@@ -142,7 +130,7 @@ impl Table {
 
     fn who(owner: u64) -> Holder {
         Holder::with_pid(std::process::id())
-            .host(host())
+            .host(host_name())
             .owner(format!("mem owner {owner}"))
     }
 

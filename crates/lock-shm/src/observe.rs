@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lock_api::{Cycle, Error, Holder, LockId, LockState, OnceValue, Result, find_cycle};
+use lock_api::{Cycle, Error, Holder, LockId, LockState, Result, find_cycle, host_name};
 
 use crate::client;
 use crate::futex;
@@ -62,18 +62,6 @@ use crate::layout::{CLIENT_SLOTS, field};
 use crate::lockword::{self, OWNER, WAITERS};
 use crate::manager::Shared;
 use crate::segment::unix_now;
-
-/// This host's name (`uname(2)`'s nodename), read once; a child forked while it is
-/// read makes its own rather than wait (see `lock_api::OnceValue`).
-fn host() -> &'static str {
-    static HOST: OnceValue<String> = OnceValue::new();
-    HOST.get_or_make(|| {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    })
-}
 
 /// The owner key of `token`: what tells owners apart in holders, waiters and cycles.
 pub(crate) fn owner_key(token: u32) -> String {
@@ -164,7 +152,7 @@ impl Owners {
         if let Some(h) = self.0.get(&token) {
             return Ok(h.clone());
         }
-        let mut holder = Holder::default().host(host()).owner(owner_key(token));
+        let mut holder = Holder::default().host(host_name()).owner(owner_key(token));
         if token == 0 {
             holder = holder.dead(true);
         } else {
