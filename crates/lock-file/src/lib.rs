@@ -11,6 +11,8 @@ mod model;
 mod owner;
 mod record;
 mod slot;
+#[cfg(test)]
+mod slot_model;
 mod store;
 mod table;
 mod wake;

@@ -2,8 +2,9 @@
 //!
 //! The paths through `lock()`:
 //!
-//! - **Uncontended:** the slot's mutex (this owner is idle on the lock), a load of the owner
-//!   record (released), one `flock(LOCK_EX | LOCK_NB)` that succeeds, and the record claimed.
+//! - **Uncontended:** the slot's phase word from idle to taking (one compare-exchange: this
+//!   owner's threads take turns, see `slot.rs`), a load of the owner record (released), one
+//!   `flock(LOCK_EX | LOCK_NB)` that succeeds, the record claimed, and the phase stored as held.
 //! - **Contended:** the record is claimed, so another owner holds the lock (or died holding it):
 //!   publish the wait in this manager's waiter file (two stores into a mapping), arm a timer for
 //!   the deadlock check (process-local, see `wake.rs`), and block in ONE `flock(LOCK_EX)`. When
@@ -20,7 +21,7 @@
 //!
 //! `try_lock_for` takes the same path with its deadline as a second timer.
 
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result, find_cycle};
@@ -30,7 +31,7 @@ use crate::flock;
 use crate::manager::{Shared, owner_key};
 use crate::owner::Entry;
 use crate::record;
-use crate::slot::{Phase, Slot, State};
+use crate::slot::{Release, Slot};
 
 /// The longest interval between two deadlock checks of one wait, in deadlock timeouts: checks
 /// come at 1, 3, 7, 15, ... timeouts into a wait, then every 32.
@@ -66,41 +67,35 @@ impl FileLocker {
     #[inline(never)]
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let slot = &*self.slot;
-        let mut state = slot.state();
         // This owner's threads take turns: wait while another of them holds or is taking it.
-        while state.phase != Phase::Idle {
-            state = match deadline {
-                None => slot.wait(state),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(Error::Timeout);
-                    }
-                    slot.wait_timeout(state, deadline - now)
-                }
-            };
+        while !slot.phase.try_begin() {
+            if !slot.phase.wait_idle(deadline) {
+                return Err(Error::Timeout);
+            }
         }
-        if flock::try_lock(&slot.file, &|| self.path())? {
-            return Ok(self.claimed(&mut state));
+        match flock::try_lock(&slot.file, &|| self.path()) {
+            Ok(true) => return Ok(self.claimed()),
+            Ok(false) => {}
+            Err(e) => {
+                slot.phase.abandon();
+                return Err(e);
+            }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
+            slot.phase.abandon();
             return Err(Error::Timeout);
         }
-        self.wait(state, deadline)
+        self.wait(deadline)
     }
 
-    /// Waits for another owner to release the lock, with the slot marked `Acquiring` so this
-    /// owner's other threads wait for this one, and the wait published for everyone.
+    /// Waits for another owner to release the lock, called in `TAKING`: the slot is marked
+    /// `WAITING`, so this owner's other threads wait for this one, and the wait is published for
+    /// everyone.
     #[cold]
     #[inline(never)]
-    fn wait(
-        &self,
-        mut state: MutexGuard<'_, State>,
-        deadline: Option<Instant>,
-    ) -> Result<Acquired> {
+    fn wait(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let slot = &*self.slot;
-        state.phase = Phase::Acquiring;
-        drop(state);
+        slot.phase.wait_for_others();
         let waited = self.shared.publish(slot.id).and_then(|mut entry| {
             let waited = self.block(deadline, &mut entry);
             // A deadlock victim withdrew its wait already, under the detection lock.
@@ -109,11 +104,14 @@ impl FileLocker {
             }
             waited
         });
-        let mut state = slot.state();
         match waited {
-            Ok(()) => Ok(self.claimed(&mut state)),
+            Ok(()) => {
+                let acquired = self.claim();
+                slot.phase.waited(true);
+                Ok(acquired)
+            }
             Err(e) => {
-                slot.set_idle(&mut state);
+                slot.phase.waited(false);
                 Err(e)
             }
         }
@@ -274,10 +272,11 @@ impl FileLocker {
         Ok(decided.is_some())
     }
 
-    /// Records the acquisition just made by `flock` and reports how the lock was left.
+    /// Records the acquisition just made by `flock` in the owner record, and reports how the
+    /// lock was left. The record is written before the phase says `HELD`: a thread of this owner
+    /// that unlocks at once must find it claimed, or its release would come before the claim.
     #[inline(always)]
-    fn claimed(&self, state: &mut MutexGuard<'_, State>) -> Acquired {
-        state.phase = Phase::Held;
+    fn claim(&self) -> Acquired {
         let shared = &*self.shared;
         if shared.owner_death
             && shared
@@ -290,19 +289,32 @@ impl FileLocker {
         }
     }
 
+    /// The first try took the lock (`TAKING`): record it, and the slot is `HELD`.
+    #[inline(always)]
+    fn claimed(&self) -> Acquired {
+        let acquired = self.claim();
+        self.slot.phase.take();
+        acquired
+    }
+
     /// `try_lock` after the fast path met an error: once more, reporting errors.
     #[cold]
     #[inline(never)]
     fn try_lock_slow(&self) -> Result<Option<Acquired>> {
         let slot = &*self.slot;
-        let mut state = slot.state();
-        if state.phase != Phase::Idle {
+        if !slot.phase.try_begin() {
             return Ok(None);
         }
-        if flock::try_lock(&slot.file, &|| self.path())? {
-            Ok(Some(self.claimed(&mut state)))
-        } else {
-            Ok(None)
+        match flock::try_lock(&slot.file, &|| self.path()) {
+            Ok(true) => Ok(Some(self.claimed())),
+            Ok(false) => {
+                slot.phase.abandon();
+                Ok(None)
+            }
+            Err(e) => {
+                slot.phase.abandon();
+                Err(e)
+            }
         }
     }
 
@@ -310,17 +322,18 @@ impl FileLocker {
     /// fails the lock is still held, so the claim is put back and the error returned.
     #[cold]
     #[inline(never)]
-    fn unlock_slow(&self, mut state: MutexGuard<'_, State>) -> Result<()> {
+    fn unlock_slow(&self, release: Release) -> Result<()> {
         let slot = &*self.slot;
         match flock::unlock(&slot.file, &|| self.path()) {
             Ok(()) => {
-                slot.set_idle(&mut state);
+                slot.phase.released(release);
                 Ok(())
             }
             Err(e) => {
                 if self.shared.owner_death {
                     self.shared.record(slot.id).reclaim(self.shared.owner);
                 }
+                slot.phase.still_held(release);
                 Err(e)
             }
         }
@@ -383,21 +396,19 @@ impl Locker for FileLocker {
         let slot = &*self.slot;
         let shared = &*self.shared;
         shared.usable()?;
-        let mut state = slot.state();
-        if state.phase == Phase::Idle {
+        if slot.phase.try_begin() {
             // A claimed record: another owner holds the lock (or died holding it). Go straight
             // to the one blocking call rather than trying first.
             if shared.owner_death && shared.record(slot.id).is_claimed() {
-                return self.wait(state, None);
+                return self.wait(None);
             }
             match flock::try_lock_fast(&slot.file) {
-                Ok(true) => return Ok(self.claimed(&mut state)),
-                Ok(false) => return self.wait(state, None),
+                Ok(true) => return Ok(self.claimed()),
+                Ok(false) => return self.wait(None),
                 // Errors (even EINTR) are rare: the slow path retries and reports them.
-                Err(_) => {}
+                Err(_) => slot.phase.abandon(),
             }
         }
-        drop(state);
         self.acquire(None)
     }
 
@@ -405,15 +416,17 @@ impl Locker for FileLocker {
     fn try_lock(&self) -> Result<Option<Acquired>> {
         let slot = &*self.slot;
         self.shared.usable()?;
-        let mut state = slot.state();
-        if state.phase != Phase::Idle {
+        if !slot.phase.try_begin() {
             return Ok(None);
         }
         match flock::try_lock_fast(&slot.file) {
-            Ok(true) => Ok(Some(self.claimed(&mut state))),
-            Ok(false) => Ok(None),
+            Ok(true) => Ok(Some(self.claimed())),
+            Ok(false) => {
+                slot.phase.abandon();
+                Ok(None)
+            }
             Err(_) => {
-                drop(state);
+                slot.phase.abandon();
                 self.try_lock_slow()
             }
         }
@@ -429,19 +442,18 @@ impl Locker for FileLocker {
     fn unlock(&self) -> Result<()> {
         let slot = &*self.slot;
         self.shared.usable()?;
-        let mut state = slot.state();
-        if state.phase != Phase::Held {
+        let Some(release) = slot.phase.begin_release() else {
             return Err(Error::NotHeld(self.id()));
-        }
+        };
         if self.shared.owner_death {
             self.shared.record(slot.id).release();
         }
         match flock::unlock_fast(&slot.file) {
             Ok(()) => {
-                slot.set_idle(&mut state);
+                slot.phase.released(release);
                 Ok(())
             }
-            Err(_) => self.unlock_slow(state),
+            Err(_) => self.unlock_slow(release),
         }
     }
 

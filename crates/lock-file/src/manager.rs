@@ -18,7 +18,7 @@ use crate::format::Marker;
 use crate::locker::FileLocker;
 use crate::owner::{self, Entry, OwnerFile, Waiting};
 use crate::record::{self, Claim, Record};
-use crate::slot::{Cache, Phase};
+use crate::slot::Cache;
 use crate::store::{self, Store};
 use crate::wake::Waker;
 
@@ -370,7 +370,7 @@ impl Shared {
         let held_here = self
             .slots()
             .get(id)
-            .is_some_and(|slot| slot.state().phase == Phase::Held);
+            .is_some_and(|slot| slot.phase.is_held());
         if held_here {
             return Ok(alive);
         }

@@ -58,6 +58,88 @@ fn same_owner_relock_waits_for_the_owner_and_try_lock_says_none() {
     assert!(matches!(second.unlock(), Err(Error::NotHeld(LockId(1)))));
 }
 
+/// Threads of two owners take one lock in turns, each owner's threads waiting for each other
+/// (the slot's phase word: sleepers while a sibling holds the lock or waits for the other owner)
+/// and for the other owner (`flock`). A counter bumped in two steps under the lock shows any
+/// overlap as a lost update, and every thread must finish within the liveness bound (a lost
+/// wake-up would leave one asleep).
+#[test]
+fn threads_of_two_owners_take_turns_without_losing_an_update() {
+    const THREADS_PER_OWNER: usize = 3;
+    const PAIRS: u64 = 300;
+    let (_root, path, a) = fresh(2);
+    let b = FileManager::open(&path).expect("second open");
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        for manager in [&a, &b] {
+            for _ in 0..THREADS_PER_OWNER {
+                let lock = manager.retrieve(LockId(0)).expect("retrieve");
+                let (counter, tx) = (&counter, tx.clone());
+                s.spawn(move || {
+                    for i in 0..PAIRS {
+                        // Mix the ways in: lock, try_lock, and a bounded wait.
+                        let taken = match i % 3 {
+                            0 => lock.lock().map(|_| true),
+                            1 => lock.try_lock().map(|got| got.is_some()),
+                            _ => match lock.try_lock_for(LIVENESS) {
+                                Ok(_) => Ok(true),
+                                Err(e) => Err(e),
+                            },
+                        };
+                        match taken {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.to_string()));
+                                return;
+                            }
+                        }
+                        let seen = counter.load(std::sync::atomic::Ordering::Relaxed);
+                        std::thread::yield_now();
+                        counter.store(seen + 1, std::sync::atomic::Ordering::Relaxed);
+                        if let Err(e) = lock.unlock() {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                        let _ = tx.send(Ok(()));
+                    }
+                });
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + LIVENESS * 3;
+        let mut pairs = 0u64;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(())) => pairs += 1,
+                Ok(Err(e)) => panic!("a thread failed: {e}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "threads still running after {:?}: a lost wake-up",
+                        LIVENESS * 3
+                    )
+                }
+            }
+        }
+        assert_eq!(
+            counter.load(std::sync::atomic::Ordering::Relaxed),
+            pairs,
+            "updates lost: two threads held the lock at once"
+        );
+        assert!(
+            pairs >= 2 * THREADS_PER_OWNER as u64 * PAIRS * 2 / 3,
+            "{pairs} pairs"
+        );
+    });
+    for manager in [&a, &b] {
+        let lock = manager.retrieve(LockId(0)).expect("retrieve");
+        assert_eq!(lock.try_lock().expect("try_lock"), Some(Acquired::Clean));
+        lock.unlock().expect("unlock");
+    }
+}
+
 #[test]
 fn two_managers_in_one_process_are_two_owners() {
     let (_root, path, a) = fresh(2);
