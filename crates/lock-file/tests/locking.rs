@@ -140,6 +140,59 @@ fn threads_of_two_owners_take_turns_without_losing_an_update() {
     }
 }
 
+/// A thread of an owner whose other thread waits for another owner (the slot is `WAITING`) waits
+/// too: `try_lock` says none, and `try_lock_for` ends with `Timeout` at its deadline and leaves
+/// the slot as it was; once the other owner lets go, the waiting thread holds the lock and the
+/// owner's threads take it in turn again.
+#[test]
+fn a_sibling_of_a_waiting_thread_times_out_and_the_wait_still_ends_holding() {
+    let (_root, path, a) = fresh(2);
+    let b = FileManager::open(&path).expect("second open");
+    let held_by_b = b.retrieve(LockId(0)).expect("retrieve");
+    assert_eq!(held_by_b.lock().expect("lock"), Acquired::Clean);
+    let first = a.retrieve(LockId(0)).expect("retrieve");
+    let sibling = a.retrieve(LockId(0)).expect("retrieve");
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let got = first.lock();
+            let _ = tx.send(got.map_err(|e| e.to_string()));
+        });
+        // The first thread is waiting for the other owner once its wait is published.
+        let deadline = Instant::now() + LIVENESS;
+        while a
+            .snapshot()
+            .expect("snapshot")
+            .iter()
+            .all(|l| l.waiters.is_empty())
+        {
+            assert!(Instant::now() < deadline, "the first thread never waited");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(sibling.try_lock().expect("try_lock").is_none());
+        assert!(matches!(
+            sibling.try_lock_for(Duration::from_millis(40)),
+            Err(Error::Timeout)
+        ));
+        assert!(matches!(sibling.unlock(), Err(Error::NotHeld(LockId(0)))));
+        held_by_b.unlock().expect("unlock");
+        let got = rx.recv_timeout(LIVENESS).expect("the wait ends");
+        assert_eq!(got, Ok(Acquired::Clean));
+    });
+    assert!(
+        sibling.try_lock().expect("try_lock").is_none(),
+        "the first thread holds it"
+    );
+    sibling
+        .unlock()
+        .expect("either handle of the owner releases it");
+    assert_eq!(
+        sibling.try_lock_for(LIVENESS).expect("try_lock_for"),
+        Acquired::Clean
+    );
+    first.unlock().expect("unlock");
+}
+
 #[test]
 fn two_managers_in_one_process_are_two_owners() {
     let (_root, path, a) = fresh(2);
