@@ -209,16 +209,19 @@ fn join<T>(t: thread::JoinHandle<T>) -> T {
     t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// Another thread of the owner that locks and unlocks once.
+fn lock_once_on_a_thread<const P: u8>(owner: &Arc<Owner<P>>) -> thread::JoinHandle<()> {
+    let owner = owner.clone();
+    thread::spawn(move || {
+        owner.lock();
+        assert!(owner.unlock());
+    })
+}
+
 /// Two threads lock and unlock, one of them twice, so that a thread waits through each phase of
 /// the other's: `TAKING`, `HELD` and `RELEASING`.
 fn take_turns<const P: u8>(owner: Arc<Owner<P>>) {
-    let other = {
-        let owner = owner.clone();
-        thread::spawn(move || {
-            owner.lock();
-            assert!(owner.unlock());
-        })
-    };
+    let other = lock_once_on_a_thread(&owner);
     for _ in 0..2 {
         owner.lock();
         assert!(owner.unlock());
@@ -236,13 +239,7 @@ fn model_slot_threads_take_turns() {
 /// One thread takes the lock after waiting for another owner while another thread of its owner
 /// waits for it, then the other way round.
 fn hand_over<const P: u8>(owner: Arc<Owner<P>>) {
-    let other = {
-        let owner = owner.clone();
-        thread::spawn(move || {
-            owner.lock();
-            assert!(owner.unlock());
-        })
-    };
+    let other = lock_once_on_a_thread(&owner);
     owner.lock_after_waiting();
     assert!(owner.unlock());
     join(other);
