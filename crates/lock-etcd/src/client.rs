@@ -324,9 +324,10 @@ impl Ctx {
         }));
     }
 
-    /// Notes the raft term a member answered with: a term higher than any seen before means an
-    /// election happened, and the leader may have moved without any request failing (a leader
-    /// transfer), so the leader is sought again ([`seek_leader`](Self::seek_leader)).
+    /// Notes the raft term a member answered with (every answer to [`retry`] and every lease
+    /// renewal tells it): a term higher than any seen before means an election happened, and
+    /// the leader may have moved without any request failing (a leader transfer), so the leader
+    /// is sought again ([`seek_leader`](Self::seek_leader)).
     pub(crate) fn saw_term(&self, term: u64) {
         let before = self.term.fetch_max(term, Ordering::AcqRel);
         if before != 0 && term > before {
@@ -362,7 +363,7 @@ impl Ctx {
     }
 
     /// Runs one request, retrying transient failures until the request timeout.
-    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    pub(crate) async fn call<T: Answer, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -385,12 +386,39 @@ impl Ctx {
     }
 }
 
+/// An answer from etcd, which tells the raft term of the member that gave it (its header).
+pub(crate) trait Answer {
+    /// The answering member's raft term, when the answer has a header.
+    fn raft_term(&self) -> Option<u64>;
+}
+
+/// Implements [`Answer`] for etcd-client's response types, which all carry a header.
+macro_rules! answers {
+    ($($response:ty),* $(,)?) => {$(
+        impl Answer for $response {
+            fn raft_term(&self) -> Option<u64> {
+                self.header().map(etcd_client::ResponseHeader::raft_term)
+            }
+        }
+    )*};
+}
+
+answers!(
+    etcd_client::TxnResponse,
+    etcd_client::GetResponse,
+    etcd_client::PutResponse,
+    etcd_client::DeleteResponse,
+    etcd_client::LeaseGrantResponse,
+    etcd_client::LeaseRevokeResponse,
+    etcd_client::LeaseTimeToLiveResponse,
+);
+
 /// Runs `f` until it succeeds, fails for good, or `deadline` passes, moving to the next
 /// endpoint after each transient failure or unanswered attempt.
 ///
 /// Every operation this crate retries is safe to repeat: lock keys are unique per lease and are
 /// created under a `create_revision == 0` compare, and a repeated delete or revoke is recognised.
-pub(crate) async fn retry<T, F, Fut>(ctx: &Ctx, deadline: Instant, mut f: F) -> Result<T>
+pub(crate) async fn retry<T: Answer, F, Fut>(ctx: &Ctx, deadline: Instant, mut f: F) -> Result<T>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -407,6 +435,10 @@ where
                 if attempts > 0 {
                     // Answered after a fail-over: the cluster may have a new leader.
                     ctx.seek_leader();
+                } else if let Some(term) = value.raft_term() {
+                    // Every answer tells the member's raft term, so a connection hears of a
+                    // leader transfer at its next request, with or without a session.
+                    ctx.saw_term(term);
                 }
                 return Ok(value);
             }

@@ -342,7 +342,7 @@ async fn renew(ctx: &Ctx, lease: i64, ttl: Duration, monitor: &Monitor) {
                 Ok(Ok(Renewal::Answered(granted, term))) if granted > 0 => {
                     let granted = u64::try_from(granted).unwrap_or(0);
                     monitor.confirm(sent, Duration::from_secs(granted));
-                    // A renewal every TTL/3 is also how a connection hears of an election that
+                    // A renewal every TTL/3 is one way a connection hears of an election that
                     // failed none of its requests (a leader transfer).
                     ctx.saw_term(term);
                     break;

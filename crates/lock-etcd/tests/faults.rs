@@ -284,6 +284,28 @@ fn after_a_leader_transfer_writes_go_to_the_new_leader() {
     assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
 }
 
+/// The same transfer with a session whose renewals are 20 s apart (a 60 s TTL), longer than
+/// `assert_writes_go_to` waits: the connection hears of the election from the raft term of the
+/// answer to its next request, whatever the request. Without that it wrote through the old
+/// leader until the session's next renewal.
+#[test]
+#[serial]
+fn after_a_leader_transfer_the_next_answer_sends_writes_to_the_new_leader() {
+    let mut tc = TestCluster::start();
+    let prefix = common::prefix("leader-answer");
+    let locks = tc.connect(&prefix, Duration::from_secs(60));
+    let lock = locks.named("a").expect("named");
+    let _ = lock.lock().expect("lock before");
+    lock.unlock().expect("unlock before");
+    let old = tc.cluster().leader().expect("a leader");
+    let new = (old + 1) % 3;
+    tc.cluster().move_leader(new).expect("move the leadership");
+    assert_writes_go_to(&lock, &tc.endpoints, old, new, "after the transfer");
+    drop(lock);
+    drop(locks);
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
+}
+
 /// A holder process SIGSTOPped past its TTL loses the lock: another process acquires it with a
 /// higher token, the fenced resource rejects the old token, and the holder sees Lost on SIGCONT.
 #[test]
