@@ -159,16 +159,7 @@ fn a_sibling_of_a_waiting_thread_times_out_and_the_wait_still_ends_holding() {
             let _ = tx.send(got.map_err(|e| e.to_string()));
         });
         // The first thread is waiting for the other owner once its wait is published.
-        let deadline = Instant::now() + LIVENESS;
-        while a
-            .snapshot()
-            .expect("snapshot")
-            .iter()
-            .all(|l| l.waiters.is_empty())
-        {
-            assert!(Instant::now() < deadline, "the first thread never waited");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        common::snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
         assert!(sibling.try_lock().expect("try_lock").is_none());
         assert!(matches!(
             sibling.try_lock_for(Duration::from_millis(40)),

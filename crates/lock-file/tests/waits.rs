@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use lock_conformance::Failed;
-use lock_file::{Acquired, Error, FileManager, LockId, LockState, Locker, Manager};
+use lock_file::{Acquired, Error, FileManager, LockId, Locker, Manager};
 
 /// Generous liveness bound: long enough for a loaded 2-core machine, short enough to fail fast.
 const LIVENESS: Duration = Duration::from_secs(20);
@@ -24,19 +24,6 @@ fn fresh(capacity: u32) -> (tempfile::TempDir, PathBuf, FileManager) {
     let path = root.path().join("store");
     let manager = FileManager::create(&path, capacity).expect("create store");
     (root, path, manager)
-}
-
-/// Polls `snapshot()` until `done` accepts it, within `LIVENESS`.
-fn snapshot_until(manager: &FileManager, done: impl Fn(&[LockState]) -> bool) -> Vec<LockState> {
-    let deadline = Instant::now() + LIVENESS;
-    loop {
-        let snapshot = manager.snapshot().expect("snapshot");
-        if done(&snapshot) {
-            return snapshot;
-        }
-        assert!(Instant::now() < deadline, "never came: {snapshot:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// One member of a would-be cycle, as lock-conformance runs it for `manager`'s owner on this
@@ -88,7 +75,7 @@ fn a_waiter_that_dies_or_times_out_leaves_the_snapshot() {
     let before = std::time::SystemTime::now();
     let mut child = common::spawn("hold", &path, "2");
     let pid = child.pid();
-    let snapshot = snapshot_until(&manager, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    let snapshot = common::snapshot_until(&manager, |s| s.iter().any(|l| !l.waiters.is_empty()));
     assert_eq!(snapshot.len(), 1, "{snapshot:?}");
     let state = &snapshot[0];
     assert_eq!(state.id, LockId(2));
@@ -211,7 +198,7 @@ fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
     let a_waits =
         with_sigurg_blocked(move || cycle_member(&a_member, 0, 1, deadlock, &said, || true));
     // Let `a` publish its wait first, so `b` closes the cycle.
-    snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    common::snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
     let b_result = b0.lock();
     let cycle = match b_result {
         Err(Error::Deadlock { cycle }) => cycle,
@@ -256,7 +243,7 @@ fn a_cycle_is_decided_only_under_the_detection_lock() {
             })
         })
         .collect();
-    snapshot_until(&a, |s| {
+    common::snapshot_until(&a, |s| {
         s.iter().map(|l| l.waiters.len()).sum::<usize>() == 2
     });
     for _ in 0..2 {
@@ -292,7 +279,7 @@ fn with_detection_off_a_cycle_is_never_reported() {
     let a1 = a.retrieve(LockId(1)).expect("retrieve");
     let (said, b_said) = mpsc::channel();
     let waiter = std::thread::spawn(move || cycle_member(&b, 1, 0, Duration::ZERO, &said, || true));
-    snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    common::snapshot_until(&a, |s| s.iter().any(|l| !l.waiters.is_empty()));
     assert!(matches!(
         a1.try_lock_for(Duration::from_millis(300)),
         Err(Error::Timeout)
@@ -364,7 +351,7 @@ fn an_idle_waiter_sleeps_through_its_deadlock_checks() {
         (got, unlocked)
     });
     let tid = tid_rx.recv().expect("the waiter's thread id");
-    snapshot_until(&holder, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    common::snapshot_until(&holder, |s| s.iter().any(|l| !l.waiters.is_empty()));
     // Past the first check, well into the schedule.
     std::thread::sleep(Duration::from_millis(100));
     let before = switches_of(tid);

@@ -11,10 +11,10 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lock_conformance::child::ChildProcess;
-use lock_file::{Acquired, Error, FileManager, LockId, Locker, Manager};
+use lock_file::{Acquired, Error, FileManager, LockId, LockState, Locker, Manager};
 
 /// The variable naming the role of a child.
 const CHILD_ENV: &str = "LOCK_FILE_TEST_CHILD";
@@ -26,6 +26,25 @@ const CHILD_LIFETIME: Duration = Duration::from_secs(60);
 
 /// How long the parent waits for a child's next line or its exit.
 pub(crate) const LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`snapshot_until`] polls.
+const SNAPSHOT_WITHIN: Duration = Duration::from_secs(20);
+
+/// Polls `snapshot()` until `done` accepts it, within 20 s.
+pub(crate) fn snapshot_until(
+    manager: &FileManager,
+    done: impl Fn(&[LockState]) -> bool,
+) -> Vec<LockState> {
+    let deadline = Instant::now() + SNAPSHOT_WITHIN;
+    loop {
+        let snapshot = manager.snapshot().expect("snapshot");
+        if done(&snapshot) {
+            return snapshot;
+        }
+        assert!(Instant::now() < deadline, "never came: {snapshot:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// The child's next line, which must come within `LINE_TIMEOUT`.
 pub(crate) fn line(child: &mut ChildProcess) -> String {
