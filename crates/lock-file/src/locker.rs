@@ -61,8 +61,8 @@ impl FileLocker {
         self.shared.lock_path(self.slot.id)
     }
 
-    /// Takes the lock, waiting until `deadline` (`None`: for ever): the way for every case the
-    /// inlined fast paths do not finish.
+    /// Takes the lock, waiting until `deadline` (`None`: for ever): `try_lock_for`'s way, and
+    /// where a `lock()` whose slot was busy goes.
     #[cold]
     #[inline(never)]
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
@@ -73,19 +73,28 @@ impl FileLocker {
                 return Err(Error::Timeout);
             }
         }
-        match flock::try_lock(&slot.file, &|| self.path()) {
-            Ok(true) => return Ok(self.claimed()),
-            Ok(false) => {}
-            Err(e) => {
-                slot.phase.abandon();
-                return Err(e);
-            }
+        self.take(deadline)
+    }
+
+    /// The rest of an acquisition, in `TAKING`: one try the slow way, then the wait.
+    #[cold]
+    #[inline(never)]
+    fn take(&self, deadline: Option<Instant>) -> Result<Acquired> {
+        if self.try_again()? {
+            return Ok(self.claimed());
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            slot.phase.abandon();
+            self.slot.phase.abandon();
             return Err(Error::Timeout);
         }
         self.wait(deadline)
+    }
+
+    /// `flock(LOCK_EX | LOCK_NB)` in `TAKING` the slow way (`EINTR` retried, errors typed with the
+    /// path), after the inlined try met an error or the slot was busy; an error leaves the slot
+    /// idle again.
+    fn try_again(&self) -> Result<bool> {
+        flock::try_lock(&self.slot.file, &|| self.path()).inspect_err(|_| self.slot.phase.abandon())
     }
 
     /// Waits for another owner to release the lock, called in `TAKING`: the slot is marked
@@ -297,24 +306,16 @@ impl FileLocker {
         acquired
     }
 
-    /// `try_lock` after the fast path met an error: once more, reporting errors.
+    /// `try_lock` after the inlined try met an error, still in `TAKING`: once more, reporting
+    /// errors.
     #[cold]
     #[inline(never)]
     fn try_lock_slow(&self) -> Result<Option<Acquired>> {
-        let slot = &*self.slot;
-        if !slot.phase.try_begin() {
-            return Ok(None);
-        }
-        match flock::try_lock(&slot.file, &|| self.path()) {
-            Ok(true) => Ok(Some(self.claimed())),
-            Ok(false) => {
-                slot.phase.abandon();
-                Ok(None)
-            }
-            Err(e) => {
-                slot.phase.abandon();
-                Err(e)
-            }
+        if self.try_again()? {
+            Ok(Some(self.claimed()))
+        } else {
+            self.slot.phase.abandon();
+            Ok(None)
         }
     }
 
@@ -402,12 +403,12 @@ impl Locker for FileLocker {
             if shared.owner_death && shared.record(slot.id).is_claimed() {
                 return self.wait(None);
             }
-            match flock::try_lock_fast(&slot.file) {
-                Ok(true) => return Ok(self.claimed()),
-                Ok(false) => return self.wait(None),
+            return match flock::try_lock_fast(&slot.file) {
+                Ok(true) => Ok(self.claimed()),
+                Ok(false) => self.wait(None),
                 // Errors (even EINTR) are rare: the slow path retries and reports them.
-                Err(_) => slot.phase.abandon(),
-            }
+                Err(_) => self.take(None),
+            };
         }
         self.acquire(None)
     }
@@ -425,10 +426,7 @@ impl Locker for FileLocker {
                 slot.phase.abandon();
                 Ok(None)
             }
-            Err(_) => {
-                slot.phase.abandon();
-                self.try_lock_slow()
-            }
+            Err(_) => self.try_lock_slow(),
         }
     }
 
