@@ -73,13 +73,13 @@ impl FileLocker {
                 return Err(Error::Timeout);
             }
         }
-        self.take(deadline)
+        self.acquire_from_taking(deadline)
     }
 
     /// The rest of an acquisition, in `TAKING`: one try the slow way, then the wait.
     #[cold]
     #[inline(never)]
-    fn take(&self, deadline: Option<Instant>) -> Result<Acquired> {
+    fn acquire_from_taking(&self, deadline: Option<Instant>) -> Result<Acquired> {
         if self.try_again()? {
             return Ok(self.claimed());
         }
@@ -407,7 +407,7 @@ impl Locker for FileLocker {
                 Ok(true) => Ok(self.claimed()),
                 Ok(false) => self.wait(None),
                 // Errors (even EINTR) are rare: the slow path retries and reports them.
-                Err(_) => self.take(None),
+                Err(_) => self.acquire_from_taking(None),
             };
         }
         self.acquire(None)

@@ -75,8 +75,8 @@ const SLEEPERS: u32 = 0b1000;
 const SPINS: u32 = 32;
 
 /// What the phase protocol needs of the system: the word's atomic operations, sleeping on it and
-/// waking its sleepers, and a pause. Production runs it on [`Futex`]; the model check on loom's
-/// atomics and a modelled futex.
+/// waking its sleepers, and a pause. Production runs it on [`Futex`]; the model check on a value
+/// under a loom mutex and a modelled futex (`slot_model.rs` says why not loom's atomic).
 pub(crate) trait PhaseSys {
     /// Planted bug (a), set only by the model check: a waiter sleeps in a short phase too, so
     /// its `SLEEPERS` bit is overwritten by the plain store that ends the phase.
