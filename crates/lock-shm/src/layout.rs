@@ -15,8 +15,11 @@ pub(crate) const MAGIC: [u8; 8] = *b"LKYDSHM\0";
 /// waiter entries and added the since region and the deadlock detection lock; version 4 gave
 /// each slot a death word that waiters sleep on (watch.rs). A process of another version would
 /// ignore what this one publishes (a version 3 waiter would never be woken by a death, a version
-/// 3 claimer would not announce one), so the versions never share a segment.
-pub(crate) const VERSION: u32 = 5;
+/// 3 claimer would not announce one), so the versions never share a segment. Version 5 gave each
+/// slot a life word (life.rs); version 6 gave the lock word `HANDED` and the since word its
+/// starving bit (lockword.rs, "Handing off"), which a version 5 process would take for a dead
+/// owner's hold.
+pub(crate) const VERSION: u32 = 6;
 /// Bytes reserved for the header; the client table starts here.
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Bytes per lock word.

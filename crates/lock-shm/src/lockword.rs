@@ -5,30 +5,31 @@
 //!
 //! # The word
 //!
-//! `0` is unlocked. Any other value is held: the low 31 bits ([`OWNER`]) name the holder's token
-//! and [`WAITERS`] says that someone may sleep on the word. A token is never 0, so a word of
-//! `WAITERS` alone names no owner: no correct process writes it, and it reads as a hold by a dead
-//! owner, which the next acquirer takes over and reports as `OwnerDied`.
+//! `0` is unlocked. [`HANDED`], the waiters bit alone, is unlocked too, but handed to the waiters
+//! that slept (see "Handing off"). Any other value is held: the low 31 bits ([`OWNER`]) name the
+//! holder's token, which is never 0, and [`WAITERS`] says that someone may sleep on the word.
 //!
 //! # Transitions (each one atomic read-modify-write)
 //!
 //! 1. lock: `0 -> token` (fast path), or `0 -> token | WAITERS` by a waiter that slept, so that
-//!    its unlock wakes whoever still sleeps behind it.
+//!    its unlock wakes whoever still sleeps behind it; `HANDED -> token | WAITERS` by a waiter
+//!    that slept or a `try_lock` (or a waiter that has waited out the grace, or its deadline).
 //! 2. announce: `v -> v | WAITERS` by a waiter about to sleep, or by a reader that records when
 //!    it saw the hold ([`mark`]); the owner bits do not change.
 //! 3. take over: `v -> token | WAITERS` by a waiter whose probe found `v`'s owner dead,
 //!    compared against the exact value `v` it probed. The waiters bit is always set, so that
 //!    the new holder's unlock takes the contended path (which clears the since word; see
 //!    manager.rs) and wakes whoever slept behind the dead owner.
-//! 4. unlock: `token -> 0` or `token | WAITERS -> 0`, compared against the exact value read, in
+//! 4. unlock: `token -> 0` or `token | WAITERS -> 0` (or `-> HANDED`, when a starving waiter
+//!    asked for the lock), compared against the exact value read, in
 //!    a loop that retries only while the owner bits are still the caller's own token. Only the
 //!    waiters bit can change under an owner that lives, so the loop ends after at most two
 //!    rounds, and an unlock never clears a word whose owner bits are not its own token: of two
 //!    racing unlocks of one hold, exactly one succeeds.
 //!
-//! Nothing else writes the word. So the owner bits change only by 1 (from 0), by 3 (from a dead
-//! owner) and by 4 (by the owner itself), and while a token's owner lives, only that owner can
-//! take its token out of the word.
+//! Nothing else writes the word. So the owner bits change only by 1 (from 0 or `HANDED`), by 3
+//! (from a dead owner) and by 4 (by the owner itself), and while a token's owner lives, only that
+//! owner can take its token out of the word.
 //!
 //! # Memory ordering (the Rust, that is C++20, model)
 //!
@@ -83,6 +84,29 @@
 //! on a machine where the two run in parallel, that costs the holder more than the whole rest
 //! of its critical section. The back-off changes only when a waiter looks, never what it does
 //! with what it sees, so the protocol above is unchanged by it.
+//!
+//! # Handing off
+//!
+//! Barging is unfair to a waiter that keeps losing: the releasing process, already running, takes
+//! the word again before the woken sleeper does. A waiter that has waited long enough and then
+//! loses once more is *starving* ([`Sys::starving`]; production: wait.rs's `STARVE_AFTER`, and
+//! the request is a bit in the lock's since word, observe.rs). It makes sure the word has the
+//! waiters bit, so that the holder's unlock takes the contended path, where `clear` reports the
+//! request, and the unlock releases the word as `HANDED` instead of 0 and wakes one sleeper as
+//! it would have. `HANDED` fails every fast path (which compares against 0), so the releaser's
+//! next `lock` cannot barge; the starving waiter watches the word awake for a moment
+//! ([`Sys::watching`]) and takes it within a few cache misses, and if it has gone to sleep by
+//! then, the sleeper the unlock woke takes it. Only a waiter that has slept in this wait takes a
+//! handed word (each one did, or was woken by, the wait that the hand-off serves), and a
+//! newcomer sleeps on it first ([`Sys::wait_handed`]); the taker writes `token | WAITERS`, so its
+//! own unlock wakes the next sleeper, the newcomer included. Nobody waits on a handed word for
+//! ever: a newcomer's sleep has a short grace, after which it has slept and may take it, and a
+//! `try_lock` takes it at once. So a hand-off whose taker died or timed out in between costs
+//! the others at most that grace, like a wake-up swallowed by a waiter that dies (which the
+//! protocol without hand-offs has too). A request may outlive its requester (for example, when
+//! the holder released on the fast path before the waiters bit landed): it costs one hand-off to
+//! whoever sleeps then. Hand-offs keep the uncontended paths as they were: only the contended
+//! unlock reads the request, and only waiters look for `HANDED`.
 
 use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release};
 
@@ -92,6 +116,14 @@ use lock_api::{Acquired, Error, Result};
 pub(crate) const WAITERS: u32 = 1 << 31;
 /// The holder's token.
 pub(crate) const OWNER: u32 = !WAITERS;
+/// Released and handed to the waiters that sleep, or have slept, on the word: the waiters bit
+/// alone (module docs, "Handing off").
+pub(crate) const HANDED: u32 = WAITERS;
+
+/// Whether a word that read `v` is free: unlocked, or handed to its waiters.
+pub(crate) fn is_free(v: u32) -> bool {
+    v == 0 || v == HANDED
+}
 
 /// A 32-bit atomic lock word.
 pub(crate) trait Word {
@@ -161,6 +193,28 @@ pub(crate) trait Sys<W: Word> {
     /// owner took it first. The place to stay off the word for a moment (module docs, "Backing
     /// off"; production: wait.rs's `BACKOFF`); the default does nothing.
     fn backoff(&mut self) {}
+    /// Called when a waiter wakes to find that another owner took the lock first, instead of
+    /// [`backoff`](Sys::backoff) when it returns `true`: the waiter is starving, and has asked
+    /// the holder's unlock (through `unlock`'s `clear`) to hand the lock over (module docs,
+    /// "Handing off"). The default never starves.
+    fn starving(&mut self) -> bool {
+        false
+    }
+    /// Called between the looks of a starving waiter that watches for the hand-off awake;
+    /// `false` once it has watched long enough and should sleep instead. The default looks once.
+    fn watching(&mut self) -> bool {
+        false
+    }
+    /// Sleeps while `word` is [`HANDED`], for a waiter that has not slept in this wait: at most
+    /// a short grace of the system's choosing, after which it may take the word itself (so a
+    /// hand-off whose taker is gone cannot keep the lock from anyone for long).
+    ///
+    /// # Errors
+    ///
+    /// Whatever the sleep's system call fails with.
+    fn wait_handed(&mut self, word: &W) -> Result<()> {
+        self.wait(word, HANDED, None)
+    }
     /// Called before each sleep with the live holder's token (never the caller's own): the
     /// place for a deadlock check, which ends the wait with its error.
     ///
@@ -204,7 +258,8 @@ pub(crate) fn unlock_fast<W: Word>(word: &W, token: u32) -> bool {
 /// Releases the word if `token` holds it; returns whether it did. `wake` wakes one sleeper; it
 /// is called only when the waiters bit was set. `clear` runs on the contended path only, once
 /// the word is known to hold `token`, before the word is released (it clears what the holder
-/// recorded beside the word).
+/// recorded beside the word), and says whether a starving waiter asked for the lock: the word
+/// is then released as [`HANDED`] if it has the waiters bit (module docs, "Handing off").
 ///
 /// # Errors
 ///
@@ -213,7 +268,7 @@ pub(crate) fn unlock_fast<W: Word>(word: &W, token: u32) -> bool {
 pub(crate) fn unlock<W: Word>(
     word: &W,
     token: u32,
-    clear: impl FnOnce(),
+    clear: impl FnOnce() -> bool,
     wake: impl FnOnce(&W) -> Result<()>,
 ) -> Result<bool> {
     match word.compare_exchange(token, 0, Release, Relaxed) {
@@ -228,13 +283,13 @@ fn unlock_contended<W: Word>(
     word: &W,
     token: u32,
     mut v: u32,
-    clear: impl FnOnce(),
+    clear: impl FnOnce() -> bool,
     wake: impl FnOnce(&W) -> Result<()>,
 ) -> Result<bool> {
     if v & OWNER != token {
         return Ok(false);
     }
-    clear();
+    let hand = clear();
     loop {
         if v & OWNER != token {
             return Ok(false);
@@ -242,7 +297,8 @@ fn unlock_contended<W: Word>(
         // Compare against the exact value: if another thread of this owner unlocked first and a
         // waiter took the lock, the owner bits differ and this unlock fails instead of erasing
         // the new hold.
-        match word.compare_exchange(v, 0, Release, Relaxed) {
+        let handed = hand && v & WAITERS != 0;
+        match word.compare_exchange(v, if handed { HANDED } else { 0 }, Release, Relaxed) {
             Ok(_) => {
                 if v & WAITERS != 0 {
                     wake(word)?;
@@ -270,6 +326,11 @@ pub(crate) fn try_lock<W: Word>(
         Ok(_) => return Ok(Some(Acquired::Clean)),
         Err(v) => v,
     };
+    if v == HANDED {
+        // Free: a try does not wait, so it takes a handed word as it takes an unlocked one.
+        let taken = word.compare_exchange(v, token | WAITERS, AcqRel, Relaxed);
+        return Ok(taken.is_ok().then_some(Acquired::Clean));
+    }
     if v & OWNER == token {
         return Ok(None);
     }
@@ -307,18 +368,35 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
     sys.publish()?;
     // What the word held when this waiter last went to sleep on it.
     let mut slept_on = None;
+    // Whether this waiter has slept: only such a waiter takes a handed word.
+    let mut slept = false;
     loop {
         // Acquire: the probe below must see at least what the owner named in `v` published
         // before it wrote its token (module docs, "Probing").
         let mut v = word.load(Acquire);
         if let Some(before) = slept_on.take()
-            && v != 0
+            && !is_free(v)
             && v != before
         {
-            // Woken by a release, but another owner took the lock first: let it run before
-            // marking the word again (module docs, "Backing off").
-            sys.backoff();
+            // Woken by a release, but another owner took the lock first.
+            if sys.starving() {
+                if watch_for_hand_off(word, token, v, sys) {
+                    return Ok(Some(Acquired::Clean));
+                }
+            } else {
+                // Let it run before marking the word again (module docs, "Backing off").
+                sys.backoff();
+            }
             v = word.load(Acquire);
+        }
+        if v == HANDED && slept {
+            if word
+                .compare_exchange(HANDED, token | WAITERS, AcqRel, Relaxed)
+                .is_ok()
+            {
+                return Ok(Some(Acquired::Clean));
+            }
+            continue;
         }
         if v == 0 {
             // Others may still sleep behind us: keep the waiters bit so our unlock wakes them.
@@ -331,6 +409,17 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             continue;
         }
         let tick = sys.tick();
+        if v == HANDED {
+            // Handed to those who slept: this waiter has not, so it sleeps a moment first.
+            // A timeout still takes it, as `try_lock` would.
+            if tick.expired {
+                let taken = word.compare_exchange(HANDED, token | WAITERS, AcqRel, Relaxed);
+                return Ok(taken.is_ok().then_some(Acquired::Clean));
+            }
+            sys.wait_handed(word)?;
+            slept = true;
+            continue;
+        }
         let owner = v & OWNER;
         // The death notice is read before the probe: a death the probe missed is published
         // after this read, and wakes the sleep below (module docs, "Waking on a death").
@@ -372,6 +461,30 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
         }
         sys.wait(word, v | WAITERS, seen)?;
         slept_on = Some(v | WAITERS);
+        slept = true;
+    }
+}
+
+/// A starving waiter that found the word `v` (held by another owner) makes sure the word has the
+/// waiters bit, so that the holder's unlock takes the contended path and hands the lock over,
+/// and watches the word awake for as long as `sys` says; returns whether it took the lock.
+fn watch_for_hand_off<W: Word, S: Sys<W>>(word: &W, token: u32, v: u32, sys: &mut S) -> bool {
+    if v & WAITERS == 0 {
+        let _ = word.compare_exchange(v, v | WAITERS, Relaxed, Relaxed);
+    }
+    loop {
+        // Relaxed: the compare-and-swap below is the acquiring read.
+        let now = word.load(Relaxed);
+        if is_free(now)
+            && word
+                .compare_exchange(now, token | WAITERS, AcqRel, Relaxed)
+                .is_ok()
+        {
+            return true;
+        }
+        if !sys.watching() {
+            return false;
+        }
     }
 }
 
@@ -403,7 +516,7 @@ pub(crate) fn with_lock<W: Word, S: Sys<W>, T>(
         }
         f()
     })();
-    if !unlock(word, token, || {}, wake)? {
+    if !unlock(word, token, || false, wake)? {
         return Err(stolen());
     }
     result

@@ -199,7 +199,7 @@ impl Shared {
             }
             Ok(())
         })();
-        if !futex::unlock(word, self.token, || {})? {
+        if !futex::unlock(word, self.token, || false)? {
             return Err(self.alloc_lock_stolen());
         }
         result
@@ -568,7 +568,7 @@ impl ShmLocker {
     fn unlock_slow(&self) -> Result<()> {
         let word = self.word()?;
         if futex::unlock(word, self.shared.token, || {
-            crate::observe::clear_since(&self.shared, self.id);
+            crate::observe::clear_since(&self.shared, self.id)
         })? {
             Ok(())
         } else {
@@ -662,7 +662,7 @@ impl Inspect for ShmLocker {
     /// The holder (pid, host, owner key, since, dead), read from the lock word without locking.
     fn holder(&self) -> Result<Option<Holder>> {
         let v = self.word()?.load(Acquire);
-        if v == 0 {
+        if crate::lockword::is_free(v) {
             return Ok(None);
         }
         crate::observe::holder_of(&self.shared, self.id, v).map(Some)

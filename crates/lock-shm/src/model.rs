@@ -113,6 +113,10 @@ struct World {
     /// Run the protocol with the orderings before issue 9 (a `Relaxed` load before the probe, an
     /// `Acquire`-only lock CAS), to show that the checker tells them apart.
     weakened: bool,
+    /// The since word's starving bit: a hand-off requested (lockword.rs, "Handing off").
+    starving: AtomicBool,
+    /// Hand-offs made (unlocks that released the word as `HANDED`), over one execution.
+    hand_offs: AtomicUsize,
 }
 
 impl World {
@@ -132,6 +136,8 @@ impl World {
             ofd: Mutex::new(()),
             released: Condvar::new(),
             weakened: false,
+            starving: AtomicBool::new(false),
+            hand_offs: AtomicUsize::new(0),
         })
     }
 
@@ -287,6 +293,18 @@ struct ModelSys<'a> {
     no_life_wake: bool,
     /// Counts the back-offs taken, over every execution of a check.
     backoffs: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// This waiter starves as soon as it loses once after a sleep, and asks for a hand-off.
+    starves: bool,
+    /// It asked, and withdraws the request when the wait ends (wait.rs, `LockWaiter`'s drop).
+    asked: bool,
+}
+
+impl Drop for ModelSys<'_> {
+    fn drop(&mut self) {
+        if self.asked {
+            self.world.starving.store(false, Relaxed);
+        }
+    }
 }
 
 impl<'a> ModelSys<'a> {
@@ -296,6 +314,8 @@ impl<'a> ModelSys<'a> {
             late_notice: false,
             no_life_wake: false,
             backoffs: None,
+            starves: false,
+            asked: false,
         }
     }
 }
@@ -339,6 +359,21 @@ impl Sys<World> for ModelSys<'_> {
 
     fn dead(&mut self, owner: u32, _full: bool) -> Result<bool> {
         Ok(self.world.dead(owner))
+    }
+
+    /// Production asks after `STARVE_AFTER`; here at once, if this waiter `starves`.
+    fn starving(&mut self) -> bool {
+        if self.starves {
+            self.world.starving.store(true, Relaxed);
+            self.asked = true;
+        }
+        self.starves
+    }
+
+    /// Production watches for `WATCH` after its first look; here the first look is all, and the
+    /// waiter then sleeps, so the hand-off must reach it through the unlock's wake-up.
+    fn watching(&mut self) -> bool {
+        false
     }
 
     /// Production spins; here every other thread may run in the meantime.
@@ -392,7 +427,20 @@ fn lock_with(world: &World, token: u32, sys: &mut ModelSys<'_>) -> Acquired {
 }
 
 fn unlock(world: &World, token: u32) -> bool {
-    match lockword::unlock(world, token, || {}, World::wake_one) {
+    unlock_waking(world, token, World::wake_one)
+}
+
+/// As [`unlock`], with the unlock's wake-up given: what ShmLocker::unlock does, the since word's
+/// starving bit read and cleared by `clear` (observe.rs, `clear_since`).
+fn unlock_waking(world: &World, token: u32, wake: impl FnOnce(&World) -> Result<()>) -> bool {
+    let clear = || {
+        let hand = world.starving.swap(false, Relaxed);
+        if hand {
+            world.hand_offs.fetch_add(1, SeqCst);
+        }
+        hand
+    };
+    match lockword::unlock(world, token, clear, wake) {
         Ok(done) => done,
         Err(e) => panic!("unlock failed: {e}"),
     }
@@ -523,6 +571,85 @@ fn model_a_waiter_that_lost_the_race_backs_off() {
         counted.load(SeqCst) > 0,
         "no execution reached the back-off: the check says nothing about it"
     );
+}
+
+/// A starving waiter asks for a hand-off while its rival barges back in on the fast path, and a
+/// newcomer arrives (lockword.rs, "Handing off"): exclusion holds, the data has no race, nobody
+/// sleeps forever (the modelled starver looks once and sleeps, so the hand-off reaches it, or the
+/// newcomer, through the unlock's wake-up, and the next sleeper through the taker's), the word
+/// ends free, and some execution hands off.
+#[test]
+fn model_a_starving_waiter_is_handed_the_lock() {
+    let hand_offs = starving_waiter_is_handed_the_lock(World::wake_one);
+    assert!(
+        hand_offs > 0,
+        "no execution handed the lock over: the check says nothing about hand-offs"
+    );
+}
+
+/// Runs the check of [`model_a_starving_waiter_is_handed_the_lock`] with `wake` as every unlock's
+/// wake-up; returns the hand-offs made over all executions.
+fn starving_waiter_is_handed_the_lock(wake: fn(&World) -> Result<()>) -> usize {
+    let hand_offs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hand_offs.clone();
+    check(move || {
+        let world = World::new(0, &[1, 2, 3]);
+        let data = Arc::new(Protected::new());
+        let waiters: Vec<_> = [(2, true), (3, false)]
+            .into_iter()
+            .map(|(slot, starves)| {
+                let (world, data) = (world.clone(), data.clone());
+                thread::spawn(move || {
+                    let mut sys = ModelSys::new(&world);
+                    sys.starves = starves;
+                    assert_eq!(lock_with(&world, token(slot), &mut sys), Acquired::Clean);
+                    drop(sys);
+                    data.enter();
+                    assert!(unlock_waking(&world, token(slot), wake));
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            assert_eq!(lock(&world, token(1)), Acquired::Clean);
+            data.enter();
+            assert!(unlock_waking(&world, token(1), wake));
+        }
+        waiters.into_iter().for_each(join);
+        assert_eq!(data.total(), 4);
+        assert_eq!(world.load(SeqCst), 0);
+        hand_offs.fetch_add(world.hand_offs.load(SeqCst), SeqCst);
+    });
+    counted.load(SeqCst)
+}
+
+/// Set in the child process of [`model_catches_a_hand_off_that_wakes_nobody`].
+const PLANTED_HAND_OFF_ENV: &str = "LOCK_SHM_MODEL_PLANTED_HAND_OFF";
+
+/// Planted bug: an unlock that hands the word over does not wake a sleeper, as if the starving
+/// waiter were sure to be watching. The sleeping starver (or newcomer) is never woken: a
+/// deadlock.
+#[test]
+fn model_catches_a_hand_off_that_wakes_nobody() {
+    lock_conformance::child::assert_caught_as_deadlock(
+        "model::model_planted_hand_off_child",
+        PLANTED_HAND_OFF_ENV,
+        "a hand-off that wakes nobody",
+    );
+}
+
+/// The planted bug of [`model_catches_a_hand_off_that_wakes_nobody`]; passes trivially outside
+/// its child process.
+#[test]
+fn model_planted_hand_off_child() {
+    if std::env::var_os(PLANTED_HAND_OFF_ENV).is_some() {
+        starving_waiter_is_handed_the_lock(|world| {
+            if world.word.load(SeqCst) == lockword::HANDED {
+                Ok(())
+            } else {
+                world.wake_one()
+            }
+        });
+    }
 }
 
 /// A reader marks a hold (sets the waiters bit without waiting, as observe.rs does before it

@@ -25,8 +25,13 @@
 //!    hold record and clears the since word (when it is not already clear) before it releases
 //!    the lock (lockword.rs, `unlock`).
 //!
-//! So a since word is non-zero only while the word has the waiters bit, and is cleared before
-//! the hold that owns it ends: a fast-path hold that follows finds it clear. A reader re-checks
+//! Its top bit ([`STARVING`]) is not part of the time: a starving waiter sets it to ask the
+//! holder's contended unlock, which clears the word anyway, for a hand-off (lockword.rs,
+//! "Handing off"); readers ignore it.
+//!
+//! So a since word is non-zero only while the word has the waiters bit (but for a request that
+//! lands after the hold it was meant for ended, which the next contended unlock clears), and is
+//! cleared before the hold that owns it ends: a fast-path hold that follows finds it clear. A reader re-checks
 //! the word after recording and takes its record back if the hold changed in between; what is
 //! left is that a recorded time can precede the hold it is shown with by the reader's own delay
 //! between reading the clock and recording, never by more. Setting the waiters bit costs the
@@ -61,7 +66,7 @@ use crate::futex;
 use crate::layout::{CLIENT_SLOTS, field};
 use crate::lockword::{self, OWNER, WAITERS};
 use crate::manager::Shared;
-use crate::segment::unix_now;
+use crate::segment::{Le32, unix_now};
 
 /// The owner key of `token`: what tells owners apart in holders, waiters and cycles.
 pub(crate) fn owner_key(token: u32) -> String {
@@ -72,12 +77,12 @@ pub(crate) fn owner_key(token: u32) -> String {
     format!("shm slot {slot} generation {generation}")
 }
 
-/// The since value for now: seconds since the epoch, plus 1 (never 0).
+/// The since value for now: seconds since the epoch, plus 1 (never 0, and below [`STARVING`]).
 fn since_now(shared: &Shared) -> u32 {
     let secs = unix_now().as_secs().saturating_sub(shared.epoch);
     u32::try_from(secs)
-        .unwrap_or(u32::MAX - 1)
-        .min(u32::MAX - 1)
+        .unwrap_or(STARVING - 2)
+        .min(STARVING - 2)
         + 1
 }
 
@@ -98,18 +103,46 @@ pub(crate) fn record_since(shared: &Shared, id: u32) -> Result<()> {
 }
 
 /// On the contended unlock path, before the word is released: takes back this hold's record and
-/// forgets any sighting of it. The since word is written only when it holds something, so that
-/// contenders do not pass its cache line around for nothing.
-pub(crate) fn clear_since(shared: &Shared, id: u32) {
+/// forgets any sighting of it, and any request for a hand-off, which it returns. The since word
+/// is written only when it holds something, so that contenders do not pass its cache line around
+/// for nothing.
+pub(crate) fn clear_since(shared: &Shared, id: u32) -> bool {
     if let Ok(Some(entry)) = client::take_hold(&shared.seg, &shared.layout, shared.slot, id) {
         shared
             .entries
             .fetch_and(!(1 << entry), std::sync::atomic::Ordering::AcqRel);
     }
-    if let Ok(word) = shared.since_word(id)
-        && word.load(Relaxed) != 0
-    {
-        word.store(0, Relaxed);
+    let Ok(word) = shared.since_word(id) else {
+        return false;
+    };
+    // A swap only when there is something to clear; a request that lands after it is kept for
+    // the next contended unlock.
+    let v = word.load(Relaxed);
+    let v = if v == 0 { 0 } else { word.swap(0, Relaxed) };
+    v & STARVING != 0
+}
+
+/// Set in a since word by a starving waiter: the hold's contended unlock hands the lock over
+/// (lockword.rs, "Handing off"). The rest of the word is the since value, which never reaches it.
+pub(crate) const STARVING: u32 = 1 << 31;
+
+/// Takes back a request for a hand-off, if one is still in the since word `since`.
+pub(crate) fn withdraw_hand_off(since: &Le32) {
+    let mut v = since.load(Relaxed);
+    while v & STARVING != 0 {
+        match since.compare_exchange(v, v & !STARVING, Relaxed, Relaxed) {
+            Ok(_) => return,
+            Err(now) => v = now,
+        }
+    }
+}
+
+/// Asks the holder of the lock whose since word is `since` to hand it over at its unlock.
+pub(crate) fn request_hand_off(since: &Le32) {
+    let v = since.load(Relaxed);
+    if v & STARVING == 0 {
+        // A since value that lands in between is kept by the next round's request.
+        let _ = since.compare_exchange(v, v | STARVING, Relaxed, Relaxed);
     }
 }
 
@@ -125,18 +158,22 @@ fn since_of(shared: &Shared, id: u32, v: u32) -> Result<SystemTime> {
         }
     }
     let since = shared.since_word(id)?;
-    let recorded = since.load(Relaxed);
-    if recorded != 0 {
-        return Ok(since_time(shared, recorded));
+    let raw = since.load(Relaxed);
+    if raw & !STARVING != 0 {
+        return Ok(since_time(shared, raw & !STARVING));
     }
     let word = shared.word(id)?;
     let now = since_now(shared);
-    if lockword::mark(word, v) && since.compare_exchange(0, now, Relaxed, Relaxed).is_ok() {
+    if lockword::mark(word, v)
+        && since
+            .compare_exchange(raw, raw | now, Relaxed, Relaxed)
+            .is_ok()
+    {
         // Take the record back if the hold ended before it landed: the next hold may be a
         // fast-path one, whose unlock would never clear it.
         let after = word.load(Acquire);
         if after & OWNER != v & OWNER || after & WAITERS == 0 {
-            let _ = since.compare_exchange(now, 0, Relaxed, Relaxed);
+            let _ = since.compare_exchange(raw | now, raw, Relaxed, Relaxed);
         }
     }
     Ok(since_time(shared, now))
@@ -182,7 +219,7 @@ pub(crate) fn held(shared: &Shared) -> Result<Vec<LockState>> {
     )?;
     for (id, word) in (0..).zip(words) {
         let v = word.load(Acquire);
-        if v != 0 {
+        if !lockword::is_free(v) {
             let holder = owners
                 .who(shared, v & OWNER)?
                 .since(since_of(shared, id, v)?);
@@ -262,7 +299,7 @@ fn reachable(shared: &Shared, lock: u32) -> Result<(Vec<LockState>, Vec<Edge>)> 
                 .entry(id)
                 .or_insert_with(|| LockState::new(LockId(id), None, Vec::new()));
             state.waiters.push(waiter.clone());
-            if v == 0 {
+            if lockword::is_free(v) {
                 continue;
             }
             let holder_token = v & OWNER;
@@ -323,7 +360,7 @@ pub(crate) fn detect(
     // no probe, no allocation.
     let v = shared.word(lock)?.load(Acquire);
     let holder = v & OWNER;
-    if v == 0 || holder == shared.token {
+    if lockword::is_free(v) || holder == shared.token {
         return Ok(Checked::NoCycle);
     }
     let (slot, _) = client::decode(holder);
@@ -355,7 +392,7 @@ pub(crate) fn detect(
         withdraw()?;
         Err(Error::Deadlock { cycle })
     })();
-    if !futex::unlock(word, shared.token, || {})? {
+    if !futex::unlock(word, shared.token, || false)? {
         return Err(Error::corrupt(format!(
             "segment {}: deadlock detection lock was taken from a live holder",
             shared.seg.path().display()

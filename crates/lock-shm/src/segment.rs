@@ -98,6 +98,11 @@ impl Le32 {
             .map_err(u32::from_le)
     }
 
+    #[inline]
+    pub(crate) fn swap(&self, value: u32, order: Ordering) -> u32 {
+        u32::from_le(self.0.swap(value.to_le(), order))
+    }
+
     /// The raw word, for `futex(2)`; compare it with `value.to_le()`.
     #[inline]
     pub(crate) fn futex_word(&self) -> &AtomicU32 {
