@@ -334,7 +334,7 @@ impl Shared {
     ///
     /// As [`owner_file`](Shared::owner_file), the first time.
     pub(crate) fn publish(&self, id: u32) -> Result<Option<Entry>> {
-        Ok(self.owner_file()?.publish(id, record::coarse_now_ms()))
+        Ok(self.owner_file()?.publish(id, lock_api::coarse_now_ms()))
     }
 
     /// Withdraws a published wait.

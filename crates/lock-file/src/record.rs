@@ -55,7 +55,7 @@ pub(crate) fn pid_bits(pid: u32) -> u64 {
 /// The second record word for a holder: now (coarse) and its [`pid_bits`].
 #[inline(always)]
 pub(crate) fn stamp(pid_bits: u64) -> u64 {
-    coarse_now_ms() << PID_BITS | pid_bits
+    lock_api::coarse_now_ms() << PID_BITS | pid_bits
 }
 
 /// What a claimed record says about its holder.
@@ -157,15 +157,6 @@ fn decode(held: u64, stamp: u64) -> Claim {
         pid: (pid != 0).then_some(pid),
         since: (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms)),
     }
-}
-
-/// Now in ms since the Unix epoch from the coarse real-time clock (0 for a clock before 1970).
-#[inline]
-pub(crate) fn coarse_now_ms() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs.wrapping_mul(1_000).wrapping_add(nanos / 1_000_000)
 }
 
 #[cfg(test)]

@@ -47,16 +47,6 @@ fn registry() -> MutexGuard<'static, HashMap<String, Arc<Table>>> {
     REGISTRY.lock(std::process::id())
 }
 
-/// The wall clock in milliseconds from a coarse clock: a few nanoseconds through the vDSO,
-/// cheap enough for the lock path, and fine to the few milliseconds a `since` needs.
-#[inline]
-fn coarse_now_ms() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000)
-        .wrapping_add(ts.tv_nsec as u64 / 1_000_000)
-}
-
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -370,7 +360,7 @@ impl MemLocker {
 
     #[inline]
     fn mark_since(&self) {
-        self.table.since[self.id as usize].store(coarse_now_ms(), Ordering::Relaxed);
+        self.table.since[self.id as usize].store(lock_api::coarse_now_ms(), Ordering::Relaxed);
     }
 
     #[inline]
