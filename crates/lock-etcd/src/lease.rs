@@ -375,7 +375,7 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
         if monitor.is_lost() {
             return;
         }
-        if watch_deletion(&ctx, key.clone().into_bytes(), Some(from)).await {
+        if watch_deletion(&ctx, key.clone().into_bytes(), Some(from), None).await {
             monitor.key_deleted();
             return;
         }
@@ -413,14 +413,22 @@ pub(crate) async fn watch_own_key(ctx: Ctx, key: String, revision: i64, monitor:
 /// From now: etcd serves a watch whose start lies in the past from a background loop that
 /// catches up every 100 ms (its "unsynced" watchers), which on a busy lock delays every
 /// hand-over by up to that much; a watch from now is served as events happen. What it cannot
-/// see, a deletion before it was created, is checked by reading the key once it is.
+/// see, a deletion before it was created, is checked by reading the key once it is: when
+/// `incarnation` is given, a key of that name with another CreateRevision (made again after the
+/// deletion) counts as deleted too, and a deletion seen later is the incarnation's, since a name
+/// is made again only after it was deleted.
 ///
 /// Silence is how a stopped or partitioned member looks: its TCP connection stays open and it
 /// answers nothing. When nothing has arrived for half the attempt timeout the watch asks for a
 /// progress report (etcd answers at once with an empty response); when nothing has arrived for a
 /// whole attempt timeout the endpoint is marked failing, as for an unanswered request
 /// (invariant 5), and the watch is dropped.
-pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: Option<i64>) -> bool {
+pub(crate) async fn watch_deletion(
+    ctx: &Ctx,
+    key: Vec<u8>,
+    from: Option<i64>,
+    incarnation: Option<i64>,
+) -> bool {
     let mut options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
     if let Some(from) = from {
         options = options.with_start_revision(from);
@@ -457,12 +465,16 @@ pub(crate) async fn watch_deletion(ctx: &Ctx, key: Vec<u8>, from: Option<i64>) -
                         let probe = probe.as_slice();
                         let read = ctx
                             .call(|mut c| async move {
-                                c.get(probe, Some(GetOptions::new().with_count_only())).await
+                                c.get(probe, Some(GetOptions::new().with_keys_only())).await
                             })
                             .await;
                         match read {
-                            Ok(read) if read.count() == 0 => return true,
-                            Ok(_) => {}
+                            Ok(read) => {
+                                let now = read.kvs().first().map(|kv| kv.create_revision());
+                                if now.is_none() || incarnation.is_some_and(|r| now != Some(r)) {
+                                    return true;
+                                }
+                            }
                             Err(_) => return false,
                         }
                     }
@@ -600,5 +612,64 @@ mod tests {
         assert_eq!(lock.time_left(), None);
         assert!(lock.signal().is_lost());
         assert!(session.signal().is_lost());
+    }
+
+    /// A waiter's predecessor was released and its name made again (by the same session, now
+    /// behind the waiter) before the waiter's watch opened: the incarnation it waits for is gone,
+    /// and the name's new one must not keep it waiting (it would wait for a key that waits for
+    /// it). Before names were reused, the read after the watch opened asked only whether the
+    /// name existed.
+    #[cfg(feature = "testkit")]
+    #[test]
+    fn a_name_made_again_is_not_the_incarnation_waited_for() {
+        let cluster = crate::testkit::EtcdCluster::start_members(1).expect("etcd");
+        let endpoints = cluster.endpoints();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let ctx = Ctx::connect(&endpoints, &crate::EtcdOptions::new())
+                .await
+                .expect("connect");
+            let key = b"t/lock/a/00000000000000ff-0".to_vec();
+            let put = |value: &'static str| {
+                let key = key.clone();
+                ctx.call(move |mut c| {
+                    let key = key.clone();
+                    async move { c.put(key, value, None).await }
+                })
+            };
+            let first = put("first")
+                .await
+                .expect("put")
+                .header()
+                .map_or(0, |h| h.revision());
+            let k = key.clone();
+            ctx.call(move |mut c| {
+                let k = k.clone();
+                async move { c.delete(k, None).await }
+            })
+            .await
+            .expect("delete");
+            put("again").await.expect("put again");
+            let gone = tokio::time::timeout(
+                Duration::from_secs(10),
+                watch_deletion(&ctx, key.clone(), None, Some(first)),
+            )
+            .await;
+            assert_eq!(gone, Ok(true), "waited for the name's new incarnation");
+            // The incarnation that exists is waited for, and its deletion is seen.
+            let now = tokio::time::timeout(
+                Duration::from_millis(500),
+                watch_deletion(&ctx, key.clone(), None, None),
+            )
+            .await;
+            assert!(
+                now.is_err(),
+                "a key that exists counted as deleted: {now:?}"
+            );
+        });
+        drop(cluster);
     }
 }

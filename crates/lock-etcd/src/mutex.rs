@@ -2,7 +2,8 @@
 //!
 //! A lock is a key range, its *queue*: `<lock prefix>/` followed by one key per acquisition,
 //! `<lock prefix>/<lease hex>-<sequence hex>`, attached to the lease of the session it was made
-//! through (`session.rs`). The key with the lowest CreateRevision holds the lock; the others wait
+//! through (`session.rs`; a session uses a name again after a clean release, invariant 2 there,
+//! so a key's name says which session, and its CreateRevision which acquisition). The key with the lowest CreateRevision holds the lock; the others wait
 //! in CreateRevision order.
 //!
 //! Invariants:
@@ -84,6 +85,10 @@ impl Held {
     /// cleanly (then a marker it claimed must not exist), or lost (then the marker stays, the
     /// sign of a holder that did not release).
     fn end(&mut self, clean: bool) {
+        if clean && self.ghost.is_none() {
+            // Nothing of this acquisition can come back: its name may serve the next one.
+            self.session.reuse_key(&self.key);
+        }
         if let Some(mut ghost) = self.ghost.take() {
             if !clean {
                 let marker = marker_key_of(&self.key).to_owned();
@@ -482,9 +487,11 @@ pub(crate) async fn acquire(
     }
 }
 
-/// The key an acquisition waits behind.
+/// The key an acquisition waits behind, and its CreateRevision: the name may be used again by a
+/// later acquisition of the same session once this one is released (`session.rs`, invariant 2).
 struct Predecessor {
     key: Vec<u8>,
+    revision: i64,
 }
 
 /// The outcome of a claim Txn.
@@ -593,6 +600,7 @@ async fn enqueue_and_wait(
             .find(|kv| kv.create_revision < revision)
             .map(|kv| Predecessor {
                 key: kv.key.clone(),
+                revision: kv.create_revision,
             });
     }
     if matches!(wait, Wait::Never) && !first {
@@ -692,6 +700,7 @@ async fn claim(
     Ok(Some(Claim::Behind(txn_first_kv(raw, 1).map(|kv| {
         Predecessor {
             key: kv.key.clone(),
+            revision: kv.create_revision,
         }
     }))))
 }
@@ -705,7 +714,7 @@ async fn wait_gone(ctx: &Ctx, ahead: Predecessor, session: &Monitor) -> Result<(
     }
     tokio::select! {
         // From now: served as events happen (see `watch_deletion`).
-        deleted = watch_deletion(ctx, ahead.key, None) => {
+        deleted = watch_deletion(ctx, ahead.key, None, Some(ahead.revision)) => {
             if !deleted {
                 sleep(RETRY_PAUSE).await;
             }

@@ -1,7 +1,8 @@
 //! Sessions, the async API and cancellation on a real 3-member cluster shared by every trial:
 //! losing a session loses every lock held through it, sessions have their own TTLs, a blocking
 //! `lock` can be cancelled from another thread, `info` reads in one Txn with ms expiry, and the
-//! async `lock` future can be dropped at any point without leaving a key or a lease behind.
+//! async `lock` future can be dropped at any point without leaving a key or a lease behind, and a
+//! session uses a released key name again.
 //!
 //! Set `LOCKYARD_ETCD_ENDPOINTS` to run against a cluster that is already up; otherwise one is
 //! started and stopped here (and one more, of its own, for the raft proposal count).
@@ -493,6 +494,103 @@ fn async_timeout_leaves_no_waiter(endpoints: &[String]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Waits until the queue of lock `name` under `prefix` has `n` keys; returns them.
+async fn queued(eps: &[String], prefix: &str, name: &str, n: usize) -> Result<Vec<String>, Failed> {
+    let queue = format!("{prefix}/lock/{name}/");
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let (eps, p) = (eps.to_vec(), prefix.to_owned());
+        let keys: Vec<String> = tokio::task::spawn_blocking(move || queue_keys(&eps, &p))
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(&queue))
+            .collect();
+        if keys.len() == n {
+            return Ok(keys);
+        }
+        check!(
+            Instant::now() < deadline,
+            "queue {queue}: {keys:?}, want {n} keys"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session's successive acquisitions of one lock use one key name, with a fencing token that
+/// still grows: etcd keeps every name a queue ever had in its index until the cluster compacts,
+/// and every acquisition reads the queue, so a new name each time made each acquisition slower
+/// than the last. Two acquisitions that exist at once get two names. And a session that releases
+/// a lock and at once queues for it again, under the same name, behind a waiter of another
+/// session hands the lock over to that waiter (which must not take the name's new incarnation,
+/// behind it, for the predecessor it waits for), ten times over.
+fn a_session_reuses_a_released_name(endpoints: &[String]) -> Result<(), Failed> {
+    let prefix = prefix("reuse");
+    let eps = endpoints.to_vec();
+    let p = prefix.clone();
+    let ours = runtime().block_on(async move {
+        let client = client(&eps, &p).await?;
+        let one = client.session(TTL).await?;
+        let two = client.session(TTL).await?;
+        let first = one.lock("a").await?;
+        let (name, token) = (first.key().to_owned(), first.fencing_token()?);
+        first.unlock().await?;
+        let again = one.lock("a").await?;
+        check!(
+            again.key() == name,
+            "not reused: {name}, then {}",
+            again.key()
+        );
+        check!(again.fencing_token()? > token, "the token did not grow");
+        let second = {
+            let one = one.clone();
+            tokio::spawn(async move { one.lock_timeout("a", BOUND).await })
+        };
+        let keys = queued(&eps, &p, "a", 2).await?;
+        check!(
+            keys[0] != keys[1],
+            "two acquisitions share a name: {keys:?}"
+        );
+        again.unlock().await?;
+        let second = second.await??;
+        check!(second.key() != name, "a held name was handed out again");
+        second.unlock().await?;
+        for round in 0..10 {
+            let held = one.lock_timeout("b", BOUND).await?;
+            let name = held.key().to_owned();
+            let waiter = {
+                let two = two.clone();
+                tokio::spawn(async move { two.lock_timeout("b", BOUND).await })
+            };
+            queued(&eps, &p, "b", 2).await?;
+            held.unlock().await?;
+            let back = {
+                let one = one.clone();
+                tokio::spawn(async move { one.lock_timeout("b", BOUND).await })
+            };
+            let taken = waiter.await?;
+            check!(
+                taken.is_ok(),
+                "round {round}: the waiter did not get the lock: {taken:?}"
+            );
+            taken?.unlock().await?;
+            let back = back.await??;
+            check!(
+                back.key() == name,
+                "round {round}: {name}, then {}",
+                back.key()
+            );
+            back.unlock().await?;
+        }
+        let ours = [one.lease_id(), two.lease_id()];
+        one.close().await?;
+        two.close().await?;
+        Ok::<_, Failed>(ours)
+    })?;
+    assert_no_keys(endpoints, &prefix, BOUND);
+    assert_leases_gone(endpoints, &ours)
+}
+
 /// The raft proposals an uncontended lock+unlock costs on a session: exactly two (one Txn each),
 /// counted from `etcd_server_proposals_committed_total` on a cluster of this trial's own.
 fn uncontended_pair_is_two_raft_proposals(_eps: &[String]) -> Result<(), Failed> {
@@ -527,7 +625,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let cluster = TestCluster::get();
     let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 8] = [
+    let tests: [(&str, Test); 9] = [
         (
             "session_loss_loses_every_lock",
             session_loss_loses_every_lock,
@@ -547,6 +645,10 @@ fn main() -> std::process::ExitCode {
         (
             "uncontended_pair_is_two_raft_proposals",
             uncontended_pair_is_two_raft_proposals,
+        ),
+        (
+            "a_session_reuses_a_released_name",
+            a_session_reuses_a_released_name,
         ),
     ];
     let trials = tests
