@@ -389,19 +389,10 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             }
             v = word.load(Acquire);
         }
-        if v == HANDED && slept {
-            if word
-                .compare_exchange(HANDED, token | WAITERS, AcqRel, Relaxed)
-                .is_ok()
-            {
-                return Ok(Some(Acquired::Clean));
-            }
-            continue;
-        }
-        if v == 0 {
+        if v == 0 || (v == HANDED && slept) {
             // Others may still sleep behind us: keep the waiters bit so our unlock wakes them.
             if word
-                .compare_exchange(0, token | WAITERS, AcqRel, Relaxed)
+                .compare_exchange(v, token | WAITERS, AcqRel, Relaxed)
                 .is_ok()
             {
                 return Ok(Some(Acquired::Clean));

@@ -31,11 +31,12 @@
 //!
 //! So a since word is non-zero only while the word has the waiters bit (but for a request that
 //! lands after the hold it was meant for ended, which the next contended unlock clears), and is
-//! cleared before the hold that owns it ends: a fast-path hold that follows finds it clear. A reader re-checks
-//! the word after recording and takes its record back if the hold changed in between; what is
-//! left is that a recorded time can precede the hold it is shown with by the reader's own delay
-//! between reading the clock and recording, never by more. Setting the waiters bit costs the
-//! holder a `FUTEX_WAKE` on unlock once per observed hold; the uncontended path never pays.
+//! cleared before the hold that owns it ends: a fast-path hold that follows finds it clear. A
+//! reader re-checks the word after recording and takes its record back if the hold changed in
+//! between; what is left is that a recorded time can precede the hold it is shown with by the
+//! reader's own delay between reading the clock and recording, never by more. Setting the waiters
+//! bit costs the holder a `FUTEX_WAKE` on unlock once per observed hold; the uncontended path never
+//! pays.
 //!
 //! # Deadlock detection
 //!
@@ -128,21 +129,16 @@ pub(crate) const STARVING: u32 = 1 << 31;
 
 /// Takes back a request for a hand-off, if one is still in the since word `since`.
 pub(crate) fn withdraw_hand_off(since: &Le32) {
-    let mut v = since.load(Relaxed);
-    while v & STARVING != 0 {
-        match since.compare_exchange(v, v & !STARVING, Relaxed, Relaxed) {
-            Ok(_) => return,
-            Err(now) => v = now,
-        }
+    if since.load(Relaxed) & STARVING != 0 {
+        since.fetch_and(!STARVING, Relaxed);
     }
 }
 
 /// Asks the holder of the lock whose since word is `since` to hand it over at its unlock.
 pub(crate) fn request_hand_off(since: &Le32) {
-    let v = since.load(Relaxed);
-    if v & STARVING == 0 {
-        // A since value that lands in between is kept by the next round's request.
-        let _ = since.compare_exchange(v, v | STARVING, Relaxed, Relaxed);
+    // Read first: a request already made costs no write of the shared line.
+    if since.load(Relaxed) & STARVING == 0 {
+        since.fetch_or(STARVING, Relaxed);
     }
 }
 

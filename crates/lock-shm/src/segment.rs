@@ -103,6 +103,18 @@ impl Le32 {
         u32::from_le(self.0.swap(value.to_le(), order))
     }
 
+    /// Sets the bits of `mask` (a bitwise operation: the byte order of mask and word agree).
+    #[inline]
+    pub(crate) fn fetch_or(&self, mask: u32, order: Ordering) -> u32 {
+        u32::from_le(self.0.fetch_or(mask.to_le(), order))
+    }
+
+    /// Keeps only the bits of `mask`.
+    #[inline]
+    pub(crate) fn fetch_and(&self, mask: u32, order: Ordering) -> u32 {
+        u32::from_le(self.0.fetch_and(mask.to_le(), order))
+    }
+
     /// The raw word, for `futex(2)`; compare it with `value.to_le()`.
     #[inline]
     pub(crate) fn futex_word(&self) -> &AtomicU32 {

@@ -173,6 +173,13 @@ impl<'a> LockWaiter<'a> {
         Ok(())
     }
 
+    /// `sleep`, cut short so that it ends by the deadline (as of this round's clock reading).
+    fn within_deadline(&self, sleep: Duration) -> Duration {
+        self.deadline.map_or(sleep, |deadline| {
+            sleep.min(deadline.saturating_duration_since(self.now))
+        })
+    }
+
     /// Takes this wait's entry back (idempotent).
     fn withdraw(&mut self) -> Result<()> {
         let (seg, layout, slot) = (&self.shared.seg, &self.shared.layout, self.shared.slot);
@@ -270,10 +277,7 @@ impl Sys<Le32> for LockWaiter<'_> {
     }
 
     fn wait_handed(&mut self, word: &Le32) -> Result<()> {
-        let mut sleep = HANDED_GRACE;
-        if let Some(deadline) = self.deadline {
-            sleep = sleep.min(deadline.saturating_duration_since(self.now));
-        }
+        let sleep = self.within_deadline(HANDED_GRACE);
         futex::wait(word, crate::lockword::HANDED, Some(sleep))
     }
 
@@ -393,12 +397,10 @@ impl Sys<Le32> for LockWaiter<'_> {
     }
 
     fn wait(&mut self, word: &Le32, expected: u32, seen: Option<Seen>) -> Result<()> {
-        let mut sleep = self
-            .probe_interval()
-            .saturating_sub(self.now.duration_since(self.last_probe));
-        if let Some(deadline) = self.deadline {
-            sleep = sleep.min(deadline.saturating_duration_since(self.now));
-        }
+        let mut sleep = self.within_deadline(
+            self.probe_interval()
+                .saturating_sub(self.now.duration_since(self.last_probe)),
+        );
         if let Some(due) = self.next_check {
             sleep = sleep.min(due.saturating_duration_since(self.now));
         }
