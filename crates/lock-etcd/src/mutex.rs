@@ -2,9 +2,9 @@
 //!
 //! A lock is a key range, its *queue*: `<lock prefix>/` followed by one key per acquisition,
 //! `<lock prefix>/<lease hex>-<sequence hex>`, attached to the lease of the session it was made
-//! through (`session.rs`; a session uses a name again after a clean release, invariant 2 there,
-//! so a key's name says which session, and its CreateRevision which acquisition). The key with the lowest CreateRevision holds the lock; the others wait
-//! in CreateRevision order.
+//! through (`session.rs`; a session uses a name again after a clean release, invariant 2 there, so
+//! a key's name says which session, and its CreateRevision which acquisition). The key with the
+//! lowest CreateRevision holds the lock; the others wait in CreateRevision order.
 //!
 //! Invariants:
 //! 1. An acquisition creates its key in one Txn guarded by `create_revision == 0`, which also reads
@@ -87,7 +87,7 @@ impl Held {
     fn end(&mut self, clean: bool) {
         if clean && self.ghost.is_none() {
             // Nothing of this acquisition can come back: its name may serve the next one.
-            self.session.reuse_key(&self.key);
+            self.session.reuse_key(queue_of(&self.key), &self.key);
         }
         if let Some(mut ghost) = self.ghost.take() {
             if !clean {
@@ -228,6 +228,11 @@ pub(crate) fn marker_key(queue: &str) -> &str {
 /// The marker of the lock whose own key is `key` (`<lock prefix>/<lease hex>`).
 fn marker_key_of(key: &str) -> &str {
     key.rsplit_once('/').map_or(key, |(queue, _)| queue)
+}
+
+/// The queue of the lock whose own key is `key`: the key up to its last `/`, included.
+fn queue_of(key: &str) -> &str {
+    key.rfind('/').map_or(key, |at| &key[..=at])
 }
 
 /// The last segment of an own key (`<lock prefix>/<leaf>`): what a marker names.
@@ -957,6 +962,7 @@ mod tests {
         let queue = "p/lock/a/";
         assert_eq!(marker_key(queue), "p/lock/a");
         assert_eq!(marker_key_of("p/lock/a/00000000000000ff"), "p/lock/a");
+        assert_eq!(queue_of("p/lock/a/00000000000000ff-2"), queue);
         assert!(!marker_key(queue).starts_with(queue));
     }
 

@@ -265,18 +265,14 @@ impl SessionCore {
         format!("{queue}{:016x}-{seq:x}", self.lease)
     }
 
-    /// Takes back the name `key` of an acquisition released cleanly, every write of which was
-    /// answered at its first attempt (invariant 2).
-    pub(crate) fn reuse_key(&self, key: &str) {
-        let Some((prefix, _)) = key.rsplit_once('/') else {
-            return;
-        };
-        let queue = format!("{prefix}/");
+    /// Takes back the name `key`, in the queue `queue`, of an acquisition released cleanly,
+    /// every write of which was answered at its first attempt (invariant 2).
+    pub(crate) fn reuse_key(&self, queue: &str, key: &str) {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        if !free.contains_key(&queue) && free.len() >= FREE_QUEUES {
+        if !free.contains_key(queue) && free.len() >= FREE_QUEUES {
             return;
         }
-        let names = free.entry(queue).or_default();
+        let names = free.entry(queue.to_owned()).or_default();
         if names.len() < FREE_PER_QUEUE {
             names.push(key.to_owned());
         }

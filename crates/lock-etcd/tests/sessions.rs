@@ -304,16 +304,54 @@ async fn client(eps: &[String], prefix: &str) -> Result<EtcdClient, Failed> {
     Ok(EtcdClient::connect(eps, options(prefix)).await?)
 }
 
-/// The async API on the caller's runtime: lock, token, exclusion, a guard's drop releases, and
-/// the lost signal can be awaited (revoking the session's lease resolves it).
-fn async_lock_guard_and_lost(endpoints: &[String]) -> Result<(), Failed> {
-    let prefix = prefix("async");
+/// What an async trial runs with: a client and two sessions (TTL [`TTL`]) on a prefix of its own.
+struct Two {
+    client: EtcdClient,
+    one: Session,
+    two: Session,
+    eps: Vec<String>,
+    prefix: String,
+}
+
+/// Runs `body` on a runtime of its own with a [`Two`] for the test named `test`; then closes
+/// both sessions and those `body` returns, and checks that none of their keys or leases is left.
+fn with_two_sessions(
+    endpoints: &[String],
+    test: &str,
+    body: impl AsyncFnOnce(&Two) -> Result<Vec<Session>, Failed>,
+) -> Result<(), Failed> {
+    let prefix = prefix(test);
     let eps = endpoints.to_vec();
     let p = prefix.clone();
     let ours = runtime().block_on(async move {
         let client = client(&eps, &p).await?;
         let one = client.session(TTL).await?;
         let two = client.session(TTL).await?;
+        let trial = Two {
+            client,
+            one,
+            two,
+            eps,
+            prefix: p,
+        };
+        let more = body(&trial).await?;
+        let Two { one, two, .. } = trial;
+        let sessions: Vec<Session> = [one, two].into_iter().chain(more).collect();
+        let ours: Vec<i64> = sessions.iter().map(Session::lease_id).collect();
+        for session in sessions {
+            session.close().await?;
+        }
+        Ok::<_, Failed>(ours)
+    })?;
+    assert_no_keys(endpoints, &prefix, BOUND);
+    assert_leases_gone(endpoints, &ours)
+}
+
+/// The async API on the caller's runtime: lock, token, exclusion, a guard's drop releases, and
+/// the lost signal can be awaited (revoking the session's lease resolves it).
+fn async_lock_guard_and_lost(endpoints: &[String]) -> Result<(), Failed> {
+    with_two_sessions(endpoints, "async", async |t| {
+        let (client, one, two) = (&t.client, &t.one, &t.two);
         let guard = one.lock("a").await?;
         let token = guard.fencing_token()?;
         check!(guard.acquired() == Acquired::Clean, "first acquisition");
@@ -325,7 +363,7 @@ fn async_lock_guard_and_lost(endpoints: &[String]) -> Result<(), Failed> {
         check!(second.fencing_token()? > token, "token did not grow");
         let lost = second.lost();
         let lease = two.lease_id();
-        let eps2 = eps.clone();
+        let eps2 = t.eps.clone();
         tokio::task::spawn_blocking(move || {
             raw(&eps2, async move |c| c.lease_revoke(lease).await.map(drop))
         })
@@ -352,14 +390,8 @@ fn async_lock_guard_and_lost(endpoints: &[String]) -> Result<(), Failed> {
             next.acquired()
         );
         next.unlock().await?;
-        let ours = [one.lease_id(), two.lease_id(), three.lease_id()];
-        one.close().await?;
-        two.close().await?;
-        three.close().await?;
-        Ok::<_, Failed>(ours)
-    })?;
-    assert_no_keys(endpoints, &prefix, BOUND);
-    assert_leases_gone(endpoints, &ours)
+        Ok(vec![three])
+    })
 }
 
 /// Polls `fut` at most `polls` times, sleeping `pause` between polls so its I/O can progress;
@@ -384,13 +416,9 @@ async fn poll_then_drop<F: Future>(fut: F, polls: usize, pause: Duration) -> Opt
 /// or claiming), leaves no key, marker or lease once the session is closed; and a cut that
 /// happened to finish holds the lock for real.
 fn async_lock_is_cancel_safe(endpoints: &[String]) -> Result<(), Failed> {
-    let prefix = prefix("cancel-safe");
-    let eps = endpoints.to_vec();
-    let p = prefix.clone();
-    let ours = runtime().block_on(async move {
-        let client = client(&eps, &p).await?;
-        let session = client.session(TTL).await?;
-        let holder_session = client.session(TTL).await?;
+    with_two_sessions(endpoints, "cancel-safe", async |t| {
+        let (session, holder_session) = (&t.one, &t.two);
+        let (eps, p) = (&t.eps, &t.prefix);
         let mut finished = 0;
         let mut dropped = 0;
         for contended in [false, true] {
@@ -447,51 +475,24 @@ fn async_lock_is_cancel_safe(endpoints: &[String]) -> Result<(), Failed> {
         }
         check!(dropped > 0, "no attempt was ever dropped");
         check!(finished > 0, "no uncontended attempt ever finished");
-        let ours = [session.lease_id(), holder_session.lease_id()];
-        session.close().await?;
-        holder_session.close().await?;
-        Ok::<_, Failed>(ours)
-    })?;
-    assert_no_keys(endpoints, &prefix, BOUND);
-    assert_leases_gone(endpoints, &ours)
+        Ok(Vec::new())
+    })
 }
 
 /// Dropping a pending `Session::lock` inside `tokio::time::timeout` (the usual way to bound
 /// it) while another session holds the lock removes the waiter's key: the holder's release
 /// then leaves the lock free, not handed to a ghost.
 fn async_timeout_leaves_no_waiter(endpoints: &[String]) -> Result<(), Failed> {
-    let prefix = prefix("async-timeout");
-    let eps = endpoints.to_vec();
-    let p = prefix.clone();
-    runtime().block_on(async move {
-        let client = client(&eps, &p).await?;
-        let holder: Session = client.session(TTL).await?;
-        let waiter = client.session(TTL).await?;
+    with_two_sessions(endpoints, "async-timeout", async |t| {
+        let (holder, waiter) = (&t.one, &t.two);
         let guard = holder.lock("t").await?;
         let attempt = tokio::time::timeout(Duration::from_millis(300), waiter.lock("t")).await;
         check!(attempt.is_err(), "the waiter acquired a held lock");
-        let deadline = Instant::now() + BOUND;
-        let eps2 = eps.clone();
-        let p2 = p.clone();
-        loop {
-            let (eps3, p3) = (eps2.clone(), p2.clone());
-            let keys = tokio::task::spawn_blocking(move || queue_keys(&eps3, &p3)).await?;
-            if keys.len() == 1 {
-                break;
-            }
-            check!(
-                Instant::now() < deadline,
-                "the dropped waiter's key stayed: {keys:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // The dropped waiter's key goes: only the holder's is left.
+        queued(&t.eps, &t.prefix, "t", 1).await?;
         guard.unlock().await?;
-        holder.close().await?;
-        waiter.close().await?;
-        Ok::<_, Failed>(())
-    })?;
-    assert_no_keys(endpoints, &prefix, BOUND);
-    Ok(())
+        Ok(Vec::new())
+    })
 }
 
 /// Waits until the queue of lock `name` under `prefix` has `n` keys; returns them.
@@ -525,13 +526,8 @@ async fn queued(eps: &[String], prefix: &str, name: &str, n: usize) -> Result<Ve
 /// session hands the lock over to that waiter (which must not take the name's new incarnation,
 /// behind it, for the predecessor it waits for), ten times over.
 fn a_session_reuses_a_released_name(endpoints: &[String]) -> Result<(), Failed> {
-    let prefix = prefix("reuse");
-    let eps = endpoints.to_vec();
-    let p = prefix.clone();
-    let ours = runtime().block_on(async move {
-        let client = client(&eps, &p).await?;
-        let one = client.session(TTL).await?;
-        let two = client.session(TTL).await?;
+    with_two_sessions(endpoints, "reuse", async |t| {
+        let (one, two, eps, p) = (&t.one, &t.two, &t.eps, &t.prefix);
         let first = one.lock("a").await?;
         let (name, token) = (first.key().to_owned(), first.fencing_token()?);
         first.unlock().await?;
@@ -546,7 +542,7 @@ fn a_session_reuses_a_released_name(endpoints: &[String]) -> Result<(), Failed> 
             let one = one.clone();
             tokio::spawn(async move { one.lock_timeout("a", BOUND).await })
         };
-        let keys = queued(&eps, &p, "a", 2).await?;
+        let keys = queued(eps, p, "a", 2).await?;
         check!(
             keys[0] != keys[1],
             "two acquisitions share a name: {keys:?}"
@@ -562,7 +558,7 @@ fn a_session_reuses_a_released_name(endpoints: &[String]) -> Result<(), Failed> 
                 let two = two.clone();
                 tokio::spawn(async move { two.lock_timeout("b", BOUND).await })
             };
-            queued(&eps, &p, "b", 2).await?;
+            queued(eps, p, "b", 2).await?;
             held.unlock().await?;
             let back = {
                 let one = one.clone();
@@ -582,13 +578,8 @@ fn a_session_reuses_a_released_name(endpoints: &[String]) -> Result<(), Failed> 
             );
             back.unlock().await?;
         }
-        let ours = [one.lease_id(), two.lease_id()];
-        one.close().await?;
-        two.close().await?;
-        Ok::<_, Failed>(ours)
-    })?;
-    assert_no_keys(endpoints, &prefix, BOUND);
-    assert_leases_gone(endpoints, &ours)
+        Ok(Vec::new())
+    })
 }
 
 /// The raft proposals an uncontended lock+unlock costs on a session: exactly two (one Txn each),
