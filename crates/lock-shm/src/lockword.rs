@@ -82,8 +82,10 @@
 //! [`Sys::backoff`] before it looks again. Marking the word at once would pull its cache line
 //! away from the new holder and make that holder's unlock a system call, only to sleep again;
 //! on a machine where the two run in parallel, that costs the holder more than the whole rest
-//! of its critical section. The back-off changes only when a waiter looks, never what it does
-//! with what it sees, so the protocol above is unchanged by it.
+//! of its critical section. For the same reason a waiter also backs off once at its first sight
+//! of another owner's hold, before it marks the word: most holds are short, and the holder's
+//! unlock then stays a compare-and-swap. The back-off changes only when a waiter looks, never
+//! what it does with what it sees, so the protocol above is unchanged by it.
 //!
 //! # Handing off
 //!
@@ -370,6 +372,8 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
     let mut slept_on = None;
     // Whether this waiter has slept: only such a waiter takes a handed word.
     let mut slept = false;
+    // Whether this waiter has yet to back off at its first sight of another owner's hold.
+    let mut first_sight = true;
     loop {
         // Acquire: the probe below must see at least what the owner named in `v` published
         // before it wrote its token (module docs, "Probing").
@@ -397,6 +401,13 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             {
                 return Ok(Some(Acquired::Clean));
             }
+            continue;
+        }
+        if first_sight && v != HANDED && v & OWNER != token {
+            // Most holds are short: look again in a moment before marking the word, which would
+            // make the holder's unlock a system call (module docs, "Backing off").
+            first_sight = false;
+            sys.backoff();
             continue;
         }
         let tick = sys.tick();

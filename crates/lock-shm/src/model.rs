@@ -291,8 +291,10 @@ struct ModelSys<'a> {
     /// Planted bug (c): a waiter woken with its holder's life word marked does not wake the
     /// word's other sleepers, although the kernel woke only it.
     no_life_wake: bool,
-    /// Counts the back-offs taken, over every execution of a check.
+    /// Counts the back-offs taken after a sleep (a lost race), over every execution of a check.
     backoffs: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// This waiter has slept.
+    slept: bool,
     /// This waiter starves as soon as it loses once after a sleep, and asks for a hand-off.
     starves: bool,
     /// It asked, and withdraws the request when the wait ends (wait.rs, `LockWaiter`'s drop).
@@ -314,6 +316,7 @@ impl<'a> ModelSys<'a> {
             late_notice: false,
             no_life_wake: false,
             backoffs: None,
+            slept: false,
             starves: false,
             asked: false,
         }
@@ -376,8 +379,14 @@ impl Sys<World> for ModelSys<'_> {
         false
     }
 
-    /// Production spins; here every other thread may run in the meantime.
+    /// Production spins; here, after a lost race, every other thread may run in the meantime.
+    /// At the first sight of a hold, nothing: the look that follows is one more point where loom
+    /// interleaves the others, and a yield there would spend the checks' preemption bound
+    /// before the races they are about.
     fn backoff(&mut self) {
+        if !self.slept {
+            return;
+        }
         if let Some(n) = &self.backoffs {
             n.fetch_add(1, SeqCst);
         }
@@ -390,6 +399,7 @@ impl Sys<World> for ModelSys<'_> {
         expected: u32,
         seen: Option<(usize, u32, Option<u32>)>,
     ) -> Result<()> {
+        self.slept = true;
         let seen = seen.filter(|&(slot, _, _)| slot < SLOTS);
         let notice = seen.map(|(slot, death, _)| {
             let death = if self.late_notice {
