@@ -9,6 +9,7 @@ use criterion::{BenchmarkGroup, Criterion};
 use lockyard_bench_support::Unit;
 
 use crate::subject::{Mutexish, Subject, Work, prepare};
+use crate::takeover::median;
 use crate::{Ctx, Pace};
 
 const GROUP: &str = "compare-uncontended";
@@ -151,7 +152,7 @@ impl<O: Mutexish + 'static> Work for Inner<O> {
 
     fn run<P: Mutexish + 'static>(self, locks: Vec<P>) -> (f64, f64) {
         let (ours, peer) = (&self.ours[0], &locks[0]);
-        // One batch of each as a warm-up, which also sizes the batches.
+        // Twenty pairs of each as a warm-up, which also sizes the batches.
         let pairs = |lock: &dyn Fn(), n: u32| {
             let start = Instant::now();
             for _ in 0..n {
@@ -183,17 +184,8 @@ impl<O: Mutexish + 'static> Work for Inner<O> {
             }
             round += 1;
         }
-        (median(&mut ours_ns), median(&mut peer_ns))
-    }
-}
-
-/// The median of `xs` (not empty).
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+        ours_ns.sort_by(f64::total_cmp);
+        peer_ns.sort_by(f64::total_cmp);
+        (median(&ours_ns), median(&peer_ns))
     }
 }
