@@ -64,6 +64,19 @@
 //! owner's death). A new owner caught
 //! between its lock and its generation store makes a dead owner look alive for one probe; the
 //! next probe sees the truth. A live owner never looks dead.
+//!
+//! A life word that is armed and unmarked, with the generation reading the same before and after
+//! it, answers "alive" without the system call, since the OFD probe could not say otherwise:
+//! the word was armed by this generation's sentinel (a later owner stores its generation before
+//! its sentinel arms the word), and the sentinel's end marks it before the slot's byte is
+//! unlocked. At an exit the kernel walks the sentinel's robust list in `exit_mm`, before
+//! `exit_files` of the last thread closes the descriptor (and no thread's `exit_files` closes it
+//! while the sentinel, which shares the table, still runs); at an `exec`, every other thread
+//! exits before the close-on-exec descriptors close; a dropped manager's sentinel marks the word
+//! before the slot's lock goes (manager.rs, field order). Where the sentinel could not arm the
+//! word (no thread, `set_robust_list` refused, a thread id above 30 bits), it stays 0 and the
+//! kernel is asked. So the shortcut changes no verdict, only its cost: a `try_lock` of a lock
+//! that a live process holds reads three words instead of making an `fcntl`.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -211,34 +224,65 @@ pub(crate) fn announce_death(
     crate::futex::wake_all(word)
 }
 
-/// Whether the owner named by `owner` (a token other than this manager's) is known gone from
-/// shared memory alone: its slot's death word names its generation, the slot's generation moved
-/// on, or its life word says `FUTEX_OWNER_DIED` (read after the generation: module docs). `false` means "alive, or dead without anyone having said so yet". Token 0 (a word
-/// holding only the waiters bit) names nobody and is dead.
-pub(crate) fn owner_known_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
+/// What shared memory alone says of an owner ([`owner_known`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Gone: its death was announced, its slot moved on, or its life word is marked.
+    Dead,
+    /// Alive: its sentinel's life word is armed and unmarked.
+    Alive,
+    /// Shared memory does not tell (no sentinel armed the word): the kernel does.
+    Unsure,
+}
+
+/// What shared memory alone says of the owner named by `owner` (a token other than this
+/// manager's), without a system call (module docs, "Claiming and probing"): dead when its
+/// slot's death word names its generation, the slot's generation moved on, or its life word
+/// says `FUTEX_OWNER_DIED` (read after the generation); alive when its life word is armed and
+/// unmarked and the generation still reads the same after it. Token 0 (a word holding only the
+/// waiters bit) names nobody and is dead.
+pub(crate) fn owner_known(seg: &Segment, layout: &Layout, owner: u32) -> Result<Known> {
     let (slot, generation) = decode(owner);
     if generation == 0 {
         // No manager ever writes such a token: garbage in the word. Taking it over repairs it.
-        return Ok(true);
+        return Ok(Known::Dead);
     }
     if death_word(seg, layout, slot)?.load(Acquire) == generation {
-        return Ok(true);
+        return Ok(Known::Dead);
     }
-    if seg.u32(layout.slot_offset(slot))?.load(Acquire) != generation {
-        return Ok(true);
+    let slot_generation = seg.u32(layout.slot_offset(slot))?;
+    if slot_generation.load(Acquire) != generation {
+        return Ok(Known::Dead);
     }
     let life = life_word(seg, layout, slot)?.futex_word().load(Acquire);
-    Ok(life & crate::life::OWNER_DIED != 0)
+    if life & crate::life::OWNER_DIED != 0 {
+        return Ok(Known::Dead);
+    }
+    // Armed, and by this generation's sentinel: a later owner stores its generation before its
+    // sentinel arms the word, so an armed word of a later owner would show in this read.
+    if life & crate::life::TID != 0 && slot_generation.load(Acquire) == generation {
+        return Ok(Known::Alive);
+    }
+    Ok(Known::Unsure)
 }
 
-/// Whether the owner named by `owner` (a token other than this manager's) is gone: known dead
-/// (above), or its slot's byte is unlocked (`F_OFD_GETLK`, a system call). Token 0 (a word
-/// holding only the waiters bit) names nobody and is dead.
+/// Whether the owner named by `owner` is known gone from shared memory alone ([`owner_known`]).
+/// `false` means "alive, or dead without anyone having said so yet".
+pub(crate) fn owner_known_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
+    Ok(owner_known(seg, layout, owner)? == Known::Dead)
+}
+
+/// Whether the owner named by `owner` (a token other than this manager's) is gone: what shared
+/// memory says ([`owner_known`]), and where it does not tell, whether its slot's byte is
+/// unlocked (`F_OFD_GETLK`, a system call). Token 0 (a word holding only the waiters bit) names
+/// nobody and is dead.
 ///
 /// The OFD lock is probed before the generation is read (module docs).
 pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
-    if owner_known_dead(seg, layout, owner)? {
-        return Ok(true);
+    match owner_known(seg, layout, owner)? {
+        Known::Dead => return Ok(true),
+        Known::Alive => return Ok(false),
+        Known::Unsure => {}
     }
     let (slot, generation) = decode(owner);
     let off = layout.slot_offset(slot);

@@ -90,6 +90,16 @@ struct Queue {
     next: usize,
 }
 
+/// What [`World::probe`] answered, and from what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Dead,
+    /// From the life word alone, without asking the kernel.
+    AliveByLifeWord,
+    /// From the OFD lock and the generation after it.
+    AliveByKernel,
+}
+
 /// A client slot: its OFD lock (kernel state), its generation, its death word and its life word
 /// (life.rs; 0, not armed, unless a check arms it).
 struct Slot {
@@ -205,17 +215,35 @@ impl World {
 
     /// The production probe (client::owner_dead) over the modelled slots.
     fn dead(&self, owner: u32) -> bool {
+        self.probe::<true>(owner) == Verdict::Dead
+    }
+
+    /// [`World::dead`], saying which way it answered; with `RECHECK` false, planted bug (d): an
+    /// armed, unmarked life word answers "alive" without the second read of the generation
+    /// (client::owner_known).
+    fn probe<const RECHECK: bool>(&self, owner: u32) -> Verdict {
         let (slot, generation) = client::decode(owner);
         let Some(s) = self.slots.get(slot as usize) else {
-            return true;
+            return Verdict::Dead;
         };
         if generation == 0 || s.death.load(Acquire) == generation {
-            return true;
+            return Verdict::Dead;
         }
         if s.generation.load(Acquire) != generation {
-            return true;
+            return Verdict::Dead;
         }
-        s.life.load(Acquire) & life::OWNER_DIED != 0 || !s.locked.load(SeqCst)
+        let life = s.life.load(Acquire);
+        if life & life::OWNER_DIED != 0 {
+            return Verdict::Dead;
+        }
+        if life & life::TID != 0 && (!RECHECK || s.generation.load(Acquire) == generation) {
+            return Verdict::AliveByLifeWord;
+        }
+        if !s.locked.load(SeqCst) || s.generation.load(Acquire) != generation {
+            Verdict::Dead
+        } else {
+            Verdict::AliveByKernel
+        }
     }
 
     /// Announces the death of `slot`'s owner of `generation` (client::announce_death).
@@ -1222,6 +1250,64 @@ fn model_life_word_never_names_a_live_owner() {
         world.die(1);
         join(watcher);
     });
+}
+
+/// An armed owner's life word answers "alive" without the kernel (client::owner_known), while
+/// the owner dies and a new owner claims the slot and arms the word again with the same thread
+/// id: a probe of the first owner that begins after its sentinel exited never finds it alive
+/// by a life word, whatever it reads of the claim (a new owner caught between its lock and its
+/// generation store may still make it look alive to the kernel's probe for once, as before:
+/// client.rs), and the new owner is alive. `RECHECK` false plants bug (d).
+fn an_armed_life_word_answers_alive<const RECHECK: bool>() {
+    check(|| {
+        let world = World::new(0, &[1]);
+        world.arm(1);
+        let first = client::token(1, 1);
+        let exited = Arc::new(AtomicBool::new(false));
+        let killer = {
+            let (world, exited) = (world.clone(), exited.clone());
+            thread::spawn(move || {
+                world.sentinel_exits(1);
+                exited.store(true, SeqCst);
+                world.die(1);
+                world.claim_armed(1)
+            })
+        };
+        let after_exit = exited.load(SeqCst);
+        let verdict = world.probe::<RECHECK>(first);
+        assert!(
+            !(after_exit && verdict == Verdict::AliveByLifeWord),
+            "an owner whose sentinel had exited was judged alive by a life word"
+        );
+        let next = join(killer);
+        assert_eq!(
+            world.probe::<RECHECK>(first),
+            Verdict::Dead,
+            "the first owner lives on"
+        );
+        assert_eq!(
+            world.probe::<RECHECK>(next),
+            Verdict::AliveByLifeWord,
+            "the next owner was not judged alive by its life word"
+        );
+    });
+}
+
+#[test]
+fn model_an_armed_life_word_answers_alive_for_its_generation_only() {
+    an_armed_life_word_answers_alive::<true>();
+}
+
+/// Planted bug (d): without the second read of the generation, a probe that read the first
+/// owner's generation and then the next owner's armed word judges the dead first owner alive.
+#[test]
+fn model_catches_a_life_word_read_without_the_generation_after_it() {
+    let caught = catch_unwind(AssertUnwindSafe(an_armed_life_word_answers_alive::<false>));
+    assert!(
+        panic_message(&caught).contains("was judged alive"),
+        "the missing second read was not caught as such: {}",
+        panic_message(&caught)
+    );
 }
 
 /// Set in the child processes of [`model_catches_a_life_watcher_without_the_sleepers_bit`],
