@@ -36,9 +36,10 @@ pub(crate) enum Attempt {
 #[derive(Debug)]
 pub(crate) enum Blocked {
     /// A process of this host, boot and pid namespace that holds the level and was judged
-    /// alive (or unverifiable): its record and the descriptor it was read through. (Boxed: the
-    /// uncontended path returns `Attempt::Taken`, and should not move a record around.)
-    Process(Box<Seen>),
+    /// alive (or unverifiable, which the second field says): its record and the descriptor it
+    /// was read through. (Boxed: the uncontended path returns `Attempt::Taken`, and should not
+    /// move a record around.)
+    Process(Box<Seen>, HeldBecause),
     /// A holder on another host: it releases on another machine, which inotify does not report
     /// on a network file system.
     ForeignHost,
@@ -52,7 +53,7 @@ pub(crate) enum Blocked {
 impl Blocked {
     fn held(why: HeldBecause, seen: Seen) -> Blocked {
         match why {
-            HeldBecause::Alive | HeldBecause::Unverifiable => Blocked::Process(Box::new(seen)),
+            HeldBecause::Alive | HeldBecause::Unverifiable => Blocked::Process(Box::new(seen), why),
             HeldBecause::ForeignHost => Blocked::ForeignHost,
             HeldBecause::ForeignPidNamespace => Blocked::ForeignNamespace,
         }

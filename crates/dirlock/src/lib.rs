@@ -12,6 +12,7 @@ mod watch;
 mod wipeonfork;
 
 use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,9 +25,10 @@ pub use crate::liveness::{HeldBecause, StaleBecause, Verdict};
 pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, Record};
 pub use crate::table::{DirTable, MARKER, MAX_CAPACITY, STORE_VERSION};
 
-use crate::dir::{Dir, Owned, RecordFile, Seen, level_name, takeover_name};
-use crate::levels::{Attempt, tidy, try_take_taken};
+use crate::dir::{Dir, FileId, Owned, RecordFile, Seen, level_name, takeover_name};
+use crate::levels::{Attempt, Blocked, tidy, try_take_taken};
 use crate::liveness::Identity;
+use crate::ofd::Probe;
 use crate::wait::Waiter;
 use crate::wipeonfork::getpid;
 
@@ -74,6 +76,95 @@ struct State {
     /// that found `lock0` taken, and after a clearing that could not finish. (Leftovers only
     /// come from reclaims, which only happen while `lock0` exists.)
     tidy_due: bool,
+    /// The live holder that this handle's last `try_lock` found in `lock0`, so that the next one
+    /// can find it still there in three system calls instead of some twenty (`still_held`).
+    busy: Option<Busy>,
+}
+
+/// A live holder of `lock0`, as a `try_lock` found it.
+///
+/// Kept only for a record of this host, boot and pid namespace whose holder was judged alive
+/// (not merely unverifiable) and that promises an OFD lock which was held when read. While the file stays `lock0`, the pidfd stays unreadable and the file
+/// stays locked, the full attempt would find what this found: the same record (a record file
+/// is never rewritten, and its inode number cannot name another file while `file` is open
+/// here), its process alive with the same start time (the pidfd is of that very process, and
+/// becomes readable once every thread of it has exited, the record's "zombie" test), and its
+/// descriptor not closed by exit or `exec` (the OFD lock). Whatever else changes sends the
+/// next attempt the full way, which alone decides anything.
+#[derive(Debug)]
+struct Busy {
+    /// The record file's identity and the read-only descriptor it was read through.
+    id: FileId,
+    file: OwnedFd,
+    /// The record, judged again when the pidfd is opened.
+    record: Record,
+    /// A pidfd of the holder, opened at the second look (a `try_lock` that is not repeated
+    /// does not pay for it) and verified as wait.rs verifies its own.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Busy {
+    /// What to keep of an attempt that found the lock busy; `None` when it cannot be checked
+    /// cheaply (another host or namespace, a holder whose start time `/proc` hides, a record
+    /// without an OFD lock, a file not locked).
+    fn of(blocked: Blocked) -> Option<Busy> {
+        let Blocked::Process(seen, HeldBecause::Alive) = blocked else {
+            return None;
+        };
+        let Seen {
+            id,
+            record,
+            lock,
+            fd,
+            ..
+        } = *seen;
+        (record.ofd_lock && lock == Probe::Locked).then_some(Busy {
+            id,
+            file: fd,
+            record,
+            pidfd: None,
+        })
+    }
+
+    /// Whether the holder is still there, as the full attempt would find it (type docs).
+    fn still_held(&mut self, dir: &Dir, me: &Identity) -> bool {
+        if !matches!(dir.file_id(MASTER), Ok(Some(id)) if id == self.id) {
+            return false;
+        }
+        if self.pidfd.is_none() {
+            let Some(pid) = i32::try_from(self.record.pid).ok().and_then(Pid::from_raw) else {
+                return false;
+            };
+            let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            else {
+                return false;
+            };
+            // The pid was the holder's when the attempt judged it; if it still is now (same
+            // start time), it was when the pidfd was opened, and the pidfd is the holder's.
+            if !matches!(
+                liveness::judge(&self.record, Probe::Unknown, me),
+                Ok(Verdict::Held(HeldBecause::Alive))
+            ) {
+                return false;
+            }
+            self.pidfd = Some(pidfd);
+        }
+        let Some(pidfd) = &self.pidfd else {
+            return false;
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0)) {
+            return false;
+        }
+        ofd::probe(self.file.as_fd()) == Probe::Locked
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +194,7 @@ impl DirLock {
             state: Mutex::new(State {
                 held: None,
                 tidy_due: true,
+                busy: None,
             }),
         })
     }
@@ -177,13 +269,23 @@ impl DirLock {
         Ok(master)
     }
 
-    /// One attempt at `lock0` with a fresh record; `None` when it is busy.
+    /// One attempt at `lock0` with a fresh record; `None` when it is busy. When the last
+    /// attempt found a live holder and that holder is still there, nothing is written (`Busy`).
     fn attempt(&self, state: &mut State, me: &Identity) -> Result<Option<Acquired>> {
+        if let Some(busy) = &mut state.busy {
+            if busy.still_held(&self.dir, me) {
+                return Ok(None);
+            }
+            state.busy = None;
+        }
         for _ in 0..SPENT_RETRIES {
             let file = self.dir.write_record(me)?;
             match self.take_master(state, &file, me)? {
                 Attempt::Taken(acquired) => return Ok(Some(self.taken(state, file, me, acquired))),
-                Attempt::Busy(_) => return Ok(None),
+                Attempt::Busy(blocked) => {
+                    state.busy = Busy::of(blocked);
+                    return Ok(None);
+                }
                 Attempt::Spent => {}
             }
         }
@@ -265,6 +367,7 @@ impl DirLock {
             pid: me.pid,
             exact,
         });
+        state.busy = None;
         acquired
     }
 

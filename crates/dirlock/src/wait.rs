@@ -264,7 +264,7 @@ impl Waiter {
     /// next sleep may last.
     fn watch(&mut self, blocked: Option<Blocked>, me: &Identity) -> Pace {
         let seen = match blocked {
-            Some(Blocked::Process(seen)) => seen,
+            Some(Blocked::Process(seen, _)) => seen,
             Some(Blocked::ForeignHost | Blocked::Churn) => {
                 self.watched = None;
                 return Pace::Poll;

@@ -1001,6 +1001,87 @@ fn exec_releases_the_lock() {
     assert_entries(dir.path(), &[], "after unlock");
 }
 
+/// A handle whose `try_lock` found a live holder finds it still there with a few system calls
+/// on its next tries (no record written), and still notices, as a full attempt does, the
+/// holder's death (taken over), its `exec` (taken over while the new program runs), and a
+/// release followed by another holder (busy, that holder named), then the lock free.
+#[test]
+fn repeated_try_locks_notice_a_holders_death_exec_and_successor() {
+    let work = work_dir();
+    let tries = |lock: &DirLock| {
+        for _ in 0..3 {
+            assert_eq!(lock.try_lock().expect("try"), None, "a double hold");
+        }
+        assert_entries(
+            lock.path(),
+            &["lock0"],
+            "while held: nothing written by the tries",
+        );
+    };
+    let taken_over = |lock: &DirLock| {
+        let mut taken = None;
+        assert!(
+            eventually(|| {
+                taken = lock.try_lock().expect("try");
+                taken.is_some()
+            }),
+            "the holder's end was not noticed"
+        );
+        assert_eq!(taken, Some(Acquired::OwnerDied));
+        lock.unlock().expect("unlock");
+        assert_entries(lock.path(), &[], "after unlock");
+    };
+
+    // Killed (not reaped).
+    let dir = lock_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    let mut kid = spawn("hold", dir.path(), work.path(), 0, None);
+    assert_eq!(kid.next_line(PATIENCE).expect("holder"), "clean");
+    tries(&lock);
+    kid.signal(rustix::process::Signal::KILL)
+        .expect("kill the holder");
+    taken_over(&lock);
+    kid.wait(PATIENCE).expect("reap the holder");
+
+    // exec: same pid and start time, the record's descriptor closed.
+    let dir = lock_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    let mut kid = spawn("exec-on-line", dir.path(), work.path(), 0, None);
+    assert_eq!(kid.next_line(PATIENCE).expect("holder"), "clean");
+    tries(&lock);
+    kid.send("exec").expect("tell the holder to exec");
+    taken_over(&lock);
+    assert_eq!(
+        comm(kid.pid()).as_deref(),
+        Some("sleep"),
+        "the exec'd program must still run"
+    );
+    kid.sigkill().expect("kill sleep");
+
+    // Released, then taken by another process: busy, naming the new holder; then free.
+    let dir = lock_dir();
+    let lock = DirLock::new(dir.path()).expect("new");
+    let mut first = spawn("hold", dir.path(), work.path(), 0, None);
+    assert_eq!(first.next_line(PATIENCE).expect("holder"), "clean");
+    tries(&lock);
+    first.close_stdin();
+    first
+        .finish(PATIENCE)
+        .expect("the first holder unlocks and exits");
+    let mut second = spawn("hold", dir.path(), work.path(), 0, None);
+    assert_eq!(second.next_line(PATIENCE).expect("holder"), "clean");
+    tries(&lock);
+    let holder = lock.holder_record().expect("read").expect("held");
+    assert_eq!(holder.pid, second.pid());
+    second.close_stdin();
+    second
+        .finish(PATIENCE)
+        .expect("the second holder unlocks and exits");
+    assert_eq!(lock.try_lock().expect("try"), Some(Acquired::Clean));
+    lock.unlock().expect("unlock");
+    assert_entries(dir.path(), &[], "after unlock");
+}
+
 /// A child forked from a holder (by glibc's `fork` or a raw `clone`) does not hold the lock,
 /// cannot unlock or take it while the parent lives, and records its own pid: the pid dirlock
 /// caches is never the parent's in a child.
