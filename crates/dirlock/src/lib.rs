@@ -99,7 +99,7 @@ struct Busy {
     /// The record, judged again when the pidfd is opened.
     record: Record,
     /// A pidfd of the holder, opened at the second look (a `try_lock` that is not repeated
-    /// does not pay for it) and verified as wait.rs verifies its own.
+    /// does not pay for it) and verified to be the holder's (`liveness::holder_pidfd`).
     pidfd: Option<OwnedFd>,
 }
 
@@ -132,21 +132,11 @@ impl Busy {
             return false;
         }
         if self.pidfd.is_none() {
-            let Some(pid) = i32::try_from(self.record.pid).ok().and_then(Pid::from_raw) else {
-                return false;
-            };
-            let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            let liveness::HolderPidfd::Verified(pidfd, HeldBecause::Alive) =
+                liveness::holder_pidfd(&self.record, me)
             else {
                 return false;
             };
-            // The pid was the holder's when the attempt judged it; if it still is now (same
-            // start time), it was when the pidfd was opened, and the pidfd is the holder's.
-            if !matches!(
-                liveness::judge(&self.record, Probe::Unknown, me),
-                Ok(Verdict::Held(HeldBecause::Alive))
-            ) {
-                return false;
-            }
             self.pidfd = Some(pidfd);
         }
         let Some(pidfd) = &self.pidfd else {

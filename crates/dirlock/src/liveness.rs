@@ -30,7 +30,9 @@ use std::io;
 use std::sync::Arc;
 
 use lock_api::{Error, PerProcess, Result};
-use rustix::process::{Pid, getuid, test_kill_process};
+use std::os::fd::OwnedFd;
+
+use rustix::process::{Pid, PidfdFlags, getuid, pidfd_open, test_kill_process};
 
 use crate::ofd::Probe;
 use crate::record::{Record, checked_word};
@@ -252,6 +254,44 @@ fn judge_pid(record: &Record, me: &Identity) -> Result<Verdict> {
         // only a second ESRCH is certain.
         None if !exists(pid)? => Ok(Verdict::Stale(StaleBecause::NoSuchProcess)),
         None => Ok(Verdict::Held(HeldBecause::Unverifiable)),
+    }
+}
+
+/// What [`holder_pidfd`] found of a record's process.
+#[derive(Debug)]
+pub(crate) enum HolderPidfd {
+    /// A pidfd of the record's very process, judged held for this reason.
+    Verified(OwnedFd, HeldBecause),
+    /// The process is gone (or its pid was reused): the record is stale.
+    Gone,
+    /// No pidfd (a kernel before 5.3, a seccomp filter, a pid the record cannot name), or a
+    /// verdict that leaves the process unwatchable here.
+    Unavailable,
+}
+
+/// A pidfd of the process `record` names, verified to be the record's: after `pidfd_open`, the
+/// record's pid is judged again, and if it still has the record's start time, it was the
+/// holder's the whole time (a pid number belongs to one process at a time), so the pidfd
+/// refers to the holder. Where `/proc` hides the start time (`HeldBecause::Unverifiable`) the
+/// check cannot be made, which the verdict says.
+///
+/// Call it for a record already judged held by a process of this host, boot and pid namespace.
+pub(crate) fn holder_pidfd(record: &Record, me: &Identity) -> HolderPidfd {
+    let Some(pid) = i32::try_from(record.pid).ok().and_then(Pid::from_raw) else {
+        return HolderPidfd::Unavailable;
+    };
+    match pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(pidfd) => match judge(record, Probe::Unknown, me) {
+            Ok(Verdict::Held(why @ (HeldBecause::Alive | HeldBecause::Unverifiable))) => {
+                HolderPidfd::Verified(pidfd, why)
+            }
+            Ok(Verdict::Stale(_)) => HolderPidfd::Gone,
+            // Cannot happen for a record that was judged local and alive; an error leaves the
+            // process unwatched.
+            Ok(Verdict::Held(_)) | Err(_) => HolderPidfd::Unavailable,
+        },
+        Err(rustix::io::Errno::SRCH) => HolderPidfd::Gone,
+        Err(_) => HolderPidfd::Unavailable,
     }
 }
 

@@ -82,11 +82,10 @@ use lock_api::PerProcess;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use crate::dir::{Dir, FileId, Seen};
 use crate::levels::Blocked;
-use crate::liveness::{self, HeldBecause, Identity, Verdict};
+use crate::liveness::{self, HolderPidfd, Identity};
 use crate::ofd::Probe;
 use crate::watch::{self, Ended, Subscription};
 use crate::wipeonfork;
@@ -314,24 +313,11 @@ impl Waiter {
             needs_ofd: seen.record.ofd_lock && seen.lock == Probe::Locked,
             fired: false,
         };
-        let pid = i32::try_from(seen.record.pid).ok().and_then(Pid::from_raw);
-        match pid.map(|pid| pidfd_open(pid, PidfdFlags::empty())) {
-            Some(Ok(pidfd)) => {
-                // The pid was the holder's when the attempt judged it; if it still is now, it
-                // was when the pidfd was opened (module docs).
-                match liveness::judge(&seen.record, Probe::Unknown, me) {
-                    Ok(Verdict::Held(HeldBecause::Alive | HeldBecause::Unverifiable)) => {
-                        watched.pidfd = Some(pidfd);
-                    }
-                    Ok(Verdict::Stale(_)) => watched.fired = true,
-                    // Cannot happen for a record that was judged local and alive; an error
-                    // leaves the pid unwatched, and the waiter polls.
-                    Ok(Verdict::Held(_)) | Err(_) => {}
-                }
-            }
-            Some(Err(Errno::SRCH)) => watched.fired = true,
-            // No pidfds (a kernel before 5.3, a seccomp filter): the waiter polls.
-            Some(Err(_)) | None => {}
+        // Verified to be the holder's (module docs); without one, the waiter polls.
+        match liveness::holder_pidfd(&seen.record, me) {
+            HolderPidfd::Verified(pidfd, _) => watched.pidfd = Some(pidfd),
+            HolderPidfd::Gone => watched.fired = true,
+            HolderPidfd::Unavailable => {}
         }
         if watched.needs_ofd
             && !watched.fired
