@@ -1,6 +1,9 @@
 //! lockyard's lock table in a directory of `flock(2)` lock files.
 #![doc = include_str!("../README.md")]
 
+mod adopt;
+#[cfg(test)]
+mod adopt_model;
 mod bitmap;
 mod flock;
 mod format;

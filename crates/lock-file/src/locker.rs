@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 use lock_api::{Acquired, Error, Holder, Inspect, LockId, Locker, Result, find_cycle};
 use rustix::fs::FlockOperation;
 
+use crate::adopt::{self, Blocked};
 use crate::flock;
 use crate::manager::{Shared, owner_key};
 use crate::owner::Entry;
 use crate::record;
 use crate::slot::{Release, Slot};
+use crate::wake::Ticket;
 
 /// The longest interval between two deadlock checks of one wait, in deadlock timeouts: checks
 /// come at 1, 3, 7, 15, ... timeouts into a wait, then every 32.
@@ -106,7 +108,10 @@ impl FileLocker {
         let slot = &*self.slot;
         slot.phase.wait_for_others();
         let waited = self.shared.publish(slot.id).and_then(|mut entry| {
-            let waited = self.block(deadline, &mut entry);
+            let waited = match deadline {
+                None => self.block_adoptable(&mut entry),
+                Some(_) => self.block(deadline, &mut entry),
+            };
             // A deadlock victim withdrew its wait already, under the detection lock.
             if let Some(entry) = entry {
                 self.shared.withdraw(entry);
@@ -126,18 +131,93 @@ impl FileLocker {
         }
     }
 
+    /// A `lock()`'s wait: blocks in `flock(LOCK_EX)` at once, with no timer. The wait is
+    /// registered for the manager's scan (`adopt.rs`), which arms its deadlock check, due one
+    /// deadlock timeout after the wait began, if it finds the wait still blocked; so the nearly
+    /// every contended wait that ends within microseconds costs no timer. When that check sees
+    /// a cycle through this owner it interrupts the wait, which then makes the whole check and
+    /// goes on as an armed wait ([`block`](Self::block)'s loop).
+    ///
+    /// Waits that cannot be adopted (unpublished, detection off, no timer thread or another
+    /// `SIGURG` handler) take [`block`](Self::block), which knows what to do with each.
+    fn block_adoptable(&self, entry: &mut Option<Entry>) -> Result<()> {
+        let shared = &self.shared;
+        let (Some(index), Some(timeout), Some(waker)) = (
+            entry.as_ref().map(Entry::index),
+            shared.deadlock_timeout(),
+            shared.waker().filter(|_| crate::wake::handler_installed()),
+        ) else {
+            return self.block(None, entry);
+        };
+        let waits = shared.waits();
+        let wait = Blocked {
+            thread: adopt::thread_bits(waker.current()),
+            start: adopt::now_ms(),
+        };
+        loop {
+            if waits.register(index, wait) {
+                // No scan is running: this wait starts one, due when its check would be.
+                let due = Instant::now().checked_add(timeout);
+                waker.spawn(
+                    due.unwrap_or_else(Instant::now),
+                    scan_job(Arc::downgrade(shared)),
+                );
+            }
+            let result = rustix::fs::flock(&self.slot.file, FlockOperation::LockExclusive);
+            let fired = waits
+                .end(index)
+                .is_some_and(|ticket| waker.disarm(Ticket::from_number(ticket)));
+            match result {
+                Ok(()) => {
+                    if fired {
+                        // As in `block`: let the late signal land here.
+                        rustix::thread::sched_yield();
+                    }
+                    return Ok(());
+                }
+                // The adopted check saw a cycle through this owner.
+                Err(rustix::io::Errno::INTR) if fired => {
+                    let now = Instant::now();
+                    let mut interval = 1;
+                    let check_at = if self.check_deadlock(entry)? {
+                        next_check(shared, &mut interval, now)
+                    } else {
+                        now.checked_add(retry_delay(shared.owner))
+                    };
+                    return self.block_from(None, entry, check_at, interval);
+                }
+                // Some other signal: block again, still registered from the same start.
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(Error::io("flock", self.path(), std::io::Error::from(e)));
+                }
+            }
+        }
+    }
+
     /// Blocks in `flock(LOCK_EX)` until the lock is taken, `deadline` passes (`Timeout`) or a
     /// deadlock check finds this wait closing a cycle (`Deadlock`).
     fn block(&self, deadline: Option<Instant>, entry: &mut Option<Entry>) -> Result<()> {
+        // An unpublished wait is in nobody's graph: it has nothing to check.
+        let check_at = entry
+            .as_ref()
+            .and(self.shared.deadlock_timeout())
+            .and_then(|d| Instant::now().checked_add(d));
+        self.block_from(deadline, entry, check_at, 1)
+    }
+
+    /// [`block`](Self::block)'s loop, with the next deadlock check at `check_at` (none: no
+    /// checks) and `interval` deadlock timeouts after the one before.
+    fn block_from(
+        &self,
+        deadline: Option<Instant>,
+        entry: &mut Option<Entry>,
+        mut check_at: Option<Instant>,
+        mut interval: u32,
+    ) -> Result<()> {
         let shared = &*self.shared;
         let file = &self.slot.file;
         let path = || self.path();
-        let mut interval = 1;
-        // An unpublished wait is in nobody's graph: it has nothing to check.
-        let mut check_at = entry
-            .as_ref()
-            .and(shared.deadlock_timeout())
-            .and_then(|d| Instant::now().checked_add(d));
         // Timers need the process's timer thread and a thread that `SIGURG` interrupts. A
         // bounded wait must end at its deadline, so it looks at this thread's signal mask (one
         // system call) and polls if the signal is blocked; a `lock()` on such a thread blocks
@@ -169,8 +249,8 @@ impl FileLocker {
                     // through this owner: an idle waiter is not woken by its checks (nor, in
                     // the kernel's tree of blocked `flock`s, are the waiters queued behind it).
                     let deadline_ticket = deadline.map(|d| waker.arm(d));
-                    let check_ticket =
-                        check_at.map(|at| waker.arm_job(at, self.check_job(interval)));
+                    let check_ticket = check_at
+                        .map(|at| waker.arm_job(at, check_job(Arc::clone(&self.shared), interval)));
                     let result = rustix::fs::flock(file, FlockOperation::LockExclusive);
                     let fired = [deadline_ticket, check_ticket]
                         .into_iter()
@@ -216,31 +296,6 @@ impl FileLocker {
                 };
             }
         }
-    }
-
-    /// The deadlock check's first look, for the timer thread: the wait-for graph read from this
-    /// owner without any lock. No cycle through this owner (the usual answer): look again at
-    /// the next check time, doubling the interval as [`block`](Self::block) does, without
-    /// waking the waiter. A cycle, or an error reading the graph: interrupt the waiter, which
-    /// then makes the whole check itself ([`check_deadlock`](Self::check_deadlock)), so the
-    /// decision and the victim's withdrawal stay where they were, on the waiting thread.
-    fn check_job(&self, interval: u32) -> crate::wake::Job {
-        // The owner's name is made only when the job runs: most waits end long before their
-        // first check, and a string made for each of them (a `format!`, an allocation and a
-        // free) cost about a quarter of what a 2-process pair lost to a bare `flock` pair
-        // (`file-contended-2proc`: 1.27 × the bare pair with it, 1.20 × without).
-        let shared = Arc::clone(&self.shared);
-        let mut interval = interval;
-        Box::new(move || match shared.wait_graph_from(shared.owner) {
-            Ok(graph) if find_cycle(&graph, &owner_key(shared.owner)).is_none() => {
-                match next_check(&shared, &mut interval, Instant::now()) {
-                    Some(at) => crate::wake::Next::At(at),
-                    // Detection was turned off meanwhile.
-                    None => crate::wake::Next::Done,
-                }
-            }
-            _ => crate::wake::Next::Signal,
-        })
     }
 
     /// Checks whether this wait closes a cycle; `Ok(false)` when it may and another check holds
@@ -339,6 +394,68 @@ impl FileLocker {
             }
         }
     }
+}
+
+/// The deadlock check's first look, for the timer thread: the wait-for graph read from this
+/// owner without any lock. No cycle through this owner (the usual answer): look again at
+/// the next check time, doubling the interval as [`FileLocker::block`] does, without
+/// waking the waiter. A cycle, or an error reading the graph: interrupt the waiter, which
+/// then makes the whole check itself (`FileLocker::check_deadlock`), so the
+/// decision and the victim's withdrawal stay where they were, on the waiting thread.
+fn check_job(shared: Arc<Shared>, mut interval: u32) -> crate::wake::Job {
+    // The owner's name is made only when the job runs: most waits end long before their
+    // first check, and a string made for each of them (a `format!`, an allocation and a
+    // free) cost about a quarter of what a 2-process pair lost to a bare `flock` pair
+    // (`file-contended-2proc`: 1.27 × the bare pair with it, 1.20 × without).
+    Box::new(move || match shared.wait_graph_from(shared.owner) {
+        Ok(graph) if find_cycle(&graph, &owner_key(shared.owner)).is_none() => {
+            match next_check(&shared, &mut interval, Instant::now()) {
+                Some(at) => crate::wake::Next::At(at),
+                // Detection was turned off meanwhile.
+                None => crate::wake::Next::Done,
+            }
+        }
+        _ => crate::wake::Next::Signal,
+    })
+}
+
+/// The manager's scan (`adopt.rs`), for the timer thread: adopts every `lock()` of the
+/// manager still blocked, arming its deadlock check ([`check_job`]) for its thread, due one
+/// deadlock timeout after the wait began; runs again one timeout later while waits keep
+/// registering, and ends when the manager is gone.
+fn scan_job(shared: std::sync::Weak<Shared>) -> crate::wake::Job {
+    Box::new(move || {
+        let Some(shared) = shared.upgrade() else {
+            return crate::wake::Next::Done;
+        };
+        let Some(waker) = shared.waker() else {
+            return crate::wake::Next::Done;
+        };
+        let timeout = shared.deadlock_timeout();
+        let now = Instant::now();
+        let now_ms = adopt::now_ms();
+        let again = shared.waits().scan(|wait| {
+            // Detection was turned off: the wait needs no check.
+            let timeout = timeout?;
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let late_by = wait.start.saturating_add(timeout_ms).saturating_sub(now_ms);
+            let due = now
+                .checked_add(Duration::from_millis(late_by))
+                .unwrap_or(now);
+            let job = check_job(Arc::clone(&shared), 1);
+            Some(
+                waker
+                    .arm_job_for(adopt::thread_of(wait.thread), due, job)
+                    .number(),
+            )
+        });
+        if again {
+            let period = timeout.unwrap_or(Duration::from_secs(1));
+            crate::wake::Next::At(now.checked_add(period).unwrap_or(now))
+        } else {
+            crate::wake::Next::Done
+        }
+    })
 }
 
 /// When the check after one that decided nothing comes: `interval` (in deadlock timeouts)

@@ -12,6 +12,7 @@ use lock_api::{
     StoreSpec, host_name, wrong_scheme,
 };
 
+use crate::adopt::Waits;
 use crate::bitmap::Bitmap;
 use crate::flock;
 use crate::format::Marker;
@@ -185,6 +186,9 @@ pub(crate) struct Shared {
     detecting: Mutex<()>,
     /// The process's timer thread, fetched the first time a wait needs one; `None`: poll.
     waker: OnceLock<Option<Arc<Waker>>>,
+    /// This manager's blocked `lock()`s for the scan to adopt (`adopt.rs`), one cell per waiter
+    /// file entry, made the first time one blocks.
+    waits: OnceLock<Waits>,
     /// The fork generation the manager was opened in (`lockyard_fork`): another one means this
     /// process is a forked child, which shares the parent's descriptions, hence its locks.
     pub(crate) forks: u32,
@@ -303,6 +307,11 @@ impl Shared {
     /// The process's timer thread, or `None` when waits must poll.
     pub(crate) fn waker(&self) -> Option<&Waker> {
         self.waker.get_or_init(|| Waker::get(self.pid)).as_deref()
+    }
+
+    /// This manager's registered waits (`adopt.rs`), indexed like its waiter file's entries.
+    pub(crate) fn waits(&self) -> &Waits {
+        self.waits.get_or_init(|| Waits::new(owner::MAX_WAITS))
     }
 
     /// This manager's waiter file, made the first time it is needed.
@@ -542,6 +551,7 @@ impl FileManager {
                 making_owner_file: Mutex::new(()),
                 detecting: Mutex::new(()),
                 waker: OnceLock::new(),
+                waits: OnceLock::new(),
                 forks,
             }),
             capacity,

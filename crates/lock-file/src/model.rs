@@ -679,7 +679,7 @@ fn model_a_deadline_beside_a_check_job() {
 }
 
 /// The message of a caught panic ("" when there was none).
-fn panic_message(caught: &std::thread::Result<()>) -> String {
+pub(crate) fn panic_message(caught: &std::thread::Result<()>) -> String {
     match caught {
         Ok(()) => String::new(),
         Err(payload) => payload

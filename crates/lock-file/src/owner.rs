@@ -63,6 +63,13 @@ pub(crate) const MAX_WAITS: usize = (FILE_LEN / 8 - HEADER_WORDS) / ENTRY_WORDS;
 #[derive(Debug)]
 pub(crate) struct Entry(usize);
 
+impl Entry {
+    /// The entry's index, below [`MAX_WAITS`]: the wait's cell in `adopt.rs`.
+    pub(crate) fn index(&self) -> usize {
+        self.0
+    }
+}
+
 /// A manager's own waiter file, mapped, and locked for as long as it lives.
 pub(crate) struct OwnerFile {
     /// Holds the `flock` that tells readers this owner lives.

@@ -15,7 +15,8 @@
 //! disarms; a thread blocked in `flock` when the first one came disarms at once and sees none
 //! of the others.
 //!
-//! A timer may carry a *job* instead ([`Waker::arm_job`]): when due, the timer thread runs it
+//! A timer may carry a *job* instead ([`Waker::arm_job`]; armed for another thread by
+//! [`Waker::arm_job_for`], or for nobody by [`Waker::spawn`]): when due, the timer thread runs it
 //! (outside the table's mutex) and does what it answers: run again later, signal the thread, or
 //! nothing more. A deadlock check's first look runs so (`locker.rs`): the waiting thread is
 //! interrupted only when the look sees a cycle, so an idle waiter sleeps through its checks.
@@ -38,7 +39,10 @@
 //! Invariants, relied on by every `unsafe` block here:
 //!
 //! 1. A `pthread_t` is in the timer table only between `arm` and `disarm`, which the waiting
-//!    thread calls around its blocking call, so every thread signalled is alive.
+//!    thread calls around its blocking call, or between the adoption of its wait (`arm_job_for`,
+//!    by the manager's scan, while the wait is registered in `adopt.rs`) and its `disarm`, which
+//!    the thread cannot skip: the end of an adopted wait hands it the ticket (property A2 there).
+//!    So every thread signalled is alive. A detached timer (`spawn`) signals nobody.
 //! 2. The timer thread signals a thread only while holding the table's mutex and only for a
 //!    timer still in the table, and `disarm` takes the same mutex to remove it: once `disarm`
 //!    returns, no signal for that wait is sent any more (a job's answer that comes later finds
@@ -304,6 +308,9 @@ struct Timer<T> {
     stage: Stage,
     /// The job to run when due (signal at once when there is none); `None` also while it runs.
     job: Option<Job>,
+    /// Nobody disarms it: it is removed when its job answers `Done` (or `Signal`, which it
+    /// never does), and it signals nobody.
+    detached: bool,
 }
 
 impl<T: Copy> Timer<T> {
@@ -371,6 +378,18 @@ pub(crate) struct Waker<S: Sys = Std> {
 #[derive(Debug)]
 pub(crate) struct Ticket(u64);
 
+impl Ticket {
+    /// The ticket as a number, to keep in an atomic word (`adopt.rs`).
+    pub(crate) fn number(&self) -> u64 {
+        self.0
+    }
+
+    /// The ticket [`number`](Self::number) gave.
+    pub(crate) fn from_number(number: u64) -> Ticket {
+        Ticket(number)
+    }
+}
+
 /// The process's waker. A forked child starts without one (and never locks its parent's copy of
 /// this mutex, which a thread of the parent may have held at the fork).
 static WAKER: PerProcess<Option<Arc<Waker>>> = PerProcess::new();
@@ -412,20 +431,42 @@ impl<S: Sys> Waker<S> {
         self.sys.lock()
     }
 
+    /// The calling thread, as timers name it.
+    pub(crate) fn current(&self) -> S::Thread {
+        self.sys.current()
+    }
+
     /// Arms a timer that interrupts the calling thread at `due`, unless disarmed first.
     pub(crate) fn arm(&self, due: Instant) -> Ticket {
-        self.arm_timer(due, None)
+        self.arm_timer(self.sys.current(), due, None, false)
     }
 
     /// Arms a timer that runs `job` on the timer thread at `due`, and again whenever it asks,
     /// until it asks to interrupt the calling thread (which it then does, unless disarmed
     /// first) or to stop. The calling thread is not woken for runs that ask for neither.
     pub(crate) fn arm_job(&self, due: Instant, job: Job) -> Ticket {
-        self.arm_timer(due, Some(job))
+        self.arm_timer(self.sys.current(), due, Some(job), false)
     }
 
-    fn arm_timer(&self, due: Instant, job: Option<Job>) -> Ticket {
-        let thread = self.sys.current();
+    /// As [`arm_job`](Self::arm_job), for `thread`, which is blocked in a wait that it cannot
+    /// leave without disarming the ticket (`adopt.rs`: the scan adopting a wait; invariant 1).
+    pub(crate) fn arm_job_for(&self, thread: S::Thread, due: Instant, job: Job) -> Ticket {
+        self.arm_timer(thread, due, Some(job), false)
+    }
+
+    /// Runs `job` on the timer thread at `due`, and again whenever it answers [`Next::At`],
+    /// until it answers `Done`; nobody disarms it and it interrupts nobody (`adopt.rs`'s scan).
+    pub(crate) fn spawn(&self, due: Instant, job: Job) {
+        self.arm_timer(self.sys.current(), due, Some(job), true);
+    }
+
+    fn arm_timer(
+        &self,
+        thread: S::Thread,
+        due: Instant,
+        job: Option<Job>,
+        detached: bool,
+    ) -> Ticket {
         let mut table = self.table();
         table.next_ticket += 1;
         let ticket = table.next_ticket;
@@ -435,6 +476,7 @@ impl<S: Sys> Waker<S> {
             due,
             stage: Stage::Waiting,
             job,
+            detached,
         });
         table.armed = true;
         if table.sleeps_until.is_none_or(|t| due < t) {
@@ -471,11 +513,19 @@ impl<S: Sys> Waker<S> {
         let now = self.sys.now();
         let mut gone = Vec::new();
         for (ticket, job, next) in answers {
-            let Some(timer) = table.timers.iter_mut().find(|t| t.ticket == ticket) else {
+            let Some(at) = table.timers.iter().position(|t| t.ticket == ticket) else {
                 // Disarmed while it ran.
                 gone.push(job);
                 continue;
             };
+            let timer = &mut table.timers[at];
+            if timer.detached && !matches!(next, Next::At(_)) {
+                // Done (or Signal, which a detached job has nobody to send to): nobody will
+                // disarm it, so it goes now.
+                table.timers.swap_remove(at);
+                gone.push(job);
+                continue;
+            }
             match next {
                 Next::At(at) => {
                     timer.stage = Stage::Waiting;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use lock_conformance::Failed;
-use lock_file::{Acquired, Error, FileManager, LockId, Locker, Manager};
+use lock_file::{Acquired, Error, FileLocker, FileManager, LockId, Locker, Manager};
 
 /// Generous liveness bound: long enough for a loaded 2-core machine, short enough to fail fast.
 const LIVENESS: Duration = Duration::from_secs(20);
@@ -335,6 +335,20 @@ fn switches_of(tid: i32) -> u64 {
 /// the blocked `flock`, the waiter woke at least four times in the window below.
 #[test]
 fn an_idle_waiter_sleeps_through_its_deadlock_checks() {
+    idle_waiter_sleeps(|lock| lock.try_lock_for(LIVENESS).map(|_| ()));
+}
+
+/// The same for a `lock()`, whose wait blocks with no timer and whose checks are armed by the
+/// manager's scan (`adopt.rs`): neither the adoption nor the checks wake it.
+#[test]
+fn an_idle_lock_sleeps_through_its_adoption_and_deadlock_checks() {
+    idle_waiter_sleeps(|lock| lock.lock().map(|_| ()));
+}
+
+/// Holds a lock while another owner's thread waits for it with `wait` (20 ms deadlock
+/// timeout), and counts how often that thread sleeps again in 1.5 s well into its checks: at
+/// most once (a wake-up the test did not cause, on a shared machine).
+fn idle_waiter_sleeps(wait: fn(&FileLocker) -> Result<(), Error>) {
     let (_root, path, holder) = fresh(2);
     let lock = holder.retrieve(LockId(0)).expect("retrieve");
     let _ = lock.lock().expect("lock");
@@ -346,7 +360,7 @@ fn an_idle_waiter_sleeps_through_its_deadlock_checks() {
     let waiting = std::thread::spawn(move || {
         let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
         let lock = waiter.retrieve(LockId(0)).expect("retrieve");
-        let got = lock.try_lock_for(LIVENESS).map(|_| ());
+        let got = wait(&lock);
         let unlocked = lock.unlock();
         (got, unlocked)
     });
