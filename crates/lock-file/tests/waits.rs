@@ -186,6 +186,7 @@ fn a_thread_that_blocks_sigurg_still_times_out_and_acquires() {
 /// other member checks and is the one victim; the blocked member then acquires.
 #[test]
 fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
+    let _watchdog = common::watchdog("an undetected cycle", LIVENESS * 3);
     let (_root, path, a) = fresh(2);
     let b = FileManager::open(&path).expect("open");
     let deadlock = Duration::from_millis(50);
@@ -223,6 +224,7 @@ fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
 /// exactly one does.
 #[test]
 fn a_cycle_is_decided_only_under_the_detection_lock() {
+    let _watchdog = common::watchdog("an undetected cycle", LIVENESS * 3);
     let (_root, path, a) = fresh(2);
     let b = FileManager::open(&path).expect("open");
     let detection = std::fs::File::open(path.join("deadlock")).expect("detection lock file");

@@ -46,6 +46,24 @@ pub(crate) fn snapshot_until(
     }
 }
 
+/// Ends the whole test process with a message if it is still running `limit` from now, unless
+/// the returned guard was dropped first: for a test whose failure would be a wait that never
+/// ends (a deadlock nobody detects), so that it fails instead of hanging the run.
+#[must_use = "the watchdog stands down when the guard is dropped"]
+pub(crate) fn watchdog(what: &'static str, limit: Duration) -> Watchdog {
+    let (stand_down, stood_down) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = stood_down.recv_timeout(limit) {
+            eprintln!("{what}: still running after {limit:?}; ending the test process");
+            std::process::exit(101);
+        }
+    });
+    Watchdog(stand_down)
+}
+
+/// See [`watchdog`].
+pub(crate) struct Watchdog(mpsc::Sender<()>);
+
 /// The child's next line, which must come within `LINE_TIMEOUT`.
 pub(crate) fn line(child: &mut ChildProcess) -> String {
     child.next_line(LINE_TIMEOUT).expect("child line")
