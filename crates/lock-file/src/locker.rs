@@ -35,6 +35,12 @@ use crate::record;
 use crate::slot::{Release, Slot};
 use crate::wake::Ticket;
 
+/// The longest interval between two runs of a manager's scan (`adopt.rs`) while waits keep
+/// registering, and the latest a new scan first runs: a deadlock timeout, but no longer than
+/// this, so that a timeout lowered at run time (the scan is scheduled by the old one) reaches
+/// the next waits within this long.
+const MAX_SCAN_PERIOD: Duration = Duration::from_secs(1);
+
 /// The longest interval between two deadlock checks of one wait, in deadlock timeouts: checks
 /// come at 1, 3, 7, 15, ... timeouts into a wait, then every 32.
 const MAX_CHECK_INTERVAL: u32 = 32;
@@ -133,18 +139,21 @@ impl FileLocker {
 
     /// A `lock()`'s wait: blocks in `flock(LOCK_EX)` at once, with no timer. The wait is
     /// registered for the manager's scan (`adopt.rs`), which arms its deadlock check, due one
-    /// deadlock timeout after the wait began, if it finds the wait still blocked; so the nearly
-    /// every contended wait that ends within microseconds costs no timer. When that check sees
-    /// a cycle through this owner it interrupts the wait, which then makes the whole check and
-    /// goes on as an armed wait ([`block`](Self::block)'s loop).
+    /// deadlock timeout after the wait began, if it finds the wait still blocked; so a contended
+    /// wait that ends within microseconds, as nearly all do, costs no timer. When that check
+    /// sees a cycle through this owner it interrupts the wait, which then makes the whole check
+    /// and goes on as an armed wait ([`block`](Self::block)'s loop).
     ///
-    /// Waits that cannot be adopted (unpublished, detection off, no timer thread or another
-    /// `SIGURG` handler) take [`block`](Self::block), which knows what to do with each.
+    /// Waits that cannot be adopted (unpublished, detection off or a timeout too long to add to
+    /// now, no timer thread or another `SIGURG` handler) take [`block`](Self::block), which
+    /// knows what to do with each.
     fn block_adoptable(&self, entry: &mut Option<Entry>) -> Result<()> {
         let shared = &self.shared;
-        let (Some(index), Some(timeout), Some(waker)) = (
+        let (Some(index), Some(first_check), Some(waker)) = (
             entry.as_ref().map(Entry::index),
-            shared.deadlock_timeout(),
+            shared
+                .deadlock_timeout()
+                .and_then(|d| Instant::now().checked_add(d)),
             shared.waker().filter(|_| crate::wake::handler_installed()),
         ) else {
             return self.block(None, entry);
@@ -157,11 +166,8 @@ impl FileLocker {
         loop {
             if waits.register(index, wait) {
                 // No scan is running: this wait starts one, due when its check would be.
-                let due = Instant::now().checked_add(timeout);
-                waker.spawn(
-                    due.unwrap_or_else(Instant::now),
-                    scan_job(Arc::downgrade(shared)),
-                );
+                let latest = Instant::now() + MAX_SCAN_PERIOD;
+                waker.spawn(first_check.min(latest), scan_job(Arc::downgrade(shared)));
             }
             let result = rustix::fs::flock(&self.slot.file, FlockOperation::LockExclusive);
             let fired = waits
@@ -435,13 +441,12 @@ fn scan_job(shared: std::sync::Weak<Shared>) -> crate::wake::Job {
         let now = Instant::now();
         let now_ms = adopt::now_ms();
         let again = shared.waits().scan(|wait| {
-            // Detection was turned off: the wait needs no check.
+            // Detection was turned off, or its timeout made so long that the check never comes:
+            // the wait needs no check (as an armed wait would have none).
             let timeout = timeout?;
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let late_by = wait.start.saturating_add(timeout_ms).saturating_sub(now_ms);
-            let due = now
-                .checked_add(Duration::from_millis(late_by))
-                .unwrap_or(now);
+            let due = now.checked_add(Duration::from_millis(late_by))?;
             let job = check_job(Arc::clone(&shared), 1);
             Some(
                 waker
@@ -450,8 +455,10 @@ fn scan_job(shared: std::sync::Weak<Shared>) -> crate::wake::Job {
             )
         });
         if again {
-            let period = timeout.unwrap_or(Duration::from_secs(1));
-            crate::wake::Next::At(now.checked_add(period).unwrap_or(now))
+            // A scan only needs to come before the checks it arms are due: a timeout after the
+            // last one; and no later than `MAX_SCAN_PERIOD`, for a timeout lowered meanwhile.
+            let period = timeout.map_or(MAX_SCAN_PERIOD, |t| t.min(MAX_SCAN_PERIOD));
+            crate::wake::Next::At(now + period)
         } else {
             crate::wake::Next::Done
         }

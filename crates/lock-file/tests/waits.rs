@@ -266,6 +266,54 @@ fn a_cycle_is_decided_only_under_the_detection_lock() {
     assert!(outcomes.iter().any(|l| l == "acquired"), "{outcomes:?}");
 }
 
+/// A deadlock timeout lowered at run time applies to the next waits, also when the manager's
+/// scan (`adopt.rs`) was scheduled by a wait under the old one: here an hour, then 20 ms, with
+/// `b` the only member of the cycle that checks (`a`'s detection is off). When a new scan was
+/// due a whole old timeout after the wait that started it, `b`'s `lock()` was adopted only an
+/// hour later and the cycle stood.
+#[test]
+fn a_lowered_deadlock_timeout_applies_to_the_next_waits() {
+    let _watchdog = common::watchdog("a cycle nobody checked", LIVENESS * 3);
+    let (_root, path, a) = fresh(3);
+    let b = FileManager::open(&path).expect("open");
+    b.set_deadlock_timeout(Duration::from_secs(3600))
+        .expect("timeout");
+    // A first wait of b's, under the hour, starts b's scan.
+    let a2 = a.retrieve(LockId(2)).expect("retrieve");
+    let _ = a2.lock().expect("lock");
+    let b2 = b.retrieve(LockId(2)).expect("retrieve");
+    let first = std::thread::spawn(move || b2.lock().and_then(|_| b2.unlock()));
+    common::snapshot_until(&a, |s| {
+        s.iter().any(|l| l.id == LockId(2) && !l.waiters.is_empty())
+    });
+    a2.unlock().expect("unlock");
+    first.join().expect("join").expect("b's first wait");
+    // The cycle; `cycle_member` sets b's timeout to 20 ms before it holds lock 1.
+    a.set_deadlock_timeout(Duration::ZERO).expect("off");
+    let a0 = a.retrieve(LockId(0)).expect("retrieve");
+    let _ = a0.lock().expect("lock");
+    let (said, b_said) = mpsc::channel();
+    let member = std::thread::spawn(move || {
+        cycle_member(&b, 1, 0, Duration::from_millis(20), &said, || true)
+    });
+    assert_eq!(b_said.recv_timeout(LIVENESS).as_deref(), Ok("holding"));
+    let a1 = a.retrieve(LockId(1)).expect("retrieve");
+    let closing = std::thread::spawn(move || a1.lock().and_then(|_| a1.unlock()));
+    let outcome = b_said.recv_timeout(LIVENESS);
+    assert!(
+        outcome
+            .as_deref()
+            .is_ok_and(|l| l.starts_with("deadlock 2")),
+        "b's lock() closed a cycle under a 20 ms timeout: {outcome:?}"
+    );
+    member.join().expect("join").expect("member b");
+    closing
+        .join()
+        .expect("join")
+        .expect("a's wait ends once b backs off");
+    a0.unlock().expect("unlock");
+}
+
 /// With detection off (a zero timeout) a cycle is never reported, however long it lasts: here
 /// one member breaks it by timing out.
 #[test]
