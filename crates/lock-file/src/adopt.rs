@@ -4,10 +4,10 @@
 //! on the waiter's behalf (`wake.rs`), due when the waiter would have armed it.
 //!
 //! Arming a timer for every contended `lock()` (a clock read, the timer table's mutex twice, a
-//! job) cost about a tenth of a 2-process pair (`file-contended-2proc`: 1.22-1.32 × a bare
-//! `flock` pair with it, 1.12-1.16 without), while nearly every such wait ends in microseconds,
-//! long before its first check. Registering costs a few stores and one read-modify-write of a
-//! word of this manager's.
+//! job) cost about a tenth of a 2-process pair, while nearly every such wait ends in
+//! microseconds, long before its first check (`file-contended-2proc`, one sitting: 1.22-1.25 ×
+//! a bare `flock` pair when each wait armed its check, 1.15-1.19 adopted). Registering costs a
+//! few stores and one read-modify-write of a word of this manager's.
 //!
 //! # The protocol
 //!
