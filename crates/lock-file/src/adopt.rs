@@ -71,34 +71,44 @@ pub(crate) trait Word: Default {
     fn fetch_and(&self, bits: u64, order: Ordering) -> u64;
 }
 
-impl Word for AtomicU64 {
-    #[inline(always)]
-    fn load(&self, order: Ordering) -> u64 {
-        AtomicU64::load(self, order)
-    }
-    #[inline(always)]
-    fn store(&self, value: u64, order: Ordering) {
-        AtomicU64::store(self, value, order);
-    }
-    #[inline(always)]
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
-    }
-    #[inline(always)]
-    fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_or(self, bits, order)
-    }
-    #[inline(always)]
-    fn fetch_and(&self, bits: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_and(self, bits, order)
-    }
+/// Implements [`Word`] for an atomic type with `AtomicU64`'s methods: std's, and loom's in the
+/// model check.
+macro_rules! impl_word {
+    ($atomic:ty) => {
+        impl $crate::adopt::Word for $atomic {
+            #[inline(always)]
+            fn load(&self, order: ::std::sync::atomic::Ordering) -> u64 {
+                <$atomic>::load(self, order)
+            }
+            #[inline(always)]
+            fn store(&self, value: u64, order: ::std::sync::atomic::Ordering) {
+                <$atomic>::store(self, value, order);
+            }
+            #[inline(always)]
+            fn compare_exchange(
+                &self,
+                current: u64,
+                new: u64,
+                success: ::std::sync::atomic::Ordering,
+                failure: ::std::sync::atomic::Ordering,
+            ) -> Result<u64, u64> {
+                <$atomic>::compare_exchange(self, current, new, success, failure)
+            }
+            #[inline(always)]
+            fn fetch_or(&self, bits: u64, order: ::std::sync::atomic::Ordering) -> u64 {
+                <$atomic>::fetch_or(self, bits, order)
+            }
+            #[inline(always)]
+            fn fetch_and(&self, bits: u64, order: ::std::sync::atomic::Ordering) -> u64 {
+                <$atomic>::fetch_and(self, bits, order)
+            }
+        }
+    };
 }
+#[cfg(test)]
+pub(crate) use impl_word;
+
+impl_word!(AtomicU64);
 
 /// What the protocol runs on: its word, a way to let an adoption in progress finish, and two
 /// planted bugs that only the model check switches on.

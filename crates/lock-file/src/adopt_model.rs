@@ -18,13 +18,12 @@
 //! that ends by a plain store (an adoption in progress arms a timer for a thread that left: A2).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
 
 use loom::sync::atomic::AtomicU64;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use crate::adopt::{AdoptSys, Blocked, Waits, Word};
+use crate::adopt::{AdoptSys, Blocked, Waits};
 use crate::model::panic_message;
 
 /// Preemptions explored per execution.
@@ -37,29 +36,7 @@ const PLANT_SEEN_AFTER_SCAN: u8 = 1;
 /// Planted bug (b): a wait that ends by a plain store.
 const PLANT_PLAIN_END: u8 = 2;
 
-impl Word for AtomicU64 {
-    fn load(&self, order: Ordering) -> u64 {
-        AtomicU64::load(self, order)
-    }
-    fn store(&self, value: u64, order: Ordering) {
-        AtomicU64::store(self, value, order);
-    }
-    fn compare_exchange(
-        &self,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, success, failure)
-    }
-    fn fetch_or(&self, bits: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_or(self, bits, order)
-    }
-    fn fetch_and(&self, bits: u64, order: Ordering) -> u64 {
-        AtomicU64::fetch_and(self, bits, order)
-    }
-}
+crate::adopt::impl_word!(AtomicU64);
 
 struct ModelSys<const P: u8>;
 
