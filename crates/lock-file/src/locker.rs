@@ -144,16 +144,13 @@ impl FileLocker {
     /// sees a cycle through this owner it interrupts the wait, which then makes the whole check
     /// and goes on as an armed wait ([`block`](Self::block)'s loop).
     ///
-    /// Waits that cannot be adopted (unpublished, detection off or a timeout too long to add to
-    /// now, no timer thread or another `SIGURG` handler) take [`block`](Self::block), which
-    /// knows what to do with each.
+    /// Waits that cannot be adopted (unpublished, detection off, no timer thread or another
+    /// `SIGURG` handler) take [`block`](Self::block), which knows what to do with each.
     fn block_adoptable(&self, entry: &mut Option<Entry>) -> Result<()> {
         let shared = &self.shared;
-        let (Some(index), Some(first_check), Some(waker)) = (
+        let (Some(index), Some(timeout), Some(waker)) = (
             entry.as_ref().map(Entry::index),
-            shared
-                .deadlock_timeout()
-                .and_then(|d| Instant::now().checked_add(d)),
+            shared.deadlock_timeout(),
             shared.waker().filter(|_| crate::wake::handler_installed()),
         ) else {
             return self.block(None, entry);
@@ -165,9 +162,13 @@ impl FileLocker {
         };
         loop {
             if waits.register(index, wait) {
-                // No scan is running: this wait starts one, due when its check would be.
-                let latest = Instant::now() + MAX_SCAN_PERIOD;
-                waker.spawn(first_check.min(latest), scan_job(Arc::downgrade(shared)));
+                // No scan is running: this wait starts one, due when its check would be (a
+                // timeout too long to add to now leaves the wait to the scan, which arms no
+                // check for it, as `block` would arm none).
+                let now = Instant::now();
+                let latest = now + MAX_SCAN_PERIOD;
+                let due = now.checked_add(timeout).map_or(latest, |d| d.min(latest));
+                waker.spawn(due, scan_job(Arc::downgrade(shared)));
             }
             let result = rustix::fs::flock(&self.slot.file, FlockOperation::LockExclusive);
             let fired = waits
