@@ -681,6 +681,52 @@ mod tests {
         );
     }
 
+    /// A detached job (`spawn`: the manager's scan) runs again while it answers `At`, and once
+    /// it answers `Done` it leaves the table, since nobody disarms it: kept as a finished timer,
+    /// as an armed job that is done is until its thread disarms it, every scan would leave one
+    /// behind for good.
+    #[test]
+    fn a_detached_job_runs_until_done_and_then_leaves_the_table() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::atomic::Ordering::SeqCst;
+        let waker = Waker::get(std::process::id()).expect("waker");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (done, is_done) = std::sync::mpsc::channel();
+        let counted = Arc::clone(&runs);
+        waker.spawn(
+            Instant::now(),
+            Box::new(move || {
+                if counted.fetch_add(1, SeqCst) < 2 {
+                    Next::At(Instant::now() + Duration::from_millis(5))
+                } else {
+                    let _ = done.send(());
+                    Next::Done
+                }
+            }),
+        );
+        is_done
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the job answered Done");
+        // Its answer is applied under the table's mutex right after it ran: then no finished
+        // detached timer is left (other tests' timers may come and go meanwhile, but a detached
+        // one never stays finished).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&runs) > 1
+            || waker
+                .table()
+                .timers
+                .iter()
+                .any(|t| t.detached && t.stage == Stage::Finished)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the finished job stayed in the table"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(runs.load(SeqCst), 3);
+    }
+
     /// A child forked while another thread holds the waker's and the installer's locks gets a
     /// waker of its own, with a running timer thread that interrupts its blocked `flock`. With
     /// plain `static Mutex`es the child hung in `Waker::get`.
