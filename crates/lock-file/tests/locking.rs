@@ -28,6 +28,8 @@ fn fresh(capacity: u32) -> (tempfile::TempDir, PathBuf, FileManager) {
 
 #[test]
 fn same_owner_relock_waits_for_the_owner_and_try_lock_says_none() {
+    // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3);
     let (_root, _path, manager) = fresh(4);
     let first = manager.retrieve(LockId(1)).expect("retrieve");
     let second = manager.retrieve(LockId(1)).expect("retrieve again");
@@ -65,6 +67,8 @@ fn same_owner_relock_waits_for_the_owner_and_try_lock_says_none() {
 /// wake-up would leave one asleep).
 #[test]
 fn threads_of_two_owners_take_turns_without_losing_an_update() {
+    // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 6);
     const THREADS_PER_OWNER: usize = 3;
     const PAIRS: u64 = 300;
     let (_root, path, a) = fresh(2);
@@ -146,6 +150,8 @@ fn threads_of_two_owners_take_turns_without_losing_an_update() {
 /// owner's threads take it in turn again.
 #[test]
 fn a_sibling_of_a_waiting_thread_times_out_and_the_wait_still_ends_holding() {
+    // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3);
     let (_root, path, a) = fresh(2);
     let b = FileManager::open(&path).expect("second open");
     let held_by_b = b.retrieve(LockId(0)).expect("retrieve");
