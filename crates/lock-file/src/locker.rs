@@ -184,13 +184,8 @@ impl FileLocker {
                 }
                 // The adopted check saw a cycle through this owner.
                 Err(rustix::io::Errno::INTR) if fired => {
-                    let now = Instant::now();
                     let mut interval = 1;
-                    let check_at = if self.check_deadlock(entry)? {
-                        next_check(shared, &mut interval, now)
-                    } else {
-                        now.checked_add(retry_delay(shared.owner))
-                    };
+                    let check_at = self.check_now(entry, &mut interval, Instant::now())?;
                     return self.block_from(None, entry, check_at, interval);
                 }
                 // Some other signal: block again, still registered from the same start.
@@ -295,14 +290,25 @@ impl FileLocker {
                 };
             }
             if check_at.is_some_and(|at| now >= at) {
-                check_at = if self.check_deadlock(entry)? {
-                    next_check(shared, &mut interval, now)
-                } else {
-                    // Another check holds the detection lock: look again shortly.
-                    now.checked_add(retry_delay(shared.owner))
-                };
+                check_at = self.check_now(entry, &mut interval, now)?;
             }
         }
+    }
+
+    /// Makes the deadlock check that fell due at `now` (`Deadlock` when this wait is the
+    /// victim) and says when the next one comes: `interval` doubled, or shortly when another
+    /// check held the detection lock.
+    fn check_now(
+        &self,
+        entry: &mut Option<Entry>,
+        interval: &mut u32,
+        now: Instant,
+    ) -> Result<Option<Instant>> {
+        Ok(if self.check_deadlock(entry)? {
+            next_check(&self.shared, interval, now)
+        } else {
+            now.checked_add(retry_delay(self.shared.owner))
+        })
     }
 
     /// Checks whether this wait closes a cycle; `Ok(false)` when it may and another check holds
