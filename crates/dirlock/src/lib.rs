@@ -84,8 +84,9 @@ struct State {
 /// A live holder of `lock0`, as a `try_lock` found it.
 ///
 /// Kept only for a record of this host, boot and pid namespace whose holder was judged alive
-/// (not merely unverifiable) and that promises an OFD lock which was held when read. While the file stays `lock0`, the pidfd stays unreadable and the file
-/// stays locked, the full attempt would find what this found: the same record (a record file
+/// (not merely unverifiable) and that promises an OFD lock which was held when read. While the
+/// file stays `lock0`, the pidfd stays unreadable and the file stays locked, the full attempt
+/// would find what this found: the same record (a record file
 /// is never rewritten, and its inode number cannot name another file while `file` is open
 /// here), its process alive with the same start time (the pidfd is of that very process, and
 /// becomes readable once every thread of it has exited, the record's "zombie" test), and its
@@ -131,16 +132,16 @@ impl Busy {
         if !matches!(dir.file_id(MASTER), Ok(Some(id)) if id == self.id) {
             return false;
         }
-        if self.pidfd.is_none() {
-            let liveness::HolderPidfd::Verified(pidfd, HeldBecause::Alive) =
-                liveness::holder_pidfd(&self.record, me)
-            else {
-                return false;
-            };
-            self.pidfd = Some(pidfd);
-        }
-        let Some(pidfd) = &self.pidfd else {
-            return false;
+        let pidfd = match &mut self.pidfd {
+            Some(pidfd) => pidfd,
+            slot @ None => {
+                let liveness::HolderPidfd::Verified(pidfd, HeldBecause::Alive) =
+                    liveness::holder_pidfd(&self.record, me)
+                else {
+                    return false;
+                };
+                slot.insert(pidfd)
+            }
         };
         let mut fds = [rustix::event::PollFd::new(
             pidfd,

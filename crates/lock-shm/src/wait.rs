@@ -44,20 +44,20 @@ const BUSY_RETRY: Duration = Duration::from_millis(10);
 const SAFETY_PROBE: Duration = Duration::from_secs(30);
 /// How long a waiter stays off the lock word before it marks the word and sleeps: at its first
 /// sight of another owner's hold, and when it woke to find the lock taken by another owner first
-/// (lockword.rs, "Backing off"). About what going
-/// back to sleep would cost on this VM (marking the word, `futex_waitv`, and the holder's
-/// `FUTEX_WAKE` at its next unlock), so the spin costs the waiter no more CPU than the sleep it
-/// replaces. Measured in the comparison bench (2, 4 and 8 processes on one lock, two sittings):
-/// 40-45 ns per pair without it, 24-30 ns with 2 µs, 21-22 ns with 5 µs. Backing off at the
-/// first sight too (three sittings each, glibc in the same runs): 21.4-23.1 ns a pair where the
-/// wake-up alone gave 23.5-27.1, and fairness ÷ glibc's 0.93-0.99 / 0.85-0.97 / 0.94-1.04 at 2
-/// / 4 / 8 processes; with 3 or 4 µs, faster (17-20 ns) and less fair at 4 and 8 (0.62-0.89).
+/// (lockword.rs, "Backing off"). About what going back to sleep would cost on this VM (marking the
+/// word, `futex_waitv`, and the holder's `FUTEX_WAKE` at its next unlock), so the spin costs the
+/// waiter no more CPU than the sleep it replaces. Measured in the comparison bench (2, 4 and 8
+/// processes on one lock, two sittings): 40-45 ns per pair without it, 24-30 ns with 2 µs, 21-22 ns
+/// with 5 µs. Backing off at the first sight too (three sittings each, glibc in the same runs):
+/// 21.4-23.1 ns a pair where the wake-up alone gave 23.5-27.1, and fairness ÷ glibc's 0.93-0.99 /
+/// 0.85-0.97 / 0.94-1.04 at 2 / 4 / 8 processes; with 3 or 4 µs, faster (17-20 ns) and less fair at
+/// 4 and 8 (0.62-0.89).
 const BACKOFF: Duration = Duration::from_micros(2);
-/// How many times one wait backs off, the first sight included, each time half as long as the
-/// time before (2, 1 and 0.5 µs): a waiter that keeps losing the race stops deferring, so the back-off adds at most
-/// 3.5 µs to any wait. Backing off every time let one of four processes fall behind: fairness
-/// 0.39-0.72 against glibc's 0.79-0.93 in three sittings, 0.80-0.89 against 0.73-0.83 with the
-/// halving, at the same speed.
+/// How many times one wait backs off, the first sight included, each time half as long as the time
+/// before (2, 1 and 0.5 µs): a waiter that keeps losing the race stops deferring, so the back-off
+/// adds at most 3.5 µs to any wait. Backing off every time let one of four processes fall behind:
+/// fairness 0.39-0.72 against glibc's 0.79-0.93 in three sittings, 0.80-0.89 against 0.73-0.83 with
+/// the halving, at the same speed.
 const BACKOFFS: u32 = 3;
 /// How many deadlock timeouts apart the checks of one wait come: the first one timeout after
 /// the wait began, the second 16 after the first, then every 64 (with the default 1 s: 1, 17,
