@@ -82,6 +82,10 @@ fn run_one(b: &BackendCrate, dir: &std::path::Path) -> Result<Row, String> {
     let mut command = cargo();
     command
         .args(["test", "--package", b.package, "--test", "conformance"])
+        .args([
+            "--config",
+            &crate::bounded_runner(crate::test_binary_bound()?),
+        ])
         .env("LOCKYARD_CONFORMANCE_REPORT", &report);
     eprintln!("$ {}", show(&command));
     let output = command

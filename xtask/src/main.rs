@@ -189,10 +189,60 @@ fn lint() -> Result<(), String> {
         .env("RUSTDOCFLAGS", "-D warnings"))
 }
 
+/// How long one test binary (a crate's unit tests, one integration test file, the doctests)
+/// may run under `cargo xtask test` before it is killed, in seconds, unless
+/// `LOCKYARD_TEST_BINARY_TIMEOUT` says otherwise. The longest binary (lock-etcd's `faults`)
+/// takes about 75 s on two cores; the bound is there so that a test that hangs (a lost
+/// wake-up, a deadlock nobody detects) fails the run, naming its binary, instead of holding CI
+/// until its own limit.
+const TEST_BINARY_TIMEOUT_SECS: u64 = 900;
+
+/// The per-binary bound in seconds: `LOCKYARD_TEST_BINARY_TIMEOUT` if set, else the default.
+fn test_binary_timeout(setting: Option<&str>) -> Result<u64, String> {
+    match setting {
+        None => Ok(TEST_BINARY_TIMEOUT_SECS),
+        Some(text) => match text.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(secs),
+            _ => Err(format!(
+                "LOCKYARD_TEST_BINARY_TIMEOUT={text:?}: expected a whole number of seconds above 0"
+            )),
+        },
+    }
+}
+
+/// The per-binary bound in force: [`test_binary_timeout`] of the environment's setting.
+pub(crate) fn test_binary_bound() -> Result<u64, String> {
+    let setting = std::env::var("LOCKYARD_TEST_BINARY_TIMEOUT").ok();
+    test_binary_timeout(setting.as_deref())
+}
+
+/// The `--config` value that makes cargo start every test binary through coreutils' `timeout`:
+/// the binary runs in its own process group, and past `secs` the whole group (the binary and
+/// any child it started) gets SIGTERM, then SIGKILL ten seconds later, and the binary's exit
+/// status is 124 (137 if it had to be killed).
+pub(crate) fn bounded_runner(secs: u64) -> String {
+    let quoted: Vec<String> = runner(secs).iter().map(|a| format!("'{a}'")).collect();
+    format!("target.'cfg(all())'.runner = [{}]", quoted.join(", "))
+}
+
+/// The runner's program and arguments, in front of the test binary's.
+fn runner(secs: u64) -> [String; 3] {
+    ["timeout".into(), "--kill-after=10".into(), secs.to_string()]
+}
+
 fn test() -> Result<(), String> {
     prereq::ensure(true)?;
+    let secs = test_binary_bound()?;
     let before = prereq::shm_segments();
-    run(cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]))?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-features", "--no-fail-fast"])
+        .args(["--config", &bounded_runner(secs)]))
+    .map_err(|e| {
+        format!(
+            "{e}\n(a test binary that exited with status 124 or 137 ran over the {secs} s bound \
+             and was killed with its children; set LOCKYARD_TEST_BINARY_TIMEOUT to change it)"
+        )
+    })?;
     let leaked: Vec<_> = prereq::shm_segments()
         .difference(&before)
         .cloned()
@@ -252,6 +302,67 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bound comes from the setting when it is a positive number of seconds, from the
+    /// default when unset, and a bad setting is an error that names it.
+    #[test]
+    fn the_test_binary_bound_is_read_from_its_setting() {
+        assert_eq!(test_binary_timeout(None), Ok(TEST_BINARY_TIMEOUT_SECS));
+        assert_eq!(test_binary_timeout(Some(" 30 ")), Ok(30));
+        for bad in ["0", "-5", "ten", "1.5", ""] {
+            let e = test_binary_timeout(Some(bad)).expect_err(bad);
+            assert!(e.contains("LOCKYARD_TEST_BINARY_TIMEOUT"), "{e}");
+        }
+    }
+
+    /// Cargo runs every test binary through the runner: one that outlives the bound is killed
+    /// with its process group and fails with `timeout`'s status, one that ends in time keeps
+    /// its own status.
+    #[test]
+    fn the_bounded_runner_kills_a_binary_that_runs_over_and_its_children() {
+        let config = bounded_runner(1);
+        assert_eq!(
+            config,
+            "target.'cfg(all())'.runner = ['timeout', '--kill-after=10', '1']"
+        );
+        // The runner as cargo would start it, around a shell that leaves a child behind.
+        let runner = runner(1);
+        let dir = std::env::temp_dir().join(format!("xtask-runner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pid_file = dir.join("child.pid");
+        let started = std::time::Instant::now();
+        let status = Command::new(&runner[0])
+            .args(&runner[1..])
+            .args(["sh", "-c", "sleep 60 & echo $! > \"$1\"; wait", "sh"])
+            .arg(&pid_file)
+            .status()
+            .expect("timeout runs");
+        assert_eq!(status.code(), Some(124), "over the bound: timeout's status");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        let child = std::fs::read_to_string(&pid_file).expect("child pid");
+        let child = child.trim();
+        // The child got the group's SIGTERM: it is gone (or a zombie of a dead parent, reaped
+        // by init) within a moment.
+        let gone = (0..100).any(|_| {
+            let state = std::fs::read_to_string(format!("/proc/{child}/stat"));
+            let gone = state.map_or(true, |s| s.contains(") Z "));
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            gone
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            gone,
+            "the child {child} of a binary killed for running over still runs"
+        );
+        let status = Command::new(&runner[0])
+            .args(&runner[1..])
+            .args(["sh", "-c", "exit 3"])
+            .status()
+            .expect("timeout runs");
+        assert_eq!(status.code(), Some(3), "in time: the binary's own status");
+    }
 
     /// The run-time manifest directory wins over the compiled-in one: a build reused from
     /// another checkout must still work on the checkout `cargo` was run in.

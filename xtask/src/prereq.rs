@@ -1,4 +1,5 @@
-//! System prerequisites (etcd, protoc, unshare): found, installed with apt-get as root, or named.
+//! System prerequisites (etcd, protoc, unshare, timeout): found, installed with apt-get as root,
+//! or named.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -6,12 +7,14 @@ use std::process::{Command, Stdio};
 
 /// The Debian packages the tests need: for the etcd backend the server, protoc and the
 /// well-known protobuf types to build `etcd-client`; for lock-shm's pid-namespace test
-/// `unshare(1)`, from util-linux (essential on Debian, so normally there).
-pub(crate) const PACKAGES: [&str; 4] = [
+/// `unshare(1)`, from util-linux; to bound each test binary's time `timeout(1)`, from coreutils
+/// (both essential on Debian, so normally there).
+pub(crate) const PACKAGES: [&str; 5] = [
     "etcd-server",
     "protobuf-compiler",
     "libprotobuf-dev",
     "util-linux",
+    "coreutils",
 ];
 
 /// The command a user runs to install them.
@@ -46,16 +49,15 @@ pub(crate) fn etcd_missing() -> Option<String> {
     (!missing.is_empty()).then(|| format!("{} not installed", missing.join(", ")))
 }
 
-/// What is missing for the whole test suite: the etcd prerequisites and `unshare(1)`.
+/// What is missing for the whole test suite: the etcd prerequisites, `unshare(1)` and
+/// `timeout(1)`.
 fn test_missing() -> Option<String> {
-    let etcd = etcd_missing();
-    if works("unshare", "--version") {
-        return etcd;
-    }
-    Some(match etcd {
-        Some(etcd) => format!("{etcd}; unshare not installed"),
-        None => "unshare not installed".to_owned(),
-    })
+    let tools = ["unshare", "timeout"]
+        .into_iter()
+        .filter(|tool| !works(tool, "--version"))
+        .map(|tool| format!("{tool} not installed"));
+    let missing: Vec<String> = etcd_missing().into_iter().chain(tools).collect();
+    (!missing.is_empty()).then(|| missing.join("; "))
 }
 
 fn is_root() -> bool {
