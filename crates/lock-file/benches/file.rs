@@ -22,6 +22,11 @@
 //!   is noisier than one process alone, and neighbours see the same load). The two
 //!   processes are pinned to CPUs 0 and 1: left to the scheduler on a busy 2-CPU machine they
 //!   often share one CPU, take turns, and never contend.
+//! - `file-contended-2proc-hold-1us`: the same with the lock held 1 µs a pair (a spin on the
+//!   clock inside the critical section, the same on both sides). With an empty critical
+//!   section the figure is set by how often the lock changes process (a releaser that loses
+//!   the race to the waiter its release woke; ARCHITECTURE.md, lock-file); with one of a
+//!   microsecond both sides sleep and wake alike, and what is left is our cost per pair.
 
 use std::fs::File;
 use std::hint::black_box;
@@ -39,7 +44,15 @@ use rustix::fs::FlockOperation;
 /// One bare flock pair: two system calls inlined here, nothing else.
 #[inline(always)]
 fn bare_pair(file: &File) {
+    bare_pair_around(file, || {});
+}
+
+/// One bare flock pair with `inside` run while the lock is held (inlined: an empty closure
+/// leaves the bare pair).
+#[inline(always)]
+fn bare_pair_around(file: &File, inside: impl Fn()) {
     rustix::fs::flock(file, FlockOperation::LockExclusive).expect("flock");
+    inside();
     rustix::fs::flock(file, FlockOperation::Unlock).expect("flock");
 }
 
@@ -61,7 +74,14 @@ fn libc_pair(file: &File) {
 /// One lock+unlock of ours.
 #[inline(always)]
 fn our_pair(lock: &FileLocker) {
+    our_pair_around(lock, || {});
+}
+
+/// One lock+unlock of ours with `inside` run while the lock is held.
+#[inline(always)]
+fn our_pair_around(lock: &FileLocker, inside: impl Fn()) {
     let _ = black_box(lock.lock().expect("lock"));
+    inside();
     lock.unlock().expect("unlock");
 }
 
@@ -218,21 +238,28 @@ fn alloc_free_lines() {
 /// is the store's path and the peer's lock file, separated by a line feed.
 const CONTENDER_ENV: &str = "LOCKYARD_FILE_BENCH_CONTENDER";
 
-/// Runs `n` pairs of ours (`which == "ours"`) or of the bare pair.
-fn pairs(which: &str, n: u64, lock: &FileLocker, peer: &File) {
-    if which == "ours" {
-        for _ in 0..n {
-            our_pair(lock);
-        }
-    } else {
-        for _ in 0..n {
-            bare_pair(peer);
-        }
+/// Runs `n` pairs of ours (`which == "ours"`) or of the bare pair, holding the lock `hold`
+/// each time.
+fn pairs(which: &str, n: u64, hold: Duration, lock: &FileLocker, peer: &File) {
+    match (which == "ours", hold.is_zero()) {
+        (true, true) => (0..n).for_each(|_| our_pair(lock)),
+        (false, true) => (0..n).for_each(|_| bare_pair(peer)),
+        (true, false) => (0..n).for_each(|_| our_pair_around(lock, || spin_for(hold))),
+        (false, false) => (0..n).for_each(|_| bare_pair_around(peer, || spin_for(hold))),
     }
 }
 
-/// The second process: for every `ours N` or `peer N` line on stdin, runs N pairs on the same
-/// lock as the parent and answers `done`.
+/// Spins on the clock for `d`.
+#[inline(always)]
+fn spin_for(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// The second process: for every `ours N HOLD_NS` or `peer N HOLD_NS` line on stdin, runs N
+/// pairs on the same lock as the parent, holding it HOLD_NS each time, and answers `done`.
 fn contender(spec: &str) {
     pin(1);
     let (store, peer) = spec.split_once('\n').expect("contender spec");
@@ -242,8 +269,12 @@ fn contender(spec: &str) {
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         let line = line.expect("stdin");
-        let (which, n) = line.split_once(' ').expect("command");
-        pairs(which, n.parse().expect("count"), &lock, &peer);
+        let mut words = line.split(' ');
+        let (Some(which), Some(n), Some(hold)) = (words.next(), words.next(), words.next()) else {
+            panic!("command {line:?}");
+        };
+        let hold = Duration::from_nanos(hold.parse().expect("hold"));
+        pairs(which, n.parse().expect("count"), hold, &lock, &peer);
         writeln!(out, "done").expect("stdout");
         out.flush().expect("stdout");
     }
@@ -268,7 +299,7 @@ fn pin(cpu: usize) {
 
 /// Median ns per pair of ours and of the bare pair with two processes on one lock, and the
 /// median of the ratios of neighbouring rounds (which saw the same load on the machine).
-fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64, f64) {
+fn contended_ns(root: &Path, rounds: u32, n: u64, hold: Duration) -> (f64, f64, f64) {
     let affinity = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
     pin(0);
     let store = root.join("contended");
@@ -288,10 +319,10 @@ fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64, f64) {
     let mut to = child.0.stdin.take().expect("stdin");
     let mut from = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
     let mut round = |which: &str| -> f64 {
-        writeln!(to, "{which} {n}").expect("to contender");
+        writeln!(to, "{which} {n} {}", hold.as_nanos()).expect("to contender");
         to.flush().expect("to contender");
         let start = Instant::now();
-        pairs(which, n, &lock, &peer);
+        pairs(which, n, hold, &lock, &peer);
         let done = from
             .next()
             .expect("contender exited")
@@ -324,14 +355,19 @@ fn contended_ns(root: &Path, rounds: u32, n: u64) -> (f64, f64, f64) {
     (median(&mut ours), median(&mut theirs), median(&mut ratios))
 }
 
-fn contended_line() {
-    let group = "file-contended-2proc";
+/// `file-contended-2proc` (`hold` zero) or its variant holding the lock `hold` a pair.
+fn contended_line(group: &str, hold: Duration) {
     if !wanted(group) {
         return;
     }
     let root = tempfile::tempdir().expect("temp dir");
-    let (rounds, n) = if quick() { (5, 2_000) } else { (101, 10_000) };
-    let (ours, peer, ratio) = contended_ns(root.path(), rounds, n);
+    let (rounds, n) = match (quick(), hold.is_zero()) {
+        (true, _) => (5, 2_000),
+        (false, true) => (101, 10_000),
+        // A pair takes about five times as long: fewer a round keep the run about as long.
+        (false, false) => (101, 4_000),
+    };
+    let (ours, peer, ratio) = contended_ns(root.path(), rounds, n, hold);
     record_line(
         group,
         &format!(
@@ -353,5 +389,6 @@ fn main() {
     c.final_summary();
     interleaved_lines();
     alloc_free_lines();
-    contended_line();
+    contended_line("file-contended-2proc", Duration::ZERO);
+    contended_line("file-contended-2proc-hold-1us", Duration::from_micros(1));
 }
