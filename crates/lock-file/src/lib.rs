@@ -4,6 +4,7 @@
 mod adopt;
 #[cfg(test)]
 mod adopt_model;
+mod bias;
 mod bitmap;
 mod flock;
 mod format;

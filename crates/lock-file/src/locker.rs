@@ -76,7 +76,8 @@ impl FileLocker {
     fn acquire(&self, deadline: Option<Instant>) -> Result<Acquired> {
         let slot = &*self.slot;
         // This owner's threads take turns: wait while another of them holds or is taking it.
-        while !slot.phase.try_begin() {
+        let me = crate::bias::key();
+        while !slot.phase.try_begin(me) {
             if !slot.phase.wait_idle(deadline) {
                 return Err(Error::Timeout);
             }
@@ -528,7 +529,7 @@ impl Locker for FileLocker {
         let slot = &*self.slot;
         let shared = &*self.shared;
         shared.usable()?;
-        if slot.phase.try_begin() {
+        if slot.phase.try_begin(crate::bias::key()) {
             // A claimed record: another owner holds the lock (or died holding it). Go straight
             // to the one blocking call rather than trying first.
             if shared.owner_death && shared.record(slot.id).is_claimed() {
@@ -548,7 +549,7 @@ impl Locker for FileLocker {
     fn try_lock(&self) -> Result<Option<Acquired>> {
         let slot = &*self.slot;
         self.shared.usable()?;
-        if !slot.phase.try_begin() {
+        if !slot.phase.try_begin(crate::bias::key()) {
             return Ok(None);
         }
         match flock::try_lock_fast(&slot.file) {
@@ -571,7 +572,7 @@ impl Locker for FileLocker {
     fn unlock(&self) -> Result<()> {
         let slot = &*self.slot;
         self.shared.usable()?;
-        let Some(release) = slot.phase.begin_release() else {
+        let Some(release) = slot.phase.begin_release(crate::bias::key()) else {
             return Err(Error::NotHeld(self.id()));
         };
         if self.shared.owner_death {

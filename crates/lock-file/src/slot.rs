@@ -52,6 +52,8 @@ use std::time::{Duration, Instant};
 
 use rustix::thread::futex;
 
+use crate::bias::{Bias, BiasSys};
+
 /// Cached slots below this count are never evicted.
 const MIN_CACHE: usize = 256;
 
@@ -78,6 +80,9 @@ const SPINS: u32 = 32;
 /// waking its sleepers, and a pause. Production runs it on [`Futex`]; the model check on a value
 /// under a loom mutex and a modelled futex (`slot_model.rs` says why not loom's atomic).
 pub(crate) trait PhaseSys {
+    /// The slot's bias (`bias.rs`): its words, barrier and pause.
+    type Bias: BiasSys;
+
     /// Planted bug (a), set only by the model check: a waiter sleeps in a short phase too, so
     /// its `SLEEPERS` bit is overwritten by the plain store that ends the phase.
     const SLEEP_IN_SHORT_PHASE: bool = false;
@@ -108,6 +113,8 @@ pub(crate) trait PhaseSys {
 pub(crate) struct Futex(AtomicU32);
 
 impl PhaseSys for Futex {
+    type Bias = crate::bias::Std;
+
     #[inline(always)]
     fn load(&self) -> u32 {
         self.0.load(Ordering::Acquire)
@@ -159,6 +166,8 @@ impl PhaseSys for Futex {
 #[derive(Debug)]
 pub(crate) struct Phase<S: PhaseSys = Futex> {
     sys: S,
+    /// Which thread may leave a long phase with a plain load and store (`bias.rs`).
+    bias: Bias<S::Bias>,
 }
 
 /// The `SLEEPERS` bit a release carries from `HELD` to its end.
@@ -167,14 +176,27 @@ pub(crate) struct Phase<S: PhaseSys = Futex> {
 pub(crate) struct Release(u32);
 
 impl<S: PhaseSys> Phase<S> {
-    /// A phase word on `sys`, idle.
-    pub(crate) fn new(sys: S) -> Phase<S> {
-        Phase { sys }
+    /// A phase word on `sys`, idle; biased to the first thread that leaves a long phase if
+    /// `biased` (`bias.rs`), else never.
+    pub(crate) fn new(sys: S, biased: bool) -> Phase<S> {
+        Phase {
+            sys,
+            bias: Bias::new(biased),
+        }
     }
 
-    /// `IDLE` → `TAKING`; false when the slot is not idle.
+    /// `IDLE` → `TAKING` by the thread `me` (its `bias::key`); false when the slot is not idle.
     #[inline(always)]
-    pub(crate) fn try_begin(&self) -> bool {
+    pub(crate) fn try_begin(&self, me: u64) -> bool {
+        if self.bias.enter(me) {
+            // Biased: nobody else writes the word.
+            let idle = self.sys.load() == IDLE;
+            if idle {
+                self.sys.store(TAKING);
+            }
+            self.bias.leave();
+            return idle;
+        }
         self.sys.compare_exchange(IDLE, TAKING).is_ok()
     }
 
@@ -208,9 +230,20 @@ impl<S: PhaseSys> Phase<S> {
         }
     }
 
-    /// `HELD` → `RELEASING`; `None` when this owner does not hold the lock.
+    /// `HELD` → `RELEASING` by the thread `me`; `None` when this owner does not hold the lock.
     #[inline(always)]
-    pub(crate) fn begin_release(&self) -> Option<Release> {
+    pub(crate) fn begin_release(&self, me: u64) -> Option<Release> {
+        if self.bias.enter(me) {
+            // Biased: nobody else writes the word (the owner's own timed wait may have left
+            // `SLEEPERS` set).
+            let word = self.sys.load();
+            let held = word & PHASE == HELD;
+            if held {
+                self.sys.store(RELEASING);
+            }
+            self.bias.leave();
+            return held.then_some(Release(word & SLEEPERS));
+        }
         let mut expected = HELD;
         loop {
             match self.sys.compare_exchange(expected, RELEASING) {
@@ -296,7 +329,7 @@ impl Slot {
         Slot {
             id,
             file,
-            phase: Phase::new(Futex::default()),
+            phase: Phase::new(Futex::default(), crate::bias::biasing()),
         }
     }
 }

@@ -32,10 +32,11 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use loom::sync::atomic::AtomicUsize;
+use loom::sync::atomic::{AtomicU64, AtomicUsize};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
+use crate::bias::BiasSys;
 use crate::slot::{Phase, PhaseSys};
 
 /// Preemptions explored per execution: no bound; the models are small enough to explore every
@@ -48,6 +49,12 @@ const REAL: u8 = 0;
 const PLANT_SLEEP_IN_SHORT_PHASE: u8 = 1;
 /// Planted bug (b): a plain store from `WAITING` to `HELD`.
 const PLANT_PLAIN_HAND_OVER: u8 = 2;
+/// Planted bug (c): a revocation of the bias without the barrier.
+const PLANT_NO_BARRIER: u8 = 3;
+
+/// The keys of the model's threads (`bias::key` in production).
+const MAIN: u64 = 1;
+const OTHER: u64 = 2;
 
 /// The modelled word: a value under a loom mutex, and a futex made of a mutex and a condition
 /// variable.
@@ -82,7 +89,37 @@ impl<const P: u8> ModelSys<P> {
     }
 }
 
+/// The bias's words are loom's atomics, whose weak behaviours are the point: the owner's store
+/// of `busy` and load of `state` may each miss the revoker's, unless both sides fence.
+/// `membarrier` makes the owner execute a full barrier at some point of its program while the
+/// revoker's call runs; loom cannot make one thread fence for another, so the owner's fence is
+/// written where its compiler fence is, as `fence(SeqCst)`, and the revoker's barrier is
+/// another: two `SeqCst` fences forbid exactly the outcome the barrier forbids (both loads
+/// missing the other side's store), which is what the protocol relies on.
+struct ModelBias<const P: u8>;
+
+impl<const P: u8> BiasSys for ModelBias<P> {
+    type Word = AtomicU64;
+
+    const NO_BARRIER: bool = P == PLANT_NO_BARRIER;
+
+    fn owner_fence() {
+        loom::sync::atomic::fence(SeqCst);
+    }
+
+    fn barrier() -> bool {
+        loom::sync::atomic::fence(SeqCst);
+        true
+    }
+
+    fn pause(_round: u32) {
+        thread::yield_now();
+    }
+}
+
 impl<const P: u8> PhaseSys for ModelSys<P> {
+    type Bias = ModelBias<P>;
+
     const SLEEP_IN_SHORT_PHASE: bool = P == PLANT_SLEEP_IN_SHORT_PHASE;
     const PLAIN_HAND_OVER: bool = P == PLANT_PLAIN_HAND_OVER;
 
@@ -138,20 +175,19 @@ struct Owner<const P: u8> {
     inside: AtomicUsize,
 }
 
-impl<const P: u8> Default for Owner<P> {
-    fn default() -> Self {
+impl<const P: u8> Owner<P> {
+    /// A slot biased to its first thread (`bias.rs`) if `biased`, else shared from the start.
+    fn new(biased: bool) -> Self {
         Owner {
-            phase: Phase::new(ModelSys::default()),
+            phase: Phase::new(ModelSys::default(), biased),
             inside: AtomicUsize::new(0),
         }
     }
-}
 
-impl<const P: u8> Owner<P> {
-    /// `lock()`'s moves with a first try that always takes the lock. The hold begins before the
-    /// phase says `HELD`: from then on any thread of the owner may release it.
-    fn lock(&self) {
-        while !self.phase.try_begin() {
+    /// `lock()`'s moves by the thread `me` with a first try that always takes the lock. The hold
+    /// begins before the phase says `HELD`: from then on any thread of the owner may release it.
+    fn lock(&self, me: u64) {
+        while !self.phase.try_begin(me) {
             assert!(self.phase.wait_idle(None), "no deadline, no timeout");
         }
         self.enter();
@@ -160,8 +196,8 @@ impl<const P: u8> Owner<P> {
 
     /// `lock()`'s moves when the first try finds another owner holding the lock: `WAITING`, a
     /// wait (a yield here), then the hand-over to `HELD`.
-    fn lock_after_waiting(&self) {
-        while !self.phase.try_begin() {
+    fn lock_after_waiting(&self, me: u64) {
+        while !self.phase.try_begin(me) {
             assert!(self.phase.wait_idle(None), "no deadline, no timeout");
         }
         self.phase.wait_for_others();
@@ -171,8 +207,8 @@ impl<const P: u8> Owner<P> {
     }
 
     /// `unlock()`'s moves; false when the owner does not hold the lock (`NotHeld`).
-    fn unlock(&self) -> bool {
-        let Some(release) = self.phase.begin_release() else {
+    fn unlock(&self, me: u64) -> bool {
+        let Some(release) = self.phase.begin_release(me) else {
             return false;
         };
         self.leave();
@@ -198,11 +234,20 @@ impl<const P: u8> Owner<P> {
     }
 }
 
-/// Runs `scenario` on a fresh owner in every interleaving.
-fn check<const P: u8>(scenario: impl Fn(Arc<Owner<P>>) + Sync + Send + 'static) {
+/// Runs `scenario` on a fresh owner in every interleaving, its slot biased if `biased`.
+fn check<const P: u8>(biased: bool, scenario: impl Fn(Arc<Owner<P>>) + Sync + Send + 'static) {
+    check_bounded(biased, PREEMPTIONS, scenario);
+}
+
+/// [`check`] with at most `preemptions` preemptions per execution.
+fn check_bounded<const P: u8>(
+    biased: bool,
+    preemptions: Option<usize>,
+    scenario: impl Fn(Arc<Owner<P>>) + Sync + Send + 'static,
+) {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = PREEMPTIONS;
-    builder.check(move || scenario(Arc::new(Owner::default())));
+    builder.preemption_bound = preemptions;
+    builder.check(move || scenario(Arc::new(Owner::new(biased))));
 }
 
 fn join<T>(t: thread::JoinHandle<T>) -> T {
@@ -213,8 +258,8 @@ fn join<T>(t: thread::JoinHandle<T>) -> T {
 fn lock_once_on_a_thread<const P: u8>(owner: &Arc<Owner<P>>) -> thread::JoinHandle<()> {
     let owner = owner.clone();
     thread::spawn(move || {
-        owner.lock();
-        assert!(owner.unlock());
+        owner.lock(OTHER);
+        assert!(owner.unlock(OTHER));
     })
 }
 
@@ -223,8 +268,8 @@ fn lock_once_on_a_thread<const P: u8>(owner: &Arc<Owner<P>>) -> thread::JoinHand
 fn take_turns<const P: u8>(owner: Arc<Owner<P>>) {
     let other = lock_once_on_a_thread(&owner);
     for _ in 0..2 {
-        owner.lock();
-        assert!(owner.unlock());
+        owner.lock(MAIN);
+        assert!(owner.unlock(MAIN));
     }
     join(other);
     assert!(owner.phase.is_idle());
@@ -233,15 +278,15 @@ fn take_turns<const P: u8>(owner: Arc<Owner<P>>) {
 /// S1, S2: threads taking turns at the first try.
 #[test]
 fn model_slot_threads_take_turns() {
-    check::<REAL>(take_turns);
+    check::<REAL>(false, take_turns);
 }
 
 /// One thread takes the lock after waiting for another owner while another thread of its owner
 /// waits for it, then the other way round.
 fn hand_over<const P: u8>(owner: Arc<Owner<P>>) {
     let other = lock_once_on_a_thread(&owner);
-    owner.lock_after_waiting();
-    assert!(owner.unlock());
+    owner.lock_after_waiting(MAIN);
+    assert!(owner.unlock(MAIN));
     join(other);
     assert!(owner.phase.is_idle());
 }
@@ -249,20 +294,20 @@ fn hand_over<const P: u8>(owner: Arc<Owner<P>>) {
 /// S1, S2: a hold taken after a wait keeps the sleepers it had while waiting.
 #[test]
 fn model_slot_a_wait_hands_over_to_the_hold() {
-    check::<REAL>(hand_over);
+    check::<REAL>(false, hand_over);
 }
 
 /// S3: a thread that does not hold the lock unlocks while another locks and unlocks: exactly one
 /// of the two unlocks releases the hold, and the slot ends idle.
 #[test]
 fn model_slot_one_release_per_hold() {
-    check::<REAL>(|owner| {
+    check::<REAL>(false, |owner| {
         let stranger = {
             let owner = owner.clone();
-            thread::spawn(move || owner.unlock())
+            thread::spawn(move || owner.unlock(OTHER))
         };
-        owner.lock();
-        let mine = owner.unlock();
+        owner.lock(MAIN);
+        let mine = owner.unlock(MAIN);
         let theirs = join(stranger);
         assert!(
             mine ^ theirs,
@@ -294,7 +339,7 @@ fn model_slot_catches_a_sleep_in_a_short_phase() {
 #[test]
 fn model_slot_planted_short_phase_child() {
     if std::env::var_os(SHORT_PHASE_ENV).is_some() {
-        check::<PLANT_SLEEP_IN_SHORT_PHASE>(take_turns);
+        check::<PLANT_SLEEP_IN_SHORT_PHASE>(false, take_turns);
     }
 }
 
@@ -314,6 +359,86 @@ fn model_slot_catches_a_plain_hand_over() {
 #[test]
 fn model_slot_planted_hand_over_child() {
     if std::env::var_os(HAND_OVER_ENV).is_some() {
-        check::<PLANT_PLAIN_HAND_OVER>(hand_over);
+        check::<PLANT_PLAIN_HAND_OVER>(false, hand_over);
+    }
+}
+
+/// Preemptions explored per execution of the biased models: the bias adds three weakly
+/// ordered words to the phase word, and without a bound the smallest biased model did not end
+/// in five minutes; with six they take a few seconds, and the planted bug (c) is caught at the
+/// first bound tried, two.
+const BIASED_PREEMPTIONS: Option<usize> = Some(6);
+
+/// The main thread becomes the slot's owner with a lock and unlock of its own, then locks and
+/// unlocks again while another thread, whose first move revokes the bias, locks and unlocks once.
+fn revoke_while_the_owner_works<const P: u8>(owner: Arc<Owner<P>>) {
+    owner.lock(MAIN);
+    assert!(owner.unlock(MAIN));
+    let other = lock_once_on_a_thread(&owner);
+    owner.lock(MAIN);
+    assert!(owner.unlock(MAIN));
+    join(other);
+    assert!(owner.phase.is_idle());
+}
+
+/// S1, S2 across a revocation of the bias: plain moves by the owner, then read-modify-writes.
+#[test]
+fn model_slot_a_revoked_bias_keeps_threads_taking_turns() {
+    check_bounded::<REAL>(true, BIASED_PREEMPTIONS, revoke_while_the_owner_works);
+}
+
+/// S3 on a biased slot: the owner locks and unlocks while another thread, revoking, unlocks
+/// once: exactly one of the two unlocks releases the hold.
+#[test]
+fn model_slot_one_release_per_hold_biased() {
+    check_bounded::<REAL>(true, BIASED_PREEMPTIONS, |owner| {
+        owner.lock(MAIN);
+        assert!(owner.unlock(MAIN));
+        let stranger = {
+            let owner = owner.clone();
+            thread::spawn(move || owner.unlock(OTHER))
+        };
+        owner.lock(MAIN);
+        let mine = owner.unlock(MAIN);
+        let theirs = join(stranger);
+        assert!(
+            mine ^ theirs,
+            "unlocks that released: mine {mine}, theirs {theirs}"
+        );
+        assert!(owner.phase.is_idle());
+    });
+}
+
+/// Set in the child process of [`model_slot_catches_a_revocation_without_the_barrier`].
+const NO_BARRIER_ENV: &str = "LOCK_FILE_MODEL_PLANTED_NO_BARRIER";
+
+/// Planted bug (c): a revocation without the barrier lets the owner's plain move and the
+/// revoker's compare-exchange both take the slot; the model sees it as two holders, or as the
+/// lost wake-up that the clobbered word leads to (what loom finds first). Loom aborts the
+/// process on either, so the planted model runs in a child process.
+#[test]
+fn model_slot_catches_a_revocation_without_the_barrier() {
+    if std::env::var_os(NO_BARRIER_ENV).is_some() {
+        return;
+    }
+    let (status, text) = lock_conformance::child::run_test_in_child(
+        "slot_model::model_slot_planted_no_barrier_child",
+        NO_BARRIER_ENV,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("the planted-bug child: {e}"));
+    assert!(
+        !status.success()
+            && (text.contains("two threads hold the lock") || text.contains("deadlock")),
+        "a revocation without the barrier was not caught ({status}): {text}"
+    );
+}
+
+/// The planted bug of [`model_slot_catches_a_revocation_without_the_barrier`]; it only runs in
+/// that test's child process and passes trivially otherwise.
+#[test]
+fn model_slot_planted_no_barrier_child() {
+    if std::env::var_os(NO_BARRIER_ENV).is_some() {
+        check_bounded::<PLANT_NO_BARRIER>(true, BIASED_PREEMPTIONS, revoke_while_the_owner_works);
     }
 }

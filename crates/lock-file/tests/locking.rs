@@ -144,6 +144,58 @@ fn threads_of_two_owners_take_turns_without_losing_an_update() {
     }
 }
 
+/// A lock's slot is biased to the first thread that takes it (`src/bias.rs`: that thread moves
+/// the phase word with plain stores); a sibling thread's first move revokes the bias while the
+/// owner keeps locking and unlocking. On each of several locks the two never hold the lock at
+/// once, and after the revocation both go on taking turns, including an unlock made by the
+/// thread that did not lock.
+#[test]
+fn a_sibling_revokes_the_bias_while_the_owner_keeps_locking() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+    // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3);
+    const LOCKS: u32 = 16;
+    const PAIRS: u32 = 2_000;
+    let (_root, _path, manager) = fresh(LOCKS);
+    for id in 0..LOCKS {
+        let inside = AtomicBool::new(false);
+        let owner_pairs = AtomicU32::new(0);
+        let pair = |lock: &lock_file::FileLocker| {
+            assert_eq!(lock.lock().expect("lock"), Acquired::Clean);
+            assert!(!inside.swap(true, SeqCst), "two threads hold lock {id}");
+            std::hint::spin_loop();
+            inside.store(false, SeqCst);
+            lock.unlock().expect("unlock");
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let lock = manager.retrieve(LockId(id)).expect("retrieve");
+                for _ in 0..PAIRS {
+                    pair(&lock);
+                    owner_pairs.fetch_add(1, SeqCst);
+                }
+            });
+            s.spawn(|| {
+                let lock = manager.retrieve(LockId(id)).expect("retrieve");
+                // Start once the owner is well into its plain moves.
+                while owner_pairs.load(SeqCst) < PAIRS / 10 {
+                    std::thread::yield_now();
+                }
+                for _ in 0..PAIRS {
+                    pair(&lock);
+                }
+            });
+        });
+        // A lock taken on one thread and released on another.
+        let lock = manager.retrieve(LockId(id)).expect("retrieve");
+        assert_eq!(lock.lock().expect("lock"), Acquired::Clean);
+        std::thread::scope(|s| {
+            s.spawn(|| lock.unlock().expect("unlock from another thread"));
+        });
+        assert!(matches!(lock.unlock(), Err(Error::NotHeld(_))));
+    }
+}
+
 /// A thread of an owner whose other thread waits for another owner (the slot is `WAITING`) waits
 /// too: `try_lock` says none, and `try_lock_for` ends with `Timeout` at its deadline and leaves
 /// the slot as it was; once the other owner lets go, the waiting thread holds the lock and the
