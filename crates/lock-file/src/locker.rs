@@ -2,8 +2,9 @@
 //!
 //! The paths through `lock()`:
 //!
-//! - **Uncontended:** the slot's phase word from idle to taking (one compare-exchange: this
-//!   owner's threads take turns, see `slot.rs`), a load of the owner record (released), one
+//! - **Uncontended:** the slot's phase word from idle to taking (one compare-exchange, or a plain
+//!   load and store while the slot is biased to this thread: this owner's threads take turns,
+//!   see `slot.rs` and `bias.rs`), a load of the owner record (released), one
 //!   `flock(LOCK_EX | LOCK_NB)` that succeeds, the record claimed, and the phase stored as held.
 //! - **Contended:** the record is claimed, so another owner holds the lock (or died holding it):
 //!   publish the wait in this manager's waiter file (two stores into a mapping), arm a timer for

@@ -19,7 +19,8 @@
 //! - `RELEASING` (short): one thread clears the record and calls `flock(LOCK_UN)`.
 //!
 //! Leaving `IDLE` and leaving `HELD` are compare-exchanges, made before the system call, so two
-//! threads never both take or both release. The end of a short phase is a plain store, made after
+//! threads never both take or both release; while the slot is biased to one thread (`bias.rs`:
+//! no other thread has moved it) that thread makes them with a plain load and store. The end of a short phase is a plain store, made after
 //! the system call: an uncontended lock+unlock makes two read-modify-writes and none right after a
 //! system call. (With a mutex around each step it made four, two of them right after the call,
 //! where one costs about 15 ns on this project's machines. `file-lock-unlock-interleaved` went
