@@ -14,15 +14,18 @@
 //!
 //! # The protocol (an asymmetric Dekker handshake)
 //!
-//! Three words per slot: `owner` (the biased thread's key, 0 before the first move), `busy`
-//! (1 while the owner makes a plain move) and `state` (`BIASED`, `REVOKING`, `REVOKED`).
+//! Three words per slot: `owner` (the biased thread's key, 0 before the first move, `SHARED`
+//! once revoked), `busy` (1 while the owner makes a plain move) and `state` (`BIASED`,
+//! `REVOKING`, `REVOKED`).
 //!
 //! - The owner, to move: stores `busy = 1`, then loads `state`; `BIASED`: it moves with a
 //!   plain load and store and then stores `busy = 0` (release); otherwise it stores `busy = 0`
 //!   and uses the read-modify-write.
 //! - Another thread, before it writes the word at all: if `state` is not `REVOKED`, it stores
 //!   `REVOKING`, runs `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, waits until it reads
-//!   `busy == 0` (acquire), and stores `REVOKED`; then it uses the read-modify-writes.
+//!   `busy == 0` (acquire), and stores `REVOKED` and then `owner = SHARED` (release), which every
+//!   thread's next move reads first (acquire) and takes as "use the read-modify-write", with
+//!   no store of `busy` and no call out of line.
 //!
 //! The owner's store of `busy` and load of `state` are in program order but x86 lets the load
 //! pass the store (the store buffer), so with plain instructions on both sides each could miss
@@ -55,6 +58,9 @@ const BIASED: u64 = 0;
 const REVOKING: u64 = 1;
 /// Every thread uses read-modify-writes.
 const REVOKED: u64 = 2;
+
+/// `owner` of a slot whose bias is revoked or was never given: no thread's key.
+const SHARED: u64 = u64::MAX;
 
 /// What the protocol needs of the system: its words, the barrier, and a pause.
 pub(crate) trait BiasSys {
@@ -143,6 +149,7 @@ impl<S: BiasSys> Bias<S> {
         };
         if !enabled {
             bias.state.store(REVOKED, Ordering::Relaxed);
+            bias.owner.store(SHARED, Ordering::Relaxed);
         }
         bias
     }
@@ -153,13 +160,19 @@ impl<S: BiasSys> Bias<S> {
     /// is revoked, by this call if `me` is not the owner).
     #[inline(always)]
     pub(crate) fn enter(&self, me: u64) -> bool {
-        if self.owner.load(Ordering::Relaxed) == me {
+        // Acquire: a revoker's store of `SHARED` (release) comes after it saw the owner's last
+        // plain move end, which this thread's read-modify-writes must follow.
+        let owner = self.owner.load(Ordering::Acquire);
+        if owner == me {
             self.busy.store(1, Ordering::Relaxed);
             S::owner_fence();
             if self.state.load(Ordering::Relaxed) == BIASED {
                 return true;
             }
             self.busy.store(0, Ordering::Release);
+            return false;
+        }
+        if owner == SHARED {
             return false;
         }
         self.enter_other(me)
@@ -216,6 +229,7 @@ impl<S: BiasSys> Bias<S> {
             round = round.saturating_add(1);
         }
         self.state.store(REVOKED, Ordering::Release);
+        self.owner.store(SHARED, Ordering::Release);
     }
 
     /// Whether the bias is revoked (for tests).
