@@ -297,24 +297,27 @@ fn model_slot_a_wait_hands_over_to_the_hold() {
     check::<REAL>(false, hand_over);
 }
 
-/// S3: a thread that does not hold the lock unlocks while another locks and unlocks: exactly one
-/// of the two unlocks releases the hold, and the slot ends idle.
+/// A thread that does not hold the lock unlocks while the main thread locks and unlocks:
+/// exactly one of the two unlocks releases the hold, and the slot ends idle.
+fn racing_unlocks<const P: u8>(owner: &Arc<Owner<P>>) {
+    let stranger = {
+        let owner = owner.clone();
+        thread::spawn(move || owner.unlock(OTHER))
+    };
+    owner.lock(MAIN);
+    let mine = owner.unlock(MAIN);
+    let theirs = join(stranger);
+    assert!(
+        mine ^ theirs,
+        "unlocks that released: mine {mine}, theirs {theirs}"
+    );
+    assert!(owner.phase.is_idle());
+}
+
+/// S3: one release per hold, the unlocks racing.
 #[test]
 fn model_slot_one_release_per_hold() {
-    check::<REAL>(false, |owner| {
-        let stranger = {
-            let owner = owner.clone();
-            thread::spawn(move || owner.unlock(OTHER))
-        };
-        owner.lock(MAIN);
-        let mine = owner.unlock(MAIN);
-        let theirs = join(stranger);
-        assert!(
-            mine ^ theirs,
-            "unlocks that released: mine {mine}, theirs {theirs}"
-        );
-        assert!(owner.phase.is_idle());
-    });
+    check::<REAL>(false, |owner| racing_unlocks(&owner));
 }
 
 /// Set in the child process of [`model_slot_catches_a_sleep_in_a_short_phase`].
@@ -392,20 +395,10 @@ fn model_slot_a_revoked_bias_keeps_threads_taking_turns() {
 #[test]
 fn model_slot_one_release_per_hold_biased() {
     check_bounded::<REAL>(true, BIASED_PREEMPTIONS, |owner| {
+        // The main thread's first move makes it the owner.
         owner.lock(MAIN);
         assert!(owner.unlock(MAIN));
-        let stranger = {
-            let owner = owner.clone();
-            thread::spawn(move || owner.unlock(OTHER))
-        };
-        owner.lock(MAIN);
-        let mine = owner.unlock(MAIN);
-        let theirs = join(stranger);
-        assert!(
-            mine ^ theirs,
-            "unlocks that released: mine {mine}, theirs {theirs}"
-        );
-        assert!(owner.phase.is_idle());
+        racing_unlocks(&owner);
     });
 }
 
