@@ -189,9 +189,6 @@ impl<S: BiasSys> Bias<S> {
     #[cold]
     #[inline(never)]
     fn enter_other(&self, me: u64) -> bool {
-        if self.state.load(Ordering::Acquire) == REVOKED {
-            return false;
-        }
         if self
             .owner
             .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
@@ -269,19 +266,17 @@ pub(crate) fn biasing() -> bool {
 /// Whether `membarrier` is registered for this process (once per process and fork generation:
 /// a child needs its own registration) and seen to work.
 pub(crate) fn enabled() -> bool {
-    use std::sync::atomic::AtomicU32;
-    /// The fork generation (plus one) the registration was made in; 0: never tried.
-    static REGISTERED: AtomicU32 = AtomicU32::new(0);
-    /// The outcome of that registration.
-    static WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let generation = lockyard_fork::current().wrapping_add(1);
-    if REGISTERED.load(Ordering::Acquire) == generation {
-        return WORKS.load(Ordering::Relaxed);
+    /// The fork generation the registration was tried in, plus one, shifted left by one, with
+    /// its outcome in the low bit; 0: never tried.
+    static REGISTERED: AtomicU64 = AtomicU64::new(0);
+    let generation = (u64::from(lockyard_fork::current()) + 1) << 1;
+    let registered = REGISTERED.load(Ordering::Relaxed);
+    if registered & !1 == generation {
+        return registered & 1 == 1;
     }
     use rustix::thread::{MembarrierCommand, membarrier};
     let works = membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok() && barrier();
-    WORKS.store(works, Ordering::Relaxed);
-    REGISTERED.store(generation, Ordering::Release);
+    REGISTERED.store(generation | u64::from(works), Ordering::Relaxed);
     works
 }
 
