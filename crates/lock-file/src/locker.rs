@@ -10,7 +10,8 @@
 //!   publish the wait in this manager's waiter file (two stores into a mapping), arm a timer for
 //!   the deadlock check (process-local, see `wake.rs`), and block in ONE `flock(LOCK_EX)`. When
 //!   the record was released but the non-blocking try still fails (another owner took the lock
-//!   in between), the same path follows that try.
+//!   in between: the hand-over race), the same path follows that try, after a back-off of
+//!   [`HANDOVER_BACK_OFF`] that leaves the lock to the winner for a while.
 //! - **Past the deadlock timeout:** the process's timer thread walks the wait-for graph from
 //!   this owner (checks come at 1, 3, 7, 15, ... timeouts into the wait, then every 32). Only if
 //!   it sees a cycle does it interrupt the blocked `flock` with `SIGURG`; the waiter then checks
@@ -45,6 +46,19 @@ const MAX_SCAN_PERIOD: Duration = Duration::from_secs(1);
 /// The longest interval between two deadlock checks of one wait, in deadlock timeouts: checks
 /// come at 1, 3, 7, 15, ... timeouts into a wait, then every 32.
 const MAX_CHECK_INTERVAL: u32 = 32;
+
+/// How long an acquisition that lost the hand-over race (the owner record read released, and
+/// the non-blocking try failed: another owner took the lock in that moment) spins, in
+/// `WAITING`, before it publishes its wait and queues in the kernel.
+///
+/// Without it the loser's blocking `flock` reached the kernel at a random point of the
+/// winner's next pair and often took the lock back in the winner's short gap between
+/// `LOCK_UN` and its next try, so with short critical sections the lock changed process ten
+/// times as often as between bare `flock` pairs, whose loser sleeps and takes a wake-up's
+/// latency to come back. About that latency on the VMs measured (20-30 µs for a CPU that
+/// went idle); chosen among 5 to 40 µs by the comparison's contention group (ARCHITECTURE.md,
+/// lock-file, "Backing off after a lost hand-over").
+pub(crate) const HANDOVER_BACK_OFF: Duration = Duration::from_micros(30);
 
 /// A handle on one lock of a [`FileManager`](crate::FileManager)'s store.
 ///
@@ -90,6 +104,7 @@ impl FileLocker {
     #[cold]
     #[inline(never)]
     fn acquire_from_taking(&self, deadline: Option<Instant>) -> Result<Acquired> {
+        let handing_over = self.record_released();
         if self.try_again()? {
             return Ok(self.claimed());
         }
@@ -97,7 +112,14 @@ impl FileLocker {
             self.slot.phase.abandon();
             return Err(Error::Timeout);
         }
-        self.wait(deadline)
+        self.wait(deadline, handing_over)
+    }
+
+    /// Whether the owner record says that nobody holds the lock, so that a try that fails
+    /// has lost the hand-over race; false on a store without records, which cannot tell.
+    #[inline(always)]
+    fn record_released(&self) -> bool {
+        self.shared.owner_death && !self.shared.record(self.slot.id).is_claimed()
     }
 
     /// `flock(LOCK_EX | LOCK_NB)` in `TAKING` the slow way (`EINTR` retried, errors typed with the
@@ -108,13 +130,19 @@ impl FileLocker {
     }
 
     /// Waits for another owner to release the lock, called in `TAKING`: the slot is marked
-    /// `WAITING`, so this owner's other threads wait for this one, and the wait is published for
-    /// everyone.
+    /// `WAITING`, so this owner's other threads wait for this one (asleep), and the wait is
+    /// published for everyone. After a lost hand-over race (`handing_over`), the wait first
+    /// backs off (see [`HANDOVER_BACK_OFF`]).
     #[cold]
     #[inline(never)]
-    fn wait(&self, deadline: Option<Instant>) -> Result<Acquired> {
+    fn wait(&self, deadline: Option<Instant>, handing_over: bool) -> Result<Acquired> {
         let slot = &*self.slot;
         slot.phase.wait_for_others();
+        if handing_over {
+            #[cfg(test)]
+            tests::BACK_OFFS.with(|b| b.set(b.get() + 1));
+            spin_until(back_off_end(Instant::now(), deadline));
+        }
         let waited = self.shared.publish(slot.id).and_then(|mut entry| {
             let waited = match deadline {
                 None => self.block_adoptable(&mut entry),
@@ -411,6 +439,22 @@ impl FileLocker {
     }
 }
 
+/// When the back-off after a lost hand-over race begun at `now` ends: [`HANDOVER_BACK_OFF`]
+/// later, or at `deadline` if that comes first (the wait then makes its last try at once).
+fn back_off_end(now: Instant, deadline: Option<Instant>) -> Instant {
+    let end = now.checked_add(HANDOVER_BACK_OFF).unwrap_or(now);
+    deadline.map_or(end, |d| d.min(end))
+}
+
+/// Spins on the clock until `end`, pausing between reads.
+fn spin_until(end: Instant) {
+    while Instant::now() < end {
+        for _ in 0..8 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// The deadlock check's first look, for the timer thread: the wait-for graph read from this
 /// owner without any lock. No cycle through this owner (the usual answer): look again at
 /// the next check time, doubling the interval as [`FileLocker::block`] does, without
@@ -533,12 +577,13 @@ impl Locker for FileLocker {
         if slot.phase.try_begin(crate::bias::key()) {
             // A claimed record: another owner holds the lock (or died holding it). Go straight
             // to the one blocking call rather than trying first.
-            if shared.owner_death && shared.record(slot.id).is_claimed() {
-                return self.wait(None);
+            let handing_over = self.record_released();
+            if shared.owner_death && !handing_over {
+                return self.wait(None, false);
             }
             return match flock::try_lock_fast(&slot.file) {
                 Ok(true) => Ok(self.claimed()),
-                Ok(false) => self.wait(None),
+                Ok(false) => self.wait(None, handing_over),
                 // Errors (even EINTR) are rare: the slow path retries and reports them.
                 Err(_) => self.acquire_from_taking(None),
             };
@@ -612,5 +657,161 @@ impl Inspect for FileLocker {
     fn holder(&self) -> Result<Option<Holder>> {
         self.shared.usable()?;
         self.shared.holder(self.slot.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::fs::File;
+
+    use lock_api::Manager;
+
+    use super::*;
+    use crate::{FileManager, StoreOptions};
+
+    thread_local! {
+        /// How many times this thread backed off after a lost hand-over race.
+        pub(super) static BACK_OFFS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// The longest any step of these tests waits for another thread.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_back_off_lasts_its_span_unless_the_deadline_comes_first() {
+        let now = Instant::now();
+        let span_end = now + HANDOVER_BACK_OFF;
+        assert_eq!(back_off_end(now, None), span_end);
+        assert_eq!(back_off_end(now, Some(now + BOUND)), span_end);
+        let sooner = now + HANDOVER_BACK_OFF / 3;
+        assert_eq!(back_off_end(now, Some(sooner)), sooner);
+        assert_eq!(back_off_end(now, Some(now)), now);
+    }
+
+    /// A store of 2 locks in a new temporary directory, with or without owner records.
+    fn store(owner_death: bool) -> (tempfile::TempDir, std::path::PathBuf, FileManager) {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("store");
+        let manager = StoreOptions::new(2)
+            .owner_death(owner_death)
+            .create(&path)
+            .expect("create");
+        (root, path, manager)
+    }
+
+    /// Holds `lock`'s file through a description of its own: a holder with no owner record,
+    /// as another owner is between its `flock` and its claim.
+    fn hold_without_record(lock: &FileLocker) -> File {
+        let file = File::open(lock.path()).expect("open the lock file");
+        rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).expect("flock");
+        file
+    }
+
+    /// Runs `acquire` on `lock` on a new thread while the lock is held, lets `release` go once
+    /// the thread's wait is published, and returns what `acquire` returned and how many times
+    /// the thread backed off.
+    fn acquire_while_held(
+        manager: &FileManager,
+        lock: &FileLocker,
+        acquire: fn(&FileLocker) -> Result<Acquired>,
+        release: impl FnOnce(),
+    ) -> (Result<Acquired>, u32) {
+        let waiter = lock.clone();
+        let thread = std::thread::spawn(move || {
+            let result = acquire(&waiter);
+            if result.is_ok() {
+                waiter.unlock().expect("unlock");
+            }
+            (result, BACK_OFFS.with(Cell::get))
+        });
+        let give_up = Instant::now() + BOUND;
+        while !manager
+            .snapshot()
+            .expect("snapshot")
+            .iter()
+            .any(|s| s.id == lock.id() && !s.waiters.is_empty())
+        {
+            assert!(Instant::now() < give_up, "the wait was never published");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        release();
+        thread.join().expect("the waiter panicked")
+    }
+
+    #[test]
+    fn a_lock_that_loses_the_hand_over_backs_off_once_then_waits() {
+        let (_root, _path, manager) = store(true);
+        let lock = manager.allocate().expect("allocate");
+        let holder = hold_without_record(&lock);
+        let (result, back_offs) =
+            acquire_while_held(&manager, &lock, |l| l.lock(), || drop(holder));
+        assert_eq!(result.expect("lock"), Acquired::Clean);
+        assert_eq!(back_offs, 1);
+        let holder = hold_without_record(&lock);
+        let (result, back_offs) =
+            acquire_while_held(&manager, &lock, |l| l.try_lock_for(BOUND), || drop(holder));
+        assert_eq!(result.expect("try_lock_for"), Acquired::Clean);
+        assert_eq!(back_offs, 1, "try_lock_for backs off as lock does");
+    }
+
+    #[test]
+    fn a_lock_held_under_a_claimed_record_is_waited_for_at_once() {
+        let (_root, path, manager) = store(true);
+        let lock = manager.allocate().expect("allocate");
+        let other = FileManager::open(&path).expect("a second owner");
+        let held = other.retrieve(lock.id()).expect("retrieve");
+        assert_eq!(held.lock().expect("lock"), Acquired::Clean);
+        let (result, back_offs) = acquire_while_held(
+            &manager,
+            &lock,
+            |l| l.lock(),
+            || {
+                held.unlock().expect("unlock");
+            },
+        );
+        assert_eq!(result.expect("lock"), Acquired::Clean);
+        assert_eq!(back_offs, 0);
+    }
+
+    #[test]
+    fn a_store_without_records_cannot_tell_a_hand_over_and_does_not_back_off() {
+        let (_root, _path, manager) = store(false);
+        let lock = manager.allocate().expect("allocate");
+        let holder = hold_without_record(&lock);
+        let (result, back_offs) =
+            acquire_while_held(&manager, &lock, |l| l.lock(), || drop(holder));
+        assert_eq!(result.expect("lock"), Acquired::Clean);
+        assert_eq!(back_offs, 0);
+    }
+
+    #[test]
+    fn a_wait_that_times_out_after_a_lost_hand_over_leaves_the_lock_usable() {
+        let (_root, _path, manager) = store(true);
+        let lock = manager.allocate().expect("allocate");
+        let holder = hold_without_record(&lock);
+        // A deadline past the back-off, then one inside it (where the first try may already
+        // have used it up, and the back-off must stop at it).
+        for (timeout, expected) in [
+            (Duration::from_millis(100), Some(1)),
+            (HANDOVER_BACK_OFF / 3, None),
+        ] {
+            let waiter = lock.clone();
+            let (result, back_offs) = std::thread::spawn(move || {
+                let result = waiter.try_lock_for(timeout);
+                (result, BACK_OFFS.with(Cell::get))
+            })
+            .join()
+            .expect("the waiter panicked");
+            assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+            assert!(back_offs <= 1);
+            if let Some(expected) = expected {
+                assert_eq!(back_offs, expected);
+            }
+        }
+        // The slot is idle again: once the holder lets go, this owner takes the lock.
+        drop(holder);
+        assert_eq!(lock.try_lock().expect("try_lock"), Some(Acquired::Clean));
+        lock.unlock().expect("unlock");
     }
 }
