@@ -24,8 +24,8 @@
 //!   often share one CPU, take turns, and never contend.
 //! - `file-contended-2proc-hold-1us`: the same with the lock held 1 µs a pair (a spin on the
 //!   clock inside the critical section, the same on both sides). With an empty critical
-//!   section the figure is set by how often the lock changes process (a releaser that loses
-//!   the race to the waiter its release woke; ARCHITECTURE.md, lock-file); with one of a
+//!   section the figure is set by how often the lock changes process (which the back-off
+//!   after a lost hand-over keeps down; ARCHITECTURE.md, lock-file); with one of a
 //!   microsecond both sides sleep and wake alike, and what is left is our cost per pair.
 
 use std::fs::File;
