@@ -739,20 +739,32 @@ mod tests {
         thread.join().expect("the waiter panicked")
     }
 
-    #[test]
-    fn a_lock_that_loses_the_hand_over_backs_off_once_then_waits() {
-        let (_root, _path, manager) = store(true);
+    /// How many times `acquire` backs off, on a store with or without owner records, against
+    /// a holder without a record that lets go once the wait is published; it must take the
+    /// lock.
+    fn back_offs_against_a_holder_without_record(
+        owner_death: bool,
+        acquire: fn(&FileLocker) -> Result<Acquired>,
+    ) -> u32 {
+        let (_root, _path, manager) = store(owner_death);
         let lock = manager.allocate().expect("allocate");
         let holder = hold_without_record(&lock);
-        let (result, back_offs) =
-            acquire_while_held(&manager, &lock, |l| l.lock(), || drop(holder));
-        assert_eq!(result.expect("lock"), Acquired::Clean);
-        assert_eq!(back_offs, 1);
-        let holder = hold_without_record(&lock);
-        let (result, back_offs) =
-            acquire_while_held(&manager, &lock, |l| l.try_lock_for(BOUND), || drop(holder));
-        assert_eq!(result.expect("try_lock_for"), Acquired::Clean);
-        assert_eq!(back_offs, 1, "try_lock_for backs off as lock does");
+        let (result, back_offs) = acquire_while_held(&manager, &lock, acquire, || drop(holder));
+        assert_eq!(result.expect("acquire"), Acquired::Clean);
+        back_offs
+    }
+
+    #[test]
+    fn a_lock_that_loses_the_hand_over_backs_off_once_then_waits() {
+        assert_eq!(
+            back_offs_against_a_holder_without_record(true, |l| l.lock()),
+            1
+        );
+        assert_eq!(
+            back_offs_against_a_holder_without_record(true, |l| l.try_lock_for(BOUND)),
+            1,
+            "try_lock_for backs off as lock does"
+        );
     }
 
     #[test]
@@ -776,13 +788,10 @@ mod tests {
 
     #[test]
     fn a_store_without_records_cannot_tell_a_hand_over_and_does_not_back_off() {
-        let (_root, _path, manager) = store(false);
-        let lock = manager.allocate().expect("allocate");
-        let holder = hold_without_record(&lock);
-        let (result, back_offs) =
-            acquire_while_held(&manager, &lock, |l| l.lock(), || drop(holder));
-        assert_eq!(result.expect("lock"), Acquired::Clean);
-        assert_eq!(back_offs, 0);
+        assert_eq!(
+            back_offs_against_a_holder_without_record(false, |l| l.lock()),
+            0
+        );
     }
 
     #[test]
