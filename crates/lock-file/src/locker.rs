@@ -55,10 +55,10 @@ const MAX_CHECK_INTERVAL: u32 = 32;
 /// winner's next pair and often took the lock back in the winner's short gap between
 /// `LOCK_UN` and its next try, so with short critical sections the lock changed process ten
 /// times as often as between bare `flock` pairs, whose loser sleeps and takes a wake-up's
-/// latency to come back. About that latency on the VMs measured (20-30 µs for a CPU that
-/// went idle); chosen among 5 to 40 µs by the comparison's contention group (ARCHITECTURE.md,
-/// lock-file, "Backing off after a lost hand-over").
-pub(crate) const HANDOVER_BACK_OFF: Duration = Duration::from_micros(30);
+/// latency to come back (about 20 µs for a CPU that went idle, on the VM measured); 30 µs was
+/// chosen among 5 to 40 µs by the comparison's contention group (ARCHITECTURE.md, lock-file,
+/// "Decision: backing off after a lost hand-over").
+const HANDOVER_BACK_OFF: Duration = Duration::from_micros(30);
 
 /// A handle on one lock of a [`FileManager`](crate::FileManager)'s store.
 ///
