@@ -29,9 +29,8 @@ fn fresh(capacity: u32) -> (tempfile::TempDir, PathBuf, FileManager) {
 #[test]
 fn same_owner_relock_waits_for_the_owner_and_try_lock_says_none() {
     // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
-    let watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3);
     let (root, _path, manager) = fresh(4);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3, root.path());
     let first = manager.retrieve(LockId(1)).expect("retrieve");
     let second = manager.retrieve(LockId(1)).expect("retrieve again");
     assert_eq!(first.lock().expect("lock"), Acquired::Clean);
@@ -69,11 +68,10 @@ fn same_owner_relock_waits_for_the_owner_and_try_lock_says_none() {
 #[test]
 fn threads_of_two_owners_take_turns_without_losing_an_update() {
     // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
-    let watchdog = common::watchdog("a lock() that never returned", LIVENESS * 6);
     const THREADS_PER_OWNER: usize = 3;
     const PAIRS: u64 = 300;
     let (root, path, a) = fresh(2);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 6, root.path());
     let b = FileManager::open(&path).expect("second open");
     let counter = std::sync::atomic::AtomicU64::new(0);
     let (tx, rx) = mpsc::channel();
@@ -155,11 +153,10 @@ fn threads_of_two_owners_take_turns_without_losing_an_update() {
 fn a_sibling_revokes_the_bias_while_the_owner_keeps_locking() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
     // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
-    let watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3);
     const LOCKS: u32 = 16;
     const PAIRS: u32 = 2_000;
     let (root, _path, manager) = fresh(LOCKS);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3, root.path());
     for id in 0..LOCKS {
         let inside = AtomicBool::new(false);
         let owner_pairs = AtomicU32::new(0);
@@ -206,9 +203,8 @@ fn a_sibling_revokes_the_bias_while_the_owner_keeps_locking() {
 #[test]
 fn a_sibling_of_a_waiting_thread_times_out_and_the_wait_still_ends_holding() {
     // Its threads block in `lock()`, which a scope joins before a failed assertion ends it.
-    let watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3);
     let (root, path, a) = fresh(2);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("a lock() that never returned", LIVENESS * 3, root.path());
     let b = FileManager::open(&path).expect("second open");
     let held_by_b = b.retrieve(LockId(0)).expect("retrieve");
     assert_eq!(held_by_b.lock().expect("lock"), Acquired::Clean);

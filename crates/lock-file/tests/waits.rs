@@ -186,9 +186,8 @@ fn a_thread_that_blocks_sigurg_still_times_out_and_acquires() {
 /// other member checks and is the one victim; the blocked member then acquires.
 #[test]
 fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
-    let watchdog = common::watchdog("an undetected cycle", LIVENESS * 3);
     let (root, path, a) = fresh(2);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("an undetected cycle", LIVENESS * 3, root.path());
     let b = FileManager::open(&path).expect("open");
     let deadlock = Duration::from_millis(50);
     b.set_deadlock_timeout(deadlock).expect("timeout");
@@ -225,9 +224,8 @@ fn a_cycle_with_one_uninterruptible_member_still_has_one_victim() {
 /// exactly one does.
 #[test]
 fn a_cycle_is_decided_only_under_the_detection_lock() {
-    let watchdog = common::watchdog("an undetected cycle", LIVENESS * 3);
     let (root, path, a) = fresh(2);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("an undetected cycle", LIVENESS * 3, root.path());
     let b = FileManager::open(&path).expect("open");
     let detection = std::fs::File::open(path.join("deadlock")).expect("detection lock file");
     rustix::fs::flock(&detection, rustix::fs::FlockOperation::LockExclusive).expect("flock");
@@ -275,9 +273,8 @@ fn a_cycle_is_decided_only_under_the_detection_lock() {
 /// hour later and the cycle stood.
 #[test]
 fn a_lowered_deadlock_timeout_applies_to_the_next_waits() {
-    let watchdog = common::watchdog("a cycle nobody checked", LIVENESS * 3);
     let (root, path, a) = fresh(3);
-    watchdog.removes(root.path());
+    let _watchdog = common::watchdog("a cycle nobody checked", LIVENESS * 3, root.path());
     let b = FileManager::open(&path).expect("open");
     b.set_deadlock_timeout(Duration::from_secs(3600))
         .expect("timeout");

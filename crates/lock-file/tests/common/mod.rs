@@ -8,10 +8,9 @@
 #![allow(dead_code)] // each test binary uses a different part of this module.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lock_conformance::child::ChildProcess;
@@ -50,49 +49,28 @@ pub(crate) fn snapshot_until(
 /// Ends the whole test process with a message if it is still running `limit` from now, unless
 /// the returned guard was dropped first: for a test whose failure would be a wait that never
 /// ends (a deadlock nobody detects), so that it fails instead of hanging the run. Exiting skips
-/// destructors, so the directories handed to [`Watchdog::removes`] are removed first.
+/// destructors, so it removes the test's temporary directory `dir` first.
 #[must_use = "the watchdog stands down when the guard is dropped"]
-pub(crate) fn watchdog(what: &'static str, limit: Duration) -> Watchdog {
+pub(crate) fn watchdog(what: &'static str, limit: Duration, dir: &Path) -> Watchdog {
     let (stand_down, stood_down) = mpsc::channel::<()>();
-    let dirs = Arc::new(Mutex::new(Vec::<PathBuf>::new()));
-    let leftovers = Arc::clone(&dirs);
+    let dir = dir.to_path_buf();
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = stood_down.recv_timeout(limit) {
             eprintln!("{what}: still running after {limit:?}; ending the test process");
-            let dirs = leftovers.lock().unwrap_or_else(PoisonError::into_inner);
-            for dir in dirs.iter() {
-                match std::fs::remove_dir_all(dir) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        eprintln!("could not remove {}: {e}", dir.display());
-                    }
-                    _ => {}
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    eprintln!("could not remove {}: {e}", dir.display());
                 }
+                _ => {}
             }
             std::process::exit(101);
         }
     });
-    Watchdog {
-        _stand_down: stand_down,
-        dirs,
-    }
+    Watchdog(stand_down)
 }
 
 /// See [`watchdog`].
-pub(crate) struct Watchdog {
-    /// Dropping it stands the watchdog down.
-    _stand_down: mpsc::Sender<()>,
-    dirs: Arc<Mutex<Vec<PathBuf>>>,
-}
-
-impl Watchdog {
-    /// Removes `dir` (a test's temporary directory) before the watchdog ends the process.
-    pub(crate) fn removes(&self, dir: &Path) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(dir.to_path_buf());
-    }
-}
+pub(crate) struct Watchdog(mpsc::Sender<()>);
 
 /// The child's next line, which must come within `LINE_TIMEOUT`.
 pub(crate) fn line(child: &mut ChildProcess) -> String {
@@ -191,8 +169,11 @@ pub(crate) fn child_entry() {
 /// hangs (for the watchdog test: the process must end with 101 and the directory be gone).
 fn watchdog_fires() -> i32 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let watchdog = watchdog("the watchdog test's hang", Duration::from_millis(200));
-    watchdog.removes(dir.path());
+    let _watchdog = watchdog(
+        "the watchdog test's hang",
+        Duration::from_millis(200),
+        dir.path(),
+    );
     say(format!("dir {}", dir.path().display()));
     std::thread::sleep(CHILD_LIFETIME);
     0
