@@ -14,6 +14,7 @@ mod wipeonfork;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,17 @@ use crate::wipeonfork::getpid;
 
 /// How many fresh record files one `try_acquire` writes when the previous one was spent.
 const SPENT_RETRIES: usize = 4;
+
+/// How many handles of one process may keep a [`Busy`] at once. Each keeps two descriptors
+/// (the holder's record file and a pidfd), so a program that tries many busy locks once and
+/// keeps the handles (a table of a thousand locks) would otherwise hold three descriptors per
+/// handle instead of one, and meet the usual limit of 1024 at a third of the handles. Past the
+/// budget a busy `try_lock` keeps nothing and the next one makes the full attempt (ARCHITECTURE,
+/// "A `try_lock` that finds the lock held, again").
+const MAX_KEPT_BUSY: usize = 64;
+
+/// The [`Busy`] records kept now in this process (at most [`MAX_KEPT_BUSY`]).
+static KEPT_BUSY: AtomicUsize = AtomicUsize::new(0);
 
 /// The name of the master lock file inside the directory.
 pub const MASTER: &str = "lock0";
@@ -102,12 +114,36 @@ struct Busy {
     /// A pidfd of the holder, opened at the second look (a `try_lock` that is not repeated
     /// does not pay for it) and verified to be the holder's (`liveness::holder_pidfd`).
     pidfd: Option<OwnedFd>,
+    /// This record's place in the process's budget ([`MAX_KEPT_BUSY`]).
+    _kept: Kept,
+}
+
+/// One place in the budget of kept [`Busy`] records, given back when dropped.
+#[derive(Debug)]
+struct Kept(());
+
+impl Kept {
+    /// A place, if fewer than [`MAX_KEPT_BUSY`] are taken.
+    fn take() -> Option<Kept> {
+        KEPT_BUSY
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_KEPT_BUSY).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Kept(()))
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        KEPT_BUSY.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Busy {
     /// What to keep of an attempt that found the lock busy; `None` when it cannot be checked
     /// cheaply (another host or namespace, a holder whose start time `/proc` hides, a record
-    /// without an OFD lock, a file not locked).
+    /// without an OFD lock, a file not locked) or the process keeps [`MAX_KEPT_BUSY`] already.
     fn of(blocked: Blocked) -> Option<Busy> {
         let Blocked::Process(seen, HeldBecause::Alive) = blocked else {
             return None;
@@ -119,11 +155,15 @@ impl Busy {
             fd,
             ..
         } = *seen;
-        (record.ofd_lock && lock == Probe::Locked).then_some(Busy {
+        if !(record.ofd_lock && lock == Probe::Locked) {
+            return None;
+        }
+        Some(Busy {
             id,
             file: fd,
             record,
             pidfd: None,
+            _kept: Kept::take()?,
         })
     }
 

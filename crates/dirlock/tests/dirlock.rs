@@ -121,6 +121,17 @@ fn child_role() {
             say(&format!("error exec {err}"));
         }
         "linger" => linger(dir, count),
+        "hold-many" => {
+            let locks: Vec<DirLock> = (0..count)
+                .map(|i| DirLock::new(dir.join(i.to_string())).expect("new"))
+                .collect();
+            for lock in &locks {
+                assert_eq!(lock.lock().expect("lock"), Acquired::Clean);
+            }
+            say("held");
+            wait_for_eof();
+        }
+        "try-many" => try_many(dir, count),
         "exec-sleep" => {
             let lock = DirLock::new(dir).expect("new");
             say(word(lock.lock().expect("lock")));
@@ -149,6 +160,23 @@ fn read_line() -> Option<String> {
 fn threads_and_fds() -> (usize, usize) {
     let count = |dir: &str| fs::read_dir(dir).map(|d| d.count()).unwrap_or(usize::MAX);
     (count("/proc/self/task"), count("/proc/self/fd"))
+}
+
+/// Two rounds of: a handle on each of the `count` locks `dir/0`, `dir/1`, ... (all held by
+/// another process), two `try_lock`s through each (`None`), then `fds <n>`: the descriptors this
+/// process has open beyond those before the round, while it still keeps the handles.
+fn try_many(dir: &Path, count: u32) {
+    for _ in 0..2 {
+        let (_, before) = threads_and_fds();
+        let locks: Vec<DirLock> = (0..count)
+            .map(|i| DirLock::new(dir.join(i.to_string())).expect("new"))
+            .collect();
+        for lock in locks.iter().chain(&locks) {
+            assert_eq!(lock.try_lock().expect("try"), None, "a double hold");
+        }
+        let (_, after) = threads_and_fds();
+        say(&format!("fds {}", after - before));
+    }
 }
 
 /// `count` rounds of: read a line (the parent holds the lock), wait 200 ms for the lock
@@ -1080,6 +1108,36 @@ fn repeated_try_locks_notice_a_holders_death_exec_and_successor() {
     assert_eq!(lock.try_lock().expect("try"), Some(Acquired::Clean));
     lock.unlock().expect("unlock");
     assert_entries(dir.path(), &[], "after unlock");
+}
+
+/// Handles whose `try_lock` found a live holder keep that holder's record file and a pidfd open
+/// (see the test above), but only up to a budget per process (64 handles), so a program that
+/// keeps many handles on busy locks does not run out of descriptors; the budget is given back
+/// with the handles.
+#[test]
+fn busy_handles_keep_a_bounded_number_of_descriptors() {
+    const LOCKS: u32 = 200;
+    const KEPT: usize = 64;
+    let dir = work_dir();
+    for i in 0..LOCKS {
+        fs::create_dir(dir.path().join(i.to_string())).expect("lock dir");
+    }
+    let mut holder = spawn("hold-many", dir.path(), dir.path(), LOCKS, None);
+    assert_eq!(holder.next_line(PATIENCE).expect("holder"), "held");
+    let mut tries = spawn("try-many", dir.path(), dir.path(), LOCKS, None);
+    // One descriptor per handle (its directory), two more for each handle that keeps a holder.
+    let want = LOCKS as usize + 2 * KEPT;
+    for round in ["first", "second"] {
+        let line = tries.next_line(PATIENCE).expect("fds");
+        assert_eq!(
+            line,
+            format!("fds {want}"),
+            "{round} round: descriptors open for {LOCKS} handles on busy locks"
+        );
+    }
+    tries.finish(PATIENCE).expect("the trying child exits");
+    holder.close_stdin();
+    holder.finish(PATIENCE).expect("the holder exits");
 }
 
 /// A child forked from a holder (by glibc's `fork` or a raw `clone`) does not hold the lock,
