@@ -11,9 +11,12 @@
 //!
 //! A signal that lands before the thread has entered `flock` (the thread was preempted between
 //! `arm` and the call, or the time was already near) would be spent on nothing, and the `flock`
-//! would sleep on. So a signalled timer is signalled again every [`RESEND`] until its thread
-//! disarms; a thread blocked in `flock` when the first one came disarms at once and sees none
-//! of the others.
+//! would sleep on. So a signalled timer is signalled again until its thread disarms, first
+//! [`RESEND`] later, then at twice the interval before, up to [`RESEND_MAX`]; a thread blocked
+//! in `flock` when the first one came disarms at once and sees none of the others. The interval
+//! grows for a thread that a signal cannot interrupt at all, one that blocks `SIGURG` in a
+//! `lock()` whose deadlock check saw a cycle: it disarms only when its wait ends, and would
+//! otherwise be sent 500 signals a second until then.
 //!
 //! A timer may carry a *job* instead ([`Waker::arm_job`]; armed for another thread by
 //! [`Waker::arm_job_for`], or for nobody by [`Waker::spawn`]): when due, the timer thread runs it
@@ -72,6 +75,9 @@ use lock_api::PerProcess;
 /// How often a signal is sent again while the thread it was for has not disarmed: it may have
 /// landed just before the thread blocked, and a `flock` entered after it would sleep on.
 const RESEND: Duration = Duration::from_millis(2);
+
+/// The longest interval between two of a timer's signals: [`RESEND`] doubled nine times.
+const RESEND_MAX: Duration = Duration::from_millis(1024);
 
 /// How long the timer thread keeps a deadline after its last timer, before it sleeps without
 /// one (and the next `arm` has to wake it).
@@ -311,14 +317,17 @@ struct Timer<T> {
     /// Nobody disarms it: it is removed when its job answers `Done` (or `Signal`, which it
     /// never does), and it signals nobody.
     detached: bool,
+    /// How long after its next signal it is signalled again (module docs).
+    resend: Duration,
 }
 
 impl<T: Copy> Timer<T> {
-    /// Marks the timer signalled, to be signalled again every [`RESEND`] until its thread
-    /// disarms; returns the thread to signal now.
+    /// Marks the timer signalled, to be signalled again until its thread disarms, each time
+    /// twice as long after (up to [`RESEND_MAX`]); returns the thread to signal now.
     fn fire(&mut self, now: Instant) -> T {
         self.stage = Stage::Signalled;
-        self.due = now + RESEND;
+        self.due = now + self.resend;
+        self.resend = (self.resend * 2).min(RESEND_MAX);
         self.thread
     }
 }
@@ -477,6 +486,7 @@ impl<S: Sys> Waker<S> {
             stage: Stage::Waiting,
             job,
             detached,
+            resend: RESEND,
         });
         table.armed = true;
         if table.sleeps_until.is_none_or(|t| due < t) {
@@ -678,6 +688,52 @@ mod tests {
         assert!(
             interrupted_in_time && got == Err(rustix::io::Errno::INTR),
             "the flock after a lost signal: {got:?}, within 5 s: {interrupted_in_time}"
+        );
+    }
+
+    /// A thread that blocks `SIGURG` (here: it takes each signal with `sigtimedwait`, counting
+    /// them) cannot be interrupted, so it disarms only when its wait ends: it is still signalled
+    /// again, but less and less often. In 300 ms the resends at 2, 4, 8, ... ms intervals come
+    /// 8 times; at a steady 2 ms they came about 150 times.
+    #[test]
+    fn a_thread_that_blocks_the_signal_is_signalled_less_and_less_often() {
+        let waker = Waker::get(std::process::id()).expect("waker");
+        let counted = std::thread::spawn(move || {
+            // SAFETY: zeroed sigset_t values are valid storage for these calls, which only
+            // read and write them; the mask changes only this (test) thread's.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            unsafe {
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, SIGNAL);
+                assert_eq!(
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+                    0
+                );
+            }
+            let start = Instant::now();
+            let end = start + Duration::from_millis(300);
+            let ticket = waker.arm(start);
+            let mut signals = 0;
+            while let Some(left) = end.checked_duration_since(Instant::now()) {
+                let timeout = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::c_long::try_from(left.as_nanos()).unwrap_or(0),
+                };
+                // SAFETY: valid set and timeout; no siginfo wanted.
+                let got = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+                if got == SIGNAL {
+                    signals += 1;
+                }
+            }
+            let fired = waker.disarm(ticket);
+            (signals, fired)
+        });
+        let (signals, fired) = counted.join().expect("thread");
+        assert!(fired, "the timer fired");
+        assert!(
+            (2..=20).contains(&signals),
+            "signals taken in 300 ms: {signals} (the first and a few resends expected)"
         );
     }
 
