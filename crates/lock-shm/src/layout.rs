@@ -72,7 +72,8 @@ pub(crate) mod field {
     /// `u64` since region size in bytes.
     pub(crate) const SINCE_SIZE: usize = 96;
     /// `u64` the epoch of the since region: unix seconds when the segment was created. Any
-    /// value is accepted.
+    /// value is accepted (a hold whose since it puts past what `SystemTime` can name is listed
+    /// without one: observe.rs).
     pub(crate) const EPOCH: usize = 104;
     /// `u32` futex word of the segment-wide allocation lock (mutable).
     pub(crate) const ALLOC_LOCK: usize = 128;

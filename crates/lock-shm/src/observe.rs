@@ -87,9 +87,12 @@ fn since_now(shared: &Shared) -> u32 {
         + 1
 }
 
-/// The time a since value stands for.
-fn since_time(shared: &Shared, value: u32) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(shared.epoch.saturating_add(u64::from(value - 1)))
+/// The time a since value stands for; `None` when the segment's epoch is damaged past any time
+/// the system can name (open accepts any epoch; layout.rs).
+fn since_time(shared: &Shared, value: u32) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(
+        shared.epoch.saturating_add(u64::from(value - 1)),
+    ))
 }
 
 /// After a take-over by `try_lock` (no wait, so no entry to turn into a hold record): records
@@ -143,14 +146,14 @@ pub(crate) fn request_hand_off(since: &Le32) {
 }
 
 /// When the hold `v` of lock `id` began, as far as anyone knows, recording the first sighting
-/// when nothing is recorded yet (rule 2).
-fn since_of(shared: &Shared, id: u32, v: u32) -> Result<SystemTime> {
+/// when nothing is recorded yet (rule 2); `None` when the time cannot be told.
+fn since_of(shared: &Shared, id: u32, v: u32) -> Result<Option<SystemTime>> {
     // A hold taken after waiting is dated by its holder's record.
     let owner = v & OWNER;
     if owner != 0 {
         let (slot, _) = client::decode(owner);
         if let Some(ms) = client::hold_since(&shared.seg, &shared.layout, slot, id)? {
-            return Ok(UNIX_EPOCH + Duration::from_millis(ms));
+            return Ok(UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
         }
     }
     let since = shared.since_word(id)?;
@@ -199,10 +202,18 @@ impl Owners {
     }
 }
 
+/// `holder` with its since, when there is one to tell.
+fn dated(holder: Holder, since: Option<SystemTime>) -> Holder {
+    match since {
+        Some(since) => holder.since(since),
+        None => holder,
+    }
+}
+
 /// The holder of lock `id`, whose word read `v` (not 0), with its since.
 pub(crate) fn holder_of(shared: &Shared, id: u32, v: u32) -> Result<Holder> {
     let holder = Owners::default().who(shared, v & OWNER)?;
-    Ok(holder.since(since_of(shared, id, v)?))
+    Ok(dated(holder, since_of(shared, id, v)?))
 }
 
 /// Every held lock, in id order, with its holder: one pass over the lock words.
@@ -216,9 +227,7 @@ pub(crate) fn held(shared: &Shared) -> Result<Vec<LockState>> {
     for (id, word) in (0..).zip(words) {
         let v = word.load(Acquire);
         if !lockword::is_free(v) {
-            let holder = owners
-                .who(shared, v & OWNER)?
-                .since(since_of(shared, id, v)?);
+            let holder = dated(owners.who(shared, v & OWNER)?, since_of(shared, id, v)?);
             out.push(LockState::new(LockId(id), Some(holder), Vec::new()));
         }
     }

@@ -319,6 +319,29 @@ fn runtime_damage_is_corrupt() {
     assert!(matches!(m2.allocate(), Err(Error::Corrupt { .. })));
 }
 
+/// The header's epoch (offset 104), which open accepts whatever it holds: damaged past any time
+/// the system can name, holds are still listed and inspected, without a since. It panicked.
+#[test]
+fn a_damaged_epoch_leaves_holds_listed_without_a_time() {
+    const EPOCH: u64 = 104;
+    let n = Name::new("epoch");
+    ShmManager::create(&n.0, 16).unwrap();
+    n.write_at(EPOCH, &u64::MAX.to_le_bytes());
+    let m = ShmManager::open(&n.0).unwrap();
+    let lock = m.allocate().unwrap();
+    assert_eq!(lock.try_lock().unwrap(), Some(Acquired::Clean));
+    let held = m.held().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let holder = held[0].holder.as_ref().expect("a holder");
+    assert_eq!(holder.pid, Some(std::process::id()));
+    assert_eq!(holder.since, None);
+    let holder = lock.holder().unwrap().expect("held");
+    assert_eq!(holder.since, None);
+    assert_eq!(m.snapshot().unwrap().len(), 1);
+    lock.unlock().unwrap();
+    assert!(m.held().unwrap().is_empty());
+}
+
 /// Random bytes written anywhere in an open segment (mutable header words, client table,
 /// bitmap, lock words) never make an operation panic or hang; errors are typed.
 #[test]
