@@ -481,7 +481,8 @@ impl Locker for DirLock {
     /// [`Error::Timeout`] when the time elapsed first; otherwise as for
     /// [`try_lock`](Locker::try_lock).
     fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
-        self.acquire(Some(Instant::now() + timeout))
+        // A timeout too long to add to the clock waits as `lock` does.
+        self.acquire(Instant::now().checked_add(timeout))
     }
 
     /// Releases the lock this handle holds.

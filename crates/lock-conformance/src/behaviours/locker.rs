@@ -287,6 +287,38 @@ pub fn try_lock_for_acquires_when_released<B: Backend>(ctx: &Ctx<'_, B>) -> Outc
     Ok(())
 }
 
+/// A timeout too long to add to the clock (`Duration::MAX`) is no error and no panic: such a
+/// `try_lock_for` acquires a free lock at once, and on a held lock waits as `lock` does, until the
+/// holder releases it.
+pub fn try_lock_for_without_a_representable_deadline_waits_like_lock<B: Backend>(
+    ctx: &Ctx<'_, B>,
+) -> Outcome {
+    let manager = ctx.create(4)?;
+    let other = ctx.second_owner(&manager)?;
+    let mine = manager.retrieve(LockId(1))?;
+    let theirs = other.retrieve(LockId(1))?;
+    let acquired = mine.try_lock_for(Duration::MAX)?;
+    ensure!(
+        acquired == Acquired::Clean,
+        "try_lock_for(Duration::MAX) of a free lock: {acquired:?}"
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(theirs.try_lock_for(Duration::MAX).map(|a| (a, theirs)));
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    mine.unlock()?;
+    let (acquired, theirs) = rx.recv_timeout(PROMPTLY + PROMPTLY).map_err(|_| {
+        Failed("try_lock_for(Duration::MAX) never returned after the release".into())
+    })??;
+    ensure!(
+        acquired == Acquired::Clean,
+        "acquired after a clean release: {acquired:?}"
+    );
+    theirs.unlock()?;
+    Ok(())
+}
+
 /// A thread blocked in `lock` proceeds soon after the holder releases the lock.
 pub fn blocked_lock_proceeds_soon_after_release<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
     let manager = ctx.create(4)?;

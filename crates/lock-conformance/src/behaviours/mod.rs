@@ -69,6 +69,7 @@ registry! {
     locker::try_lock_fails_while_held => NONE,
     locker::try_lock_for_waits_about_the_timeout => NONE,
     locker::try_lock_for_acquires_when_released => NONE,
+    locker::try_lock_for_without_a_representable_deadline_waits_like_lock => NONE,
     locker::blocked_lock_proceeds_soon_after_release => NONE,
     locker::blocked_lock_in_another_process_proceeds_after_release => MP,
     locker::guard_drop_releases => NONE,
