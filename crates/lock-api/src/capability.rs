@@ -110,21 +110,30 @@ impl LostSignal {
         *self.0.lost.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits at most `timeout` for the loss; returns whether it happened.
+    /// Waits at most `timeout` for the loss; returns whether it happened. A timeout too long
+    /// to add to the clock (`Duration::MAX`) waits until the loss.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut lost = self.0.lost.lock().unwrap_or_else(PoisonError::into_inner);
         while !*lost {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            lost = self
-                .0
-                .changed
-                .wait_timeout(lost, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            lost = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    self.0
+                        .changed
+                        .wait_timeout(lost, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .0
+                    .changed
+                    .wait(lost)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
         true
     }
@@ -163,5 +172,18 @@ mod tests {
         trigger.fire();
         assert!(waiter.join().expect("waiter thread"));
         assert!(signal.is_lost());
+    }
+
+    /// A timeout past the clock's range waits until the loss (it panicked adding it).
+    #[test]
+    fn an_endless_wait_for_the_loss_ends_when_it_fires() {
+        let (trigger, signal) = LostTrigger::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(signal.wait_timeout(Duration::MAX));
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        trigger.fire();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
     }
 }
