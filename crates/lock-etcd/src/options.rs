@@ -17,6 +17,10 @@ pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// The longest lease TTL etcd grants (its `MaxLeaseTTL`, about 285 years).
 pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
+/// The longest connect or request timeout this crate accepts: a year, longer than any request
+/// should be let run, and short enough that every deadline it makes stays in the clock's range.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The longest lock or table name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
 
@@ -77,14 +81,15 @@ impl EtcdOptions {
         self
     }
 
-    /// How long [`EtcdLocks::connect`](crate::EtcdLocks::connect) may take to reach the cluster.
+    /// How long [`EtcdLocks::connect`](crate::EtcdLocks::connect) may take to reach the cluster;
+    /// more than zero, at most [`MAX_TIMEOUT`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// How long one request (with its retries on another member) may take before it fails with
-    /// [`Error::Unavailable`].
+    /// [`Error::Unavailable`]; more than zero, at most [`MAX_TIMEOUT`].
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -139,6 +144,11 @@ impl EtcdOptions {
         }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(Error::invalid("etcd timeouts must be longer than zero"));
+        }
+        if self.connect_timeout > MAX_TIMEOUT || self.request_timeout > MAX_TIMEOUT {
+            return Err(Error::invalid(format!(
+                "etcd timeouts must be at most {MAX_TIMEOUT:?}"
+            )));
         }
         let whole = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
         i64::try_from(whole).map_err(|_| Error::invalid("lease TTL does not fit etcd's range"))
@@ -203,6 +213,31 @@ mod tests {
         assert_eq!(ok.validate().ok(), Some(3));
         let long = EtcdOptions::new().ttl(MAX_TTL + Duration::from_secs(1));
         assert!(long.validate().is_err());
+    }
+
+    /// A timeout past the bound is refused (`Duration::MAX` panicked in `connect`, adding it to
+    /// the clock).
+    #[test]
+    fn timeouts_are_checked() {
+        for bad in [
+            Duration::ZERO,
+            MAX_TIMEOUT + Duration::from_nanos(1),
+            Duration::MAX,
+        ] {
+            for options in [
+                EtcdOptions::new().connect_timeout(bad),
+                EtcdOptions::new().request_timeout(bad),
+            ] {
+                assert!(
+                    matches!(options.validate(), Err(Error::InvalidArgument { .. })),
+                    "{bad:?}"
+                );
+            }
+        }
+        let longest = EtcdOptions::new()
+            .connect_timeout(MAX_TIMEOUT)
+            .request_timeout(MAX_TIMEOUT);
+        assert!(longest.validate().is_ok());
     }
 
     #[test]

@@ -206,6 +206,23 @@ fn bad_input(eps: &[String]) -> Result<(), Failed> {
         ),
         "TTL below the minimum accepted"
     );
+    // Refused before any connection is tried (it panicked adding the timeout to the clock).
+    let endless = EtcdOptions::new().connect_timeout(Duration::MAX);
+    check!(
+        matches!(
+            EtcdLocks::connect(eps, endless),
+            Err(Error::InvalidArgument { .. })
+        ),
+        "an endless connect timeout accepted"
+    );
+    let endless = EtcdOptions::new().request_timeout(Duration::MAX);
+    check!(
+        matches!(
+            EtcdLocks::connect(eps, endless),
+            Err(Error::InvalidArgument { .. })
+        ),
+        "an endless request timeout accepted"
+    );
     let none: [&str; 0] = [];
     check!(
         matches!(
