@@ -40,12 +40,22 @@ use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, timeout_at};
 
 use crate::client::{Ctx, is_lease_gone};
+use crate::options::MAX_TTL;
 
 /// How long to wait before retrying a broken stream.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// The smallest safety margin; see [`safety_margin`].
 const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(50);
+
+/// The TTL of a server's answer (a grant, a renewal, a lease's time to live), in seconds: zero
+/// for a negative one, and at most etcd's own maximum, [`MAX_TTL`]. A larger one comes only from
+/// a broken or hostile server; taking it as the maximum renews sooner than that server asked,
+/// and keeps every time computed from it in the clocks' range (`SystemTime::now()` plus an
+/// `i64::MAX`-second TTL panicked).
+pub(crate) fn answered_ttl(secs: i64) -> Duration {
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0)).min(MAX_TTL)
+}
 
 /// How long before the server may expire the lease the lock is declared lost: TTL/20, at least
 /// 50 ms (100 ms with the 2 s minimum TTL, 500 ms with the default 10 s).
@@ -340,8 +350,7 @@ async fn renew(ctx: &Ctx, lease: i64, ttl: Duration, monitor: &Monitor) {
                     break;
                 }
                 Ok(Ok(Renewal::Answered(granted, term))) if granted > 0 => {
-                    let granted = u64::try_from(granted).unwrap_or(0);
-                    monitor.confirm(sent, Duration::from_secs(granted));
+                    monitor.confirm(sent, answered_ttl(granted));
                     // A renewal every TTL/3 is one way a connection hears of an election that
                     // failed none of its requests (a leader transfer).
                     ctx.saw_term(term);
@@ -517,6 +526,20 @@ mod tests {
         Instant::now()
             .checked_sub(d)
             .unwrap_or_else(|| panic!("the monotonic clock is younger than {d:?}"))
+    }
+
+    /// A server that answers a TTL past etcd's maximum gets the maximum: the monitor's times
+    /// stay in range (`expires` panicked with an `i64::MAX`-second TTL).
+    #[test]
+    fn a_ttl_past_etcds_maximum_is_taken_as_the_maximum() {
+        assert_eq!(answered_ttl(-1), Duration::ZERO);
+        assert_eq!(answered_ttl(10), Duration::from_secs(10));
+        assert_eq!(answered_ttl(i64::MAX), MAX_TTL);
+        let monitor = Monitor::new(Instant::now(), answered_ttl(i64::MAX));
+        let expires = monitor.expires().expect("not lost");
+        assert!(expires <= SystemTime::now() + MAX_TTL, "{expires:?}");
+        monitor.confirm(Instant::now(), answered_ttl(i64::MAX));
+        assert!(monitor.expires().is_some());
     }
 
     #[test]

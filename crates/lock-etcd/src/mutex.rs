@@ -946,7 +946,7 @@ pub(crate) async fn lease_expiry(ctx: &Ctx, lease: i64) -> Result<Option<SystemT
         .await;
     match answer {
         Ok(a) if a.ttl() >= 0 => Ok(Some(
-            SystemTime::now() + Duration::from_secs(u64::try_from(a.ttl()).unwrap_or(0)),
+            SystemTime::now() + crate::lease::answered_ttl(a.ttl()),
         )),
         Ok(_) | Err(Error::Lost) => Ok(None),
         Err(e) => Err(e),

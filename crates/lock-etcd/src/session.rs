@@ -165,7 +165,7 @@ impl SessionCore {
         })
         .await?;
         let lease = grant.id();
-        let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0));
+        let ttl = crate::lease::answered_ttl(grant.ttl());
         if ttl.is_zero() {
             return Err(Error::unavailable(format!(
                 "etcd granted lease {lease:x} with TTL {}",
