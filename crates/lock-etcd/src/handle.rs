@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lock_api::{
     Acquired, Error, Fenced, Holder, Inspect, Leased, LockData, LockId, Locker, LostSignal, Result,
@@ -207,8 +207,7 @@ impl Locker for EtcdLock {
     }
 
     fn try_lock_for(&self, timeout: Duration) -> Result<Acquired> {
-        let deadline = Instant::now().checked_add(timeout);
-        match self.acquire(Wait::Until(deadline), None)? {
+        match self.acquire(Wait::at_most(timeout), None)? {
             Some(acquired) => Ok(acquired),
             None => Err(Error::Timeout),
         }

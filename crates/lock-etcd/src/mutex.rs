@@ -167,6 +167,18 @@ pub(crate) enum Wait {
     Until(Option<Instant>),
 }
 
+impl Wait {
+    /// Wait at most `timeout` from now: forever when the deadline is past what the clock can
+    /// hold, or so close to its end that tokio's timer, which rounds a deadline up to the next
+    /// millisecond, could not add to it.
+    pub(crate) fn at_most(timeout: Duration) -> Wait {
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .filter(|d| d.checked_add(Duration::from_secs(1)).is_some());
+        Wait::Until(deadline)
+    }
+}
+
 /// A request to give up, from another thread (the blocking API's cancellation).
 pub(crate) type Cancel = watch::Receiver<bool>;
 

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lock_api::{Acquired, Error, LostSignal, Result};
 
@@ -163,8 +163,7 @@ impl Session {
     ///
     /// [`Error::Timeout`] when the time ran out; otherwise as for [`lock`](Self::lock).
     pub async fn lock_timeout(&self, name: &str, timeout: Duration) -> Result<AsyncGuard> {
-        let deadline = Instant::now().checked_add(timeout);
-        self.acquire(name, Wait::Until(deadline))
+        self.acquire(name, Wait::at_most(timeout))
             .await?
             .ok_or(Error::Timeout)
     }

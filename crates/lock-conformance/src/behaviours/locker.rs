@@ -287,35 +287,59 @@ pub fn try_lock_for_acquires_when_released<B: Backend>(ctx: &Ctx<'_, B>) -> Outc
     Ok(())
 }
 
-/// A timeout too long to add to the clock (`Duration::MAX`) is no error and no panic: such a
-/// `try_lock_for` acquires a free lock at once, and on a held lock waits as `lock` does, until the
-/// holder releases it.
+/// The longest timeout that can be added to the clock now, less 100 µs: a deadline that the
+/// clock can still hold when it is added a moment later, but too close to its end for a timer
+/// that rounds it up to the next millisecond.
+fn nearly_the_longest_timeout() -> Duration {
+    let now = Instant::now();
+    let (mut fits, mut overflows) = (Duration::ZERO, Duration::MAX);
+    while overflows - fits > Duration::from_nanos(1) {
+        let mid = fits + (overflows - fits) / 2;
+        if now.checked_add(mid).is_some() {
+            fits = mid;
+        } else {
+            overflows = mid;
+        }
+    }
+    fits.saturating_sub(Duration::from_micros(100))
+}
+
+/// A timeout too long to add to the clock (`Duration::MAX`), or one that just fits, is no error
+/// and no panic: such a `try_lock_for` acquires a free lock at once, and on a held lock waits as
+/// `lock` does, until the holder releases it.
 pub fn try_lock_for_without_a_representable_deadline_waits_like_lock<B: Backend>(
     ctx: &Ctx<'_, B>,
 ) -> Outcome {
     let manager = ctx.create(4)?;
     let other = ctx.second_owner(&manager)?;
     let mine = manager.retrieve(LockId(1))?;
-    let theirs = other.retrieve(LockId(1))?;
-    let acquired = mine.try_lock_for(Duration::MAX)?;
-    ensure!(
-        acquired == Acquired::Clean,
-        "try_lock_for(Duration::MAX) of a free lock: {acquired:?}"
-    );
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(theirs.try_lock_for(Duration::MAX).map(|a| (a, theirs)));
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    mine.unlock()?;
-    let (acquired, theirs) = rx.recv_timeout(PROMPTLY + PROMPTLY).map_err(|_| {
-        Failed("try_lock_for(Duration::MAX) never returned after the release".into())
-    })??;
-    ensure!(
-        acquired == Acquired::Clean,
-        "acquired after a clean release: {acquired:?}"
-    );
-    theirs.unlock()?;
+    // Each timeout is taken just before the call that uses it: the clock moves on.
+    for timeout in [|| Duration::MAX, nearly_the_longest_timeout] {
+        let theirs = other.retrieve(LockId(1))?;
+        let acquired = mine.try_lock_for(timeout())?;
+        ensure!(
+            acquired == Acquired::Clean,
+            "try_lock_for({:?}) of a free lock: {acquired:?}",
+            timeout()
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(theirs.try_lock_for(timeout()).map(|a| (a, theirs)));
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        mine.unlock()?;
+        let (acquired, theirs) = rx.recv_timeout(PROMPTLY + PROMPTLY).map_err(|_| {
+            Failed(format!(
+                "try_lock_for({:?}) never returned after the release",
+                timeout()
+            ))
+        })??;
+        ensure!(
+            acquired == Acquired::Clean,
+            "acquired after a clean release: {acquired:?}"
+        );
+        theirs.unlock()?;
+    }
     Ok(())
 }
 
