@@ -100,7 +100,9 @@ impl EtcdLocks {
     ///
     /// # Errors
     ///
-    /// As for [`connect`](Self::connect).
+    /// As for [`connect`](Self::connect); an option the spec sets that
+    /// [`connect`](Self::connect) would refuse (a TTL out of range) is an
+    /// [`Error::InvalidArgument`] that names the spec, as a spec that does not parse is.
     pub fn for_spec(spec: &EtcdSpec) -> Result<EtcdLocks> {
         let endpoints: Vec<String> = spec
             .endpoints
@@ -117,6 +119,13 @@ impl EtcdLocks {
         if let Some(ttl) = spec.ttl {
             options = options.ttl(ttl);
         }
+        options.validate().map_err(|e| match e {
+            Error::InvalidArgument { what } => Error::invalid(format!(
+                "store spec {}: {what}",
+                StoreSpec::Etcd(spec.clone())
+            )),
+            other => other,
+        })?;
         let key = (endpoints, options);
         let mut connections = CONNECTIONS.lock(std::process::id());
         connections.retain(|(_, weak)| weak.strong_count() > 0);

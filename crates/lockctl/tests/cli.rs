@@ -252,7 +252,17 @@ fn create_status_free_and_remove() {
 #[test]
 fn bad_specs_missing_and_unreadable_stores_have_their_own_codes() {
     let scratch = Scratch::new();
-    for bad in ["shm:", "nfs:/x", "file:/a/../b", "etcd://h:0/a/b", "podman"] {
+    // The last two parse, but set a TTL that lock-etcd refuses: still a bad spec, refused before
+    // any connection (they were exit code 2).
+    for bad in [
+        "shm:",
+        "nfs:/x",
+        "file:/a/../b",
+        "etcd://h:0/a/b",
+        "podman",
+        "etcd://127.0.0.1:1/a/b?ttl=1ms",
+        "etcd://127.0.0.1:1/a/b?ttl=10000000000s",
+    ] {
         fails(&["status", bad], 3);
         fails(&["run", bad, "1", "--", "true"], 3);
     }
