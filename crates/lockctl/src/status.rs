@@ -200,16 +200,32 @@ fn cut(text: &str, width: usize) -> String {
     s
 }
 
+/// `text` with every control character escaped (`\u{1b}`, `\n`): host names come from records
+/// that any process with access to the store writes, and command lines from whatever a process
+/// put in its arguments, so either could otherwise move the operator's cursor, recolour the
+/// terminal or break the table's lines.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn who(pid: Option<u32>, host: Option<&str>, cmdline: Option<&str>, here: &str) -> String {
     let mut s = match pid {
         Some(pid) => format!("pid {pid}"),
         None => "pid ?".to_owned(),
     };
     if let Some(host) = host.filter(|h| *h != here) {
-        let _ = write!(s, "@{host}");
+        let _ = write!(s, "@{}", printable(host));
     }
     if let Some(cmd) = cmdline {
-        let _ = write!(s, " ({cmd})");
+        let _ = write!(s, " ({})", printable(cmd));
     }
     s
 }

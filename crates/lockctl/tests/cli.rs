@@ -156,11 +156,20 @@ struct Run {
 
 impl Run {
     fn start(spec: &str, ids: &[&str], extra: &[&str]) -> Run {
+        Run::start_as(None, spec, ids, extra)
+    }
+
+    /// As [`start`](Self::start), with `arg0` as lockctl's `argv[0]` when given.
+    fn start_as(arg0: Option<&str>, spec: &str, ids: &[&str], extra: &[&str]) -> Run {
         let mut args = vec!["run", spec];
         args.extend_from_slice(ids);
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "sh", "-c", "echo in; read line; echo out"]);
-        let mut child = lockctl(&args)
+        let mut command = lockctl(&args);
+        if let Some(arg0) = arg0 {
+            command.arg0(arg0);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -369,6 +378,30 @@ fn holders_and_waiters_made_with_run_show_in_status() {
     );
     let (status, _) = waiter.finish();
     assert!(status.success());
+}
+
+/// A holder whose command line carries control characters (here an `argv[0]` with a colour
+/// escape and a newline) is shown with them escaped: status writes no control character but
+/// its own line ends. They reached the terminal raw before.
+#[test]
+fn control_characters_in_a_holders_command_line_are_escaped() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let mut holder = Run::start_as(Some("\u{1b}[31mred\nline"), &spec, &["1"], &[]);
+    holder.expect_in();
+    let shown = ok(&["status", &spec]);
+    assert!(
+        !shown.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character in {shown:?}"
+    );
+    assert!(
+        shown.contains("(\\u{1b}[31mred\\nline run "),
+        "the command line, escaped, in {shown:?}"
+    );
+    assert_eq!(shown.lines().count(), 3, "{shown:?}");
+    let (status, err) = holder.finish();
+    assert!(status.success(), "the holder: {status}: {err}");
 }
 
 #[test]
