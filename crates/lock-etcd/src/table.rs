@@ -92,11 +92,13 @@ fn parse_meta(key: &str, value: &[u8]) -> Result<u32> {
     let capacity = lines
         .find_map(|l| l.strip_prefix("capacity="))
         .ok_or_else(|| Error::corrupt(format!("etcd table header {key}: no capacity")))?;
-    capacity.parse::<u32>().map_err(|_| {
-        Error::corrupt(format!(
+    match capacity.parse::<u32>() {
+        // `create` never writes 0: a table of no locks is a damaged header.
+        Ok(0) | Err(_) => Err(Error::corrupt(format!(
             "etcd table header {key}: bad capacity {capacity:?}"
-        ))
-    })
+        ))),
+        Ok(capacity) => Ok(capacity),
+    }
 }
 
 impl EtcdTable {
@@ -521,4 +523,31 @@ fn delete_prefix(shared: &Shared, prefix: String) -> Result<()> {
         .await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header that `create` writes is read back; one it never writes is `Corrupt` (a
+    /// capacity of 0 was accepted, giving a table where every id is out of range).
+    #[test]
+    fn only_headers_create_could_write_are_read() {
+        assert_eq!(parse_meta("m", meta_value(8).as_bytes()).ok(), Some(8));
+        assert_eq!(
+            parse_meta("m", meta_value(u32::MAX).as_bytes()).ok(),
+            Some(u32::MAX)
+        );
+        for bad in [
+            "lockyard-etcd-table 1\ncapacity=0\n",
+            "lockyard-etcd-table 1\ncapacity=-1\n",
+            "lockyard-etcd-table 1\ncapacity=4294967296\n",
+            "lockyard-etcd-table 1\n",
+        ] {
+            assert!(
+                matches!(parse_meta("m", bad.as_bytes()), Err(Error::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+    }
 }
