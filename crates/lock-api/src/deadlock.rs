@@ -12,6 +12,7 @@
 //! be part of a deadlock. An owner waiting for a lock it holds itself is no edge either: with
 //! ownership per manager, another thread of that owner may release it.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::{Holder, LockId, LockState};
@@ -68,27 +69,55 @@ fn key(h: &Holder) -> Option<&str> {
 
 /// The cycle of the wait-for graph in `locks` that passes through owner `me`, starting at `me`,
 /// or `None`. Every member of the returned cycle is live and waiting.
+///
+/// Linear in the size of `locks` and iterative: a snapshot comes from the store, which other
+/// processes write (for etcd, other hosts), so a chain of waiters as long as the store holds
+/// must neither exhaust the caller's stack nor take time in its square.
 pub fn find_cycle(locks: &[LockState], me: &str) -> Option<Cycle> {
-    // Edges out of an owner: (lock it waits for, the live holder of that lock).
-    let edges = |owner: &str| -> Vec<(LockId, &Holder)> {
-        locks
-            .iter()
-            .filter(|l| l.waiters.iter().any(|w| key(w) == Some(owner)))
-            .filter_map(|l| {
-                let holder = l.holder.as_ref()?;
-                let hk = key(holder)?;
-                (!holder.dead && hk != owner).then_some((l.id, holder))
-            })
-            .collect()
-    };
-    // Depth-first search for a path back to `me`; the graph is small (one node per waiting
-    // owner), so a plain recursive search with a visited set is enough.
-    let mut path: Vec<(String, LockId, Holder)> = Vec::new();
-    let mut visited: Vec<String> = Vec::new();
-    if !dfs(me, me, &edges, &mut path, &mut visited) {
+    // Edges out of each owner, in lock order: (lock it waits for, the live holder of that lock,
+    // the holder's key).
+    let mut edges: HashMap<&str, Vec<(LockId, &Holder, &str)>> = HashMap::new();
+    for l in locks {
+        let Some(holder) = l.holder.as_ref().filter(|h| !h.dead) else {
+            continue;
+        };
+        let Some(hk) = key(holder) else { continue };
+        for waiter in l.waiters.iter().filter_map(key).filter(|w| *w != hk) {
+            let out = edges.entry(waiter).or_default();
+            // One edge per lock, however many of the owner's threads wait for it.
+            if out.last().is_none_or(|(id, _, _)| *id != l.id) {
+                out.push((l.id, holder, hk));
+            }
+        }
+    }
+    // Depth-first search for a path back to `me`. `path[i]` = (owner_i, the lock owner_i waits
+    // for, owner_{i+1} as holder), owner 0 being `me`; `stack[i]` = (owner_i, its next edge).
+    let mut path: Vec<(&str, LockId, &Holder)> = Vec::new();
+    let mut stack: Vec<(&str, usize)> = vec![(me, 0)];
+    let mut visited: HashSet<&str> = HashSet::from([me]);
+    let mut found = false;
+    while let Some(top) = stack.last_mut() {
+        let (at, next_edge) = *top;
+        let Some(&(lock, holder, next)) = edges.get(at).and_then(|out| out.get(next_edge)) else {
+            // Every edge out of `at` tried: back to the owner before it.
+            stack.pop();
+            path.pop();
+            continue;
+        };
+        top.1 += 1;
+        if next == me {
+            path.push((at, lock, holder));
+            found = true;
+            break;
+        }
+        if visited.insert(next) {
+            path.push((at, lock, holder));
+            stack.push((next, 0));
+        }
+    }
+    if !found {
         return None;
     }
-    // path[i] = (owner_i, the lock owner_i waits for, owner_{i+1} as holder). Owner 0 is `me`.
     let n = path.len();
     let me_holder = locks
         .iter()
@@ -98,43 +127,18 @@ pub fn find_cycle(locks: &[LockState], me: &str) -> Option<Cycle> {
         .unwrap_or_default();
     let mut cycle = Vec::with_capacity(n);
     for i in 0..n {
-        let (owner, waits_for, _) = &path[i];
+        let (owner, waits_for, _) = path[i];
         let holds = path[(i + n - 1) % n].1;
-        let who = if i == 0 { &me_holder } else { &path[i - 1].2 };
+        let who = if i == 0 { &me_holder } else { path[i - 1].2 };
         cycle.push(WaitEdge {
             pid: who.pid,
             host: who.host.clone(),
-            owner: owner.clone(),
+            owner: owner.to_owned(),
             holds,
-            waits_for: *waits_for,
+            waits_for,
         });
     }
     Some(Cycle(cycle))
-}
-
-fn dfs<'a, F>(
-    me: &str,
-    at: &str,
-    edges: &F,
-    path: &mut Vec<(String, LockId, Holder)>,
-    visited: &mut Vec<String>,
-) -> bool
-where
-    F: Fn(&str) -> Vec<(LockId, &'a Holder)>,
-{
-    visited.push(at.to_owned());
-    for (lock, holder) in edges(at) {
-        let Some(next) = key(holder) else { continue };
-        path.push((at.to_owned(), lock, holder.clone()));
-        if next == me {
-            return true;
-        }
-        if !visited.iter().any(|v| v == next) && dfs(me, next, edges, path, visited) {
-            return true;
-        }
-        path.pop();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -216,6 +220,40 @@ mod tests {
     fn waiting_for_ones_own_lock_is_no_cycle() {
         let locks = [lock(5, Some(who("a", 1)), vec![who("a", 1)])];
         assert_eq!(find_cycle(&locks, "a"), None);
+    }
+
+    /// A cycle through 20,000 owners, each waiting for the next one's lock, on a thread with a
+    /// 256 KiB stack: the recursive search overflowed it (and scanned every lock at every
+    /// step); a chain as long, with its last link missing, is no cycle.
+    #[test]
+    fn a_long_chain_is_searched_without_recursion() {
+        const N: u32 = 20_000;
+        let owner = |i: u32| format!("o{i}");
+        let chain = |closed: bool| -> Vec<LockState> {
+            (0..N)
+                .map(|i| {
+                    let next = (i + 1) % N;
+                    let waiters = if closed || next != 0 {
+                        vec![who(&owner(i), i)]
+                    } else {
+                        vec![]
+                    };
+                    // Lock i+1 is held by owner i+1 and waited for by owner i.
+                    lock(next, Some(who(&owner(next), next)), waiters)
+                })
+                .collect()
+        };
+        let (closed, open) = (chain(true), chain(false));
+        let searched = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let cycle = find_cycle(&closed, "o0").map(|c| c.0.len());
+                (cycle, find_cycle(&open, "o0"))
+            })
+            .expect("thread")
+            .join()
+            .expect("the search");
+        assert_eq!(searched, (Some(N as usize), None));
     }
 
     #[test]
