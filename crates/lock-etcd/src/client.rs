@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use lock_api::{Error, Result};
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::time::{sleep, timeout_at};
@@ -369,20 +369,6 @@ impl Ctx {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         retry(self, self.deadline(), f).await
-    }
-
-    /// Deletes `key` if its value is still `value` (a marker, a detection lock or a ghost this
-    /// process wrote), retrying like [`call`](Ctx::call). Errors are the caller's to drop: every
-    /// such clean-up has a later one, or a lease, behind it.
-    pub(crate) async fn delete_if_value(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.call(|mut c| {
-            let txn = Txn::new()
-                .when([Compare::value(key, CompareOp::Equal, value.to_vec())])
-                .and_then([TxnOp::delete(key, None)]);
-            async move { c.txn(txn).await }
-        })
-        .await
-        .map(drop)
     }
 }
 

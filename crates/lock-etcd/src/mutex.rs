@@ -19,8 +19,10 @@
 //! 4. The fencing token is the own key's CreateRevision: etcd revisions only grow, so tokens of
 //!    successive holders strictly increase.
 //! 5. Every acquisition that does not end holding the lock (timeout, cancellation, error, a
-//!    dropped future at any await point) deletes its key, the held marker if it may have claimed
-//!    it, and the detection lock if it may hold it, by a clean-up task on the session's runtime.
+//!    dropped future at any await point) deletes its key, the held marker if it names this
+//!    acquisition, and the detection lock if it is this key's, in one Txn (as a release does, so
+//!    the waiter its deletion wakes never reads the marker as a dead holder's), by a clean-up
+//!    task on the session's runtime.
 //!    When the library ends the attempt it waits for that task, but at most [`CLEAN_UP_WAIT`]:
 //!    an unreachable cluster must not stretch a timeout or a cancellation by request timeouts.
 //!    If the clean-up fails for good the key goes with the session's lease.
@@ -91,8 +93,7 @@ impl Held {
         }
         if let Some(mut ghost) = self.ghost.take() {
             if !clean {
-                let marker = marker_key_of(&self.key).to_owned();
-                ghost.values.retain(|(k, _)| *k != marker);
+                ghost.marker = None;
             }
             self.session.suspect(ghost);
         }
@@ -293,8 +294,6 @@ struct Pending {
     session: Arc<SessionCore>,
     key: String,
     marker: String,
-    /// Every marker value this acquisition sent: one of them may be in place.
-    claims: Vec<Vec<u8>>,
     /// The detection lock's key, for table locks.
     detection: Option<String>,
     /// Whether a Txn that may come back as a ghost went unanswered at its first attempt.
@@ -306,19 +305,11 @@ struct Pending {
 
 impl Pending {
     /// What this acquisition may have written that a late copy of a request could write again.
-    fn suspect(&self, with_marker: bool) -> Suspect {
-        let mut values = Vec::new();
-        if with_marker {
-            values.extend(self.claims.iter().map(|c| (self.marker.clone(), c.clone())));
-        }
-        if let Some(detection) = &self.detection
-            && self.detection_unsure
-        {
-            values.push((detection.clone(), self.key.clone().into_bytes()));
-        }
+    fn suspect(&self) -> Suspect {
         Suspect {
             key: self.key.clone(),
-            values,
+            marker: Some(self.marker.clone()),
+            detection: self.detection.clone().filter(|_| self.detection_unsure),
         }
     }
 
@@ -327,14 +318,24 @@ impl Pending {
         // A Txn that was in flight when the attempt ended, or answered only after a retry, may
         // still be applied late (`session.rs`, invariant 4).
         if self.unsure || self.detection_unsure {
-            self.session.suspect(self.suspect(true));
+            self.session.suspect(self.suspect());
         }
         let ctx = self.session.ctx.clone();
-        let key = std::mem::take(&mut self.key);
-        let marker = std::mem::take(&mut self.marker);
-        let claims = std::mem::take(&mut self.claims);
-        let detection = self.detection.take();
-        async move { clean_up(&ctx, &key, &marker, claims, detection).await }
+        let written = Suspect {
+            key: std::mem::take(&mut self.key),
+            marker: Some(std::mem::take(&mut self.marker)),
+            detection: self.detection.take(),
+        };
+        // Errors are dropped: the key goes with the session's lease, and a marker left behind
+        // costs the next holder a spurious `OwnerDied`.
+        async move {
+            let _ = ctx
+                .call(|mut c| {
+                    let txn = written.erase(true);
+                    async move { c.txn(txn).await }
+                })
+                .await;
+        }
     }
 
     /// Cleans up on the session's runtime, waiting at most [`CLEAN_UP_WAIT`] for it to finish.
@@ -360,36 +361,6 @@ impl Drop for Pending {
             let job = self.job();
             self.session.spawn_cleanup(job);
         }
-    }
-}
-
-/// Deletes an abandoned acquisition's key, the marker if it holds one of `claims`, and the
-/// detection lock if it is this key's (invariant 5). Errors are dropped: the key goes with the
-/// session's lease, and a marker left behind costs the next holder a spurious `OwnerDied`.
-async fn clean_up(
-    ctx: &Ctx,
-    key: &str,
-    marker: &str,
-    mut claims: Vec<Vec<u8>>,
-    detection: Option<String>,
-) {
-    let _ = ctx
-        .call(|mut c| {
-            let mut ops = vec![TxnOp::delete(key, None)];
-            if let Some(detection) = &detection {
-                ops.push(TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::value(detection.as_str(), CompareOp::Equal, key)])
-                        .and_then([TxnOp::delete(detection.as_str(), None)]),
-                ));
-            }
-            let txn = Txn::new().and_then(ops);
-            async move { c.txn(txn).await }
-        })
-        .await;
-    claims.dedup();
-    for claim in claims {
-        let _ = ctx.delete_if_value(marker, &claim).await;
     }
 }
 
@@ -438,7 +409,6 @@ pub(crate) async fn acquire(
         session: Arc::clone(&session),
         key: key.clone(),
         marker: marker_key(queue).to_owned(),
-        claims: Vec::new(),
         detection: target.detector.as_ref().map(|d| detection_key(&d.root)),
         unsure: false,
         detection_unsure: false,
@@ -476,7 +446,7 @@ pub(crate) async fn acquire(
     match outcome {
         Ok(Some((revision, acquired))) => {
             pending.disarm();
-            let ghost = (pending.unsure || pending.detection_unsure).then(|| pending.suspect(true));
+            let ghost = (pending.unsure || pending.detection_unsure).then(|| pending.suspect());
             let monitor = LockMonitor::new(&session.monitor);
             let watch = session.watch_key_later(&key, revision, &monitor);
             Ok(Some(Held {
@@ -539,7 +509,6 @@ async fn enqueue_and_wait(
     let value = record.encode();
     let marker = marker_key(queue);
     let mark = marker_bytes(key, record, record.since, None);
-    pending.claims.push(mark.clone());
     let mut attempts = 0u32;
     // Set while the Txn is in flight: the future may be dropped there.
     pending.unsure = true;
@@ -645,7 +614,6 @@ async fn enqueue_and_wait(
         // Invariant 3: claim only if our key (hence our lease) still exists and no key is ahead
         // of it; the same Txn claims the marker (invariant 7), recording when.
         let mark = marker_bytes(key, record, SystemTime::now(), Some(revision));
-        pending.claims.push(mark.clone());
         match claim(ctx, queue, key, revision, lease, mark).await? {
             Some(Claim::Claimed(acquired)) => {
                 if session.is_lost() {

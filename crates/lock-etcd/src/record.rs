@@ -114,12 +114,30 @@ impl Record {
 
 impl Marker {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = format!("{MARKER_MAGIC} {VERSION}\nkey={}\n", clean(&self.key));
+        let mut out = Marker::start(&self.key);
         if let Some(rev) = self.rev {
             out.push_str(&format!("rev={rev}\n"));
         }
         self.record.header(&mut out);
         out.into_bytes()
+    }
+
+    /// The first line of every marker naming `leaf`, and the one that names it.
+    fn start(leaf: &str) -> String {
+        format!("{MARKER_MAGIC} {VERSION}\nkey={}\n", clean(leaf))
+    }
+
+    /// Two values that every marker naming the acquisition `leaf` lies strictly between, and no
+    /// other marker: etcd can compare a key's value with them in a Txn, and so delete the marker
+    /// of one acquisition whatever claim time it carries.
+    pub(crate) fn bounds(leaf: &str) -> (Vec<u8>, Vec<u8>) {
+        let low = Marker::start(leaf).into_bytes();
+        let mut high = low.clone();
+        // The start ends in a newline, which `clean` keeps out of the leaf: no byte overflows.
+        if let Some(last) = high.last_mut() {
+            *last += 1;
+        }
+        (low, high)
     }
 
     /// Parses a marker read from `key`.
@@ -250,6 +268,36 @@ mod tests {
             Record::decode("k", &anonymous.encode()).ok(),
             Some(anonymous)
         );
+    }
+
+    #[test]
+    fn the_bounds_of_a_leaf_hold_its_markers_only() {
+        let marker = |key: &str, rev: Option<i64>, since_ms: u64| {
+            Marker {
+                key: key.into(),
+                rev,
+                record: Record {
+                    since: UNIX_EPOCH + Duration::from_millis(since_ms),
+                    ..sample(b"")
+                },
+            }
+            .encode()
+        };
+        let (low, high) = Marker::bounds("00000000000000ff-1");
+        for ours in [
+            marker("00000000000000ff-1", None, 1),
+            marker("00000000000000ff-1", Some(7), 1_767_225_600_123),
+        ] {
+            assert!(low < ours && ours < high);
+        }
+        for theirs in [
+            marker("00000000000000ff-10", None, 1),
+            marker("00000000000000ff-", None, 1),
+            marker("00000000000000fe-1", None, 1),
+            marker("00000000000000ff-2", Some(7), 1),
+        ] {
+            assert!(!(low < theirs && theirs < high), "{theirs:?}");
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::proto::PbTxnOpResponse;
-use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use lock_api::{Error, PerProcess, Result};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -107,14 +107,53 @@ struct Due {
     watch: Weak<KeyWatch>,
 }
 
-/// An ended acquisition whose writes might still be applied late (invariant 4).
+/// An ended acquisition whose writes might still be applied late (invariant 4), or one that is
+/// being cleaned up (`mutex.rs`, invariant 5): what it may have written.
 #[derive(Debug, Clone)]
 pub(crate) struct Suspect {
     /// Its key: if it exists again, it is a ghost.
     pub(crate) key: String,
-    /// Keys to delete while they hold exactly this value (a marker it claimed, the detection
-    /// lock it took).
-    pub(crate) values: Vec<(String, Vec<u8>)>,
+    /// The lock's held marker, which it may have claimed.
+    pub(crate) marker: Option<String>,
+    /// The detection lock, which it may have taken.
+    pub(crate) detection: Option<String>,
+}
+
+impl Suspect {
+    /// The Txn that deletes what this acquisition left: its key (when `key` says so), the held
+    /// marker while it names this acquisition (its key's name is never used again once it is a
+    /// suspect, `reuse_key`), and the detection lock while it holds this key. One Txn, so the
+    /// waiter the key's deletion wakes never finds the marker of an acquisition that is gone
+    /// and takes it for a dead holder's.
+    pub(crate) fn erase(&self, key: bool) -> Txn {
+        let mut ops = Vec::new();
+        if key {
+            ops.push(TxnOp::delete(self.key.as_str(), None));
+        }
+        if let Some(marker) = &self.marker {
+            let (low, high) = crate::record::Marker::bounds(crate::mutex::leaf_of(&self.key));
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([
+                        Compare::value(marker.as_str(), CompareOp::Greater, low),
+                        Compare::value(marker.as_str(), CompareOp::Less, high),
+                    ])
+                    .and_then([TxnOp::delete(marker.as_str(), None)]),
+            ));
+        }
+        if let Some(detection) = &self.detection {
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(
+                        detection.as_str(),
+                        CompareOp::Equal,
+                        self.key.as_str(),
+                    )])
+                    .and_then([TxnOp::delete(detection.as_str(), None)]),
+            ));
+        }
+        Txn::new().and_then(ops)
+    }
 }
 
 /// The sessions alive in this process, by lease, so a holder's expiry can be told in ms without
@@ -352,20 +391,15 @@ impl SessionCore {
         }
     }
 
-    /// Deletes a ghost: its key (when `key` says so) and every value it may have written.
+    /// Deletes a ghost: its key (when `key` says so) and what it may have written.
     async fn exorcise(&self, suspect: &Suspect, key: bool) {
-        if key {
-            let _ = self
-                .ctx
-                .call(|mut c| {
-                    let k = suspect.key.clone();
-                    async move { c.delete(k, None).await }
-                })
-                .await;
-        }
-        for (k, v) in &suspect.values {
-            let _ = self.ctx.delete_if_value(k, v).await;
-        }
+        let _ = self
+            .ctx
+            .call(|mut c| {
+                let txn = suspect.erase(key);
+                async move { c.txn(txn).await }
+            })
+            .await;
     }
 
     /// Arranges a watch on the own key of a lock just acquired (`key`, created at `revision`),
@@ -454,8 +488,13 @@ impl Drop for SessionCore {
             let suspects = std::mem::take(&mut *self.suspects());
             drop(self.handle.spawn(async move {
                 revoke(&ctx, lease).await;
-                for (k, v) in suspects.iter().flat_map(|s| s.values.iter()) {
-                    let _ = ctx.delete_if_value(k, v).await;
+                for suspect in &suspects {
+                    let _ = ctx
+                        .call(|mut c| {
+                            let txn = suspect.erase(false);
+                            async move { c.txn(txn).await }
+                        })
+                        .await;
                 }
             }));
         }

@@ -495,6 +495,43 @@ fn async_timeout_leaves_no_waiter(endpoints: &[String]) -> Result<(), Failed> {
     })
 }
 
+/// An attempt cut short just as it took a free lock cleans up as a release would: the next
+/// acquirer, starting at once on another session, is never told its holder died. The cut falls
+/// across the acquisition's round trip (timeouts swept from nothing to twice an uncontended
+/// lock+unlock), so some attempts are dropped after etcd applied their Txn, while the clean-up
+/// and the next acquisition race.
+fn a_dropped_attempt_does_not_look_like_a_death(endpoints: &[String]) -> Result<(), Failed> {
+    const STEPS: u32 = 40;
+    const ROUNDS: u32 = 8;
+    with_two_sessions(endpoints, "dropped-death", async |t| {
+        let (one, two) = (&t.one, &t.two);
+        let started = Instant::now();
+        for _ in 0..10 {
+            one.lock("d").await?.unlock().await?;
+        }
+        let pair = started.elapsed() / 10;
+        let (mut cut, mut died) = (0, 0);
+        for step in 0..STEPS * ROUNDS {
+            let after = pair * 2 * (step % STEPS) / STEPS;
+            match tokio::time::timeout(after, one.lock("d")).await {
+                Ok(guard) => guard?.unlock().await?,
+                Err(_) => cut += 1,
+            }
+            let next = two.lock_timeout("d", BOUND).await?;
+            if next.acquired() == Acquired::OwnerDied {
+                died += 1;
+            }
+            next.unlock().await?;
+        }
+        check!(cut > 0, "no attempt was cut short");
+        check!(
+            died == 0,
+            "{died} of {cut} cut attempts looked like a dead holder to the next acquirer"
+        );
+        Ok(Vec::new())
+    })
+}
+
 /// Waits until the queue of lock `name` under `prefix` has `n` keys; returns them.
 async fn queued(eps: &[String], prefix: &str, name: &str, n: usize) -> Result<Vec<String>, Failed> {
     let queue = format!("{prefix}/lock/{name}/");
@@ -616,7 +653,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let cluster = TestCluster::get();
     let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 9] = [
+    let tests: [(&str, Test); 10] = [
         (
             "session_loss_loses_every_lock",
             session_loss_loses_every_lock,
@@ -632,6 +669,10 @@ fn main() -> std::process::ExitCode {
         (
             "async_timeout_leaves_no_waiter",
             async_timeout_leaves_no_waiter,
+        ),
+        (
+            "a_dropped_attempt_does_not_look_like_a_death",
+            a_dropped_attempt_does_not_look_like_a_death,
         ),
         (
             "uncontended_pair_is_two_raft_proposals",
