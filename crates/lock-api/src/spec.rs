@@ -239,11 +239,17 @@ fn parse_endpoint(endpoint: &str) -> std::result::Result<String, String> {
     if host.contains(|c: char| c.is_whitespace() || c == '@' || c == '/') {
         return Err(format!("endpoint {endpoint:?} has a bad host"));
     }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!(
+    // Digits only: `u16::from_str` also takes a leading `+`, which no URL port has.
+    let number = port
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| port.parse::<u16>().ok())
+        .flatten();
+    match number {
+        Some(1..) => Ok(endpoint.to_owned()),
+        _ => Err(format!(
             "endpoint {endpoint:?}: bad port {port:?} (1-65535)"
         )),
-        Ok(_) => Ok(endpoint.to_owned()),
     }
 }
 
@@ -358,6 +364,7 @@ mod tests {
         assert!(why("etcd://h:0/a/b").contains("bad port"));
         assert!(why("etcd://h:70000/a/b").contains("bad port"));
         assert!(why("etcd://h:x/a/b").contains("bad port"));
+        assert!(why("etcd://h:+1/a/b").contains("bad port"));
         assert!(why("etcd://:1/a/b").contains("empty host"));
         assert!(why("etcd://h:1/a/b?ttl=ten").contains("bad ttl"));
         assert!(why("etcd://h:1/a/b?ttl=0s").contains("bad ttl: zero"));

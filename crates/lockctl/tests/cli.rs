@@ -268,6 +268,7 @@ fn bad_specs_missing_and_unreadable_stores_have_their_own_codes() {
         "nfs:/x",
         "file:/a/../b",
         "etcd://h:0/a/b",
+        "etcd://127.0.0.1:+1/a/b",
         "podman",
         "etcd://127.0.0.1:1/a/b?ttl=1ms",
         "etcd://127.0.0.1:1/a/b?ttl=10000000000s",
