@@ -1,14 +1,19 @@
 //! The client table: one slot per open manager, held by an OFD lock, named in owner tokens.
 //!
-//! A manager claims the lowest slot whose byte it can OFD-lock (`F_OFD_SETLK` on the first byte
-//! of the slot's record), bumps the slot's generation and writes its pid. The kernel drops the
+//! A manager claims a slot whose byte it can OFD-lock (`F_OFD_SETLK` on the first byte of the
+//! slot's record), bumps the slot's generation and writes its pid. It takes the lowest slot never
+//! used or whose last manager was closed (dropped, which stores the generation in the slot's
+//! closed word); only when there is none, the lowest slot of a manager that died. So a process
+//! killed while it held locks keeps its pid in its slot, and they are listed with who held them,
+//! for as long as the table has other slots to give. The kernel drops the
 //! OFD lock when the last descriptor of that open file description closes, which happens when
 //! the process dies however it dies, so "slot byte unlocked" means "owner gone". The owner token
 //! in lock words is `generation << SLOT_BITS | slot`; a token whose generation is not the slot's
 //! current one belongs to an earlier, dead, owner of the slot.
 //!
 //! Slot record (128 bytes): `u32` generation, `u32` pid, `u32` death word, `u32` unlisted waits,
-//! `u32` life word (life.rs) and 12 reserved bytes, then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
+//! `u32` life word (life.rs), `u32` closed word (the generation whose manager was closed, 0
+//! for none) and 8 reserved bytes, then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
 //! [`HELD`] set for a hold record; 4 reserved bytes; `u64` unix milliseconds when the wait, or
 //! the hold, began).
 //!
@@ -100,6 +105,10 @@ const DEATH: usize = 8;
 const UNLISTED: usize = 12;
 /// Offset of the life word (life.rs), in native byte order.
 const LIFE: usize = 16;
+/// Offset of the closed word: the generation of this slot whose manager was closed (dropped),
+/// not killed. A slot whose closed word is its generation (0 for a slot never used) is taken
+/// before the slot of a manager that died.
+const CLOSED: usize = 20;
 /// Offset of the first waiter entry.
 const ENTRIES: usize = 32;
 /// Bytes per waiter entry.
@@ -127,49 +136,37 @@ fn next_generation(g: u32) -> Option<u32> {
     (g < GEN_MAX).then(|| g + 1)
 }
 
-/// Claims the lowest free client slot for this open file description; returns slot and
-/// generation.
+/// Claims a free client slot for this open file description: the lowest one never used or whose
+/// manager was closed, or else the lowest one whose manager died. Returns slot and generation.
 ///
 /// # Errors
 ///
 /// `Unavailable` when every slot is held by an open manager or retired, naming the table's size;
 /// `Io` when `fcntl(2)` fails.
 pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(u32, u32)> {
+    // The first pass leaves a dead manager's slot, pid and all, to name the locks it died holding;
+    // the second tries every slot (one closed since the first pass included).
+    for closed_only in [true, false] {
+        for slot in 0..CLIENT_SLOTS {
+            let off = layout.slot_offset(slot);
+            let generation_word = seg.u32(off)?;
+            let seen = generation_word.load(Acquire);
+            // Generations never go down, so a retired slot can be skipped without locking it.
+            if next_generation(seen).is_none() {
+                continue;
+            }
+            if closed_only && seg.u32(off + CLOSED)?.load(Relaxed) != seen {
+                continue;
+            }
+            if let Some(generation) = take(seg, layout, lock, slot)? {
+                return Ok((slot, generation));
+            }
+        }
+    }
     let mut retired = 0;
     for slot in 0..CLIENT_SLOTS {
-        let off = layout.slot_offset(slot);
-        let generation_word = seg.u32(off)?;
-        // Generations never go down, so a retired slot can be skipped without locking it.
-        if next_generation(generation_word.load(Acquire)).is_none() {
+        if next_generation(seg.u32(layout.slot_offset(slot))?.load(Acquire)).is_none() {
             retired += 1;
-            continue;
-        }
-        if lock.try_lock(off)? {
-            // Holding the slot's lock proves its previous owner gone: say so, for waiters that
-            // sleep on its death word (a watcher may have missed it: see watch.rs).
-            announce_death(seg, layout, slot, generation_word.load(Acquire))?;
-            let Some(generation) = next_generation(generation_word.load(Acquire)) else {
-                // Its last owner used the last generation after our first look.
-                lock.unlock(off)?;
-                retired += 1;
-                continue;
-            };
-            // The previous owner's waits ended with it.
-            for entry in 0..WAIT_ENTRIES {
-                seg.u32(off + ENTRIES + entry * ENTRY_SIZE)?
-                    .store(0, Relaxed);
-            }
-            seg.u32(off + UNLISTED)?.store(0, Relaxed);
-            // Not armed until this owner's sentinel arms it (life.rs): the previous owner's
-            // death must not be read as this one's.
-            let life = seg.u32(off + LIFE)?;
-            life.futex_word().store(0, Relaxed);
-            generation_word.store(generation, Release);
-            seg.u32(off + PID)?.store(std::process::id(), Release);
-            // A watcher still asleep on the previous owner's word (a death the kernel never
-            // marked: a damaged word) finds the slot claimed again.
-            crate::futex::wake_all(life)?;
-            return Ok((slot, generation));
         }
     }
     let held = CLIENT_SLOTS - retired;
@@ -184,6 +181,52 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(
         "client table of segment {} is full ({CLIENT_SLOTS} slots): {what}",
         seg.path().display()
     ))))
+}
+
+/// Takes `slot` if its byte can be locked and it is not retired; returns its new generation.
+fn take(seg: &Segment, layout: &Layout, lock: &SlotLock, slot: u32) -> Result<Option<u32>> {
+    let off = layout.slot_offset(slot);
+    if !lock.try_lock(off)? {
+        return Ok(None);
+    }
+    let generation_word = seg.u32(off)?;
+    // Holding the slot's lock proves its previous owner gone: say so, for waiters that sleep on
+    // its death word (a watcher may have missed it: see watch.rs).
+    announce_death(seg, layout, slot, generation_word.load(Acquire))?;
+    let Some(generation) = next_generation(generation_word.load(Acquire)) else {
+        // Its last owner used the last generation after our first look.
+        lock.unlock(off)?;
+        return Ok(None);
+    };
+    // The previous owner's waits ended with it.
+    for entry in 0..WAIT_ENTRIES {
+        seg.u32(off + ENTRIES + entry * ENTRY_SIZE)?
+            .store(0, Relaxed);
+    }
+    seg.u32(off + UNLISTED)?.store(0, Relaxed);
+    // Not armed until this owner's sentinel arms it (life.rs): the previous owner's death must
+    // not be read as this one's.
+    let life = seg.u32(off + LIFE)?;
+    life.futex_word().store(0, Relaxed);
+    generation_word.store(generation, Release);
+    seg.u32(off + PID)?.store(std::process::id(), Release);
+    // A watcher still asleep on the previous owner's word (a death the kernel never marked: a
+    // damaged word) finds the slot claimed again.
+    crate::futex::wake_all(life)?;
+    Ok(Some(generation))
+}
+
+/// Records that the manager holding `slot` at `generation` is being closed, not killed: the
+/// slot is then among the first a new manager takes ([`claim`]). The caller still holds the slot.
+pub(crate) fn mark_closed(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    generation: u32,
+) -> Result<()> {
+    seg.u32(layout.slot_offset(slot) + CLOSED)?
+        .store(generation, Relaxed);
+    Ok(())
 }
 
 /// The death word of `slot`: the last generation of the slot whose owner is known dead (0: none

@@ -71,6 +71,17 @@ pub(crate) struct Shared {
     pub(crate) entries: AtomicU8,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closed, not killed: a new manager may take this slot before a dead one's (client.rs).
+        // A forked child's copy is its parent's manager, which is not closing.
+        if fork::current() == self.forks {
+            let (slot, generation) = client::decode(self.token);
+            let _ = client::mark_closed(&self.seg, &self.layout, slot, generation);
+        }
+    }
+}
+
 impl Shared {
     fn attach(name: &str, seg: Segment, layout: Layout) -> Result<Shared> {
         let forks = fork::generation()?;

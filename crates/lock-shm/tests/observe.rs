@@ -286,8 +286,45 @@ fn a_zero_deadlock_timeout_turns_detection_off() -> TrialResult {
     b.finish(STEP).map_err(|e| e.to_string())
 }
 
+/// A holder SIGKILLed while it holds a lock is still named, pid and all, after other managers
+/// open the segment: a new manager takes a slot never used, or one whose manager closed, before
+/// the dead holder's, so `held()` (and `lockctl status`) can say who died holding the lock.
+fn a_dead_holder_keeps_its_pid_while_other_slots_are_free() -> TrialResult {
+    let segment = Segment::new("deadpid");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    // A manager that opens and closes before, so the slot after ours has been used and closed.
+    drop(ShmManager::open(&segment.0).map_err(e2s)?);
+    let mut holder = client(&segment)?;
+    let pid = holder.pid();
+    send(&mut holder, "lock 3")?;
+    expect(&mut holder, "locked")?;
+    holder.sigkill().map_err(|e| e.to_string())?;
+    // Opened after the death, each takes a slot: the same process, and a new one, twice.
+    for _ in 0..2 {
+        drop(ShmManager::open(&segment.0).map_err(e2s)?);
+        let mut other = client(&segment)?;
+        other.finish(STEP).map_err(|e| e.to_string())?;
+    }
+    let held = manager.held().map_err(e2s)?;
+    let holder = held
+        .iter()
+        .find(|l| l.id == LockId(3))
+        .and_then(|l| l.holder.as_ref())
+        .ok_or_else(|| format!("lock 3 is not listed as held: {held:?}"))?;
+    if !holder.dead || holder.pid != Some(pid) {
+        return Err(format!(
+            "the holder killed as pid {pid} is listed as {holder:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let trials: [common::Trial; 7] = [
+    let trials: [common::Trial; 8] = [
+        (
+            "a_dead_holder_keeps_its_pid_while_other_slots_are_free",
+            a_dead_holder_keeps_its_pid_while_other_slots_are_free,
+        ),
         (
             "a_hold_record_dates_only_its_hold",
             a_hold_record_dates_only_its_hold,

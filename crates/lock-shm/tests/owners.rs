@@ -179,10 +179,11 @@ fn a_dead_owners_token_never_comes_back() -> TrialResult {
     send(&mut first, "wait 0 5000")?;
     expect(&mut first, "locked clean")?;
     first.sigkill().map_err(|e| e.to_string())?;
-    // 2^21 - 3 claims of slot 1 later (written directly rather than performed): the next claim
-    // takes the last generation.
+    // 2^21 - 3 claims of slot 1 later, the last of them closed normally (written directly rather
+    // than performed: generation and closed word), the next claim takes the last generation.
     let slot1 = 256 + 128;
     segment.write_at(slot1, &(GEN_MAX - 1).to_le_bytes())?;
+    segment.write_at(slot1 + 20, &(GEN_MAX - 1).to_le_bytes())?;
     let mut last = client(&segment)?;
     send(&mut last, "slot")?;
     let slot = expect(&mut last, "slot")?;

@@ -34,6 +34,16 @@ impl Segment {
         Ok(u32::from_le_bytes(b))
     }
 
+    /// Writes `value` as the u32 at `off` of the segment file.
+    fn write_u32(&self, off: u64, value: u32) -> TrialResult {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(std::path::Path::new("/dev/shm").join(&self.0))
+            .map_err(|e| format!("open segment file: {e}"))?;
+        f.write_all_at(&value.to_le_bytes(), off)
+            .map_err(|e| format!("write segment file: {e}"))
+    }
+
     /// Client slot `slot`'s life word.
     fn life(&self, slot: u32) -> Result<u32, String> {
         let le = self.u32_at(SLOTS_AT + SLOT_SIZE * u64::from(slot) + LIFE)?;
@@ -221,11 +231,16 @@ fn a_holder_in_another_pid_namespace_is_told_dead() -> TrialResult {
 
 /// A slot whose owner died unwatched has its death announced by the next manager that claims
 /// it, before that manager's generation: waiters sleeping on the old owner wake either way.
+/// Every later slot is made to look like a dead manager's too (generation 1, never closed), so
+/// the claimer, finding no slot never used or closed, takes the lowest dead one.
 fn a_claimer_announces_the_death_of_the_slot_it_takes() -> TrialResult {
     let segment = Segment::new("claimer");
     let _manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
     let mut first = client(&segment)?;
     let slot = slot_of(&mut first)?;
+    for later in slot + 1..1024 {
+        segment.write_u32(SLOTS_AT + SLOT_SIZE * u64::from(later), 1)?;
+    }
     let (generation, death) = segment.slot(slot)?;
     if death == generation {
         return Err(format!(
