@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockyard::{Cycle, DynManager, Holder, LockState, find_cycle};
 use serde::Serialize;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// The widest line human output prints.
 pub(crate) const WIDTH: usize = 100;
@@ -191,29 +192,53 @@ pub(crate) fn short_duration(ms: u64) -> String {
     }
 }
 
+/// `text` cut to at most `width` terminal columns, ending in `...` when it was cut.
 fn cut(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
+    if columns(text) <= width {
         return text.to_owned();
     }
-    let mut s: String = text.chars().take(width.saturating_sub(3)).collect();
+    let room = width.saturating_sub(3);
+    let mut s = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > room {
+            break;
+        }
+        used += w;
+        s.push(c);
+    }
     s.push_str("...");
     s
 }
 
-/// `text` with every control character escaped (`\u{1b}`, `\n`): host names come from records
-/// that any process with access to the store writes, and command lines from whatever a process
-/// put in its arguments, so either could otherwise move the operator's cursor, recolour the
-/// terminal or break the table's lines.
+/// The terminal columns `text` takes: a wide character (CJK, most emoji) takes two.
+fn columns(text: &str) -> usize {
+    text.width()
+}
+
+/// `text` with every control character escaped (`\u{1b}`, `\n`), and every character that
+/// reorders the text around it (the bidirectional embeddings, overrides and isolates, and the
+/// direction marks): host names come from records that any process with access to the store
+/// writes, and command lines from whatever a process put in its arguments, so either could
+/// otherwise move the operator's cursor, recolour the terminal, break the table's lines or make
+/// a line read backwards.
 fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() {
+        if c.is_control() || reorders(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// The Unicode bidirectional formatting characters (UAX #9): marks, embeddings, overrides and
+/// isolates.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn who(pid: Option<u32>, host: Option<&str>, cmdline: Option<&str>, here: &str) -> String {
@@ -346,7 +371,7 @@ fn deadlock_line(cycle: &[Member], here: &str) -> String {
     // The program and its first argument where the whole cycle fits, the program alone where
     // that does not; a cycle too long even then is cut at the width by the caller.
     let full = line(false);
-    if full.chars().count() <= WIDTH {
+    if columns(&full) <= WIDTH {
         full
     } else {
         line(true)
@@ -379,6 +404,22 @@ mod tests {
         let long = "x".repeat(300);
         assert_eq!(cut(&long, WIDTH).chars().count(), WIDTH);
         assert_eq!(cut("short", WIDTH), "short");
+    }
+
+    #[test]
+    fn wide_characters_count_as_two_columns() {
+        let wide = "\u{8a9e}".repeat(80);
+        let line = cut(&wide, WIDTH);
+        assert!(columns(&line) <= WIDTH, "{} columns", columns(&line));
+        assert!(line.ends_with("..."));
+        assert_eq!(cut(&"\u{8a9e}".repeat(50), WIDTH), "\u{8a9e}".repeat(50));
+    }
+
+    #[test]
+    fn text_that_reorders_the_line_is_escaped() {
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(printable("x\u{2067}y\u{200f}"), "x\\u{2067}y\\u{200f}");
+        assert_eq!(printable("caf\u{e9} \u{8a9e}"), "caf\u{e9} \u{8a9e}");
     }
 
     #[test]

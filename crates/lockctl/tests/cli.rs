@@ -389,15 +389,17 @@ fn control_characters_in_a_holders_command_line_are_escaped() {
     let scratch = Scratch::new();
     let spec = scratch.spec();
     ok(&["create", &spec, "--capacity", "4"]);
-    let mut holder = Run::start_as(Some("\u{1b}[31mred\nline"), &spec, &["1"], &[]);
+    let mut holder = Run::start_as(Some("\u{1b}[31mred\nline\u{202e}rev"), &spec, &["1"], &[]);
     holder.expect_in();
     let shown = ok(&["status", &spec]);
     assert!(
-        !shown.chars().any(|c| c.is_control() && c != '\n'),
-        "a control character in {shown:?}"
+        !shown
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+        "a control or bidi character in {shown:?}"
     );
     assert!(
-        shown.contains("(\\u{1b}[31mred\\nline run "),
+        shown.contains("(\\u{1b}[31mred\\nline\\u{202e}rev run "),
         "the command line, escaped, in {shown:?}"
     );
     assert_eq!(shown.lines().count(), 3, "{shown:?}");
