@@ -407,6 +407,45 @@ fn control_characters_in_a_holders_command_line_are_escaped() {
     assert!(status.success(), "the holder: {status}: {err}");
 }
 
+/// A shm segment named for one test, removed when dropped.
+struct Segment(String);
+
+impl Segment {
+    fn new(what: &str) -> Segment {
+        let spec = format!("shm:lockctl-cli-{what}-{}", std::process::id());
+        let _ = output(&["remove", &spec, "--yes"]);
+        Segment(spec)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let _ = output(&["remove", &self.0, "--yes"]);
+    }
+}
+
+/// On shm, a holder killed while the segment has free slots keeps its pid in `status`, however
+/// many times status (which opens the segment, taking a slot) has looked since.
+#[test]
+fn a_killed_shm_holder_is_shown_with_its_pid() {
+    let segment = Segment::new("deadpid");
+    let spec = segment.0.as_str();
+    ok(&["create", spec, "--capacity", "8"]);
+    let mut holder = Run::start(spec, &["3"], &[]);
+    holder.expect_in();
+    let pid = holder.pid();
+    holder.child.kill().expect("kill");
+    holder.child.wait().expect("reap");
+    let status = until(spec, "lock 3 flagged dead", |s| {
+        lock(s, 3).is_some_and(|l| l["holder"]["dead"] == true)
+    });
+    assert_eq!(lock(&status, 3).expect("lock 3")["holder"]["pid"], pid);
+    for _ in 0..3 {
+        let shown = ok(&["status", spec]);
+        assert!(shown.contains(&format!("dead   pid {pid}")), "{shown}");
+    }
+}
+
 #[test]
 fn a_killed_holder_shows_dead_and_the_next_run_is_told() {
     let scratch = Scratch::new();
