@@ -2,6 +2,9 @@
 #![doc = include_str!("../README.md")]
 
 mod bitmap;
+mod sighting;
+#[cfg(test)]
+mod sighting_model;
 mod table;
 
 pub use lock_api::*;

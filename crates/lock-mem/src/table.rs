@@ -23,9 +23,8 @@ use lock_api::{
 };
 
 use crate::bitmap::FreeSet;
+use crate::sighting::{self, FREE, Production, WAITERS};
 
-const FREE: u64 = 0; // nobody holds the lock
-const WAITERS: u64 = 1; // someone sleeps on it (or did: a spurious wake is harmless)
 const SPOTS: usize = 64;
 
 /// The largest table lock-mem builds (16 bytes of state per lock, plus the bitmap).
@@ -65,7 +64,8 @@ struct Waiting {
 struct Table {
     capacity: u32,
     states: Box<[AtomicU64]>,
-    /// When the current holder took each lock, in coarse unix milliseconds.
+    /// When the current hold of each lock began, in coarse unix milliseconds; 0 when not
+    /// recorded (`sighting.rs`).
     since: Box<[AtomicU64]>,
     spots: Box<[(Mutex<()>, Condvar)]>,
     allocation: Mutex<FreeSet>,
@@ -124,14 +124,23 @@ impl Table {
             .owner(format!("mem owner {owner}"))
     }
 
+    /// The holder of lock `id` (its owner) and when its hold began (0: not known), dating the
+    /// hold now if nobody has (`sighting.rs`); `None` when the lock is free.
+    fn since_of(&self, id: usize) -> Option<(u64, u64)> {
+        let now = || lock_api::coarse_now_ms().max(1);
+        sighting::sight::<_, Production>(&self.states[id], &self.since[id], now)
+            .map(|(word, since)| (word >> 1, since))
+    }
+
     /// The snapshot, read while the caller holds the waiter list.
     fn snapshot_locked(&self, waiters: &[Waiting]) -> Vec<LockState> {
         let mut by_id: std::collections::BTreeMap<u32, LockState> = Default::default();
-        for (id, state) in self.states.iter().enumerate() {
-            let owner = state.load(Ordering::Acquire) >> 1;
-            if owner != 0 {
-                let since = from_ms(self.since[id].load(Ordering::Relaxed));
-                let holder = Table::who(owner).since(since);
+        for id in 0..self.states.len() {
+            if let Some((owner, since)) = self.since_of(id) {
+                let mut holder = Table::who(owner);
+                if since != 0 {
+                    holder = holder.since(from_ms(since));
+                }
                 by_id.insert(
                     id as u32,
                     LockState::new(LockId(id as u32), Some(holder), Vec::new()),
@@ -358,21 +367,19 @@ impl MemLocker {
         &self.table.states[self.id as usize]
     }
 
-    #[inline]
+    /// Dates a hold taken after waiting (`sighting.rs`, rule 1).
+    #[cold]
     fn mark_since(&self) {
-        self.table.since[self.id as usize].store(lock_api::coarse_now_ms(), Ordering::Relaxed);
+        sighting::date(
+            &self.table.since[self.id as usize],
+            lock_api::coarse_now_ms().max(1),
+        );
     }
 
+    /// The uncontended lock: one compare-exchange, no clock.
     #[inline]
     fn try_acquire(&self) -> bool {
-        let taken = self
-            .state()
-            .compare_exchange(FREE, self.mine, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok();
-        if taken {
-            self.mark_since();
-        }
-        taken
+        sighting::try_acquire(self.state(), self.mine)
     }
 
     /// Records this wait in the table's waiter list; the ticket withdraws it.
@@ -528,21 +535,14 @@ impl Locker for MemLocker {
 
     #[inline]
     fn unlock(&self) -> Result<()> {
-        let state = self.state();
-        match state.compare_exchange(self.mine, FREE, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => Ok(()),
-            Err(current) if current == self.mine | WAITERS => {
-                // Only this owner's own word is cleared: a CAS, so that two threads of one
-                // owner unlocking at once cannot erase a hold a woken waiter just took.
-                match state.compare_exchange(current, FREE, Ordering::Release, Ordering::Relaxed) {
-                    Ok(_) => {
-                        self.wake();
-                        Ok(())
-                    }
-                    Err(_) => Err(Error::NotHeld(LockId(self.id))),
-                }
+        let since = &self.table.since[self.id as usize];
+        match sighting::release::<_, Production>(self.state(), since, self.mine) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                self.wake();
+                Ok(())
             }
-            Err(_) => Err(Error::NotHeld(LockId(self.id))),
+            Err(()) => Err(Error::NotHeld(LockId(self.id))),
         }
     }
 
@@ -637,6 +637,82 @@ mod tests {
         let snap = a.snapshot().expect("snapshot");
         assert_eq!(snap.len(), 1);
         assert!(snap[0].waiters.is_empty());
+    }
+
+    fn since_of_held(m: &MemManager, id: u32) -> SystemTime {
+        m.held()
+            .expect("held")
+            .into_iter()
+            .find(|h| h.id == LockId(id))
+            .and_then(|h| h.holder)
+            .and_then(|h| h.since)
+            .expect("a held lock with a since")
+    }
+
+    /// A fast-path hold is dated when first seen, and the time goes with the hold: the next
+    /// fast-path hold of the same lock, by the same owner, is seen afresh, not dated by the
+    /// earlier sighting.
+    #[test]
+    fn a_sighting_dates_only_the_hold_it_saw() {
+        let m = MemManager::new(2).expect("new");
+        let lock = m.retrieve(LockId(1)).expect("retrieve");
+        let before = SystemTime::now();
+        let _ = lock.lock().expect("lock");
+        let first = since_of_held(&m, 1);
+        // Coarse clock: a tick (a few ms) either way.
+        assert!(
+            first + Duration::from_millis(20) >= before,
+            "{first:?} < {before:?}"
+        );
+        assert_eq!(since_of_held(&m, 1), first, "a second look dates it again");
+        lock.unlock().expect("unlock");
+        std::thread::sleep(Duration::from_millis(100));
+        let relocked = SystemTime::now();
+        let _ = lock.lock().expect("lock");
+        let second = since_of_held(&m, 1);
+        assert!(
+            second + Duration::from_millis(20) >= relocked,
+            "the new hold (from {relocked:?}) is dated {second:?}, the first one {first:?}"
+        );
+        lock.unlock().expect("unlock");
+    }
+
+    /// A hold taken after waiting is dated when it was taken, not when someone looked.
+    #[test]
+    fn a_hold_taken_after_waiting_is_dated_when_taken() {
+        let m = MemManager::new(2).expect("new");
+        let other = m.new_owner();
+        let lock = m.retrieve(LockId(0)).expect("retrieve");
+        let _ = lock.lock().expect("lock");
+        let waiter = std::thread::spawn(move || {
+            let lock = other.retrieve(LockId(0)).expect("retrieve");
+            let _ = lock.lock().expect("lock");
+            let taken = SystemTime::now();
+            std::thread::sleep(Duration::from_millis(200));
+            lock.unlock().expect("unlock");
+            taken
+        });
+        while m
+            .snapshot()
+            .expect("snapshot")
+            .iter()
+            .all(|l| l.waiters.is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lock.unlock().expect("unlock");
+        std::thread::sleep(Duration::from_millis(100));
+        let looked = SystemTime::now();
+        let since = since_of_held(&m, 0);
+        assert!(
+            since + Duration::from_millis(50) < looked,
+            "dated {since:?}, looked at {looked:?}"
+        );
+        let taken = waiter.join().expect("waiter");
+        assert!(
+            since <= taken + Duration::from_millis(20),
+            "{since:?} after {taken:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! Model check of the dating protocol (`sighting.rs`) with loom: the same generic code that
+//! production runs, over loom's atomic word and fence. Run it with
+//! `cargo test -p lock-mem --lib model`.
+//!
+//! The property: no time outlives its hold. A holder takes the lock on the fast path, unlocks,
+//! and takes it again (the second hold's start is a tick of a shared logical clock), while a
+//! reader dates whatever hold it finds (its time is a tick of the same clock). Afterwards the
+//! recorded time, if any, is not older than the second hold.
+//!
+//! Planted bugs, each of which loom must catch: (a) a sighting that keeps its time although the
+//! word changed, (b) a contended unlock that does not clear the time, and (c) one that clears it
+//! without first taking the waiters bit off, so a reader can record between the clear and the
+//! free.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+
+use loom::sync::Arc;
+use loom::sync::atomic::AtomicU64;
+use loom::thread;
+
+use crate::sighting::{self, Production, Steps};
+
+crate::sighting::impl_word!(AtomicU64, loom::sync::atomic::fence);
+
+/// Preemptions explored per execution.
+const PREEMPTIONS: usize = 3;
+
+/// Planted bug (a).
+struct NoTakeBack;
+
+impl Steps for NoTakeBack {
+    const TAKE_BACK: bool = false;
+}
+
+/// Planted bug (b).
+struct NoClear;
+
+impl Steps for NoClear {
+    const CLEAR: bool = false;
+}
+
+/// Planted bug (c).
+struct NoUnmark;
+
+impl Steps for NoUnmark {
+    const UNMARK: bool = false;
+}
+
+/// The holder's owner bits.
+const MINE: u64 = 7 << 1;
+
+fn scenario<S: Steps>() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(PREEMPTIONS);
+    builder.check(|| {
+        let state = Arc::new(AtomicU64::new(sighting::FREE));
+        let since = Arc::new(AtomicU64::new(0));
+        let clock = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (state, since, clock) = (state.clone(), since.clone(), clock.clone());
+            thread::spawn(move || {
+                let _ = sighting::sight::<_, S>(&*state, &*since, || {
+                    clock.fetch_add(1, Ordering::SeqCst) + 1
+                });
+            })
+        };
+        assert!(sighting::try_acquire(&*state, MINE));
+        sighting::release::<_, S>(&*state, &*since, MINE).expect("first unlock");
+        let second = clock.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(sighting::try_acquire(&*state, MINE));
+        reader.join().unwrap();
+        let left = since.load(Ordering::SeqCst);
+        assert!(
+            left == 0 || left >= second,
+            "a time outlived its hold: {left} recorded, the hold began at {second}"
+        );
+    });
+}
+
+/// What a scenario panicked with ("" when it passed).
+fn caught<S: Steps>() -> String {
+    match catch_unwind(AssertUnwindSafe(scenario::<S>)) {
+        Ok(()) => String::new(),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    }
+}
+
+/// No time outlives its hold, in every interleaving of the holder and the reader.
+#[test]
+fn model_no_time_outlives_its_hold() {
+    scenario::<Production>();
+}
+
+/// Planted bug (a): a reader that keeps the time it recorded for a hold that ended meanwhile.
+#[test]
+fn model_catches_a_sighting_that_keeps_a_stale_time() {
+    let message = caught::<NoTakeBack>();
+    assert!(message.contains("outlived its hold"), "{message:?}");
+}
+
+/// Planted bug (b): an unlock that does not clear the time leaves it to the next hold.
+#[test]
+fn model_catches_an_unlock_that_keeps_the_time() {
+    let message = caught::<NoClear>();
+    assert!(message.contains("outlived its hold"), "{message:?}");
+}
+
+/// Planted bug (c): an unlock that clears the time while the word still looks marked lets a
+/// reader record between the clear and the free.
+#[test]
+fn model_catches_a_clear_before_the_unmarking() {
+    let message = caught::<NoUnmark>();
+    assert!(message.contains("outlived its hold"), "{message:?}");
+}
