@@ -62,6 +62,19 @@ pub fn check<B: Backend>(backend: &B, behaviour: &Behaviour<B>) -> Outcome {
     }
 }
 
+/// The message of a caught panic ("" when there was none, or when its payload is not a string):
+/// what the model checks' planted-bug tests match on.
+pub fn panic_message(caught: &std::thread::Result<()>) -> String {
+    match caught {
+        Ok(()) => String::new(),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    }
+}
+
 /// The entry point of a backend's `harness = false` conformance test target.
 ///
 /// In a child process (see [`child`]) it runs the child's role; otherwise it runs every

@@ -326,16 +326,7 @@ impl Pending {
             marker: Some(std::mem::take(&mut self.marker)),
             detection: self.detection.take(),
         };
-        // Errors are dropped: the key goes with the session's lease, and a marker left behind
-        // costs the next holder a spurious `OwnerDied`.
-        async move {
-            let _ = ctx
-                .call(|mut c| {
-                    let txn = written.erase(true);
-                    async move { c.txn(txn).await }
-                })
-                .await;
-        }
+        async move { written.erase_through(&ctx, true).await }
     }
 
     /// Cleans up on the session's runtime, waiting at most [`CLEAN_UP_WAIT`] for it to finish.

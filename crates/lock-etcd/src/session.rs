@@ -154,6 +154,18 @@ impl Suspect {
         }
         Txn::new().and_then(ops)
     }
+
+    /// Runs [`erase`](Suspect::erase) through `ctx`, retrying like any request. Errors are
+    /// dropped: the key goes with its lease, and a marker left behind costs the next holder a
+    /// spurious `OwnerDied`.
+    pub(crate) async fn erase_through(&self, ctx: &Ctx, key: bool) {
+        let _ = ctx
+            .call(|mut c| {
+                let txn = self.erase(key);
+                async move { c.txn(txn).await }
+            })
+            .await;
+    }
 }
 
 /// The sessions alive in this process, by lease, so a holder's expiry can be told in ms without
@@ -393,13 +405,7 @@ impl SessionCore {
 
     /// Deletes a ghost: its key (when `key` says so) and what it may have written.
     async fn exorcise(&self, suspect: &Suspect, key: bool) {
-        let _ = self
-            .ctx
-            .call(|mut c| {
-                let txn = suspect.erase(key);
-                async move { c.txn(txn).await }
-            })
-            .await;
+        suspect.erase_through(&self.ctx, key).await;
     }
 
     /// Arranges a watch on the own key of a lock just acquired (`key`, created at `revision`),
@@ -489,12 +495,7 @@ impl Drop for SessionCore {
             drop(self.handle.spawn(async move {
                 revoke(&ctx, lease).await;
                 for suspect in &suspects {
-                    let _ = ctx
-                        .call(|mut c| {
-                            let txn = suspect.erase(false);
-                            async move { c.txn(txn).await }
-                        })
-                        .await;
+                    suspect.erase_through(&ctx, false).await;
                 }
             }));
         }

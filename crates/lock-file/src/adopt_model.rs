@@ -24,7 +24,7 @@ use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
 use crate::adopt::{AdoptSys, Blocked, Waits};
-use crate::model::panic_message;
+use lock_conformance::panic_message;
 
 /// Preemptions explored per execution.
 const PREEMPTIONS: usize = 3;

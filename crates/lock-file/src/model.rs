@@ -66,6 +66,7 @@ use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 use loom::thread;
 
 use crate::wake::{Job, Next, Sys, Table, Ticket, Waker};
+use lock_conformance::panic_message;
 
 /// Preemptions explored per execution: enough for every defect below, small enough that all the
 /// checks take seconds.
@@ -676,16 +677,4 @@ fn model_a_deadline_beside_a_check_job() {
         let (sent, _) = world.end(me);
         assert!(fired && sent > 0, "fired {fired} with {sent} signals sent");
     });
-}
-
-/// The message of a caught panic ("" when there was none).
-pub(crate) fn panic_message(caught: &std::thread::Result<()>) -> String {
-    match caught {
-        Ok(()) => String::new(),
-        Err(payload) => payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_default(),
-    }
 }

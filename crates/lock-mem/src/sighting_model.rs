@@ -80,14 +80,7 @@ fn scenario<S: Steps>() {
 
 /// What a scenario panicked with ("" when it passed).
 fn caught<S: Steps>() -> String {
-    match catch_unwind(AssertUnwindSafe(scenario::<S>)) {
-        Ok(()) => String::new(),
-        Err(payload) => payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_default(),
-    }
+    lock_conformance::panic_message(&catch_unwind(AssertUnwindSafe(scenario::<S>)))
 }
 
 /// No time outlives its hold, in every interleaving of the holder and the reader.

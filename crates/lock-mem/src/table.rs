@@ -692,12 +692,14 @@ mod tests {
             lock.unlock().expect("unlock");
             taken
         });
+        let deadline = Instant::now() + Duration::from_secs(10);
         while m
             .snapshot()
             .expect("snapshot")
             .iter()
             .all(|l| l.waiters.is_empty())
         {
+            assert!(Instant::now() < deadline, "the waiter never showed");
             std::thread::sleep(Duration::from_millis(1));
         }
         lock.unlock().expect("unlock");

@@ -50,6 +50,7 @@ use lock_api::{Acquired, Error, Result};
 use crate::client;
 use crate::life::{self, LifeSys, Watched};
 use crate::lockword::{self, OWNER, Sys, Tick, WAITERS, Word};
+use lock_conformance::panic_message;
 
 /// Preemptions explored per execution: enough for every defect below, small enough that all the
 /// checks take seconds.
@@ -967,18 +968,6 @@ fn model_catches_the_relaxed_probe_load() {
         "the weakened orderings were not caught as such: {}",
         panic_message(&caught)
     );
-}
-
-/// The message of a caught panic ("" when there was none).
-fn panic_message(caught: &std::thread::Result<()>) -> String {
-    match caught {
-        Ok(()) => String::new(),
-        Err(payload) => payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_default(),
-    }
 }
 
 /// The allocation lock: an owner dies holding it halfway through an allocation (its leaf bit
