@@ -57,6 +57,9 @@ pub(crate) trait Steps {
     const CLEAR: bool = true;
     /// (c) A contended unlock takes the waiters bit off before it clears the time.
     const UNMARK: bool = true;
+    /// (d) A contended unlock that took the waiters bit off and then lost the word to another
+    /// thread of the owner (whose fast path saw no bit) says the sleepers need waking.
+    const WAKE_WHEN_BEATEN: bool = true;
 }
 
 /// Every step.
@@ -72,20 +75,35 @@ pub(crate) fn try_acquire<W: Word>(state: &W, mine: u64) -> bool {
         .is_ok()
 }
 
-/// Unlocks a hold whose word is `mine` (the owner's bits) or `mine | WAITERS`. `Ok(true)` when
-/// it had the waiters bit (sleepers may need a wake-up); `Err(())` when the word is not this
-/// owner's.
+/// What an unlock did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Freed the word, which had no waiters bit.
+    Quiet,
+    /// Freed the word, which had the waiters bit: sleepers may need a wake-up.
+    Wake,
+    /// The word was not this owner's (another thread of the owner unlocked first); `wake` when
+    /// this unlock took the waiters bit off before it found out, so the other one, which saw no
+    /// bit, woke nobody.
+    NotOurs { wake: bool },
+}
+
+/// Unlocks a hold whose word is `mine` (the owner's bits) or `mine | WAITERS`.
 #[inline(always)]
-pub(crate) fn release<W: Word, S: Steps>(state: &W, since: &W, mine: u64) -> Result<bool, ()> {
+pub(crate) fn release<W: Word, S: Steps>(state: &W, since: &W, mine: u64) -> Released {
     let mut current = match state.compare_exchange(mine, FREE, Ordering::Release, Ordering::Relaxed)
     {
-        Ok(_) => return Ok(false),
+        Ok(_) => return Released::Quiet,
         Err(current) => current,
     };
+    // Whether this unlock took a waiters bit off: its sleepers are then its to wake.
+    let mut taken_off = false;
     // Rare: a sleeper or a reader set the waiters bit, and each sets it once per round here.
     loop {
         if current != mine | WAITERS {
-            return Err(());
+            return Released::NotOurs {
+                wake: taken_off && S::WAKE_WHEN_BEATEN,
+            };
         }
         let unmarked = if S::UNMARK { mine } else { current };
         if unmarked != current {
@@ -97,13 +115,14 @@ pub(crate) fn release<W: Word, S: Steps>(state: &W, since: &W, mine: u64) -> Res
                 current = now;
                 continue;
             }
+            taken_off = true;
         }
         W::fence();
         if S::CLEAR {
             since.store(0, Ordering::SeqCst);
         }
         match state.compare_exchange(unmarked, FREE, Ordering::SeqCst, Ordering::Relaxed) {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Released::Wake,
             // The waiters bit came back: a new sleeper, or a reader that may have dated us.
             Err(now) => current = now,
         }

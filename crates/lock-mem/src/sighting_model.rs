@@ -11,6 +11,11 @@
 //! word changed, (b) a contended unlock that does not clear the time, and (c) one that clears it
 //! without first taking the waiters bit off, so a reader can record between the clear and the
 //! free.
+//!
+//! A second property: two threads of one owner unlock its one hold, which has the waiters bit
+//! (someone sleeps): exactly one succeeds, and at least one says the sleepers need waking. The
+//! planted bug (d) is an unlock that took the bit off, lost the word to the other thread's fast
+//! path (which saw no bit), and woke nobody: the sleeper would sleep on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -19,7 +24,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::AtomicU64;
 use loom::thread;
 
-use crate::sighting::{self, Production, Steps};
+use crate::sighting::{self, Production, Released, Steps};
 
 crate::sighting::impl_word!(AtomicU64, loom::sync::atomic::fence);
 
@@ -66,7 +71,8 @@ fn scenario<S: Steps>() {
             })
         };
         assert!(sighting::try_acquire(&*state, MINE));
-        sighting::release::<_, S>(&*state, &*since, MINE).expect("first unlock");
+        let first = sighting::release::<_, S>(&*state, &*since, MINE);
+        assert!(!matches!(first, Released::NotOurs { .. }), "first unlock");
         let second = clock.fetch_add(1, Ordering::SeqCst) + 1;
         assert!(sighting::try_acquire(&*state, MINE));
         reader.join().unwrap();
@@ -109,4 +115,53 @@ fn model_catches_an_unlock_that_keeps_the_time() {
 fn model_catches_a_clear_before_the_unmarking() {
     let message = caught::<NoUnmark>();
     assert!(message.contains("outlived its hold"), "{message:?}");
+}
+
+/// Planted bug (d).
+struct NoWakeWhenBeaten;
+
+impl Steps for NoWakeWhenBeaten {
+    const WAKE_WHEN_BEATEN: bool = false;
+}
+
+/// Two threads of one owner unlock its one hold, whose word has the waiters bit.
+fn two_unlocks<S: Steps>() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(PREEMPTIONS);
+    builder.check(|| {
+        let state = Arc::new(AtomicU64::new(MINE | sighting::WAITERS));
+        let since = Arc::new(AtomicU64::new(0));
+        let other = {
+            let (state, since) = (state.clone(), since.clone());
+            thread::spawn(move || sighting::release::<_, S>(&*state, &*since, MINE))
+        };
+        let mine = sighting::release::<_, S>(&*state, &*since, MINE);
+        let theirs = other.join().unwrap();
+        let ours = |r: Released| !matches!(r, Released::NotOurs { .. });
+        let wakes = |r: Released| matches!(r, Released::Wake | Released::NotOurs { wake: true });
+        assert!(
+            ours(mine) ^ ours(theirs),
+            "two unlocks of one hold: {mine:?} and {theirs:?}"
+        );
+        assert!(
+            wakes(mine) || wakes(theirs),
+            "nobody woke the sleepers: {mine:?} and {theirs:?}"
+        );
+        assert_eq!(state.load(Ordering::SeqCst), sighting::FREE);
+    });
+}
+
+/// Exactly one of two unlocks of one hold succeeds, and the sleepers are woken.
+#[test]
+fn model_two_unlocks_of_one_hold_wake_the_sleepers() {
+    two_unlocks::<Production>();
+}
+
+/// Planted bug (d): an unlock that took the waiters bit off and lost the word does not wake.
+#[test]
+fn model_catches_an_unlock_beaten_to_the_word_that_wakes_nobody() {
+    let message = lock_conformance::panic_message(&catch_unwind(AssertUnwindSafe(
+        two_unlocks::<NoWakeWhenBeaten>,
+    )));
+    assert!(message.contains("nobody woke the sleepers"), "{message:?}");
 }

@@ -23,7 +23,7 @@ use lock_api::{
 };
 
 use crate::bitmap::FreeSet;
-use crate::sighting::{self, FREE, Production, WAITERS};
+use crate::sighting::{self, FREE, Production, Released, WAITERS};
 
 const SPOTS: usize = 64;
 
@@ -537,12 +537,17 @@ impl Locker for MemLocker {
     fn unlock(&self) -> Result<()> {
         let since = &self.table.since[self.id as usize];
         match sighting::release::<_, Production>(self.state(), since, self.mine) {
-            Ok(false) => Ok(()),
-            Ok(true) => {
+            Released::Quiet => Ok(()),
+            Released::Wake => {
                 self.wake();
                 Ok(())
             }
-            Err(()) => Err(Error::NotHeld(LockId(self.id))),
+            Released::NotOurs { wake } => {
+                if wake {
+                    self.wake();
+                }
+                Err(Error::NotHeld(LockId(self.id)))
+            }
         }
     }
 
