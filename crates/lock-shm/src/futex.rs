@@ -37,6 +37,11 @@ impl Word for Le32 {
     ) -> std::result::Result<u32, u32> {
         Le32::compare_exchange(self, current, new, success, failure)
     }
+
+    #[inline]
+    fn fence() {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
 }
 
 /// A waiter on the allocation lock: the clock, the deadline, and the probe `dead`. Waits for
@@ -217,7 +222,7 @@ pub(crate) fn unlock_fast(word: &Le32, token: u32) -> bool {
 /// `FUTEX_WAKE` only when someone waits; `clear` runs first on the contended path only, and
 /// returns whether a starving waiter asked for a hand-off (lockword.rs, "Handing off").
 #[inline]
-pub(crate) fn unlock(word: &Le32, token: u32, clear: impl FnOnce() -> bool) -> Result<bool> {
+pub(crate) fn unlock(word: &Le32, token: u32, clear: impl FnMut() -> bool) -> Result<bool> {
     lockword::unlock(word, token, clear, wake)
 }
 

@@ -20,12 +20,14 @@
 //!    compared against the exact value `v` it probed. The waiters bit is always set, so that
 //!    the new holder's unlock takes the contended path (which clears the since word; see
 //!    manager.rs) and wakes whoever slept behind the dead owner.
-//! 4. unlock: `token -> 0` or `token | WAITERS -> 0` (or `-> HANDED`, when a starving waiter
-//!    asked for the lock), compared against the exact value read, in
-//!    a loop that retries only while the owner bits are still the caller's own token. Only the
-//!    waiters bit can change under an owner that lives, so the loop ends after at most two
-//!    rounds, and an unlock never clears a word whose owner bits are not its own token: of two
-//!    racing unlocks of one hold, exactly one succeeds.
+//! 4. unlock: `token -> 0` (fast path), or, when the word has the waiters bit, `token | WAITERS ->
+//!    token` and then `token -> 0` (or `-> HANDED`, when a starving waiter asked for the lock;
+//!    see "Unlocking under a reader" for the two steps), each compared against the exact value
+//!    read, in a loop that retries only while the owner bits are still the caller's own token.
+//!    Only the waiters bit can change under an owner that lives, and it comes back only when
+//!    someone marks the word again, so an unlock never clears a word whose owner bits are not
+//!    its own token: of two racing unlocks of one hold, exactly one succeeds (and the one that
+//!    fails wakes the sleepers whose bit it took off, which the other did not see).
 //!
 //! Nothing else writes the word. So the owner bits change only by 1 (from 0 or `HANDED`), by 3
 //! (from a dead owner) and by 4 (by the owner itself), and while a token's owner lives, only that
@@ -87,6 +89,27 @@
 //! unlock then stays a compare-and-swap. The back-off changes only when a waiter looks, never
 //! what it does with what it sees, so the protocol above is unchanged by it.
 //!
+//! # Unlocking under a reader
+//!
+//! A reader that finds a hold with no time recorded marks the word (2) and records when it saw
+//! it in the lock's since word ([`sight`]; observe.rs, rule 2), which the hold's contended
+//! unlock clears (`clear`) so that a fast-path hold after it does not inherit the time. The
+//! unlock cannot clear and release in one step: the two are different words. Cleared first and
+//! released after, a reader could record in between, re-read a word still held, keep its time,
+//! and leave it to the next fast-path hold, which nothing would clear (with the lock idle in
+//! between, that holder looked older than it was by the idle time). So the contended unlock
+//! takes the waiters bit off first (`token | WAITERS -> token`), then clears, then releases
+//! (`token -> 0`), starting again when the bit came back; the reader records, then re-reads the
+//! word, and keeps its time only if the word still is the one it marked. A `SeqCst` fence sits
+//! between each side's two steps, so of the unlock's unmarking and the reader's re-read, and of
+//! the reader's record and the unlock's clearing, at least one pair is seen in that order: the
+//! reader sees the unmarked word (and takes its time back), or the clear comes after the record
+//! (and erases it). A reader's re-read that finds the bit set again by someone else is matched by
+//! the unlock's next round: its release fails on the same bit, and it unmarks, fences and clears
+//! again. The unlock then always wakes one sleeper, since it took the bit off; a waiter that
+//! meets the unmarked word between the two steps marks it again and sleeps on that. model.rs
+//! checks it and catches the clear-then-release order.
+//!
 //! # Handing off
 //!
 //! Barging is unfair to a waiter that keeps losing: the releasing process, already running, takes
@@ -110,9 +133,11 @@
 //! whoever sleeps then. Hand-offs keep the uncontended paths as they were: only the contended
 //! unlock reads the request, and only waiters look for `HANDED`.
 
-use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release, SeqCst};
 
 use lock_api::{Acquired, Error, Result};
+
+use crate::observe::STARVING;
 
 /// Set when someone sleeps, or is about to sleep, on the word.
 pub(crate) const WAITERS: u32 = 1 << 31;
@@ -139,6 +164,8 @@ pub(crate) trait Word {
         success: Ordering,
         failure: Ordering,
     ) -> std::result::Result<u32, u32>;
+    /// A `SeqCst` fence of the word's world (std's in production, loom's in the model).
+    fn fence();
 }
 
 /// What one round of a `lock_contended` call sees of the clock.
@@ -257,11 +284,27 @@ pub(crate) fn unlock_fast<W: Word>(word: &W, token: u32) -> bool {
     word.compare_exchange(token, 0, Release, Relaxed).is_ok()
 }
 
+/// The steps of a contended unlock that a planted bug leaves out (model.rs); production takes
+/// every one ([`Every`]).
+pub(crate) trait Steps {
+    /// Take the waiters bit off before clearing what was recorded beside the word (module docs,
+    /// "Unlocking under a reader").
+    const UNMARK: bool = true;
+    /// Wake the sleepers whose waiters bit this unlock took off, even when another thread of the
+    /// owner released the word first.
+    const WAKE_WHEN_BEATEN: bool = true;
+}
+
+/// Every step: what production runs.
+pub(crate) struct Every;
+
+impl Steps for Every {}
+
 /// Releases the word if `token` holds it; returns whether it did. `wake` wakes one sleeper; it
 /// is called only when the waiters bit was set. `clear` runs on the contended path only, once
-/// the word is known to hold `token`, before the word is released (it clears what the holder
-/// recorded beside the word), and says whether a starving waiter asked for the lock: the word
-/// is then released as [`HANDED`] if it has the waiters bit (module docs, "Handing off").
+/// the waiters bit is off a word that holds `token`, before the word is released (it clears what
+/// the holder and readers recorded beside the word), and says whether a starving waiter asked
+/// for the lock: the word is then released as [`HANDED`] (module docs, "Handing off").
 ///
 /// # Errors
 ///
@@ -270,46 +313,123 @@ pub(crate) fn unlock_fast<W: Word>(word: &W, token: u32) -> bool {
 pub(crate) fn unlock<W: Word>(
     word: &W,
     token: u32,
-    clear: impl FnOnce() -> bool,
+    clear: impl FnMut() -> bool,
+    wake: impl FnOnce(&W) -> Result<()>,
+) -> Result<bool> {
+    unlock_with::<W, Every>(word, token, clear, wake)
+}
+
+/// [`unlock`], taking the steps `S` says.
+#[inline]
+pub(crate) fn unlock_with<W: Word, S: Steps>(
+    word: &W,
+    token: u32,
+    clear: impl FnMut() -> bool,
     wake: impl FnOnce(&W) -> Result<()>,
 ) -> Result<bool> {
     match word.compare_exchange(token, 0, Release, Relaxed) {
         Ok(_) => Ok(true),
-        Err(v) => unlock_contended(word, token, v, clear, wake),
+        Err(v) => unlock_contended::<W, S>(word, token, v, clear, wake),
     }
 }
 
-/// The unlock path when the word was not exactly `token`: `v` is what the fast path saw.
+/// The unlock path when the word was not exactly `token`: `v` is what the fast path saw (module
+/// docs, "Unlocking under a reader").
 #[cold]
-fn unlock_contended<W: Word>(
+fn unlock_contended<W: Word, S: Steps>(
     word: &W,
     token: u32,
     mut v: u32,
-    clear: impl FnOnce() -> bool,
+    mut clear: impl FnMut() -> bool,
     wake: impl FnOnce(&W) -> Result<()>,
 ) -> Result<bool> {
-    if v & OWNER != token {
-        return Ok(false);
-    }
-    let hand = clear();
+    // Whether a starving waiter asked for the lock, in any round.
+    let mut hand = false;
+    // Whether this unlock took a waiters bit off: its sleepers are then this unlock's to wake.
+    let mut unmarked = false;
     loop {
-        if v & OWNER != token {
-            return Ok(false);
-        }
         // Compare against the exact value: if another thread of this owner unlocked first and a
         // waiter took the lock, the owner bits differ and this unlock fails instead of erasing
         // the new hold.
-        let handed = hand && v & WAITERS != 0;
-        match word.compare_exchange(v, if handed { HANDED } else { 0 }, Release, Relaxed) {
+        if v & OWNER != token {
+            if unmarked && S::WAKE_WHEN_BEATEN {
+                // The thread that released the word saw no waiters bit: this one took it off.
+                wake(word)?;
+            }
+            return Ok(false);
+        }
+        let waiters = v & WAITERS != 0;
+        let mut held = v;
+        if waiters && S::UNMARK {
+            if let Err(now) = word.compare_exchange(v, token, SeqCst, Relaxed) {
+                v = now;
+                continue;
+            }
+            unmarked = true;
+            held = token;
+        }
+        W::fence();
+        hand |= clear();
+        let free = if hand && (unmarked || waiters) {
+            HANDED
+        } else {
+            0
+        };
+        match word.compare_exchange(held, free, SeqCst, Relaxed) {
             Ok(_) => {
-                if v & WAITERS != 0 {
+                if unmarked || waiters {
                     wake(word)?;
                 }
                 return Ok(true);
             }
+            // The waiters bit came back (a new sleeper, or a reader that may have recorded
+            // after the clear), or another thread of this owner released the word.
             Err(now) => v = now,
         }
     }
+}
+
+/// Clears the since word `since` (observe.rs) on the contended unlock path, returning whether it
+/// held a request for a hand-off. Written only when it holds something, so that contenders do not
+/// pass its cache line around for nothing; a request that lands after it is kept for the next
+/// contended unlock.
+pub(crate) fn clear<W: Word>(since: &W) -> bool {
+    let mut current = since.load(SeqCst);
+    while current != 0 {
+        match since.compare_exchange(current, 0, SeqCst, Relaxed) {
+            Ok(_) => break,
+            Err(seen) => current = seen,
+        }
+    }
+    current & STARVING != 0
+}
+
+/// Records `now` (not 0, without the since word's top bit) in `since` as when a reader first saw
+/// the hold `v` (not free), unless the since word's time bits are not clear: `raw` is what the
+/// reader read of it. Returns whether the record stands; a record is taken back when the word
+/// is no longer the one the reader marked (module docs, "Unlocking under a reader").
+pub(crate) fn sight<W: Word, T: Word>(word: &W, since: &T, v: u32, raw: u32, now: u32) -> bool {
+    if !mark(word, v)
+        || since
+            .compare_exchange(raw, raw | now, SeqCst, Relaxed)
+            .is_err()
+    {
+        return false;
+    }
+    W::fence();
+    if word.load(SeqCst) == (v & OWNER) | WAITERS {
+        return true;
+    }
+    // Take the time back, keeping a hand-off request that landed meanwhile (the top bit): the
+    // next hold may be a fast-path one, whose unlock would never clear it.
+    let mut current = raw | now;
+    while current & !STARVING == now {
+        match since.compare_exchange(current, current & STARVING, SeqCst, Relaxed) {
+            Ok(_) => break,
+            Err(seen) => current = seen,
+        }
+    }
+    false
 }
 
 /// Tries once, without sleeping, taking the lock over when `dead` says its holder is gone.

@@ -50,6 +50,7 @@ use lock_api::{Acquired, Error, Result};
 use crate::client;
 use crate::life::{self, LifeSys, Watched};
 use crate::lockword::{self, OWNER, Sys, Tick, WAITERS, Word};
+use crate::observe::STARVING;
 use lock_conformance::panic_message;
 
 /// Preemptions explored per execution: enough for every defect below, small enough that all the
@@ -124,8 +125,9 @@ struct World {
     /// Run the protocol with the orderings before issue 9 (a `Relaxed` load before the probe, an
     /// `Acquire`-only lock CAS), to show that the checker tells them apart.
     weakened: bool,
-    /// The since word's starving bit: a hand-off requested (lockword.rs, "Handing off").
-    starving: AtomicBool,
+    /// The lock's since word (observe.rs): a reader's sighting in the low bits, and the
+    /// starving bit, a hand-off requested (lockword.rs, "Handing off").
+    since: AtomicU32,
     /// Hand-offs made (unlocks that released the word as `HANDED`), over one execution.
     hand_offs: AtomicUsize,
 }
@@ -147,7 +149,7 @@ impl World {
             ofd: Mutex::new(()),
             released: Condvar::new(),
             weakened: false,
-            starving: AtomicBool::new(false),
+            since: AtomicU32::new(0),
             hand_offs: AtomicUsize::new(0),
         })
     }
@@ -309,6 +311,31 @@ impl Word for World {
         };
         self.word.compare_exchange(current, new, success, failure)
     }
+
+    fn fence() {
+        loom::sync::atomic::fence(SeqCst);
+    }
+}
+
+/// A since word of the world.
+impl Word for AtomicU32 {
+    fn load(&self, order: Ordering) -> u32 {
+        AtomicU32::load(self, order)
+    }
+
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u32, u32> {
+        AtomicU32::compare_exchange(self, current, new, success, failure)
+    }
+
+    fn fence() {
+        loom::sync::atomic::fence(SeqCst);
+    }
 }
 
 /// The modelled system a waiter runs on: wait.rs's `LockWaiter` without deadlines, deadlock
@@ -333,7 +360,7 @@ struct ModelSys<'a> {
 impl Drop for ModelSys<'_> {
     fn drop(&mut self) {
         if self.asked {
-            self.world.starving.store(false, Relaxed);
+            self.world.since.fetch_and(!STARVING, Relaxed);
         }
     }
 }
@@ -396,7 +423,7 @@ impl Sys<World> for ModelSys<'_> {
     /// Production asks after `STARVE_AFTER`; here at once, if this waiter `starves`.
     fn starving(&mut self) -> bool {
         if self.starves {
-            self.world.starving.store(true, Relaxed);
+            self.world.since.fetch_or(STARVING, Relaxed);
             self.asked = true;
         }
         self.starves
@@ -469,17 +496,26 @@ fn unlock(world: &World, token: u32) -> bool {
     unlock_waking(world, token, World::wake_one)
 }
 
-/// As [`unlock`], with the unlock's wake-up given: what ShmLocker::unlock does, the since word's
-/// starving bit read and cleared by `clear` (observe.rs, `clear_since`).
+/// As [`unlock`], with the unlock's wake-up given: what ShmLocker::unlock does, the since word
+/// cleared by `clear` (observe.rs, `clear_since`).
 fn unlock_waking(world: &World, token: u32, wake: impl FnOnce(&World) -> Result<()>) -> bool {
+    unlock_steps::<lockword::Every>(world, token, wake)
+}
+
+/// As [`unlock_waking`], taking the unlock steps `S` (a planted bug leaves one out).
+fn unlock_steps<S: lockword::Steps>(
+    world: &World,
+    token: u32,
+    wake: impl FnOnce(&World) -> Result<()>,
+) -> bool {
     let clear = || {
-        let hand = world.starving.swap(false, Relaxed);
+        let hand = lockword::clear(&world.since);
         if hand {
             world.hand_offs.fetch_add(1, SeqCst);
         }
         hand
     };
-    match lockword::unlock(world, token, clear, wake) {
+    match lockword::unlock_with::<World, S>(world, token, clear, wake) {
         Ok(done) => done,
         Err(e) => panic!("unlock failed: {e}"),
     }
@@ -770,6 +806,95 @@ fn model_catches_the_unconditional_swap_unlock() {
     assert!(
         message.contains("two unlocks of one hold") || message.contains("was erased"),
         "the broken unlock failed for another reason: {message}"
+    );
+}
+
+/// Unlock steps without the wake-up of sleepers whose waiters bit the unlock took off when
+/// another thread of the owner released the word first.
+struct NoWakeWhenBeaten;
+
+impl lockword::Steps for NoWakeWhenBeaten {
+    const WAKE_WHEN_BEATEN: bool = false;
+}
+
+/// Set in the child process of [`model_catches_an_unmarking_unlock_that_wakes_nobody`].
+const PLANTED_BEATEN_ENV: &str = "LOCK_SHM_MODEL_PLANTED_BEATEN";
+
+/// Planted bug: of two threads unlocking one hold with a sleeper behind it, the one that took the
+/// waiters bit off loses the release to the other's fast path, which saw no bit and woke nobody,
+/// and it does not wake the sleeper either: a deadlock.
+#[test]
+fn model_catches_an_unmarking_unlock_that_wakes_nobody() {
+    lock_conformance::child::assert_caught_as_deadlock(
+        "model::model_planted_beaten_child",
+        PLANTED_BEATEN_ENV,
+        "an unmarking unlock beaten by a fast-path one, waking nobody",
+    );
+}
+
+/// The planted bug of [`model_catches_an_unmarking_unlock_that_wakes_nobody`]; passes trivially
+/// outside its child process.
+#[test]
+fn model_planted_beaten_child() {
+    if std::env::var_os(PLANTED_BEATEN_ENV).is_some() {
+        contended_unlock(|world, token| {
+            unlock_steps::<NoWakeWhenBeaten>(world, token, World::wake_one)
+        });
+    }
+}
+
+/// A reader records when it saw a hold (observe.rs, `since_of`: mark, record, re-read) while the
+/// holder unlocks it and another owner takes the lock on the fast path: once everyone is done, a
+/// word without the waiters bit has no time recorded beside it. (A recorded time there would be
+/// shown with the fast-path hold, and nothing would clear it before that hold's successor: with
+/// the lock idle in between, the holder would look older than it is.)
+fn a_sighting_never_outlives_its_hold<S: lockword::Steps>() {
+    check(|| {
+        let world = World::new(token(1), &[1, 2]);
+        let reader = {
+            let world = world.clone();
+            thread::spawn(move || {
+                let v = world.load(Acquire);
+                let raw = world.since.load(SeqCst);
+                if v != 0 && raw & !STARVING == 0 {
+                    lockword::sight(&*world, &world.since, v, raw, 7);
+                }
+            })
+        };
+        assert!(unlock_steps::<S>(&world, token(1), World::wake_one));
+        let fast = lockword::try_fast(&*world, token(2));
+        join(reader);
+        let (word, since) = (world.load(SeqCst), world.since.load(SeqCst));
+        assert!(
+            !fast || word & WAITERS != 0 || since & !STARVING == 0,
+            "a sighting outlived its hold: word {word:#x}, since word {since:#x}"
+        );
+    });
+}
+
+#[test]
+fn model_a_sighting_never_outlives_its_hold() {
+    a_sighting_never_outlives_its_hold::<lockword::Every>();
+}
+
+/// Unlock steps that clear the since word while the waiters bit is still on (the order before
+/// the fix): a reader may record after the clear and keep its time.
+struct ClearBeforeUnmarking;
+
+impl lockword::Steps for ClearBeforeUnmarking {
+    const UNMARK: bool = false;
+}
+
+/// The defect that lock-mem's model found in this protocol is caught here too.
+#[test]
+fn model_catches_the_clear_before_the_unmarking() {
+    let caught = catch_unwind(AssertUnwindSafe(
+        a_sighting_never_outlives_its_hold::<ClearBeforeUnmarking>,
+    ));
+    let message = panic_message(&caught);
+    assert!(
+        message.contains("a sighting outlived its hold"),
+        "the clear before the unmarking failed for another reason: {message}"
     );
 }
 

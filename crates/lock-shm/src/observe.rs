@@ -21,9 +21,11 @@
 //! 2. A reader that finds a hold with no time recorded ([`held`], [`snapshot`], `Inspect`)
 //!    first makes sure the word has the waiters bit, then records the time it saw the hold:
 //!    `since` is then "held at least since", the first moment anyone looked.
-//! 3. The unlock of a word with the waiters bit takes the contended path, which takes back the
-//!    hold record and clears the since word (when it is not already clear) before it releases
-//!    the lock (lockword.rs, `unlock`).
+//! 3. The unlock of a word with the waiters bit takes the contended path, which takes the
+//!    waiters bit off, then takes back the hold record and clears the since word (when it is not
+//!    already clear), then releases the lock (lockword.rs, "Unlocking under a reader": cleared
+//!    while the bit was still on, a reader's record could land after the clear and outlive the
+//!    hold).
 //!
 //! Its top bit ([`STARVING`]) is not part of the time: a starving waiter sets it to ask the
 //! holder's contended unlock, which clears the word anyway, for a hand-off (lockword.rs,
@@ -32,8 +34,9 @@
 //! So a since word is non-zero only while the word has the waiters bit (but for a request that
 //! lands after the hold it was meant for ended, which the next contended unlock clears), and is
 //! cleared before the hold that owns it ends: a fast-path hold that follows finds it clear. A
-//! reader re-checks the word after recording and takes its record back if the hold changed in
-//! between; what is left is that a recorded time can precede the hold it is shown with by the
+//! reader re-checks the word after recording and takes its record back if the word is no longer
+//! the one it marked, and the unlock's unmarking makes sure that either the reader sees it or
+//! the clear erases the record; what is left is that a recorded time can precede the hold it is shown with by the
 //! reader's own delay between reading the clock and recording, never by more. Setting the waiters
 //! bit costs the holder a `FUTEX_WAKE` on unlock once per observed hold; the uncontended path never
 //! pays.
@@ -119,11 +122,7 @@ pub(crate) fn clear_since(shared: &Shared, id: u32) -> bool {
     let Ok(word) = shared.since_word(id) else {
         return false;
     };
-    // A swap only when there is something to clear; a request that lands after it is kept for
-    // the next contended unlock.
-    let v = word.load(Relaxed);
-    let v = if v == 0 { 0 } else { word.swap(0, Relaxed) };
-    v & STARVING != 0
+    lockword::clear(word)
 }
 
 /// Set in a since word by a starving waiter: the hold's contended unlock hands the lock over
@@ -161,20 +160,8 @@ fn since_of(shared: &Shared, id: u32, v: u32) -> Result<Option<SystemTime>> {
     if raw & !STARVING != 0 {
         return Ok(since_time(shared, raw & !STARVING));
     }
-    let word = shared.word(id)?;
     let now = since_now(shared);
-    if lockword::mark(word, v)
-        && since
-            .compare_exchange(raw, raw | now, Relaxed, Relaxed)
-            .is_ok()
-    {
-        // Take the record back if the hold ended before it landed: the next hold may be a
-        // fast-path one, whose unlock would never clear it.
-        let after = word.load(Acquire);
-        if after & OWNER != v & OWNER || after & WAITERS == 0 {
-            let _ = since.compare_exchange(raw | now, raw, Relaxed, Relaxed);
-        }
-    }
+    lockword::sight(shared.word(id)?, since, v, raw, now);
     Ok(since_time(shared, now))
 }
 

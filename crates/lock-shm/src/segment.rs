@@ -98,11 +98,6 @@ impl Le32 {
             .map_err(u32::from_le)
     }
 
-    #[inline]
-    pub(crate) fn swap(&self, value: u32, order: Ordering) -> u32 {
-        u32::from_le(self.0.swap(value.to_le(), order))
-    }
-
     /// Sets the bits of `mask` (a bitwise operation: the byte order of mask and word agree).
     #[inline]
     pub(crate) fn fetch_or(&self, mask: u32, order: Ordering) -> u32 {
