@@ -80,8 +80,14 @@
 //! exits before the close-on-exec descriptors close; a dropped manager's sentinel marks the word
 //! before the slot's lock goes (manager.rs, field order). Where the sentinel could not arm the
 //! word (no thread, `set_robust_list` refused, a thread id above 30 bits), it stays 0 and the
-//! kernel is asked. So the shortcut changes no verdict, only its cost: a `try_lock` of a lock
-//! that a live process holds reads three words instead of making an `fcntl`.
+//! kernel is asked. So, in a segment that only this protocol writes, the shortcut changes no
+//! verdict, only its cost: a `try_lock` of a lock that a live process holds reads three words
+//! instead of making an `fcntl`. A life word armed with no live sentinel behind it (a stray
+//! write, a checkpoint of the segment restored without its processes) would make a dead owner
+//! look alive for as long as nobody asked the kernel, so only `try_lock` takes the shortcut
+//! ([`Probe::Quick`]); every other probe that finds a live-looking owner asks the kernel
+//! ([`Probe::Kernel`]), and a watcher checks the slot's OFD lock once before it sleeps on an
+//! armed life word (watch.rs).
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -142,7 +148,8 @@ fn next_generation(g: u32) -> Option<u32> {
 /// # Errors
 ///
 /// `Unavailable` when every slot is held by an open manager or retired, naming the table's size;
-/// `Io` when `fcntl(2)` fails.
+/// `Corrupt` when none is free and some hold a generation no claim writes (damage); `Io` when
+/// `fcntl(2)` fails.
 pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(u32, u32)> {
     // The first pass leaves a dead manager's slot, pid and all, to name the locks it died holding;
     // the second tries every slot (one closed since the first pass included).
@@ -163,11 +170,21 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(
             }
         }
     }
-    let mut retired = 0;
+    let (mut retired, mut damaged) = (0, 0);
     for slot in 0..CLIENT_SLOTS {
-        if next_generation(seg.u32(layout.slot_offset(slot))?.load(Acquire)).is_none() {
-            retired += 1;
+        match seg.u32(layout.slot_offset(slot))?.load(Acquire) {
+            GEN_MAX => retired += 1,
+            g if g > GEN_MAX => damaged += 1,
+            _ => {}
         }
+    }
+    if damaged > 0 {
+        // No claim ever writes a generation past GEN_MAX: the table was written over, and is
+        // full because of it. That is damage to report as such, not a busy table to wait for.
+        return Err(Error::corrupt(format!(
+            "client table of segment {}: {damaged} of its {CLIENT_SLOTS} slots have a generation above {GEN_MAX}, which no claim writes, and no other slot is free ({retired} retired); remove and recreate the segment",
+            seg.path().display()
+        )));
     }
     let held = CLIENT_SLOTS - retired;
     let what = if retired == 0 {
@@ -315,17 +332,30 @@ pub(crate) fn owner_known_dead(seg: &Segment, layout: &Layout, owner: u32) -> Re
     Ok(owner_known(seg, layout, owner)? == Known::Dead)
 }
 
+/// How far a probe trusts shared memory's "alive" ([`owner_dead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// An armed, unmarked life word answers "alive" without a system call (module docs):
+    /// `try_lock`'s probe, on the path of every try of a lock that someone holds.
+    Quick,
+    /// The kernel has the last word on an owner that shared memory calls alive: waiters' full
+    /// probes, the look at a deadline, the allocation lock's waiters, and what `held` and
+    /// `snapshot` show. So a life word armed without a live sentinel behind it (a stray write, a
+    /// checkpoint restored without its processes) cannot keep a dead owner alive for them.
+    Kernel,
+}
+
 /// Whether the owner named by `owner` (a token other than this manager's) is gone: what shared
-/// memory says ([`owner_known`]), and where it does not tell, whether its slot's byte is
-/// unlocked (`F_OFD_GETLK`, a system call). Token 0 (a word holding only the waiters bit) names
-/// nobody and is dead.
+/// memory says ([`owner_known`]), and where it does not tell (or, with [`Probe::Kernel`], where
+/// it says "alive"), whether its slot's byte is unlocked (`F_OFD_GETLK`, a system call). Token 0
+/// (a word holding only the waiters bit) names nobody and is dead.
 ///
 /// The OFD lock is probed before the generation is read (module docs).
-pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, owner: u32) -> Result<bool> {
+pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, owner: u32, probe: Probe) -> Result<bool> {
     match owner_known(seg, layout, owner)? {
         Known::Dead => return Ok(true),
-        Known::Alive => return Ok(false),
-        Known::Unsure => {}
+        Known::Alive if probe == Probe::Quick => return Ok(false),
+        Known::Alive | Known::Unsure => {}
     }
     let (slot, generation) = decode(owner);
     let off = layout.slot_offset(slot);

@@ -23,7 +23,7 @@ use lock_api::{
 };
 
 use crate::bitmap::Bitmap;
-use crate::client;
+use crate::client::{self, Probe};
 use crate::futex;
 use crate::layout::{Layout, field};
 use crate::life::Sentinel;
@@ -132,11 +132,11 @@ impl Shared {
         ))
     }
 
-    pub(crate) fn owner_dead(&self, owner: u32) -> Result<bool> {
+    pub(crate) fn owner_dead(&self, owner: u32, probe: Probe) -> Result<bool> {
         if owner == self.token {
             return Ok(false);
         }
-        client::owner_dead(&self.seg, &self.layout, owner)
+        client::owner_dead(&self.seg, &self.layout, owner, probe)
     }
 
     fn check(&self, id: LockId) -> Result<()> {
@@ -170,7 +170,7 @@ impl Shared {
         futex::with_lock(
             word,
             self.token,
-            |o| self.owner_dead(o),
+            |o| self.owner_dead(o, Probe::Kernel),
             || self.alloc_lock_stolen(),
             || {
                 let allocated = bitmap.rebuild()?;
@@ -194,7 +194,9 @@ impl Shared {
     /// allocation repairs the counter whenever it is out of step anyway). Never waits.
     fn repair_count(&self) -> Result<()> {
         let word = self.seg.u32(field::ALLOC_LOCK)?;
-        let Some(acquired) = futex::try_lock(word, self.token, |o| self.owner_dead(o))? else {
+        let Some(acquired) =
+            futex::try_lock(word, self.token, |o| self.owner_dead(o, Probe::Kernel))?
+        else {
             return Ok(());
         };
         let bitmap = Bitmap::new(&self.seg, &self.layout);
@@ -415,11 +417,18 @@ impl Manager for ShmManager {
     fn allocate(&self) -> Result<ShmLocker> {
         let capacity = self.shared.layout.capacity;
         let id = self.shared.with_alloc_lock(|bitmap, count| {
-            let Some(id) = bitmap.lowest_free()? else {
-                if count.load(Relaxed) != capacity {
-                    count.store(bitmap.count()?, Release);
+            let id = match bitmap.lowest_free() {
+                Ok(Some(id)) => id,
+                // Every id taken, as the summaries tell it, or a summary that promised a free id
+                // that is not there. The summaries are an index over the leaves, which are the
+                // truth: a stray write to one would hide free ids (a false Exhausted) or fail
+                // every allocation until free_all. Rebuild them (and the counter) and look
+                // again: O(capacity / 64), on this path only.
+                Ok(None) | Err(Error::Corrupt { .. }) => {
+                    count.store(bitmap.rebuild()?, Release);
+                    bitmap.lowest_free()?.ok_or(Error::Exhausted { capacity })?
                 }
-                return Err(Error::Exhausted { capacity });
+                Err(e) => return Err(e),
             };
             bitmap.set(id)?;
             step_count(bitmap, count, capacity, true)?;
@@ -634,7 +643,9 @@ impl Locker for ShmLocker {
     /// manager included, holds it.
     fn try_lock(&self) -> Result<Option<Acquired>> {
         let word = self.word()?;
-        let acquired = futex::try_lock(word, self.shared.token, |o| self.shared.owner_dead(o))?;
+        let acquired = futex::try_lock(word, self.shared.token, |o| {
+            self.shared.owner_dead(o, Probe::Quick)
+        })?;
         if acquired == Some(Acquired::OwnerDied) {
             crate::observe::record_since(&self.shared, self.id)?;
         }

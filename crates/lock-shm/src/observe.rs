@@ -65,7 +65,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_api::{Cycle, Error, Holder, LockId, LockState, Result, find_cycle, host_name};
 
-use crate::client;
+use crate::client::{self, Probe};
 use crate::futex;
 use crate::layout::{CLIENT_SLOTS, field};
 use crate::lockword::{self, OWNER, WAITERS};
@@ -179,7 +179,7 @@ impl Owners {
         if token == 0 {
             holder = holder.dead(true);
         } else {
-            holder = holder.dead(shared.owner_dead(token)?);
+            holder = holder.dead(shared.owner_dead(token, Probe::Kernel)?);
             if let Some(pid) = client::pid_of(&shared.seg, &shared.layout, token)? {
                 holder = holder.pid(pid);
             }
@@ -369,7 +369,7 @@ pub(crate) fn detect(
     let word = shared.seg.u32(field::DETECT_LOCK)?;
     // A detector that died holding the lock left nothing half-done that matters: its own
     // waiter entries died with it.
-    if futex::try_lock(word, shared.token, |o| shared.owner_dead(o))?.is_none() {
+    if futex::try_lock(word, shared.token, |o| shared.owner_dead(o, Probe::Kernel))?.is_none() {
         return Ok(Checked::Busy);
     }
     let verdict = (|| {

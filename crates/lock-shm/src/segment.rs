@@ -561,6 +561,14 @@ fn open_checked(
         Err(rustix::io::Errno::LOOP) => {
             return Err(Error::incompatible(file_type(), "regular file", symlink));
         }
+        // A directory at the name (opened for writing): not a segment, like any other file type.
+        Err(rustix::io::Errno::ISDIR) => {
+            return Err(Error::incompatible(
+                file_type(),
+                "regular file",
+                "directory",
+            ));
+        }
         Err(e) => return Err(io_err("open", path, e)),
     };
     let stat = rustix::fs::fstat(&fd).map_err(|e| io_err("fstat", path, e))?;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use lock_api::Result;
 
-use crate::client::{self, WAIT_ENTRIES};
+use crate::client::{self, Probe, WAIT_ENTRIES};
 use crate::futex::{self, PROBE_INTERVAL};
 use crate::life;
 use crate::lockword::OWNER;
@@ -337,7 +337,7 @@ impl Sys<Le32> for LockWaiter<'_> {
 
     fn dead(&mut self, owner: u32, full: bool) -> Result<bool> {
         if full {
-            self.shared.owner_dead(owner)
+            self.shared.owner_dead(owner, Probe::Kernel)
         } else {
             client::owner_known_dead(&self.shared.seg, &self.shared.layout, owner)
         }

@@ -25,6 +25,11 @@
 //! alive and no lock held; it ends when the owner it watches ends, announcing that death for
 //! whoever still cares.
 //!
+//! Before it sleeps, a watcher asks the kernel once whether the slot's byte is still locked:
+//! an owner already gone is announced at once, whatever its life word says, so a life word armed
+//! with no live sentinel behind it (a stray write, a checkpoint restored without its processes)
+//! cannot keep a waiter asleep.
+//!
 //! A claimer that takes a slot announces its previous owner's death too (client.rs), which
 //! covers a slot reclaimed before a watcher's request reached the kernel (the watcher then
 //! blocks on the new owner, and the announcement comes from the claimer instead).
@@ -110,6 +115,18 @@ impl Watchers {
     /// owner's exit), on the slot's OFD lock otherwise.
     fn run(&self, slot: u32) {
         let off = self.layout.slot_offset(slot);
+        // The kernel first: an owner already gone is announced at once, whatever its life word
+        // says (one armed with no live sentinel behind it would keep this watcher asleep for
+        // ever; client.rs, "Claiming and probing").
+        match self.gone(off) {
+            Ok(Some(generation)) => {
+                self.leave(slot);
+                let _ = client::announce_death(&self.seg, &self.layout, slot, generation);
+                return;
+            }
+            Ok(None) => {}
+            Err(_) => return self.fail(slot),
+        }
         let life = self.seg.u32(off).and_then(|generation| {
             let life = client::life_word(&self.seg, &self.layout, slot)?;
             life::watch(&life::Slot { generation, life })
@@ -122,6 +139,17 @@ impl Watchers {
             Ok(Watched::Unarmed) => self.watch_ofd(slot, off),
             Err(_) => self.fail(slot),
         }
+    }
+
+    /// The generation of the slot's owner when the kernel says that owner is gone (its byte
+    /// unlocked: read after the generation, so the owner of that generation or an earlier one;
+    /// a live owner holds its byte from before it stores its generation until it ends).
+    fn gone(&self, off: usize) -> Result<Option<u32>> {
+        let generation = self.seg.u32(off)?.load(Acquire);
+        if generation == 0 || self.seg.ofd_is_locked(off)? {
+            return Ok(None);
+        }
+        Ok(Some(generation))
     }
 
     /// Leaves the registry (module docs): a wait that begins after this starts its own watcher.

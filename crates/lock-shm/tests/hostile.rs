@@ -296,9 +296,10 @@ fn garbage_lock_word_is_taken_over() {
     assert!(m.held().unwrap().is_empty());
 }
 
-/// A counter or summary damaged after open gives Corrupt, never a panic.
+/// A counter damaged after open gives Corrupt, never a panic; summaries damaged after open are
+/// rebuilt from the leaves (the truth) by the allocation that finds them wrong.
 #[test]
-fn runtime_damage_is_corrupt() {
+fn runtime_damage_is_corrupt_or_repaired() {
     let n = Name::new("runtime");
     let m = ShmManager::create(&n.0, 4096).unwrap();
     n.write_at(ALLOCATED, &5000u32.to_le_bytes());
@@ -307,7 +308,8 @@ fn runtime_damage_is_corrupt() {
     let bitmap = 256 + 1024 * 128;
     // Leaf 0 full while the summary says it is not.
     n.write_at(bitmap, &u64::MAX.to_le_bytes());
-    assert!(matches!(m.allocate(), Err(Error::Corrupt { .. })));
+    assert_eq!(m.allocate().unwrap().id(), LockId(64));
+    assert_eq!(m.available().unwrap(), Some(4096 - 65));
     // Padding bits of the top word cleared: would point past the table.
     let m2n = Name::new("padding");
     let m2 = ShmManager::create(&m2n.0, 10).unwrap();
@@ -316,7 +318,26 @@ fn runtime_damage_is_corrupt() {
     }
     assert!(matches!(m2.allocate(), Err(Error::Exhausted { .. })));
     m2n.write_at(bitmap, &0x3ffu64.to_le_bytes());
-    assert!(matches!(m2.allocate(), Err(Error::Corrupt { .. })));
+    assert!(matches!(m2.allocate(), Err(Error::Exhausted { .. })));
+    assert_eq!(m2n.read_u32(bitmap), u32::MAX, "padding not restored");
+}
+
+/// A summary that says every id is taken while the leaves have free ones (a stray write) hides
+/// nothing: allocate agrees with `available` and hands out the lowest free id. It gave a false
+/// `Exhausted` until `free_all`.
+#[test]
+fn a_summary_full_over_free_leaves_is_rebuilt() {
+    let n = Name::new("summary");
+    let m = ShmManager::create(&n.0, 100).unwrap();
+    let bitmap = 256 + 1024 * 128;
+    // Capacity 100: two leaf words (bitmap, bitmap + 8), then the top word.
+    n.write_at(bitmap + 16, &u64::MAX.to_le_bytes());
+    assert_eq!(m.available().unwrap(), Some(100));
+    assert_eq!(m.allocate().unwrap().id(), LockId(0));
+    let taken = m.allocate_and_retrieve(LockId(5)).unwrap();
+    taken.free().unwrap();
+    assert_eq!(m.allocate().unwrap().id(), LockId(1));
+    assert_eq!(m.available().unwrap(), Some(98));
 }
 
 /// The header's epoch (offset 104), which open accepts whatever it holds: damaged past any time
@@ -508,4 +529,97 @@ fn a_word_handed_to_nobody_is_free() {
             n.read_u32(word)
         );
     }
+}
+
+/// Runs `f` on a thread and waits at most `limit` for its result: `None` when it hangs (the
+/// thread is then left behind, and the test fails).
+fn bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// A slot that looks alive to shared memory alone (a generation and an armed, unmarked life
+/// word, as a stray write or a checkpoint restored without its processes leaves it) but whose
+/// OFD lock nobody holds is dead: the kernel has the last word. Its table lock is taken over by
+/// `lock` and by `try_lock_for`, the allocation lock it appears to hold by `allocate`, and `held`
+/// flags it dead.
+#[test]
+fn an_armed_life_word_without_its_owner_is_dead() {
+    let n = Name::new("armed");
+    let m = std::sync::Arc::new(ShmManager::create(&n.0, 100).unwrap());
+    let (a, b) = (m.allocate().unwrap(), m.allocate().unwrap());
+    let slot = 256 + 1000 * 128;
+    n.write_at(slot, &5u32.to_le_bytes());
+    // The life word is in native byte order (the kernel's): an armed thread id, no flags.
+    n.write_at(slot + 16, &12_345u32.to_ne_bytes());
+    let token: u32 = (5 << 10) | 1000;
+    let locks = u64::from(n.read_u32(72));
+    for id in [a.id(), b.id()] {
+        n.write_at(locks + 4 * u64::from(id.0), &token.to_le_bytes());
+    }
+    n.write_at(ALLOC_LOCK, &token.to_le_bytes());
+    let limit = Duration::from_secs(20);
+
+    let held = m.held().unwrap();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(
+        held.iter()
+            .all(|h| h.holder.as_ref().is_some_and(|who| who.dead)),
+        "the holder is not flagged dead: {held:?}"
+    );
+    let acquired = bounded(limit, move || a.lock().map(|got| (got, a)));
+    let (got, a) = acquired.expect("lock hung on a dead holder").unwrap();
+    assert_eq!(got, Acquired::OwnerDied);
+    a.unlock().unwrap();
+    assert_eq!(
+        b.try_lock_for(Duration::from_millis(300)).unwrap(),
+        Acquired::OwnerDied
+    );
+    b.unlock().unwrap();
+    let m2 = m.clone();
+    let allocated = bounded(limit, move || m2.allocate().map(|l| l.id()));
+    assert!(
+        allocated
+            .expect("allocate hung on a dead allocation lock")
+            .is_ok(),
+        "allocate failed"
+    );
+}
+
+/// A directory at the segment's name is not a segment: `Incompatible`, as any other file type
+/// (it was `Io`, from the open's `EISDIR`), and it is left alone.
+#[test]
+fn a_directory_at_the_name_is_incompatible() {
+    let n = Name::new("directory");
+    std::fs::create_dir(n.path()).unwrap();
+    let opened = ShmManager::open(&n.0).map(drop);
+    let either = ShmManager::open_or_create(&n.0, CAPACITY).map(drop);
+    std::fs::remove_dir(n.path()).unwrap();
+    assert!(
+        matches!(opened, Err(Error::Incompatible { .. })),
+        "{opened:?}"
+    );
+    assert!(
+        matches!(either, Err(Error::Incompatible { .. })),
+        "{either:?}"
+    );
+}
+
+/// A client table written over with generations no claim writes leaves no slot to claim: that
+/// is damage (`Corrupt`), not a busy table (`Unavailable`), and the open writes nothing.
+#[test]
+fn a_client_table_of_garbage_is_corrupt() {
+    let n = Name::new("clients");
+    drop(ShmManager::create(&n.0, 64).unwrap());
+    n.write_at(256, &vec![0xffu8; 1024 * 128]);
+    let before = n.bytes();
+    let r = ShmManager::open(&n.0).map(drop);
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    assert!(n.bytes() == before, "a refused open wrote to the segment");
 }
