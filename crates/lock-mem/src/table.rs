@@ -73,12 +73,18 @@ struct Table {
 }
 
 impl Table {
-    fn new(capacity: u32) -> Result<Table> {
+    /// `InvalidArgument` unless `capacity` is one a table can have.
+    fn check_capacity(capacity: u32) -> Result<()> {
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(Error::invalid(format!(
                 "capacity {capacity}: a lock-mem table has 1 to {MAX_CAPACITY} locks"
             )));
         }
+        Ok(())
+    }
+
+    fn new(capacity: u32) -> Result<Table> {
+        Table::check_capacity(capacity)?;
         Ok(Table {
             capacity,
             states: (0..capacity).map(|_| AtomicU64::new(FREE)).collect(),
@@ -243,6 +249,9 @@ impl Store for MemManager {
     }
 
     fn open_or_create(name: &str, capacity: u32) -> Result<(MemManager, bool)> {
+        // A capacity no table can have is a bad argument whatever is registered under the name,
+        // as on every other backend (it was `Incompatible` when the table existed).
+        Table::check_capacity(capacity)?;
         let mut registry = registry();
         if let Some(table) = registry.get(name) {
             if table.capacity != capacity {
@@ -733,6 +742,12 @@ mod tests {
             MemManager::open_or_create(&name, 5),
             Err(Error::Incompatible { .. })
         ));
+        for bad in [0, MAX_CAPACITY + 1] {
+            assert!(matches!(
+                MemManager::open_or_create(&name, bad),
+                Err(Error::InvalidArgument { .. })
+            ));
+        }
         assert!(matches!(
             MemManager::create(&name, 4),
             Err(Error::AlreadyExists { .. })

@@ -72,7 +72,8 @@ pub fn store_outlives_its_manager<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
 }
 
 /// `open` reads the capacity from the store; `open_or_create` with another capacity fails with
-/// `Incompatible` and changes nothing.
+/// `Incompatible`, with a zero capacity with `InvalidArgument` (a bad argument whatever is
+/// stored), and either changes nothing.
 pub fn reopen_with_another_capacity_is_incompatible<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
     let manager = ctx.create(8)?;
     let opened = ctx.open()?;
@@ -88,6 +89,11 @@ pub fn reopen_with_another_capacity_is_incompatible<B: Backend>(ctx: &Ctx<'_, B>
             format!("open_or_create with capacity {other} of a store of 8")
         );
     }
+    ensure_err!(
+        ctx.open_or_create(0),
+        Error::InvalidArgument { .. },
+        "open_or_create with capacity 0 of a store of 8"
+    );
     ensure!(
         manager.capacity() == Some(8),
         "a refused open changed the capacity"
