@@ -4,6 +4,7 @@
 //! Parsing does no I/O: a spec that parses may still name a store that does not exist.
 
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -69,12 +70,22 @@ impl StoreSpec {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] naming what is wrong: a missing or unknown scheme, an empty
-    /// name, a NUL byte, a `..` component, a `/` in a shm name, a relative etcd path, a bad host
-    /// or port, an unknown option or a bad TTL.
+    /// name, a NUL byte or another control character, a name, path or key segment that starts
+    /// or ends with whitespace, a `..` component, a `/` in a shm name, a relative etcd path, a
+    /// bad host or port, an unknown option or a bad TTL.
     pub fn parse(spec: &str) -> Result<StoreSpec> {
         let bad = |why: &str| Error::invalid(format!("store spec {spec:?}: {why}"));
         if spec.contains('\0') {
             return Err(bad("contains a NUL byte"));
+        }
+        // Tabs, newlines and escapes come from a badly quoted configuration line, never from a
+        // name someone meant: no backend's names need them, and they hide in messages and
+        // listings.
+        if let Some((at, c)) = spec.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(bad(&format!(
+                "contains the control character {c:?} (U+{:04X}) at byte {at}",
+                u32::from(c)
+            )));
         }
         if let Some(rest) = spec.strip_prefix("etcd://") {
             return parse_etcd(rest)
@@ -142,12 +153,27 @@ impl fmt::Display for StoreSpec {
     }
 }
 
-/// A shm or mem name: non-empty, at most [`MAX_NAME_LEN`] bytes, not `.` or `..`, and (for shm,
-/// a file name in /dev/shm) without `/`.
+/// Refuses `text`, the `what` of a spec, when it starts or ends with whitespace: `shm: x` is a
+/// typo for `shm:x`, not a segment named " x", and such names are all but invisible in
+/// listings.
+fn check_ends(what: &str, text: &str) -> std::result::Result<(), String> {
+    if text.starts_with(char::is_whitespace) {
+        return Err(format!("{what} {text:?} starts with whitespace"));
+    }
+    if text.ends_with(char::is_whitespace) {
+        return Err(format!("{what} {text:?} ends with whitespace"));
+    }
+    Ok(())
+}
+
+/// A shm or mem name: non-empty, at most [`MAX_NAME_LEN`] bytes, not `.` or `..`, not starting
+/// or ending with whitespace, and (for shm, a file name in /dev/shm) without `/`. Control
+/// characters were refused with the whole spec.
 fn parse_name(scheme: &str, name: &str, file_name: bool) -> std::result::Result<String, String> {
     if name.is_empty() {
         return Err(format!("empty {scheme} name"));
     }
+    check_ends(&format!("{scheme} name"), name)?;
     if name.len() > MAX_NAME_LEN {
         return Err(format!(
             "{scheme} name is {} bytes, longer than {MAX_NAME_LEN}",
@@ -163,12 +189,14 @@ fn parse_name(scheme: &str, name: &str, file_name: bool) -> std::result::Result<
     Ok(name.to_owned())
 }
 
-/// A file or dir path: non-empty and without a `..` component (a spec never climbs out of the
-/// directory it names, so a spec taken from configuration cannot be aimed elsewhere by `..`).
+/// A file or dir path: non-empty, not starting or ending with whitespace (spaces inside stay
+/// legal), and without a `..` component (a spec never climbs out of the directory it names, so
+/// a spec taken from configuration cannot be aimed elsewhere by `..`).
 fn parse_path(path: &str) -> std::result::Result<PathBuf, String> {
     if path.is_empty() {
         return Err("empty path".into());
     }
+    check_ends("path", path)?;
     let path = Path::new(path);
     if path.components().any(|c| c == Component::ParentDir) {
         return Err("path contains a '..' component".into());
@@ -207,6 +235,9 @@ fn parse_etcd(rest: &str) -> std::result::Result<EtcdSpec, String> {
     if segments.iter().any(|s| *s == "." || *s == "..") {
         return Err(format!("key path /{path} has a '.' or '..' segment"));
     }
+    for segment in &segments {
+        check_ends("key segment", segment)?;
+    }
     let (table, prefix) = segments.split_last().ok_or("empty key path")?;
     let mut spec = EtcdSpec {
         endpoints,
@@ -229,16 +260,27 @@ fn parse_etcd(rest: &str) -> std::result::Result<EtcdSpec, String> {
     Ok(spec)
 }
 
+/// One `HOST:PORT` endpoint, kept as written once [`check_host`] accepts its host.
 fn parse_endpoint(endpoint: &str) -> std::result::Result<String, String> {
-    let Some((host, port)) = endpoint.rsplit_once(':') else {
+    // A bracketed IPv6 address has colons of its own: the port follows the `]`.
+    let split = match endpoint.find(']') {
+        Some(end) if endpoint.starts_with('[') => endpoint[end + 1..]
+            .strip_prefix(':')
+            .map(|port| (&endpoint[..=end], port)),
+        _ => endpoint.rsplit_once(':'),
+    };
+    let Some((host, port)) = split else {
         return Err(format!("endpoint {endpoint:?} has no port (HOST:PORT)"));
     };
     if host.is_empty() {
         return Err(format!("endpoint {endpoint:?} has an empty host"));
     }
-    if host.contains(|c: char| c.is_whitespace() || c == '@' || c == '/') {
-        return Err(format!("endpoint {endpoint:?} has a bad host"));
-    }
+    check_host(host).map_err(|why| {
+        format!(
+            "endpoint {endpoint:?} has a bad host: {why} (a host is a DNS name of letters, \
+             digits, '-', '_' and '.', an IPv4 address, or an IPv6 address in brackets)"
+        )
+    })?;
     // Digits only: `u16::from_str` also takes a leading `+`, which no URL port has.
     let number = port
         .bytes()
@@ -251,6 +293,72 @@ fn parse_endpoint(endpoint: &str) -> std::result::Result<String, String> {
             "endpoint {endpoint:?}: bad port {port:?} (1-65535)"
         )),
     }
+}
+
+/// The longest DNS name, in bytes, without its final dot (RFC 1035).
+const MAX_HOST_LEN: usize = 253;
+/// The longest label of a DNS name (RFC 1035).
+const MAX_LABEL_LEN: usize = 63;
+
+/// Checks an etcd host at parse time, so a typo is `InvalidArgument` at once rather than a
+/// failed DNS lookup seconds later: a DNS name (labels of ASCII letters, digits, `-` and `_`,
+/// separated by `.`, no label empty or starting or ending with `-`; one final `.` allowed),
+/// an IPv4 address, or an IPv6 address in brackets (without a zone).
+///
+/// `_` is not in RFC 1123's host names, but resolvers accept it and container tools name
+/// hosts with it (`project_etcd_1`), and the old parser let such hosts through to a working
+/// connection. A host of digits and dots only must be an IPv4 address: `1.2.3` or `010.0.0.1`
+/// would otherwise reach `inet_aton`'s guessing.
+fn check_host(host: &str) -> std::result::Result<(), String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let Some(address) = inner.strip_suffix(']') else {
+            return Err(format!("{host:?} opens a '[' it does not close"));
+        };
+        return match address.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!("{address:?} is not an IPv6 address")),
+        };
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "{host:?}: an IPv6 address must be in brackets, as in [::1]:2379"
+        ));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return match host.parse::<Ipv4Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "{host:?} is not an IPv4 address (four numbers 0-255, no leading zeros)"
+            )),
+        };
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > MAX_HOST_LEN {
+        return Err(format!(
+            "{} bytes, longer than the {MAX_HOST_LEN} a DNS name may have",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!("{host:?} has an empty label"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("{host:?} contains {c:?}"));
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(format!(
+                "{host:?} has a label longer than {MAX_LABEL_LEN} bytes"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{host:?} has a label that starts or ends with '-'"));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a duration written as a whole number and a unit: `500ms`, `30s`, `2m`, `1h`.
@@ -322,6 +430,8 @@ mod tests {
             "dir:/run/app.lock",
             "etcd://127.0.0.1:2379/lockyard/podman",
             "etcd://a:1,b:2,c:3/deep/prefix/table?ttl=10s",
+            "etcd://[::1]:2379,etcd-1.local:2379/lockyard/podman",
+            "dir:/run/my app/locks",
         ] {
             let spec = StoreSpec::parse(text).unwrap();
             assert_eq!(spec.to_string(), text);
@@ -366,10 +476,135 @@ mod tests {
         assert!(why("etcd://h:x/a/b").contains("bad port"));
         assert!(why("etcd://h:+1/a/b").contains("bad port"));
         assert!(why("etcd://:1/a/b").contains("empty host"));
+        assert!(why("etcd://h#x:1/a/b").contains("bad host"));
+        assert!(why("shm: x").contains("starts with whitespace"));
+        assert!(why("mem:x\t").contains("control character"));
         assert!(why("etcd://h:1/a/b?ttl=ten").contains("bad ttl"));
         assert!(why("etcd://h:1/a/b?ttl=0s").contains("bad ttl: zero"));
         assert!(why("etcd://h:1/a/b?ttl=5").contains("bad ttl"));
         assert!(why("etcd://h:1/a/b?colour=red").contains("unknown option"));
+    }
+
+    /// A shm or mem name, a path or an etcd key segment that starts or ends with whitespace,
+    /// and a spec with any control character, are `InvalidArgument` naming the problem.
+    #[test]
+    fn edge_whitespace_and_control_characters_are_invalid() {
+        for spec in [
+            "shm: x",
+            "shm:x ",
+            "mem: ",
+            "mem:x\u{a0}",
+            "file: /var/locks",
+            "dir:/run/app ",
+            "etcd://h:1/ a/b",
+            "etcd://h:1/a/b ",
+        ] {
+            let why = why(spec);
+            assert!(why.contains("with whitespace"), "{spec:?}: {why}");
+        }
+        for spec in [
+            "shm:a\tb",
+            "shm:x\n",
+            "mem:\tx",
+            "mem:a\u{7f}",
+            "mem:a\u{85}b",
+            "file:/a\nb",
+            "dir:/run/\u{1b}[0m",
+            "etcd://h:1/a/b\r",
+            "\tshm:x",
+        ] {
+            let why = why(spec);
+            assert!(why.contains("control character"), "{spec:?}: {why}");
+        }
+        for (spec, want) in [
+            ("shm:a b", StoreSpec::Shm("a b".into())),
+            ("mem:a b", StoreSpec::Mem("a b".into())),
+            ("dir:/my locks/a b", StoreSpec::Dir("/my locks/a b".into())),
+            ("file:my locks", StoreSpec::File("my locks".into())),
+        ] {
+            assert_eq!(
+                StoreSpec::parse(spec).unwrap(),
+                want,
+                "inner spaces stay legal"
+            );
+        }
+    }
+
+    /// etcd hosts are DNS names, IPv4 addresses or bracketed IPv6 addresses, checked when the
+    /// spec is parsed: anything else is `InvalidArgument` naming the host, with no lookup.
+    #[test]
+    fn etcd_hosts_are_checked_at_parse_time() {
+        for host in [
+            "h#x",
+            "h x",
+            "h!",
+            "-h",
+            "h-",
+            "a..b",
+            ".h",
+            "h..",
+            "bücher.example",
+            "256.1.1.1",
+            "1.2.3",
+            "010.0.0.1",
+            "1234",
+            "[::1",
+            "[zz::1]",
+            "[fe80::1%eth0]",
+            "[1.2.3.4]",
+            "fe80::1",
+            &"a".repeat(64),
+            &["abc"; 64].join("."),
+        ] {
+            let spec = format!("etcd://{host}:2379/a/b");
+            let why = why(&spec);
+            assert!(why.contains("bad host"), "{spec:?}: {why}");
+        }
+        for host in [
+            "localhost",
+            "H",
+            "h.",
+            "etcd-0.etcd.svc.cluster.local",
+            "project_etcd_1",
+            "123.example",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::1]",
+            "[2001:db8::1]",
+            "[::ffff:10.0.0.1]",
+            &"a".repeat(63),
+            &["abc"; 63].join("."),
+        ] {
+            let text = format!("etcd://{host}:2379,other:2380/a/b");
+            let spec = StoreSpec::parse(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            let StoreSpec::Etcd(etcd) = &spec else {
+                panic!("{spec:?}")
+            };
+            assert_eq!(
+                etcd.endpoints,
+                [format!("{host}:2379"), "other:2380".into()]
+            );
+            assert_eq!(spec.to_string(), text);
+        }
+        assert!(why("etcd://[::1]/a/b").contains("no port"));
+        assert!(why("etcd://[::1]:0/a/b").contains("bad port"));
+    }
+
+    /// Every spec that parses prints as a spec that parses back to the same value.
+    #[test]
+    fn display_parses_back_to_the_same_spec() {
+        for text in [
+            "shm:a b",
+            "mem:x:y",
+            "file:./locks/",
+            "dir:/my locks/a b",
+            "etcd://[::1]:2379/p/t",
+            "etcd://h.:1,10.0.0.1:2/p/q/t?ttl=1000ms",
+            "etcd://h:1/p/t?ttl=90s",
+        ] {
+            let spec = StoreSpec::parse(text).unwrap();
+            assert_eq!(StoreSpec::parse(&spec.to_string()).unwrap(), spec, "{text}");
+        }
     }
 
     #[test]
