@@ -38,6 +38,17 @@ pub(crate) const TEMP_PREFIX: &str = ".dirlock-tmp.";
 /// this kernel (older than 6.10, without CAP_DAC_READ_SEARCH) wants the path.
 static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
 
+/// Whose path a lock directory is, which decides what finding something else there means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A path the caller chose (`DirLock::new`): a missing one is `NotFound`, and one that is
+    /// not a directory is a bad argument.
+    Given,
+    /// Lock directory `N` of a `dir:` store, which the store's creator made: anything but a
+    /// directory there, or nothing, is damage to the store (`Corrupt`).
+    InStore,
+}
+
 /// The open lock directory.
 #[derive(Debug)]
 pub(crate) struct Dir {
@@ -148,37 +159,52 @@ fn errno_io(e: Errno) -> io::Error {
 }
 
 impl Dir {
-    /// Opens `path` as a lock directory.
+    /// Opens `path`, which is at `place`, as a lock directory.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] when it does not exist, [`Error::InvalidArgument`] when it is not a
-    /// directory (or is a symlink to one: the lock must not move under a changed link),
-    /// [`Error::Io`] when it cannot be opened or written (`access(2)` with `W_OK`).
-    pub(crate) fn open(path: &Path) -> Result<Dir> {
-        let dir = Dir::open_readable(path)?;
+    /// As for [`open_readable`](Dir::open_readable); [`Error::Io`] when it cannot be written
+    /// (`access(2)` with `W_OK`).
+    pub(crate) fn open_at(path: &Path, place: Place) -> Result<Dir> {
+        let dir = Dir::open_readable(path, place)?;
         rustix::fs::accessat(&dir.fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS)
             .map_err(|e| Error::io("access", path, errno_io(e)))?;
         Ok(dir)
     }
 
-    /// Opens `path` as a lock directory to read its records only (`held`, for a user who
-    /// may look but not lock).
+    /// Opens `path`, which is at `place`, as a lock directory to read its records only
+    /// (`held`, for a user who may look but not lock).
     ///
     /// # Errors
     ///
-    /// As for [`open`](Dir::open), without the write check.
-    pub(crate) fn open_readable(path: &Path) -> Result<Dir> {
+    /// At [`Place::Given`], [`Error::NotFound`] when it does not exist and
+    /// [`Error::InvalidArgument`] when it is not a directory (or is a symlink to one: the lock
+    /// must not move under a changed link); at [`Place::InStore`], [`Error::Corrupt`] for
+    /// both. [`Error::Io`] when it cannot be opened.
+    pub(crate) fn open_readable(path: &Path, place: Place) -> Result<Dir> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
-            Errno::NOENT => Error::NotFound {
-                what: format!("lock directory {}", path.display()),
-            },
-            Errno::NOTDIR | Errno::LOOP => Error::invalid(format!(
-                "{} is not a directory (symlinks are not followed)",
-                path.display()
-            )),
-            e => Error::io("open", path, errno_io(e)),
+        let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(|e| {
+            match (e, place) {
+                (Errno::NOENT, Place::Given) => Error::NotFound {
+                    what: format!("lock directory {}", path.display()),
+                },
+                (Errno::NOTDIR | Errno::LOOP, Place::Given) => Error::invalid(format!(
+                    "{} is not a directory (symlinks are not followed)",
+                    path.display()
+                )),
+                (Errno::NOENT, Place::InStore) => Error::corrupt(format!(
+                    "dirlock store: the lock directory {} is missing",
+                    path.display()
+                )),
+                // ENOTDIR is also what a store replaced by a file after `open` gives: damage
+                // all the same.
+                (Errno::NOTDIR | Errno::LOOP, Place::InStore) => Error::corrupt(format!(
+                    "dirlock store: {} is not a directory where a lock directory belongs \
+                     (a file or a symlink, which is not followed)",
+                    path.display()
+                )),
+                (e, _) => Error::io("open", path, errno_io(e)),
+            }
         })?;
         Ok(Dir {
             fd,
@@ -616,7 +642,7 @@ mod tests {
     #[test]
     fn named_records_leave_nothing_behind() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = Dir::open(tmp.path()).unwrap();
+        let dir = Dir::open_at(tmp.path(), Place::Given).unwrap();
         let me = liveness::current().unwrap();
         // Dropped before publication: the private name goes.
         let file = dir.write_record_named(&me).unwrap();
@@ -635,7 +661,7 @@ mod tests {
     #[test]
     fn named_records_reclaim_through_levels() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = Dir::open(tmp.path()).unwrap();
+        let dir = Dir::open_at(tmp.path(), Place::Given).unwrap();
         let me = liveness::current().unwrap();
         let mut dead = me.record();
         dead.start_time += 1;
@@ -656,7 +682,7 @@ mod tests {
     #[test]
     fn unnamed_records_link_through_proc_too() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = Dir::open(tmp.path()).unwrap();
+        let dir = Dir::open_at(tmp.path(), Place::Given).unwrap();
         let me = liveness::current().unwrap();
         let file = dir.write_record(&me).unwrap();
         if file.temp.name.is_some() {
@@ -675,7 +701,7 @@ mod tests {
     #[test]
     fn removing_our_own_level_checks_the_names_left() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = Dir::open(tmp.path()).unwrap();
+        let dir = Dir::open_at(tmp.path(), Place::Given).unwrap();
         let me = liveness::current().unwrap();
         // No name left (the lock was broken): nothing removed.
         let file = dir.write_record(&me).unwrap();
@@ -703,7 +729,7 @@ mod tests {
     #[test]
     fn unnamed_records_are_renewed_once_spent() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = Dir::open(tmp.path()).unwrap();
+        let dir = Dir::open_at(tmp.path(), Place::Given).unwrap();
         let me = liveness::current().unwrap();
         let file = dir.write_record(&me).unwrap();
         if file.temp.name.is_some() {

@@ -26,7 +26,7 @@ pub use crate::liveness::{HeldBecause, StaleBecause, Verdict};
 pub use crate::record::{FORMAT_VERSION, MAGIC, MAX_RECORD_LEN, OLDEST_FORMAT_VERSION, Record};
 pub use crate::table::{DirTable, MARKER, MAX_CAPACITY, STORE_VERSION};
 
-use crate::dir::{Dir, FileId, Owned, RecordFile, Seen, level_name, takeover_name};
+use crate::dir::{Dir, FileId, Owned, Place, RecordFile, Seen, level_name, takeover_name};
 use crate::levels::{Attempt, Blocked, tidy, try_take_taken};
 use crate::liveness::Identity;
 use crate::ofd::Probe;
@@ -219,8 +219,15 @@ impl DirLock {
     /// [`Error::NotFound`] when `dir` does not exist; [`Error::InvalidArgument`] when it is not
     /// a directory or is a symlink; [`Error::Io`] when it cannot be opened or is not writable.
     pub fn new(dir: impl AsRef<Path>) -> Result<DirLock> {
+        DirLock::open_at(dir.as_ref(), Place::Given)
+    }
+
+    /// A handle on the lock over `dir`, which is at `place`: where a `dir:` store's lock
+    /// directory is missing or not a directory, the error is `Corrupt` rather than
+    /// [`new`](DirLock::new)'s `NotFound` or `InvalidArgument`.
+    pub(crate) fn open_at(dir: &Path, place: Place) -> Result<DirLock> {
         Ok(DirLock {
-            dir: Dir::open(dir.as_ref())?,
+            dir: Dir::open_at(dir, place)?,
             id: LockId(0),
             state: Mutex::new(State {
                 held: None,

@@ -14,6 +14,8 @@
 //! Allocation is not a dirlock concept: `allocate`, `allocate_and_retrieve` and `free_all` are
 //! [`Error::Unsupported`], and `available` is `None`.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use lock_api::{
@@ -22,7 +24,7 @@ use lock_api::{
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::dir::Dir;
+use crate::dir::{Dir, Place};
 use crate::{DirLock, holder, liveness};
 
 /// The name of the marker file that makes a directory a store of directory locks.
@@ -58,24 +60,88 @@ fn store_what(path: &Path) -> String {
     format!("dirlock store {}", path.display())
 }
 
-/// The parent directory and the last component of `path`, for names built beside it.
-fn split(path: &Path) -> Result<(PathBuf, String)> {
+/// `NAME_MAX` on Linux: the longest file name, in bytes, when the file system does not say.
+const NAME_MAX: usize = 255;
+
+/// The longest file name the file system of `dir` allows (`statvfs(3)` `f_namemax`), or
+/// [`NAME_MAX`] when it cannot be asked (the directory is missing: the caller then fails on
+/// it anyway) or answers something no file system means.
+fn name_max(dir: &Path) -> usize {
+    rustix::fs::statvfs(dir)
+        .ok()
+        .and_then(|vfs| usize::try_from(vfs.f_namemax).ok())
+        .filter(|&max| max > PRIVATE_LEN)
+        .unwrap_or(NAME_MAX)
+}
+
+/// The store's parent directory, its last component, and the longest name that parent's file
+/// system allows, for the private names built beside it.
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] when `path` has no last component, or when that component is
+/// longer than the file system allows, so no call can ever find a store there: checked before
+/// anything is created.
+fn split(path: &Path) -> Result<(PathBuf, OsString, usize)> {
     let name = path
         .file_name()
-        .and_then(|n| n.to_str())
         .ok_or_else(|| Error::invalid(format!("{}: no directory name to use", path.display())))?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    Ok((parent, name.to_owned()))
+    let limit = name_max(&parent);
+    if name.len() > limit {
+        return Err(Error::invalid(format!(
+            "dir:{}: its last component is {} bytes, longer than the {limit} bytes a file name \
+             may have there (NAME_MAX)",
+            path.display(),
+            name.len()
+        )));
+    }
+    Ok((parent, name.to_owned(), limit))
 }
 
-/// A name in `parent` that no other process picks: `.<name>.dirlock-<what>-<random>`.
-fn private_name(parent: &Path, name: &str, what: &str) -> PathBuf {
-    parent.join(format!(
-        ".{name}.dirlock-{what}-{:016x}",
-        rand::random::<u64>()
+/// The bytes a private name adds to the store's name: `.`, `.dirlock-removed-` (the longest
+/// `what`) and 16 hex digits.
+const PRIVATE_LEN: usize = 1 + ".dirlock-removed-".len() + 16;
+
+/// A name in `parent` that no other process picks: `.<name>.dirlock-<what>-<random>`, at most
+/// `limit` bytes long.
+///
+/// A store's name may be as long as the file system allows, so `<name>` is cut short (at a
+/// character boundary) where the whole would not fit: the random part alone keeps private
+/// names apart, and the prefix only tells an operator whose leftover it is.
+fn private_name(parent: &Path, name: &OsStr, what: &str, limit: usize) -> PathBuf {
+    let suffix = format!(".dirlock-{what}-{:016x}", rand::random::<u64>());
+    let bytes = name.as_bytes();
+    let mut keep = bytes.len().min(limit.saturating_sub(1 + suffix.len()));
+    // Never end inside a UTF-8 sequence: back off over its continuation bytes.
+    while keep > 0 && keep < bytes.len() && bytes[keep] & 0xC0 == 0x80 {
+        keep -= 1;
+    }
+    let mut private = Vec::with_capacity(1 + keep + suffix.len());
+    private.push(b'.');
+    private.extend_from_slice(&bytes[..keep]);
+    private.extend_from_slice(suffix.as_bytes());
+    parent.join(OsString::from_vec(private))
+}
+
+/// The error for `ENAMETOOLONG` on `path`: a component or the whole path is longer than the
+/// file system allows, so no store can be there.
+fn too_long(path: &Path) -> Error {
+    let longest = path
+        .components()
+        .map(|c| c.as_os_str().len())
+        .max()
+        .unwrap_or(0);
+    let limit = path.parent().map_or(NAME_MAX, name_max);
+    Error::invalid(format!(
+        "dir:{}: too long for the file system (a component of {longest} bytes, at most {limit} \
+         allowed (NAME_MAX); the path {} bytes, at most {} (PATH_MAX))",
+        path.display(),
+        path.as_os_str().len(),
+        libc::PATH_MAX - 1
     ))
 }
 
@@ -152,7 +218,8 @@ fn parse_marker(bytes: &[u8], path: &Path) -> Result<u32> {
 /// # Errors
 ///
 /// [`Error::NotFound`] when it is missing, [`Error::Incompatible`] when it is not a directory
-/// (a symlink included), [`Error::Io`] otherwise.
+/// (a symlink included), [`Error::InvalidArgument`] when it is longer than the file system
+/// allows (`ENAMETOOLONG`), [`Error::Io`] otherwise.
 fn open_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
@@ -164,6 +231,7 @@ fn open_dir(path: &Path) -> Result<std::os::fd::OwnedFd> {
             "a directory",
             "a file or symlink (symlinks are not followed)",
         ),
+        Errno::NAMETOOLONG => too_long(path),
         e => Error::io("open", path, errno_io(e)),
     })
 }
@@ -247,13 +315,25 @@ impl DirTable {
         Ok(())
     }
 
-    /// What lock `id` holds: `None` when free or its directory is gone; `Some(None)` when its
-    /// record is damaged (the lock cannot be taken, and nobody can say by whom it is held).
+    /// Where this table's lock directories are: the path the user gave, for a plain
+    /// directory; inside the store otherwise.
+    fn place(&self) -> Place {
+        if self.single {
+            Place::Given
+        } else {
+            Place::InStore
+        }
+    }
+
+    /// What lock `id` holds: `None` when free, or when its directory in a store is gone or is
+    /// not a directory; `Some(None)` when its record is damaged (the lock cannot be taken, and
+    /// nobody can say by whom it is held).
     fn holder_of(&self, id: LockId, me: &liveness::Identity) -> Result<Option<Option<Holder>>> {
-        let dir = match Dir::open_readable(&self.lock_dir(id)) {
+        let dir = match Dir::open_readable(&self.lock_dir(id), self.place()) {
             Ok(dir) => dir,
-            // A store missing a lock directory is damaged there, and nobody holds that lock.
-            Err(Error::NotFound { .. }) if !self.single => return Ok(None),
+            // A store whose lock directory is missing, or is a file or a symlink, is damaged
+            // there, and nobody holds that lock (nobody can take it: `retrieve` is `Corrupt`).
+            Err(Error::Corrupt { .. }) if !self.single => return Ok(None),
             Err(e) => return Err(e),
         };
         match dir.read(0) {
@@ -278,18 +358,12 @@ impl Manager for DirTable {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] when `id >= capacity`; [`Error::Corrupt`] when the store lost the
-    /// lock's directory; as [`DirLock::new`] otherwise.
+    /// [`Error::OutOfRange`] when `id >= capacity`; [`Error::Corrupt`] when the store's
+    /// directory of the lock is missing, or is a file or a symlink; as [`DirLock::new`]
+    /// otherwise.
     fn retrieve(&self, id: LockId) -> Result<DirLock> {
         self.check(id)?;
-        match DirLock::new(self.lock_dir(id)) {
-            Ok(lock) => Ok(lock.with_id(id)),
-            Err(Error::NotFound { .. }) if !self.single => Err(Error::corrupt(format!(
-                "{}: the directory of lock {id} is missing",
-                store_what(&self.path)
-            ))),
-            Err(e) => Err(e),
-        }
+        DirLock::open_at(&self.lock_dir(id), self.place()).map(|lock| lock.with_id(id))
     }
 
     fn allocate_and_retrieve(&self, _id: LockId) -> Result<DirLock> {
@@ -314,8 +388,10 @@ impl Manager for DirTable {
     /// Every lock whose `lock0` holds a record, with the holder it names (see
     /// [`Inspect`](lock_api::Inspect) on [`DirLock`]); a holder this process judges certainly
     /// dead is listed with `dead` set. A lock whose record is damaged is listed with no holder:
-    /// nobody can take it until an operator breaks it. It reads one record per lock and needs
-    /// no write access.
+    /// nobody can take it until an operator breaks it. A lock whose directory in a store is
+    /// missing, or is a file or a symlink, is not listed (nobody holds it; `retrieve` of it is
+    /// `Corrupt`), and the other locks are listed as usual. It reads one record per lock and
+    /// needs no write access.
     ///
     /// # Errors
     ///
@@ -363,14 +439,18 @@ impl Store for DirTable {
         }
     }
 
-    /// Builds the store under a private name beside `store` (`.<name>.dirlock-new-<random>`)
+    /// Builds the store under a private name beside `store` (`.<name>.dirlock-new-<random>`,
+    /// with `<name>` cut short when the whole would be too long for the file system)
     /// and publishes it with `renameat2(RENAME_NOREPLACE)`. Directories are made with mode
     /// 0777 and the marker with 0666, less the umask, as `mkdir(1)` would.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for a capacity of 0 or above [`MAX_CAPACITY`], or a path
-    /// with no last component; [`Error::AlreadyExists`] when anything is at `store`;
+    /// [`Error::InvalidArgument`] for a capacity of 0 or above [`MAX_CAPACITY`], a path with
+    /// no last component, or a last component longer than the file system allows (its
+    /// `f_namemax`, `NAME_MAX` = 255 on Linux), checked before anything is made. Any shorter
+    /// name works: the private name is cut to fit.
+    /// [`Error::AlreadyExists`] when anything is at `store`;
     /// [`Error::Io`] when the parent directory cannot be written. Nothing is left behind on
     /// error; a creator killed while building leaves its private directory.
     fn create(store: &Path, capacity: u32) -> Result<DirTable> {
@@ -379,9 +459,12 @@ impl Store for DirTable {
                 "capacity {capacity} of a dirlock store: want 1 to {MAX_CAPACITY}"
             )));
         }
-        let (parent, name) = split(store)?;
-        let build = private_name(&parent, &name, "new");
-        std::fs::create_dir(&build).map_err(|e| Error::io("mkdir", &build, e))?;
+        let (parent, name, limit) = split(store)?;
+        let build = private_name(&parent, &name, "new", limit);
+        std::fs::create_dir(&build).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENAMETOOLONG) => too_long(store),
+            _ => Error::io("mkdir", &build, e),
+        })?;
         let mut scaffold = Scaffold(Some(build.clone()));
         for id in 0..capacity {
             let lock_dir = build.join(id.to_string());
@@ -413,7 +496,9 @@ impl Store for DirTable {
     ///
     /// [`Error::NotFound`] when nothing is at `store`; [`Error::Incompatible`] for a file, a
     /// symlink or a marker of another format; [`Error::Corrupt`] for a damaged marker or a
-    /// store whose last lock directory is missing; [`Error::Io`] otherwise.
+    /// store whose last lock directory is missing or not a directory;
+    /// [`Error::InvalidArgument`] for a path longer than the file system allows;
+    /// [`Error::Io`] otherwise.
     fn open(store: &Path) -> Result<DirTable> {
         let fd = open_dir(store)?;
         let Some(capacity) = read_marker(&fd, store)? else {
@@ -427,7 +512,13 @@ impl Store for DirTable {
         let last = (capacity - 1).to_string();
         match rustix::fs::statat(&fd, last.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {}
-            Ok(_) | Err(Errno::NOENT) => {
+            Ok(_) => {
+                return Err(Error::corrupt(format!(
+                    "{}: the directory of lock {last} is not a directory",
+                    store_what(store)
+                )));
+            }
+            Err(Errno::NOENT) => {
                 return Err(Error::corrupt(format!(
                     "{}: the directory of lock {last} is missing",
                     store_what(store)
@@ -470,8 +561,16 @@ impl Store for DirTable {
 
     /// Removes a store that dirlock made: it is renamed to a private name beside it (so no
     /// later `open` finds it), checked to be the very directory whose marker was read, and
-    /// deleted with everything in it. Handles still open on its locks keep their files until
-    /// they drop them, but can no longer lock.
+    /// deleted with everything in it: the lock directories in increasing order, then anything
+    /// else, the marker last. Handles still open on its locks keep their files until they
+    /// drop them, but can no longer lock.
+    ///
+    /// When the deletion fails midway (a lock directory this user may not empty, say), what
+    /// is left is renamed back to `store` with `renameat2(RENAME_NOREPLACE)`, so it never
+    /// replaces anything that appeared there meanwhile. It is still a store of the same
+    /// capacity, with its marker and its last lock directory, so `open` finds it and `remove`
+    /// can be retried once the cause is fixed; the locks deleted before the failure are
+    /// missing from it (`retrieve` is `Corrupt`, `held` does not list them).
     ///
     /// # Errors
     ///
@@ -479,19 +578,23 @@ impl Store for DirTable {
     /// [`Error::Incompatible`] for a plain directory without a marker (a user's directory,
     /// perhaps locked with [`DirLock`] directly: it is never deleted), a file or a marker of
     /// another format; [`Error::Corrupt`] for a damaged marker; nothing is removed then.
-    /// [`Error::Io`] when renaming or deleting fails.
+    /// [`Error::InvalidArgument`] for a path longer than the file system allows.
+    /// [`Error::Io`] when renaming fails, or deleting: then it names the path that could not
+    /// be deleted, under `store` once what is left is back there; if the rename back failed
+    /// too, its message says so, and the path is under the private name, where what is left
+    /// stays.
     fn remove(store: &Path) -> Result<()> {
         let fd = open_dir(store)?;
-        if read_marker(&fd, store)?.is_none() {
+        let Some(capacity) = read_marker(&fd, store)? else {
             return Err(Error::incompatible(
                 format!("dir:{}", store.display()),
                 "a dirlock store (with a dirlock-store marker)",
                 "a plain directory, which remove never deletes",
             ));
-        }
+        };
         let seen = rustix::fs::fstat(&fd).map_err(|e| Error::io("fstat", store, errno_io(e)))?;
-        let (parent, name) = split(store)?;
-        let doomed = private_name(&parent, &name, "removed");
+        let (parent, name, limit) = split(store)?;
+        let doomed = private_name(&parent, &name, "removed", limit);
         match rustix::fs::renameat(CWD, store, CWD, &doomed) {
             Ok(()) => {}
             Err(Errno::NOENT) => {
@@ -511,13 +614,144 @@ impl Store for DirTable {
                 what: store_what(store),
             });
         }
-        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io("remove", &doomed, e))
+        delete_store(&doomed, capacity).map_err(|(failed, e)| put_back(store, &doomed, &failed, e))
+    }
+}
+
+/// Removes `path` whatever it is, a directory with everything in it included, without
+/// following a symlink; nothing there is no error.
+fn remove_entry(path: &Path) -> std::io::Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Deletes the store renamed to `doomed`, in an order that keeps what is left a store of
+/// `capacity` at every step: the lock directories in increasing order (so the last one, which
+/// `open` checks, goes last), then anything else, then the marker, then the directory.
+///
+/// # Errors
+///
+/// The path that could not be deleted and why; the deletion stops there.
+fn delete_store(doomed: &Path, capacity: u32) -> Result<(), (PathBuf, std::io::Error)> {
+    for id in 0..capacity {
+        let lock_dir = doomed.join(id.to_string());
+        remove_entry(&lock_dir).map_err(|e| (lock_dir, e))?;
+    }
+    let entries = std::fs::read_dir(doomed).map_err(|e| (doomed.to_owned(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| (doomed.to_owned(), e))?;
+        if entry.file_name() != MARKER {
+            let path = entry.path();
+            remove_entry(&path).map_err(|e| (path, e))?;
+        }
+    }
+    let marker = doomed.join(MARKER);
+    remove_entry(&marker).map_err(|e| (marker, e))?;
+    std::fs::remove_dir(doomed).map_err(|e| (doomed.to_owned(), e))
+}
+
+/// After the deletion of `doomed` (the store renamed away) failed at `failed` with `error`:
+/// renames what is left back to `store` with `RENAME_NOREPLACE`, so the store stays reachable
+/// and its `remove` can be retried, and never replaces what appeared at `store` meanwhile.
+///
+/// Returns the deletion's [`Error::Io`], naming the failed path where it now is; when the
+/// rename back fails too, its message says so and where what is left stays.
+fn put_back(store: &Path, doomed: &Path, failed: &Path, error: std::io::Error) -> Error {
+    match rustix::fs::renameat_with(CWD, doomed, CWD, store, RenameFlags::NOREPLACE) {
+        Ok(()) => {
+            let path = match failed.strip_prefix(doomed) {
+                Ok(rest) if !rest.as_os_str().is_empty() => store.join(rest),
+                _ => store.to_owned(),
+            };
+            Error::io("remove", path, error)
+        }
+        Err(back) => {
+            let source = std::io::Error::new(
+                error.kind(),
+                format!(
+                    "{error}; renaming the store back to {} failed too ({}), so what is left \
+                     of it stays at {}",
+                    store.display(),
+                    errno_io(back),
+                    doomed.display()
+                ),
+            );
+            Error::io("remove", failed, source)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Private names fit the limit whatever the store's name, cut at a character boundary,
+    /// and keep the whole name when it fits.
+    #[test]
+    fn private_names_fit_the_file_systems_limit() {
+        let parent = Path::new("/p");
+        let short = private_name(parent, OsStr::new("store"), "removed", NAME_MAX);
+        let short = short.file_name().unwrap().to_str().unwrap();
+        assert!(short.starts_with(".store.dirlock-removed-"), "{short}");
+        assert_eq!(short.len(), PRIVATE_LEN + "store".len());
+        for name in [
+            "n".repeat(NAME_MAX),
+            "é".repeat(120),
+            "x".repeat(NAME_MAX - PRIVATE_LEN),
+        ] {
+            for what in ["new", "removed"] {
+                let private = private_name(parent, OsStr::new(&name), what, NAME_MAX);
+                let private = private.file_name().unwrap();
+                assert!(private.len() <= NAME_MAX, "{what}: {}", private.len());
+                let text = private.to_str().expect("cut at a character boundary");
+                let kept = &text[1..text.find(".dirlock-").unwrap()];
+                assert!(name.starts_with(kept), "{text}");
+            }
+        }
+    }
+
+    /// A failed deletion puts the store back, naming the path that failed under the store's
+    /// name; when something appeared at that name meanwhile, it is not replaced, and the error
+    /// says where what is left stays.
+    #[test]
+    fn a_failed_deletion_puts_the_store_back_but_never_over_something_else() {
+        let root = tempfile::tempdir().unwrap();
+        let store = root.path().join("store");
+        let doomed = root.path().join(".store.dirlock-removed-0");
+        std::fs::create_dir_all(doomed.join("1")).unwrap();
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        match put_back(&store, &doomed, &doomed.join("1"), denied()) {
+            Error::Io { op, path, source } => {
+                assert_eq!((op, path), ("remove", store.join("1")));
+                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.join("1").is_dir() && !doomed.exists());
+
+        std::fs::rename(&store, &doomed).unwrap();
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("theirs"), "x").unwrap();
+        match put_back(&store, &doomed, &doomed.join("1"), denied()) {
+            Error::Io { path, source, .. } => {
+                assert_eq!(path, doomed.join("1"));
+                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+                let text = source.to_string();
+                assert!(text.contains("renaming the store back"), "{text}");
+                assert!(text.contains(&doomed.display().to_string()), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(doomed.join("1").is_dir());
+        assert_eq!(std::fs::read_to_string(store.join("theirs")).unwrap(), "x");
+    }
 
     #[test]
     fn markers_parse_strictly() {
