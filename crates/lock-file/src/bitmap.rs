@@ -10,6 +10,14 @@
 //! - a clear summary bit over a full leaf is harmless: allocation finds the leaf full, repairs the
 //!   hint and moves on.
 //!
+//! A set summary bit over a leaf with free ids is never written by this code, but the table is
+//! untrusted shared memory: a scribbled summary word would hide those ids and make allocation
+//! report `Exhausted` with ids free. So a search that finds nothing is not believed at once: it
+//! checks the leaves under every set summary bit in its range, clears the bits that lie, and
+//! searches again (`repair_full_hints`). That costs a read of the leaves, but only when the search
+//! came back empty (the table is full from `from` on, or the hint lied), never on the way to a
+//! free id.
+//!
 //! Bits beyond the capacity in the last words are never trusted: they are masked out, so a
 //! garbage word can never yield an id out of range.
 
@@ -57,11 +65,23 @@ impl<'a> Bitmap<'a> {
     /// id it takes (allocation first checks the id's lock file, see `Manager::allocate`).
     ///
     /// Full leaves under a clear summary bit (a process died between the two stores) are
-    /// repaired on the way.
+    /// repaired on the way; a set summary bit over a leaf with free ids (garbage in the table)
+    /// is found and repaired when the search comes back empty, so it hides nothing.
+    #[inline]
     pub(crate) fn lowest_free(&self, from: u32) -> Option<u32> {
         if from >= self.capacity {
             return None;
         }
+        match self.search(from) {
+            Some(id) => Some(id),
+            None if self.repair_full_hints(from) => self.search(from),
+            None => None,
+        }
+    }
+
+    /// The search of [`lowest_free`](Self::lowest_free), trusting set summary bits.
+    /// `from < capacity`.
+    fn search(&self, from: u32) -> Option<u32> {
         let first_leaf = from as usize / 64;
         for w in first_leaf / 64..self.summary.len() {
             let mut candidates = !load(&self.summary[w], Ordering::Acquire) & self.summary_mask(w);
@@ -87,6 +107,31 @@ impl<'a> Bitmap<'a> {
             }
         }
         None
+    }
+
+    /// Clears every summary bit from `from`'s summary word on that claims "full" over a leaf
+    /// with a free id; returns whether it cleared any. The slow path of `lowest_free`, taken
+    /// when its search found nothing.
+    ///
+    /// Clearing a summary bit is always safe: a clear bit only makes allocation look at the
+    /// leaf, and the next search that finds the leaf full sets it again. The caller holds the
+    /// allocation lock, as for every operation here, so no lockyard process moves a bit meanwhile.
+    #[cold]
+    #[inline(never)]
+    fn repair_full_hints(&self, from: u32) -> bool {
+        let mut repaired = false;
+        for w in from as usize / 64 / 64..self.summary.len() {
+            let mut claimed = load(&self.summary[w], Ordering::Acquire) & self.summary_mask(w);
+            while claimed != 0 {
+                let leaf = w * 64 + claimed.trailing_zeros() as usize;
+                claimed &= claimed - 1;
+                if !load(&self.leaves[leaf], Ordering::Acquire) & self.leaf_mask(leaf) != 0 {
+                    self.mark_full(leaf, false);
+                    repaired = true;
+                }
+            }
+        }
+        repaired
     }
 
     /// Marks the lowest free id allocated and returns it, or `None` when every id is taken.
@@ -292,9 +337,50 @@ mod tests {
             assert_eq!(b.allocate_lowest(), Some(want));
         }
         assert_eq!(b.allocate_lowest(), None);
-        // A set hint over a leaf with free ids only hides those ids: never a wrong id.
+        // A set hint over a leaf with free ids: never a wrong id.
         store(&t.summary[0], !0, Ordering::Relaxed);
         assert!(b.clear(3));
         assert_eq!(b.allocate_lowest(), Some(3));
+    }
+
+    #[test]
+    fn a_full_hint_over_a_leaf_with_free_ids_hides_nothing_and_is_repaired() {
+        // One summary word, then several, with the garbage in the first and the last.
+        for capacity in [70, 128, 5000, 4096 * 3 + 1] {
+            let t = Owned::new(capacity);
+            let b = t.bitmap();
+            for word in &t.summary {
+                store(word, !0, Ordering::Relaxed);
+            }
+            for want in 0..capacity {
+                assert_eq!(b.allocate_lowest(), Some(want), "capacity {capacity}");
+            }
+            assert_eq!(b.allocate_lowest(), None);
+            // Every leaf is full now, so the hint is right again.
+            for (w, word) in t.summary.iter().enumerate() {
+                assert_eq!(
+                    load(word, Ordering::Relaxed) & b.summary_mask(w),
+                    b.summary_mask(w)
+                );
+            }
+            // A leaf freed behind the hint's back, searched from within it and from below.
+            let last = capacity - 1;
+            let leaf = last as usize / 64;
+            store(&t.leaves[leaf], 0, Ordering::Relaxed);
+            assert_eq!(b.lowest_free(last), Some(last));
+            assert_eq!(b.lowest_free(0), Some(leaf as u32 * 64));
+            // The repair cleared the hint over that leaf and kept the true ones.
+            assert_eq!(
+                load(&t.summary[leaf / 64], Ordering::Relaxed) & 1 << (leaf % 64),
+                0
+            );
+            if leaf > 0 {
+                assert_ne!(load(&t.summary[0], Ordering::Relaxed) & 1, 0);
+            }
+            for id in leaf as u32 * 64..capacity {
+                assert!(b.set(id));
+            }
+            assert_eq!(b.lowest_free(0), None);
+        }
     }
 }

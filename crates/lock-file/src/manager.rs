@@ -128,27 +128,36 @@ impl StoreOptions {
     /// whether this call created it. Any number of processes may race on a fresh path: all
     /// succeed, one creates.
     ///
+    /// A failed call writes nothing: the capacity is checked before anything is created, and
+    /// an existing store's capacity is compared with it before this call takes an owner number
+    /// in the store's table (the one write of an open).
+    ///
     /// # Errors
     ///
-    /// As for [`create`](StoreOptions::create) and [`FileManager::open`], and
-    /// [`Error::Incompatible`] when the existing store has another capacity.
+    /// As for [`create`](StoreOptions::create) and [`FileManager::open`]:
+    /// [`Error::InvalidArgument`] for a capacity of 0 or above
+    /// [`MAX_CAPACITY`](crate::MAX_CAPACITY), whether or not a store exists (no store can have
+    /// it); [`Error::Incompatible`] when the existing store has another capacity.
     pub fn open_or_create(&self, path: impl AsRef<Path>) -> Result<(FileManager, bool)> {
         let path = path.as_ref();
+        store::check_capacity(self.capacity)?;
         // Open, or create, or (someone created it meanwhile) open again. Only a concurrent
         // `remove` between the two can make the second open fail; a few rounds settle that.
         let mut last = None;
         for _ in 0..8 {
-            match FileManager::open(path) {
+            // `store::open` writes nothing; only `from_store` takes an owner number, so the
+            // capacities are compared in between.
+            match store::open(path) {
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
-                Ok(manager) if manager.capacity != self.capacity => {
+                Ok(found) if found.marker.capacity != self.capacity => {
                     return Err(Error::incompatible(
                         format!("lock-file store {} capacity", path.display()),
                         self.capacity,
-                        manager.capacity,
+                        found.marker.capacity,
                     ));
                 }
-                Ok(manager) => return Ok((manager, false)),
+                Ok(found) => return FileManager::from_store(found).map(|m| (m, false)),
             }
             match self.create(path) {
                 Err(e @ Error::AlreadyExists { .. }) => last = Some(e),
@@ -585,23 +594,38 @@ impl FileManager {
     /// Opens the store at `path`, creating it with `capacity` locks when missing; the flag says
     /// whether this call created it.
     ///
+    /// A failed call writes nothing (see [`StoreOptions::open_or_create`]).
+    ///
     /// # Errors
     ///
-    /// As for [`StoreOptions::open_or_create`]: [`Error::Incompatible`] when the existing store
-    /// has another capacity.
+    /// As for [`StoreOptions::open_or_create`]: [`Error::InvalidArgument`] for a capacity of 0
+    /// or above [`MAX_CAPACITY`](crate::MAX_CAPACITY), even when a store exists;
+    /// [`Error::Incompatible`] when the existing store has another capacity.
     pub fn open_or_create(path: impl AsRef<Path>, capacity: u32) -> Result<(FileManager, bool)> {
         StoreOptions::new(capacity).open_or_create(path)
     }
 
-    /// Removes the store at `path`: renames it out of the way at once, then deletes it.
+    /// Removes the store at `path`: renames it out of the way at once (to a hidden sibling,
+    /// `.NAME.lockyard-removed-*`), then deletes it, its marker last.
     ///
     /// Processes that still have it open keep working on the removed files, apart from anyone
     /// who opens the path afterwards: remove a store only when nobody uses it.
     ///
+    /// If the deletion fails midway (a directory inside that may not be written, say), what is
+    /// left is renamed back to `path` (`renameat2(RENAME_NOREPLACE)`: never over anything that
+    /// appeared there meanwhile) and the deletion's error is returned. The store is then still
+    /// at its name, possibly with parts gone: [`open`](FileManager::open) reports it as it now
+    /// is ([`Error::Corrupt`] when parts were deleted), and since the marker is deleted last,
+    /// `remove` recognises it and can be retried once the cause is fixed.
+    ///
     /// # Errors
     ///
     /// [`Error::NotFound`] when nothing is there; [`Error::Incompatible`] when it is not a
-    /// lock-file store (then nothing is deleted); [`Error::Io`] for OS errors.
+    /// lock-file store (then nothing is deleted); [`Error::Io`] for OS errors. A failed
+    /// deletion is `Io` with `op` `"remove"` and the path of the entry that could not be
+    /// deleted, inside the store put back at `path`; should renaming it back fail too, the
+    /// path is the entry's in the hidden sibling, where what is left then stays, and the
+    /// message says why the rename failed.
     pub fn remove(path: impl AsRef<Path>) -> Result<()> {
         store::remove(path.as_ref())
     }

@@ -22,6 +22,12 @@
 //! reuse and pid namespaces cannot fool it), and deletes the file. A manager deletes its own
 //! file when it drops.
 //!
+//! Only files that are waiter files are ever deleted by anyone but their owner: a regular file
+//! of `FILE_LEN` bytes whose header is the magic and the owner number its name says
+//! (`is_waiter_file`), which every owner wrote before its file got its name. Anything else in
+//! `owners/` (an operator's notes, a file of zeros, a directory, a symlink) is not ours: readers
+//! and the sweep skip it and leave it where it is.
+//!
 //! Invariants, relied on by the `unsafe` block here:
 //!
 //! 1. `map` covers exactly `FILE_LEN` bytes of the file (its size is set before mapping and the
@@ -35,9 +41,8 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -108,7 +113,9 @@ impl OwnerFile {
             let published = match publish() {
                 // Owner numbers never repeat, unless the table was restored from a copy while
                 // files of dead owners stayed: a dead owner's file may go.
-                Err(Errno::EXIST) if remove_if_dead(dir, &name) => publish(),
+                // A file there that is not a waiter file stays, and this fails with `EEXIST`
+                // naming it: it is not ours to delete.
+                Err(Errno::EXIST) if remove_if_dead(dir, owner) => publish(),
                 other => other,
             };
             published.map_err(|e| io("renameat2", &dir_path.join(&name), e))?;
@@ -211,29 +218,65 @@ pub(crate) struct Waiting {
     pub(crate) since: Option<SystemTime>,
 }
 
-/// Removes the owner file `name` in `dir` if its owner is dead (nobody holds its `flock`);
-/// returns whether it was removed.
-fn remove_if_dead(dir: &OwnedFd, name: &OsStr) -> bool {
+/// Whether `file` (named `owner` in the `owners` directory) is a waiter file as a manager
+/// writes one: a regular file of [`FILE_LEN`] bytes whose header is [`MAGIC`] and `owner`. Its
+/// owner wrote all that before the file got its name, so a file that fails this is not one of
+/// ours, dead or alive, and must be neither read nor deleted.
+///
+/// # Errors
+///
+/// `Io` naming `path()` when `fstat(2)` or `pread(2)` fail (a file shrunk under the read is
+/// simply not ours).
+fn is_waiter_file(file: &File, owner: u64, path: &dyn Fn() -> PathBuf) -> Result<bool> {
+    let stat = rustix::fs::fstat(file).map_err(|e| io("fstat", &path(), e))?;
+    let regular =
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+    if !regular || stat.st_size != FILE_LEN as i64 {
+        return Ok(false);
+    }
+    let mut header = [0u8; 16];
+    match file.read_exact_at(&mut header, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(Error::io("read", path(), e)),
+    }
+    Ok(header[..8] == MAGIC.to_le_bytes() && header[8..] == owner.to_le_bytes())
+}
+
+/// Opens `owner`'s waiter file in `dir` the way every reader does: never following a symlink,
+/// and never blocking (a FIFO put there opens at once and then fails [`is_waiter_file`]).
+fn open_waiter_file(dir: &OwnedFd, name: &str) -> rustix::io::Result<File> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    let Ok(fd) = rustix::fs::openat(dir, name, flags, Mode::empty()) else {
+    rustix::fs::openat(dir, name, flags, Mode::empty()).map(File::from)
+}
+
+/// Removes `owner`'s waiter file in `dir` if it is one ([`is_waiter_file`]) and its owner is
+/// dead (nobody holds its `flock`); returns whether it was removed. Errors count as "not
+/// removed": this is housekeeping.
+fn remove_if_dead(dir: &OwnedFd, owner: u64) -> bool {
+    let name = owner.to_string();
+    let Ok(file) = open_waiter_file(dir, &name) else {
         return false;
     };
-    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared).is_ok()
-        && rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok()
+    is_waiter_file(&file, owner, &|| PathBuf::from(&name)).unwrap_or(false)
+        && rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared).is_ok()
+        && rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()).is_ok()
 }
 
 /// Removes the waiter files of dead owners from `dir`: housekeeping a manager does before it
 /// makes its own waiter file, so that files left by processes killed after they waited do not
-/// pile up in a store nobody takes snapshots of. Errors only end the sweep early: the next
-/// manager sweeps again, and every reader skips (and removes) dead owners' files anyway.
+/// pile up in a store nobody takes snapshots of. Files that are not waiter files are left
+/// alone, as readers leave them. Errors only end the sweep early (a file that cannot be read
+/// is skipped): the next manager sweeps again, and every reader skips (and removes) dead
+/// owners' files anyway.
 pub(crate) fn sweep(dir: &OwnedFd) {
     let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
         return;
     };
     for entry in entries {
         let Ok(entry) = entry else { return };
-        if parse_owner(entry.file_name().to_bytes()).is_some() {
-            remove_if_dead(dir, OsStr::from_bytes(entry.file_name().to_bytes()));
+        if let Some(owner) = parse_owner(entry.file_name().to_bytes()) {
+            remove_if_dead(dir, owner);
         }
     }
 }
@@ -248,8 +291,8 @@ fn parse_owner(name: &[u8]) -> Option<u64> {
 ///
 /// Files of dead owners (whose `flock` the kernel dropped) are deleted on the way, when the
 /// directory lets us; files that are not owner files (other names, other sizes, another magic,
-/// a header naming another owner) are skipped: a live owner always wrote a valid one before its
-/// file got its name.
+/// a header naming another owner) are skipped and left where they are: a live owner always
+/// wrote a valid one before its file got its name, so they were never ours.
 ///
 /// # Errors
 ///
@@ -268,7 +311,8 @@ pub(crate) fn read_all(dir: &OwnedFd, dir_path: &Path, capacity: u32) -> Result<
 }
 
 /// The waits owner `owner` publishes, if it lives (as [`read_all`] reads each file): none when
-/// it has no waiter file (it never waited, or it dropped) or is dead (its file is deleted then).
+/// it has no waiter file (it never waited, or it dropped) or is dead (its file is deleted then),
+/// or when the file at its name is not a waiter file ([`is_waiter_file`]; it is left alone).
 ///
 /// # Errors
 ///
@@ -281,20 +325,16 @@ pub(crate) fn read_one(
 ) -> Result<Vec<Waiting>> {
     let name = owner.to_string();
     let path = dir_path.join(&name);
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    let fd = match rustix::fs::openat(dir, name.as_str(), flags, Mode::empty()) {
-        Ok(fd) => fd,
+    let file = match open_waiter_file(dir, &name) {
+        Ok(file) => file,
         // No such owner file (never waited, or gone), or not a file we made.
         Err(Errno::NOENT | Errno::LOOP) => return Ok(Vec::new()),
         Err(e) => return Err(io("open", &path, e)),
     };
-    let stat = rustix::fs::fstat(&fd).map_err(|e| io("fstat", &path, e))?;
-    let regular =
-        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
-    if !regular || stat.st_size != FILE_LEN as i64 {
+    if !is_waiter_file(&file, owner, &|| path.clone())? {
         return Ok(Vec::new());
     }
-    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared) {
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
         Ok(()) => {
             // Its owner is dead. Removing the file is housekeeping: a reader that may not
             // write the directory leaves it for the next one.
@@ -305,8 +345,7 @@ pub(crate) fn read_one(
         Err(e) => return Err(io("flock", &path, e)),
     }
     let mut bytes = vec![0u8; FILE_LEN];
-    File::from(fd)
-        .read_exact_at(&mut bytes, 0)
+    file.read_exact_at(&mut bytes, 0)
         .map_err(|e| Error::io("read", &path, e))?;
     Ok(parse(&bytes, owner, capacity))
 }
@@ -412,7 +451,8 @@ mod tests {
             Mode::empty(),
         )
         .expect("open dir");
-        std::fs::write(root.path().join("9"), [0u8; FILE_LEN]).expect("stale file");
+        // Closed without being unlinked: its owner died.
+        drop(OwnerFile::create(&dir, root.path(), 9, 1).expect("create"));
         let file = OwnerFile::create(&dir, root.path(), 9, 1).expect("replaces a dead owner's");
         // A live owner's file is never replaced.
         assert!(matches!(
@@ -420,6 +460,70 @@ mod tests {
             Err(Error::Io { .. })
         ));
         drop(file);
+        // Nor is a file that is not a waiter file: the error names it, and it stays.
+        let foreign = root.path().join("10");
+        std::fs::write(&foreign, [0u8; FILE_LEN]).expect("foreign file");
+        match OwnerFile::create(&dir, root.path(), 10, 1) {
+            Err(Error::Io { path, source, .. }) => {
+                assert_eq!(path, foreign);
+                assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists);
+            }
+            other => panic!("expected Io EEXIST, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&foreign).expect("read"), [0u8; FILE_LEN]);
+        assert!(!root.path().join(".10.new").exists());
+    }
+
+    /// The sweep and the readers delete a dead owner's waiter file and nothing else: a file
+    /// with an owner's name but not what a manager writes is not ours to delete.
+    #[test]
+    fn only_dead_owners_files_are_deleted() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open dir");
+        let mut other_owner = vec![0u8; FILE_LEN];
+        other_owner[..8].copy_from_slice(&MAGIC.to_le_bytes());
+        other_owner[8..16].copy_from_slice(&8u64.to_le_bytes());
+        let foreign = [
+            ("5", b"notes".to_vec()),
+            ("6", vec![0u8; FILE_LEN]),
+            ("7", other_owner),
+        ];
+        for (name, bytes) in &foreign {
+            std::fs::write(root.path().join(name), bytes).expect("write");
+        }
+        for (owner, read) in [(3, false), (4, true)] {
+            // Closed without being unlinked: its owner died.
+            drop(OwnerFile::create(&dir, root.path(), owner, 1).expect("create"));
+            assert!(root.path().join(owner.to_string()).exists());
+            if read {
+                for foreign_owner in [5, 6, 7] {
+                    assert!(
+                        read_one(&dir, root.path(), foreign_owner, 8)
+                            .expect("read")
+                            .is_empty()
+                    );
+                }
+                assert!(read_all(&dir, root.path(), 8).expect("read").is_empty());
+            } else {
+                sweep(&dir);
+            }
+            assert!(
+                !root.path().join(owner.to_string()).exists(),
+                "dead owner {owner}'s file stays"
+            );
+            for (name, bytes) in &foreign {
+                assert_eq!(
+                    std::fs::read(root.path().join(name)).ok().as_ref(),
+                    Some(bytes),
+                    "{name}"
+                );
+            }
+        }
     }
 
     #[test]

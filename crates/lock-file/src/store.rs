@@ -6,7 +6,9 @@
 //! - `open` reads and checks everything before using anything and writes nothing, so a failed
 //!   open leaves a damaged or foreign directory exactly as it was.
 //! - `remove` renames the store out of the way (so openers see `NotFound` at once) and then
-//!   deletes it, and refuses a directory that is not a store.
+//!   deletes it, its marker last, and refuses a directory that is not a store. A deletion that
+//!   fails midway puts what is left back at the store's name (`RENAME_NOREPLACE`), so the store
+//!   never disappears into a hidden directory, and the remove can be retried.
 //! - Both decide what is a store by one function, `identify` (create opens what it made, so it
 //!   goes through it too): they never disagree about a path.
 //!
@@ -19,7 +21,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -217,6 +219,18 @@ fn parse_lock_name(name: &[u8]) -> Option<u32> {
     parse_name(name).and_then(|n| u32::try_from(n).ok())
 }
 
+/// Refuses a capacity no store can have: `InvalidArgument` outside `1..=MAX_CAPACITY`. `create`
+/// and `open_or_create` check it before anything else, so a bad capacity is the same error
+/// whether or not a store exists.
+pub(crate) fn check_capacity(capacity: u32) -> Result<()> {
+    if capacity == 0 || capacity > MAX_CAPACITY {
+        return Err(Error::invalid(format!(
+            "capacity {capacity} is outside 1..={MAX_CAPACITY}"
+        )));
+    }
+    Ok(())
+}
+
 /// Creates a store of `marker.capacity` locks at `path`.
 ///
 /// # Errors
@@ -225,12 +239,7 @@ fn parse_lock_name(name: &[u8]) -> Option<u32> {
 /// anything is at `path` (a symlink too, even a dangling one); `Io` for OS errors, a missing
 /// parent included (the temporary directory is removed then).
 pub(crate) fn create(path: &Path, marker: Marker) -> Result<Store> {
-    if marker.capacity == 0 || marker.capacity > MAX_CAPACITY {
-        return Err(Error::invalid(format!(
-            "capacity {} is outside 1..={MAX_CAPACITY}",
-            marker.capacity
-        )));
-    }
+    check_capacity(marker.capacity)?;
     let Location {
         parent_path,
         parent,
@@ -493,13 +502,23 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
     })
 }
 
-/// Removes the store at `path`.
+/// Removes the store at `path`: renames it to a hidden sibling (`.NAME.lockyard-removed-*`), so
+/// that openers see `NotFound` at once, then deletes that, the marker last.
+///
+/// When the deletion fails midway (a directory inside may not be written, say), what is left
+/// is renamed back to `path` with `RENAME_NOREPLACE` (never over something that appeared there
+/// meanwhile), so the store stays reachable: `open` then reports it as it now is (`Corrupt`
+/// when parts are gone), and since the marker goes last, `remove` recognises it and can be
+/// retried once the cause is fixed.
 ///
 /// # Errors
 ///
 /// As for [`identify`]: `NotFound` when nothing is there; `Incompatible` when it is not a
 /// lockyard lock-file store (of any version) or is a symlink; `Corrupt` when its marker is a
-/// symlink or a directory. Nothing is deleted then. `Io` for OS errors.
+/// symlink or a directory. Nothing is deleted then. `Io` for OS errors: a failed deletion is
+/// `Io` with `op` "remove" and the path of the entry that could not be deleted, as it is after
+/// the store was put back; if putting it back failed too, the path is the entry's in the hidden
+/// directory, and the message says that renaming it back failed, and why.
 pub(crate) fn remove(path: &Path) -> Result<()> {
     // Any version of our marker will do, and so will a damaged store of ours: removing a store
     // of a newer format is legitimate, but a directory that is not a store is never deleted.
@@ -520,7 +539,94 @@ pub(crate) fn remove(path: &Path) -> Result<()> {
             e => io("renameat2", path, e),
         },
     )?;
-    std::fs::remove_dir_all(&doomed_path).map_err(|e| Error::io("remove", &doomed_path, e))
+    let Err((entry, source)) = delete(&parent, &doomed, &doomed_path) else {
+        return Ok(());
+    };
+    put_back(&parent, &doomed, &doomed_path, &name, path, entry, source)
+}
+
+/// Deletes the directory `doomed` in `parent` (at `doomed_path`) and everything in it: every
+/// entry but the marker in name order, then the marker, then the directory itself. On failure,
+/// returns the name of the entry that could not be deleted (empty for the directory itself) and
+/// the error.
+fn delete(
+    parent: &OwnedFd,
+    doomed: &OsStr,
+    doomed_path: &Path,
+) -> std::result::Result<(), (OsString, std::io::Error)> {
+    let whole = |e: Errno| (OsString::new(), std::io::Error::from(e));
+    let dir = rustix::fs::openat(
+        parent,
+        doomed,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(whole)?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir).map_err(whole)? {
+        let name = entry.map_err(whole)?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
+    // The marker last: until the very end, what is left is still a store that `remove`
+    // recognises, should it have to be put back.
+    names.sort_by(|a, b| (a == MARKER_FILE, a).cmp(&(b == MARKER_FILE, b)));
+    for name in names {
+        let failed = |e: std::io::Error| (name.clone(), e);
+        let is_dir = rustix::fs::statat(&dir, &name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+            .map_err(|e| failed(e.into()))?;
+        if is_dir {
+            // `remove_dir_all` does not follow symlinks inside, and this name is our own.
+            std::fs::remove_dir_all(doomed_path.join(&name)).map_err(failed)?;
+        } else {
+            rustix::fs::unlinkat(&dir, &name, rustix::fs::AtFlags::empty())
+                .map_err(|e| failed(e.into()))?;
+        }
+    }
+    rustix::fs::unlinkat(parent, doomed, rustix::fs::AtFlags::REMOVEDIR).map_err(whole)
+}
+
+/// After [`delete`] failed on `entry` with `source`: renames what is left of the store from
+/// `doomed` back to `name` without replacing anything there, and returns the deletion's error
+/// (naming the entry where it now is), or, if the rename fails too, an error that says both.
+#[cold]
+fn put_back(
+    parent: &OwnedFd,
+    doomed: &OsStr,
+    doomed_path: &Path,
+    name: &OsStr,
+    path: &Path,
+    entry: OsString,
+    source: std::io::Error,
+) -> Result<()> {
+    let at = |dir: &Path| {
+        if entry.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(&entry)
+        }
+    };
+    match rustix::fs::renameat_with(parent, doomed, parent, name, RenameFlags::NOREPLACE) {
+        Ok(()) => Err(Error::io("remove", at(path), source)),
+        Err(back) => {
+            let back = std::io::Error::from(back);
+            Err(Error::io(
+                "remove",
+                at(doomed_path),
+                std::io::Error::new(
+                    source.kind(),
+                    format!(
+                        "{source}; putting the store back at {} failed too ({back}), so what is \
+                         left of it stays at {}",
+                        path.display(),
+                        doomed_path.display()
+                    ),
+                ),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +652,42 @@ mod tests {
         ] {
             assert_eq!(parse_lock_name(bad.as_bytes()), None, "{bad:?}");
         }
+    }
+
+    /// When the store cannot be put back (something took its name meanwhile), the error says
+    /// so, names the entry in the hidden directory, keeps the deletion's kind, and nothing is
+    /// replaced.
+    #[test]
+    fn a_store_that_cannot_be_put_back_is_named_where_it_stays() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = root.path().join("store");
+        let doomed = root.path().join(".store.lockyard-removed-test");
+        std::fs::create_dir(&store).expect("mkdir");
+        std::fs::write(store.join("newcomer"), b"x").expect("write");
+        std::fs::create_dir_all(doomed.join(LOCKS_DIR)).expect("mkdir");
+        let parent = open_dir(CWD, root.path(), root.path().as_os_str(), true).expect("open");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        match put_back(
+            &parent,
+            doomed.file_name().expect("name"),
+            &doomed,
+            OsStr::new("store"),
+            &store,
+            OsString::from(LOCKS_DIR),
+            denied,
+        ) {
+            Err(Error::Io { op, path, source }) => {
+                assert_eq!(op, "remove");
+                assert_eq!(path, doomed.join(LOCKS_DIR));
+                assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+                let text = source.to_string();
+                assert!(text.contains("putting the store back"), "{text}");
+                assert!(text.contains(&store.display().to_string()), "{text}");
+            }
+            other => panic!("expected Io, got {other:?}"),
+        }
+        assert!(store.join("newcomer").exists(), "the newcomer was replaced");
+        assert!(doomed.join(LOCKS_DIR).is_dir());
     }
 
     #[test]

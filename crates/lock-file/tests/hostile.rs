@@ -657,3 +657,167 @@ fn held_reports_around_damaged_lock_files() {
     assert_eq!(pid, Some(holder.pid()));
     holder.finish(common::LINE_TIMEOUT).expect("holder exits");
 }
+
+/// A summary word that says "full" over leaves with free ids hides none of them: `allocate`
+/// hands out every id `available` counts, lowest first, and only then is `Exhausted`.
+#[test]
+fn a_garbage_summary_word_hides_no_free_id() {
+    use std::os::unix::fs::FileExt;
+    let (_root, path) = fresh(70);
+    // The table's header is 8 words, so its one summary word is bytes 64..72.
+    let table = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("table"))
+        .expect("open table");
+    table.write_all_at(&[0xFF; 8], 64).expect("scribble");
+    let manager = FileManager::open(&path).expect("open");
+    assert_eq!(manager.available().expect("available"), Some(70));
+    for want in 0..70 {
+        let lock = manager.allocate().expect("allocate past a garbage summary");
+        assert_eq!(lock.id(), LockId(want));
+    }
+    assert!(matches!(
+        manager.allocate(),
+        Err(Error::Exhausted { capacity: 70 })
+    ));
+    assert_eq!(manager.available().expect("available"), Some(0));
+    // Scribbled again over a full table with one id freed: that id is found.
+    manager
+        .retrieve(LockId(66))
+        .expect("retrieve")
+        .free()
+        .expect("free");
+    table.write_all_at(&[0xFF; 8], 64).expect("scribble");
+    assert_eq!(manager.allocate().expect("allocate").id(), LockId(66));
+}
+
+/// An `open_or_create` that fails on an existing store (another capacity: `Incompatible`; a
+/// capacity no store can have: `InvalidArgument`, as `create` says) writes nothing: the owner
+/// counter in the table stays as it was.
+#[test]
+fn a_failed_open_or_create_writes_nothing() {
+    let (root, path) = fresh(8);
+    let before = snapshot(root.path());
+    for capacity in [7, 9] {
+        assert_err(
+            FileManager::open_or_create(&path, capacity),
+            incompatible,
+            &path,
+        );
+        assert_err(
+            <FileManager as lock_file::Store>::open_or_create(&path, capacity),
+            incompatible,
+            &path,
+        );
+        assert_err(
+            StoreOptions::new(capacity)
+                .owner_death(false)
+                .open_or_create(&path),
+            incompatible,
+            &path,
+        );
+    }
+    assert_eq!(
+        snapshot(root.path()),
+        before,
+        "an open_or_create of another capacity changed the store"
+    );
+    for capacity in [0, MAX_CAPACITY + 1, u32::MAX] {
+        assert!(
+            matches!(
+                FileManager::open_or_create(&path, capacity),
+                Err(Error::InvalidArgument { .. })
+            ),
+            "capacity {capacity}"
+        );
+        let missing = root.path().join("missing");
+        assert!(
+            matches!(
+                FileManager::open_or_create(&missing, capacity),
+                Err(Error::InvalidArgument { .. })
+            ),
+            "capacity {capacity}"
+        );
+    }
+    assert_eq!(
+        snapshot(root.path()),
+        before,
+        "a failed open_or_create changed the store"
+    );
+    let (_, created) = FileManager::open_or_create(&path, 8).expect("the right capacity");
+    assert!(!created);
+}
+
+/// Gives `path` and everything below it to `uid`/`gid` (not following symlinks).
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).expect("chown");
+    if std::fs::symlink_metadata(path).expect("lstat").is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir") {
+            chown_tree(&entry.expect("entry").path(), uid, gid);
+        }
+    }
+}
+
+/// A `remove` whose deletion fails midway (here `locks/` may not be written) returns the
+/// deletion's error and puts what is left back at the store's name: the store stays reachable
+/// (open reports it as it now is), no renamed-away directory stays hidden in the parent, and
+/// the remove succeeds once the cause is fixed.
+///
+/// Root ignores permission bits, so when the tests run as root the remove runs in a child that
+/// drops to `nobody` (uid/gid 65534), who is given the store and its parent; as an ordinary
+/// user it runs in-process.
+#[test]
+fn a_remove_that_fails_midway_puts_the_store_back() {
+    const NOBODY: u32 = 65534;
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = root.path().join("store");
+    drop(FileManager::create(&path, 4).expect("create"));
+    let locks = path.join("locks");
+    let is_root = rustix::process::geteuid().is_root();
+    if is_root {
+        chown_tree(root.path(), NOBODY, NOBODY);
+    }
+    std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    let said = if is_root {
+        let mut child = common::spawn_with("remove", &path, "", |c| {
+            std::os::unix::process::CommandExt::uid(c, NOBODY);
+            std::os::unix::process::CommandExt::gid(c, NOBODY);
+        });
+        common::line(&mut child)
+    } else {
+        match FileManager::remove(&path) {
+            Ok(()) => "removed".to_string(),
+            Err(e) => match &e {
+                Error::Io { source, .. } => format!("err Io {:?} | {e}", source.kind()),
+                other => format!("err {other:?}"),
+            },
+        }
+    };
+    let removed_away = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "store")
+            .collect()
+    };
+    let leftovers = removed_away(root.path());
+    // Let the clean-up (and the retry below) delete everything, whatever is asserted next.
+    for dir in std::iter::once(path.clone()).chain(leftovers.iter().map(|n| root.path().join(n))) {
+        let _ = std::fs::set_permissions(dir.join("locks"), std::fs::Permissions::from_mode(0o700));
+    }
+    // The deletion's error, naming what could not be deleted where it now is.
+    assert!(said.starts_with("err Io PermissionDenied"), "{said}");
+    assert!(
+        said.contains(&format!("remove {}:", locks.display())),
+        "{said}"
+    );
+    assert_eq!(leftovers, Vec::<String>::new(), "left hidden in the parent");
+    assert!(path.join("lockyard-store").is_file(), "the marker is kept");
+    // Deletion stopped inside `locks/` (entries are deleted in name order, the marker last), after
+    // `deadlock` had gone: open says so.
+    assert_err(FileManager::open(&path), corrupt, &path.join("deadlock"));
+    FileManager::remove(&path).expect("remove again once the cause is fixed");
+    assert!(!path.exists());
+    assert_eq!(removed_away(root.path()), Vec::<String>::new());
+}

@@ -430,3 +430,46 @@ fn idle_waiter_sleeps(wait: fn(&FileLocker) -> Result<(), Error>) {
         "the idle waiter woke {woke} times in 1.5 s of deadlock checks"
     );
 }
+
+/// Files in `owners/` that are not this store's waiter files (other content, another size, a
+/// header naming another owner, a directory, a symbolic link) are left alone by the sweep a
+/// manager makes before its first wait and by a snapshot's read of the waiter files, and
+/// neither the wait nor the snapshot fails over them.
+#[test]
+fn foreign_files_in_owners_are_left_alone() {
+    let (_root, path, holder) = fresh(4);
+    let owners = path.join("owners");
+    let mut other_owner = vec![0u8; 4096];
+    other_owner[..8].copy_from_slice(b"LKYDOWNR");
+    other_owner[8..16].copy_from_slice(&8u64.to_le_bytes());
+    let foreign = [
+        ("5", b"an operator's notes\n".to_vec()),
+        ("6", vec![0u8; 4096]),
+        ("7", other_owner),
+    ];
+    for (name, bytes) in &foreign {
+        std::fs::write(owners.join(name), bytes).expect("write");
+    }
+    std::fs::create_dir(owners.join("9")).expect("mkdir");
+    std::os::unix::fs::symlink("5", owners.join("10")).expect("symlink");
+    let held = holder.retrieve(LockId(1)).expect("retrieve");
+    assert_eq!(held.lock().expect("lock"), Acquired::Clean);
+    let waiter = FileManager::open(&path).expect("open");
+    let lock = waiter.retrieve(LockId(1)).expect("retrieve");
+    assert!(matches!(
+        lock.try_lock_for(Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
+    let snapshot = waiter.snapshot().expect("snapshot");
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    for (name, bytes) in &foreign {
+        assert_eq!(
+            std::fs::read(owners.join(name)).ok().as_ref(),
+            Some(bytes),
+            "owners/{name}"
+        );
+    }
+    assert!(owners.join("9").is_dir());
+    assert!(owners.join("10").is_symlink());
+    held.unlock().expect("unlock");
+}

@@ -151,6 +151,13 @@ pub(crate) fn child_entry() {
             }
             0
         }
+        "remove" => {
+            match FileManager::remove(&store) {
+                Ok(()) => say("removed"),
+                Err(e) => say(describe(&e)),
+            }
+            0
+        }
         "hold" => hold(Path::new(&store), &arg),
         "hammer" => hammer(Path::new(&store), &arg),
         "churn" => churn(Path::new(&store)),
