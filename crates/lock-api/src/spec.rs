@@ -252,7 +252,10 @@ fn parse_etcd(rest: &str) -> std::result::Result<EtcdSpec, String> {
                 if ttl.is_zero() {
                     return Err("bad ttl: zero".into());
                 }
-                spec.ttl = Some(ttl);
+                // Given twice, one of the two is a mistake, and which one wins would be a guess.
+                if spec.ttl.replace(ttl).is_some() {
+                    return Err("option ttl given twice".into());
+                }
             }
             _ => return Err(format!("unknown option {option:?} (known: ttl)")),
         }
@@ -483,6 +486,7 @@ mod tests {
         assert!(why("etcd://h:1/a/b?ttl=0s").contains("bad ttl: zero"));
         assert!(why("etcd://h:1/a/b?ttl=5").contains("bad ttl"));
         assert!(why("etcd://h:1/a/b?colour=red").contains("unknown option"));
+        assert!(why("etcd://h:1/a/b?ttl=2s&ttl=3s").contains("given twice"));
     }
 
     /// A shm or mem name, a path or an etcd key segment that starts or ends with whitespace,
