@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::proto::PbKeyValue;
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse};
 use lock_api::{Error, Result};
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::time::{sleep, timeout_at};
@@ -413,6 +414,8 @@ where
     let mut backoff = Duration::from_millis(20);
     let mut last;
     let mut attempts = 0usize;
+    // Endpoints in a row that answered like no etcd member.
+    let mut not_etcd = 0usize;
     loop {
         let (index, client) = ctx.pick();
         let attempt_deadline = deadline.min(Instant::now() + ctx.attempt_timeout());
@@ -431,6 +434,14 @@ where
             Ok(Err(e)) if is_transient(&e) => {
                 ctx.failed(index);
                 last = e.to_string();
+                not_etcd = 0;
+            }
+            // This endpoint is no etcd member (an HTTP proxy answering 404, say): another may
+            // be, so every endpoint is tried before the answer is taken for the cluster's.
+            Ok(Err(e)) if is_not_etcd(&e) && not_etcd + 1 < ctx.clients.len() => {
+                ctx.failed(index);
+                last = e.to_string();
+                not_etcd += 1;
             }
             Ok(Err(e)) => return Err(map_err(e)),
             Err(_) => {
@@ -453,6 +464,113 @@ where
             )));
         }
         sleep(pause).await;
+    }
+}
+
+/// The largest answer a [`range_all`] page may be: a page holds at most [`VALUE_PAGE`] keys,
+/// each at most etcd's default request limit (1.5 MiB; lock-etcd itself writes at most
+/// [`MAX_DATA_LEN`](crate::MAX_DATA_LEN) and a short header), so a page of lock-etcd's own keys
+/// stays under 100 MiB. tonic's default is 4 MiB, which five holders of 1 MiB each passed.
+pub(crate) const MAX_ANSWER: usize = 128 << 20;
+
+/// Keys per page of a [`range_all`] that reads values.
+pub(crate) const VALUE_PAGE: i64 = 64;
+
+/// Keys per page of a [`range_all`] that reads keys only (a key is at most
+/// [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN) + [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) + a few
+/// dozen bytes, so a page stays under 10 MiB).
+pub(crate) const KEY_PAGE: i64 = 10_000;
+
+/// One page of a [`range_all`]; `None` when its revision was compacted meanwhile.
+pub(crate) struct Page(Option<GetResponse>);
+
+impl Answer for Page {
+    fn raft_term(&self) -> Option<u64> {
+        self.0.as_ref().and_then(Answer::raft_term)
+    }
+}
+
+/// Whether a request failed because the revision it read at was compacted.
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::OutOfRange && s.message().contains("compacted"))
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Every key under `prefix` (with values unless `keys_only`), in key order, read in pages of
+/// [`VALUE_PAGE`] or [`KEY_PAGE`] keys at the revision of the first page, so the whole is one
+/// consistent view however many keys and bytes there are; returns that revision too. A page
+/// whose revision was compacted meanwhile starts the read over at the newest revision.
+///
+/// One Range over a prefix used to be read in one answer, which tonic refuses past 4 MiB:
+/// five holders of 1 MiB of data each, or ~94,000 allocation keys.
+pub(crate) async fn range_all(
+    ctx: &Ctx,
+    prefix: &str,
+    keys_only: bool,
+) -> Result<(i64, Vec<PbKeyValue>)> {
+    let end = prefix_end(prefix.as_bytes());
+    let page_size = if keys_only { KEY_PAGE } else { VALUE_PAGE };
+    'read: loop {
+        let mut kvs = Vec::new();
+        let mut revision = 0i64;
+        let mut from = prefix.as_bytes().to_vec();
+        loop {
+            let page = ctx
+                .call(|c| {
+                    let mut options = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(page_size)
+                        .with_revision(revision);
+                    if keys_only {
+                        options = options.with_keys_only();
+                    }
+                    let key = from.clone();
+                    async move {
+                        let mut kv = c.kv_client().max_decoding_message_size(MAX_ANSWER);
+                        match kv.get(key, Some(options)).await {
+                            Ok(answer) => Ok(Page(Some(answer))),
+                            Err(e) if is_compacted(&e) => Ok(Page(None)),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .await?;
+            let Some(mut answer) = page.0 else {
+                continue 'read;
+            };
+            if revision == 0 {
+                revision = answer.0.header.as_ref().map_or(0, |h| h.revision);
+                if revision <= 0 {
+                    return Err(Error::unavailable(format!(
+                        "etcd answered a read of {prefix} without a revision"
+                    )));
+                }
+            }
+            let more = answer.0.more;
+            let page = std::mem::take(&mut answer.0.kvs);
+            let last = page.last().map(|kv| kv.key.clone());
+            kvs.extend(page);
+            match last {
+                Some(mut last) if more => {
+                    // The next page starts right after the last key read.
+                    last.push(0);
+                    from = last;
+                }
+                _ => return Ok((revision, kvs)),
+            }
+        }
     }
 }
 
@@ -503,6 +621,18 @@ pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether an error says the endpoint that gave it is no etcd member: gRPC's readings of HTTP
+/// 404, 401 and 403 from something in front of it (a proxy, a web server). etcd itself answers
+/// every RPC lock-etcd sends, and without authentication, so these are the endpoint's, not the
+/// cluster's.
+fn is_not_etcd(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    matches!(e, etcd_client::Error::GRpcStatus(s) if matches!(
+        s.code(),
+        Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied
+    ))
+}
+
 /// Whether an error says the lease no longer exists.
 pub(crate) fn is_lease_gone(e: &etcd_client::Error) -> bool {
     match e {
@@ -514,12 +644,82 @@ pub(crate) fn is_lease_gone(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// Maps a client error to the shared error enum: a vanished lease is [`Error::Lost`], anything
-/// else means the service did not do what was asked, [`Error::Unavailable`] with the cause.
+/// Maps a client error to the shared error enum: a vanished lease is [`Error::Lost`]; an
+/// `OutOfRange` status (an answer larger than the client accepts, a revision compacted or in the
+/// future) is [`Error::Corrupt`]: the server was reached and answered, and lock-etcd's own keys
+/// never make an answer that large ([`range_all`] pages its reads), so the store holds what
+/// lock-etcd did not write. Anything else means the service did not do what was asked,
+/// [`Error::Unavailable`] with the cause.
 pub(crate) fn map_err(e: etcd_client::Error) -> Error {
     if is_lease_gone(&e) {
-        Error::Lost
-    } else {
-        Error::unavailable(e)
+        return Error::Lost;
+    }
+    match &e {
+        etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::OutOfRange => {
+            Error::corrupt(format!(
+                "etcd answer out of range (larger than {MAX_ANSWER} bytes, or at a revision \
+                 etcd no longer has): {}",
+                s.message()
+            ))
+        }
+        _ => Error::unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    /// An answer over the client's limit is `Corrupt`, not `Unavailable`: the server answered
+    /// (it was `Unavailable { OutOfRange "decoded message length too large" }`).
+    #[test]
+    fn an_answer_out_of_range_is_corrupt() {
+        let too_large = status(
+            tonic::Code::OutOfRange,
+            "Error, decoded message length too large: found 5244629 bytes, the limit is: \
+             4194304 bytes",
+        );
+        assert!(!is_transient(&too_large));
+        assert!(matches!(map_err(too_large), Error::Corrupt { .. }));
+        let compacted = status(
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        );
+        assert!(is_compacted(&compacted));
+        assert!(matches!(
+            map_err(status(tonic::Code::Unavailable, "no leader")),
+            Error::Unavailable { .. }
+        ));
+    }
+
+    /// What a proxy's 404, 401 and 403 become is the endpoint's answer, not the cluster's.
+    #[test]
+    fn answers_of_something_else_than_etcd_are_told_apart() {
+        for code in [
+            tonic::Code::Unimplemented,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+        ] {
+            assert!(is_not_etcd(&status(code, "")), "{code:?}");
+        }
+        assert!(!is_not_etcd(&status(
+            tonic::Code::NotFound,
+            "lease not found"
+        )));
+        assert!(!is_not_etcd(&status(
+            tonic::Code::InvalidArgument,
+            "too large"
+        )));
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"a/lock/"), b"a/lock0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

@@ -3,7 +3,12 @@
 //! A waiter on a table lock that has waited past its manager's deadlock timeout:
 //! 1. takes the table's *detection lock*, the key `<root>/deadlock`, created in a Txn guarded by
 //!    `create_revision == 0` and attached to the waiter's session lease (so a detector that dies
-//!    frees it within its TTL); its value is the detector's own key, which no one else writes;
+//!    frees it within its TTL); its value is the detector's own key, which no one else writes.
+//!    A detection lock held by a live detector (leased, naming a queue key of the table that
+//!    exists on the same lease and is older) is waited for by a watch on its deletion, writing
+//!    nothing; anything else there is stale or foreign and is taken over by a Txn guarded by its
+//!    ModRevision (a leaseless key used to disable detection for good, and waiters retried a
+//!    write Txn every 20 ms while a check ran);
 //! 2. reads one snapshot: one Range over `<root>/lock/`, one revision (`snapshot.rs`);
 //! 3. runs [`find_cycle`] from its own owner key. If it closes a cycle, one Txn deletes its own
 //!    waiter key *and* the detection lock, guarded by both still being its own: the withdrawal is
@@ -23,20 +28,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::proto::PbTxnOpResponse;
+use etcd_client::proto::{PbKeyValue, PbTxnOpResponse, PbTxnResponse};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use lock_api::{Cycle, Error, Result, find_cycle};
 use tokio::time::{sleep, sleep_until};
 
-use crate::client::Ctx;
+use crate::client::{Ctx, range_all};
+use crate::lease::watch_deletion;
 use crate::snapshot::lock_states;
+use crate::table::parse_decimal;
+
+/// What one try for the detection lock found.
+enum Taken {
+    /// This waiter holds it.
+    Ours,
+    /// A live detector holds it, the key created at this revision: wait for its deletion.
+    Busy(i64),
+    /// It changed under the try (released, or taken over by another waiter): try again.
+    Again,
+}
 
 /// How long a blocked `lock` waits before it checks for a deadlock, unless set otherwise
 /// (PostgreSQL's `deadlock_timeout`).
 pub const DEFAULT_DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How often a detector tries again for a detection lock another detector holds.
+/// The first pause before a detector tries again for the detection lock when the watch on
+/// another detector's hold broke (a detection lock that is held is waited for by a watch, not by
+/// trying again: trying every 20 ms cost a raft proposal per waiter each time); it doubles up
+/// to [`TAKE_RETRY_MAX`].
 const TAKE_RETRY: Duration = Duration::from_millis(20);
+const TAKE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// How often a waiter with detection turned off looks whether it was turned on.
 const OFF_RECHECK: Duration = Duration::from_secs(1);
@@ -46,6 +67,8 @@ const OFF_RECHECK: Duration = Duration::from_secs(1);
 pub(crate) struct Detector {
     /// The table's root key, `<prefix>/table/<store>`.
     pub(crate) root: Arc<str>,
+    /// The table's capacity (ids at or beyond it are no lock of the table).
+    pub(crate) capacity: u32,
     /// The owner key of the waiter's manager: its node in the wait-for graph.
     pub(crate) owner: Arc<str>,
     /// The manager's deadlock timeout in milliseconds; 0 is off.
@@ -118,11 +141,30 @@ impl Detector {
                     }
                 }
             }
-            // Take the detection lock; while another detector holds it, the turn may still come.
-            while !self.take(ctx, own_key, lease, unsure).await? {
-                tokio::select! {
-                    result = &mut turn => return result,
-                    () = sleep(TAKE_RETRY) => {}
+            // Take the detection lock; while another detector holds it, wait for its release by
+            // a watch (no write while it is held), and the turn may still come meanwhile.
+            let mut pause = TAKE_RETRY;
+            loop {
+                match self.take(ctx, own_key, lease, unsure).await? {
+                    Taken::Ours => break,
+                    Taken::Again => continue,
+                    Taken::Busy(created) => {
+                        let key = detection_key(&self.root).into_bytes();
+                        let released = tokio::select! {
+                            result = &mut turn => return result,
+                            released = watch_deletion(ctx, key, None, Some(created)) => released,
+                        };
+                        if released {
+                            pause = TAKE_RETRY;
+                            continue;
+                        }
+                        // The watch broke (a member failing): pause, then look again.
+                        tokio::select! {
+                            result = &mut turn => return result,
+                            () = sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(TAKE_RETRY_MAX);
+                    }
                 }
             }
             if let Some(cycle) = self.check(ctx, own_key, revision).await? {
@@ -132,8 +174,16 @@ impl Detector {
         }
     }
 
-    /// Tries once to take the detection lock; true when this waiter holds it.
-    async fn take(&self, ctx: &Ctx, own_key: &str, lease: i64, unsure: &mut bool) -> Result<bool> {
+    /// Tries once to take the detection lock.
+    ///
+    /// A detection key held by someone else is a live detector's only if it has a lease and
+    /// names a queue key of this table that still exists on that lease and was created before
+    /// it (a detector holds the lock only while its waiting key exists, on the same lease; a
+    /// name made again later is a later acquisition). Anything else (no lease: nothing
+    /// lock-etcd writes; a value that is no queue key; a named key gone or on another lease, as
+    /// after a release that failed for good) is stale or foreign and is taken over, by a Txn
+    /// guarded by the key's ModRevision, so of several waiters that saw it one wins.
+    async fn take(&self, ctx: &Ctx, own_key: &str, lease: i64, unsure: &mut bool) -> Result<Taken> {
         let key = detection_key(&self.root);
         let key = key.as_str();
         // Set while the Txn is in flight (the future may be dropped there), sticky afterwards.
@@ -157,14 +207,75 @@ impl Detector {
         // An attempt before the last may still be applied by a member that was silent.
         *unsure = was || attempts > 1;
         if answer.0.succeeded {
-            return Ok(true);
+            return Ok(Taken::Ours);
         }
+        let Some(found) = first_kv(&answer.0) else {
+            return Ok(Taken::Again);
+        };
         // A retried Txn whose first attempt was applied finds its own value there.
-        let holder = answer.0.responses.first().and_then(|r| match &r.response {
-            Some(PbTxnOpResponse::ResponseRange(range)) => range.kvs.first(),
-            _ => None,
-        });
-        Ok(holder.is_some_and(|kv| kv.value == own_key.as_bytes()))
+        if found.value == own_key.as_bytes() {
+            return Ok(Taken::Ours);
+        }
+        if self.live(ctx, found).await? {
+            return Ok(Taken::Busy(found.create_revision));
+        }
+        let seen = found.mod_revision;
+        let was = *unsure;
+        *unsure = true;
+        let mut attempts = 0u32;
+        let answer = ctx
+            .call(|mut c| {
+                attempts += 1;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key, CompareOp::Equal, seen)])
+                    .and_then([TxnOp::put(
+                        key,
+                        own_key,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key, Some(GetOptions::new()))]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        // A late copy succeeds only while the stale key is unchanged, and is swept like a late
+        // create (`session.rs`, invariant 4).
+        *unsure = was || attempts > 1;
+        let ours = answer.0.succeeded
+            || first_kv(&answer.0).is_some_and(|kv| kv.value == own_key.as_bytes());
+        Ok(if ours { Taken::Ours } else { Taken::Again })
+    }
+
+    /// Whether the detection key `found` is a live detector's (see [`take`](Self::take)).
+    async fn live(&self, ctx: &Ctx, found: &PbKeyValue) -> Result<bool> {
+        if found.lease == 0 {
+            return Ok(false);
+        }
+        let Some(named) = std::str::from_utf8(&found.value)
+            .ok()
+            .filter(|v| self.is_queue_key(v))
+        else {
+            return Ok(false);
+        };
+        let answer = ctx
+            .call(
+                |mut c| async move { c.get(named, Some(GetOptions::new().with_keys_only())).await },
+            )
+            .await?;
+        Ok(answer.kvs().first().is_some_and(|kv| {
+            kv.lease() == found.lease && kv.create_revision() < found.create_revision
+        }))
+    }
+
+    /// Whether `key` is a queue key of this table: `<root>/lock/<id>/<leaf>`.
+    fn is_queue_key(&self, key: &str) -> bool {
+        key.strip_prefix(&*self.root)
+            .and_then(|rest| rest.strip_prefix("/lock/"))
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(id, leaf)| {
+                parse_decimal(id).is_some_and(|id| id < self.capacity)
+                    && !leaf.is_empty()
+                    && !leaf.contains('/')
+            })
     }
 
     /// Reads the snapshot and decides, holding the detection lock; releases it in every case.
@@ -197,11 +308,10 @@ impl Detector {
     /// The cycle this waiter closes in a snapshot read now, if any.
     async fn find(&self, ctx: &Ctx) -> Result<Option<Cycle>> {
         let prefix = format!("{}/lock/", self.root);
-        let prefix = prefix.as_str();
-        let answer = ctx
-            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
-            .await?;
-        let states = lock_states(prefix, &answer.0.kvs)?;
+        // In pages at one revision: one Range failed past tonic's 4 MiB answer limit (five
+        // holders of 1 MiB of data), which failed every contended wait at its first check.
+        let (_, kvs) = range_all(ctx, &prefix, false).await?;
+        let states = lock_states(&prefix, self.capacity, &kvs)?;
         Ok(find_cycle(&states, &self.owner))
     }
 
@@ -236,5 +346,13 @@ impl Detector {
             .await?;
         // A retried Txn whose first attempt was applied finds nothing left to delete.
         Ok(answer.0.succeeded || attempts > 1)
+    }
+}
+
+/// The first key the Txn's first response read.
+fn first_kv(resp: &PbTxnResponse) -> Option<&PbKeyValue> {
+    match resp.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(PbTxnOpResponse::ResponseRange(range)) => range.kvs.first(),
+        _ => None,
     }
 }

@@ -36,7 +36,7 @@ pub use crate::info::Info;
 pub use crate::nonblocking::{AsyncGuard, EtcdClient, Session};
 pub use crate::options::{
     EtcdOptions, MAX_DATA_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TIMEOUT, MAX_TTL, MIN_TTL,
-    validate_name,
+    RESERVED_SEGMENTS, validate_name,
 };
 pub use crate::table::EtcdTable;
 

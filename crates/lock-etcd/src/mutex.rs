@@ -224,6 +224,23 @@ fn previous_marker(resp: &PbTxnResponse) -> Option<&PbKeyValue> {
     }
 }
 
+/// Whether the claim Txn wrote the marker: its second response is the nested Txn that writes it
+/// when there is none (succeeded) or, in its else branch, when it is of this version.
+fn marker_written(resp: &PbTxnResponse) -> bool {
+    let Some(outer) = nested_txn(resp, 1) else {
+        return false;
+    };
+    outer.succeeded || nested_txn(outer, 0).is_some_and(|inner| inner.succeeded)
+}
+
+/// The nested Txn answer of a Txn's `index`-th response.
+fn nested_txn(resp: &PbTxnResponse, index: usize) -> Option<&PbTxnResponse> {
+    match resp.responses.get(index)?.response.as_ref()? {
+        PbTxnOpResponse::ResponseTxn(t) => Some(t),
+        _ => None,
+    }
+}
+
 /// The first key of a Txn's `index`-th response.
 fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
     txn_kvs(resp, index).first()
@@ -254,8 +271,9 @@ pub(crate) fn leaf_of(key: &str) -> &str {
 }
 
 /// How a claim by the acquisition `own_key`, created at `own_revision`, went, from the marker it
-/// found (invariant 7): a marker naming another acquisition that was ahead of ours (or that
-/// nobody can read) was left by a holder that did not release cleanly. A marker naming a key
+/// found (invariant 7): a marker naming another acquisition that was ahead of ours (or one of
+/// this version's that does not parse: the claim only replaces markers that start with this
+/// version's first line) was left by a holder that did not release cleanly. A marker naming a key
 /// created after ours was written by a newcomer in the gap before our claim: no death.
 fn claimed(previous_marker: Option<&PbKeyValue>, own_key: &str, own_revision: i64) -> Acquired {
     let Some(kv) = previous_marker else {
@@ -632,18 +650,30 @@ async fn claim(
     mark: Vec<u8>,
 ) -> Result<Option<Claim>> {
     let marker = marker_key(queue);
+    let (low, high) = Marker::version_bounds();
     let answer = ctx
         .call(|mut c| {
+            // The marker is claimed when there is none or it is one of this format version;
+            // any other value is state lock-etcd did not write (another version's, or garbage),
+            // which it reports and never overwrites.
+            let ours_or_none = Txn::new()
+                .when([Compare::create_revision(marker, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(marker, mark.clone(), None)])
+                .or_else([TxnOp::txn(
+                    Txn::new()
+                        .when([
+                            Compare::value(marker, CompareOp::Greater, low.clone()),
+                            Compare::value(marker, CompareOp::Less, high.clone()),
+                        ])
+                        .and_then([TxnOp::put(marker, mark.clone(), None)]),
+                )]);
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(key, CompareOp::Equal, revision),
                     Compare::lease(key, CompareOp::Equal, lease),
                     Compare::create_revision(queue, CompareOp::Greater, revision - 1).with_prefix(),
                 ])
-                .and_then([
-                    TxnOp::get(marker, None),
-                    TxnOp::put(marker, mark.clone(), None),
-                ])
+                .and_then([TxnOp::get(marker, None), TxnOp::txn(ours_or_none)])
                 .or_else([
                     TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
                     TxnOp::get(
@@ -662,11 +692,17 @@ async fn claim(
         .await?;
     let raw = &answer.0;
     if raw.succeeded {
-        return Ok(Some(Claim::Claimed(claimed(
-            txn_first_kv(raw, 0),
-            key,
-            revision,
-        ))));
+        let previous = txn_first_kv(raw, 0);
+        if !marker_written(raw) {
+            // Not claimed: say why, from the marker that was left in place.
+            let found = previous.map_or(&[][..], |kv| kv.value.as_slice());
+            return Err(match Marker::decode(marker, found) {
+                Err(e) => e,
+                // Changed between the compare and the read: cannot be, the Txn is atomic.
+                Ok(_) => Error::corrupt(format!("held marker {marker}: not claimable")),
+            });
+        }
+        return Ok(Some(Claim::Claimed(claimed(previous, key, revision))));
     }
     let ours =
         txn_first_kv(raw, 0).is_some_and(|kv| kv.create_revision == revision && kv.lease == lease);
@@ -842,10 +878,9 @@ pub(crate) async fn holder_info(
     let Some(found) = txn_first_kv(&answer.0, 0) else {
         return Ok(None);
     };
-    let Ok(marker) = Marker::decode(marker, &found.value) else {
-        // Held by someone nobody can describe.
-        return Ok(Some((lock_api::Holder::default(), None)));
-    };
+    // A marker of another version is `Incompatible`, garbage `Corrupt`: it was reported as a
+    // holder nobody knows, alive.
+    let marker = Marker::decode(marker, &found.value)?;
     let first = txn_first_kv(&answer.0, 1);
     let first_leaf = first.map(|kv| leaf_of(&String::from_utf8_lossy(&kv.key)).to_owned());
     let head = first

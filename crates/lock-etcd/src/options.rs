@@ -27,6 +27,11 @@ pub const MAX_NAME_LEN: usize = 200;
 /// The longest key prefix, in bytes.
 pub const MAX_PREFIX_LEN: usize = 512;
 
+/// Key segments a prefix may not contain: every key of a prefix `P` is `P/lock/...` or
+/// `P/table/...`, so a prefix with one of them as a segment would lie inside another prefix's
+/// lock or table ranges (prefix `P/table/t` inside table `t` of `P`).
+pub const RESERVED_SEGMENTS: [&str; 2] = ["lock", "table"];
+
 /// The largest payload [`LockData::write_data`](lock_api::LockData::write_data) accepts.
 ///
 /// etcd refuses requests over 1.5 MiB by default; the owner record shares the value.
@@ -70,6 +75,9 @@ impl EtcdOptions {
     }
 
     /// The key prefix every key of this connection lives under (a trailing `/` is ignored).
+    /// No segment of it may be one of [`RESERVED_SEGMENTS`] (`lock`, `table`): such a prefix
+    /// would lie inside another prefix's key ranges, and connecting with it is
+    /// [`Error::InvalidArgument`].
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -129,6 +137,16 @@ impl EtcdOptions {
         }
         if prefix.contains('\0') {
             return Err(Error::invalid("the etcd key prefix contains a NUL byte"));
+        }
+        if let Some(word) = prefix
+            .split('/')
+            .find(|segment| RESERVED_SEGMENTS.contains(segment))
+        {
+            return Err(Error::invalid(format!(
+                "the etcd key prefix {prefix:?} has a segment {word:?}: the segments \"lock\" \
+                 and \"table\" are reserved, since a prefix with one would place its keys \
+                 inside another prefix's lock or table ranges"
+            )));
         }
         if self.ttl < MIN_TTL {
             return Err(Error::invalid(format!(
@@ -238,6 +256,36 @@ mod tests {
             .connect_timeout(MAX_TIMEOUT)
             .request_timeout(MAX_TIMEOUT);
         assert!(longest.validate().is_ok());
+    }
+
+    /// A prefix with a segment `lock` or `table` lies in another prefix's ranges (prefix
+    /// `ov2/table/t` in table `t` of prefix `ov2`) and is refused; one that merely contains the
+    /// words is not.
+    #[test]
+    fn prefixes_inside_another_prefix_are_refused() {
+        for bad in [
+            "lock",
+            "table",
+            "a/lock",
+            "a/lock/b",
+            "a/table/t",
+            "/table",
+            "a//lock/",
+        ] {
+            assert!(
+                matches!(
+                    EtcdOptions::new().prefix(bad).validate(),
+                    Err(Error::InvalidArgument { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        for good in ["a", "a/locks", "tables/b", "a/deadlock", "lock-a", "a/Lock"] {
+            assert!(
+                EtcdOptions::new().prefix(good).validate().is_ok(),
+                "{good:?}"
+            );
+        }
     }
 
     #[test]

@@ -140,6 +140,18 @@ impl Marker {
         (low, high)
     }
 
+    /// Two values that every marker of this format version lies strictly between, and nothing
+    /// else that starts otherwise: a claim replaces only a marker between them, so a marker of
+    /// another version (or a value lock-etcd never wrote) is reported, never overwritten.
+    pub(crate) fn version_bounds() -> (Vec<u8>, Vec<u8>) {
+        let low = format!("{MARKER_MAGIC} {VERSION}\n").into_bytes();
+        let mut high = low.clone();
+        if let Some(last) = high.last_mut() {
+            *last += 1;
+        }
+        (low, high)
+    }
+
     /// Parses a marker read from `key`.
     pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Marker> {
         let (fields, _) = split(key, MARKER_MAGIC, "held marker", value)?;
@@ -297,6 +309,30 @@ mod tests {
             marker("00000000000000ff-2", Some(7), 1),
         ] {
             assert!(!(low < theirs && theirs < high), "{theirs:?}");
+        }
+    }
+
+    #[test]
+    fn version_bounds_hold_this_versions_markers_only() {
+        let (low, high) = Marker::version_bounds();
+        let ours = Marker {
+            key: "00000000000000ff-1".into(),
+            rev: Some(3),
+            record: sample(b""),
+        }
+        .encode();
+        assert!(low < ours && ours < high);
+        for theirs in [
+            &b"lockyard-etcd-held 9\n\n"[..],
+            b"lockyard-etcd-held 10\nkey=a\n\n",
+            b"lockyard-etcd-held 1",
+            b"\xff\xfegarbage",
+            b"",
+        ] {
+            assert!(
+                !(low.as_slice() < theirs && theirs < high.as_slice()),
+                "{theirs:?}"
+            );
         }
     }
 

@@ -29,7 +29,10 @@
 //!    with a session's lease it would succeed: a late acquisition Txn re-creates a key that was
 //!    released (a *ghost* holding or queueing for the lock), a late detection-lock Txn re-takes
 //!    the detection lock. Only writes guarded by `create_revision == 0` can come back this way
-//!    (every other write is guarded by the key's CreateRevision or value, so a late copy fails).
+//!    (every other write is guarded by the key's CreateRevision or value, so a late copy fails),
+//!    and the takeover of a stale detection lock (`deadlock.rs`), guarded by that key's
+//!    ModRevision: it too writes the detection lock with the acquisition's key as its value, and
+//!    is remembered and swept the same way.
 //!    So every acquisition whose such Txn was not answered at its first attempt (or was cut
 //!    off) is remembered as a *suspect* once it ends; while the session lives, a sweeper reads
 //!    the suspects about once a second and deletes any that reappeared (and a marker they

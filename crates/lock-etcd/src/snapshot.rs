@@ -11,6 +11,8 @@
 //!   deleted, without a clean release, so the next acquirer gets `OwnerDied`. A marker naming a
 //!   key created after the queue's first key was written by a newcomer in a hand-over's gap
 //!   (see [`standing`]): the lock has no holder then.
+//! - A held marker that cannot be read fails the snapshot (`Corrupt`, or `Incompatible` for
+//!   another format version), as does a key whose id lock-etcd would not write.
 //! - The *waiters* are every other queue key, in queue (CreateRevision) order, each described by
 //!   its own owner record, whose `since` is when it started waiting. A queue with no marker has
 //!   no holder: its first key is about to claim the lock.
@@ -18,9 +20,10 @@
 use std::collections::BTreeMap;
 
 use etcd_client::proto::PbKeyValue;
-use lock_api::{Error, Holder, LockId, LockState, Result};
+use lock_api::{Error, LockId, LockState, Result};
 
 use crate::record::{Marker, Record};
+use crate::table::parse_decimal;
 
 /// What a held marker says about the lock, against the queue's first key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +59,22 @@ struct Lock<'a> {
     queue: Vec<&'a PbKeyValue>,
 }
 
-/// The locks under `lock_prefix` (`<root>/lock/`) that are held or waited for, in id order.
+/// The locks under `lock_prefix` (`<root>/lock/`) of a table of `capacity` locks that are held
+/// or waited for, in id order.
 ///
 /// # Errors
 ///
-/// [`Error::Corrupt`] for a key under the prefix whose id is not a number. A record or marker
-/// that cannot be parsed does not fail the snapshot: its entry is listed with what is known.
-pub(crate) fn lock_states(lock_prefix: &str, kvs: &[PbKeyValue]) -> Result<Vec<LockState>> {
+/// [`Error::Corrupt`] for a key under the prefix whose id is not one lock-etcd writes (decimal,
+/// no sign or leading zero: `lock/+3` and `lock/03` would be read as lock 3) or is at or beyond
+/// the capacity; a held marker that cannot be parsed is [`Error::Corrupt`], one of another
+/// format version [`Error::Incompatible`] (it used to be listed as a holder nobody knows, and
+/// `try_lock` took the lock over as from a dead one). A waiter's record that cannot be parsed
+/// does not fail the snapshot: the waiter is listed with what is known.
+pub(crate) fn lock_states(
+    lock_prefix: &str,
+    capacity: u32,
+    kvs: &[PbKeyValue],
+) -> Result<Vec<LockState>> {
     let mut locks: BTreeMap<u32, Lock<'_>> = BTreeMap::new();
     for kv in kvs {
         let key = String::from_utf8_lossy(&kv.key);
@@ -73,9 +85,13 @@ pub(crate) fn lock_states(lock_prefix: &str, kvs: &[PbKeyValue]) -> Result<Vec<L
             Some((id, leaf)) => (id, Some(leaf)),
             None => (rest, None),
         };
-        let id = id
-            .parse::<u32>()
-            .map_err(|_| Error::corrupt(format!("etcd lock key {key}")))?;
+        let id = parse_decimal(id)
+            .filter(|id| *id < capacity)
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "etcd lock key {key:?} (ids are decimal, below the capacity {capacity})"
+                ))
+            })?;
         let lock = locks.entry(id).or_default();
         match leaf {
             None => lock.marker = Some(kv),
@@ -85,17 +101,15 @@ pub(crate) fn lock_states(lock_prefix: &str, kvs: &[PbKeyValue]) -> Result<Vec<L
     let mut states = Vec::with_capacity(locks.len());
     for (id, mut lock) in locks {
         lock.queue.sort_by_key(|kv| kv.create_revision);
-        let marker = lock.marker.map(|kv| {
-            let key = String::from_utf8_lossy(&kv.key);
-            Marker::decode(&key, &kv.value).ok()
-        });
         let first = lock
             .queue
             .first()
             .map(|kv| (leaf_of(kv), kv.create_revision));
         let mut holder_leaf = None;
-        let holder = match (lock.marker, marker) {
-            (Some(kv), Some(Some(marker))) => {
+        let holder = match lock.marker {
+            Some(kv) => {
+                let key = String::from_utf8_lossy(&kv.key);
+                let marker = Marker::decode(&key, &kv.value)?;
                 let first = first.as_ref().map(|(leaf, rev)| (leaf.as_str(), *rev));
                 match standing(&marker, kv.mod_revision, first) {
                     Standing::Alive => {
@@ -106,9 +120,7 @@ pub(crate) fn lock_states(lock_prefix: &str, kvs: &[PbKeyValue]) -> Result<Vec<L
                     Standing::Dead => Some(marker.record.holder().dead(true)),
                 }
             }
-            // A marker nobody can read: held by someone unknown, never an edge of the graph.
-            (Some(_), _) => Some(Holder::default()),
-            (None, _) => None,
+            None => None,
         };
         let waiters = lock
             .queue
@@ -136,6 +148,8 @@ fn leaf_of(kv: &PbKeyValue) -> String {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
+
+    use lock_api::Holder;
 
     use super::*;
 
@@ -179,7 +193,7 @@ mod tests {
             kv("t/lock/3/b", record(2, "B").encode(), 7),
             kv("t/lock/3/a", record(1, "A").encode(), 5),
         ];
-        let states = lock_states("t/lock/", &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
         assert_eq!(states.len(), 1);
         let state = &states[0];
         assert_eq!(state.id, LockId(3));
@@ -196,7 +210,7 @@ mod tests {
             with_mod(kv("t/lock/0", marker("a", 1, "A"), 5), 5),
             kv("t/lock/0/b", record(2, "B").encode(), 9),
         ];
-        let states = lock_states("t/lock/", &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
         let holder = states[0].holder.as_ref().expect("holder");
         assert!(holder.dead);
         assert_eq!(holder.pid, Some(1));
@@ -211,7 +225,7 @@ mod tests {
             kv("t/lock/0/b", record(2, "B").encode(), 9),
             kv("t/lock/0/c", record(3, "C").encode(), 12),
         ];
-        let states = lock_states("t/lock/", &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
         assert_eq!(states[0].holder, None);
         assert_eq!(states[0].waiters.len(), 2);
     }
@@ -219,20 +233,44 @@ mod tests {
     #[test]
     fn a_queue_without_a_marker_has_no_holder() {
         let kvs = [kv("t/lock/1/b", record(2, "B").encode(), 9)];
-        let states = lock_states("t/lock/", &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
         assert_eq!(states[0].holder, None);
         assert_eq!(states[0].waiters.len(), 1);
     }
 
     #[test]
     fn a_bad_id_is_corrupt_and_a_bad_record_is_listed() {
-        let bad = [kv("t/lock/x/b", Vec::new(), 1)];
+        for bad in [
+            "t/lock/x/b",
+            "t/lock/+3/b",
+            "t/lock/03/b",
+            "t/lock/4/b",
+            "t/lock/99",
+        ] {
+            let kvs = [kv(bad, record(2, "B").encode(), 1)];
+            assert!(
+                matches!(lock_states("t/lock/", 4, &kvs), Err(Error::Corrupt { .. })),
+                "{bad}"
+            );
+        }
+        let garbled = [kv("t/lock/2/b", b"garbage".to_vec(), 1)];
+        let states = lock_states("t/lock/", 4, &garbled).expect("snapshot");
+        assert_eq!(states[0].waiters, vec![Holder::default()]);
+    }
+
+    /// A marker nobody can read is `Corrupt`, one of another version `Incompatible`: it was
+    /// listed as a holder nobody knows.
+    #[test]
+    fn an_unreadable_marker_fails_the_snapshot() {
+        let garbled = [kv("t/lock/2", b"\xff\xfegarbage".to_vec(), 1)];
         assert!(matches!(
-            lock_states("t/lock/", &bad),
+            lock_states("t/lock/", 4, &garbled),
             Err(Error::Corrupt { .. })
         ));
-        let garbled = [kv("t/lock/2", b"garbage".to_vec(), 1)];
-        let states = lock_states("t/lock/", &garbled).expect("snapshot");
-        assert_eq!(states[0].holder, Some(Holder::default()));
+        let newer = [kv("t/lock/2", b"lockyard-etcd-held 9\n\n".to_vec(), 1)];
+        assert!(matches!(
+            lock_states("t/lock/", 4, &newer),
+            Err(Error::Incompatible { .. })
+        ));
     }
 }

@@ -23,7 +23,7 @@ use lock_api::{
     Error, EtcdSpec, HeldLock, LockId, LockState, Manager, Result, Store, StoreSpec, wrong_scheme,
 };
 
-use crate::client::{Ctx, Shared};
+use crate::client::{Ctx, Shared, range_all};
 use crate::deadlock::{DEFAULT_DEADLOCK_TIMEOUT, Detector, timeout_ms};
 use crate::handle::EtcdLock;
 use crate::mutex::Target;
@@ -92,13 +92,29 @@ fn parse_meta(key: &str, value: &[u8]) -> Result<u32> {
     let capacity = lines
         .find_map(|l| l.strip_prefix("capacity="))
         .ok_or_else(|| Error::corrupt(format!("etcd table header {key}: no capacity")))?;
-    match capacity.parse::<u32>() {
+    match parse_decimal(capacity) {
         // `create` never writes 0: a table of no locks is a damaged header.
-        Ok(0) | Err(_) => Err(Error::corrupt(format!(
+        Some(0) | None => Err(Error::corrupt(format!(
             "etcd table header {key}: bad capacity {capacity:?}"
         ))),
-        Ok(capacity) => Ok(capacity),
+        Some(capacity) => Ok(capacity),
     }
+}
+
+/// A number in the form lock-etcd writes it (`format!("{n}")`): decimal digits, no sign, no
+/// leading zero but in `0` itself. `u32::from_str` also takes `+3` and `03`, which would make two
+/// keys (`lock/3` and `lock/03`) one lock.
+pub(crate) fn parse_decimal(text: &str) -> Option<u32> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+/// An allocation key's id in the form lock-etcd writes it: exactly ten decimal digits.
+fn parse_alloc_id(text: &str) -> Option<u32> {
+    let canonical = text.len() == 10 && text.bytes().all(|b| b.is_ascii_digit());
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 impl EtcdTable {
@@ -285,6 +301,7 @@ impl EtcdTable {
                 owner: Arc::clone(&self.owner),
                 detector: Some(Detector {
                     root: Arc::clone(&self.root),
+                    capacity: self.capacity,
                     owner: Arc::clone(&self.owner),
                     timeout_ms: Arc::clone(&self.deadlock_ms),
                 }),
@@ -293,39 +310,41 @@ impl EtcdTable {
         )
     }
 
-    /// Every lock that is held or waited for, from one Range at one revision.
+    /// Every lock that is held or waited for, from one read at one revision (in pages:
+    /// [`range_all`]).
     fn states(&self) -> Result<Vec<LockState>> {
         let ctx = self.shared.ctx.clone();
         let prefix = self.lock_prefix();
+        let capacity = self.capacity;
         self.shared.block_on(async move {
-            let answer = ctx
-                .call(|mut c| {
-                    let prefix = prefix.clone();
-                    async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-                })
-                .await?;
-            lock_states(&prefix, &answer.0.kvs)
+            let (_, kvs) = range_all(&ctx, &prefix, false).await?;
+            lock_states(&prefix, capacity, &kvs)
         })
     }
 
-    /// The allocated ids, in order.
-    async fn allocated(ctx: &Ctx, prefix: &str) -> Result<Vec<u32>> {
-        let answer = ctx
-            .call(|mut c| async move {
-                c.get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-            })
-            .await?;
-        let mut ids = Vec::with_capacity(answer.kvs().len());
-        for kv in answer.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
+    /// The allocated ids, in order, read in pages ([`range_all`]: one Range of every key
+    /// failed past ~94,000 allocations, tonic's 4 MiB answer limit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] for a key under `alloc/` that lock-etcd would not write: not ten
+    /// digits (`alloc/0`, `alloc/+000000001`, which `free` would never find), or an id at or
+    /// beyond the capacity.
+    async fn allocated(ctx: &Ctx, prefix: &str, capacity: u32) -> Result<Vec<u32>> {
+        let (_, kvs) = range_all(ctx, prefix, true).await?;
+        let mut ids = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            let key = String::from_utf8_lossy(&kv.key);
             let id = key
                 .strip_prefix(prefix)
-                .and_then(|s| s.parse::<u32>().ok())
-                .ok_or_else(|| Error::corrupt(format!("etcd allocation key {key}")))?;
+                .and_then(parse_alloc_id)
+                .filter(|id| *id < capacity)
+                .ok_or_else(|| {
+                    Error::corrupt(format!(
+                        "etcd allocation key {key:?} (ids are 10 digits below the capacity \
+                         {capacity})"
+                    ))
+                })?;
             ids.push(id);
         }
         ids.sort_unstable();
@@ -358,7 +377,7 @@ impl Manager for EtcdTable {
         let capacity = self.capacity;
         let id = self.shared.block_on(async move {
             loop {
-                let ids = Self::allocated(&ctx, &prefix).await?;
+                let ids = Self::allocated(&ctx, &prefix, capacity).await?;
                 let mut free = 0u32;
                 for id in ids {
                     if id == free {
@@ -529,6 +548,27 @@ fn delete_prefix(shared: &Shared, prefix: String) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Only the forms lock-etcd writes are ids.
+    #[test]
+    fn ids_are_canonical() {
+        assert_eq!(parse_decimal("0"), Some(0));
+        assert_eq!(parse_decimal("4294967295"), Some(u32::MAX));
+        for bad in ["", "+3", "03", "00", "-1", " 3", "3 ", "4294967296", "x"] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_alloc_id("0000000007"), Some(7));
+        for bad in [
+            "0",
+            "7",
+            "+000000001",
+            "00000000007",
+            "4294967296",
+            "000000000x",
+        ] {
+            assert_eq!(parse_alloc_id(bad), None, "{bad:?}");
+        }
+    }
+
     /// A header that `create` writes is read back; one it never writes is `Corrupt` (a
     /// capacity of 0 was accepted, giving a table where every id is out of range).
     #[test]
@@ -543,6 +583,8 @@ mod tests {
             "lockyard-etcd-table 1\ncapacity=-1\n",
             "lockyard-etcd-table 1\ncapacity=4294967296\n",
             "lockyard-etcd-table 1\n",
+            "lockyard-etcd-table 1\ncapacity=+4\n",
+            "lockyard-etcd-table 1\ncapacity=04\n",
         ] {
             assert!(
                 matches!(parse_meta("m", bad.as_bytes()), Err(Error::Corrupt { .. })),
