@@ -1,8 +1,11 @@
 //! Exit codes, one per kind of failure, as documented in docs/lockctl.md.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use lockyard::Error;
+
+use crate::escape::printable;
 
 /// What went wrong, and so which exit code lockctl returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,13 @@ pub(crate) enum Failure {
     Timeout,
     /// `run` was chosen as the victim of a deadlock.
     Deadlock,
+    /// `run`: a lock was lost while the command held it (the command ran without the exclusion
+    /// it asked for).
+    Lost,
+    /// `remove`: the store has live holders or waiters, and `--force` was not given.
+    InUse,
+    /// Whoever read lockctl's output went away (a broken pipe): nothing to say, and no failure.
+    ReaderGone,
 }
 
 impl Failure {
@@ -31,6 +41,9 @@ impl Failure {
             Failure::Unreadable => 5,
             Failure::Timeout => 6,
             Failure::Deadlock => 7,
+            Failure::Lost => 8,
+            Failure::InUse => 9,
+            Failure::ReaderGone => 0,
         }
     }
 
@@ -66,10 +79,12 @@ impl Failed {
         }
     }
 
-    /// Prints the message on one line of stderr and gives the exit code.
+    /// Prints the message on one line of stderr (escaped: it may quote the spec, paths and
+    /// other text from outside) and gives the exit code.
     pub(crate) fn report(&self) -> ExitCode {
-        let line = self.message.replace('\n', " ");
-        eprintln!("lockctl: {line}");
+        if self.failure != Failure::ReaderGone {
+            say(&self.message);
+        }
         ExitCode::from(self.failure.code())
     }
 }
@@ -78,4 +93,12 @@ impl From<Error> for Failed {
     fn from(error: Error) -> Failed {
         Failed::new(Failure::of(&error), error.to_string())
     }
+}
+
+/// Writes `lockctl: MESSAGE` as one line on stderr, escaped so that it is one line. A stderr that
+/// cannot be written (closed, full) is ignored: there is nowhere left to say it, and `eprintln!`
+/// would panic.
+pub(crate) fn say(message: &str) {
+    let line = format!("lockctl: {}\n", printable(message));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

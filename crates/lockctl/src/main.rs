@@ -1,7 +1,9 @@
 //! lockctl: the lockyard operator's tool. See docs/lockctl.md for commands, output and exit codes.
 
+mod escape;
 mod exit;
 mod run;
+mod signals;
 mod status;
 
 use std::ffi::OsString;
@@ -10,12 +12,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lockyard::{LockId, Locker};
+use lockyard::{DynManager, Error, LockId, Locker, StoreSpec};
 
+use crate::escape::{count, printable};
 use crate::exit::{Failed, Failure};
 
 /// The lockyard operator's tool: inspect and manage lock stores named by spec
-/// (shm:NAME, file:PATH, mem:NAME, dir:PATH, etcd://HOST:PORT/PREFIX/TABLE).
+/// (shm:NAME, file:PATH, dir:PATH, etcd://HOST:PORT/PREFIX/TABLE; not mem:NAME, which lives
+/// inside one process).
 #[derive(Debug, Parser)]
 #[command(name = "lockctl", version, about)]
 struct Cli {
@@ -33,13 +37,17 @@ enum Cmd {
         #[arg(long)]
         capacity: u32,
     },
-    /// Remove a store (every lock in it is gone).
+    /// Remove a store (every lock in it is gone). A store with live holders or waiters is
+    /// refused (exit 9) unless --force is given.
     Remove {
         /// The store spec.
         spec: String,
         /// Confirm the removal.
         #[arg(long)]
         yes: bool,
+        /// Remove it even while processes hold or wait for its locks (they lose their exclusion).
+        #[arg(long)]
+        force: bool,
     },
     /// Show capacity, holders, waiters and deadlocks.
     Status {
@@ -88,11 +96,80 @@ fn duration(text: &str) -> Result<Duration, String> {
     lockyard::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// Writes `text` to stdout. A reader that went away (a broken pipe: `lockctl status | head -1`)
+/// ends lockctl quietly with 0, as it ends most command-line tools.
 fn print(text: &str) -> Result<(), Failed> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
-        .map_err(|e| Failed::new(Failure::Usage, format!("writing output: {e}")))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failed::new(Failure::ReaderGone, ""),
+            _ => Failed::new(Failure::Usage, format!("writing output: {e}")),
+        })
+}
+
+/// Refuses a `mem:` spec: a mem store lives inside one process, so the one lockctl would open
+/// (or create) is its own, gone when it exits, and never the one a program uses.
+fn reachable(spec: &str) -> Result<(), Failed> {
+    match StoreSpec::parse(spec) {
+        Ok(StoreSpec::Mem(_)) => Err(Failed::new(
+            Failure::BadSpec,
+            format!(
+                "{spec}: a mem: store lives inside one process, so lockctl (a process of its own) \
+                 cannot reach it; use shm: to share locks between processes"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to remove a store that live processes hold or wait for, naming how many locks they
+/// hold or wait for. A store that cannot be opened or read (damaged, of another format) is left
+/// to `lockyard::remove`, which decides what it may remove.
+fn check_unused(spec: &str) -> Result<(), Failed> {
+    let Ok(manager) = lockyard::open(spec) else {
+        return Ok(());
+    };
+    let Ok(locks) = manager.snapshot() else {
+        return Ok(());
+    };
+    drop(manager);
+    let held = locks
+        .iter()
+        .filter(|l| l.holder.as_ref().is_some_and(|h| !h.dead))
+        .count();
+    let waited = locks
+        .iter()
+        .filter(|l| l.waiters.iter().any(|w| !w.dead))
+        .count();
+    let mut what = Vec::new();
+    if held > 0 {
+        let verb = if held == 1 { "is" } else { "are" };
+        what.push(format!("{} {verb} held", count(held, "lock")));
+    }
+    if waited > 0 {
+        let verb = if waited == 1 { "is" } else { "are" };
+        what.push(format!("{} {verb} waited for", count(waited, "lock")));
+    }
+    if what.is_empty() {
+        return Ok(());
+    }
+    Err(Failed::new(
+        Failure::InUse,
+        format!(
+            "{spec} is in use: {}; removing it would end their exclusion \
+             (add --force to remove it anyway)",
+            what.join(" and ")
+        ),
+    ))
+}
+
+/// Sets the deadlock timeout; zero (detection off) is accepted where there is no detection.
+fn deadlock_timeout(manager: &DynManager, timeout: Duration) -> Result<(), Failed> {
+    match manager.set_deadlock_timeout(timeout) {
+        Err(Error::Unsupported(_)) if timeout.is_zero() => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn confirm(yes: bool, what: &str) -> Result<(), Failed> {
@@ -107,18 +184,31 @@ fn confirm(yes: bool, what: &str) -> Result<(), Failed> {
 }
 
 fn execute(command: Cmd) -> Result<ExitCode, Failed> {
+    let (Cmd::Create { spec, .. }
+    | Cmd::Remove { spec, .. }
+    | Cmd::Status { spec, .. }
+    | Cmd::Free { spec, .. }
+    | Cmd::FreeAll { spec, .. }
+    | Cmd::Run { spec, .. }) = &command;
+    reachable(spec)?;
+    // The spec as lockctl's own messages show it (`--json` gives it as it is).
+    let shown = printable(spec);
     match command {
         Cmd::Create { spec, capacity } => {
             let manager = lockyard::create(&spec, capacity)?;
+            let capacity = manager.capacity().unwrap_or(capacity);
             print(&format!(
-                "created {spec} with {} locks\n",
-                manager.capacity().unwrap_or(capacity)
+                "created {shown} with {}\n",
+                count(capacity as usize, "lock")
             ))?;
         }
-        Cmd::Remove { spec, yes } => {
-            confirm(yes, &format!("removing {spec}"))?;
+        Cmd::Remove { spec, yes, force } => {
+            confirm(yes, &format!("removing {shown}"))?;
+            if !force {
+                check_unused(&spec)?;
+            }
             lockyard::remove(&spec)?;
-            print(&format!("removed {spec}\n"))?;
+            print(&format!("removed {shown}\n"))?;
         }
         Cmd::Status { spec, json } => {
             let manager = lockyard::open(&spec)?;
@@ -134,13 +224,13 @@ fn execute(command: Cmd) -> Result<ExitCode, Failed> {
         Cmd::Free { spec, id } => {
             let manager = lockyard::open(&spec)?;
             manager.retrieve(LockId(id))?.free()?;
-            print(&format!("freed lock {id} of {spec}\n"))?;
+            print(&format!("freed lock {id} of {shown}\n"))?;
         }
         Cmd::FreeAll { spec, yes } => {
-            confirm(yes, &format!("freeing every allocation of {spec}"))?;
+            confirm(yes, &format!("freeing every allocation of {shown}"))?;
             let manager = lockyard::open(&spec)?;
             manager.free_all()?;
-            print(&format!("freed every allocation of {spec}\n"))?;
+            print(&format!("freed every allocation of {shown}\n"))?;
         }
         Cmd::Run {
             spec,
@@ -149,11 +239,14 @@ fn execute(command: Cmd) -> Result<ExitCode, Failed> {
             deadlock_timeout,
             command,
         } => {
+            run::check_ids(&ids)?;
+            // Before the store is opened: a backend's threads inherit the blocked signals.
+            let shared = run::watch_signals()?;
             let manager = lockyard::open(&spec)?;
             if let Some(d) = deadlock_timeout {
-                manager.set_deadlock_timeout(d)?;
+                self::deadlock_timeout(&*manager, d)?;
             }
-            return run::run(&*manager, &ids, timeout, &command);
+            return run::run(&shared, &*manager, &ids, timeout, &command);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -168,6 +261,18 @@ fn main() -> ExitCode {
             if !e.use_stderr() {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
+            }
+            // Without a command, clap shows the help, whose first paragraph is the tool's
+            // description: say what is wrong instead.
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                || e.kind() == clap::error::ErrorKind::MissingSubcommand
+            {
+                return Failed::new(
+                    Failure::Usage,
+                    "a command is missing: create, remove, status, free, free-all or run \
+                     (see lockctl --help)",
+                )
+                .report();
             }
             let text = e.render().to_string();
             let first = text.split("\n\n").next().unwrap_or_default();

@@ -535,3 +535,618 @@ fn status_of_a_store_path_that_is_a_file_is_unreadable() {
     let code = output(&["status", &spec]).status.code();
     assert!(matches!(code, Some(4) | Some(5)), "{code:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signals, lock release on every path, and output that must not fail.
+
+/// Processes a test started that may outlive lockctl (a command orphaned by a lockctl that died),
+/// killed by pid when the test ends, whatever it found.
+struct Orphans(Vec<i32>);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// The pid a command wrote to `file`, waiting for it to appear.
+fn pid_in(file: &Path) -> i32 {
+    let deadline = Instant::now() + PROMPTLY;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never named a pid",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a process that has not ended (a zombie has ended).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+    }
+}
+
+fn signal(pid: u64, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, sig).expect("kill");
+}
+
+/// A `lockctl run` of a shell script, its stdout read line by line within the bound.
+fn run_script(spec: &str, ids: &[&str], script: &str) -> Run {
+    let mut args = vec!["run", spec];
+    args.extend_from_slice(ids);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    let mut child = lockctl(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lockctl run");
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    Run { child, out }
+}
+
+/// A signal sent to `lockctl run` while its command runs reaches the command; lockctl waits for
+/// it, keeps the lock until it has ended, and exits with its status. lockctl died at once before,
+/// and a second run took the lock while the first command still ran.
+fn a_signal_reaches_the_command_and_the_lock_outlives_it(sig: rustix::process::Signal) {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let pidfile = scratch.path("cmd.pid");
+    let done = scratch.path("done");
+    // The command traps the signal, takes a while to finish, marks that it finished and exits 3.
+    let script = format!(
+        "echo $$ > {pids}; trap 'echo caught; sleep 1; echo yes > {done}; exit 3' {name}; \
+         echo in; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        pids = pidfile.display(),
+        done = done.display(),
+        name = match sig {
+            rustix::process::Signal::INT => "INT",
+            rustix::process::Signal::HUP => "HUP",
+            rustix::process::Signal::QUIT => "QUIT",
+            _ => "TERM",
+        },
+    );
+    let mut first = run_script(&spec, &["1"], &script);
+    first.expect_in();
+    let _orphans = Orphans(vec![pid_in(&pidfile)]);
+    signal(first.pid(), sig);
+    // The next taker gets the lock only once the first command has finished.
+    let check = format!("test -f {}", done.display());
+    let second = output(&[
+        "run",
+        &spec,
+        "1",
+        "--timeout",
+        "20s",
+        "--",
+        "sh",
+        "-c",
+        &check,
+    ]);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "the second run took the lock before the first command finished: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&second.stderr).contains("died"),
+        "the lock was released as a dead holder's"
+    );
+    let status = wait(&mut first.child, PROMPTLY);
+    assert_eq!(status.code(), Some(3), "lockctl run ended with {status}");
+    let mut line = String::new();
+    let _ = first.out.read_line(&mut line);
+    assert_eq!(line.trim(), "caught", "the command never got the signal");
+}
+
+/// SIGTERM to `lockctl run` reaches the command; the lock is held until it ends.
+#[test]
+fn sigterm_reaches_the_command_and_the_lock_outlives_it() {
+    a_signal_reaches_the_command_and_the_lock_outlives_it(rustix::process::Signal::TERM);
+}
+
+/// SIGINT sent to `lockctl run`'s pid reaches the command; the lock is held until it ends.
+#[test]
+fn sigint_reaches_the_command_and_the_lock_outlives_it() {
+    a_signal_reaches_the_command_and_the_lock_outlives_it(rustix::process::Signal::INT);
+}
+
+/// SIGHUP to `lockctl run` reaches the command; the lock is held until it ends.
+#[test]
+fn sighup_reaches_the_command_and_the_lock_outlives_it() {
+    a_signal_reaches_the_command_and_the_lock_outlives_it(rustix::process::Signal::HUP);
+}
+
+/// SIGQUIT sent to `lockctl run`'s pid reaches the command; the lock is held until it ends.
+#[test]
+fn sigquit_reaches_the_command_and_the_lock_outlives_it() {
+    a_signal_reaches_the_command_and_the_lock_outlives_it(rustix::process::Signal::QUIT);
+}
+
+/// A command killed by the signal lockctl forwarded makes lockctl exit 128+N, the lock released
+/// cleanly. lockctl died of the signal itself before, leaving the command running.
+#[test]
+fn a_command_killed_by_a_forwarded_sigterm_gives_143() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let pidfile = scratch.path("cmd.pid");
+    let script = format!("echo $$ > {}; echo in; exec sleep 60", pidfile.display());
+    let mut run = run_script(&spec, &["2"], &script);
+    run.expect_in();
+    let cmd = pid_in(&pidfile);
+    let _orphans = Orphans(vec![cmd]);
+    signal(run.pid(), rustix::process::Signal::TERM);
+    let status = wait(&mut run.child, PROMPTLY);
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "lockctl run ended with {status}"
+    );
+    assert!(!running(cmd), "the command still runs");
+    assert_eq!(status_json(&spec)["locks"], Value::Array(vec![]));
+}
+
+/// A signal that arrives while `run` waits for its locks makes it give up: the locks it took
+/// are released cleanly (no dead holder left) and it exits 128+N. It died holding them before.
+#[test]
+fn a_signal_while_waiting_for_the_locks_releases_them_and_exits_128_plus_n() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let mut holder = Run::start(&spec, &["1"], &[]);
+    holder.expect_in();
+    let waiter = run_script(&spec, &["2", "1"], "echo in");
+    until(&spec, "the waiter waiting for lock 1 and holding 2", |s| {
+        lock(s, 1).is_some_and(|l| l["waiters"][0]["pid"] == waiter.pid())
+            && lock(s, 2).is_some_and(|l| l["holder"]["pid"] == waiter.pid())
+    });
+    let mut waiter = waiter;
+    signal(waiter.pid(), rustix::process::Signal::TERM);
+    let status = wait(&mut waiter.child, PROMPTLY);
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the waiter ended with {status}"
+    );
+    let after = status_json(&spec);
+    assert!(lock(&after, 2).is_none(), "lock 2 is still held: {after:#}");
+    let out = output(&["run", &spec, "2", "--", "true"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("died"),
+        "lock 2 was released as a dead holder's"
+    );
+    let (status, _) = holder.finish();
+    assert!(status.success());
+}
+
+/// A SIGKILLed `lockctl run` (whose locks are then released as a dead holder's) takes its
+/// command with it. The command ran on unprotected before.
+#[test]
+fn a_sigkilled_run_takes_its_command_with_it() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let pidfile = scratch.path("cmd.pid");
+    let script = format!("echo $$ > {}; echo in; exec sleep 60", pidfile.display());
+    let mut run = run_script(&spec, &["1"], &script);
+    run.expect_in();
+    let cmd = pid_in(&pidfile);
+    let _orphans = Orphans(vec![cmd]);
+    run.child.kill().expect("kill");
+    run.child.wait().expect("reap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(cmd) {
+        assert!(
+            Instant::now() < deadline,
+            "the command {cmd} still runs after its lockctl was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `output`, failing the test when lockctl takes longer than `bound` (it is killed then).
+fn output_within(args: &[&str], bound: Duration) -> Output {
+    let mut child = lockctl(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lockctl");
+    let status = wait(&mut child, bound);
+    let mut stderr = String::new();
+    use std::io::Read;
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// `run` with an id given twice is refused at once, naming the id. It waited for itself forever
+/// before, even with a deadlock timeout.
+#[test]
+fn run_refuses_an_id_given_twice() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    for ids in [&["1", "1"][..], &["0", "2", "0"][..]] {
+        let mut args = vec!["run", &spec];
+        args.extend_from_slice(ids);
+        args.extend_from_slice(&["--deadlock-timeout", "100ms", "--", "true"]);
+        let out = output_within(&args, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{ids:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("lock id {} is given twice", ids[0])),
+            "{err}"
+        );
+    }
+    assert_eq!(status_json(&spec)["locks"], Value::Array(vec![]));
+}
+
+/// An out-of-range id refuses the run without leaving a lock taken before it held by a dead
+/// owner. Lock 0 was left held (the next taker got OwnerDied) before.
+#[test]
+fn an_out_of_range_id_leaves_no_lock_held() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let err = fails(&["run", &spec, "0", "99", "--", "echo", "no"], 2);
+    assert!(err.contains("99"), "{err}");
+    assert_eq!(status_json(&spec)["locks"], Value::Array(vec![]));
+    let out = output(&["run", &spec, "0", "--", "true"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("died"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A lock lost while the command ran (its dir: store removed under it) makes `run` exit 8, or
+/// with the command's own status when the command failed. It exited 0 before.
+#[test]
+fn a_lock_lost_under_run_exits_8() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("d");
+    std::fs::create_dir(&dir).expect("mkdir");
+    if is_root() {
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    let spec = format!("dir:{}", dir.display());
+    let script = format!("rm -rf {0} && mkdir {0}", dir.display());
+    let err = fails(&["run", &spec, "0", "--", "sh", "-c", &script], 8);
+    assert!(err.contains("lost"), "{err}");
+    let script = format!("rm -rf {0} && mkdir {0}; exit 3", dir.display());
+    let out = output(&["run", &spec, "0", "--", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lost"));
+}
+
+/// `remove --yes` refuses a store with a live holder (exit 9, naming how many locks are held),
+/// and removes it with `--force`. It removed it silently before.
+#[test]
+fn remove_refuses_a_store_in_use_unless_forced() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let mut holder = Run::start(&spec, &["1"], &[]);
+    holder.expect_in();
+    let err = fails(&["remove", &spec, "--yes"], 9);
+    assert!(err.contains("1 lock is held"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(
+        lock(&status_json(&spec), 1).expect("lock 1")["holder"]["pid"],
+        holder.pid()
+    );
+    let (status, _) = holder.finish();
+    assert!(status.success());
+    ok(&["remove", &spec, "--yes"]);
+    ok(&["create", &spec, "--capacity", "4"]);
+    let mut holder = Run::start(&spec, &["2"], &[]);
+    holder.expect_in();
+    ok(&["remove", &spec, "--yes", "--force"]);
+    fails(&["status", &spec], 4);
+    let _ = holder.finish();
+}
+
+/// A damaged store stays removable: the holders cannot be read, so `remove --yes` removes it.
+#[test]
+fn a_damaged_store_stays_removable() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    std::fs::write(scratch.path("store").join("table"), "garbage\n").expect("damage");
+    fails(&["status", &spec], 5);
+    ok(&["remove", &spec, "--yes"]);
+    fails(&["status", &spec], 4);
+}
+
+const EXEC_HOLDER: &str = "LOCKCTL_CLI_HOLD_THEN_EXEC";
+
+/// A dead holder's command line is not read from /proc: its pid may be another process's by
+/// now. Here the pid lives on as `sleep` after the holder exec'd (and so lost its lock), and
+/// status showed `sleep 60` as the dead holder's command before.
+#[test]
+fn a_dead_holders_command_line_is_not_read() {
+    if let Ok(spec) = std::env::var(EXEC_HOLDER) {
+        // The holder: take lock 1 and become `sleep`, which drops the lock's descriptor.
+        use lockyard::Locker;
+        let manager = lockyard::open(&spec).expect("open");
+        let lock = manager.retrieve(lockyard::LockId(1)).expect("retrieve");
+        let _ = lock.lock().expect("lock");
+        let error = Command::new("sleep").arg("60").exec();
+        panic!("exec sleep: {error}");
+    }
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let mut holder = Command::new(std::env::current_exe().expect("test binary"));
+    holder
+        .args([
+            "--exact",
+            "a_dead_holders_command_line_is_not_read",
+            "--nocapture",
+        ])
+        .env(EXEC_HOLDER, &spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if is_root() {
+        holder.uid(NOBODY).gid(NOBODY).env("HOME", "/");
+    }
+    let mut holder = holder.spawn().expect("spawn the holder");
+    let _orphans = Orphans(vec![i32::try_from(holder.id()).expect("pid")]);
+    let status = until(&spec, "lock 1 held by a dead holder", |s| {
+        lock(s, 1).is_some_and(|l| l["holder"]["dead"] == true)
+    });
+    assert!(running(i32::try_from(holder.id()).expect("pid")));
+    let l1 = lock(&status, 1).expect("lock 1");
+    assert_eq!(l1["holder"]["pid"], u64::from(holder.id()));
+    assert_eq!(l1["holder"]["cmdline"], Value::Null, "{l1:#}");
+    let shown = ok(&["status", &spec]);
+    assert!(
+        shown.contains(&format!("dead   pid {} (?)", holder.id())),
+        "{shown}"
+    );
+    assert!(!shown.contains("sleep"), "{shown}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+/// `--deadlock-timeout 0s` (detection off) is accepted on dir:, which has no detection to turn
+/// off. It was refused as unsupported before.
+#[test]
+fn deadlock_timeout_zero_is_accepted_on_dir() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("d");
+    std::fs::create_dir(&dir).expect("mkdir");
+    if is_root() {
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    let spec = format!("dir:{}", dir.display());
+    ok(&["run", &spec, "0", "--deadlock-timeout", "0s", "--", "true"]);
+}
+
+/// A reader that goes away (`lockctl status SPEC | true`) ends lockctl quietly with 0. It printed
+/// "writing output: Broken pipe" and exited 2 before.
+#[test]
+fn a_broken_pipe_ends_lockctl_quietly() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    drop(reader);
+    let mut child = lockctl(&["status", &spec])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait(&mut child, PROMPTLY);
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(err, "");
+}
+
+/// An error line that cannot be written (stderr is /dev/full) does not panic: lockctl still
+/// exits with the error's code. It panicked (exit 101) before.
+#[test]
+fn an_unwritable_stderr_does_not_panic() {
+    let scratch = Scratch::new();
+    let missing = format!("file:{}", scratch.path("none").display());
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut child = lockctl(&["status", &missing])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(full))
+        .spawn()
+        .expect("spawn");
+    assert_eq!(wait(&mut child, PROMPTLY).code(), Some(4));
+}
+
+/// `lockctl` without a command says that a command is missing (exit 2). It printed the tool's
+/// description as if it were the error before.
+#[test]
+fn no_command_says_a_command_is_missing() {
+    let err = fails(&[], 2);
+    assert!(err.contains("command"), "{err}");
+    assert!(!err.contains("operator's tool"), "{err}");
+}
+
+/// U+2028 and U+2029 (line and paragraph separators) in a command line are escaped like the
+/// other line ends. They reached the terminal raw before.
+#[test]
+fn unicode_line_separators_in_a_command_line_are_escaped() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let mut holder = Run::start_as(Some("a\u{2028}b\u{2029}c"), &spec, &["1"], &[]);
+    holder.expect_in();
+    let shown = ok(&["status", &spec]);
+    assert!(
+        !shown.contains('\u{2028}') && !shown.contains('\u{2029}'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("(a\\u{2028}b\\u{2029}c run "), "{shown:?}");
+    let (status, _) = holder.finish();
+    assert!(status.success());
+}
+
+/// The spec the operator typed is escaped where lockctl prints it (the spec parser refuses
+/// control characters, but not the characters that reorder a line or end it): in messages, in
+/// error lines and in the status summary. It was printed raw before.
+#[test]
+fn reordering_characters_in_a_spec_are_escaped() {
+    let scratch = Scratch::new();
+    let spec = format!("file:{}", scratch.path("st\u{202e}o\u{2028}re").display());
+    let mut out = ok(&["create", &spec, "--capacity", "1"]);
+    out += &ok(&["status", &spec]);
+    out += &fails(&["create", &spec, "--capacity", "1"], 2);
+    out += &fails(&["remove", &spec], 2);
+    let missing = format!("file:{}", scratch.path("gone\u{2066}").display());
+    out += &fails(&["status", &missing], 4);
+    assert!(
+        !out.chars()
+            .any(|c| (c.is_control() && c != '\n')
+                || matches!(c, '\u{202e}' | '\u{2028}' | '\u{2066}')),
+        "a control, line-ending or bidi character in {out:?}"
+    );
+    assert!(
+        out.contains("st\\u{202e}o\\u{2028}re: capacity 1"),
+        "{out:?}"
+    );
+    assert!(out.contains("gone\\u{2066}"), "{out:?}");
+}
+
+/// A store of one lock is created "with 1 lock". It said "with 1 locks" before.
+#[test]
+fn one_lock_is_singular() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    assert!(ok(&["create", &spec, "--capacity", "1"]).ends_with("with 1 lock\n"));
+}
+
+/// mem: stores live inside one process, so lockctl refuses them for every command (exit 3). It
+/// reported creating one before, and the store vanished when lockctl exited.
+#[test]
+fn mem_specs_are_refused() {
+    for args in [
+        &["create", "mem:x", "--capacity", "2"][..],
+        &["status", "mem:x"][..],
+        &["remove", "mem:x", "--yes"][..],
+        &["free", "mem:x", "0"][..],
+        &["free-all", "mem:x", "--yes"][..],
+        &["run", "mem:x", "0", "--", "true"][..],
+    ] {
+        let err = fails(args, 3);
+        assert!(err.contains("one process"), "{err}");
+    }
+}
+
+/// On dir:, which records no waiters, `status --json` gives a held lock's waiters as null
+/// (unknown), not as an empty list (nobody waits).
+#[test]
+fn dir_waiters_are_null() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("d");
+    std::fs::create_dir(&dir).expect("mkdir");
+    if is_root() {
+        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    let spec = format!("dir:{}", dir.display());
+    let mut holder = Run::start(&spec, &["0"], &[]);
+    holder.expect_in();
+    let status = status_json(&spec);
+    let l0 = lock(&status, 0).expect("lock 0");
+    assert_eq!(l0["holder"]["pid"], holder.pid());
+    assert_eq!(l0["waiters"], Value::Null, "{l0:#}");
+    let (status, _) = holder.finish();
+    assert!(status.success());
+}
+
+/// Ctrl-C at a terminal (SIGINT from the kernel to the whole foreground process group) reaches
+/// the command once, not a second time through lockctl, and lockctl waits for the command and
+/// exits with its status. lockctl died of it before, the command running on unprotected. The
+/// terminal is a pty that script(1) runs lockctl on.
+#[test]
+fn ctrl_c_reaches_the_command_once_and_lockctl_waits_for_it() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let pidfile = scratch.path("cmd.pid");
+    // The command counts the SIGINTs it gets, for two seconds, and exits with the count. (It is
+    // single-quoted for the shell script(1) runs it with, so it has no single quote itself.)
+    let inner = format!(
+        "echo $$ > {}; n=0; count() {{ n=$((n+1)); }}; trap count INT; echo in; i=0; \
+         while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done; exit $n",
+        pidfile.display()
+    );
+    let line = format!(
+        "exec '{}' run '{spec}' 1 -- sh -c '{inner}'",
+        env!("CARGO_BIN_EXE_lockctl")
+    );
+    let mut script = Command::new("script");
+    script.args(["-qefc", &line, "/dev/null"]);
+    if is_root() {
+        script.uid(NOBODY).gid(NOBODY).env("HOME", "/");
+    }
+    let mut child = script
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn script(1)");
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut run = Run { child, out };
+    run.expect_in();
+    let _orphans = Orphans(vec![pid_in(&pidfile)]);
+    run.child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"\x03")
+        .expect("Ctrl-C");
+    let status = wait(&mut run.child, PROMPTLY);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "script(1) ended with {status}: lockctl did not exit with the command's status, or \
+         the command got SIGINT more than once"
+    );
+    assert_eq!(status_json(&spec)["locks"], Value::Array(vec![]));
+}
