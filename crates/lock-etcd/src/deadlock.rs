@@ -75,6 +75,39 @@ pub(crate) struct Detector {
     pub(crate) timeout_ms: Arc<AtomicU64>,
 }
 
+/// Puts `own_key` at the detection key `key` on `lease` when `compare` holds, else reads the
+/// key: one Txn, retried by `ctx` on transient errors. `unsure` is set while the Txn is in flight
+/// (the future may be dropped there) and stays set if an attempt before the last may still be
+/// applied by a member that was silent.
+async fn put_when(
+    ctx: &Ctx,
+    key: &str,
+    own_key: &str,
+    lease: i64,
+    compare: Compare,
+    unsure: &mut bool,
+) -> Result<etcd_client::TxnResponse> {
+    let was = *unsure;
+    *unsure = true;
+    let mut attempts = 0u32;
+    let answer = ctx
+        .call(|mut c| {
+            attempts += 1;
+            let txn = Txn::new()
+                .when([compare.clone()])
+                .and_then([TxnOp::put(
+                    key,
+                    own_key,
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key, Some(GetOptions::new()))]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    *unsure = was || attempts > 1;
+    Ok(answer)
+}
+
 /// The key of a table's detection lock.
 pub(crate) fn detection_key(root: &str) -> String {
     format!("{root}/deadlock")
@@ -186,26 +219,8 @@ impl Detector {
     async fn take(&self, ctx: &Ctx, own_key: &str, lease: i64, unsure: &mut bool) -> Result<Taken> {
         let key = detection_key(&self.root);
         let key = key.as_str();
-        // Set while the Txn is in flight (the future may be dropped there), sticky afterwards.
-        let was = *unsure;
-        *unsure = true;
-        let mut attempts = 0u32;
-        let answer = ctx
-            .call(|mut c| {
-                attempts += 1;
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key,
-                        own_key,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else([TxnOp::get(key, Some(GetOptions::new()))]);
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        // An attempt before the last may still be applied by a member that was silent.
-        *unsure = was || attempts > 1;
+        let create = Compare::create_revision(key, CompareOp::Equal, 0);
+        let answer = put_when(ctx, key, own_key, lease, create, unsure).await?;
         if answer.0.succeeded {
             return Ok(Taken::Ours);
         }
@@ -219,27 +234,10 @@ impl Detector {
         if self.live(ctx, found).await? {
             return Ok(Taken::Busy(found.create_revision));
         }
-        let seen = found.mod_revision;
-        let was = *unsure;
-        *unsure = true;
-        let mut attempts = 0u32;
-        let answer = ctx
-            .call(|mut c| {
-                attempts += 1;
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key, CompareOp::Equal, seen)])
-                    .and_then([TxnOp::put(
-                        key,
-                        own_key,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else([TxnOp::get(key, Some(GetOptions::new()))]);
-                async move { c.txn(txn).await }
-            })
-            .await?;
         // A late copy succeeds only while the stale key is unchanged, and is swept like a late
         // create (`session.rs`, invariant 4).
-        *unsure = was || attempts > 1;
+        let unchanged = Compare::mod_revision(key, CompareOp::Equal, found.mod_revision);
+        let answer = put_when(ctx, key, own_key, lease, unchanged, unsure).await?;
         let ours = answer.0.succeeded
             || first_kv(&answer.0).is_some_and(|kv| kv.value == own_key.as_bytes());
         Ok(if ours { Taken::Ours } else { Taken::Again })

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, assert_no_keys, prefix, queue_keys, raw};
-use libtest_mimic::{Arguments, Failed, Trial};
+use common::{assert_no_keys, prefix, queue_keys, raw};
+use libtest_mimic::Failed;
 use lock_etcd::{
     Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
 };
@@ -18,7 +18,7 @@ use lock_etcd::{
 /// Long enough for keepalives on a loaded CI machine, short enough for tests that wait on it.
 const TTL: Duration = Duration::from_secs(3);
 
-type Test = fn(&[String]) -> Result<(), Failed>;
+type Test = common::SuiteTest;
 
 fn connect(endpoints: &[String], test: &str) -> (EtcdLocks, String) {
     let prefix = prefix(test);
@@ -534,10 +534,7 @@ fn an_inherited_connection_is_refused_in_a_forked_child(eps: &[String]) -> Resul
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let cluster = TestCluster::get();
-    let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 13] = [
+    let tests: &[(&str, Test)] = &[
         ("inside_another_runtime", inside_another_runtime),
         (
             "an_inherited_connection_is_refused_in_a_forked_child",
@@ -558,19 +555,5 @@ fn main() -> std::process::ExitCode {
         ("waiter_lease_expired_etcd_11456", waiter_lease_expired),
         ("drop_releases", drop_releases),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let eps = Arc::clone(&eps);
-            Trial::test(name, move || f(&eps))
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if cluster.own.is_some() && !args.list && conclusion.num_failed == 0 {
-        // Every trial released what it took: no lease may be left on our own cluster.
-        common::assert_no_leases(&eps, Duration::from_secs(5));
-        eprintln!("api: no leaked keys or leases");
-    }
-    drop(cluster);
-    conclusion.exit_code()
+    common::run_suite("api", tests, Duration::from_secs(5))
 }

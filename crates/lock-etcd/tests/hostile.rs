@@ -9,9 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, assert_no_keys, delete_prefix, prefix, raw};
+use common::{assert_no_keys, delete_prefix, prefix, raw};
 use etcd_client::{PutOptions, Txn, TxnOp};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use lock_etcd::testkit::EtcdCluster;
 use lock_etcd::{
     Error, EtcdClient, EtcdLocks, EtcdOptions, EtcdTable, Inspect, LockData, LockId, Locker,
@@ -20,7 +20,7 @@ use lock_etcd::{
 
 const TTL: Duration = Duration::from_secs(3);
 
-type Test = fn(&[String]) -> Result<(), Failed>;
+type Test = common::SuiteTest;
 
 /// Which error a damaged value must give.
 type Expected = fn(&Error) -> bool;
@@ -619,10 +619,7 @@ fn an_endpoint_that_is_not_etcd_is_skipped(eps: &[String]) -> Result<(), Failed>
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let cluster = TestCluster::get();
-    let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 8] = [
+    let tests: &[(&str, Test)] = &[
         (
             "an_endpoint_that_is_not_etcd_is_skipped",
             an_endpoint_that_is_not_etcd_is_skipped,
@@ -653,18 +650,5 @@ fn main() -> std::process::ExitCode {
             ids_are_read_in_the_format_written,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let eps = Arc::clone(&eps);
-            Trial::test(name, move || f(&eps))
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if cluster.own.is_some() && !args.list && conclusion.num_failed == 0 {
-        common::assert_no_leases(&eps, Duration::from_secs(5));
-        eprintln!("hostile: no leaked keys or leases");
-    }
-    drop(cluster);
-    conclusion.exit_code()
+    common::run_suite("hostile", tests, Duration::from_secs(5))
 }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{TestCluster, assert_no_keys, leases, prefix, queue_keys, raw};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use lock_etcd::{
     Acquired, CancelToken, EtcdClient, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData,
     Locker, Session,
@@ -25,7 +25,7 @@ use lock_etcd::{
 const TTL: Duration = Duration::from_secs(3);
 const BOUND: Duration = Duration::from_secs(15);
 
-type Test = fn(&[String]) -> Result<(), Failed>;
+type Test = common::SuiteTest;
 
 macro_rules! check {
     ($cond:expr, $($msg:tt)+) => {
@@ -650,10 +650,7 @@ fn uncontended_pair_is_two_raft_proposals(_eps: &[String]) -> Result<(), Failed>
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
-    let cluster = TestCluster::get();
-    let eps = Arc::new(cluster.endpoints.clone());
-    let tests: [(&str, Test); 10] = [
+    let tests: &[(&str, Test)] = &[
         (
             "session_loss_loses_every_lock",
             session_loss_loses_every_lock,
@@ -683,18 +680,5 @@ fn main() -> std::process::ExitCode {
             a_session_reuses_a_released_name,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let eps = Arc::clone(&eps);
-            Trial::test(name, move || f(&eps))
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    if cluster.own.is_some() && !args.list && conclusion.num_failed == 0 {
-        common::assert_no_leases(&eps, Duration::from_secs(10));
-        eprintln!("sessions: no leaked keys or leases");
-    }
-    drop(cluster);
-    conclusion.exit_code()
+    common::run_suite("sessions", tests, Duration::from_secs(10))
 }

@@ -382,6 +382,16 @@ fn parse(bytes: &[u8], owner: u64, capacity: u32) -> Vec<Waiting> {
 mod tests {
     use super::*;
 
+    /// The directory `path`, opened as the store's `owners/` is.
+    fn open_dir(path: &std::path::Path) -> OwnedFd {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open dir")
+    }
+
     #[test]
     fn owner_names_are_canonical_numbers() {
         assert_eq!(parse_owner(b"17"), Some(17));
@@ -400,12 +410,7 @@ mod tests {
     #[test]
     fn published_waits_are_read_back_and_withdrawn() {
         let root = tempfile::tempdir().expect("temp dir");
-        let dir = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .expect("open dir");
+        let dir = open_dir(root.path());
         let file = OwnerFile::create(&dir, root.path(), 5, 77).expect("create");
         assert_eq!(read_all(&dir, root.path(), 8).expect("read"), vec![]);
         let a = file.publish(3, 1_000).expect("publish");
@@ -445,12 +450,7 @@ mod tests {
     #[test]
     fn a_dead_owners_file_of_the_same_number_is_replaced() {
         let root = tempfile::tempdir().expect("temp dir");
-        let dir = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .expect("open dir");
+        let dir = open_dir(root.path());
         // Closed without being unlinked: its owner died.
         drop(OwnerFile::create(&dir, root.path(), 9, 1).expect("create"));
         let file = OwnerFile::create(&dir, root.path(), 9, 1).expect("replaces a dead owner's");
@@ -479,12 +479,7 @@ mod tests {
     #[test]
     fn only_dead_owners_files_are_deleted() {
         let root = tempfile::tempdir().expect("temp dir");
-        let dir = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .expect("open dir");
+        let dir = open_dir(root.path());
         let mut other_owner = vec![0u8; FILE_LEN];
         other_owner[..8].copy_from_slice(&MAGIC.to_le_bytes());
         other_owner[8..16].copy_from_slice(&8u64.to_le_bytes());

@@ -253,3 +253,33 @@ pub fn proposals_committed(endpoints: &[String]) -> Option<u64> {
 pub fn watchers(endpoint: &str) -> Option<u64> {
     lock_etcd::testkit::metric(endpoint, "etcd_debugging_mvcc_watcher_total").map(|v| v as u64)
 }
+
+/// A test of a suite: it gets the cluster's endpoints.
+pub type SuiteTest = fn(&[String]) -> Result<(), libtest_mimic::Failed>;
+
+/// Runs the suite `name` (`tests`, each named) on the shared test cluster with libtest's
+/// arguments; when the cluster is the suite's own and every test passed, checks within
+/// `leases_within` that no lease is left (every test released what it took).
+pub fn run_suite(
+    name: &str,
+    tests: &[(&'static str, SuiteTest)],
+    leases_within: Duration,
+) -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let cluster = TestCluster::get();
+    let eps = std::sync::Arc::new(cluster.endpoints.clone());
+    let trials = tests
+        .iter()
+        .map(|&(test, f)| {
+            let eps = std::sync::Arc::clone(&eps);
+            libtest_mimic::Trial::test(test, move || f(&eps))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if cluster.own.is_some() && !args.list && conclusion.num_failed == 0 {
+        assert_no_leases(&eps, leases_within);
+        eprintln!("{name}: no leaked keys or leases");
+    }
+    drop(cluster);
+    conclusion.exit_code()
+}
