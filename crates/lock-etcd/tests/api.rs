@@ -3,6 +3,7 @@
 //! Set `LOCKYARD_ETCD_ENDPOINTS` to run against a cluster that is already up
 //! (`cargo xtask etcd up`); otherwise one is started and stopped here.
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,14 +32,6 @@ fn connect(endpoints: &[String], test: &str) -> (EtcdLocks, String) {
     )
     .expect("connect");
     (locks, prefix)
-}
-
-macro_rules! check {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+).into());
-        }
-    };
 }
 
 /// Lock, token, unlock; a second unlock is NotHeld.

@@ -4,6 +4,7 @@
 //! Set `LOCKYARD_ETCD_ENDPOINTS` to run against a cluster that is already up; otherwise one is
 //! started and stopped here (the proposal count runs on a one-member cluster of its own).
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -24,14 +25,6 @@ type Test = common::SuiteTest;
 
 /// Which error a damaged value must give.
 type Expected = fn(&Error) -> bool;
-
-macro_rules! check {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+).into());
-        }
-    };
-}
 
 fn options(prefix: &str) -> EtcdOptions {
     EtcdOptions::new()

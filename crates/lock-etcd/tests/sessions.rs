@@ -7,6 +7,7 @@
 //! Set `LOCKYARD_ETCD_ENDPOINTS` to run against a cluster that is already up; otherwise one is
 //! started and stopped here (and one more, of its own, for the raft proposal count).
 
+#[macro_use]
 mod common;
 
 use std::future::Future;
@@ -26,14 +27,6 @@ const TTL: Duration = Duration::from_secs(3);
 const BOUND: Duration = Duration::from_secs(15);
 
 type Test = common::SuiteTest;
-
-macro_rules! check {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+).into());
-        }
-    };
-}
 
 fn options(prefix: &str) -> EtcdOptions {
     EtcdOptions::new()

@@ -3,6 +3,17 @@
 //! lock-conformance's `ChildProcess`, which kills them on drop).
 #![allow(dead_code, unreachable_pub)] // reason: each test binary uses a different part
 
+/// Fails the test with the message unless the condition holds (a trial returns
+/// `Result<(), Failed>`).
+#[allow(unused_macros, reason = "each test binary uses a different part")]
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
 pub mod proxy;
 
 use std::io::Write;
