@@ -423,7 +423,15 @@ impl Manager for ShmManager {
                 // that is not there. The summaries are an index over the leaves, which are the
                 // truth: a stray write to one would hide free ids (a false Exhausted) or fail
                 // every allocation until free_all. Rebuild them (and the counter) and look
-                // again: O(capacity / 64), on this path only.
+                // again: O(capacity / 64), on this path only. A table that really is full is
+                // told by counting the leaves, which writes nothing: callers that keep asking a
+                // full table do not rewrite every summary each time.
+                Ok(None) if bitmap.count()? == capacity => {
+                    if count.load(Relaxed) != capacity {
+                        count.store(capacity, Release);
+                    }
+                    return Err(Error::Exhausted { capacity });
+                }
                 Ok(None) | Err(Error::Corrupt { .. }) => {
                     count.store(bitmap.rebuild()?, Release);
                     bitmap.lowest_free()?.ok_or(Error::Exhausted { capacity })?
