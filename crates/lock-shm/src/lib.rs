@@ -12,6 +12,7 @@ mod manager;
 mod model;
 mod observe;
 mod segment;
+mod slice;
 mod wait;
 mod watch;
 

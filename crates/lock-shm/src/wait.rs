@@ -35,6 +35,7 @@ use crate::lockword::{Sys, Tick};
 use crate::manager::Shared;
 use crate::observe::{self, Checked};
 use crate::segment::{Le32, unix_now};
+use crate::slice;
 
 /// How soon a waiter checks again when another detector held the detection lock.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
@@ -126,6 +127,9 @@ pub(crate) struct LockWaiter<'a> {
     watched: Option<u32>,
     /// Back-offs taken so far in this wait.
     backoffs: u32,
+    /// This thread's short slice, from its first sleep on a holder's life word to the end of
+    /// the wait (slice.rs).
+    urgent: Option<slice::Urgent>,
 }
 
 impl<'a> LockWaiter<'a> {
@@ -145,6 +149,7 @@ impl<'a> LockWaiter<'a> {
             checks: 0,
             watched: None,
             backoffs: 0,
+            urgent: None,
         }
     }
 
@@ -422,6 +427,9 @@ impl Sys<Le32> for LockWaiter<'_> {
                 (life, u32::from_le(seen.life.unwrap_or(0))),
             ];
             let n = if seen.life.is_some() { 3 } else { 2 };
+            if seen.life.is_some() && self.urgent.is_none() {
+                self.urgent = Some(slice::Urgent::begin());
+            }
             let slept = futex::wait_any(&words[..n], Some(sleep))?;
             if seen.life.is_some() && life.futex_word().load(Acquire) & life::OWNER_DIED != 0 {
                 // The kernel wakes one sleeper of the word at the death: if it was this one, the

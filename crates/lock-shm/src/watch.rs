@@ -114,6 +114,8 @@ impl Watchers {
     /// owner's life word when the owner armed one (life.rs: the kernel marks it early in the
     /// owner's exit), on the slot's OFD lock otherwise.
     fn run(&self, slot: u32) {
+        // Woken by a death only, to run at once (slice.rs).
+        crate::slice::shorten_for_good();
         let off = self.layout.slot_offset(slot);
         // The kernel first: an owner already gone is announced at once, whatever its life word
         // says (one armed with no live sentinel behind it would keep this watcher asleep for

@@ -332,8 +332,94 @@ fn a_lingering_watcher_keeps_no_slot_alive() -> TrialResult {
     holder.finish(STEP).map_err(|e| e.to_string())
 }
 
+/// The scheduler slice (`se.slice`, ns) of every thread of process `pid`, with its name.
+fn slices(pid: u32) -> Result<Vec<(String, u64)>, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for task in tasks {
+        let dir = task.map_err(|e| e.to_string())?.path();
+        // A thread that ended since the listing is no longer there: not an error.
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("sched")),
+        ) else {
+            continue;
+        };
+        let slice = sched
+            .lines()
+            .find_map(|l| l.strip_prefix("se.slice"))
+            .and_then(|v| v.trim_start_matches([' ', ':']).trim().parse::<u64>().ok())
+            .ok_or("no se.slice in sched")?;
+        out.push((comm.trim().to_string(), slice));
+    }
+    Ok(out)
+}
+
+/// Whether this kernel lets a thread choose its slice (Linux 6.12).
+fn custom_slices() -> Result<bool, String> {
+    let release =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| e.to_string())?;
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    Ok((major, minor) >= (6, 12))
+}
+
+/// The shortest slice the kernel gives (lock-shm's slice.rs asks for it).
+const SHORT_SLICE: u64 = 100_000;
+
+/// A waiter that sleeps on its holder's life word, and its watcher thread, run on the shortest
+/// slice while a death can wake them, so that they preempt the dying holder's exit instead of
+/// queueing behind it; the waiter's thread gets its own slice back when the wait ends.
+fn a_death_wakes_its_waiters_on_short_slices() -> TrialResult {
+    let segment = Segment::new("slice");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let lock = manager.retrieve(LockId(2)).map_err(e2s)?;
+    let _ = lock.lock().map_err(e2s)?;
+    let mut waiter = client(&segment)?;
+    let pid = waiter.pid();
+    let own = slices(pid)?
+        .first()
+        .map(|(_, slice)| *slice)
+        .ok_or("the waiter has no threads")?;
+    send(&mut waiter, "deadlock 0")?;
+    expect(&mut waiter, "deadlock-timeout none")?;
+    send(&mut waiter, "wait 2 60000")?;
+    until("the waiter", || waits(&manager, 2, pid))?;
+    let watcher = |(name, _): &&(String, u64)| name.starts_with("lock-shm-watch");
+    if custom_slices()? {
+        until(
+            "a short slice for the waiting thread and its watcher",
+            || {
+                let now = slices(pid)?;
+                let short = |t: &&(String, u64)| t.1 == SHORT_SLICE;
+                Ok(now.iter().filter(watcher).any(|t| short(&t))
+                    && now.iter().filter(|t| !watcher(t)).any(|t| short(&t)))
+            },
+        )?;
+    }
+    lock.unlock().map_err(e2s)?;
+    expect(&mut waiter, "locked clean")?;
+    let after = slices(pid)?;
+    send(&mut waiter, "unlock 2")?;
+    expect(&mut waiter, "unlocked")?;
+    waiter.finish(STEP).map_err(|e| e.to_string())?;
+    if let Some((name, slice)) = after.iter().find(|t| !watcher(t) && t.1 != own) {
+        return Err(format!(
+            "thread {name} of the waiter has a slice of {slice} ns after the wait, not its own {own}"
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let trials: [common::Trial; 6] = [
+    let trials: [common::Trial; 7] = [
+        (
+            "a_death_wakes_its_waiters_on_short_slices",
+            a_death_wakes_its_waiters_on_short_slices,
+        ),
         (
             "a_holder_in_another_pid_namespace_is_told_dead",
             a_holder_in_another_pid_namespace_is_told_dead,
