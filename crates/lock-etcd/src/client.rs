@@ -404,7 +404,8 @@ answers!(
 /// endpoint after each transient failure or unanswered attempt.
 ///
 /// Every operation this crate retries is safe to repeat: lock keys are unique per lease and are
-/// created under a `create_revision == 0` compare, and a repeated delete or revoke is recognised.
+/// created under a `create_revision == 0` compare, a repeated delete or revoke is recognised, and
+/// a table's allocation key carries a token of the call that wrote it (`EtcdTable::mark`).
 pub(crate) async fn retry<T: Answer, F, Fut>(ctx: &Ctx, deadline: Instant, mut f: F) -> Result<T>
 where
     F: FnMut(Client) -> Fut,

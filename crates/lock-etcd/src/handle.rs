@@ -239,16 +239,22 @@ impl Locker for EtcdLock {
             .clone()
             .ok_or(Error::Unsupported("free of a named etcd lock"))?;
         let ctx = self.shared.ctx.clone();
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let tries = Arc::clone(&attempts);
         let deleted = self.shared.block_on(async move {
             let answer = ctx
                 .call(|mut c| {
+                    tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let key = alloc_key.clone();
                     async move { c.delete(key, None).await }
                 })
                 .await?;
             Ok(answer.deleted())
         })?;
-        if deleted == 0 {
+        // A retry after an attempt whose answer was lost finds nothing to delete when that
+        // attempt did delete the key: the id is free either way, which is what was asked, so
+        // only a first attempt's empty answer is `NotAllocated`.
+        if deleted == 0 && attempts.load(std::sync::atomic::Ordering::Relaxed) <= 1 {
             Err(Error::NotAllocated(self.id))
         } else {
             Ok(())

@@ -15,7 +15,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
@@ -152,9 +153,14 @@ impl EtcdTable {
         }
         let ctx = shared.ctx.clone();
         let meta = Self::meta_key(&root);
+        // Attempts made: a create retried after an attempt whose answer was lost may find the
+        // table its own first attempt made (see `created` below).
+        let attempts = Arc::new(AtomicU32::new(0));
+        let tries = Arc::clone(&attempts);
         let (created, existing) = shared.block_on(async move {
             let answer = ctx
                 .call(|mut c| {
+                    tries.fetch_add(1, Relaxed);
                     let mut txn = Txn::new();
                     if let Some(capacity) = create {
                         txn = txn
@@ -169,22 +175,23 @@ impl EtcdTable {
                 .await?;
             let raw = answer.0;
             let created = create.is_some() && raw.succeeded;
-            let existing = if created {
-                None
-            } else {
-                raw.responses
-                    .into_iter()
-                    .next()
-                    .and_then(|r| match r.response {
-                        Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
-                            range.kvs.into_iter().next().map(|kv| kv.value)
-                        }
-                        _ => None,
-                    })
-            };
+            let existing = if created { None } else { first_value(raw) };
             Ok((created, existing))
         })?;
         let meta = Self::meta_key(&root);
+        // A retried create that finds a table of the capacity it asked for counts it as its own:
+        // its lost first attempt may have made it, and no key tells whose it is (the header's
+        // format is fixed, and other versions read it). Saying `AlreadyExists` for a table this
+        // call made would fail a caller whose create worked; the other reading, a table that
+        // another process created with the same capacity at the same moment, hands both callers
+        // the same table.
+        let created = created
+            || (attempts.load(Relaxed) > 1
+                && create.is_some_and(|wanted| {
+                    existing
+                        .as_deref()
+                        .is_some_and(|v| parse_meta(&meta, v).ok() == Some(wanted))
+                }));
         let capacity = if created {
             create.unwrap_or_default()
         } else {
@@ -352,17 +359,42 @@ impl EtcdTable {
     }
 
     /// Marks `id` allocated; `false` when it already was.
+    ///
+    /// The key's value is a token of this call (a fresh owner key: process, host, 64 random
+    /// bits). A request is retried when an attempt fails in transit, and an attempt whose answer
+    /// was lost may have been applied: the retry then finds the key taken, and without the token
+    /// could not tell its own write from another process's (allocate leaked the id and took the
+    /// next; allocate_and_retrieve said `AlreadyAllocated` for the id it had just allocated).
     async fn mark(ctx: &Ctx, key: &str) -> Result<bool> {
+        let token = ctx.identity.new_owner();
         let answer = ctx
             .call(|mut c| {
                 let txn = Txn::new()
                     .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, "", None::<PutOptions>)]);
+                    .and_then([TxnOp::put(key, &*token, None::<PutOptions>)])
+                    .or_else([TxnOp::get(key, None)]);
                 async move { c.txn(txn).await }
             })
             .await?;
-        Ok(answer.succeeded())
+        let raw = answer.0;
+        if raw.succeeded {
+            return Ok(true);
+        }
+        Ok(first_value(raw).is_some_and(|v| v == token.as_bytes()))
     }
+}
+
+/// The value of the first key that the first request of a Txn's taken branch read, if any.
+fn first_value(raw: etcd_client::proto::PbTxnResponse) -> Option<Vec<u8>> {
+    raw.responses
+        .into_iter()
+        .next()
+        .and_then(|r| match r.response {
+            Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
+                range.kvs.into_iter().next().map(|kv| kv.value)
+            }
+            _ => None,
+        })
 }
 
 impl Manager for EtcdTable {

@@ -915,3 +915,110 @@ fn unlock_after_lost_in_an_outage_returns_at_once() {
     assert_eq!(common::queue_keys(&tc.endpoints, &prefix), Vec::new());
     common::delete_prefix(&tc.endpoints, &prefix);
 }
+
+/// Runs `op` with every proxy dropping the answers to requests that carry `pattern`, until one
+/// answer was dropped: the member applied that request and the client never heard. Then passes
+/// all traffic again through every other proxy, so that the request's retry goes to another
+/// member, and returns what `op` returned.
+fn with_the_answer_lost<T: Send + 'static>(
+    proxies: &[Proxy],
+    pattern: &str,
+    op: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let before: Vec<usize> = proxies.iter().map(Proxy::lost_answers).collect();
+    for p in proxies {
+        p.lose_answers_to(pattern.as_bytes());
+    }
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(op());
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lost = loop {
+        let lost: Vec<bool> = proxies
+            .iter()
+            .zip(&before)
+            .map(|(p, was)| p.lost_answers() > *was)
+            .collect();
+        if lost.contains(&true) {
+            break lost;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request carrying {pattern:?} was answered within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    for (p, lost) in proxies.iter().zip(&lost) {
+        if !lost {
+            p.set_mode(Mode::Forward);
+        }
+    }
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the operation did not return within 30 s of its answer being lost");
+    worker.join().expect("operation thread");
+    for p in proxies {
+        p.set_mode(Mode::Forward);
+    }
+    out
+}
+
+/// A table create, an allocation (lowest id and named id) and a free whose first attempt was
+/// applied but whose answer was lost are retried on another member, and each recognises its own
+/// write: before, the retried allocation took the next id and leaked the first,
+/// `allocate_and_retrieve` said `AlreadyAllocated`, `free` said `NotAllocated`, and create said
+/// `AlreadyExists` for the table it had made.
+#[test]
+#[serial]
+fn a_write_whose_answer_was_lost_is_recognised_on_retry() {
+    use lock_etcd::{LockId, Manager};
+    let tc = TestCluster::start();
+    let prefix = common::prefix("lost-answer");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    let locks = Arc::new(connect_through(
+        &proxies,
+        &prefix,
+        Duration::from_secs(10),
+        Duration::from_secs(4),
+    ));
+
+    let created = {
+        let locks = Arc::clone(&locks);
+        with_the_answer_lost(&proxies, "/table/t/meta", move || {
+            locks.create_table("t", 8)
+        })
+    };
+    let table = Arc::new(created.expect("create whose answer was lost"));
+
+    let got = {
+        let table = Arc::clone(&table);
+        with_the_answer_lost(&proxies, "/alloc/0000000000", move || {
+            table.allocate().map(|l| l.id())
+        })
+    };
+    assert_eq!(got.expect("allocate whose answer was lost"), LockId(0));
+
+    let named = {
+        let table = Arc::clone(&table);
+        with_the_answer_lost(&proxies, "/alloc/0000000003", move || {
+            table.allocate_and_retrieve(LockId(3)).map(|l| l.id())
+        })
+    };
+    assert_eq!(
+        named.expect("allocate_and_retrieve whose answer was lost"),
+        LockId(3)
+    );
+    assert_eq!(
+        table.available().expect("available"),
+        Some(6),
+        "an id leaked"
+    );
+
+    let lock = table.retrieve(LockId(3)).expect("retrieve");
+    let freed = with_the_answer_lost(&proxies, "/alloc/0000000003", move || lock.free());
+    freed.expect("free whose answer was lost");
+    assert_eq!(table.available().expect("available"), Some(7));
+    locks.remove_table("t").expect("remove the table");
+    common::delete_prefix(&tc.endpoints, &prefix);
+}

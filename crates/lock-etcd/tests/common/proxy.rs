@@ -6,14 +6,17 @@
 //! error, only silence). [`Mode::AnswerPings`] is a blackhole that still answers the client's
 //! HTTP/2 PINGs itself, so that HTTP/2 keepalive cannot notice the silence and only the library's
 //! own fail-over can: a member whose transport is alive but whose etcd server says nothing.
+//! [`Proxy::lose_answers_to`] passes every request and drops the member's answers to those that
+//! carry a given byte string: the member applies such a request and the client never hears.
 //!
 //! The proxy cuts the byte streams into HTTP/2 frames (gRPC over `http://` is HTTP/2 with prior
 //! knowledge: a 24-byte client preface, then 9-byte frame headers) so that a frame is forwarded
 //! or dropped whole, and an injected PING ACK never lands inside another frame.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -27,6 +30,9 @@ pub enum Mode {
     Blackhole = 1,
     /// Pass nothing, but answer the client's HTTP/2 PINGs.
     AnswerPings = 2,
+    /// Pass everything but the answers to requests that carry the proxy's pattern
+    /// ([`Proxy::lose_answers_to`]).
+    LoseAnswers = 3,
 }
 
 impl Mode {
@@ -34,19 +40,28 @@ impl Mode {
         match v {
             0 => Mode::Forward,
             1 => Mode::Blackhole,
-            _ => Mode::AnswerPings,
+            2 => Mode::AnswerPings,
+            _ => Mode::LoseAnswers,
         }
     }
 }
 
 const PREFACE_LEN: usize = 24; // "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 const FRAME_HEADER_LEN: usize = 9;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
 
 struct Shared {
     mode: AtomicU8,
     stop: AtomicBool,
+    /// What a request carries whose answer [`Mode::LoseAnswers`] drops.
+    pattern: Mutex<Vec<u8>>,
+    /// Answers dropped, counted when their last frame was.
+    lost: AtomicUsize,
     /// A clone of every socket, so that drop can shut them down and wake every pump.
     sockets: Mutex<Vec<TcpStream>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
@@ -80,6 +95,8 @@ impl Proxy {
         let shared = Arc::new(Shared {
             mode: AtomicU8::new(Mode::Forward as u8),
             stop: AtomicBool::new(false),
+            pattern: Mutex::new(Vec::new()),
+            lost: AtomicUsize::new(0),
             sockets: Mutex::new(Vec::new()),
             pumps: Mutex::new(Vec::new()),
         });
@@ -102,6 +119,20 @@ impl Proxy {
     /// Switches what happens to traffic from now on, on every connection.
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// From now on, drops the member's answers (their HEADERS, DATA and CONTINUATION frames) to
+    /// requests whose body carries `pattern`, and passes everything else. The client's header
+    /// decoder misses whatever a dropped HEADERS frame added to its table, so the connection may
+    /// fail at a later answer, as a connection would that lost bytes.
+    pub fn lose_answers_to(&self, pattern: &[u8]) {
+        *lock(&self.shared.pattern) = pattern.to_vec();
+        self.set_mode(Mode::LoseAnswers);
+    }
+
+    /// How many answers were dropped so far.
+    pub fn lost_answers(&self) -> usize {
+        self.shared.lost.load(Ordering::SeqCst)
     }
 }
 
@@ -164,8 +195,11 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
         // Both directions write to the client (the pump from upstream, and PING answers), each a
         // whole frame under this lock.
         let to_client = Arc::new(Mutex::new(client_write));
+        // The streams whose answers are to be dropped.
+        let doomed = Arc::new(Mutex::new(HashSet::new()));
         let up = {
             let (shared, to_client) = (Arc::clone(shared), Arc::clone(&to_client));
+            let doomed = Arc::clone(&doomed);
             std::thread::spawn(move || {
                 pump(
                     client_read,
@@ -174,6 +208,12 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
                     &shared,
                     |frame, mode| match mode {
                         Mode::Forward => (&upstream_write).write_all(frame).is_ok(),
+                        Mode::LoseAnswers => {
+                            if frame[3] == DATA && contains(frame, &lock(&shared.pattern)) {
+                                lock(&doomed).insert(stream_id(frame));
+                            }
+                            (&upstream_write).write_all(frame).is_ok()
+                        }
                         Mode::AnswerPings => match ping_ack(frame) {
                             Some(ack) => lock(&to_client).write_all(&ack).is_ok(),
                             None => true,
@@ -193,6 +233,18 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
                     &shared,
                     |frame, mode| match mode {
                         Mode::Forward => lock(&to_client).write_all(frame).is_ok(),
+                        Mode::LoseAnswers => {
+                            let stream = stream_id(frame);
+                            let answer = matches!(frame[3], DATA | HEADERS | CONTINUATION);
+                            if !answer || !lock(&doomed).contains(&stream) {
+                                return lock(&to_client).write_all(frame).is_ok();
+                            }
+                            if frame[4] & END_STREAM != 0 {
+                                lock(&doomed).remove(&stream);
+                                shared.lost.fetch_add(1, Ordering::SeqCst);
+                            }
+                            true
+                        }
                         Mode::Blackhole | Mode::AnswerPings => true,
                     },
                 );
@@ -241,10 +293,23 @@ fn pump(
             }
         }
     }
-    if shared.mode() == Mode::Forward {
+    if matches!(shared.mode(), Mode::Forward | Mode::LoseAnswers) {
         let _ = other.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     }
+}
+
+/// The stream a frame belongs to.
+fn stream_id(frame: &[u8]) -> u32 {
+    u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff
+}
+
+/// Whether `frame`'s payload holds `pattern` (an empty pattern holds nowhere).
+fn contains(frame: &[u8], pattern: &[u8]) -> bool {
+    !pattern.is_empty()
+        && frame[FRAME_HEADER_LEN..]
+            .windows(pattern.len())
+            .any(|w| w == pattern)
 }
 
 /// The ACK of an HTTP/2 PING frame, or `None` for any other frame.
