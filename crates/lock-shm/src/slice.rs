@@ -17,9 +17,9 @@
 //! slice than the running one preempts it. A slice changes no weight: the thread gets the same
 //! CPU share, in shorter turns. So:
 //!
-//! - a watcher thread (watch.rs) asks for [`SHORT`] for its whole life: it wakes for a death
+//! - a watcher thread (watch.rs) asks for [`SHORT_NS`] for its whole life: it wakes for a death
 //!   and for nothing else, and sleeps again after a few system calls;
-//! - a waiter that sleeps on a holder's life word asks for [`SHORT`] for the length of that wait
+//! - a waiter that sleeps on a holder's life word asks for [`SHORT_NS`] for the length of that wait
 //!   ([`Urgent`]) and gets its own slice back when the wait ends, however it ends.
 //!
 //! Everything here is best effort: a kernel without custom slices ignores the field (or refuses
