@@ -64,6 +64,73 @@ fn lifecycle_and_lowest_free_first() {
     assert_eq!(ShmManager::open(&n.0).unwrap().capacity(), Some(200));
 }
 
+/// Allocation hands out the lowest free id whatever came before, through any manager of the
+/// segment: random allocations, named allocations, frees and free-alls through two managers,
+/// against a set of the allocated ids. The summaries must follow every free and free-all, or a
+/// later allocation skips a lower free id.
+#[test]
+fn allocation_is_lowest_free_first_through_any_manager() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeSet;
+    const CAPACITY: u32 = 300; // five leaf words and a summary: both paths of allocation
+    let n = Segment::new("lowest");
+    let managers = [
+        ShmManager::create(&n.0, CAPACITY).unwrap(),
+        ShmManager::open(&n.0).unwrap(),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x10c4);
+    let mut taken = BTreeSet::new();
+    for step in 0..20_000 {
+        let m = &managers[rng.random_range(0..2)];
+        match rng.random_range(0..100) {
+            // Allocation outweighs frees, so the table fills and empties in waves.
+            0..50 => {
+                let lowest = (0..CAPACITY).find(|id| !taken.contains(id));
+                match (m.allocate(), lowest) {
+                    (Ok(lock), Some(id)) => {
+                        assert_eq!(lock.id(), LockId(id), "step {step}: not the lowest free id");
+                        taken.insert(id);
+                    }
+                    (Err(Error::Exhausted { .. }), None) => {}
+                    (got, want) => {
+                        panic!("step {step}: allocate gave {got:?}, lowest free {want:?}")
+                    }
+                }
+            }
+            50..60 => {
+                let id = rng.random_range(0..CAPACITY);
+                let got = m.allocate_and_retrieve(LockId(id));
+                if taken.insert(id) {
+                    got.unwrap_or_else(|e| panic!("step {step}: allocate_and_retrieve({id}): {e}"));
+                } else {
+                    assert!(
+                        matches!(got, Err(Error::AlreadyAllocated(_))),
+                        "step {step}: {got:?}"
+                    );
+                }
+            }
+            60..99 => {
+                let id = rng.random_range(0..CAPACITY);
+                let got = m.retrieve(LockId(id)).unwrap().free();
+                if taken.remove(&id) {
+                    got.unwrap_or_else(|e| panic!("step {step}: free({id}): {e}"));
+                } else {
+                    assert!(
+                        matches!(got, Err(Error::NotAllocated(_))),
+                        "step {step}: {got:?}"
+                    );
+                }
+            }
+            _ => {
+                m.free_all().unwrap();
+                taken.clear();
+            }
+        }
+        let available = CAPACITY - u32::try_from(taken.len()).unwrap();
+        assert_eq!(m.available().unwrap(), Some(available), "step {step}");
+    }
+}
+
 #[test]
 fn names_are_validated() {
     for bad in ["", "a/b", "..", "a..b", "x\0y", &"n".repeat(201)] {
