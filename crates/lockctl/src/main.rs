@@ -21,7 +21,7 @@ use crate::exit::{Failed, Failure};
 /// (shm:NAME, file:PATH, dir:PATH, etcd://HOST:PORT/PREFIX/TABLE; not mem:NAME, which lives
 /// inside one process).
 #[derive(Debug, Parser)]
-#[command(name = "lockctl", version, about)]
+#[command(name = "lockctl", version, about, max_term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -1150,3 +1150,39 @@ fn ctrl_c_reaches_the_command_once_and_lockctl_waits_for_it() {
     );
     assert_eq!(status_json(&spec)["locks"], Value::Array(vec![]));
 }
+
+/// Every help text keeps to the 100 columns of the rest of the human output, on a pipe and when
+/// the terminal says it is wider (`COLUMNS`, which clap reads first).
+#[test]
+fn help_fits_in_100_columns() {
+    let commands: [&[&str]; 7] = [
+        &["--help"],
+        &["create", "--help"],
+        &["remove", "--help"],
+        &["status", "--help"],
+        &["free", "--help"],
+        &["free-all", "--help"],
+        &["run", "--help"],
+    ];
+    for columns in [None, Some("300")] {
+        for args in commands {
+            let mut command = lockctl(args);
+            if let Some(columns) = columns {
+                command.env("COLUMNS", columns);
+            }
+            let out = command
+                .stdin(Stdio::null())
+                .output()
+                .expect("run lockctl --help");
+            assert!(out.status.success(), "lockctl {args:?}: {}", out.status);
+            let text = String::from_utf8(out.stdout).expect("utf-8 help");
+            for line in text.lines() {
+                assert!(
+                    line.chars().count() <= 100,
+                    "lockctl {args:?} (COLUMNS {columns:?}): a line of {} columns: {line:?}",
+                    line.chars().count()
+                );
+            }
+        }
+    }
+}
