@@ -459,25 +459,67 @@ impl Manager for EtcdTable {
         Some(self.capacity)
     }
 
+    /// The capacity less the allocation keys, counted by the server at one revision: every key
+    /// under `alloc/`, and those in the range of the ids lock-etcd writes (`alloc/0000000000` up
+    /// to the capacity's).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] when the two counts differ: a key under `alloc/` outside that range
+    /// (`alloc/0`, `alloc/+000000001`, an id at or beyond the capacity), which [`allocate`]
+    /// refuses as well. (A key inside the range with a suffix, `alloc/0000000001x`, is counted;
+    /// `allocate`, which reads the keys, finds it.)
+    ///
+    /// [`allocate`]: Manager::allocate
     fn available(&self) -> Result<Option<u32>> {
         let ctx = self.shared.ctx.clone();
         let prefix = self.alloc_prefix();
-        let count = self.shared.block_on(async move {
+        let (first, end) = (
+            self.alloc_key(LockId(0)),
+            self.alloc_key(LockId(self.capacity)),
+        );
+        let (all, ids) = self.shared.block_on(async move {
             let answer = ctx
                 .call(|mut c| {
-                    let prefix = prefix.clone();
-                    async move {
-                        c.get(
-                            prefix,
-                            Some(GetOptions::new().with_prefix().with_count_only()),
-                        )
-                        .await
-                    }
+                    let count = |from: &str, options: GetOptions| {
+                        TxnOp::get(from, Some(options.with_count_only()))
+                    };
+                    let txn = Txn::new().and_then([
+                        count(&prefix, GetOptions::new().with_prefix()),
+                        count(&first, GetOptions::new().with_range(end.as_str())),
+                    ]);
+                    async move { c.txn(txn).await }
                 })
                 .await?;
-            Ok(answer.count())
+            let counts: Vec<i64> = answer
+                .0
+                .responses
+                .into_iter()
+                .filter_map(|r| match r.response {
+                    Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
+                        Some(range.count)
+                    }
+                    _ => None,
+                })
+                .collect();
+            match counts[..] {
+                [all, ids] => Ok((all, ids)),
+                _ => Err(Error::corrupt(format!(
+                    "etcd answered a count of the allocation keys with {} counts, not 2",
+                    counts.len()
+                ))),
+            }
         })?;
-        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        if all != ids {
+            return Err(Error::corrupt(format!(
+                "{} etcd allocation key(s) under {:?} are not ids below the capacity {} \
+                 (ids are 10 digits)",
+                all - ids,
+                self.alloc_prefix(),
+                self.capacity
+            )));
+        }
+        let count = u32::try_from(ids).unwrap_or(u32::MAX);
         Ok(Some(self.capacity.saturating_sub(count)))
     }
 

@@ -406,7 +406,8 @@ fn unreadable_markers_are_reported_not_erased(eps: &[String]) -> Result<(), Fail
 
 /// Ids are read only in the format lock-etcd writes: a lock key `lock/99` of a capacity-4
 /// table, `lock/+3` or `lock/03`, an allocation key `alloc/0` or `alloc/+000000001`, and
-/// `capacity=+4` in the header are `Corrupt`, never taken for a lock or a number.
+/// `capacity=+4` in the header are `Corrupt`, never taken for a lock or a number (nor counted
+/// as an allocation by `available`).
 fn ids_are_read_in_the_format_written(eps: &[String]) -> Result<(), Failed> {
     let prefix = prefix("ids");
     let _scrub = Scrub {
@@ -440,6 +441,11 @@ fn ids_are_read_in_the_format_written(eps: &[String]) -> Result<(), Failed> {
             check!(
                 matches!(allocated, Err(Error::Corrupt { .. })),
                 "allocate with alloc/{bad}: {allocated:?}"
+            );
+            let available = table.available();
+            check!(
+                matches!(available, Err(Error::Corrupt { .. })),
+                "available with alloc/{bad}: {available:?}"
             );
             delete_prefix(eps, &key);
         }
