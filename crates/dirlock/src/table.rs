@@ -408,12 +408,16 @@ impl Manager for DirTable {
     }
 
     /// As [`held`](Manager::held), with no waiters (dirlock does not publish them); a lock
-    /// whose record is damaged has a holder with nothing known about it, since it is not free.
+    /// whose record is damaged has a holder marked [`damaged`](Holder::damaged) with nothing
+    /// else known about it, since it is not free.
     fn snapshot(&self) -> Result<Vec<LockState>> {
         Ok(self
             .held()?
             .into_iter()
-            .map(|h| LockState::new(h.id, Some(h.holder.unwrap_or_default()), Vec::new()))
+            .map(|h| {
+                let holder = h.holder.unwrap_or_else(|| Holder::default().damaged(true));
+                LockState::new(h.id, Some(holder), Vec::new())
+            })
             .collect())
     }
 }

@@ -21,6 +21,10 @@ pub struct Holder {
     /// The holder is known to be dead: the next acquirer will get
     /// [`Acquired::OwnerDied`](crate::Acquired::OwnerDied).
     pub dead: bool,
+    /// The lock's record of its holder cannot be read (damaged, or of another format): the lock
+    /// is taken, by a holder nothing is known of, and only an operator can free it. The other
+    /// fields are then `None`.
+    pub damaged: bool,
 }
 
 impl Holder {
@@ -71,6 +75,13 @@ impl Holder {
     #[must_use]
     pub fn dead(mut self, dead: bool) -> Self {
         self.dead = dead;
+        self
+    }
+
+    /// Marks the holder's record damaged (see [`damaged`](Holder::damaged)).
+    #[must_use]
+    pub fn damaged(mut self, damaged: bool) -> Self {
+        self.damaged = damaged;
         self
     }
 }

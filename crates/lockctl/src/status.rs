@@ -26,6 +26,8 @@ pub(crate) struct Party {
     /// Milliseconds since then, at the moment of the snapshot.
     pub(crate) for_ms: Option<u64>,
     pub(crate) dead: bool,
+    /// The lock's record of its holder cannot be read: held by nobody known (`dir:`).
+    pub(crate) damaged: bool,
 }
 
 /// One lock in the report.
@@ -96,6 +98,7 @@ fn party(h: &Holder, now: SystemTime, here: &str) -> Party {
             .since
             .map(|s| now.duration_since(s).unwrap_or(Duration::ZERO).as_millis() as u64),
         dead: h.dead,
+        damaged: h.damaged,
     }
 }
 
@@ -299,13 +302,17 @@ pub(crate) fn render(status: &Status) -> String {
                     clock(p.since.as_deref()),
                     p.for_ms.map_or("?".to_owned(), short_duration),
                     state,
-                    who(
-                        p.pid,
-                        p.host.as_deref(),
-                        p.cmdline.as_deref(),
-                        p.dead,
-                        &here
-                    )
+                    if p.damaged {
+                        "? (its record is damaged; dirlock's break_lock frees it)".to_owned()
+                    } else {
+                        who(
+                            p.pid,
+                            p.host.as_deref(),
+                            p.cmdline.as_deref(),
+                            p.dead,
+                            &here,
+                        )
+                    }
                 );
                 let _ = writeln!(out, "{}", cut(&line, WIDTH));
             }

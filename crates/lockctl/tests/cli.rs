@@ -1095,8 +1095,36 @@ fn dir_waiters_are_null() {
     let l0 = lock(&status, 0).expect("lock 0");
     assert_eq!(l0["holder"]["pid"], holder.pid());
     assert_eq!(l0["waiters"], Value::Null, "{l0:#}");
+    assert_eq!(l0["holder"]["damaged"], false, "{l0:#}");
     let (status, _) = holder.finish();
     assert!(status.success());
+}
+
+/// A dir: lock whose record is damaged is held by nobody known: `status` says the record is
+/// damaged (it showed a live hold by `pid ?`), in JSON as `damaged`.
+#[test]
+fn a_damaged_dir_record_is_reported_as_damaged() {
+    let scratch = Scratch::new();
+    let spec = format!("dir:{}", scratch.path("store").display());
+    ok(&["create", &spec, "--capacity", "2"]);
+    std::fs::write(
+        scratch.path("store").join("1").join("lock0"),
+        b"not a record\n",
+    )
+    .expect("write a damaged record");
+    let status = status_json(&spec);
+    let l1 = lock(&status, 1).expect("lock 1 is listed");
+    assert_eq!(l1["holder"]["damaged"], true, "{l1:#}");
+    assert_eq!(l1["holder"]["pid"], Value::Null, "{l1:#}");
+    assert_eq!(l1["holder"]["dead"], false, "{l1:#}");
+    assert!(lock(&status, 0).is_none(), "{status:#}");
+    let text = ok(&["status", &spec]);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_else(|| panic!("no row for lock 1: {text}"));
+    assert!(row.contains("held"), "{row:?}");
+    assert!(row.contains("record is damaged"), "{row:?}");
 }
 
 /// Ctrl-C at a terminal (SIGINT from the kernel to the whole foreground process group) reaches
