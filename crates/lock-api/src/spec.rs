@@ -391,6 +391,11 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         "m" => number.checked_mul(60_000),
         "h" => number.checked_mul(3_600_000),
         "" => return Err(bad("no unit (ms, s, m or h)")),
+        _ if unit.starts_with(['.', ',']) => {
+            return Err(bad(
+                "a whole number is needed: write a smaller unit (1500ms, not 1.5s)",
+            ));
+        }
         _ => return Err(bad("unknown unit (ms, s, m or h)")),
     };
     millis
@@ -638,6 +643,15 @@ mod tests {
             Duration::ZERO,
         ] {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+        }
+        // A fraction is refused for what it is, not as an unknown unit ("1.5s" has the unit s).
+        for fraction in ["1.5s", "0,5m", "2.s"] {
+            let why = match parse_duration(fraction) {
+                Err(Error::InvalidArgument { what }) => what,
+                other => panic!("{fraction:?}: {other:?}"),
+            };
+            assert!(why.contains("whole number"), "{fraction:?}: {why}");
+            assert!(!why.contains("unknown unit"), "{fraction:?}: {why}");
         }
     }
 }
