@@ -51,6 +51,9 @@ pub struct EtcdTable {
     shared: Arc<Shared>,
     root: Arc<str>,
     capacity: u32,
+    /// The header's CreateRevision: allocation writes are guarded by it, so a handle of a
+    /// table that was removed (and perhaps created again) writes nothing into its place.
+    meta_rev: i64,
     owner: Arc<str>,
     /// The deadlock timeout in milliseconds, shared with every handle; 0 is off.
     deadlock_ms: Arc<AtomicU64>,
@@ -175,8 +178,14 @@ impl EtcdTable {
                 .await?;
             let raw = answer.0;
             let created = create.is_some() && raw.succeeded;
-            let existing = if created { None } else { first_value(raw) };
-            Ok((created, existing))
+            // A created header's CreateRevision is the Txn's revision.
+            let revision = raw.header.as_ref().map_or(0, |h| h.revision);
+            let existing = if created {
+                None
+            } else {
+                first_kvs(raw).into_iter().next().flatten()
+            };
+            Ok((created.then_some(revision), existing))
         })?;
         let meta = Self::meta_key(&root);
         // A retried create that finds a table of the capacity it asked for counts it as its own:
@@ -185,22 +194,26 @@ impl EtcdTable {
         // call made would fail a caller whose create worked; the other reading, a table that
         // another process created with the same capacity at the same moment, hands both callers
         // the same table.
-        let created = created
-            || (attempts.load(Relaxed) > 1
-                && create.is_some_and(|wanted| {
-                    existing
-                        .as_deref()
-                        .is_some_and(|v| parse_meta(&meta, v).ok() == Some(wanted))
-                }));
-        let capacity = if created {
-            create.unwrap_or_default()
+        let retried_own = attempts.load(Relaxed) > 1
+            && create.is_some_and(|wanted| {
+                existing
+                    .as_ref()
+                    .is_some_and(|(v, _)| parse_meta(&meta, v).ok() == Some(wanted))
+            });
+        let created = created.or(if retried_own {
+            existing.as_ref().map(|(_, rev)| *rev)
+        } else {
+            None
+        });
+        let (capacity, meta_rev) = if let Some(revision) = created {
+            (create.unwrap_or_default(), revision)
         } else {
             if matches!(mode, OpenMode::Create(_)) {
                 return Err(Error::AlreadyExists {
                     what: format!("etcd lock table {root}"),
                 });
             }
-            let value = existing.ok_or_else(|| Error::NotFound {
+            let (value, revision) = existing.ok_or_else(|| Error::NotFound {
                 what: format!("etcd lock table {root}"),
             })?;
             let found = parse_meta(&meta, &value)?;
@@ -213,7 +226,7 @@ impl EtcdTable {
                     found,
                 ));
             }
-            found
+            (found, revision)
         };
         let owner = shared.ctx.identity.new_owner();
         Ok((
@@ -221,10 +234,11 @@ impl EtcdTable {
                 shared,
                 root: root.into(),
                 capacity,
+                meta_rev,
                 owner,
                 deadlock_ms: Arc::new(AtomicU64::new(timeout_ms(DEFAULT_DEADLOCK_TIMEOUT))),
             },
-            created,
+            created.is_some(),
         ))
     }
 
@@ -365,14 +379,23 @@ impl EtcdTable {
     /// was lost may have been applied: the retry then finds the key taken, and without the token
     /// could not tell its own write from another process's (allocate leaked the id and took the
     /// next; allocate_and_retrieve said `AlreadyAllocated` for the id it had just allocated).
-    async fn mark(ctx: &Ctx, key: &str) -> Result<bool> {
+    ///
+    /// The write is also guarded by the header's CreateRevision (`meta_rev`): a table removed
+    /// since this handle opened it, or removed and created again, is [`Error::NotFound`], and
+    /// gets no allocation key.
+    async fn mark(ctx: &Ctx, root: &str, meta_rev: i64, key: &str) -> Result<bool> {
         let token = ctx.identity.new_owner();
+        let meta = Self::meta_key(root);
+        let meta = meta.as_str();
         let answer = ctx
             .call(|mut c| {
                 let txn = Txn::new()
-                    .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                    .when([
+                        Compare::create_revision(key, CompareOp::Equal, 0),
+                        Compare::create_revision(meta, CompareOp::Equal, meta_rev),
+                    ])
                     .and_then([TxnOp::put(key, &*token, None::<PutOptions>)])
-                    .or_else([TxnOp::get(key, None)]);
+                    .or_else([TxnOp::get(key, None), TxnOp::get(meta, None)]);
                 async move { c.txn(txn).await }
             })
             .await?;
@@ -380,21 +403,31 @@ impl EtcdTable {
         if raw.succeeded {
             return Ok(true);
         }
-        Ok(first_value(raw).is_some_and(|v| v == token.as_bytes()))
+        let mut kvs = first_kvs(raw).into_iter();
+        let (ours, header) = (kvs.next().flatten(), kvs.next().flatten());
+        if header.is_none_or(|(_, revision)| revision != meta_rev) {
+            return Err(Error::NotFound {
+                what: format!("etcd lock table {root} (removed since this handle opened it)"),
+            });
+        }
+        Ok(ours.is_some_and(|(v, _)| v == token.as_bytes()))
     }
 }
 
-/// The value of the first key that the first request of a Txn's taken branch read, if any.
-fn first_value(raw: etcd_client::proto::PbTxnResponse) -> Option<Vec<u8>> {
+/// For each request of a Txn's taken branch, the value and CreateRevision of the first key it
+/// read, if any (`None` for a request that is no read, or read nothing).
+fn first_kvs(raw: etcd_client::proto::PbTxnResponse) -> Vec<Option<(Vec<u8>, i64)>> {
     raw.responses
         .into_iter()
-        .next()
-        .and_then(|r| match r.response {
-            Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
-                range.kvs.into_iter().next().map(|kv| kv.value)
-            }
+        .map(|r| match r.response {
+            Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => range
+                .kvs
+                .into_iter()
+                .next()
+                .map(|kv| (kv.value, kv.create_revision)),
             _ => None,
         })
+        .collect()
 }
 
 impl Manager for EtcdTable {
@@ -407,6 +440,7 @@ impl Manager for EtcdTable {
         let prefix = self.alloc_prefix();
         let root = Arc::clone(&self.root);
         let capacity = self.capacity;
+        let meta_rev = self.meta_rev;
         let id = self.shared.block_on(async move {
             loop {
                 let ids = Self::allocated(&ctx, &prefix, capacity).await?;
@@ -422,7 +456,7 @@ impl Manager for EtcdTable {
                     return Err(Error::Exhausted { capacity });
                 }
                 let key = format!("{root}/alloc/{free:010}");
-                if Self::mark(&ctx, &key).await? {
+                if Self::mark(&ctx, &root, meta_rev, &key).await? {
                     return Ok(free);
                 }
             }
@@ -441,9 +475,10 @@ impl Manager for EtcdTable {
         self.check(id)?;
         let ctx = self.shared.ctx.clone();
         let key = self.alloc_key(id);
+        let (root, meta_rev) = (Arc::clone(&self.root), self.meta_rev);
         let marked = self
             .shared
-            .block_on(async move { Self::mark(&ctx, &key).await })?;
+            .block_on(async move { Self::mark(&ctx, &root, meta_rev, &key).await })?;
         if !marked {
             return Err(Error::AlreadyAllocated(id));
         }

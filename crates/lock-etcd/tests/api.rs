@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_no_keys, prefix, queue_keys, raw};
+use common::{assert_no_keys, keys, prefix, queue_keys, raw};
 use libtest_mimic::Failed;
 use lock_etcd::{
-    Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, Locker, MIN_TTL,
+    Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockData, LockId, Locker,
+    MIN_TTL, Manager,
 };
 
 /// Long enough for keepalives on a loaded CI machine, short enough for tests that wait on it.
@@ -526,6 +527,55 @@ fn an_inherited_connection_is_refused_in_a_forked_child(eps: &[String]) -> Resul
     Ok(())
 }
 
+/// A handle of a table that was removed allocates nothing, in the removed table's place or in
+/// a table created again under its name: `NotFound`, and no key written. It used to write an
+/// allocation key under the removed table's root (a stray key that the next table of that name
+/// found allocated).
+fn a_removed_tables_handle_allocates_nothing(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "removed-table");
+    let stale = locks.create_table("t", 4)?;
+    let root = stale.root().to_owned();
+    let first = stale.allocate()?;
+    check!(first.id() == LockId(0), "first allocation {:?}", first.id());
+    locks.remove_table("t")?;
+    let allocated = stale.allocate().map(|l| l.id());
+    check!(
+        matches!(allocated, Err(Error::NotFound { .. })),
+        "allocate on a removed table: {allocated:?}"
+    );
+    let allocated = stale.allocate_and_retrieve(LockId(2)).map(|l| l.id());
+    check!(
+        matches!(allocated, Err(Error::NotFound { .. })),
+        "allocate_and_retrieve on a removed table: {allocated:?}"
+    );
+    let left = keys(eps, &root);
+    check!(left.is_empty(), "keys under the removed table: {left:?}");
+    // Created again, with the same capacity: the old handle still writes nothing into it.
+    let fresh = locks.create_table("t", 4)?;
+    let allocated = stale.allocate().map(|l| l.id());
+    check!(
+        matches!(allocated, Err(Error::NotFound { .. })),
+        "allocate through the old handle of a re-created table: {allocated:?}"
+    );
+    check!(
+        fresh.available()? == Some(4),
+        "the new table has allocations: {:?}",
+        fresh.available()
+    );
+    let id = fresh.allocate()?.id();
+    check!(id == LockId(0), "the new table's first allocation: {id:?}");
+    // A handle opened on the new table works as before.
+    let reopened = locks.open_table("t")?;
+    let id = reopened.allocate_and_retrieve(LockId(3))?.id();
+    check!(
+        id == LockId(3),
+        "allocate_and_retrieve on the reopened table: {id:?}"
+    );
+    locks.remove_table("t")?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let tests: &[(&str, Test)] = &[
         ("inside_another_runtime", inside_another_runtime),
@@ -547,6 +597,10 @@ fn main() -> std::process::ExitCode {
         ),
         ("waiter_lease_expired_etcd_11456", waiter_lease_expired),
         ("drop_releases", drop_releases),
+        (
+            "a_removed_tables_handle_allocates_nothing",
+            a_removed_tables_handle_allocates_nothing,
+        ),
     ];
     common::run_suite("api", tests, Duration::from_secs(5))
 }
