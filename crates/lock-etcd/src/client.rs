@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::proto::PbKeyValue;
+use etcd_client::proto::{PbKeyValue, PbRangeResponse, PbTxnOpResponse, PbTxnResponse};
 use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse};
 use lock_api::{Error, Result};
 use tokio::runtime::{Builder, Handle, Runtime};
@@ -665,6 +665,24 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
         }
         _ => Error::unavailable(e),
     }
+}
+
+/// A Txn's `index`-th response when it is a read, without the client's panicking accessors.
+pub(crate) fn txn_range(resp: &PbTxnResponse, index: usize) -> Option<&PbRangeResponse> {
+    match resp.responses.get(index)?.response.as_ref()? {
+        PbTxnOpResponse::ResponseRange(range) => Some(range),
+        _ => None,
+    }
+}
+
+/// The keys of a Txn's `index`-th response (none when it is no read).
+pub(crate) fn txn_kvs(resp: &PbTxnResponse, index: usize) -> &[PbKeyValue] {
+    txn_range(resp, index).map_or(&[], |range| &range.kvs)
+}
+
+/// The first key of a Txn's `index`-th response.
+pub(crate) fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
+    txn_kvs(resp, index).first()
 }
 
 #[cfg(test)]

@@ -28,12 +28,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::proto::{PbKeyValue, PbTxnOpResponse, PbTxnResponse};
+use etcd_client::proto::PbKeyValue;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use lock_api::{Cycle, Error, Result, find_cycle};
 use tokio::time::{sleep, sleep_until};
 
-use crate::client::{Ctx, range_all};
+use crate::client::{Ctx, range_all, txn_first_kv};
 use crate::lease::watch_deletion;
 use crate::snapshot::lock_states;
 use crate::table::parse_decimal;
@@ -224,7 +224,7 @@ impl Detector {
         if answer.0.succeeded {
             return Ok(Taken::Ours);
         }
-        let Some(found) = first_kv(&answer.0) else {
+        let Some(found) = txn_first_kv(&answer.0, 0) else {
             return Ok(Taken::Again);
         };
         // A retried Txn whose first attempt was applied finds its own value there.
@@ -239,7 +239,7 @@ impl Detector {
         let unchanged = Compare::mod_revision(key, CompareOp::Equal, found.mod_revision);
         let answer = put_when(ctx, key, own_key, lease, unchanged, unsure).await?;
         let ours = answer.0.succeeded
-            || first_kv(&answer.0).is_some_and(|kv| kv.value == own_key.as_bytes());
+            || txn_first_kv(&answer.0, 0).is_some_and(|kv| kv.value == own_key.as_bytes());
         Ok(if ours { Taken::Ours } else { Taken::Again })
     }
 
@@ -344,13 +344,5 @@ impl Detector {
             .await?;
         // A retried Txn whose first attempt was applied finds nothing left to delete.
         Ok(answer.0.succeeded || attempts > 1)
-    }
-}
-
-/// The first key the Txn's first response read.
-fn first_kv(resp: &PbTxnResponse) -> Option<&PbKeyValue> {
-    match resp.responses.first().and_then(|r| r.response.as_ref()) {
-        Some(PbTxnOpResponse::ResponseRange(range)) => range.kvs.first(),
-        _ => None,
     }
 }

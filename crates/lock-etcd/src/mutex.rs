@@ -51,7 +51,7 @@ use lock_api::{Acquired, Error, Result};
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout_at};
 
-use crate::client::{Ctx, Identity};
+use crate::client::{Ctx, Identity, txn_first_kv, txn_kvs};
 use crate::deadlock::{Detector, detection_key};
 use crate::lease::{LockMonitor, Monitor, watch_deletion};
 use crate::record::{Marker, Record};
@@ -208,14 +208,6 @@ impl From<AcquireError> for Error {
     }
 }
 
-/// The keys of a Txn's `index`-th response, read without the client's panicking accessor.
-fn txn_kvs(resp: &PbTxnResponse, index: usize) -> &[PbKeyValue] {
-    match resp.responses.get(index).and_then(|r| r.response.as_ref()) {
-        Some(PbTxnOpResponse::ResponseRange(range)) => &range.kvs,
-        _ => &[],
-    }
-}
-
 /// The marker the acquisition Txn found: the nested Txn's read, which ran only when there was one.
 fn previous_marker(resp: &PbTxnResponse) -> Option<&PbKeyValue> {
     match resp.responses.first()?.response.as_ref()? {
@@ -239,11 +231,6 @@ fn nested_txn(resp: &PbTxnResponse, index: usize) -> Option<&PbTxnResponse> {
         PbTxnOpResponse::ResponseTxn(t) => Some(t),
         _ => None,
     }
-}
-
-/// The first key of a Txn's `index`-th response.
-fn txn_first_kv(resp: &PbTxnResponse, index: usize) -> Option<&PbKeyValue> {
-    txn_kvs(resp, index).first()
 }
 
 fn queue_options() -> GetOptions {

@@ -24,7 +24,7 @@ use lock_api::{
     Error, EtcdSpec, HeldLock, LockId, LockState, Manager, Result, Store, StoreSpec, wrong_scheme,
 };
 
-use crate::client::{Ctx, Shared, range_all};
+use crate::client::{Ctx, Shared, range_all, txn_first_kv, txn_range};
 use crate::deadlock::{DEFAULT_DEADLOCK_TIMEOUT, Detector, timeout_ms};
 use crate::handle::EtcdLock;
 use crate::mutex::Target;
@@ -183,7 +183,7 @@ impl EtcdTable {
             let existing = if created {
                 None
             } else {
-                first_kvs(raw).into_iter().next().flatten()
+                txn_first_kv(&raw, 0).map(|kv| (kv.value.clone(), kv.create_revision))
             };
             Ok((created.then_some(revision), existing))
         })?;
@@ -194,16 +194,11 @@ impl EtcdTable {
         // call made would fail a caller whose create worked; the other reading, a table that
         // another process created with the same capacity at the same moment, hands both callers
         // the same table.
-        let retried_own = attempts.load(Relaxed) > 1
-            && create.is_some_and(|wanted| {
-                existing
-                    .as_ref()
-                    .is_some_and(|(v, _)| parse_meta(&meta, v).ok() == Some(wanted))
-            });
-        let created = created.or(if retried_own {
-            existing.as_ref().map(|(_, rev)| *rev)
-        } else {
-            None
+        let created = created.or_else(|| {
+            let (value, revision) = existing.as_ref()?;
+            let retried_own = attempts.load(Relaxed) > 1
+                && create.is_some_and(|wanted| parse_meta(&meta, value).ok() == Some(wanted));
+            retried_own.then_some(*revision)
         });
         let (capacity, meta_rev) = if let Some(revision) = created {
             (create.unwrap_or_default(), revision)
@@ -403,31 +398,13 @@ impl EtcdTable {
         if raw.succeeded {
             return Ok(true);
         }
-        let mut kvs = first_kvs(raw).into_iter();
-        let (ours, header) = (kvs.next().flatten(), kvs.next().flatten());
-        if header.is_none_or(|(_, revision)| revision != meta_rev) {
+        if txn_first_kv(&raw, 1).is_none_or(|header| header.create_revision != meta_rev) {
             return Err(Error::NotFound {
                 what: format!("etcd lock table {root} (removed since this handle opened it)"),
             });
         }
-        Ok(ours.is_some_and(|(v, _)| v == token.as_bytes()))
+        Ok(txn_first_kv(&raw, 0).is_some_and(|kv| kv.value == token.as_bytes()))
     }
-}
-
-/// For each request of a Txn's taken branch, the value and CreateRevision of the first key it
-/// read, if any (`None` for a request that is no read, or read nothing).
-fn first_kvs(raw: etcd_client::proto::PbTxnResponse) -> Vec<Option<(Vec<u8>, i64)>> {
-    raw.responses
-        .into_iter()
-        .map(|r| match r.response {
-            Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => range
-                .kvs
-                .into_iter()
-                .next()
-                .map(|kv| (kv.value, kv.create_revision)),
-            _ => None,
-        })
-        .collect()
 }
 
 impl Manager for EtcdTable {
@@ -526,24 +503,10 @@ impl Manager for EtcdTable {
                     async move { c.txn(txn).await }
                 })
                 .await?;
-            let counts: Vec<i64> = answer
-                .0
-                .responses
-                .into_iter()
-                .filter_map(|r| match r.response {
-                    Some(etcd_client::proto::PbTxnOpResponse::ResponseRange(range)) => {
-                        Some(range.count)
-                    }
-                    _ => None,
-                })
-                .collect();
-            match counts[..] {
-                [all, ids] => Ok((all, ids)),
-                _ => Err(Error::corrupt(format!(
-                    "etcd answered a count of the allocation keys with {} counts, not 2",
-                    counts.len()
-                ))),
-            }
+            let count = |index| txn_range(&answer.0, index).map(|range| range.count);
+            count(0).zip(count(1)).ok_or_else(|| {
+                Error::corrupt("etcd answered a count of the allocation keys without the counts")
+            })
         })?;
         if all != ids {
             return Err(Error::corrupt(format!(
