@@ -121,6 +121,17 @@ fn fails(args: &[&str], code: i32) -> String {
     stderr
 }
 
+/// Every line of lockctl's human output `text` (of `what`) is at most 100 columns.
+fn assert_fits_100_columns(text: &str, what: &str) {
+    for line in text.lines() {
+        let columns = line.chars().count();
+        assert!(
+            columns <= 100,
+            "{what}: a line of {columns} columns: {line:?}"
+        );
+    }
+}
+
 fn status_json(spec: &str) -> Value {
     serde_json::from_str(&ok(&["status", spec, "--json"])).expect("status --json is JSON")
 }
@@ -353,12 +364,7 @@ fn holders_and_waiters_made_with_run_show_in_status() {
     assert_eq!(l3["waiters"][0]["pid"], waiter.pid());
     assert!(l3["waiters"][0]["since"].is_string());
     let human = ok(&["status", &spec]);
-    for line in human.lines() {
-        assert!(
-            line.chars().count() <= 100,
-            "line over 100 columns: {line:?}"
-        );
-    }
+    assert_fits_100_columns(&human, "status");
     assert!(
         human.contains(&format!("held   pid {}", holder.pid())),
         "{human}"
@@ -1204,13 +1210,7 @@ fn help_fits_in_100_columns() {
                 .expect("run lockctl --help");
             assert!(out.status.success(), "lockctl {args:?}: {}", out.status);
             let text = String::from_utf8(out.stdout).expect("utf-8 help");
-            for line in text.lines() {
-                assert!(
-                    line.chars().count() <= 100,
-                    "lockctl {args:?} (COLUMNS {columns:?}): a line of {} columns: {line:?}",
-                    line.chars().count()
-                );
-            }
+            assert_fits_100_columns(&text, &format!("{args:?} with COLUMNS {columns:?}"));
         }
     }
 }
