@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::Ctx;
 use crate::subject::{Prepared, Subject};
-use crate::sys::{Shared, open_start};
+use crate::sys::{Shared, cpu_and_switches, open_start};
 
 /// The role a re-executed bench binary plays.
 pub(crate) const ROLE_ENV: &str = "LOCKYARD_BENCH_ROLE";
@@ -186,6 +186,15 @@ impl Crew {
             w.expect("ready", Duration::from_secs(60));
         }
         Crew { workers, ctl }
+    }
+
+    /// Each worker's CPU time so far, in ns, summed over its threads (`None` when /proc does not
+    /// tell).
+    pub(crate) fn cpu_ns(&self) -> Option<Vec<u64>> {
+        self.workers
+            .iter()
+            .map(|w| cpu_and_switches(w.pid()).map(|(cpu, _)| cpu))
+            .collect()
     }
 
     /// The control mapping the workers share.

@@ -1,5 +1,6 @@
 //! Group 3: P processes on one lock, P = 1, 2, 4, 8: ns per lock+unlock pair (all processes
-//! together) and fairness (min ÷ max pairs per process).
+//! together), fairness (min ÷ max pairs per process), and the two parts it is made of: the CPU
+//! share (min ÷ max CPU time per process) and the pairs per CPU-second (min ÷ max).
 //!
 //! Each sample puts `iters` tickets in a pool in shared memory; the P worker processes take one
 //! ticket per pair, under the lock, until the pool is empty. So every sample does exactly
@@ -8,6 +9,13 @@
 //! pool empties for all of them at once, so every worker is measured over the same window, from
 //! the first worker's start to the taking of the last ticket, read from one clock
 //! (CLOCK_MONOTONIC).
+//!
+//! How many pairs a process does depends on how much CPU it got (with more processes than CPUs,
+//! on which processes the scheduler put together on one CPU, and for how long) and on what the
+//! lock made of that CPU (pairs, or spinning and sleeping while others took the lock). So each
+//! worker's CPU time over the whole benchmark (warm-up included, every thread, read from /proc
+//! before the first sample and after the last) is recorded too. A figure of 1.0 for the CPU
+//! share and a low fairness point at the lock; the other way round, at the scheduler.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -68,14 +76,17 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
         return;
     };
     let mut fairness = Vec::new();
+    let mut parts = Vec::new();
     for &s in &subjects {
         let store = prepare(s, ctx, "contention", 16);
         for p in PROCESSES {
             let mut crew = Crew::spawn(ctx, "contend", &store, 1, p);
             let counts = RefCell::new(vec![0u64; p]);
+            let cpu_before = crew.cpu_ns();
             g.bench_with_input(BenchmarkId::new(s.name(), p), &p, |b, _| {
                 b.iter_custom(|iters| sample(&mut crew, s, iters, &mut counts.borrow_mut()))
             });
+            let cpu_after = crew.cpu_ns();
             drop(crew);
             let counts = counts.into_inner();
             let (min, max) = (
@@ -84,6 +95,11 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
             );
             if max > 0 {
                 fairness.push((s, p, min as f64 / max as f64));
+                if let (Some(before), Some(after)) = (cpu_before, cpu_after)
+                    && let Some(f) = cpu_parts(&counts, &before, &after)
+                {
+                    parts.push((s, p, f));
+                }
             }
         }
     }
@@ -107,4 +123,44 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
             Unit::Ratio,
         );
     }
+    for (s, p, (share, rate)) in parts {
+        for (row, value) in [
+            ("CPU share (min ÷ max CPU time per process)", share),
+            ("pairs per CPU-second (min ÷ max)", rate),
+        ] {
+            ctx.figure(
+                "contention",
+                &format!("P = {p}: {row}"),
+                s.name(),
+                value,
+                Unit::Ratio,
+            );
+        }
+    }
+}
+
+/// Min ÷ max over the workers of their CPU time, and of their pairs per CPU-second, from each
+/// worker's pairs and its CPU time (ns) before and after; `None` when a worker used no CPU that
+/// /proc could see.
+fn cpu_parts(counts: &[u64], before: &[u64], after: &[u64]) -> Option<(f64, f64)> {
+    let cpu: Vec<u64> = before
+        .iter()
+        .zip(after)
+        .map(|(&b, &a)| a.saturating_sub(b))
+        .collect();
+    let rates: Vec<f64> = counts
+        .iter()
+        .zip(&cpu)
+        .map(|(&pairs, &ns)| (ns > 0).then(|| pairs as f64 / ns as f64))
+        .collect::<Option<_>>()?;
+    let share = *cpu.iter().min()? as f64 / *cpu.iter().max()? as f64;
+    let rate = min_over_max(&rates)?;
+    Some((share, rate))
+}
+
+/// Min ÷ max of positive values.
+fn min_over_max(values: &[f64]) -> Option<f64> {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    (max > 0.0).then(|| min / max)
 }

@@ -781,7 +781,7 @@ const NOTES: &str = "
 - **contention**: P processes on one lock.
   Each sample puts N tickets in a pool in shared memory; every process takes one ticket per lock+unlock pair, under the lock, until the pool is empty, so a sample is exactly N pairs and a lost update would show (checked).
   The processes start together: all wait on one futex word in shared memory, which the bench releases with a single `FUTEX_WAKE`; the pool empties for all of them at once, so every process is measured over the same window.
-  The time is from the first process's start to the taking of the last ticket on CLOCK_MONOTONIC, divided by N; fairness is the fewest pairs one process did divided by the most, over all samples.
+  The time is from the first process's start to the taking of the last ticket on CLOCK_MONOTONIC, divided by N; fairness is the fewest pairs one process did divided by the most, over all samples. It is made of two parts, each its own row: the CPU share (the least CPU time one process used divided by the most; every thread, warm-up included, from /proc), which is the scheduler's doing, and the pairs per CPU-second (least ÷ most), which is the lock's.
   With more processes than the 2 cores, the scheduler decides much of both.
 - **podman**: 8 processes each lock a random lock of 2048, spin 1 µs inside, unlock; the figure is operations per second, all processes together.
   A sample splits its operations evenly over the processes, which start together as in the contention group; it lasts from the first process's start to the last one's end.
