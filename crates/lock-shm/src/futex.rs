@@ -197,12 +197,17 @@ pub(crate) fn wake_all(word: &Le32) -> Result<()> {
         .map_err(|e| Error::io("futex(FUTEX_WAKE)", "death word", e.into()))
 }
 
-/// Wakes one sleeper on `word` (`FUTEX_WAKE`, shared).
+/// Wakes one sleeper on the lock word `word` (`FUTEX_WAKE`, shared).
 #[cold]
 pub(crate) fn wake(word: &Le32) -> Result<()> {
+    wake_one(word, "lock word")
+}
+
+/// Wakes one sleeper on `word`, which is `what` (`FUTEX_WAKE`, shared).
+pub(crate) fn wake_one(word: &Le32, what: &'static str) -> Result<()> {
     futex::wake(word.futex_word(), futex::Flags::empty(), 1)
         .map(|_| ())
-        .map_err(|e| Error::io("futex(FUTEX_WAKE)", "lock word", e.into()))
+        .map_err(|e| Error::io("futex(FUTEX_WAKE)", what, e.into()))
 }
 
 /// Takes the word if it is unlocked: one compare-and-swap, no syscall.

@@ -44,6 +44,11 @@
 //! - A watcher of the slot (watch.rs) sets `FUTEX_WAITERS` and sleeps on the word; the kernel
 //!   wakes one sleeper at the death, and every watcher that sees the death wakes all the others
 //!   (one per process that waits), then announces it on the death word, where waiters sleep.
+//! - The kernel wakes the sleeper that queued first. A waiter that has waited long enough to
+//!   sleep on a short slice (wait.rs, `URGENT_AFTER`) wants to be that one, since it then runs at
+//!   once instead of after its watcher has run and woken it: it wakes one sleeper of the word as
+//!   it joins, and a watcher woken without a death steps out of the queue for [`STEP_BACK`]
+//!   before it queues again ([`LifeSys::step_back`]), behind the waiter.
 //!
 //! # Why `FUTEX_OWNER_DIED` names the right owner
 //!
@@ -73,6 +78,14 @@ pub(crate) const OWNER_DIED: u32 = 0x4000_0000;
 /// death only when this is set.
 pub(crate) const SLEEPERS: u32 = 0x8000_0000;
 
+/// How long a watcher woken without a death stays out of the word's queue before it sleeps
+/// there again, so that the waiter that woke it (a waiter joining the queue on a short slice,
+/// module docs) queues first: much longer than that waiter's path from its wake-up call to its
+/// sleep (two system calls), short against the time a watcher is there for. A death in the
+/// meantime wakes that waiter (or, with none queued, nobody: the watcher then sees it when it
+/// reads the word again), so the announcement on the death word may come this much later.
+const STEP_BACK: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Stack of a sentinel thread: it makes three system calls in all.
 const STACK: usize = 64 * 1024;
 
@@ -93,6 +106,9 @@ pub(crate) trait LifeSys {
     /// Planted bug (b), set only by the model check: a watcher that sees the death does not
     /// wake the others, so only the one the kernel woke learns of it.
     const NO_WAKE_ALL: bool = false;
+    /// Planted bug (e), set only by the model check: a watcher takes any wake-up for the death,
+    /// although a waiter that joins the word's sleepers wakes one of them (module docs).
+    const TRUSTS_A_WAKE: bool = false;
     /// Loads the slot's generation (`Acquire`).
     fn generation(&self) -> u32;
     /// Sets [`SLEEPERS`] in the word if it holds exactly `seen` (a compare-and-swap); returns
@@ -112,6 +128,10 @@ pub(crate) trait LifeSys {
     ///
     /// Whatever the futex fails with.
     fn wake_all(&self) -> Result<()>;
+    /// After a wake-up that showed no death: stays out of the word's queue for a moment, so that
+    /// whoever woke this watcher queues ahead of it (module docs). Only a matter of time: the
+    /// model check does nothing here.
+    fn step_back(&self) {}
 }
 
 /// Waits until the slot's owner is gone, as the life word tells it (module docs), and wakes the
@@ -155,6 +175,12 @@ pub(crate) fn watch<S: LifeSys>(sys: &S) -> Result<Watched> {
             now
         };
         sys.wait(expected)?;
+        if S::TRUSTS_A_WAKE {
+            return Ok(Watched::Died(generation));
+        }
+        if sys.load() & OWNER_DIED == 0 {
+            sys.step_back();
+        }
     }
 }
 
@@ -188,6 +214,10 @@ impl LifeSys for Slot<'_> {
 
     fn load(&self) -> u32 {
         self.life.futex_word().load(Acquire)
+    }
+
+    fn step_back(&self) {
+        std::thread::sleep(STEP_BACK);
     }
 
     fn wake_all(&self) -> Result<()> {

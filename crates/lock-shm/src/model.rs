@@ -29,11 +29,14 @@
 //!   becomes `FUTEX_OWNER_DIED` if it holds the sentinel's id, and ONE sleeper is woken if
 //!   `FUTEX_WAITERS` was set); watchers run the production `life::watch`, then announce on the
 //!   death word, or watch the OFD lock when the word is not armed. Every sentinel gets the same
-//!   thread id, as if ids were reused. Checked: every watcher of a dead owner learns of it, a
+//!   thread id, as if ids were reused. A waiter that joins a life word's sleepers wakes the
+//!   first of them as it does (wait.rs, `URGENT_AFTER`), so a watcher also wakes with no death
+//!   and must sleep again. Checked: every watcher of a dead owner learns of it, a
 //!   waiter is woken through its watcher with the OFD lock still held, and no announcement ever
 //!   names a generation whose sentinel has not exited. Two planted bugs must be caught as
 //!   deadlocks: a watcher that sleeps without setting `FUTEX_WAITERS`, and one that does not
-//!   wake the others.
+//!   wake the others; a third, a watcher that takes any wake-up for the death, as a live owner
+//!   announced dead.
 
 #![allow(unsafe_code)] // reason: loom's UnsafeCell is read and written through raw pointers
 
@@ -355,6 +358,9 @@ struct ModelSys<'a> {
     starves: bool,
     /// It asked, and withdraws the request when the wait ends (wait.rs, `LockWaiter`'s drop).
     asked: bool,
+    /// It joined a life word's sleepers, waking the first of them as it did (wait.rs,
+    /// `URGENT_AFTER`: production does so once the wait has lasted that long; here at once).
+    joined_life: bool,
 }
 
 impl Drop for ModelSys<'_> {
@@ -375,6 +381,7 @@ impl<'a> ModelSys<'a> {
             slept: false,
             starves: false,
             asked: false,
+            joined_life: false,
         }
     }
 }
@@ -466,6 +473,13 @@ impl Sys<World> for ModelSys<'_> {
             (Key::Death(slot), death)
         });
         let life = seen.and_then(|(slot, _, life)| life.map(|l| (Key::Life(slot), l)));
+        if let Some((key, _)) = life
+            && !self.joined_life
+        {
+            // Queue ahead of the watcher: its wake-up shows no death, and it must sleep again.
+            self.joined_life = true;
+            world.futex_wake(key, 1);
+        }
         world.futex_wait([Some((Key::Word, expected)), notice, life]);
         if let Some((Key::Life(slot), _)) = life
             && world.slots[slot].life.load(Acquire) & life::OWNER_DIED != 0
@@ -954,6 +968,12 @@ fn model_dead_owner_taken_over_exactly_once() {
 /// waiter: reading the death notice after the probe (unarmed), or not waking the life word's
 /// other sleepers (armed); loom then finds a thread asleep for ever.
 fn woken_at_a_death(armed: bool, plant: fn(&mut ModelSys<'_>)) {
+    woken_at_a_death_watched::<false>(armed, plant);
+}
+
+/// [`woken_at_a_death`], with `TRUST` planting bug (e) in the watcher (armed only): it takes the
+/// waiter's wake-up as it joins the life word for the death, and announces a live owner dead.
+fn woken_at_a_death_watched<const TRUST: bool>(armed: bool, plant: fn(&mut ModelSys<'_>)) {
     check(move || {
         let world = World::new(token(1), &[1, 2]);
         if armed {
@@ -963,7 +983,7 @@ fn woken_at_a_death(armed: bool, plant: fn(&mut ModelSys<'_>)) {
             let world = world.clone();
             thread::spawn(move || {
                 if armed {
-                    assert_eq!(world.watch_life::<false, false>(1), Watched::Died(1));
+                    assert_eq!(world.watch_life::<false, false, TRUST>(1), Watched::Died(1));
                 } else {
                     world.watch(1);
                 }
@@ -1231,8 +1251,11 @@ impl World {
     /// A watcher of `slot` as watch.rs runs it: [`life::watch`], then the announcement a death
     /// gets, which must name a generation whose sentinel has exited; or, when the word is not
     /// armed, the OFD watcher ([`World::watch`]). Returns what the life word said.
-    fn watch_life<const NO_BIT: bool, const NO_WAKE: bool>(&self, slot: u32) -> Watched {
-        let sys = LifeView::<NO_BIT, NO_WAKE> { world: self, slot };
+    fn watch_life<const NO_BIT: bool, const NO_WAKE: bool, const TRUST: bool>(
+        &self,
+        slot: u32,
+    ) -> Watched {
+        let sys = LifeView::<NO_BIT, NO_WAKE, TRUST> { world: self, slot };
         let watched = life::watch(&sys).expect("the modelled futex does not fail");
         match watched {
             Watched::Died(generation) => {
@@ -1266,16 +1289,19 @@ impl World {
     }
 }
 
-/// The life word of one slot as [`life::watch`] sees it; `NO_BIT` and `NO_WAKE` plant bugs (a)
-/// and (b) of [`LifeSys`].
-struct LifeView<'a, const NO_BIT: bool, const NO_WAKE: bool> {
+/// The life word of one slot as [`life::watch`] sees it; `NO_BIT`, `NO_WAKE` and `TRUST` plant
+/// bugs (a), (b) and (e) of [`LifeSys`].
+struct LifeView<'a, const NO_BIT: bool, const NO_WAKE: bool, const TRUST: bool> {
     world: &'a World,
     slot: u32,
 }
 
-impl<const NO_BIT: bool, const NO_WAKE: bool> LifeSys for LifeView<'_, NO_BIT, NO_WAKE> {
+impl<const NO_BIT: bool, const NO_WAKE: bool, const TRUST: bool> LifeSys
+    for LifeView<'_, NO_BIT, NO_WAKE, TRUST>
+{
     const NO_SLEEPERS_BIT: bool = NO_BIT;
     const NO_WAKE_ALL: bool = NO_WAKE;
+    const TRUSTS_A_WAKE: bool = TRUST;
 
     fn generation(&self) -> u32 {
         self.world.slots[self.slot as usize]
@@ -1319,7 +1345,7 @@ fn every_life_watcher_learns<const NO_BIT: bool, const NO_WAKE: bool>() {
         let watchers: Vec<_> = (0..2)
             .map(|_| {
                 let world = world.clone();
-                thread::spawn(move || world.watch_life::<NO_BIT, NO_WAKE>(1))
+                thread::spawn(move || world.watch_life::<NO_BIT, NO_WAKE, false>(1))
             })
             .collect();
         world.sentinel_exits(1);
@@ -1351,7 +1377,7 @@ fn model_life_word_never_names_a_live_owner() {
         world.arm(1);
         let watcher = {
             let world = world.clone();
-            thread::spawn(move || world.watch_life::<false, false>(1))
+            thread::spawn(move || world.watch_life::<false, false, false>(1))
         };
         world.sentinel_exits(1);
         world.die(1);
@@ -1410,6 +1436,21 @@ fn an_armed_life_word_answers_alive<const RECHECK: bool>() {
 #[test]
 fn model_an_armed_life_word_answers_alive_for_its_generation_only() {
     an_armed_life_word_answers_alive::<true>();
+}
+
+/// Planted bug (e): a watcher that takes any wake-up of the life word for the death. The waiter
+/// that joins the word's sleepers wakes the first of them (wait.rs, `URGENT_AFTER`), which may be
+/// the watcher of a holder that lives.
+#[test]
+fn model_catches_a_life_watcher_that_trusts_a_wake_up() {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        woken_at_a_death_watched::<true>(true, |_| {});
+    }));
+    assert!(
+        panic_message(&caught).contains("which lives, was announced"),
+        "the trusting watcher was not caught as such: {}",
+        panic_message(&caught)
+    );
 }
 
 /// Planted bug (d): without the second read of the generation, a probe that read the first

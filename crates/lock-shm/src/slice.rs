@@ -19,8 +19,10 @@
 //!
 //! - a watcher thread (watch.rs) asks for [`SHORT_NS`] for its whole life: it wakes for a death
 //!   and for nothing else, and sleeps again after a few system calls;
-//! - a waiter that sleeps on a holder's life word asks for [`SHORT_NS`] for the length of that wait
-//!   ([`Urgent`]) and gets its own slice back when the wait ends, however it ends.
+//! - a waiter that sleeps on a holder's life word asks for [`SHORT_NS`] once its wait has lasted
+//!   1 ms (wait.rs, `URGENT_AFTER`: under contention, a waiter on a short slice woken by a
+//!   release preempts the process that released), until the wait ends ([`Urgent`]), and then
+//!   gets its own slice back, however the wait ended.
 //!
 //! Everything here is best effort: a kernel without custom slices ignores the field (or refuses
 //! the call), a seccomp filter may refuse it, a thread with another policy (real-time, batch,
