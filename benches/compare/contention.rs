@@ -10,12 +10,12 @@
 //! the first worker's start to the taking of the last ticket, read from one clock
 //! (CLOCK_MONOTONIC).
 //!
-//! How many pairs a process does depends on how much CPU it got (with more processes than CPUs,
-//! on which processes the scheduler put together on one CPU, and for how long) and on what the
-//! lock made of that CPU (pairs, or spinning and sleeping while others took the lock). So each
-//! worker's CPU time over the whole benchmark (warm-up included, every thread, read from /proc
-//! before the first sample and after the last) is recorded too. A figure of 1.0 for the CPU
-//! share and a low fairness point at the lock; the other way round, at the scheduler.
+//! How many pairs a process does depends on how much CPU it used and on how many pairs it made
+//! of that CPU (rather than spinning while others took the lock). The first is the scheduler's
+//! doing (with more processes than CPUs: which processes it put together on one CPU, and for how
+//! long) and the lock's (a process the lock keeps asleep uses no CPU); the second is the lock's
+//! alone. So each worker's CPU time over the whole benchmark (warm-up included, every thread,
+//! read from /proc before the first sample and after the last) is recorded too.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
