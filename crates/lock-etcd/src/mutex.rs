@@ -140,6 +140,10 @@ pub(crate) struct Target {
     pub(crate) owner: Arc<str>,
     /// Deadlock detection, for the locks of a table.
     pub(crate) detector: Option<Detector>,
+    /// For the locks of a table: its header key and the CreateRevision the handle opened. The
+    /// acquisition Txn compares it, so a handle of a table removed since (or removed and created
+    /// again) is `NotFound` and writes nothing.
+    pub(crate) table: Option<(String, i64)>,
 }
 
 impl Target {
@@ -155,6 +159,7 @@ impl Target {
             queue: format!("{prefix}/lock/{name}/"),
             owner: identity.new_owner(),
             detector: None,
+            table: None,
         })
     }
 }
@@ -506,13 +511,26 @@ async fn enqueue_and_wait(
     let marker = marker_key(queue);
     let mark = marker_bytes(key, record, record.since, None);
     let mut attempts = 0u32;
+    let mut when = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
+    let mut or_else = vec![TxnOp::get(key, Some(GetOptions::new().with_keys_only()))];
+    if let Some((header, created)) = &target.table {
+        when.push(Compare::create_revision(
+            header.as_str(),
+            CompareOp::Equal,
+            *created,
+        ));
+        or_else.push(TxnOp::get(
+            header.as_str(),
+            Some(GetOptions::new().with_keys_only()),
+        ));
+    }
     // Set while the Txn is in flight: the future may be dropped there.
     pending.unsure = true;
     let answer = ctx
         .call(|mut c| {
             attempts += 1;
             let txn = Txn::new()
-                .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+                .when(when.clone())
                 .and_then([
                     // 0: claim the marker if there is none, else read it (invariant 7). A
                     // compare on one key: a compare over the queue's range costs etcd 3.4 far
@@ -540,7 +558,7 @@ async fn enqueue_and_wait(
                         ),
                     ),
                 ])
-                .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
+                .or_else(or_else.clone());
             async move { c.txn(txn).await }
         })
         .await
@@ -556,11 +574,20 @@ async fn enqueue_and_wait(
     let revision = if raw.succeeded {
         // Every write of a Txn happens at the Txn's revision.
         txn_revision
-    } else {
+    } else if let Some(kv) = txn_first_kv(raw, 0) {
         // A retried Txn whose first attempt was applied: our key exists already.
-        txn_first_kv(raw, 0)
-            .map(|kv| kv.create_revision)
-            .unwrap_or(0)
+        kv.create_revision
+    } else if let Some((header, created)) = &target.table
+        && txn_first_kv(raw, 1).is_none_or(|kv| kv.create_revision != *created)
+    {
+        return Err(Error::NotFound {
+            what: format!(
+                "etcd lock table of {header} (removed since this handle opened it): lock {queue}"
+            ),
+        }
+        .into());
+    } else {
+        0
     };
     if revision <= 0 {
         return Err(Error::unavailable(format!(

@@ -321,6 +321,7 @@ impl EtcdTable {
                     owner: Arc::clone(&self.owner),
                     timeout_ms: Arc::clone(&self.deadlock_ms),
                 }),
+                table: Some((Self::meta_key(&self.root), self.meta_rev)),
             },
             Some(self.alloc_key(id)),
         )
