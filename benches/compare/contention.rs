@@ -89,12 +89,8 @@ pub(crate) fn run(c: &mut Criterion, ctx: &Ctx) {
             let cpu_after = crew.cpu_ns();
             drop(crew);
             let counts = counts.into_inner();
-            let (min, max) = (
-                counts.iter().copied().min().unwrap_or(0),
-                counts.iter().copied().max().unwrap_or(0),
-            );
-            if max > 0 {
-                fairness.push((s, p, min as f64 / max as f64));
+            if let Some(f) = min_over_max(counts.iter().map(|&n| n as f64)) {
+                fairness.push((s, p, f));
                 if let (Some(before), Some(after)) = (cpu_before, cpu_after)
                     && let Some(f) = cpu_parts(&counts, &before, &after)
                 {
@@ -148,19 +144,22 @@ fn cpu_parts(counts: &[u64], before: &[u64], after: &[u64]) -> Option<(f64, f64)
         .zip(after)
         .map(|(&b, &a)| a.saturating_sub(b))
         .collect();
-    let rates: Vec<f64> = counts
-        .iter()
-        .zip(&cpu)
-        .map(|(&pairs, &ns)| (ns > 0).then(|| pairs as f64 / ns as f64))
-        .collect::<Option<_>>()?;
-    let share = *cpu.iter().min()? as f64 / *cpu.iter().max()? as f64;
-    let rate = min_over_max(&rates)?;
+    if cpu.contains(&0) {
+        return None;
+    }
+    let share = min_over_max(cpu.iter().map(|&ns| ns as f64))?;
+    let rate = min_over_max(
+        counts
+            .iter()
+            .zip(&cpu)
+            .map(|(&pairs, &ns)| pairs as f64 / ns as f64),
+    )?;
     Some((share, rate))
 }
 
-/// Min ÷ max of positive values.
-fn min_over_max(values: &[f64]) -> Option<f64> {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
+/// Min ÷ max of non-negative values; `None` when the largest is not positive.
+fn min_over_max(values: impl Iterator<Item = f64> + Clone) -> Option<f64> {
+    let min = values.clone().fold(f64::INFINITY, f64::min);
+    let max = values.fold(0.0, f64::max);
     (max > 0.0).then(|| min / max)
 }
