@@ -229,7 +229,7 @@ fn take(seg: &Segment, layout: &Layout, lock: &SlotLock, slot: u32) -> Result<Op
     seg.u32(off + PID)?.store(std::process::id(), Release);
     // A watcher still asleep on the previous owner's word (a death the kernel never marked: a
     // damaged word) finds the slot claimed again.
-    crate::futex::wake_all(life)?;
+    crate::futex::wake_all(life, "life word")?;
     Ok(Some(generation))
 }
 
@@ -281,7 +281,7 @@ pub(crate) fn announce_death(
     if word.load(Relaxed) != generation {
         word.store(generation, Release);
     }
-    crate::futex::wake_all(word)
+    crate::futex::wake_all(word, "death word")
 }
 
 /// What shared memory alone says of an owner ([`owner_known`]).

@@ -186,15 +186,15 @@ pub(crate) fn wait_any(words: &[(&Le32, u32)], timeout: Option<Duration>) -> Res
     }
 }
 
-/// Wakes every sleeper on `word` (`FUTEX_WAKE`, shared).
+/// Wakes every sleeper on `word`, which is `what` (`FUTEX_WAKE`, shared).
 ///
 /// # Errors
 ///
 /// `Io` when `futex(2)` fails.
-pub(crate) fn wake_all(word: &Le32) -> Result<()> {
+pub(crate) fn wake_all(word: &Le32, what: &'static str) -> Result<()> {
     futex::wake(word.futex_word(), futex::Flags::empty(), u32::MAX)
         .map(|_| ())
-        .map_err(|e| Error::io("futex(FUTEX_WAKE)", "death word", e.into()))
+        .map_err(|e| Error::io("futex(FUTEX_WAKE)", what, e.into()))
 }
 
 /// Wakes one sleeper on the lock word `word` (`FUTEX_WAKE`, shared).

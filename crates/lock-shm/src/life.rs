@@ -221,7 +221,7 @@ impl LifeSys for Slot<'_> {
     }
 
     fn wake_all(&self) -> Result<()> {
-        crate::futex::wake_all(self.life)
+        crate::futex::wake_all(self.life, "life word")
     }
 }
 
@@ -237,7 +237,7 @@ fn mark_dead(life: &Le32, tid: u32) -> bool {
         }
         match word.compare_exchange(v, OWNER_DIED | (v & SLEEPERS), Release, Relaxed) {
             Ok(_) => {
-                let _ = crate::futex::wake_all(life);
+                let _ = crate::futex::wake_all(life, "life word");
                 return true;
             }
             Err(now) => v = now,

@@ -454,7 +454,7 @@ impl Sys<Le32> for LockWaiter<'_> {
             if seen.life.is_some() && life.futex_word().load(Acquire) & life::OWNER_DIED != 0 {
                 // The kernel wakes one sleeper of the word at the death: if it was this one, the
                 // others (the watcher, other processes' waiters) must hear of it from us.
-                futex::wake_all(life)?;
+                futex::wake_all(life, "life word")?;
             }
             if slept {
                 return Ok(());

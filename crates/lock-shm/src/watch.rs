@@ -168,7 +168,7 @@ impl Watchers {
         self.leave(slot);
         self.failed.store(true, Relaxed);
         if let Ok(word) = client::death_word(&self.seg, &self.layout, slot) {
-            let _ = crate::futex::wake_all(word);
+            let _ = crate::futex::wake_all(word, "death word");
         }
     }
 
