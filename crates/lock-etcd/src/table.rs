@@ -15,8 +15,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
@@ -126,6 +125,11 @@ impl EtcdTable {
         format!("{root}/meta")
     }
 
+    /// Where a create writes a token of its own, to know its table on a retry.
+    fn creator_key(root: &str) -> String {
+        format!("{root}/creator")
+    }
+
     fn alloc_prefix(&self) -> String {
         format!("{}/alloc/", self.root)
     }
@@ -156,20 +160,27 @@ impl EtcdTable {
         }
         let ctx = shared.ctx.clone();
         let meta = Self::meta_key(&root);
-        // Attempts made: a create retried after an attempt whose answer was lost may find the
-        // table its own first attempt made (see `created` below).
-        let attempts = Arc::new(AtomicU32::new(0));
-        let tries = Arc::clone(&attempts);
+        let creator = Self::creator_key(&root);
+        // A token of this call, which a create writes to the creator key in the same Txn as the
+        // header: a retry whose first attempt was applied but not answered finds its own token
+        // there, and a table another process made has that process's (or none, from a version
+        // before the key).
+        let token = shared.ctx.identity.new_owner();
         let (created, existing) = shared.block_on(async move {
             let answer = ctx
                 .call(|mut c| {
-                    tries.fetch_add(1, Relaxed);
                     let mut txn = Txn::new();
                     if let Some(capacity) = create {
                         txn = txn
                             .when([Compare::create_revision(meta.as_str(), CompareOp::Equal, 0)])
-                            .and_then([TxnOp::put(meta.as_str(), meta_value(capacity), None)])
-                            .or_else([TxnOp::get(meta.as_str(), None)]);
+                            .and_then([
+                                TxnOp::put(meta.as_str(), meta_value(capacity), None),
+                                TxnOp::put(creator.as_str(), &*token, None),
+                            ])
+                            .or_else([
+                                TxnOp::get(meta.as_str(), None),
+                                TxnOp::get(creator.as_str(), None),
+                            ]);
                     } else {
                         txn = txn.and_then([TxnOp::get(meta.as_str(), None)]);
                     }
@@ -180,26 +191,24 @@ impl EtcdTable {
             let created = create.is_some() && raw.succeeded;
             // A created header's CreateRevision is the Txn's revision.
             let revision = raw.header.as_ref().map_or(0, |h| h.revision);
-            let existing = if created {
-                None
-            } else {
-                txn_first_kv(&raw, 0).map(|kv| (kv.value.clone(), kv.create_revision))
+            if created {
+                return Ok((Some(revision), None));
+            }
+            let Some(kv) = txn_first_kv(&raw, 0) else {
+                return Ok((None, None));
             };
-            Ok((created.then_some(revision), existing))
+            // Made by this call's own first attempt: the creator key holds this call's token and
+            // was written with the header.
+            let own = create.is_some()
+                && txn_first_kv(&raw, 1).is_some_and(|c| {
+                    c.value == token.as_bytes() && c.create_revision == kv.create_revision
+                });
+            if own {
+                return Ok((Some(kv.create_revision), None));
+            }
+            Ok((None, Some((kv.value.clone(), kv.create_revision))))
         })?;
         let meta = Self::meta_key(&root);
-        // A retried create that finds a table of the capacity it asked for counts it as its own:
-        // its lost first attempt may have made it, and no key tells whose it is (the header's
-        // format is fixed, and other versions read it). Saying `AlreadyExists` for a table this
-        // call made would fail a caller whose create worked; the other reading, a table that
-        // another process created with the same capacity at the same moment, hands both callers
-        // the same table.
-        let created = created.or_else(|| {
-            let (value, revision) = existing.as_ref()?;
-            let retried_own = attempts.load(Relaxed) > 1
-                && create.is_some_and(|wanted| parse_meta(&meta, value).ok() == Some(wanted));
-            retried_own.then_some(*revision)
-        });
         let (capacity, meta_rev) = if let Some(revision) = created {
             (create.unwrap_or_default(), revision)
         } else {

@@ -1022,3 +1022,71 @@ fn a_write_whose_answer_was_lost_is_recognised_on_retry() {
     locks.remove_table("t").expect("remove the table");
     common::delete_prefix(&tc.endpoints, &prefix);
 }
+
+/// A create whose first attempt never reached the cluster, retried after another process created
+/// a table of the same name and capacity, is that other process's create's `AlreadyExists`, and
+/// `open_or_create` says it did not create the table: before, a retried create took any table of
+/// the capacity it asked for as its own, so both callers believed they had made it.
+#[test]
+#[serial]
+fn a_retried_create_does_not_take_another_processs_table() {
+    let tc = TestCluster::start();
+    let prefix = common::prefix("retried-create");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    let locks = Arc::new(connect_through(
+        &proxies,
+        &prefix,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    ));
+    let other = tc.connect(&prefix, Duration::from_secs(10));
+
+    for (store, or_create) in [("t", false), ("u", true)] {
+        for p in &proxies {
+            p.drop_requests_to(format!("/table/{store}/meta").as_bytes());
+        }
+        let (tx, rx) = mpsc::channel();
+        let worker = {
+            let locks = Arc::clone(&locks);
+            std::thread::spawn(move || {
+                let made = if or_create {
+                    locks.open_or_create_table(store, 8).map(|(_, made)| made)
+                } else {
+                    locks.create_table(store, 8).map(|_| true)
+                };
+                let _ = tx.send(made);
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxies.iter().all(|p| p.dropped_requests() == 0) {
+            assert!(
+                Instant::now() < deadline,
+                "no create of {store:?} was sent within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        other
+            .create_table(store, 8)
+            .expect("the other process's create");
+        for p in &proxies {
+            p.set_mode(Mode::Forward);
+        }
+        let made = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the retried create did not return within 30 s");
+        worker.join().expect("create thread");
+        if or_create {
+            assert!(
+                !made.expect("open_or_create"),
+                "open_or_create said it made {store:?}, which the other process made"
+            );
+        } else {
+            assert!(
+                matches!(made, Err(Error::AlreadyExists { .. })),
+                "create of {store:?}, made by the other process: {made:?}"
+            );
+        }
+        other.remove_table(store).expect("remove the table");
+    }
+    common::delete_prefix(&tc.endpoints, &prefix);
+}

@@ -8,6 +8,8 @@
 //! own fail-over can: a member whose transport is alive but whose etcd server says nothing.
 //! [`Proxy::lose_answers_to`] passes every request and drops the member's answers to those that
 //! carry a given byte string: the member applies such a request and the client never hears.
+//! [`Proxy::drop_requests_to`] is the other half: it drops the requests that carry the byte string
+//! themselves, so the member never applies them, and passes everything else.
 //!
 //! The proxy cuts the byte streams into HTTP/2 frames (gRPC over `http://` is HTTP/2 with prior
 //! knowledge: a 24-byte client preface, then 9-byte frame headers) so that a frame is forwarded
@@ -33,6 +35,9 @@ pub enum Mode {
     /// Pass everything but the answers to requests that carry the proxy's pattern
     /// ([`Proxy::lose_answers_to`]).
     LoseAnswers = 3,
+    /// Pass everything but the requests that carry the proxy's pattern
+    /// ([`Proxy::drop_requests_to`]).
+    DropRequests = 4,
 }
 
 impl Mode {
@@ -41,7 +46,8 @@ impl Mode {
             0 => Mode::Forward,
             1 => Mode::Blackhole,
             2 => Mode::AnswerPings,
-            _ => Mode::LoseAnswers,
+            3 => Mode::LoseAnswers,
+            _ => Mode::DropRequests,
         }
     }
 }
@@ -58,10 +64,13 @@ const END_STREAM: u8 = 0x1;
 struct Shared {
     mode: AtomicU8,
     stop: AtomicBool,
-    /// What a request carries whose answer [`Mode::LoseAnswers`] drops.
+    /// What a request carries whose answer [`Mode::LoseAnswers`] drops, or which
+    /// [`Mode::DropRequests`] drops.
     pattern: Mutex<Vec<u8>>,
     /// Answers dropped, counted when their last frame was.
     lost: AtomicUsize,
+    /// Request frames dropped.
+    dropped: AtomicUsize,
     /// A clone of every socket, so that drop can shut them down and wake every pump.
     sockets: Mutex<Vec<TcpStream>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
@@ -97,6 +106,7 @@ impl Proxy {
             stop: AtomicBool::new(false),
             pattern: Mutex::new(Vec::new()),
             lost: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
             sockets: Mutex::new(Vec::new()),
             pumps: Mutex::new(Vec::new()),
         });
@@ -133,6 +143,19 @@ impl Proxy {
     /// How many answers were dropped so far.
     pub fn lost_answers(&self) -> usize {
         self.shared.lost.load(Ordering::SeqCst)
+    }
+
+    /// From now on, drops the DATA frames of requests that carry `pattern`, so the member never
+    /// applies them (their stream stays open until the client gives up on it), and passes
+    /// everything else.
+    pub fn drop_requests_to(&self, pattern: &[u8]) {
+        *lock(&self.shared.pattern) = pattern.to_vec();
+        self.set_mode(Mode::DropRequests);
+    }
+
+    /// How many request frames were dropped so far.
+    pub fn dropped_requests(&self) -> usize {
+        self.shared.dropped.load(Ordering::SeqCst)
     }
 }
 
@@ -214,6 +237,13 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
                             }
                             (&upstream_write).write_all(frame).is_ok()
                         }
+                        Mode::DropRequests => {
+                            if frame[3] == DATA && contains(frame, &lock(&shared.pattern)) {
+                                shared.dropped.fetch_add(1, Ordering::SeqCst);
+                                return true;
+                            }
+                            (&upstream_write).write_all(frame).is_ok()
+                        }
                         Mode::AnswerPings => match ping_ack(frame) {
                             Some(ack) => lock(&to_client).write_all(&ack).is_ok(),
                             None => true,
@@ -232,7 +262,9 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
                     false,
                     &shared,
                     |frame, mode| match mode {
-                        Mode::Forward => lock(&to_client).write_all(frame).is_ok(),
+                        Mode::Forward | Mode::DropRequests => {
+                            lock(&to_client).write_all(frame).is_ok()
+                        }
                         Mode::LoseAnswers => {
                             let stream = stream_id(frame);
                             let answer = matches!(frame[3], DATA | HEADERS | CONTINUATION);
@@ -293,7 +325,10 @@ fn pump(
             }
         }
     }
-    if matches!(shared.mode(), Mode::Forward | Mode::LoseAnswers) {
+    if matches!(
+        shared.mode(),
+        Mode::Forward | Mode::LoseAnswers | Mode::DropRequests
+    ) {
         let _ = other.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     }
