@@ -206,6 +206,24 @@ pub trait Manager: Send + Sync {
             .collect())
     }
 
+    /// The other managers that have this store open now, in any process: one [`Holder`] each
+    /// (pid, host, owner key; `since` where the backend records it), never this manager itself
+    /// and never a manager known to be dead or closed. What an operator asks before removing a
+    /// store: a manager that has it open keeps using the removed store, which the managers
+    /// opened afterwards no longer see, so the two would not exclude each other.
+    ///
+    /// The answer is a snapshot: managers may open or close the store while it is being read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for backends that do not know who has a store open (the default);
+    /// backend errors otherwise.
+    fn clients(&self) -> Result<Vec<Holder>> {
+        Err(Error::Unsupported(
+            "listing the managers that have the store open",
+        ))
+    }
+
     /// How long a blocked [`lock`](Locker::lock) waits before it checks for a deadlock.
     /// `None` when this manager does not detect deadlocks (or detection is turned off).
     fn deadlock_timeout(&self) -> Option<Duration> {
@@ -276,6 +294,9 @@ where
     }
     fn snapshot(&self) -> Result<Vec<LockState>> {
         self.0.snapshot()
+    }
+    fn clients(&self) -> Result<Vec<Holder>> {
+        self.0.clients()
     }
     fn deadlock_timeout(&self) -> Option<Duration> {
         self.0.deadlock_timeout()

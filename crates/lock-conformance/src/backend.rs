@@ -46,8 +46,11 @@ impl Capabilities {
     /// child with `Error::InvalidArgument`: the child shares the parent's descriptors (or lacks
     /// its threads), and must open its own.
     pub const FORK_REFUSED: Capabilities = Capabilities(1 << 12);
+    /// [`Manager::clients`] lists the other managers that have the store open; without it,
+    /// `clients()` is `Unsupported`.
+    pub const CLIENTS: Capabilities = Capabilities(1 << 13);
 
-    const NAMES: [(Capabilities, &'static str); 13] = [
+    const NAMES: [(Capabilities, &'static str); 14] = [
         (Self::ALLOCATION, "allocation"),
         (Self::OWNER_PER_MANAGER, "owner-per-manager"),
         (Self::MULTIPROCESS, "multiprocess"),
@@ -61,6 +64,7 @@ impl Capabilities {
         (Self::DEADLOCK, "deadlock"),
         (Self::DAMAGEABLE, "damageable"),
         (Self::FORK_REFUSED, "fork-refused"),
+        (Self::CLIENTS, "clients"),
     ];
 
     /// The raw bits (for set arithmetic).

@@ -367,6 +367,18 @@ pub(crate) fn owner_dead(seg: &Segment, layout: &Layout, owner: u32, probe: Prob
     Ok(seg.u32(off)?.load(Acquire) != generation)
 }
 
+/// The token of `slot`'s manager when the slot says it is open: claimed (a generation a claim
+/// writes) and not marked closed. Whether that manager still lives is the probe's to say.
+pub(crate) fn open_owner(seg: &Segment, layout: &Layout, slot: u32) -> Result<Option<u32>> {
+    let off = layout.slot_offset(slot);
+    let generation = seg.u32(off)?.load(Acquire);
+    if generation == 0 || generation > GEN_MAX {
+        return Ok(None);
+    }
+    let closed = seg.u32(off + CLOSED)?.load(Relaxed) == generation;
+    Ok((!closed).then(|| token(slot, generation)))
+}
+
 /// The pid recorded by the owner of `token`'s slot, when that slot still has that generation.
 pub(crate) fn pid_of(seg: &Segment, layout: &Layout, token: u32) -> Result<Option<u32>> {
     let (slot, generation) = decode(token);

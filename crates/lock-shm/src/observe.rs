@@ -257,6 +257,26 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<Vec<LockState>> {
     Ok(by_id.into_values().collect())
 }
 
+/// Every other live manager of the segment: one pass over the client slots, probing (through
+/// the kernel where shared memory says "alive") each slot that is claimed and not closed.
+pub(crate) fn clients(shared: &Shared) -> Result<Vec<Holder>> {
+    let mut owners = Owners::default();
+    let mut out = Vec::new();
+    for slot in 0..CLIENT_SLOTS {
+        if slot == shared.slot {
+            continue;
+        }
+        let Some(token) = client::open_owner(&shared.seg, &shared.layout, slot)? else {
+            continue;
+        };
+        let who = owners.who(shared, token)?;
+        if !who.dead {
+            out.push(who);
+        }
+    }
+    Ok(out)
+}
+
 /// One edge of the wait-for graph as read: `waiter` waits for `lock`, held by `holder` (owner
 /// bits of the word; the waiters bit changes under a live holder and means nothing here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -37,6 +37,7 @@ impl Backend for Shm {
             | Capabilities::PERSISTENT
             | Capabilities::INSPECT
             | Capabilities::WAITERS
+            | Capabilities::CLIENTS
             | Capabilities::DEADLOCK
             | Capabilities::DAMAGEABLE
             | Capabilities::FORK_REFUSED

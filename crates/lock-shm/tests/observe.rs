@@ -1,5 +1,6 @@
 //! Holders and waiters across real processes: since words, waiter entries that leave with the
-//! wait, dead waiters, more waiting threads than entries, and deadlock detection turned off.
+//! wait, dead waiters, more waiting threads than entries, deadlock detection turned off, and the
+//! other managers that have the segment open.
 //!
 //! The clients are this test binary re-executed (`common`); every wait is bounded, and every
 //! trial removes its segment.
@@ -319,8 +320,68 @@ fn a_dead_holder_keeps_its_pid_while_other_slots_are_free() -> TrialResult {
     Ok(())
 }
 
+/// The pids `clients()` lists, sorted, after checking that every entry is a live manager of
+/// this host with an owner key.
+fn client_pids(manager: &ShmManager) -> Result<Vec<u32>, String> {
+    let clients = manager.clients().map_err(e2s)?;
+    let mut pids = Vec::new();
+    for c in &clients {
+        if c.dead || c.owner.is_none() || c.host.is_none() {
+            return Err(format!("clients() listed {c:?}"));
+        }
+        pids.push(
+            c.pid
+                .ok_or_else(|| format!("clients() listed {c:?} without a pid"))?,
+        );
+    }
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// `clients()` lists every other manager that has the segment open, in this process or another,
+/// and none that closed it, died, or is the caller: what `lockctl remove` refuses to pull the
+/// segment from under.
+fn clients_are_the_other_live_managers() -> TrialResult {
+    let segment = Segment::new("clients");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let me = std::process::id();
+    if !client_pids(&manager)?.is_empty() {
+        return Err(format!("alone, clients() said {:?}", manager.clients()));
+    }
+    let sibling = ShmManager::open(&segment.0).map_err(e2s)?;
+    if client_pids(&manager)? != [me] || client_pids(&sibling)? != [me] {
+        return Err(format!(
+            "two managers of this process: {:?} and {:?}",
+            manager.clients(),
+            sibling.clients()
+        ));
+    }
+    drop(sibling);
+    let mut closing = client(&segment)?;
+    let mut killed = client(&segment)?;
+    let mut both = vec![closing.pid(), killed.pid()];
+    both.sort_unstable();
+    let listed = client_pids(&manager)?;
+    if listed != both {
+        return Err(format!("clients {both:?} open: clients() said {listed:?}"));
+    }
+    closing.finish(STEP).map_err(|e| e.to_string())?;
+    killed.sigkill().map_err(|e| e.to_string())?;
+    let listed = client_pids(&manager)?;
+    if !listed.is_empty() {
+        return Err(format!(
+            "after one client closed and one was killed, clients() said {listed:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let trials: [common::Trial; 8] = [
+    let trials: [common::Trial; 9] = [
+        (
+            "clients_are_the_other_live_managers",
+            clients_are_the_other_live_managers,
+        ),
         (
             "a_dead_holder_keeps_its_pid_while_other_slots_are_free",
             a_dead_holder_keeps_its_pid_while_other_slots_are_free,

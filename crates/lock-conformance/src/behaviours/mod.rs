@@ -89,6 +89,7 @@ registry! {
     observe::held_names_pid_host_owner_and_since => NONE,
     observe::a_dead_holders_lock_is_listed_and_flagged_dead => DEATH,
     observe::snapshot_lists_the_holder_and_each_waiter => WAITERS,
+    observe::clients_are_the_other_open_managers => NONE,
     deadlock::a_two_cycle_has_exactly_one_victim => DEADLOCK,
     deadlock::a_three_cycle_has_exactly_one_victim => DEADLOCK,
     deadlock::a_long_wait_that_is_no_cycle_is_never_a_deadlock => DEADLOCK,

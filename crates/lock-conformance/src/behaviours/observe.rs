@@ -3,7 +3,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use lock_api::{Holder, LockId, LockState, Locker, Manager};
+use lock_api::{Error, Holder, LockId, LockState, Locker, Manager};
 
 use super::PROMPTLY;
 use crate::child::Role;
@@ -228,6 +228,65 @@ pub fn snapshot_lists_the_holder_and_each_waiter<B: Backend>(ctx: &Ctx<'_, B>) -
     ensure!(
         find(&snapshot, LockId(0)).is_none(),
         "a free lock with no waiter is still listed: {snapshot:?}"
+    );
+    Ok(())
+}
+
+/// `clients()` lists every other manager that has the store open, in this process or (where the
+/// backend spans processes) another, each with its pid, this host and an owner, alive; never
+/// the caller, and not one that closed or died. A backend without the capability says
+/// `Unsupported`: an empty list would read as "nobody has it open".
+pub fn clients_are_the_other_open_managers<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    let manager = ctx.create(4)?;
+    if !ctx.has(Capabilities::CLIENTS) {
+        return match manager.clients() {
+            Err(Error::Unsupported(_)) => Ok(()),
+            other => Err(Failed(format!(
+                "clients() of a backend without the clients capability: {other:?}, not Unsupported"
+            ))),
+        };
+    }
+    let alone = manager.clients()?;
+    ensure!(alone.is_empty(), "the only manager's clients(): {alone:?}");
+    let other = ctx.second_owner(&manager)?;
+    let here = this_host();
+    let me = std::process::id();
+    let seen = manager.clients()?;
+    ensure!(
+        seen.len() == 1
+            && seen[0].pid == Some(me)
+            && seen[0].host.as_deref() == Some(here.as_str())
+            && seen[0].owner.is_some()
+            && !seen[0].dead,
+        "with a second manager in this process (pid {me}), clients(): {seen:?}"
+    );
+    let seen_by_other = other.clients()?;
+    ensure!(
+        seen_by_other.len() == 1 && seen_by_other[0].owner != seen[0].owner,
+        "the second manager's clients() should name the first, not itself: {seen_by_other:?} \
+         (the first's: {seen:?})"
+    );
+    if ctx.has(Capabilities::MULTIPROCESS) {
+        let mut child = ctx.child(Role::Hold, 4, 1, 0)?;
+        child.expect("locked", PROMPTLY)?;
+        let pid = child.pid();
+        let seen = manager.clients()?;
+        ensure!(
+            seen.len() == 2 && seen.iter().any(|c| c.pid == Some(pid) && !c.dead),
+            "with a manager in child {pid} too, clients(): {seen:?}"
+        );
+        child.sigkill()?;
+        let seen = manager.clients()?;
+        ensure!(
+            seen.iter().all(|c| c.pid != Some(pid)),
+            "child {pid} was killed, yet clients() lists it: {seen:?}"
+        );
+    }
+    drop(other);
+    let left = manager.clients()?;
+    ensure!(
+        left.is_empty(),
+        "the second manager was dropped, yet clients() lists: {left:?}"
     );
     Ok(())
 }
