@@ -133,6 +133,8 @@ fn check_unused(spec: &str) -> Result<(), Failed> {
     let Ok(locks) = manager.snapshot() else {
         return Ok(());
     };
+    // Backends that cannot tell who has a store open (all but shm) are checked by their locks.
+    let clients = manager.clients().unwrap_or_default();
     drop(manager);
     let held = locks
         .iter()
@@ -150,6 +152,26 @@ fn check_unused(spec: &str) -> Result<(), Failed> {
     if waited > 0 {
         let verb = if waited == 1 { "is" } else { "are" };
         what.push(format!("{} {verb} waited for", count(waited, "lock")));
+    }
+    // A process that has the store open keeps using it once it is removed, apart from every
+    // process that opens the store's name afterwards: the same end of exclusion, only later.
+    if !clients.is_empty() {
+        let (now, here) = (std::time::SystemTime::now(), status::this_host());
+        let parties: Vec<status::Party> = clients
+            .iter()
+            .map(|c| status::party(c, now, &here))
+            .collect();
+        let parties: Vec<&status::Party> = parties.iter().collect();
+        let n = status::process_count(&parties);
+        let (noun, verb) = if n == 1 {
+            ("process", "has")
+        } else {
+            ("processes", "have")
+        };
+        what.push(format!(
+            "{n} other {noun} {verb} it open: {}",
+            status::processes(&parties, 4)
+        ));
     }
     if what.is_empty() {
         return Ok(());

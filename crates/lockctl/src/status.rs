@@ -58,9 +58,12 @@ pub(crate) struct Status {
     pub(crate) available: Option<u32>,
     pub(crate) locks: Vec<LockReport>,
     pub(crate) deadlocks: Vec<Vec<Member>>,
+    /// Every other manager that has the store open, holding, waiting or idle, in pid order;
+    /// `None` (JSON null) where the backend cannot tell (every backend but `shm:`).
+    pub(crate) clients: Option<Vec<Party>>,
 }
 
-fn this_host() -> String {
+pub(crate) fn this_host() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()
@@ -82,7 +85,7 @@ fn cmdline(pid: Option<u32>, host: Option<&str>, here: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.join(" "))
 }
 
-fn party(h: &Holder, now: SystemTime, here: &str) -> Party {
+pub(crate) fn party(h: &Holder, now: SystemTime, here: &str) -> Party {
     Party {
         pid: h.pid,
         host: h.host.clone(),
@@ -157,6 +160,14 @@ pub(crate) fn collect(spec: &str, manager: &DynManager) -> lockyard::Result<Stat
                 .collect()
         })
         .collect();
+    let clients = match manager.clients() {
+        Ok(mut clients) => {
+            clients.sort_by_key(|c| c.pid);
+            Some(clients.iter().map(|c| party(c, now, &here)).collect())
+        }
+        Err(lockyard::Error::Unsupported(_)) => None,
+        Err(e) => return Err(e),
+    };
     Ok(Status {
         spec: spec.to_owned(),
         capacity,
@@ -164,7 +175,39 @@ pub(crate) fn collect(spec: &str, manager: &DynManager) -> lockyard::Result<Stat
         available,
         locks,
         deadlocks,
+        clients,
     })
+}
+
+/// `pid 12 (podman ps), pid 34 (sleep 100)`: each process once, by its program and first
+/// argument, at most `most` of them, then how many more.
+pub(crate) fn processes(parties: &[&Party], most: usize) -> String {
+    let here = this_host();
+    let mut seen = BTreeSet::new();
+    let mut named = Vec::new();
+    for p in parties {
+        if !seen.insert((p.pid, p.host.clone())) {
+            continue;
+        }
+        let cmd = p.cmdline.as_deref().map(short_command);
+        named.push(who(p.pid, p.host.as_deref(), cmd.as_deref(), p.dead, &here));
+    }
+    let more = named.len().saturating_sub(most);
+    named.truncate(most);
+    let mut text = named.join(", ");
+    if more > 0 {
+        let _ = write!(text, " and {more} more");
+    }
+    text
+}
+
+/// How many distinct processes `parties` are.
+pub(crate) fn process_count(parties: &[&Party]) -> usize {
+    parties
+        .iter()
+        .map(|p| (p.pid, p.host.as_deref()))
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 /// `2026-11-30T08:21:19.042Z`.
@@ -278,6 +321,24 @@ pub(crate) fn render(status: &Status) -> String {
             WIDTH
         )
     );
+    // The managers that have the store open and neither hold nor wait (a holder or waiter is in
+    // the table below): a service that keeps the store open between requests, say.
+    let busy: BTreeSet<&str> = status
+        .locks
+        .iter()
+        .flat_map(|l| l.holder.iter().chain(l.waiters.iter().flatten()))
+        .filter_map(|p| p.owner.as_deref())
+        .collect();
+    let idle: Vec<&Party> = status
+        .clients
+        .iter()
+        .flatten()
+        .filter(|c| c.owner.as_deref().is_none_or(|o| !busy.contains(o)))
+        .collect();
+    if !idle.is_empty() {
+        let line = format!("also open in {}", processes(&idle, 8));
+        let _ = writeln!(out, "{}", cut(&line, WIDTH));
+    }
     if status.locks.is_empty() {
         let _ = writeln!(out, "no lock is held or waited for");
     } else {

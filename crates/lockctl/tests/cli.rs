@@ -426,8 +426,62 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        let _ = output(&["remove", &self.0, "--yes"]);
+        // Forced: a test that failed may leave a process with the segment open.
+        let _ = output(&["remove", &self.0, "--yes", "--force"]);
     }
+}
+
+/// `remove --yes` refuses a shm store that another process has open, though that process holds
+/// and waits for nothing (exit 9, naming it), and `status` shows it as `also open in`. Before,
+/// remove took the segment from under it: it went on locking in the removed segment while the
+/// next process to open the name made a new one, and the two no longer excluded each other.
+#[test]
+fn remove_refuses_a_shm_store_another_process_has_open() {
+    let segment = Segment::new("open");
+    let spec = segment.0.as_str();
+    let me = std::process::id();
+    ok(&["create", spec, "--capacity", "4"]);
+    let manager = lockyard::open(spec).expect("open");
+    let shown = ok(&["status", spec]);
+    assert!(
+        shown.contains(&format!("also open in pid {me} (")),
+        "{shown}"
+    );
+    let clients = status_json(spec)["clients"].clone();
+    assert_eq!(clients.as_array().map(Vec::len), Some(1), "{clients}");
+    assert_eq!(clients[0]["pid"], me, "{clients}");
+    assert_eq!(clients[0]["dead"], false, "{clients}");
+    let err = fails(&["remove", spec, "--yes"], 9);
+    assert!(
+        err.contains(&format!("1 other process has it open: pid {me} (")),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert!(!err.contains("lock is held"), "{err}");
+    // Refused, so still there: the manager's next lock is in the store everyone opens.
+    ok(&["status", spec]);
+    drop(manager);
+    let shown = ok(&["status", spec]);
+    assert!(!shown.contains("also open"), "{shown}");
+    assert_eq!(status_json(spec)["clients"], serde_json::json!([]));
+    ok(&["remove", spec, "--yes"]);
+
+    ok(&["create", spec, "--capacity", "4"]);
+    let manager = lockyard::open(spec).expect("open");
+    ok(&["remove", spec, "--yes", "--force"]);
+    fails(&["status", spec], 4);
+    drop(manager);
+}
+
+/// `status --json` says `clients: null` where the backend cannot tell who has a store open.
+#[test]
+fn clients_are_null_where_the_backend_cannot_tell() {
+    let scratch = Scratch::new();
+    let spec = scratch.spec();
+    ok(&["create", &spec, "--capacity", "4"]);
+    let _manager = lockyard::open(&spec).expect("open");
+    assert_eq!(status_json(&spec)["clients"], Value::Null);
+    ok(&["remove", &spec, "--yes"]);
 }
 
 /// On shm, a holder killed while the segment has free slots keeps its pid in `status`, however
