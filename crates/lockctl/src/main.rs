@@ -162,16 +162,13 @@ fn check_unused(spec: &str) -> Result<(), Failed> {
             .map(|c| status::party(c, now, &here))
             .collect();
         let parties: Vec<&status::Party> = parties.iter().collect();
-        let n = status::process_count(&parties);
+        let (n, named) = status::processes(&parties, 4);
         let (noun, verb) = if n == 1 {
             ("process", "has")
         } else {
             ("processes", "have")
         };
-        what.push(format!(
-            "{n} other {noun} {verb} it open: {}",
-            status::processes(&parties, 4)
-        ));
+        what.push(format!("{n} other {noun} {verb} it open: {named}"));
     }
     if what.is_empty() {
         return Ok(());

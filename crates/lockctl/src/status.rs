@@ -179,35 +179,26 @@ pub(crate) fn collect(spec: &str, manager: &DynManager) -> lockyard::Result<Stat
     })
 }
 
-/// `pid 12 (podman ps), pid 34 (sleep 100)`: each process once, by its program and first
-/// argument, at most `most` of them, then how many more.
-pub(crate) fn processes(parties: &[&Party], most: usize) -> String {
+/// How many processes `parties` are, and `pid 12 (podman ps), pid 34 (sleep 100)`: each
+/// process once, by its program and first argument, at most `most` of them, then how many more.
+pub(crate) fn processes(parties: &[&Party], most: usize) -> (usize, String) {
     let here = this_host();
     let mut seen = BTreeSet::new();
     let mut named = Vec::new();
     for p in parties {
-        if !seen.insert((p.pid, p.host.clone())) {
+        if !seen.insert((p.pid, p.host.as_deref())) {
             continue;
         }
         let cmd = p.cmdline.as_deref().map(short_command);
         named.push(who(p.pid, p.host.as_deref(), cmd.as_deref(), p.dead, &here));
     }
-    let more = named.len().saturating_sub(most);
+    let count = named.len();
     named.truncate(most);
     let mut text = named.join(", ");
-    if more > 0 {
-        let _ = write!(text, " and {more} more");
+    if count > most {
+        let _ = write!(text, " and {} more", count - most);
     }
-    text
-}
-
-/// How many distinct processes `parties` are.
-pub(crate) fn process_count(parties: &[&Party]) -> usize {
-    parties
-        .iter()
-        .map(|p| (p.pid, p.host.as_deref()))
-        .collect::<BTreeSet<_>>()
-        .len()
+    (count, text)
 }
 
 /// `2026-11-30T08:21:19.042Z`.
@@ -336,7 +327,7 @@ pub(crate) fn render(status: &Status) -> String {
         .filter(|c| c.owner.as_deref().is_none_or(|o| !busy.contains(o)))
         .collect();
     if !idle.is_empty() {
-        let line = format!("also open in {}", processes(&idle, 8));
+        let line = format!("also open in {}", processes(&idle, 8).1);
         let _ = writeln!(out, "{}", cut(&line, WIDTH));
     }
     if status.locks.is_empty() {
@@ -483,6 +474,35 @@ mod tests {
         assert!(columns(&line) <= WIDTH, "{} columns", columns(&line));
         assert!(line.ends_with("..."));
         assert_eq!(cut(&"\u{8a9e}".repeat(50), WIDTH), "\u{8a9e}".repeat(50));
+    }
+
+    /// Each process once (two managers of pid 11 are one process), the first `most` named by
+    /// program and first argument, the rest counted.
+    #[test]
+    fn processes_are_named_once_and_the_rest_counted() {
+        let here = this_host();
+        let parties: Vec<Party> = [11, 11, 12, 13, 14, 15]
+            .into_iter()
+            .map(|pid| {
+                let mut p = party(
+                    &Holder::with_pid(pid).host(here.clone()),
+                    SystemTime::now(),
+                    &here,
+                );
+                p.cmdline = Some(format!("/usr/bin/podman run --name c{pid}"));
+                p
+            })
+            .collect();
+        let refs: Vec<&Party> = parties.iter().collect();
+        assert_eq!(
+            processes(&refs, 3),
+            (
+                5,
+                "pid 11 (podman run), pid 12 (podman run), pid 13 (podman run) and 2 more"
+                    .to_owned()
+            )
+        );
+        assert_eq!(processes(&refs[..1], 3).0, 1);
     }
 
     #[test]
