@@ -13,7 +13,8 @@
 //!
 //! Slot record (128 bytes): `u32` generation, `u32` pid, `u32` death word, `u32` unlisted waits,
 //! `u32` life word (life.rs), `u32` closed word (the generation whose manager was closed, 0
-//! for none) and 8 reserved bytes, then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
+//! for none), `u32` pid namespace (the inode of the owner's `/proc/self/ns/pid`, 0 when unknown)
+//! and 4 reserved bytes, then [`WAIT_ENTRIES`] waiter entries of 16 bytes (`u32` lock id + 1, 0 when empty, with
 //! [`HELD`] set for a hold record; 4 reserved bytes; `u64` unix milliseconds when the wait, or
 //! the hold, began).
 //!
@@ -115,6 +116,10 @@ const LIFE: usize = 16;
 /// not killed. A slot whose closed word is its generation (0 for a slot never used) is taken
 /// before the slot of a manager that died.
 const CLOSED: usize = 20;
+/// Offset of the owner's pid namespace: the inode number of its `/proc/self/ns/pid` (0 when it
+/// could not be read or does not fit), so that a reader in another namespace does not take the
+/// pid for one of its own processes.
+const PID_NS: usize = 24;
 /// Offset of the first waiter entry.
 const ENTRIES: usize = 32;
 /// Bytes per waiter entry.
@@ -150,7 +155,12 @@ fn next_generation(g: u32) -> Option<u32> {
 /// `Unavailable` when every slot is held by an open manager or retired, naming the table's size;
 /// `Corrupt` when none is free and some hold a generation no claim writes (damage); `Io` when
 /// `fcntl(2)` fails.
-pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(u32, u32)> {
+pub(crate) fn claim(
+    seg: &Segment,
+    layout: &Layout,
+    lock: &SlotLock,
+    pid_ns: u32,
+) -> Result<(u32, u32)> {
     // The first pass leaves a dead manager's slot, pid and all, to name the locks it died holding;
     // the second tries every slot (one closed since the first pass included).
     for closed_only in [true, false] {
@@ -165,7 +175,7 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(
             if closed_only && seg.u32(off + CLOSED)?.load(Relaxed) != seen {
                 continue;
             }
-            if let Some(generation) = take(seg, layout, lock, slot)? {
+            if let Some(generation) = take(seg, layout, lock, slot, pid_ns)? {
                 return Ok((slot, generation));
             }
         }
@@ -201,7 +211,13 @@ pub(crate) fn claim(seg: &Segment, layout: &Layout, lock: &SlotLock) -> Result<(
 }
 
 /// Takes `slot` if its byte can be locked and it is not retired; returns its new generation.
-fn take(seg: &Segment, layout: &Layout, lock: &SlotLock, slot: u32) -> Result<Option<u32>> {
+fn take(
+    seg: &Segment,
+    layout: &Layout,
+    lock: &SlotLock,
+    slot: u32,
+    pid_ns: u32,
+) -> Result<Option<u32>> {
     let off = layout.slot_offset(slot);
     if !lock.try_lock(off)? {
         return Ok(None);
@@ -225,6 +241,8 @@ fn take(seg: &Segment, layout: &Layout, lock: &SlotLock, slot: u32) -> Result<Op
     // not be read as this one's.
     let life = seg.u32(off + LIFE)?;
     life.futex_word().store(0, Relaxed);
+    // Before the generation: a reader that sees the generation sees this owner's namespace.
+    seg.u32(off + PID_NS)?.store(pid_ns, Relaxed);
     generation_word.store(generation, Release);
     seg.u32(off + PID)?.store(std::process::id(), Release);
     // A watcher still asleep on the previous owner's word (a death the kernel never marked: a
@@ -379,8 +397,16 @@ pub(crate) fn open_owner(seg: &Segment, layout: &Layout, slot: u32) -> Result<Op
     Ok((!closed).then(|| token(slot, generation)))
 }
 
-/// The pid recorded by the owner of `token`'s slot, when that slot still has that generation.
-pub(crate) fn pid_of(seg: &Segment, layout: &Layout, token: u32) -> Result<Option<u32>> {
+/// The pid recorded by the owner of `token`'s slot, when that slot still has that generation
+/// and the owner's pid namespace is the reader's (`pid_ns`, as [`pid_namespace`] gives it): a pid
+/// of another namespace names another process here, or none. An owner or a reader whose
+/// namespace is unknown (0) is taken to share it.
+pub(crate) fn pid_of(
+    seg: &Segment,
+    layout: &Layout,
+    token: u32,
+    pid_ns: u32,
+) -> Result<Option<u32>> {
     let (slot, generation) = decode(token);
     if generation == 0 {
         return Ok(None);
@@ -388,7 +414,20 @@ pub(crate) fn pid_of(seg: &Segment, layout: &Layout, token: u32) -> Result<Optio
     let off = layout.slot_offset(slot);
     let current = seg.u32(off)?.load(Acquire);
     let pid = seg.u32(off + PID)?.load(Relaxed);
-    Ok((current == generation && pid != 0).then_some(pid))
+    let theirs = seg.u32(off + PID_NS)?.load(Relaxed);
+    let same_namespace = theirs == 0 || pid_ns == 0 || theirs == pid_ns;
+    Ok((current == generation && pid != 0 && same_namespace).then_some(pid))
+}
+
+/// The inode number of this process's pid namespace (`/proc/self/ns/pid`), or 0 when it cannot
+/// be read (no `/proc`) or does not fit 32 bits. Inode numbers of namespaces are unique on a
+/// host while the namespace lives, which is at least as long as a live owner in it.
+pub(crate) fn pid_namespace() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid")
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+        .unwrap_or(0)
 }
 
 /// Marks an entry that records a hold taken after waiting rather than a wait: the entry's lock

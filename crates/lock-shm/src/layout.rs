@@ -18,8 +18,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"LKYDSHM\0";
 /// 3 claimer would not announce one), so the versions never share a segment. Version 5 gave each
 /// slot a life word (life.rs); version 6 gave the lock word `HANDED` and the since word its
 /// starving bit (lockword.rs, "Handing off"), which a version 5 process would take for a dead
-/// owner's hold.
-pub(crate) const VERSION: u32 = 6;
+/// owner's hold. Version 7 gave each slot its owner's pid namespace (client.rs), which a version
+/// 6 claimer would leave as the previous owner's.
+pub(crate) const VERSION: u32 = 7;
 /// Bytes reserved for the header; the client table starts here.
 pub(crate) const HEADER_SIZE: usize = 256;
 /// Bytes per lock word.

@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     forks: u32,
     /// The process that opened it, for the error a forked child gets.
     pid: u32,
+    /// The inode of that process's pid namespace (0: unknown), recorded in its slot: holders
+    /// in another namespace are listed without a pid (client.rs, `pid_of`).
+    pub(crate) pid_ns: u32,
     /// The segment's epoch (unix seconds), the origin of the since words.
     pub(crate) epoch: u64,
     /// The deadlock timeout in milliseconds; 0 turns detection off.
@@ -87,7 +90,8 @@ impl Shared {
         let forks = fork::generation()?;
         let slot_lock = seg.slot_description()?;
         let watchers = Watchers::new(&seg, &layout)?;
-        let (slot, generation) = client::claim(&seg, &layout, &slot_lock)?;
+        let pid_ns = client::pid_namespace();
+        let (slot, generation) = client::claim(&seg, &layout, &slot_lock, pid_ns)?;
         // Armed before any lock word can hold this manager's token.
         let sentinel = Sentinel::start(Arc::clone(&watchers), slot, forks);
         let epoch = seg.u64(field::EPOCH)?.load(Relaxed);
@@ -102,6 +106,7 @@ impl Shared {
             token: client::token(slot, generation),
             forks,
             pid: std::process::id(),
+            pid_ns,
             epoch,
             deadlock_ms: AtomicU64::new(DEFAULT_DEADLOCK_TIMEOUT.as_millis() as u64),
             entries: AtomicU8::new(0),

@@ -180,7 +180,7 @@ impl Owners {
             holder = holder.dead(true);
         } else {
             holder = holder.dead(shared.owner_dead(token, Probe::Kernel)?);
-            if let Some(pid) = client::pid_of(&shared.seg, &shared.layout, token)? {
+            if let Some(pid) = client::pid_of(&shared.seg, &shared.layout, token, shared.pid_ns)? {
                 holder = holder.pid(pid);
             }
         }

@@ -150,12 +150,12 @@ fn truncated_and_resized_files_are_refused() {
 
 /// A segment of another format version is Incompatible, versions 1 (which wrapped slot
 /// generations), 2 (which had no waiter entries), 3 (which had no death words), 4 (which had
-/// no life words) and 5 (which had no hand-offs) included.
+/// no life words), 5 (which had no hand-offs) and 6 (which had no pid namespaces) included.
 #[test]
 fn other_version_is_incompatible() {
     let n = Name::new("version");
     drop(ShmManager::create(&n.0, CAPACITY).unwrap());
-    for v in [0u32, 1, 2, 3, 4, 5, 7, 99, u32::MAX] {
+    for v in [0u32, 1, 2, 3, 4, 5, 6, 8, 99, u32::MAX] {
         n.write_at(8, &v.to_le_bytes());
         let r = ShmManager::open(&n.0);
         assert!(

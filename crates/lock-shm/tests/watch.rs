@@ -196,8 +196,9 @@ fn a_dead_holder_is_told_by_its_life_word() -> TrialResult {
 
 /// Owner death is told across pid namespaces: the kernel compares the sentinel's thread id in
 /// the sentinel's own namespace, and readers only look at `FUTEX_OWNER_DIED`. A holder in a new
-/// pid namespace (where its pid is 1) arms its life word; killed, it is taken over as
-/// `OwnerDied` by a waiter outside, and its life word is marked.
+/// pid namespace (where its pid is 1) arms its life word, and is listed alive but without a pid
+/// (pid 1 is another process here); killed, it is taken over as `OwnerDied` by a waiter outside,
+/// and its life word is marked.
 fn a_holder_in_another_pid_namespace_is_told_dead() -> TrialResult {
     let segment = Segment::new("pidns");
     let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
@@ -206,15 +207,29 @@ fn a_holder_in_another_pid_namespace_is_told_dead() -> TrialResult {
     send(&mut holder, "lock 1")?;
     expect(&mut holder, "locked clean")?;
     // The slot records the pid the holder sees: 1, the init of its own namespace.
-    let pid = manager
+    let recorded = segment.u32_at(SLOTS_AT + SLOT_SIZE * u64::from(slot) + 4)?;
+    if recorded != 1 {
+        return Err(format!(
+            "the holder is not in a pid namespace of its own: pid {recorded}"
+        ));
+    }
+    // Pid 1 here is another process: the holder is listed alive, without a pid (it was
+    // listed as pid 1, and lockctl showed this namespace's init as the holder).
+    let listed = manager
         .held()
         .map_err(e2s)?
         .first()
-        .and_then(|h| h.holder.as_ref())
-        .and_then(|h| h.pid);
-    if pid != Some(1) {
+        .and_then(|h| h.holder.clone())
+        .ok_or("the namespaced holder's lock is not listed as held")?;
+    if listed.pid.is_some() || listed.dead {
         return Err(format!(
-            "the holder is not in a pid namespace of its own: pid {pid:?}"
+            "a holder in another pid namespace is listed as {listed:?}"
+        ));
+    }
+    let clients = manager.clients().map_err(e2s)?;
+    if clients.len() != 1 || clients[0].pid.is_some() {
+        return Err(format!(
+            "a client in another pid namespace is listed as {clients:?}"
         ));
     }
     let armed = segment.life(slot)?;

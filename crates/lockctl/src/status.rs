@@ -181,12 +181,15 @@ pub(crate) fn collect(spec: &str, manager: &DynManager) -> lockyard::Result<Stat
 
 /// How many processes `parties` are, and `pid 12 (podman ps), pid 34 (sleep 100)`: each
 /// process once, by its program and first argument, at most `most` of them, then how many more.
+/// A party without a pid counts as a process of its own.
 pub(crate) fn processes(parties: &[&Party], most: usize) -> (usize, String) {
     let here = this_host();
     let mut seen = BTreeSet::new();
     let mut named = Vec::new();
     for p in parties {
-        if !seen.insert((p.pid, p.host.as_deref())) {
+        // Parties without a pid (another pid namespace) cannot be told to share a process.
+        let unknown = p.pid.is_none().then_some(p.owner.as_deref());
+        if !seen.insert((p.pid, p.host.as_deref(), unknown)) {
             continue;
         }
         let cmd = p.cmdline.as_deref().map(short_command);
@@ -503,6 +506,19 @@ mod tests {
             )
         );
         assert_eq!(processes(&refs[..1], 3).0, 1);
+        let mut unknown: Vec<Party> = (0..2)
+            .map(|i| {
+                party(
+                    &Holder::default().owner(format!("o{i}")),
+                    SystemTime::now(),
+                    &here,
+                )
+            })
+            .collect();
+        unknown[0].host = Some(here.clone());
+        unknown[1].host = Some(here.clone());
+        let refs: Vec<&Party> = unknown.iter().collect();
+        assert_eq!(processes(&refs, 3), (2, "pid ?, pid ?".to_owned()));
     }
 
     #[test]
