@@ -102,6 +102,14 @@ pub enum Error {
         what: String,
     },
 
+    /// A store that others have open, which [`Store::remove_unused`](crate::Store::remove_unused)
+    /// leaves in place.
+    #[error("{what} is in use")]
+    InUse {
+        /// The store, and who has it open.
+        what: String,
+    },
+
     /// A remote service could not be reached in time.
     #[error("service unavailable: {source}")]
     Unavailable {

@@ -70,6 +70,23 @@ pub trait Store: Manager + Sized {
     /// backend (nothing is removed then).
     fn remove(store: &Self::Address) -> Result<()>;
 
+    /// Removes the store only if no other manager has it open, deciding that and removing it in
+    /// one step: a manager that opens the store meanwhile either is seen, and the store stays,
+    /// or finds it removed (`NotFound`). What `lockctl remove` does without `--force`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InUse`](crate::Error::InUse) naming who has it open (nothing is removed);
+    /// [`Error::Unsupported`](crate::Error::Unsupported) for backends that cannot tell who has
+    /// a store open (the default); otherwise as [`remove`](Store::remove), and as
+    /// [`open`](Store::open) for a store that cannot be read.
+    fn remove_unused(store: &Self::Address) -> Result<()> {
+        let _ = store;
+        Err(crate::Error::Unsupported(
+            "removing a store only while no other process has it open",
+        ))
+    }
+
     /// [`create`](Store::create) the store a spec names.
     ///
     /// # Errors
@@ -104,6 +121,15 @@ pub trait Store: Manager + Sized {
     /// As [`address`](Store::address) and [`remove`](Store::remove).
     fn remove_spec(spec: &StoreSpec) -> Result<()> {
         Self::remove(Self::address(spec)?.borrow())
+    }
+
+    /// [`remove_unused`](Store::remove_unused) the store a spec names.
+    ///
+    /// # Errors
+    ///
+    /// As [`address`](Store::address) and [`remove_unused`](Store::remove_unused).
+    fn remove_unused_spec(spec: &StoreSpec) -> Result<()> {
+        Self::remove_unused(Self::address(spec)?.borrow())
     }
 }
 

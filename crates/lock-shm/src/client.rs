@@ -419,6 +419,18 @@ pub(crate) fn pid_of(
     Ok((current == generation && pid != 0 && same_namespace).then_some(pid))
 }
 
+/// The pid `slot`'s current (or last) owner recorded, as [`pid_of`] gives it to a reader in
+/// pid namespace `pid_ns`; `None` for a slot never claimed.
+pub(crate) fn slot_pid(
+    seg: &Segment,
+    layout: &Layout,
+    slot: u32,
+    pid_ns: u32,
+) -> Result<Option<u32>> {
+    let generation = seg.u32(layout.slot_offset(slot))?.load(Acquire);
+    pid_of(seg, layout, token(slot, generation), pid_ns)
+}
+
 /// The inode number of this process's pid namespace (`/proc/self/ns/pid`), or 0 when it cannot
 /// be read (no `/proc`) or does not fit 32 bits. Inode numbers of namespaces are unique on a
 /// host while the namespace lives, which is at least as long as a live owner in it.

@@ -48,6 +48,9 @@ pub(crate) mod field {
     pub(crate) const READY: usize = 16;
     /// `u32` number of locks.
     pub(crate) const CAPACITY: usize = 20;
+    /// The byte a remover that removes only an unused segment holds an OFD write lock on while
+    /// it decides (segment.rs, `remove_unused`); its content is never written (reserved, 0).
+    pub(crate) const REMOVE_LOCK: usize = 112;
     /// `u32` bytes per lock word.
     pub(crate) const LOCK_STRIDE: usize = 24;
     /// `u32` number of client slots.

@@ -92,6 +92,11 @@ impl Shared {
         let watchers = Watchers::new(&seg, &layout)?;
         let pid_ns = client::pid_namespace();
         let (slot, generation) = client::claim(&seg, &layout, &slot_lock, pid_ns)?;
+        // After the claim: a remover that did not see it has unlinked the name, or is deciding.
+        if let Err(e) = seg.not_removed() {
+            let _ = client::mark_closed(&seg, &layout, slot, generation);
+            return Err(e);
+        }
         // Armed before any lock word can hold this manager's token.
         let sentinel = Sentinel::start(Arc::clone(&watchers), slot, forks);
         let epoch = seg.u64(field::EPOCH)?.load(Relaxed);
@@ -362,6 +367,51 @@ impl ShmManager {
         segment::remove(name)
     }
 
+    /// Unlinks `/dev/shm/<name>` only if no manager has it open (the same as
+    /// [`Store::remove_unused`]), deciding and unlinking in one step: a manager that opens the
+    /// segment meanwhile is either seen, and nothing is removed, or fails with `NotFound`
+    /// (`open_or_create` then creates a new segment), so no manager ever locks in a segment
+    /// after this removed it.
+    ///
+    /// # Errors
+    ///
+    /// `InUse` naming how many managers have it open and their pids (or that another process
+    /// is removing it); as [`open`](Self::open) for a segment that is missing, damaged or of
+    /// another format ([`remove`](Self::remove) removes those); `Io` for OS errors.
+    pub fn remove_unused(name: &str) -> Result<()> {
+        let open = segment::remove_unused(name)?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let mut pids: Vec<String> = open.iter().flatten().map(u32::to_string).collect();
+        pids.sort();
+        pids.dedup();
+        let elsewhere = open.iter().filter(|p| p.is_none()).count();
+        let mut whose = if pids.is_empty() {
+            String::new()
+        } else {
+            format!("pid {}", pids.join(", "))
+        };
+        if elsewhere > 0 {
+            if !whose.is_empty() {
+                whose.push_str(" and ");
+            }
+            whose.push_str(&format!("{elsewhere} in another pid namespace"));
+        }
+        let managers = if open.len() == 1 {
+            "manager has"
+        } else {
+            "managers have"
+        };
+        Err(Error::InUse {
+            what: format!(
+                "segment {} ({} {managers} it open: {whose})",
+                segment::path_of(name).display(),
+                open.len()
+            ),
+        })
+    }
+
     /// The segment's name.
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -413,6 +463,10 @@ impl Store for ShmManager {
 
     fn remove(name: &str) -> Result<()> {
         ShmManager::remove(name)
+    }
+
+    fn remove_unused(name: &str) -> Result<()> {
+        ShmManager::remove_unused(name)
     }
 }
 

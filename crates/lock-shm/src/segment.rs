@@ -406,6 +406,49 @@ impl Segment {
         ofd_unlock(self.file.as_raw_fd(), off, &self.path)
     }
 
+    /// Fails when this segment is being removed or was removed: called by an opener after it
+    /// claimed its slot. A remover of an unused segment ([`remove_unused`]) holds the
+    /// [`REMOVE_LOCK`](field::REMOVE_LOCK) byte while it looks for claimed slots and unlinks the
+    /// name; an opener whose slot it did not see claimed its slot after that look, so it finds the
+    /// byte still locked (and waits, at most [`REMOVER_WAIT`]) or the file unlinked.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when the segment was unlinked (by any remover); `Unavailable` when a remover
+    /// held the byte for all of [`REMOVER_WAIT`] (stopped mid-removal); `Io` for OS errors.
+    pub(crate) fn not_removed(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + REMOVER_WAIT;
+        while self.ofd_is_locked(field::REMOVE_LOCK)? {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(io::Error::other(format!(
+                    "segment {} is being removed by another process, which has not finished                      within {REMOVER_WAIT:?}",
+                    self.path.display()
+                ))));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let stat = rustix::fs::fstat(&self.file).map_err(|e| io_err("fstat", &self.path, e))?;
+        if stat.st_nlink == 0 {
+            return Err(Error::NotFound {
+                what: format!(
+                    "segment {} (removed while it was being opened)",
+                    self.path.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the segment's name still leads to this file.
+    fn still_named(&self) -> Result<bool> {
+        let ours = rustix::fs::fstat(&self.file).map_err(|e| io_err("fstat", &self.path, e))?;
+        match rustix::fs::lstat(&self.path) {
+            Ok(now) => Ok((now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(io_err("lstat", &self.path, e)),
+        }
+    }
+
     /// Whether another open file description holds an OFD lock on byte `off` (`fcntl(2)`
     /// `F_OFD_GETLK`). Locks held through this segment's own (mapped) description are not seen;
     /// client slots are locked through their own descriptions ([`SlotLock`]), so every owner's
@@ -634,6 +677,63 @@ pub(crate) fn remove(name: &str) -> Result<()> {
         &path,
         io::Error::other("the file at the name kept changing while being checked"),
     ))
+}
+
+/// How long an opener waits for a remover that holds the segment's
+/// [`REMOVE_LOCK`](field::REMOVE_LOCK) byte: a remover holds it for one pass over the client
+/// slots and an unlink, so only a stopped or stalled remover makes an open wait this long.
+const REMOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Unlinks segment `name` only if no manager has it open, deciding and unlinking under the
+/// segment's [`REMOVE_LOCK`](field::REMOVE_LOCK) byte (an OFD write lock of a description of
+/// its own): every client slot whose byte is locked is a manager that has the segment open, and
+/// an opener whose slot this pass found unlocked checks the byte after it claimed its slot
+/// ([`Segment::not_removed`]), so it finds the segment unlinked or kept, never used by it after
+/// the unlink. Returns the slots found open, by pid (`None`: another pid namespace), when it
+/// removed nothing.
+///
+/// # Errors
+///
+/// As [`Segment::open`] for a segment that is missing, damaged or of another format (nothing is
+/// removed; [`remove`] removes those); `InUse` when another process is removing it at the same
+/// moment; `Io` for OS errors.
+pub(crate) fn remove_unused(name: &str) -> Result<Vec<Option<u32>>> {
+    validate_name(name)?;
+    let (seg, layout) = Segment::open(name, None)?;
+    let guard = seg.slot_description()?;
+    if !guard.try_lock(field::REMOVE_LOCK)? {
+        return Err(Error::InUse {
+            what: format!(
+                "segment {} (another process is removing it)",
+                seg.path.display()
+            ),
+        });
+    }
+    let pid_ns = crate::client::pid_namespace();
+    let mut open = Vec::new();
+    for slot in 0..layout::CLIENT_SLOTS {
+        if seg.ofd_is_locked(layout.slot_offset(slot))? {
+            open.push(crate::client::slot_pid(&seg, &layout, slot, pid_ns)?);
+        }
+    }
+    if !open.is_empty() {
+        return Ok(open);
+    }
+    // Only the file this pass looked at: a name that leads elsewhere now was removed (and
+    // perhaps made again) by someone else meanwhile.
+    if !seg.still_named()? {
+        return Err(Error::NotFound {
+            what: format!("segment {}", seg.path.display()),
+        });
+    }
+    match rustix::fs::unlink(&seg.path) {
+        Ok(()) => Ok(open),
+        Err(rustix::io::Errno::NOENT) => Err(Error::NotFound {
+            what: format!("segment {}", seg.path.display()),
+        }),
+        Err(e) => Err(io_err("unlink", &seg.path, e)),
+    }
+    // `guard` closes here, after the unlink: openers waiting on the byte find the file unlinked.
 }
 
 fn hex(bytes: &[u8]) -> String {

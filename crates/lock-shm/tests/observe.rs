@@ -1,6 +1,7 @@
 //! Holders and waiters across real processes: since words, waiter entries that leave with the
 //! wait, dead waiters, more waiting threads than entries, deadlock detection turned off, and the
-//! other managers that have the segment open.
+//! other managers that have the segment open, and removing a segment only while nobody has it open.
+#![allow(unsafe_code)] // reason: a trial takes a byte-range OFD lock with libc::fcntl, as a remover does
 //!
 //! The clients are this test binary re-executed (`common`); every wait is bounded, and every
 //! trial removes its segment.
@@ -376,8 +377,116 @@ fn clients_are_the_other_live_managers() -> TrialResult {
     Ok(())
 }
 
+/// `remove_unused` leaves a segment that any manager has open, in this process or another,
+/// naming their pids, and removes it once none has.
+fn remove_unused_keeps_a_segment_in_use() -> TrialResult {
+    let segment = Segment::new("unused");
+    let manager = ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?;
+    let me = std::process::id();
+    match ShmManager::remove_unused(&segment.0) {
+        Err(Error::InUse { what }) if what.contains(&format!("pid {me}")) => {}
+        other => return Err(format!("with this process's manager open: {other:?}")),
+    }
+    drop(manager);
+    let mut child = client(&segment)?;
+    let pid = child.pid();
+    match ShmManager::remove_unused(&segment.0) {
+        Err(Error::InUse { what })
+            if what.contains(&format!("1 manager has it open: pid {pid}")) => {}
+        other => return Err(format!("with child {pid}'s manager open: {other:?}")),
+    }
+    drop(ShmManager::open(&segment.0).map_err(|e| format!("kept, yet: {e}"))?);
+    child.finish(STEP).map_err(|e| e.to_string())?;
+    ShmManager::remove_unused(&segment.0).map_err(e2s)?;
+    match ShmManager::open(&segment.0) {
+        Err(Error::NotFound { .. }) => Ok(()),
+        other => Err(format!("open after remove_unused: {:?}", other.map(|_| ()))),
+    }
+}
+
+/// Holds the remove byte of `segment` (header byte 112) as a remover does, through a
+/// description of its own; released when the file is dropped.
+fn hold_remove_byte(segment: &Segment) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(std::path::Path::new("/dev/shm").join(&segment.0))
+        .map_err(|e| format!("open the segment file: {e}"))?;
+    // SAFETY: an all-zero `struct flock` is valid; the fields that matter are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 112;
+    fl.l_len = 1;
+    // SAFETY: `fl` is a valid `struct flock` that outlives the call; the fd is open.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) } != 0 {
+        return Err(format!(
+            "lock the remove byte: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(file)
+}
+
+/// An open that claims its slot while a remover decides waits for it: it fails with `NotFound`
+/// when the remover unlinked the segment, succeeds when the remover left it, and fails with
+/// `Unavailable` when the remover holds on past its bound (two seconds). Before, it opened the
+/// segment the remover then unlinked, and went on locking in it, apart from every later opener.
+fn an_open_during_a_removal_waits_for_its_verdict() -> TrialResult {
+    let segment = Segment::new("removal");
+    let opener = |name: String| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ShmManager::open(&name).map(drop));
+        });
+        rx
+    };
+    for unlink in [true, false] {
+        drop(ShmManager::create(&segment.0, CAPACITY).map_err(e2s)?);
+        let remover = hold_remove_byte(&segment)?;
+        let done = opener(segment.0.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(early) = done.try_recv() {
+            return Err(format!(
+                "an open while the remover decided returned at once: {early:?}"
+            ));
+        }
+        if unlink {
+            std::fs::remove_file(std::path::Path::new("/dev/shm").join(&segment.0))
+                .map_err(|e| format!("unlink: {e}"))?;
+        }
+        drop(remover);
+        let got = done
+            .recv_timeout(STEP)
+            .map_err(|_| "the open did not return".to_owned())?;
+        match (unlink, got) {
+            (true, Err(Error::NotFound { .. })) | (false, Ok(())) => {}
+            (_, other) => {
+                return Err(format!(
+                    "an open during a removal that {} the segment: {other:?}",
+                    if unlink { "unlinked" } else { "kept" }
+                ));
+            }
+        }
+    }
+    let _remover = hold_remove_byte(&segment)?;
+    match opener(segment.0.clone()).recv_timeout(STEP) {
+        Ok(Err(Error::Unavailable { .. })) => Ok(()),
+        other => Err(format!("an open while a remover stalls: {other:?}")),
+    }
+}
+
 fn main() -> ExitCode {
-    let trials: [common::Trial; 9] = [
+    let trials: [common::Trial; 11] = [
+        (
+            "remove_unused_keeps_a_segment_in_use",
+            remove_unused_keeps_a_segment_in_use,
+        ),
+        (
+            "an_open_during_a_removal_waits_for_its_verdict",
+            an_open_during_a_removal_waits_for_its_verdict,
+        ),
         (
             "clients_are_the_other_live_managers",
             clients_are_the_other_live_managers,

@@ -59,6 +59,7 @@ impl Failure {
             }
             Error::Timeout => Failure::Timeout,
             Error::Deadlock { .. } => Failure::Deadlock,
+            Error::InUse { .. } => Failure::InUse,
             _ => Failure::Usage,
         }
     }

@@ -183,6 +183,27 @@ fn check_unused(spec: &str) -> Result<(), Failed> {
     ))
 }
 
+/// Removes a store that [`check_unused`] found unused. Where the backend can tell who has a
+/// store open (shm), it decides again and removes in one step, so a process that opened the
+/// store since the check is not cut off; elsewhere, and for a store it cannot read (which the
+/// check did not look at either), it removes.
+fn remove_unused(spec: &str) -> Result<(), Failed> {
+    match lockyard::remove_unused(spec) {
+        Ok(()) => Ok(()),
+        Err(Error::Unsupported(_) | Error::Incompatible { .. } | Error::Corrupt { .. }) => {
+            Ok(lockyard::remove(spec)?)
+        }
+        Err(Error::InUse { what }) => Err(Failed::new(
+            Failure::InUse,
+            format!(
+                "{what}: it was opened since the check; removing it would end their exclusion \
+                 (add --force to remove it anyway)"
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sets the deadlock timeout; zero (detection off) is accepted where there is no detection.
 fn deadlock_timeout(manager: &DynManager, timeout: Duration) -> Result<(), Failed> {
     match manager.set_deadlock_timeout(timeout) {
@@ -223,10 +244,12 @@ fn execute(command: Cmd) -> Result<ExitCode, Failed> {
         }
         Cmd::Remove { spec, yes, force } => {
             confirm(yes, &format!("removing {shown}"))?;
-            if !force {
+            if force {
+                lockyard::remove(&spec)?;
+            } else {
                 check_unused(&spec)?;
+                remove_unused(&spec)?;
             }
-            lockyard::remove(&spec)?;
             print(&format!("removed {shown}\n"))?;
         }
         Cmd::Status { spec, json } => {

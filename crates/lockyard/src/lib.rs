@@ -24,6 +24,7 @@ enum Op {
     Open,
     OpenOrCreate(u32),
     Remove,
+    RemoveUnused,
 }
 
 /// What one lifecycle call gives back.
@@ -46,6 +47,10 @@ where
         }
         Op::Remove => {
             M::remove_spec(spec)?;
+            (None, false)
+        }
+        Op::RemoveUnused => {
+            M::remove_unused_spec(spec)?;
             (None, false)
         }
     };
@@ -150,4 +155,16 @@ pub fn open_or_create(spec: &str, capacity: u32) -> Result<(Box<DynManager>, boo
 /// there is not a store of that backend.
 pub fn remove(spec: &str) -> Result<()> {
     dispatch(spec, Op::Remove).map(drop)
+}
+
+/// Removes the store `spec` names only if no other process has it open, deciding and removing
+/// in one step (see [`Store::remove_unused`]).
+///
+/// # Errors
+///
+/// As [`remove`]; [`Error::InUse`] naming who has it open (nothing is removed);
+/// [`Error::Unsupported`] for backends that cannot tell who has a store open (every one but
+/// shm).
+pub fn remove_unused(spec: &str) -> Result<()> {
+    dispatch(spec, Op::RemoveUnused).map(drop)
 }

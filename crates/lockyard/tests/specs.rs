@@ -1,5 +1,5 @@
 //! Bad specs through the umbrella crate: each is a typed error naming the problem, and nothing
-//! is created.
+//! is created. And `remove_unused` by spec.
 
 use lockyard::Error;
 
@@ -86,4 +86,33 @@ fn the_lifecycle_through_specs() {
         lockyard::remove(&spec),
         Err(Error::NotFound { .. })
     ));
+}
+
+/// `remove_unused` by spec: a shm store with a manager open is `InUse` and stays, one without is
+/// removed; a backend that cannot tell who has a store open says `Unsupported` and removes
+/// nothing.
+#[test]
+fn remove_unused_by_spec() {
+    let spec = format!("shm:lockyard-umbrella-unused-{}", std::process::id());
+    let _ = lockyard::remove(&spec);
+    let manager = lockyard::create(&spec, 4).expect("create");
+    match lockyard::remove_unused(&spec) {
+        Err(Error::InUse { what }) => assert!(what.contains("1 manager has it open"), "{what}"),
+        other => panic!("with a manager open: {other:?}"),
+    }
+    drop(manager);
+    lockyard::remove_unused(&spec).expect("remove_unused of an unused store");
+    assert!(matches!(lockyard::open(&spec), Err(Error::NotFound { .. })));
+
+    let scratch = tempfile::tempdir().expect("scratch directory");
+    let file_spec = format!("file:{}", scratch.path().join("store").display());
+    drop(lockyard::create(&file_spec, 4).expect("create a file store"));
+    let refused = lockyard::remove_unused(&file_spec);
+    let still_there = lockyard::open(&file_spec).is_ok();
+    lockyard::remove(&file_spec).expect("remove the file store");
+    assert!(matches!(refused, Err(Error::Unsupported(_))), "{refused:?}");
+    assert!(
+        still_there,
+        "an Unsupported remove_unused removed the store"
+    );
 }
