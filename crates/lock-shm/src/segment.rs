@@ -421,7 +421,7 @@ impl Segment {
         while self.ofd_is_locked(field::REMOVE_LOCK)? {
             if std::time::Instant::now() >= deadline {
                 return Err(Error::unavailable(io::Error::other(format!(
-                    "segment {} is being removed by another process, which has not finished                      within {REMOVER_WAIT:?}",
+                    "segment {} is being removed by another process, which has not finished within {REMOVER_WAIT:?}",
                     self.path.display()
                 ))));
             }
@@ -726,14 +726,16 @@ pub(crate) fn remove_unused(name: &str) -> Result<Vec<Option<u32>>> {
             what: format!("segment {}", seg.path.display()),
         });
     }
-    match rustix::fs::unlink(&seg.path) {
+    let unlinked = match rustix::fs::unlink(&seg.path) {
         Ok(()) => Ok(open),
         Err(rustix::io::Errno::NOENT) => Err(Error::NotFound {
             what: format!("segment {}", seg.path.display()),
         }),
         Err(e) => Err(io_err("unlink", &seg.path, e)),
-    }
-    // `guard` closes here, after the unlink: openers waiting on the byte find the file unlinked.
+    };
+    // Released only after the unlink: openers waiting on the byte then find the file unlinked.
+    drop(guard);
+    unlinked
 }
 
 fn hex(bytes: &[u8]) -> String {
