@@ -11,6 +11,7 @@ mod manager;
 #[cfg(test)]
 mod model;
 mod observe;
+mod removal;
 mod segment;
 mod slice;
 mod wait;

@@ -37,6 +37,12 @@
 //!   deadlocks: a watcher that sleeps without setting `FUTEX_WAITERS`, and one that does not
 //!   wake the others; a third, a watcher that takes any wake-up for the death, as a live owner
 //!   announced dead.
+//! - Removal of an unused segment (removal.rs): the record locks of one file and its name under
+//!   one mutex (the kernel's order of one file's lock operations); a remover runs the production
+//!   `remove_unused` while an opener locks its slot and runs `opened`. Checked: no opener goes on
+//!   in a segment the remover unlinked, and a segment another manager has open is kept. Three
+//!   planted bugs must each be caught: the name looked at before the remove byte, the remove
+//!   byte released before the unlink, and no look at the remove byte.
 
 #![allow(unsafe_code)] // reason: loom's UnsafeCell is read and written through raw pointers
 
@@ -1529,5 +1535,125 @@ fn model_planted_life_bit_child() {
 fn model_planted_life_wake_child() {
     if std::env::var_os(PLANTED_LIFE_WAKE_ENV).is_some() {
         every_life_watcher_learns::<false, true>();
+    }
+}
+
+/// The kernel's side of removal.rs for one segment: the record locks of one file (the remove
+/// byte, each client slot's byte) and the file's name, under one mutex, as the kernel takes and
+/// tests one file's record locks under one lock.
+#[derive(Default)]
+struct RemovalKernel {
+    remove_byte: bool,
+    slots: [bool; 2],
+    linked: bool,
+}
+
+/// One side's view of [`RemovalKernel`], with the planted bug `BUG` (0: none; 1, 2, 3: bugs
+/// (a), (b), (c) of [`crate::removal::RemovalSys`]).
+struct ModelRemoval<const BUG: u8> {
+    kernel: Arc<Mutex<RemovalKernel>>,
+}
+
+impl<const BUG: u8> ModelRemoval<BUG> {
+    fn with<T>(&self, f: impl FnOnce(&mut RemovalKernel) -> T) -> T {
+        f(&mut self.kernel.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<const BUG: u8> crate::removal::RemovalSys for ModelRemoval<BUG> {
+    const NAME_FIRST: bool = BUG == 1;
+    const RELEASE_FIRST: bool = BUG == 2;
+    const NO_REMOVE_BYTE: bool = BUG == 3;
+
+    fn take_remove_byte(&self) -> Result<bool> {
+        Ok(self.with(|k| !std::mem::replace(&mut k.remove_byte, true)))
+    }
+    fn release_remove_byte(&self) -> Result<()> {
+        self.with(|k| k.remove_byte = false);
+        Ok(())
+    }
+    fn remove_byte_held(&self) -> Result<bool> {
+        Ok(self.with(|k| k.remove_byte))
+    }
+    fn slot_open(&self, slot: u32) -> Result<bool> {
+        Ok(self.with(|k| k.slots[slot as usize]))
+    }
+    fn linked(&self) -> Result<bool> {
+        Ok(self.with(|k| k.linked))
+    }
+    fn unlink(&self) -> Result<bool> {
+        Ok(self.with(|k| std::mem::replace(&mut k.linked, false)))
+    }
+    fn pause(&self) -> Result<()> {
+        thread::yield_now();
+        Ok(())
+    }
+}
+
+/// A remover of an unused segment races an opener that locks slot 1 and then runs the opener's
+/// check, while slot 0 is another manager's that is open (`open_elsewhere`) or not: an opener
+/// that goes on never does so in a segment the remover unlinked, and a remover never unlinks a
+/// segment a manager it saw has open.
+fn removal_races_an_opener<const BUG: u8>(open_elsewhere: bool) {
+    check(move || {
+        let kernel = Arc::new(Mutex::new(RemovalKernel {
+            slots: [open_elsewhere, false],
+            linked: true,
+            ..RemovalKernel::default()
+        }));
+        let remover = {
+            let kernel = Arc::clone(&kernel);
+            thread::spawn(move || {
+                let sys = ModelRemoval::<BUG> { kernel };
+                crate::removal::remove_unused(&sys, 2, "m")
+            })
+        };
+        let opener = {
+            let kernel = Arc::clone(&kernel);
+            thread::spawn(move || {
+                let sys = ModelRemoval::<BUG> { kernel };
+                sys.with(|k| k.slots[1] = true);
+                crate::removal::opened(&sys, "m").is_ok()
+            })
+        };
+        let removed = join(remover);
+        let went_on = join(opener);
+        let linked = kernel.lock().unwrap_or_else(|e| e.into_inner()).linked;
+        assert!(
+            !went_on || linked,
+            "an opener went on in a segment the remover unlinked (remover: {removed:?})"
+        );
+        if open_elsewhere {
+            assert!(
+                linked,
+                "the remover unlinked a segment another manager had open"
+            );
+        }
+    });
+}
+
+/// The removal protocol of removal.rs: no opener goes on in a segment `remove_unused` unlinked,
+/// and a segment a manager has open is never unlinked by it.
+#[test]
+fn model_removal_never_cuts_off_an_opener() {
+    removal_races_an_opener::<0>(false);
+    removal_races_an_opener::<0>(true);
+}
+
+/// Planted bugs (a) the opener looks at the name before the remove byte, (b) the remover lets
+/// go of the remove byte before it unlinks, (c) the opener does not look at the remove byte:
+/// each leaves an opener going on in an unlinked segment, and the model must say so.
+#[test]
+fn model_catches_each_planted_removal_bug() {
+    for (bug, caught) in [
+        ("(a)", catch_unwind(|| removal_races_an_opener::<1>(false))),
+        ("(b)", catch_unwind(|| removal_races_an_opener::<2>(false))),
+        ("(c)", catch_unwind(|| removal_races_an_opener::<3>(false))),
+    ] {
+        let message = panic_message(&caught);
+        assert!(
+            message.contains("an opener went on in a segment the remover unlinked"),
+            "planted removal bug {bug} was not caught: {message:?}"
+        );
     }
 }

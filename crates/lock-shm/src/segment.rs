@@ -407,36 +407,16 @@ impl Segment {
     }
 
     /// Fails when this segment is being removed or was removed: called by an opener after it
-    /// claimed its slot. A remover of an unused segment ([`remove_unused`]) holds the
-    /// [`REMOVE_LOCK`](field::REMOVE_LOCK) byte while it looks for claimed slots and unlinks the
-    /// name; an opener whose slot it did not see claimed its slot after that look, so it finds the
-    /// byte still locked (and waits, at most [`REMOVER_WAIT`]) or the file unlinked.
+    /// claimed its slot (removal.rs, [`opened`](crate::removal::opened)).
     ///
     /// # Errors
     ///
     /// `NotFound` when the segment was unlinked (by any remover); `Unavailable` when a remover
-    /// held the byte for all of [`REMOVER_WAIT`] (stopped mid-removal); `Io` for OS errors.
+    /// held the remove byte for all of [`REMOVER_WAIT`] (stopped mid-removal); `Io` for OS
+    /// errors.
     pub(crate) fn not_removed(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + REMOVER_WAIT;
-        while self.ofd_is_locked(field::REMOVE_LOCK)? {
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::unavailable(io::Error::other(format!(
-                    "segment {} is being removed by another process, which has not finished within {REMOVER_WAIT:?}",
-                    self.path.display()
-                ))));
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        let stat = rustix::fs::fstat(&self.file).map_err(|e| io_err("fstat", &self.path, e))?;
-        if stat.st_nlink == 0 {
-            return Err(Error::NotFound {
-                what: format!(
-                    "segment {} (removed while it was being opened)",
-                    self.path.display()
-                ),
-            });
-        }
-        Ok(())
+        let sys = Removal::new(self, None);
+        crate::removal::opened(&sys, &format!("segment {}", self.path.display()))
     }
 
     /// Whether the segment's name still leads to this file.
@@ -684,12 +664,9 @@ pub(crate) fn remove(name: &str) -> Result<()> {
 /// slots and an unlink, so only a stopped or stalled remover makes an open wait this long.
 const REMOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Unlinks segment `name` only if no manager has it open, deciding and unlinking under the
-/// segment's [`REMOVE_LOCK`](field::REMOVE_LOCK) byte (an OFD write lock of a description of
-/// its own): every client slot whose byte is locked is a manager that has the segment open, and
-/// an opener whose slot this pass found unlocked checks the byte after it claimed its slot
-/// ([`Segment::not_removed`]), so it finds the segment unlinked or kept, never used by it after
-/// the unlink. Returns the slots found open, by pid (`None`: another pid namespace), when it
+/// Unlinks segment `name` only if no manager has it open (removal.rs), deciding and unlinking
+/// under the segment's [`REMOVE_LOCK`](field::REMOVE_LOCK) byte, locked through a description
+/// of its own. Returns the pids of the slots found open (`None`: another pid namespace) when it
 /// removed nothing.
 ///
 /// # Errors
@@ -700,42 +677,86 @@ const REMOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) fn remove_unused(name: &str) -> Result<Vec<Option<u32>>> {
     validate_name(name)?;
     let (seg, layout) = Segment::open(name, None)?;
-    let guard = seg.slot_description()?;
-    if !guard.try_lock(field::REMOVE_LOCK)? {
-        return Err(Error::InUse {
-            what: format!(
-                "segment {} (another process is removing it)",
-                seg.path.display()
-            ),
-        });
-    }
+    let sys = Removal::new(&seg, Some((seg.slot_description()?, &layout)));
+    let what = format!("segment {}", seg.path.display());
+    let open = crate::removal::remove_unused(&sys, layout::CLIENT_SLOTS, &what)?;
     let pid_ns = crate::client::pid_namespace();
-    let mut open = Vec::new();
-    for slot in 0..layout::CLIENT_SLOTS {
-        if seg.ofd_is_locked(layout.slot_offset(slot))? {
-            open.push(crate::client::slot_pid(&seg, &layout, slot, pid_ns)?);
+    open.into_iter()
+        .map(|slot| crate::client::slot_pid(&seg, &layout, slot, pid_ns))
+        .collect()
+}
+
+/// The system calls of removal.rs for one segment: a remover's (with the description its
+/// remove byte is locked through, and the layout to find the slots) or an opener's.
+struct Removal<'a> {
+    seg: &'a Segment,
+    remover: Option<(SlotLock, &'a Layout)>,
+    deadline: std::time::Instant,
+}
+
+impl<'a> Removal<'a> {
+    fn new(seg: &'a Segment, remover: Option<(SlotLock, &'a Layout)>) -> Removal<'a> {
+        Removal {
+            seg,
+            remover,
+            deadline: std::time::Instant::now() + REMOVER_WAIT,
         }
     }
-    if !open.is_empty() {
-        return Ok(open);
+
+    fn remover(&self) -> Result<&(SlotLock, &'a Layout)> {
+        self.remover
+            .as_ref()
+            .ok_or_else(|| Error::invalid("an opener does not remove"))
     }
-    // Only the file this pass looked at: a name that leads elsewhere now was removed (and
-    // perhaps made again) by someone else meanwhile.
-    if !seg.still_named()? {
-        return Err(Error::NotFound {
-            what: format!("segment {}", seg.path.display()),
-        });
+}
+
+impl crate::removal::RemovalSys for Removal<'_> {
+    fn take_remove_byte(&self) -> Result<bool> {
+        self.remover()?.0.try_lock(field::REMOVE_LOCK)
     }
-    let unlinked = match rustix::fs::unlink(&seg.path) {
-        Ok(()) => Ok(open),
-        Err(rustix::io::Errno::NOENT) => Err(Error::NotFound {
-            what: format!("segment {}", seg.path.display()),
-        }),
-        Err(e) => Err(io_err("unlink", &seg.path, e)),
-    };
-    // Released only after the unlink: openers waiting on the byte then find the file unlinked.
-    drop(guard);
-    unlinked
+
+    fn release_remove_byte(&self) -> Result<()> {
+        self.remover()?.0.unlock(field::REMOVE_LOCK)
+    }
+
+    fn remove_byte_held(&self) -> Result<bool> {
+        self.seg.ofd_is_locked(field::REMOVE_LOCK)
+    }
+
+    fn slot_open(&self, slot: u32) -> Result<bool> {
+        let layout = self.remover()?.1;
+        self.seg.ofd_is_locked(layout.slot_offset(slot))
+    }
+
+    fn linked(&self) -> Result<bool> {
+        let stat =
+            rustix::fs::fstat(&self.seg.file).map_err(|e| io_err("fstat", &self.seg.path, e))?;
+        Ok(stat.st_nlink != 0)
+    }
+
+    fn unlink(&self) -> Result<bool> {
+        // Only the file this remover looked at: a name that leads elsewhere now was removed (and
+        // perhaps made again) by someone else meanwhile.
+        if !self.seg.still_named()? {
+            return Ok(false);
+        }
+        match rustix::fs::unlink(&self.seg.path) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(io_err("unlink", &self.seg.path, e)),
+        }
+    }
+
+    fn pause(&self) -> Result<()> {
+        if std::time::Instant::now() >= self.deadline {
+            return Err(Error::unavailable(io::Error::other(format!(
+                "segment {} is being removed by another process, which has not finished within {REMOVER_WAIT:?}",
+                self.seg.path.display()
+            ))));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        Ok(())
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
