@@ -108,6 +108,16 @@ impl<'a, B: Backend> Ctx<'a, B> {
         B::Manager::remove_spec(&self.backend.parsed_spec(&self.store)?)
     }
 
+    /// Removes this trial's store only if no manager has it open
+    /// ([`Store::remove_unused`](lock_api::Store::remove_unused)).
+    ///
+    /// # Errors
+    ///
+    /// The backend's error.
+    pub fn remove_unused(&self) -> Result<(), Error> {
+        B::Manager::remove_unused_spec(&self.backend.parsed_spec(&self.store)?)
+    }
+
     /// A second owner of the same table as `manager`.
     ///
     /// # Errors

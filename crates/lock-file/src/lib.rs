@@ -14,6 +14,9 @@ mod manager;
 mod model;
 mod owner;
 mod record;
+mod registry;
+#[cfg(test)]
+mod registry_model;
 mod slot;
 #[cfg(test)]
 mod slot_model;

@@ -630,6 +630,21 @@ impl FileManager {
         store::remove(path.as_ref())
     }
 
+    /// Removes the store at `path` as [`remove`](FileManager::remove) does, only if no manager
+    /// has it open, in this process or another (the same as
+    /// [`Store::remove_unused`](StoreLifecycle::remove_unused)): every open manager holds a
+    /// shared `flock` on the store's marker, and this takes an exclusive one without waiting,
+    /// holding it until the store is deleted. A manager that opens the store meanwhile waits for
+    /// it to finish, then finds the store gone (`NotFound`) or kept.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InUse`] when a manager has the store open (nothing is removed; it cannot say
+    /// which process); otherwise as [`remove`](FileManager::remove).
+    pub fn remove_unused(path: impl AsRef<Path>) -> Result<()> {
+        store::remove_unused(path.as_ref())
+    }
+
     /// The store's directory, as given when it was opened.
     pub fn path(&self) -> &Path {
         &self.shared.store.path
@@ -690,6 +705,10 @@ impl StoreLifecycle for FileManager {
 
     fn remove(store: &Path) -> Result<()> {
         FileManager::remove(store)
+    }
+
+    fn remove_unused(store: &Path) -> Result<()> {
+        FileManager::remove_unused(store)
     }
 }
 

@@ -57,6 +57,13 @@ pub(crate) struct Store {
     /// The `deadlock` file, whose `flock` serialises deadlock checks.
     pub(crate) detect: File,
     pub(crate) detect_path: PathBuf,
+    /// The marker, opened and held with a shared `flock` for as long as the store is open: what
+    /// tells [`remove_unused`] that a manager has it open. Never read after the open.
+    #[allow(
+        dead_code,
+        reason = "held for its shared flock, released when it is dropped"
+    )]
+    registration: File,
 }
 
 /// The error for an OS error while doing `op` to `path`.
@@ -357,6 +364,8 @@ struct Identified {
     /// The marker's bytes: the first line is the magic, the rest is not checked yet.
     marker: Vec<u8>,
     marker_path: PathBuf,
+    /// The marker, opened: an opener registers on it, a remover of an unused store locks it.
+    marker_file: File,
 }
 
 /// The one rule by which `open` (and so `create` and `open_or_create`, which open what they
@@ -445,6 +454,7 @@ fn identify(path: &Path) -> Result<Identified> {
         dir,
         marker,
         marker_path,
+        marker_file: file,
     })
 }
 
@@ -489,6 +499,7 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
     let table_path = path.join(TABLE_FILE);
     let file = open_file(&dir, &table_path, OsStr::new(TABLE_FILE), true)?;
     let table = Table::map(file, layout, marker.owner_death, &table_path)?;
+    register(&found.marker_file, path, &found.marker_path)?;
     Ok(Store {
         path: path.to_path_buf(),
         marker,
@@ -499,7 +510,107 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
         owners_path,
         detect,
         detect_path,
+        registration: found.marker_file,
     })
+}
+
+/// How long an opener waits for a remover of an unused store ([`remove_unused`]) that holds
+/// the marker's exclusive `flock`: it holds it while it renames the store away and deletes it,
+/// so only a stopped or stalled remover makes an open wait this long.
+const REMOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An opener's registration, the last step of [`open`] (registry.rs): a shared `flock` on the
+/// marker, held for the manager's life.
+///
+/// # Errors
+///
+/// `NotFound` when the store was deleted while it was being opened; `Unavailable` when a
+/// remover held the marker for all of [`REMOVER_WAIT`]; `Io` for OS errors.
+fn register(marker: &File, path: &Path, marker_path: &Path) -> Result<()> {
+    let sys = Registry::new(marker, path, marker_path);
+    crate::registry::register(&sys, &format!("lock-file store {}", path.display()))
+}
+
+/// Removes the store at `path` as [`remove`] does, only if no manager has it open (registry.rs):
+/// it holds an exclusive `flock` on the marker, taken without waiting, from before it looks
+/// until the store is deleted (or put back), and every open manager holds a shared one.
+///
+/// # Errors
+///
+/// `InUse` when a manager has the store open (nothing is removed); otherwise as [`remove`].
+pub(crate) fn remove_unused(path: &Path) -> Result<()> {
+    let found = identify(path)?;
+    // The same open file description as `found`'s, which `remove_found` keeps to the end.
+    let marker_path = found.marker_path.clone();
+    let marker = found
+        .marker_file
+        .try_clone()
+        .map_err(|e| Error::io("dup", &marker_path, e))?;
+    let sys = Registry::new(&marker, path, &marker_path);
+    crate::registry::claim(&sys, &format!("lock-file store {}", path.display()), || {
+        remove_found(found, path)
+    })
+}
+
+/// The system calls of registry.rs, on one store's marker.
+struct Registry<'a> {
+    marker: &'a File,
+    path: &'a Path,
+    marker_path: &'a Path,
+    deadline: std::time::Instant,
+}
+
+impl<'a> Registry<'a> {
+    fn new(marker: &'a File, path: &'a Path, marker_path: &'a Path) -> Registry<'a> {
+        Registry {
+            marker,
+            path,
+            marker_path,
+            deadline: std::time::Instant::now() + REMOVER_WAIT,
+        }
+    }
+
+    fn try_flock(&self, how: rustix::fs::FlockOperation) -> Result<bool> {
+        loop {
+            match rustix::fs::flock(self.marker, how) {
+                Ok(()) => return Ok(true),
+                Err(Errno::INTR) => {}
+                Err(Errno::WOULDBLOCK) => return Ok(false),
+                Err(e) => return Err(io("flock", self.marker_path, e)),
+            }
+        }
+    }
+}
+
+impl crate::registry::RegistrySys for Registry<'_> {
+    fn try_shared(&self) -> Result<bool> {
+        self.try_flock(rustix::fs::FlockOperation::NonBlockingLockShared)
+    }
+
+    fn try_exclusive(&self) -> Result<bool> {
+        self.try_flock(rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn release(&self) -> Result<()> {
+        rustix::fs::flock(self.marker, rustix::fs::FlockOperation::Unlock)
+            .map_err(|e| io("flock", self.marker_path, e))
+    }
+
+    fn linked(&self) -> Result<bool> {
+        let stat = rustix::fs::fstat(self.marker).map_err(|e| io("fstat", self.marker_path, e))?;
+        Ok(stat.st_nlink != 0)
+    }
+
+    fn pause(&self) -> Result<()> {
+        if std::time::Instant::now() >= self.deadline {
+            return Err(Error::unavailable(std::io::Error::other(format!(
+                "lock-file store {} is being removed by another process, which has not finished within {REMOVER_WAIT:?}",
+                self.path.display()
+            ))));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        Ok(())
+    }
 }
 
 /// Removes the store at `path`: renames it to a hidden sibling (`.NAME.lockyard-removed-*`), so
@@ -522,7 +633,18 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
 pub(crate) fn remove(path: &Path) -> Result<()> {
     // Any version of our marker will do, and so will a damaged store of ours: removing a store
     // of a newer format is legitimate, but a directory that is not a store is never deleted.
-    let Identified { location, dir, .. } = identify(path)?;
+    remove_found(identify(path)?, path)
+}
+
+/// The rest of [`remove`], for the store `identify` found at `path`.
+fn remove_found(found: Identified, path: &Path) -> Result<()> {
+    // The marker stays open to the end: `remove_unused`'s lock on it lasts that long.
+    let Identified {
+        location,
+        dir,
+        marker_file: _marker,
+        ..
+    } = found;
     drop(dir);
     let Location {
         parent_path,

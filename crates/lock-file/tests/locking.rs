@@ -533,3 +533,80 @@ fn allocator_survives_sigkill() {
         assert_eq!(manager.allocate().expect("allocate").id(), LockId(want));
     }
 }
+
+/// `remove_unused` leaves a store that a manager has open, in this process or another, and
+/// removes it once none has; a forced `remove` does not ask.
+#[test]
+fn remove_unused_keeps_a_store_in_use() {
+    let (root, path, manager) = fresh(4);
+    let _watchdog = common::watchdog("remove_unused", LIVENESS, root.path());
+    assert!(
+        matches!(FileManager::remove_unused(&path), Err(Error::InUse { .. })),
+        "with this process's manager open"
+    );
+    drop(manager);
+    let mut child = common::spawn("hold", &path, "1");
+    assert_eq!(common::line(&mut child), "locked clean");
+    let refused = FileManager::remove_unused(&path);
+    assert!(
+        matches!(refused, Err(Error::InUse { .. })),
+        "with a child's manager open: {refused:?}"
+    );
+    drop(FileManager::open(&path).expect("kept"));
+    child.sigkill().expect("kill the child");
+    FileManager::remove_unused(&path).expect("remove_unused once nobody has it open");
+    assert!(matches!(
+        FileManager::open(&path),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// An open while a remover of an unused store holds the marker waits for its verdict: it fails
+/// with `NotFound` when the remover deleted the store, succeeds when the remover left it, and
+/// fails with `Unavailable` when the remover holds on past its bound (two seconds). Before, an
+/// open that raced the removal went on with the deleted store's files.
+#[test]
+fn an_open_during_a_removal_waits_for_its_verdict() {
+    let (root, path, manager) = fresh(4);
+    let _watchdog = common::watchdog("an open during a removal", LIVENESS, root.path());
+    drop(manager);
+    let hold_marker = |path: &PathBuf| {
+        let marker = std::fs::File::open(path.join("lockyard-store")).expect("open the marker");
+        rustix::fs::flock(&marker, rustix::fs::FlockOperation::LockExclusive)
+            .expect("lock the marker");
+        marker
+    };
+    let opener = |path: PathBuf| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(FileManager::open(&path).map(drop));
+        });
+        rx
+    };
+    for delete in [true, false] {
+        let remover = hold_marker(&path);
+        let done = opener(path.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(early) = done.try_recv() {
+            panic!("an open while the remover decided returned at once: {early:?}");
+        }
+        if delete {
+            std::fs::remove_dir_all(&path).expect("delete the store");
+        }
+        drop(remover);
+        let got = done.recv_timeout(LIVENESS).expect("the open returned");
+        match (delete, got) {
+            (true, Err(Error::NotFound { .. })) | (false, Ok(())) => {}
+            (_, other) => panic!("an open during a removal that deleted={delete}: {other:?}"),
+        }
+        if delete {
+            drop(FileManager::create(&path, 4).expect("create again"));
+        }
+    }
+    let _remover = hold_marker(&path);
+    let got = opener(path.clone()).recv_timeout(LIVENESS);
+    assert!(
+        matches!(got, Ok(Err(Error::Unavailable { .. }))),
+        "an open while a remover stalls: {got:?}"
+    );
+}

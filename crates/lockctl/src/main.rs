@@ -183,10 +183,10 @@ fn check_unused(spec: &str) -> Result<(), Failed> {
     ))
 }
 
-/// Removes a store that [`check_unused`] found unused. Where the backend can tell who has a
-/// store open (shm), it decides again and removes in one step, so a process that opened the
-/// store since the check is not cut off; elsewhere, and for a store it cannot read (which the
-/// check did not look at either), it removes.
+/// Removes a store that [`check_unused`] found unused. Where the backend can tell whether a
+/// store is open (shm, file), it decides again and removes in one step, so a process that has
+/// the store open, or opened it since the check, is not cut off; elsewhere, and for a store it
+/// cannot read (which the check did not look at either), it removes.
 fn remove_unused(spec: &str) -> Result<(), Failed> {
     match lockyard::remove_unused(spec) {
         Ok(()) => Ok(()),
@@ -196,7 +196,7 @@ fn remove_unused(spec: &str) -> Result<(), Failed> {
         Err(Error::InUse { what }) => Err(Failed::new(
             Failure::InUse,
             format!(
-                "{what}: it was opened since the check; removing it would end their exclusion \
+                "{what} is in use; removing it would end their exclusion \
                  (add --force to remove it anyway)"
             ),
         )),

@@ -473,14 +473,20 @@ fn remove_refuses_a_shm_store_another_process_has_open() {
     drop(manager);
 }
 
-/// `status --json` says `clients: null` where the backend cannot tell who has a store open.
+/// `status --json` says `clients: null` where the backend cannot tell who has a store open. A
+/// file store that another process has open is still not removed: `remove` refuses it (exit 9)
+/// without naming the process, which lock-file cannot tell.
 #[test]
 fn clients_are_null_where_the_backend_cannot_tell() {
     let scratch = Scratch::new();
     let spec = scratch.spec();
     ok(&["create", &spec, "--capacity", "4"]);
-    let _manager = lockyard::open(&spec).expect("open");
+    let manager = lockyard::open(&spec).expect("open");
     assert_eq!(status_json(&spec)["clients"], Value::Null);
+    let err = fails(&["remove", &spec, "--yes"], 9);
+    assert!(err.contains("a manager has it open"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    drop(manager);
     ok(&["remove", &spec, "--yes"]);
 }
 

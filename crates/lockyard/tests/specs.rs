@@ -88,28 +88,32 @@ fn the_lifecycle_through_specs() {
     ));
 }
 
-/// `remove_unused` by spec: a shm store with a manager open is `InUse` and stays, one without is
-/// removed; a backend that cannot tell who has a store open says `Unsupported` and removes
-/// nothing.
+/// `remove_unused` by spec: a shm or file store with a manager open is `InUse` and stays, one
+/// without is removed; a backend that cannot tell whether a store is open (dirlock) says
+/// `Unsupported` and removes nothing.
 #[test]
 fn remove_unused_by_spec() {
-    let spec = format!("shm:lockyard-umbrella-unused-{}", std::process::id());
-    let _ = lockyard::remove(&spec);
-    let manager = lockyard::create(&spec, 4).expect("create");
-    match lockyard::remove_unused(&spec) {
-        Err(Error::InUse { what }) => assert!(what.contains("1 manager has it open"), "{what}"),
-        other => panic!("with a manager open: {other:?}"),
-    }
-    drop(manager);
-    lockyard::remove_unused(&spec).expect("remove_unused of an unused store");
-    assert!(matches!(lockyard::open(&spec), Err(Error::NotFound { .. })));
-
     let scratch = tempfile::tempdir().expect("scratch directory");
-    let file_spec = format!("file:{}", scratch.path().join("store").display());
-    drop(lockyard::create(&file_spec, 4).expect("create a file store"));
-    let refused = lockyard::remove_unused(&file_spec);
-    let still_there = lockyard::open(&file_spec).is_ok();
-    lockyard::remove(&file_spec).expect("remove the file store");
+    let shm = format!("shm:lockyard-umbrella-unused-{}", std::process::id());
+    let _ = lockyard::remove(&shm);
+    let file = format!("file:{}", scratch.path().join("store").display());
+    for spec in [&shm, &file] {
+        let manager = lockyard::create(spec, 4).expect("create");
+        let refused = lockyard::remove_unused(spec);
+        assert!(
+            matches!(refused, Err(Error::InUse { .. })),
+            "{spec} with a manager open: {refused:?}"
+        );
+        drop(manager);
+        lockyard::remove_unused(spec).expect("remove_unused of an unused store");
+        assert!(matches!(lockyard::open(spec), Err(Error::NotFound { .. })));
+    }
+
+    let dir = format!("dir:{}", scratch.path().join("dirstore").display());
+    drop(lockyard::create(&dir, 4).expect("create a dir store"));
+    let refused = lockyard::remove_unused(&dir);
+    let still_there = lockyard::open(&dir).is_ok();
+    lockyard::remove(&dir).expect("remove the dir store");
     assert!(matches!(refused, Err(Error::Unsupported(_))), "{refused:?}");
     assert!(
         still_there,

@@ -83,6 +83,7 @@ registry! {
     store::store_outlives_its_manager => PERSIST,
     store::reopen_with_another_capacity_is_incompatible => PERSIST,
     store::remove_deletes_and_a_second_remove_is_not_found => PERSIST,
+    store::remove_unused_keeps_a_store_in_use => PERSIST,
     store::a_spec_of_another_backend_is_invalid => NONE,
     store::concurrent_open_or_create_all_succeed_one_creates => MP_PERSIST,
     store::damaged_store_is_refused => DAMAGE,

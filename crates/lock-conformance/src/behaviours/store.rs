@@ -122,6 +122,34 @@ pub fn remove_deletes_and_a_second_remove_is_not_found<B: Backend>(ctx: &Ctx<'_,
     Ok(())
 }
 
+/// `remove_unused` leaves a store that a manager has open (`InUse`), and removes it once none
+/// has (a later `open` is `NotFound`); a backend that cannot tell who has a store open says
+/// `Unsupported` and removes nothing.
+pub fn remove_unused_keeps_a_store_in_use<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
+    let manager = ctx.create(4)?;
+    match ctx.remove_unused() {
+        Err(Error::Unsupported(_)) => {
+            drop(ctx.open()?);
+            return Ok(());
+        }
+        Err(Error::InUse { .. }) => {}
+        other => {
+            return Err(Failed(format!(
+                "remove_unused with a manager open: {other:?}, expected InUse"
+            )));
+        }
+    }
+    drop(ctx.open()?);
+    drop(manager);
+    ctx.remove_unused()?;
+    ensure_err!(
+        ctx.open(),
+        Error::NotFound { .. },
+        "open after remove_unused"
+    );
+    Ok(())
+}
+
 /// A spec of another backend's store is refused with `InvalidArgument` by this backend's
 /// `Store::address`, before anything is touched.
 pub fn a_spec_of_another_backend_is_invalid<B: Backend>(ctx: &Ctx<'_, B>) -> Outcome {
