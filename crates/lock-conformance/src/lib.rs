@@ -75,6 +75,26 @@ pub fn panic_message(caught: &std::thread::Result<()>) -> String {
     }
 }
 
+/// Asserts that each planted bug of a model check was caught: its run panicked with a message
+/// that contains `expected`. `runs` pairs each bug's name with its run's outcome
+/// (`catch_unwind`), so a model names every bug it plants in one place.
+///
+/// # Panics
+///
+/// When a run did not panic, or panicked for another reason.
+pub fn assert_each_caught(
+    expected: &str,
+    runs: impl IntoIterator<Item = (&'static str, std::thread::Result<()>)>,
+) {
+    for (bug, caught) in runs {
+        let message = panic_message(&caught);
+        assert!(
+            message.contains(expected),
+            "planted bug {bug} was not caught (expected a failure saying {expected:?}): {message:?}"
+        );
+    }
+}
+
 /// The entry point of a backend's `harness = false` conformance test target.
 ///
 /// In a child process (see [`child`]) it runs the child's role; otherwise it runs every
