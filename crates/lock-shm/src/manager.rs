@@ -383,9 +383,10 @@ impl ShmManager {
         if open.is_empty() {
             return Ok(());
         }
-        let mut pids: Vec<String> = open.iter().flatten().map(u32::to_string).collect();
-        pids.sort();
+        let mut pids: Vec<u32> = open.iter().flatten().copied().collect();
+        pids.sort_unstable();
         pids.dedup();
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let elsewhere = open.iter().filter(|p| p.is_none()).count();
         let mut whose = if pids.is_empty() {
             String::new()

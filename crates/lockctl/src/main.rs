@@ -193,12 +193,9 @@ fn remove_unused(spec: &str) -> Result<(), Failed> {
         Err(Error::Unsupported(_) | Error::Incompatible { .. } | Error::Corrupt { .. }) => {
             Ok(lockyard::remove(spec)?)
         }
-        Err(Error::InUse { what }) => Err(Failed::new(
+        Err(e @ Error::InUse { .. }) => Err(Failed::new(
             Failure::InUse,
-            format!(
-                "{what} is in use; removing it would end their exclusion \
-                 (add --force to remove it anyway)"
-            ),
+            format!("{e}; removing it would end their exclusion (add --force to remove it anyway)"),
         )),
         Err(e) => Err(e.into()),
     }
