@@ -209,6 +209,29 @@ pub fn host_name() -> &'static str {
     })
 }
 
+/// The inode number of this process's pid namespace (`/proc/self/ns/pid`), or 0 (unknown) when
+/// it cannot be read (no `/proc`) or does not fit 32 bits. Inode numbers of namespaces are unique
+/// on a host while the namespace lives, which is at least as long as a live process in it. A
+/// backend records it beside a pid so that a reader can tell whether that pid is one of its own
+/// ([`pid_seen_here`]). One `stat(2)`: a backend reads it once, when a manager opens.
+#[must_use]
+pub fn pid_namespace() -> u32 {
+    rustix::fs::stat("/proc/self/ns/pid")
+        .ok()
+        .and_then(|st| u32::try_from(st.st_ino).ok())
+        .unwrap_or(0)
+}
+
+/// The pid `pid` (0: none recorded) that a process in pid namespace `theirs` recorded, as a reader
+/// in pid namespace `here` may show it: `None` when the namespaces differ, for a pid of another
+/// namespace names another process here, or none. A namespace that is unknown (0) on either side
+/// is taken to be shared, as it was before namespaces were recorded.
+#[must_use]
+pub fn pid_seen_here(pid: u32, theirs: u32, here: u32) -> Option<u32> {
+    let shared = theirs == 0 || here == 0 || theirs == here;
+    (pid != 0 && shared).then_some(pid)
+}
+
 /// Now, in milliseconds since the Unix epoch, from the coarse real-time clock: a few nanoseconds
 /// through the vDSO, cheap enough for a lock path, and fine to the few milliseconds a
 /// [`Holder`](crate::Holder)'s `since` needs. 0 for a clock set before 1970.

@@ -1,6 +1,6 @@
 //! The on-disk format: the marker file's text and the table file's layout and header.
 //!
-//! A store is a directory holding (format version 2, described in the README):
+//! A store is a directory holding (format version 3, described in the README):
 //!
 //! - `lockyard-store`, a short text marker naming the format, its version, the capacity and
 //!   whether owner-death records are kept. A directory is a store iff this file says so.
@@ -31,8 +31,9 @@ pub(crate) const OWNERS_DIR: &str = "owners";
 
 /// The first line of every marker file, whatever its version.
 pub(crate) const MARKER_MAGIC: &str = "lockyard lock-file store";
-/// The format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code reads and writes (3: owner records gained the holder's pid
+/// namespace; a store of another version is `Incompatible`).
+pub const FORMAT_VERSION: u32 = 3;
 /// The largest capacity a store may have: one lock file per id, so a bound keeps `create`
 /// (which makes every lock file) and `held` (which reads every record) reasonable.
 pub const MAX_CAPACITY: u32 = 1 << 20;
@@ -43,8 +44,9 @@ pub(crate) const MARKER_MAX_LEN: u64 = 4096;
 const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"LKYDFTBL");
 /// Header words before the summary bitmap.
 pub(crate) const HEADER_WORDS: usize = 8;
-/// Words per owner record: the held word (the owner), and the acquisition time with the pid.
-pub(crate) const RECORD_WORDS: usize = 2;
+/// Words per owner record: the held word (the owner), the acquisition time with the pid, and the
+/// pid's namespace.
+pub(crate) const RECORD_WORDS: usize = 3;
 /// The header word that counts owners: every open takes the next number (never 0).
 pub(crate) const NEXT_OWNER_WORD: usize = 7;
 /// Header flag: owner records are kept (the store reports `OwnerDied`).
@@ -327,12 +329,12 @@ mod tests {
 
     #[test]
     fn other_version_is_incompatible_whatever_follows() {
-        let text = format!("{MARKER_MAGIC}\nformat 3\nsomething new\n");
+        let text = format!("{MARKER_MAGIC}\nformat 4\nsomething new\n");
         match Marker::parse(text.as_bytes(), p()) {
             Err(Error::Incompatible {
                 expected, found, ..
             }) => {
-                assert_eq!((expected.as_str(), found.as_str()), ("2", "3"));
+                assert_eq!((expected.as_str(), found.as_str()), ("3", "4"));
             }
             other => panic!("{other:?}"),
         }
@@ -340,13 +342,13 @@ mod tests {
 
     #[test]
     fn lines_end_with_lf_alone() {
-        let crlf = format!("{MARKER_MAGIC}\r\nformat 2\r\ncapacity 8\r\nowner-death on\r\n");
+        let crlf = format!("{MARKER_MAGIC}\r\nformat 3\r\ncapacity 8\r\nowner-death on\r\n");
         assert!(!Marker::is_ours(crlf.as_bytes()));
         assert!(matches!(
             Marker::parse(crlf.as_bytes(), p()),
             Err(Error::Incompatible { .. })
         ));
-        let later = format!("{MARKER_MAGIC}\nformat 2\r\ncapacity 8\nowner-death on\n");
+        let later = format!("{MARKER_MAGIC}\nformat 3\r\ncapacity 8\nowner-death on\n");
         assert!(Marker::is_ours(later.as_bytes()));
         assert!(matches!(
             Marker::parse(later.as_bytes(), p()),
@@ -372,13 +374,13 @@ mod tests {
     fn garbage_fields_are_corrupt() {
         for body in [
             "format x\ncapacity 1\nowner-death on\n",
-            "format 2\ncapacity 0\nowner-death on\n",
-            "format 2\ncapacity 99999999999\nowner-death on\n",
-            "format 2\ncapacity 2097152\nowner-death on\n",
-            "format 2\ncapacity 8\nowner-death maybe\n",
-            "format 2\ncapacity 8\n",
-            "format 2\ncapacity 8\nowner-death on\nextra\n",
-            "format 2\n",
+            "format 3\ncapacity 0\nowner-death on\n",
+            "format 3\ncapacity 99999999999\nowner-death on\n",
+            "format 3\ncapacity 2097152\nowner-death on\n",
+            "format 3\ncapacity 8\nowner-death maybe\n",
+            "format 3\ncapacity 8\n",
+            "format 3\ncapacity 8\nowner-death on\nextra\n",
+            "format 3\n",
         ] {
             let text = format!("{MARKER_MAGIC}\n{body}");
             assert!(

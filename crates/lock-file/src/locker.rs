@@ -386,9 +386,11 @@ impl FileLocker {
     fn claim(&self) -> Acquired {
         let shared = &*self.shared;
         if shared.owner_death
-            && shared
-                .record(self.slot.id)
-                .claim(shared.owner, record::stamp(shared.stamp_pid))
+            && shared.record(self.slot.id).claim(
+                shared.owner,
+                record::stamp(shared.stamp_pid),
+                shared.pid_ns,
+            )
         {
             Acquired::OwnerDied
         } else {

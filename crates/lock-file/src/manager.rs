@@ -32,11 +32,11 @@ pub(crate) fn owner_key(owner: u64) -> String {
     format!("file owner {owner}")
 }
 
-/// The holder a claimed record names.
-fn holder_of(claim: Claim, dead: bool) -> Holder {
+/// The holder a claimed record names, to a reader in pid namespace `here`.
+fn holder_of(claim: Claim, dead: bool, here: u32) -> Holder {
     let mut holder = Holder::default().host(host_name()).dead(dead);
     holder.owner = claim.owner.map(owner_key);
-    holder.pid = claim.pid;
+    holder.pid = claim.pid_seen_from(here);
     holder.since = claim.since;
     holder
 }
@@ -49,12 +49,14 @@ struct Found {
     dead: bool,
 }
 
-/// The waiter a published wait names.
-fn waiter_of(wait: &Waiting) -> Holder {
+/// The waiter a published wait names, to a reader in pid namespace `here`.
+fn waiter_of(wait: &Waiting, here: u32) -> Holder {
     let mut waiter = Holder::default()
         .host(host_name())
         .owner(owner_key(wait.owner));
-    waiter.pid = wait.pid;
+    waiter.pid = wait
+        .pid
+        .and_then(|pid| lock_api::pid_seen_here(pid, wait.pid_ns, here));
     waiter.since = wait.since;
     waiter
 }
@@ -182,6 +184,9 @@ pub(crate) struct Shared {
     pub(crate) owner: u64,
     /// The pid as the owner record's second word carries it.
     pub(crate) stamp_pid: u64,
+    /// The inode number of this process's pid namespace (0: unknown), written beside its pid
+    /// in owner records and the waiter file, and compared with a record's when reading one.
+    pub(crate) pid_ns: u32,
     /// Serialises this manager's threads before the allocation `flock`, which does not exclude
     /// threads sharing one description.
     alloc: Mutex<()>,
@@ -341,7 +346,13 @@ impl Shared {
         }
         let store = &self.store;
         owner::sweep(&store.owners_dir);
-        let file = OwnerFile::create(&store.owners_dir, &store.owners_path, self.owner, self.pid)?;
+        let file = OwnerFile::create(
+            &store.owners_dir,
+            &store.owners_path,
+            self.owner,
+            self.pid,
+            self.pid_ns,
+        )?;
         Ok(self.owner_file.get_or_init(|| file))
     }
 
@@ -369,7 +380,7 @@ impl Shared {
     /// (`Holder::default()`).
     pub(crate) fn holder(&self, id: u32) -> Result<Option<Holder>> {
         Ok(self.find_holder(id)?.map(|found| match found.claim {
-            Some(claim) => holder_of(claim, found.dead),
+            Some(claim) => holder_of(claim, found.dead, self.pid_ns),
             None => Holder::default(),
         }))
     }
@@ -435,7 +446,7 @@ impl Shared {
                 .entry(wait.id)
                 .or_insert_with(|| LockState::new(LockId(wait.id), None, Vec::new()))
                 .waiters
-                .push(waiter_of(wait));
+                .push(waiter_of(wait, self.pid_ns));
         }
         Ok(by_id.into_values().collect())
     }
@@ -469,13 +480,13 @@ impl Shared {
                             todo.push(next);
                         }
                         let holder = found.map(|f| match f.claim {
-                            Some(claim) => holder_of(claim, f.dead),
+                            Some(claim) => holder_of(claim, f.dead, self.pid_ns),
                             None => Holder::default(),
                         });
                         e.insert(LockState::new(LockId(wait.id), holder, Vec::new()))
                     }
                 };
-                state.waiters.push(waiter_of(&wait));
+                state.waiters.push(waiter_of(&wait, self.pid_ns));
             }
         }
         Ok(by_id.into_values().collect())
@@ -553,6 +564,7 @@ impl FileManager {
                 pid,
                 owner,
                 stamp_pid: record::pid_bits(pid),
+                pid_ns: lock_api::pid_namespace(),
                 alloc: Mutex::new(()),
                 slots: Mutex::new(Cache::new()),
                 deadlock_ms: AtomicU64::new(deadlock_ms),

@@ -10,7 +10,8 @@
 //! word 0     magic "LKYDOWNR"
 //! word 1     owner number (the name of the file)
 //! word 2     pid of the owner's process
-//! words 3-7  reserved, 0
+//! word 3     inode number of the owner's pid namespace (0: unknown)
+//! words 4-7  reserved, 0
 //! then 252 entries of two words: lock id + 1 (0: entry free), when the wait began (ms since
 //! the Unix epoch, coarse clock)
 //! ```
@@ -100,7 +101,13 @@ impl OwnerFile {
     /// # Errors
     ///
     /// `Io` naming the file for any OS error (the temporary file is removed then).
-    pub(crate) fn create(dir: &OwnedFd, dir_path: &Path, owner: u64, pid: u32) -> Result<Self> {
+    pub(crate) fn create(
+        dir: &OwnedFd,
+        dir_path: &Path,
+        owner: u64,
+        pid: u32,
+        pid_ns: u32,
+    ) -> Result<Self> {
         let name = OsString::from(owner.to_string());
         let temp = OsString::from(format!(".{owner}.new"));
         let temp_path = dir_path.join(&temp);
@@ -109,7 +116,7 @@ impl OwnerFile {
         let fd = rustix::fs::openat(dir, &temp, flags, Mode::from_raw_mode(0o644))
             .map_err(|e| io("create", &temp_path, e))?;
         let publish = || rustix::fs::renameat_with(dir, &temp, dir, &name, RenameFlags::NOREPLACE);
-        let built = Self::fill(File::from(fd), &temp_path, owner, pid).and_then(|file| {
+        let built = Self::fill(File::from(fd), &temp_path, owner, pid, pid_ns).and_then(|file| {
             let published = match publish() {
                 // Owner numbers never repeat, unless the table was restored from a copy while
                 // files of dead owners stayed: a dead owner's file may go.
@@ -138,12 +145,12 @@ impl OwnerFile {
     }
 
     /// Locks the fresh file, gives it its size and header, and maps it.
-    fn fill(file: File, path: &Path, owner: u64, pid: u32) -> Result<(File, MmapRaw)> {
+    fn fill(file: File, path: &Path, owner: u64, pid: u32, pid_ns: u32) -> Result<(File, MmapRaw)> {
         rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| io("flock", path, e))?;
         file.set_len(FILE_LEN as u64)
             .map_err(|e| Error::io("ftruncate", path, e))?;
-        let header: Vec<u8> = [MAGIC, owner, u64::from(pid)]
+        let header: Vec<u8> = [MAGIC, owner, u64::from(pid), u64::from(pid_ns)]
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
@@ -214,6 +221,9 @@ impl OwnerFile {
 pub(crate) struct Waiting {
     pub(crate) owner: u64,
     pub(crate) pid: Option<u32>,
+    /// The inode number of the owner's pid namespace (0: unknown): whether `pid` names a process
+    /// in a reader's namespace (`lock_api::pid_seen_here`).
+    pub(crate) pid_ns: u32,
     pub(crate) id: u32,
     pub(crate) since: Option<SystemTime>,
 }
@@ -364,6 +374,11 @@ fn parse(bytes: &[u8], owner: u64, capacity: u32) -> Vec<Waiting> {
         return Vec::new();
     }
     let pid = u32::try_from(words[2]).ok().filter(|&p| p != 0);
+    // A namespace word no owner writes says nothing of the pid beside it.
+    let (pid, pid_ns) = match u32::try_from(words[3]) {
+        Ok(ns) => (pid, ns),
+        Err(_) => (None, 0),
+    };
     words[HEADER_WORDS..]
         .chunks_exact(ENTRY_WORDS)
         .filter_map(|e| {
@@ -371,6 +386,7 @@ fn parse(bytes: &[u8], owner: u64, capacity: u32) -> Vec<Waiting> {
             (id < capacity).then(|| Waiting {
                 owner,
                 pid,
+                pid_ns,
                 id,
                 since: (e[1] != 0).then(|| UNIX_EPOCH + Duration::from_millis(e[1])),
             })
@@ -411,7 +427,7 @@ mod tests {
     fn published_waits_are_read_back_and_withdrawn() {
         let root = tempfile::tempdir().expect("temp dir");
         let dir = open_dir(root.path());
-        let file = OwnerFile::create(&dir, root.path(), 5, 77).expect("create");
+        let file = OwnerFile::create(&dir, root.path(), 5, 77, 4).expect("create");
         assert_eq!(read_all(&dir, root.path(), 8).expect("read"), vec![]);
         let a = file.publish(3, 1_000).expect("publish");
         let b = file.publish(9, 2_000).expect("publish");
@@ -421,6 +437,7 @@ mod tests {
             vec![Waiting {
                 owner: 5,
                 pid: Some(77),
+                pid_ns: 4,
                 id: 3,
                 since: Some(UNIX_EPOCH + Duration::from_secs(1)),
             }],
@@ -452,18 +469,18 @@ mod tests {
         let root = tempfile::tempdir().expect("temp dir");
         let dir = open_dir(root.path());
         // Closed without being unlinked: its owner died.
-        drop(OwnerFile::create(&dir, root.path(), 9, 1).expect("create"));
-        let file = OwnerFile::create(&dir, root.path(), 9, 1).expect("replaces a dead owner's");
+        drop(OwnerFile::create(&dir, root.path(), 9, 1, 0).expect("create"));
+        let file = OwnerFile::create(&dir, root.path(), 9, 1, 0).expect("replaces a dead owner's");
         // A live owner's file is never replaced.
         assert!(matches!(
-            OwnerFile::create(&dir, root.path(), 9, 2),
+            OwnerFile::create(&dir, root.path(), 9, 2, 0),
             Err(Error::Io { .. })
         ));
         drop(file);
         // Nor is a file that is not a waiter file: the error names it, and it stays.
         let foreign = root.path().join("10");
         std::fs::write(&foreign, [0u8; FILE_LEN]).expect("foreign file");
-        match OwnerFile::create(&dir, root.path(), 10, 1) {
+        match OwnerFile::create(&dir, root.path(), 10, 1, 0) {
             Err(Error::Io { path, source, .. }) => {
                 assert_eq!(path, foreign);
                 assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists);
@@ -493,7 +510,7 @@ mod tests {
         }
         for (owner, read) in [(3, false), (4, true)] {
             // Closed without being unlinked: its owner died.
-            drop(OwnerFile::create(&dir, root.path(), owner, 1).expect("create"));
+            drop(OwnerFile::create(&dir, root.path(), owner, 1, 0).expect("create"));
             assert!(root.path().join(owner.to_string()).exists());
             if read {
                 for foreign_owner in [5, 6, 7] {

@@ -2,20 +2,23 @@
 //! holder died holding it.
 //!
 //! `flock(2)` locks vanish with their holder, so the kernel alone cannot tell a clean release
-//! from a death, nor say who holds a lock. Each lock therefore has a two-word record in the
+//! from a death, nor say who holds a lock. Each lock therefore has a three-word record in the
 //! mapped table:
 //!
 //! ```text
 //! word 0  HELD (bit 63) | owner number (bits 0..63)       0 when released cleanly
 //! word 1  acquisition time, ms since the Unix epoch (bits 22..64) | pid (bits 0..22)
+//! word 2  inode number of the holder's pid namespace (bits 0..32; 0 unknown), 0 (bits 32..64)
 //! ```
 //!
 //! The owner number is the manager's, unique for the life of the store (the table's counter);
 //! the pid is the holder's in its own pid namespace (Linux pids are below 2^22; a larger one is
 //! recorded as 0, unknown); the time comes from the coarse real-time clock (a few ns through the
-//! vDSO, good to a few ms), and 42 bits of milliseconds last until the year 2109.
+//! vDSO, good to a few ms), and 42 bits of milliseconds last until the year 2109. A reader shows
+//! the pid only when the holder's pid namespace is its own (`lock_api::pid_seen_here`): a holder
+//! in a container is pid 1 there, and pid 1 here is another process.
 //!
-//! The holder writes the record right after `flock` succeeds (word 1, then word 0) and clears
+//! The holder writes the record right after `flock` succeeds (words 1 and 2, then word 0) and clears
 //! word 0 right before it unlocks. An acquirer that finds word 0 non-zero knows the previous
 //! holder never cleared it: it died holding the lock (or unlocked through a dropped manager), so
 //! the acquirer reports `OwnerDied`. Both windows are safe: dying after `flock` but before the
@@ -29,7 +32,7 @@
 //! The probe holds the lock while it re-reads the record, and only a holder of the lock writes
 //! it, so "claimed and free" is exact, never a holder caught between two steps.
 //!
-//! The records are plain memory in a shared mapping, so keeping them costs two stores and a load
+//! The records are plain memory in a shared mapping, so keeping them costs three stores and a load
 //! per lock/unlock pair (and a coarse clock read), not the `pread`/`pwrite` calls a marker in the
 //! lock file would.
 
@@ -67,6 +70,16 @@ pub(crate) struct Claim {
     pub(crate) pid: Option<u32>,
     /// When the holder acquired the lock, when recorded.
     pub(crate) since: Option<SystemTime>,
+    /// The inode number of the holder's pid namespace (0: unknown), which says whether `pid`
+    /// names a process in the reader's.
+    pub(crate) pid_ns: u32,
+}
+
+impl Claim {
+    /// The holder's pid as a reader in pid namespace `here` may show it.
+    pub(crate) fn pid_seen_from(&self, here: u32) -> Option<u32> {
+        lock_api::pid_seen_here(self.pid?, self.pid_ns, here)
+    }
 }
 
 /// The record of one lock, borrowed from the table (or a test's vector).
@@ -74,15 +87,17 @@ pub(crate) struct Claim {
 pub(crate) struct Record<'a> {
     held: &'a AtomicU64,
     stamp: &'a AtomicU64,
+    pid_ns: &'a AtomicU64,
 }
 
 impl<'a> Record<'a> {
-    /// The record in `words` (two words).
+    /// The record in `words` (three words).
     #[inline]
     pub(crate) fn new(words: &'a [AtomicU64]) -> Self {
         Record {
             held: &words[0],
             stamp: &words[1],
+            pid_ns: &words[2],
         }
     }
 
@@ -94,12 +109,13 @@ impl<'a> Record<'a> {
     }
 
     /// Claims the record for `owner`, just after `flock` succeeded; `stamp` is
-    /// [`stamp`]`(pid_bits(pid))`. Returns whether the previous holder left it claimed (died holding
-    /// the lock).
+    /// [`stamp`]`(pid_bits(pid))` and `pid_ns` the inode number of the holder's pid namespace.
+    /// Returns whether the previous holder left it claimed (died holding the lock).
     #[inline(always)]
-    pub(crate) fn claim(&self, owner: u64, stamp: u64) -> bool {
+    pub(crate) fn claim(&self, owner: u64, stamp: u64, pid_ns: u32) -> bool {
         let previous = load(self.held, Ordering::Acquire);
         store(self.stamp, stamp, Ordering::Relaxed);
+        store(self.pid_ns, u64::from(pid_ns), Ordering::Relaxed);
         store(self.held, HELD | owner, Ordering::Release);
         previous != 0
     }
@@ -117,9 +133,9 @@ impl<'a> Record<'a> {
 
     /// The claim this record holds, or `None` when it says the lock was released.
     ///
-    /// The two words are read as a pair: word 0, word 1, then word 0 again, retried while word 0
-    /// changes, so the pid and time belong to the owner returned (an owner that released and
-    /// re-took the lock in between gives its own later time, which is as good).
+    /// The words are read together: word 0, words 1 and 2, then word 0 again, retried while word
+    /// 0 changes, so the pid, its namespace and the time belong to the owner returned (an owner
+    /// that released and re-took the lock in between gives its own later time, which is as good).
     ///
     /// A claimed record may be stale (its holder died): the caller checks with a probe.
     pub(crate) fn read(&self) -> Option<Claim> {
@@ -129,33 +145,42 @@ impl<'a> Record<'a> {
                 return None;
             }
             let stamp = load(self.stamp, Ordering::Acquire);
+            let pid_ns = load(self.pid_ns, Ordering::Acquire);
             let again = load(self.held, Ordering::Acquire);
             if again == held {
-                return Some(decode(held, stamp));
+                return Some(decode(held, stamp, pid_ns));
             }
             held = again;
         }
-        // Changing under us all the time: report the owner without the second word.
-        (held != 0).then(|| decode(held, 0))
+        // Changing under us all the time: report the owner without the other words.
+        (held != 0).then(|| decode(held, 0, 0))
     }
 }
 
-/// The claim two record words describe.
-fn decode(held: u64, stamp: u64) -> Claim {
+/// The claim the three record words describe.
+fn decode(held: u64, stamp: u64, pid_ns: u64) -> Claim {
     let owner = held & OWNER_MASK;
     if held & HELD == 0 || owner == 0 {
         return Claim {
             owner: None,
             pid: None,
             since: None,
+            pid_ns: 0,
         };
     }
     let pid = (stamp & PID_MASK) as u32;
     let ms = stamp >> PID_BITS;
+    // A word that is not a namespace's inode number (garbage) says nothing of the namespace,
+    // and neither then can the pid beside it.
+    let (pid, pid_ns) = match u32::try_from(pid_ns) {
+        Ok(ns) => ((pid != 0).then_some(pid), ns),
+        Err(_) => (None, 0),
+    };
     Claim {
         owner: Some(owner),
-        pid: (pid != 0).then_some(pid),
+        pid,
         since: (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms)),
+        pid_ns,
     }
 }
 
@@ -165,12 +190,12 @@ mod tests {
 
     #[test]
     fn claim_reports_an_unreleased_record() {
-        let words = [AtomicU64::new(0), AtomicU64::new(0)];
+        let words = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
         let r = Record::new(&words);
         assert!(r.read().is_none() && !r.is_claimed());
-        assert!(!r.claim(42, stamp(pid_bits(1234))), "fresh record");
+        assert!(!r.claim(42, stamp(pid_bits(1234)), 77), "fresh record");
         let c = r.read().expect("claimed");
-        assert_eq!((c.owner, c.pid), (Some(42), Some(1234)));
+        assert_eq!((c.owner, c.pid, c.pid_ns), (Some(42), Some(1234), 77));
         let since = c.since.expect("since");
         let age = SystemTime::now()
             .duration_since(since)
@@ -178,9 +203,9 @@ mod tests {
         assert!(age < Duration::from_secs(60), "{age:?}");
         r.release();
         assert!(r.read().is_none());
-        assert!(!r.claim(7, stamp(pid_bits(1))), "released record");
+        assert!(!r.claim(7, stamp(pid_bits(1)), 0), "released record");
         assert!(
-            r.claim(8, stamp(pid_bits(1))),
+            r.claim(8, stamp(pid_bits(1)), 0),
             "never released: the holder died"
         );
         assert_eq!(r.read().and_then(|c| c.owner), Some(8));
@@ -191,6 +216,7 @@ mod tests {
         let words = [
             AtomicU64::new(0x1234_5678_9abc_def0),
             AtomicU64::new(u64::MAX),
+            AtomicU64::new(u64::MAX),
         ];
         let r = Record::new(&words);
         assert_eq!(
@@ -198,17 +224,36 @@ mod tests {
             Some(Claim {
                 owner: None,
                 pid: None,
-                since: None
+                since: None,
+                pid_ns: 0,
             })
         );
-        assert!(r.claim(1, stamp(pid_bits(1))));
+        assert!(r.claim(1, stamp(pid_bits(1)), 0));
     }
 
     #[test]
     fn a_pid_too_large_for_the_record_is_unknown() {
-        let words = [AtomicU64::new(0), AtomicU64::new(0)];
+        let words = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
         let r = Record::new(&words);
-        r.claim(3, stamp(pid_bits(u32::MAX)));
+        r.claim(3, stamp(pid_bits(u32::MAX)), 0);
         assert_eq!(r.read().map(|c| c.pid), Some(None));
+    }
+
+    #[test]
+    fn a_pid_is_shown_only_in_its_own_pid_namespace() {
+        let words = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+        let r = Record::new(&words);
+        r.claim(3, stamp(pid_bits(1)), 40);
+        let c = r.read().expect("claimed");
+        assert_eq!(c.pid_seen_from(40), Some(1), "the holder's own namespace");
+        assert_eq!(c.pid_seen_from(41), None, "pid 1 here is another process");
+        assert_eq!(c.pid_seen_from(0), Some(1), "a reader that cannot tell");
+        r.claim(3, stamp(pid_bits(1)), 0);
+        let c = r.read().expect("claimed");
+        assert_eq!(c.pid_seen_from(41), Some(1), "a holder that could not tell");
+        // A namespace word no holder writes: the pid beside it means nothing.
+        words[2].store(u64::MAX, Ordering::Relaxed);
+        let c = r.read().expect("claimed");
+        assert_eq!((c.pid, c.pid_seen_from(0)), (None, None));
     }
 }

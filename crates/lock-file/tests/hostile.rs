@@ -128,7 +128,7 @@ fn another_format_version_is_incompatible_and_left_alone() {
     let marker = path.join(lock_file::MARKER_FILE);
     std::fs::write(
         &marker,
-        "lockyard lock-file store\nformat 3\ncapacity 8\nshiny new field\n",
+        "lockyard lock-file store\nformat 4\ncapacity 8\nshiny new field\n",
     )
     .expect("write");
     let before = snapshot(root.path());
@@ -139,7 +139,7 @@ fn another_format_version_is_incompatible_and_left_alone() {
             found,
         }) => {
             assert!(what.contains(&path.display().to_string()), "{what}");
-            assert_eq!((expected.as_str(), found.as_str()), ("2", "3"));
+            assert_eq!((expected.as_str(), found.as_str()), ("3", "4"));
         }
         other => panic!("{other:?}"),
     }
@@ -152,23 +152,27 @@ fn another_format_version_is_incompatible_and_left_alone() {
 /// A store made by the first-wave code (format 1: pids in the owner records, no waiter files)
 /// is refused with `Incompatible`, never misread, and may be removed.
 #[test]
-fn a_format_1_store_is_incompatible_and_removable() {
-    let (root, path) = fresh(8);
-    let marker = path.join(lock_file::MARKER_FILE);
-    std::fs::write(
-        &marker,
-        "lockyard lock-file store\nformat 1\ncapacity 8\nowner-death on\n",
-    )
-    .expect("write");
-    let before = snapshot(root.path());
-    match FileManager::open(&path) {
-        Err(Error::Incompatible {
-            expected, found, ..
-        }) => assert_eq!((expected.as_str(), found.as_str()), ("2", "1")),
-        other => panic!("{other:?}"),
+fn a_store_of_an_earlier_format_is_incompatible_and_removable() {
+    // 1: the first wave's (pids where owner numbers now are); 2: two-word owner records,
+    // without the holder's pid namespace.
+    for version in ["1", "2"] {
+        let (root, path) = fresh(8);
+        let marker = path.join(lock_file::MARKER_FILE);
+        std::fs::write(
+            &marker,
+            format!("lockyard lock-file store\nformat {version}\ncapacity 8\nowner-death on\n"),
+        )
+        .expect("write");
+        let before = snapshot(root.path());
+        match FileManager::open(&path) {
+            Err(Error::Incompatible {
+                expected, found, ..
+            }) => assert_eq!((expected.as_str(), found.as_str()), ("3", version)),
+            other => panic!("format {version}: {other:?}"),
+        }
+        assert_eq!(snapshot(root.path()), before);
+        FileManager::remove(&path).expect("remove");
     }
-    assert_eq!(snapshot(root.path()), before);
-    FileManager::remove(&path).expect("remove");
 }
 
 #[test]
@@ -233,14 +237,14 @@ fn a_marker_that_disagrees_with_the_table_is_corrupt() {
     // Same capacity, other owner-death flag: the table header disagrees.
     std::fs::write(
         &marker,
-        "lockyard lock-file store\nformat 2\ncapacity 64\nowner-death off\n",
+        "lockyard lock-file store\nformat 3\ncapacity 64\nowner-death off\n",
     )
     .expect("write");
     assert_err(FileManager::open(&path), corrupt, &path);
     // Another capacity: the table has the wrong size.
     std::fs::write(
         &marker,
-        "lockyard lock-file store\nformat 2\ncapacity 65\nowner-death on\n",
+        "lockyard lock-file store\nformat 3\ncapacity 65\nowner-death on\n",
     )
     .expect("write");
     assert_err(FileManager::open(&path), corrupt, &path);
@@ -593,7 +597,7 @@ fn a_crlf_marker_is_judged_alike_by_open_and_remove() {
     let marker = path.join(lock_file::MARKER_FILE);
     std::fs::write(
         &marker,
-        "lockyard lock-file store\r\nformat 2\r\ncapacity 8\r\nowner-death on\r\n",
+        "lockyard lock-file store\r\nformat 3\r\ncapacity 8\r\nowner-death on\r\n",
     )
     .expect("write");
     let before = snapshot(root.path());
@@ -612,7 +616,7 @@ fn a_crlf_marker_is_judged_alike_by_open_and_remove() {
 
     std::fs::write(
         &marker,
-        "lockyard lock-file store\nformat 2\r\ncapacity 8\r\nowner-death on\r\n",
+        "lockyard lock-file store\nformat 3\r\ncapacity 8\r\nowner-death on\r\n",
     )
     .expect("write");
     assert_err(FileManager::open(&path), corrupt, &marker);

@@ -122,6 +122,50 @@ fn a_waiter_that_dies_or_times_out_leaves_the_snapshot() {
     lock.unlock().expect("unlock");
 }
 
+/// A pid is shown only to readers in the pid namespace it was recorded in. A process in a
+/// container of its own is pid 1 there, and pid 1 here is init: a waiter or holder in another
+/// pid namespace is listed without a pid (both were listed as pid 1, and `lockctl status` named
+/// this namespace's init), alive while it lives and dead once killed.
+#[test]
+fn a_waiter_or_holder_in_another_pid_namespace_is_listed_without_a_pid() {
+    let (_root, path, manager) = fresh(4);
+    let lock = manager.retrieve(LockId(1)).expect("retrieve");
+    assert_eq!(lock.lock().expect("lock"), Acquired::Clean);
+    let mut child = common::spawn_in_pid_namespace("hold", &path, "1");
+    let snapshot = common::snapshot_until(&manager, |s| s.iter().any(|l| !l.waiters.is_empty()));
+    let holder = snapshot[0].holder.as_ref().expect("holder");
+    assert_eq!(
+        holder.pid,
+        Some(std::process::id()),
+        "a holder of this namespace has its pid"
+    );
+    let waiter = &snapshot[0].waiters[0];
+    assert!(waiter.owner.is_some(), "{waiter:?}");
+    assert_eq!(
+        waiter.pid, None,
+        "a waiter in another pid namespace is listed with its pid there"
+    );
+
+    lock.unlock().expect("unlock");
+    assert_eq!(common::line(&mut child), "locked clean");
+    let listed = |manager: &FileManager| {
+        let held = manager.held().expect("held");
+        assert_eq!(held.len(), 1, "{held:?}");
+        held[0].holder.clone().expect("holder")
+    };
+    let holder = listed(&manager);
+    assert!(holder.owner.is_some() && !holder.dead, "{holder:?}");
+    assert_eq!(
+        holder.pid, None,
+        "a holder in another pid namespace is listed with its pid there"
+    );
+    child.sigkill().expect("kill");
+    let holder = listed(&manager);
+    assert!(holder.dead && holder.pid.is_none(), "{holder:?}");
+    assert_eq!(lock.lock().expect("lock"), Acquired::OwnerDied);
+    lock.unlock().expect("unlock");
+}
+
 /// Runs `f` on a new thread with `SIGURG` blocked, as a program that blocks signals in its
 /// worker threads does.
 #[allow(unsafe_code)] // the signal mask goes through libc.

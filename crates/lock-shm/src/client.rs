@@ -398,9 +398,7 @@ pub(crate) fn open_owner(seg: &Segment, layout: &Layout, slot: u32) -> Result<Op
 }
 
 /// The pid recorded by the owner of `token`'s slot, when that slot still has that generation
-/// and the owner's pid namespace is the reader's (`pid_ns`, as [`pid_namespace`] gives it): a pid
-/// of another namespace names another process here, or none. An owner or a reader whose
-/// namespace is unknown (0) is taken to share it.
+/// and [`lock_api::pid_seen_here`] lets a reader in pid namespace `pid_ns` see it.
 pub(crate) fn pid_of(
     seg: &Segment,
     layout: &Layout,
@@ -415,8 +413,7 @@ pub(crate) fn pid_of(
     let current = seg.u32(off)?.load(Acquire);
     let pid = seg.u32(off + PID)?.load(Relaxed);
     let theirs = seg.u32(off + PID_NS)?.load(Relaxed);
-    let same_namespace = theirs == 0 || pid_ns == 0 || theirs == pid_ns;
-    Ok((current == generation && pid != 0 && same_namespace).then_some(pid))
+    Ok(lock_api::pid_seen_here(pid, theirs, pid_ns).filter(|_| current == generation))
 }
 
 /// The pid `slot`'s current (or last) owner recorded, as [`pid_of`] gives it to a reader in
@@ -429,17 +426,6 @@ pub(crate) fn slot_pid(
 ) -> Result<Option<u32>> {
     let generation = seg.u32(layout.slot_offset(slot))?.load(Acquire);
     pid_of(seg, layout, token(slot, generation), pid_ns)
-}
-
-/// The inode number of this process's pid namespace (`/proc/self/ns/pid`), or 0 when it cannot
-/// be read (no `/proc`) or does not fit 32 bits. Inode numbers of namespaces are unique on a
-/// host while the namespace lives, which is at least as long as a live owner in it.
-pub(crate) fn pid_namespace() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid")
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
-        .unwrap_or(0)
 }
 
 /// Marks an entry that records a hold taken after waiting rather than a wait: the entry's lock

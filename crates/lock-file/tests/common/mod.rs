@@ -91,12 +91,35 @@ pub(crate) fn spawn_with(
 ) -> ChildProcess {
     let exe = std::env::current_exe().expect("test binary path");
     let mut command = Command::new(exe);
+    adjust(&mut command);
+    start(command, role, store, arg)
+}
+
+/// As `spawn`, in a pid namespace of its own (and a user namespace, so that no privilege is
+/// needed), through `unshare(1)` from util-linux: the child is pid 1 there. Killing the
+/// returned process (unshare's) kills the child too.
+pub(crate) fn spawn_in_pid_namespace(role: &str, store: &Path, arg: &str) -> ChildProcess {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ])
+        .arg(exe);
+    start(command, role, store, arg)
+}
+
+/// Starts `command` (the test binary, or a program that runs it) as a child in `role`.
+fn start(mut command: Command, role: &str, store: &Path, arg: &str) -> ChildProcess {
     command
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, role)
         .env(STORE_ENV, store)
         .env(ARG_ENV, arg);
-    adjust(&mut command);
     // The harness may print "test child_entry ... " on the same line as the role's first words.
     ChildProcess::start(command, role, Some("@ ")).expect("spawn child")
 }
