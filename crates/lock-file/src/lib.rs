@@ -13,6 +13,7 @@ mod manager;
 #[cfg(test)]
 mod model;
 mod owner;
+mod proc_locks;
 mod record;
 mod registry;
 #[cfg(test)]

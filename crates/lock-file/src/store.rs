@@ -547,8 +547,39 @@ pub(crate) fn remove_unused(path: &Path) -> Result<()> {
         .try_clone()
         .map_err(|e| Error::io("dup", &marker_path, e))?;
     let sys = Registry::new(&marker, path, &marker_path);
-    crate::registry::claim(&sys, &format!("lock-file store {}", path.display()), || {
-        remove_found(found, path)
+    let what = format!("lock-file store {}", path.display());
+    let claimed = crate::registry::claim(&sys, &what, || remove_found(found, path));
+    match claimed {
+        Err(Error::InUse { what: said }) => Err(Error::InUse {
+            what: name_users(&marker, &what).unwrap_or(said),
+        }),
+        other => other,
+    }
+}
+
+/// What keeps the store `what` in use, naming the processes that hold `flock` locks on its
+/// `marker` (`proc_locks.rs`); `None` when `/proc/locks` cannot say (it cannot be read, or the
+/// locks went meanwhile), and the error keeps its plainer words.
+fn name_users(marker: &File, what: &str) -> Option<String> {
+    let holders = crate::proc_locks::flock_holders(marker)?;
+    let describe = crate::proc_locks::describe;
+    let n = holders.shared.len();
+    if n > 0 {
+        let managers = if n == 1 {
+            "manager has"
+        } else {
+            "managers have"
+        };
+        return Some(format!(
+            "{what} ({n} {managers} it open: {})",
+            describe(&holders.shared)
+        ));
+    }
+    (!holders.exclusive.is_empty()).then(|| {
+        format!(
+            "{what} (another process is removing it: {})",
+            describe(&holders.exclusive)
+        )
     })
 }
 

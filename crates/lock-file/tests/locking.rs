@@ -540,18 +540,31 @@ fn allocator_survives_sigkill() {
 fn remove_unused_keeps_a_store_in_use() {
     let (root, path, manager) = fresh(4);
     let _watchdog = common::watchdog("remove_unused", LIVENESS, root.path());
-    assert!(
-        matches!(FileManager::remove_unused(&path), Err(Error::InUse { .. })),
-        "with this process's manager open"
+    let me = std::process::id();
+    assert_in_use(
+        FileManager::remove_unused(&path),
+        &format!("1 manager has it open: pid {me})"),
     );
     drop(manager);
     let mut child = common::spawn("hold", &path, "1");
     assert_eq!(common::line(&mut child), "locked clean");
-    let refused = FileManager::remove_unused(&path);
-    assert!(
-        matches!(refused, Err(Error::InUse { .. })),
-        "with a child's manager open: {refused:?}"
+    assert_in_use(
+        FileManager::remove_unused(&path),
+        &format!("1 manager has it open: pid {})", child.pid()),
     );
+    // A manager in another pid namespace is named by its pid here (the kernel translates
+    // it): the child of unshare(1), which is pid 1 in its own namespace.
+    let mut namespaced = common::spawn_in_pid_namespace("hold", &path, "2");
+    assert_eq!(common::line(&mut namespaced), "locked clean");
+    let inner = children_of(namespaced.pid());
+    assert_eq!(inner.len(), 1, "unshare's children: {inner:?}");
+    let mut pids = [child.pid(), inner[0]];
+    pids.sort_unstable();
+    assert_in_use(
+        FileManager::remove_unused(&path),
+        &format!("2 managers have it open: pid {}, {})", pids[0], pids[1]),
+    );
+    drop(namespaced);
     drop(FileManager::open(&path).expect("kept"));
     child.sigkill().expect("kill the child");
     FileManager::remove_unused(&path).expect("remove_unused once nobody has it open");
@@ -559,6 +572,28 @@ fn remove_unused_keeps_a_store_in_use() {
         FileManager::open(&path),
         Err(Error::NotFound { .. })
     ));
+}
+
+/// Asserts that `refused` is `InUse` and its message ends with `naming`.
+fn assert_in_use(refused: Result<(), Error>, naming: &str) {
+    match refused {
+        Err(Error::InUse { what }) => assert!(what.ends_with(naming), "{what:?}, not {naming:?}"),
+        other => panic!("{other:?}, not InUse naming {naming:?}"),
+    }
+}
+
+/// The pids whose parent is `pid`, from `/proc/PID/task/*/children`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let children = task.expect("task").path().join("children");
+        let text = std::fs::read_to_string(children).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
 }
 
 /// An open while a remover of an unused store holds the marker waits for its verdict: it fails

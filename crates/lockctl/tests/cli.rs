@@ -474,8 +474,8 @@ fn remove_refuses_a_shm_store_another_process_has_open() {
 }
 
 /// `status --json` says `clients: null` where the backend cannot tell who has a store open. A
-/// file store that another process has open is still not removed: `remove` refuses it (exit 9)
-/// without naming the process, which lock-file cannot tell.
+/// file store that another process has open is still not removed: `remove` refuses it (exit 9),
+/// naming the process by pid as `/proc/locks` lists the `flock` its manager holds.
 #[test]
 fn clients_are_null_where_the_backend_cannot_tell() {
     let scratch = Scratch::new();
@@ -484,7 +484,11 @@ fn clients_are_null_where_the_backend_cannot_tell() {
     let manager = lockyard::open(&spec).expect("open");
     assert_eq!(status_json(&spec)["clients"], Value::Null);
     let err = fails(&["remove", &spec, "--yes"], 9);
-    assert!(err.contains("a manager has it open"), "{err}");
+    let me = std::process::id();
+    assert!(
+        err.contains(&format!("1 manager has it open: pid {me})")),
+        "{err}"
+    );
     assert!(err.contains("--force"), "{err}");
     drop(manager);
     ok(&["remove", &spec, "--yes"]);
