@@ -102,6 +102,26 @@ pub struct Params {
     pub wait_ms: u32,
 }
 
+/// A command that runs `program` in a pid namespace of its own (and a user namespace, so no
+/// privilege is needed), through `unshare(1)` from util-linux: `program` is pid 1 there, and
+/// killing the command's process (unshare's) kills it too. Add `program`'s arguments and
+/// environment to the command returned. For tests of how a backend names a process it cannot
+/// see by its pid.
+#[must_use]
+pub fn in_new_pid_namespace(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ])
+        .arg(program);
+    command
+}
+
 /// A running child process, usually the test binary re-executed in some role.
 ///
 /// Backends' own tests reuse it for their own roles through [`ChildProcess::start`].

@@ -95,21 +95,11 @@ pub(crate) fn spawn_with(
     start(command, role, store, arg)
 }
 
-/// As `spawn`, in a pid namespace of its own (and a user namespace, so that no privilege is
-/// needed), through `unshare(1)` from util-linux: the child is pid 1 there. Killing the
-/// returned process (unshare's) kills the child too.
+/// As `spawn`, in a pid namespace of its own (`lock_conformance::child::in_new_pid_namespace`):
+/// the child is pid 1 there. Killing the returned process (unshare's) kills the child too.
 pub(crate) fn spawn_in_pid_namespace(role: &str, store: &Path, arg: &str) -> ChildProcess {
     let exe = std::env::current_exe().expect("test binary path");
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ])
-        .arg(exe);
+    let command = lock_conformance::child::in_new_pid_namespace(exe);
     start(command, role, store, arg)
 }
 

@@ -71,18 +71,9 @@ pub(crate) fn spawn(
 /// privilege is needed), through `unshare(1)`, and waits until it has opened the segment.
 /// Killing the returned process (`unshare`) kills the client too (`--kill-child`).
 pub(crate) fn client_in_pid_namespace(segment: &Segment) -> Result<ChildProcess, String> {
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--user",
-            "--map-root-user",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ])
-        .arg(std::env::current_exe().map_err(|e| e.to_string())?)
-        .env(ROLE_ENV, "client")
-        .env(SEGMENT_ENV, &segment.0);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = lock_conformance::child::in_new_pid_namespace(exe);
+    command.env(ROLE_ENV, "client").env(SEGMENT_ENV, &segment.0);
     let mut child = ChildProcess::start(command, "client in a pid namespace", None)
         .map_err(|e| format!("unshare(1) from util-linux: {e}"))?;
     expect(&mut child, "slot")?;
