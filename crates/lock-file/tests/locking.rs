@@ -564,7 +564,17 @@ fn remove_unused_keeps_a_store_in_use() {
         FileManager::remove_unused(&path),
         &format!("2 managers have it open: pid {}, {})", pids[0], pids[1]),
     );
+    // Killing unshare(1) kills its child through its parent-death signal, a moment later.
     drop(namespaced);
+    let deadline = Instant::now() + LIVENESS;
+    while !gone(inner[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {} outlived unshare",
+            inner[0]
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(FileManager::open(&path).expect("kept"));
     child.sigkill().expect("kill the child");
     FileManager::remove_unused(&path).expect("remove_unused once nobody has it open");
@@ -579,6 +589,16 @@ fn assert_in_use(refused: Result<(), Error>, naming: &str) {
     match refused {
         Err(Error::InUse { what }) => assert!(what.ends_with(naming), "{what:?}, not {naming:?}"),
         other => panic!("{other:?}, not InUse naming {naming:?}"),
+    }
+}
+
+/// Whether process `pid` has exited (it is gone, or a zombie, whose descriptors are closed).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
     }
 }
 
