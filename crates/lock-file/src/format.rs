@@ -10,6 +10,7 @@
 //! - `deadlock`, an empty regular file whose `flock(2)` serialises deadlock checks.
 //! - `owners/`, a directory where each manager that has waited keeps its waiter file
 //!   (`owner.rs`).
+//! - `clients`, where each open manager keeps an entry that says who it is (`clients.rs`).
 //!
 //! Nothing here does I/O: parsing and validation are pure so they can be tested on hostile input.
 
@@ -28,6 +29,8 @@ pub(crate) const LOCKS_DIR: &str = "locks";
 pub(crate) const DETECT_FILE: &str = "deadlock";
 /// The name of the directory holding one waiter file per manager that has waited.
 pub(crate) const OWNERS_DIR: &str = "owners";
+/// The name of the file where every open manager keeps an entry (`clients.rs`).
+pub(crate) const CLIENTS_FILE: &str = "clients";
 
 /// The first line of every marker file, whatever its version.
 pub(crate) const MARKER_MAGIC: &str = "lockyard lock-file store";

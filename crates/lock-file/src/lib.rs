@@ -6,6 +6,7 @@ mod adopt;
 mod adopt_model;
 mod bias;
 mod bitmap;
+mod clients;
 mod flock;
 mod format;
 mod locker;

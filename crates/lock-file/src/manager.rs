@@ -14,6 +14,7 @@ use lock_api::{
 
 use crate::adopt::Waits;
 use crate::bitmap::Bitmap;
+use crate::clients;
 use crate::flock;
 use crate::format::Marker;
 use crate::locker::FileLocker;
@@ -551,6 +552,14 @@ impl FileManager {
         let owner_death = store.marker.owner_death;
         let owner = store.table.next_owner();
         let pid = std::process::id();
+        let pid_ns = lock_api::pid_namespace();
+        let me = clients::Entry {
+            owner,
+            pid,
+            pid_ns,
+            since_ms: lock_api::coarse_now_ms(),
+        };
+        clients::claim(&store.clients, &store.clients_path, &me)?;
         let deadlock_ms = if owner_death {
             DEFAULT_DEADLOCK_TIMEOUT.as_millis() as u64
         } else {
@@ -564,7 +573,7 @@ impl FileManager {
                 pid,
                 owner,
                 stamp_pid: record::pid_bits(pid),
-                pid_ns: lock_api::pid_namespace(),
+                pid_ns,
                 alloc: Mutex::new(()),
                 slots: Mutex::new(Cache::new()),
                 deadlock_ms: AtomicU64::new(deadlock_ms),
@@ -590,8 +599,9 @@ impl FileManager {
     }
 
     /// Opens the store at `path`, with the capacity it was created with. Reads and checks the
-    /// marker, the directories and the table, then takes this manager's owner number (the one
-    /// write); a failed open writes nothing.
+    /// marker, the directories and the table, then takes this manager's owner number and writes
+    /// who it is in an entry of the `clients` file (the only writes); a store that fails the
+    /// checks is left as it was.
     ///
     /// # Errors
     ///
@@ -854,6 +864,28 @@ impl Manager for FileManager {
     fn snapshot(&self) -> Result<Vec<LockState>> {
         self.shared.usable()?;
         self.shared.snapshot()
+    }
+
+    /// The other managers that have the store open, from the entries they keep in the store's
+    /// `clients` file while they live (`clients.rs`): pid (where the reader's pid namespace is
+    /// theirs), host, owner (`file owner N`) and when they opened the store. A snapshot: a
+    /// manager that opens meanwhile may be named by the previous owner of its entry for that
+    /// moment, and one of more than 4,096 open at once is not listed.
+    fn clients(&self) -> Result<Vec<Holder>> {
+        self.shared.usable()?;
+        let store = &self.shared.store;
+        let here = self.shared.pid_ns;
+        Ok(clients::others(&store.clients, &store.clients_path)?
+            .into_iter()
+            .map(|entry| {
+                let mut who = Holder::default()
+                    .host(host_name())
+                    .owner(owner_key(entry.owner));
+                who.pid = lock_api::pid_seen_here(entry.pid, entry.pid_ns, here);
+                who.since = entry.since();
+                who
+            })
+            .collect())
     }
 
     fn deadlock_timeout(&self) -> Option<Duration> {

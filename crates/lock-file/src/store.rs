@@ -31,8 +31,8 @@ use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::format::{
-    DETECT_FILE, LOCKS_DIR, Layout, MARKER_FILE, MARKER_MAX_LEN, MAX_CAPACITY, Marker, OWNERS_DIR,
-    TABLE_FILE,
+    CLIENTS_FILE, DETECT_FILE, LOCKS_DIR, Layout, MARKER_FILE, MARKER_MAX_LEN, MAX_CAPACITY,
+    Marker, OWNERS_DIR, TABLE_FILE,
 };
 use crate::table::Table;
 
@@ -57,6 +57,10 @@ pub(crate) struct Store {
     /// The `deadlock` file, whose `flock` serialises deadlock checks.
     pub(crate) detect: File,
     pub(crate) detect_path: PathBuf,
+    /// The `clients` file, opened for this manager alone: its OFD lock on the manager's entry
+    /// lasts as long as this description (`clients.rs`).
+    pub(crate) clients: File,
+    pub(crate) clients_path: PathBuf,
     /// The marker, opened and held with a shared `flock` for as long as the store is open: what
     /// tells [`remove_unused`] that a manager has it open. Never read after the open.
     #[allow(
@@ -306,6 +310,7 @@ fn build(parent: &OwnedFd, temp: &OsStr, temp_path: &Path, marker: Marker) -> Re
     rustix::fs::mkdirat(&dir, OWNERS_DIR, Mode::from_raw_mode(DIR_MODE))
         .map_err(|e| io("mkdir", &owners_path, e))?;
     create(&dir, OsStr::new(DETECT_FILE), temp_path)?;
+    create(&dir, OsStr::new(CLIENTS_FILE), temp_path)?;
 
     let layout = Layout::new(marker.capacity);
     let table_path = temp_path.join(TABLE_FILE);
@@ -499,6 +504,8 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
     let table_path = path.join(TABLE_FILE);
     let file = open_file(&dir, &table_path, OsStr::new(TABLE_FILE), true)?;
     let table = Table::map(file, layout, marker.owner_death, &table_path)?;
+    let clients_path = path.join(CLIENTS_FILE);
+    let clients = open_file(&dir, &clients_path, OsStr::new(CLIENTS_FILE), true)?;
     register(&found.marker_file, path, &found.marker_path)?;
     Ok(Store {
         path: path.to_path_buf(),
@@ -510,6 +517,8 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
         owners_path,
         detect,
         detect_path,
+        clients,
+        clients_path,
         registration: found.marker_file,
     })
 }

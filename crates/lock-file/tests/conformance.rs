@@ -70,6 +70,7 @@ impl Backend for FileBackend {
             | Capabilities::DEADLOCK
             | Capabilities::DAMAGEABLE
             | Capabilities::FORK_REFUSED
+            | Capabilities::CLIENTS
     }
 
     fn spec(&self, store: &str) -> String {

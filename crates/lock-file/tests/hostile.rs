@@ -825,3 +825,35 @@ fn a_remove_that_fails_midway_puts_the_store_back() {
     assert!(!path.exists());
     assert_eq!(removed_away(root.path()), Vec::<String>::new());
 }
+
+/// The `clients` file (format 3) must be a regular file: missing, a directory or a symlink, the
+/// store is `Corrupt` naming it, and nothing changes. Garbage in it lists nobody: a manager
+/// opens, takes an entry and is listed by the next.
+#[test]
+fn a_damaged_clients_file_is_corrupt_and_garbage_in_it_lists_nobody() {
+    let (root, path) = fresh(4);
+    let clients = path.join("clients");
+    std::fs::remove_file(&clients).expect("remove clients");
+    let before = snapshot(root.path());
+    assert_err(FileManager::open(&path), corrupt, &clients);
+    std::fs::create_dir(&clients).expect("a directory instead");
+    assert_err(FileManager::open(&path), corrupt, &clients);
+    std::fs::remove_dir(&clients).expect("rmdir");
+    std::os::unix::fs::symlink(path.join("deadlock"), &clients).expect("a symlink instead");
+    assert_err(FileManager::open(&path), corrupt, &clients);
+    std::fs::remove_file(&clients).expect("remove symlink");
+    assert_eq!(
+        snapshot(root.path()),
+        before,
+        "a refused open changed something"
+    );
+
+    std::fs::write(&clients, vec![0x5au8; 4096]).expect("garbage");
+    let first = FileManager::open(&path).expect("open over garbage");
+    assert_eq!(first.clients().expect("clients"), vec![]);
+    let second = FileManager::open(&path).expect("open");
+    let listed = first.clients().expect("clients");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].owner, Some(second.owner()));
+    assert_eq!(listed[0].pid, Some(std::process::id()));
+}

@@ -123,8 +123,8 @@ fn a_waiter_that_dies_or_times_out_leaves_the_snapshot() {
 }
 
 /// A pid is shown only to readers in the pid namespace it was recorded in. A process in a
-/// container of its own is pid 1 there, and pid 1 here is init: a waiter or holder in another
-/// pid namespace is listed without a pid (both were listed as pid 1, and `lockctl status` named
+/// container of its own is pid 1 there, and pid 1 here is init: a waiter, holder or client in
+/// another pid namespace is listed without a pid (both were listed as pid 1, and `lockctl status` named
 /// this namespace's init), alive while it lives and dead once killed.
 #[test]
 fn a_waiter_or_holder_in_another_pid_namespace_is_listed_without_a_pid() {
@@ -159,8 +159,21 @@ fn a_waiter_or_holder_in_another_pid_namespace_is_listed_without_a_pid() {
         holder.pid, None,
         "a holder in another pid namespace is listed with its pid there"
     );
+    let clients = manager.clients().expect("clients");
+    assert!(
+        clients.len() == 1 && clients[0].pid.is_none() && clients[0].owner == holder.owner,
+        "a manager in another pid namespace is listed as {clients:?}"
+    );
+    // Killing unshare(1) kills the holder through its parent-death signal, a moment later.
     child.sigkill().expect("kill");
-    let holder = listed(&manager);
+    let deadline = Instant::now() + LIVENESS;
+    let holder = loop {
+        let holder = listed(&manager);
+        if holder.dead || Instant::now() > deadline {
+            break holder;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert!(holder.dead && holder.pid.is_none(), "{holder:?}");
     assert_eq!(lock.lock().expect("lock"), Acquired::OwnerDied);
     lock.unlock().expect("unlock");
