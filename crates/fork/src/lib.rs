@@ -19,7 +19,7 @@
 //!    in a multithreaded process must be.
 //!
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use lock_api::{Error, OnceValue, Result};
 
@@ -65,6 +65,27 @@ pub fn current() -> u32 {
     FORKS.load(Relaxed)
 }
 
+/// The pid namespace of this process (`lock_api::pid_namespace`, an inode number, 0 when
+/// unknown), read once per fork generation: a process never changes its own pid namespace, but
+/// a child forked after `unshare(CLONE_NEWPID)` is in another one, and a child's generation
+/// differs from its parent's. Reading `/proc/self/ns/pid` costs several microseconds (a path
+/// walk in procfs), which every manager's open used to pay.
+pub fn pid_namespace() -> u32 {
+    /// `(generation + 1) << 32 | namespace`; 0 before the first read.
+    static CACHED: AtomicU64 = AtomicU64::new(0);
+    let Ok(generation) = generation() else {
+        return lock_api::pid_namespace();
+    };
+    let tag = u64::from(generation) + 1;
+    let cached = CACHED.load(Relaxed);
+    if cached >> 32 == tag {
+        return cached as u32;
+    }
+    let ns = lock_api::pid_namespace();
+    CACHED.store(tag << 32 | u64::from(ns), Relaxed);
+    ns
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +107,46 @@ mod tests {
         .expect("fork");
         assert_eq!(status, Some(0), "the child saw its parent's generation");
         assert_eq!(current(), opened, "the parent's generation did not move");
+    }
+
+    /// The cached pid namespace is read again in a forked child: a child forked after
+    /// `unshare(CLONE_NEWPID)` is in a namespace of its own. The unshare happens in a first
+    /// child (single-threaded, so it may make a user namespace too when not root), which then
+    /// forks the second.
+    #[test]
+    fn a_child_in_a_new_pid_namespace_reads_its_own() {
+        let here = pid_namespace();
+        assert_eq!(here, lock_api::pid_namespace());
+        assert_ne!(here, 0, "/proc/self/ns/pid cannot be read");
+        let limit = Duration::from_secs(10);
+        let status = lock_conformance::fork::fork_and_wait(limit, || {
+            if pid_namespace() != here {
+                return 2;
+            }
+            let mut flags = libc::CLONE_NEWPID;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                flags |= libc::CLONE_NEWUSER;
+            }
+            // SAFETY: unshare(2) takes flags only; this child is single-threaded.
+            if unsafe { libc::unshare(flags) } != 0 {
+                return 3;
+            }
+            let grandchild = lock_conformance::fork::fork_and_wait(limit, || {
+                let theirs = pid_namespace();
+                i32::from(theirs == here || theirs != lock_api::pid_namespace())
+            });
+            match grandchild {
+                Ok(Some(code)) => code,
+                _ => 4,
+            }
+        })
+        .expect("fork");
+        assert_eq!(
+            status,
+            Some(0),
+            "1: the grandchild read its grandparent's namespace; 2: the child did not see its \
+             parent's; 3: unshare failed; 4: the grandchild did not exit"
+        );
     }
 }

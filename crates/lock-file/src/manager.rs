@@ -552,7 +552,7 @@ impl FileManager {
         let owner_death = store.marker.owner_death;
         let owner = store.table.next_owner();
         let pid = std::process::id();
-        let pid_ns = lock_api::pid_namespace();
+        let pid_ns = lockyard_fork::pid_namespace();
         let me = clients::Entry {
             owner,
             pid,

@@ -90,7 +90,7 @@ impl Shared {
         let forks = fork::generation()?;
         let slot_lock = seg.slot_description()?;
         let watchers = Watchers::new(&seg, &layout)?;
-        let pid_ns = lock_api::pid_namespace();
+        let pid_ns = lockyard_fork::pid_namespace();
         let (slot, generation) = client::claim(&seg, &layout, &slot_lock, pid_ns)?;
         // After the claim: a remover that did not see it has unlinked the name, or is deciding.
         if let Err(e) = seg.not_removed() {

@@ -680,7 +680,7 @@ pub(crate) fn remove_unused(name: &str) -> Result<Vec<Option<u32>>> {
     let sys = Removal::new(&seg, Some((seg.slot_description()?, &layout)));
     let what = format!("segment {}", seg.path.display());
     let open = crate::removal::remove_unused(&sys, layout::CLIENT_SLOTS, &what)?;
-    let pid_ns = lock_api::pid_namespace();
+    let pid_ns = lockyard_fork::pid_namespace();
     open.into_iter()
         .map(|slot| crate::client::slot_pid(&seg, &layout, slot, pid_ns))
         .collect()
