@@ -97,20 +97,24 @@ impl Entry {
 
 /// Claims the first free entry of the `clients` file `file` (at `path`, opened for reading and
 /// writing by this manager alone, which keeps it open for its life) and writes `me` there.
-/// Returns the entry, or `None` when all [`MAX_CLIENTS`] are in use.
-///
-/// # Errors
-///
-/// `Io` naming the file for OS errors.
-pub(crate) fn claim(file: &File, path: &Path, me: &Entry) -> Result<Option<u64>> {
+/// Returns the entry, or `None` when all [`MAX_CLIENTS`] are in use or the file system refuses
+/// (no OFD locks, a full disk): being listed is not worth failing an open for, and the manager
+/// then works as usual, unlisted. An entry whose write failed is unlocked again, so that it
+/// never shows a dead manager's identity as live.
+pub(crate) fn claim(file: &File, path: &Path, me: &Entry) -> Option<u64> {
     for k in 0..MAX_CLIENTS {
-        if lock(file, path, k * ENTRY_LEN, libc::F_OFD_SETLK)? {
-            file.write_all_at(&me.encode(), k * ENTRY_LEN)
-                .map_err(|e| Error::io("write", path, e))?;
-            return Ok(Some(k));
+        let off = k * ENTRY_LEN;
+        if !lock(file, path, off, libc::F_OFD_SETLK).ok()? {
+            continue;
         }
+        if file.write_all_at(&me.encode(), off).is_ok() {
+            return Some(k);
+        }
+        // If even the unlock fails, the description's close ends the lock.
+        let _ = lock(file, path, off, UNLOCK);
+        return None;
     }
-    Ok(None)
+    None
 }
 
 /// The entries of the live managers other than the one whose description `file` is, in entry
@@ -148,12 +152,20 @@ pub(crate) fn others(file: &File, path: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// [`lock`]'s command for releasing this description's lock on the byte.
+const UNLOCK: libc::c_int = -1;
+
 /// `F_OFD_SETLK` of a write lock on byte `off` of `file`: whether it was taken. `F_OFD_GETLK`
 /// of the same: whether it could be (no other description holds a lock on the byte).
+/// [`UNLOCK`]: `F_OFD_SETLK` of `F_UNLCK`, always `true`.
 fn lock(file: &File, path: &Path, off: u64, cmd: libc::c_int) -> Result<bool> {
+    let (cmd, l_type) = match cmd {
+        UNLOCK => (libc::F_OFD_SETLK, libc::F_UNLCK),
+        cmd => (cmd, libc::F_WRLCK),
+    };
     // SAFETY: `struct flock` is plain old data for which all-zero bytes are a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_type = l_type as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = off as libc::off_t;
     fl.l_len = 1;
@@ -228,17 +240,60 @@ mod tests {
         let path = dir.path().join("clients");
         File::create(&path).expect("create");
         let (a, b) = (open(&path), open(&path));
-        assert_eq!(claim(&a, &path, &me(1)).expect("claim"), Some(0));
-        assert_eq!(claim(&b, &path, &me(2)).expect("claim"), Some(1));
+        assert_eq!(claim(&a, &path, &me(1)), Some(0));
+        assert_eq!(claim(&b, &path, &me(2)), Some(1));
         assert_eq!(others(&a, &path).expect("others"), vec![me(2)]);
         assert_eq!(others(&b, &path).expect("others"), vec![me(1)]);
         drop(a);
         assert_eq!(others(&b, &path).expect("others"), vec![]);
         // The first free entry is taken again, and the dead one's bytes are overwritten.
         let c = open(&path);
-        assert_eq!(claim(&c, &path, &me(3)).expect("claim"), Some(0));
+        assert_eq!(claim(&c, &path, &me(3)), Some(0));
         assert_eq!(others(&b, &path).expect("others"), vec![me(3)]);
         assert_eq!(others(&c, &path).expect("others"), vec![me(2)]);
+    }
+
+    /// A claim the file system refuses leaves no entry: without write access no lock is taken,
+    /// and an entry whose write fails (here: beyond the file size limit) is unlocked again, so
+    /// no reader takes the previous owner's bytes for a live manager.
+    #[test]
+    fn a_refused_claim_leaves_no_entry() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("clients");
+        File::create(&path).expect("create");
+        let read_only = File::open(&path).expect("open");
+        assert_eq!(claim(&read_only, &path, &me(1)), None);
+        let limit = Duration::from_secs(10);
+        let status = lock_conformance::fork::fork_and_wait(limit, || {
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: plain system calls on values that outlive them, in a single-threaded
+            // child: ignoring SIGXFSZ makes the oversized write fail with EFBIG instead.
+            let set = unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN) != libc::SIG_ERR
+                    && libc::setrlimit(libc::RLIMIT_FSIZE, &zero) == 0
+            };
+            if !set {
+                return 2;
+            }
+            let file = open(&path);
+            if claim(&file, &path, &me(1)).is_some() {
+                return 3;
+            }
+            let other = open(&path);
+            match lock(&other, &path, 0, libc::F_OFD_GETLK) {
+                Ok(true) => 0,
+                _ => 4,
+            }
+        })
+        .expect("fork");
+        assert_eq!(
+            status,
+            Some(0),
+            "2: setrlimit; 3: the write did not fail; 4: the entry stayed locked"
+        );
     }
 
     #[test]
@@ -248,8 +303,8 @@ mod tests {
         std::fs::write(&path, vec![0xa5u8; 1000]).expect("write garbage");
         let (a, b) = (open(&path), open(&path));
         assert_eq!(others(&a, &path).expect("others"), vec![]);
-        claim(&a, &path, &me(1)).expect("claim");
-        claim(&b, &path, &me(2)).expect("claim");
+        claim(&a, &path, &me(1));
+        claim(&b, &path, &me(2));
         assert_eq!(others(&a, &path).expect("others"), vec![me(2)]);
         assert_eq!(others(&b, &path).expect("others"), vec![me(1)]);
     }

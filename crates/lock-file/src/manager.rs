@@ -559,7 +559,8 @@ impl FileManager {
             pid_ns,
             since_ms: lock_api::coarse_now_ms(),
         };
-        clients::claim(&store.clients, &store.clients_path, &me)?;
+        // Best effort: an open that cannot be listed still opens.
+        clients::claim(&store.clients, &store.clients_path, &me);
         let deadlock_ms = if owner_death {
             DEFAULT_DEADLOCK_TIMEOUT.as_millis() as u64
         } else {
