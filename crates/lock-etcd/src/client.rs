@@ -498,7 +498,7 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range end of a prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

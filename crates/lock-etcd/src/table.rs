@@ -23,7 +23,7 @@ use lock_api::{
     Error, EtcdSpec, HeldLock, LockId, LockState, Manager, Result, Store, StoreSpec, wrong_scheme,
 };
 
-use crate::client::{Ctx, Shared, range_all, txn_first_kv, txn_range};
+use crate::client::{Ctx, Shared, prefix_end, range_all, txn_first_kv, txn_range};
 use crate::deadlock::{DEFAULT_DEADLOCK_TIMEOUT, Detector, timeout_ms};
 use crate::handle::EtcdLock;
 use crate::mutex::Target;
@@ -115,6 +115,41 @@ pub(crate) fn parse_decimal(text: &str) -> Option<u32> {
 }
 
 /// An allocation key's id in the form lock-etcd writes it: exactly ten decimal digits.
+/// Tables of at most this many ids have their allocation keys read whole; larger ones are
+/// counted in pieces down to a range of at most this many ids, whose keys are read.
+const READ_BELOW: u32 = 512;
+/// Pieces counted per round trip (one count each, in one Txn; etcd's default
+/// `--max-txn-ops` is 128, and the first Txn has two counts more).
+const PIECES: u32 = 64;
+
+/// What a search for the lowest free id found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Free {
+    /// This id has no allocation key.
+    Id(u32),
+    /// Every id has one: the table is full.
+    None,
+    /// The ids counted as free were taken by the time they were read: look again.
+    Taken,
+}
+
+/// The lowest id of `[from, to)` missing from `ids` (sorted, all in that range).
+fn first_gap(from: u32, to: u32, ids: &[u32]) -> Free {
+    let mut free = from;
+    for &id in ids {
+        if id == free {
+            free += 1;
+        } else if id > free {
+            break;
+        }
+    }
+    if free < to {
+        Free::Id(free)
+    } else {
+        Free::None
+    }
+}
+
 fn parse_alloc_id(text: &str) -> Option<u32> {
     let canonical = text.len() == 10 && text.bytes().all(|b| b.is_ascii_digit());
     canonical.then(|| text.parse().ok()).flatten()
@@ -377,6 +412,152 @@ impl EtcdTable {
         Ok(ids)
     }
 
+    /// The lowest id without an allocation key, as the server says at one moment.
+    ///
+    /// A table of at most [`READ_BELOW`] ids has its allocation keys read (as [`allocated`]
+    /// reads them). A larger one is narrowed down by counting: one Txn counts the keys in up to
+    /// [`PIECES`] consecutive pieces of the ids still in question, and the first piece with fewer
+    /// keys than ids holds the lowest free one; once at most [`READ_BELOW`] ids are left, their
+    /// keys are read. So an allocation costs a few round trips whatever the table holds (four
+    /// at 2^20 ids), where reading every key cost one page of 10,000 keys per 10,000 allocated
+    /// ids, all of them sent. The first Txn also counts the keys under `alloc/` that sort
+    /// before the first id's key or after the last one's (`alloc/0`, an id beyond the
+    /// capacity): any is `Corrupt`, as a key read that is no id is; so is a piece with more keys
+    /// than ids (`alloc/0000000001x`).
+    ///
+    /// [`Free::Taken`] when the piece found had no free id by the time its keys were read:
+    /// another process allocated meanwhile, and the caller looks again.
+    async fn lowest_free(ctx: &Ctx, root: &str, prefix: &str, capacity: u32) -> Result<Free> {
+        if capacity <= READ_BELOW {
+            let ids = Self::allocated(ctx, prefix, capacity).await?;
+            return Ok(first_gap(0, capacity, &ids));
+        }
+        let key = |id: u32| format!("{root}/alloc/{id:010}");
+        let (mut lo, mut hi) = (0u32, capacity);
+        let mut first = true;
+        while hi - lo > READ_BELOW {
+            let width = (hi - lo).div_ceil(PIECES);
+            let bounds: Vec<(u32, u32)> = (lo..hi)
+                .step_by(width as usize)
+                .map(|from| (from, from.saturating_add(width).min(hi)))
+                .collect();
+            let mut ops: Vec<TxnOp> = bounds
+                .iter()
+                .map(|&(from, to)| {
+                    let options = GetOptions::new()
+                        .with_range(key(to).as_str())
+                        .with_count_only();
+                    TxnOp::get(key(from).as_str(), Some(options))
+                })
+                .collect();
+            if first {
+                // The keys under `alloc/` before the first id's and after the last one's: none
+                // in a sound table, so counting them costs the server nothing.
+                ops.push(TxnOp::get(
+                    prefix,
+                    Some(
+                        GetOptions::new()
+                            .with_range(key(0).as_str())
+                            .with_count_only(),
+                    ),
+                ));
+                ops.push(TxnOp::get(
+                    key(capacity).as_str(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(prefix_end(prefix.as_bytes()))
+                            .with_count_only(),
+                    ),
+                ));
+            }
+            let answer = ctx
+                .call(|mut c| {
+                    let txn = Txn::new().and_then(ops.clone());
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            let count = |index: usize| {
+                txn_range(&answer.0, index)
+                    .map(|range| range.count)
+                    .ok_or_else(|| {
+                        Error::corrupt("etcd answered a count of allocation keys without the count")
+                    })
+            };
+            if first {
+                let outside = count(bounds.len())? + count(bounds.len() + 1)?;
+                if outside != 0 {
+                    return Err(Error::corrupt(format!(
+                        "{outside} etcd allocation key(s) under {prefix:?} are not ids below \
+                         the capacity {capacity} (ids are 10 digits)"
+                    )));
+                }
+                first = false;
+            }
+            let mut gap = None;
+            for (index, &(from, to)) in bounds.iter().enumerate() {
+                let keys = count(index)?;
+                if keys > i64::from(to - from) {
+                    return Err(Error::corrupt(format!(
+                        "{keys} etcd allocation keys under {prefix:?} between ids {from} and \
+                         {to}: keys that are not ids (ids are 10 digits)"
+                    )));
+                }
+                if keys < i64::from(to - from) {
+                    gap = Some((from, to));
+                    break;
+                }
+            }
+            let Some((from, to)) = gap else {
+                return Ok(Free::None);
+            };
+            (lo, hi) = (from, to);
+        }
+        let ids = Self::allocated_between(ctx, prefix, &key(lo), &key(hi), capacity).await?;
+        Ok(match first_gap(lo, hi, &ids) {
+            Free::None => Free::Taken,
+            found => found,
+        })
+    }
+
+    /// The ids whose allocation keys lie in `[from, to)` (keys under `prefix`), sorted; at most
+    /// [`READ_BELOW`] of them, read in one request.
+    async fn allocated_between(
+        ctx: &Ctx,
+        prefix: &str,
+        from: &str,
+        to: &str,
+        capacity: u32,
+    ) -> Result<Vec<u32>> {
+        let answer = ctx
+            .call(|mut c| {
+                let options = GetOptions::new()
+                    .with_range(to)
+                    .with_keys_only()
+                    .with_limit(i64::from(READ_BELOW) + 1);
+                let txn = Txn::new().and_then([TxnOp::get(from, Some(options))]);
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        let kvs = txn_range(&answer.0, 0).map_or(&[][..], |range| &range.kvs[..]);
+        let mut ids = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let key = String::from_utf8_lossy(&kv.key);
+            let id = key
+                .strip_prefix(prefix)
+                .and_then(parse_alloc_id)
+                .filter(|id| *id < capacity)
+                .ok_or_else(|| {
+                    Error::corrupt(format!(
+                        "etcd allocation key {key:?} (ids are 10 digits below the capacity \
+                         {capacity})"
+                    ))
+                })?;
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     /// Marks `id` allocated; `false` when it already was.
     ///
     /// The key's value is a token of this call (a fresh owner key: process, host, 64 random
@@ -430,18 +611,11 @@ impl Manager for EtcdTable {
         let meta_rev = self.meta_rev;
         let id = self.shared.block_on(async move {
             loop {
-                let ids = Self::allocated(&ctx, &prefix, capacity).await?;
-                let mut free = 0u32;
-                for id in ids {
-                    if id == free {
-                        free += 1;
-                    } else if id > free {
-                        break;
-                    }
-                }
-                if free >= capacity {
-                    return Err(Error::Exhausted { capacity });
-                }
+                let free = match Self::lowest_free(&ctx, &root, &prefix, capacity).await? {
+                    Free::Id(id) => id,
+                    Free::None => return Err(Error::Exhausted { capacity }),
+                    Free::Taken => continue,
+                };
                 let key = format!("{root}/alloc/{free:010}");
                 if Self::mark(&ctx, &root, meta_rev, &key).await? {
                     return Ok(free);
@@ -629,6 +803,16 @@ fn delete_prefix(shared: &Shared, prefix: String) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_gap_is_the_lowest_missing_id_of_the_range() {
+        assert_eq!(first_gap(0, 4, &[]), Free::Id(0));
+        assert_eq!(first_gap(0, 4, &[0, 1, 3]), Free::Id(2));
+        assert_eq!(first_gap(0, 4, &[0, 1, 2, 3]), Free::None);
+        assert_eq!(first_gap(64, 96, &[64, 65]), Free::Id(66));
+        assert_eq!(first_gap(64, 96, &[65]), Free::Id(64));
+        assert_eq!(first_gap(64, 66, &[64, 65]), Free::None);
+    }
 
     /// Only the forms lock-etcd writes are ids.
     #[test]

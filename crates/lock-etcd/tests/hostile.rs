@@ -176,8 +176,9 @@ fn holders_with_a_mebibyte_of_data_are_listed(eps: &[String]) -> Result<(), Fail
     outcome
 }
 
-/// `allocate` reads every allocation key: with more of them than fit one 4 MiB answer (long
-/// keys under the longest prefix and table name), it still hands out the next free id.
+/// `allocate` finds the lowest free id of a table with more allocation keys than fit one 4 MiB
+/// answer (long keys under the longest prefix and table name), after a free in the middle too,
+/// and refuses keys that are no ids.
 fn allocation_reads_past_one_answer(eps: &[String]) -> Result<(), Failed> {
     const TAKEN: u32 = 6000;
     let base = prefix("alloc");
@@ -199,14 +200,51 @@ fn allocation_reads_past_one_answer(eps: &[String]) -> Result<(), Failed> {
             c.txn(Txn::new().and_then(ops)).await.map(drop)
         });
     }
-    let next = table.allocate().map(|l| l.id());
+    let outcome = (|| -> Result<(), Failed> {
+        let next = table.allocate().map(|l| l.id());
+        check!(
+            matches!(next, Ok(LockId(TAKEN))),
+            "allocate after {TAKEN} allocations: {next:?}"
+        );
+        // A table this large is searched by counting keys in pieces: the lowest free id is
+        // still the one handed out.
+        delete_prefix(eps, &format!("{root}/alloc/{:010}", 4321));
+        let next = table.allocate().map(|l| l.id());
+        check!(
+            matches!(next, Ok(LockId(4321))),
+            "after freeing 4321: {next:?}"
+        );
+        let next = table.allocate().map(|l| l.id());
+        check!(
+            matches!(next, Ok(LockId(id)) if id == TAKEN + 1),
+            "next: {next:?}"
+        );
+        // A key that is no id is Corrupt, inside the ids' range (a piece with more keys than
+        // ids) or outside it (more keys under alloc/ than in the range).
+        for bad in ["0000000001x", "0", "9999999999"] {
+            let key = format!("{root}/alloc/{bad}");
+            put(eps, &key, b"");
+            let allocated = table.allocate().map(|l| l.id());
+            // This key alone: `alloc/0` is a prefix of every allocation key.
+            raw(eps, async move |c| c.delete(key, None).await.map(drop));
+            check!(
+                matches!(allocated, Err(Error::Corrupt { .. })),
+                "allocate with alloc/{bad}: {allocated:?}"
+            );
+        }
+        for _ in TAKEN + 2..TAKEN + 10 {
+            table.allocate()?;
+        }
+        let full = table.allocate().map(|l| l.id());
+        check!(
+            matches!(full, Err(Error::Exhausted { .. })),
+            "allocate in a full table: {full:?}"
+        );
+        Ok(())
+    })();
     drop(table);
     locks.remove_table(&name)?;
-    check!(
-        matches!(next, Ok(LockId(TAKEN))),
-        "allocate after {TAKEN} allocations: {next:?}"
-    );
-    Ok(())
+    outcome
 }
 
 /// Two owners of one table, each holding one lock and waiting for the other's: one of them is
