@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use etcd_client::proto::PbKeyValue;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use lock_api::{
     Error, EtcdSpec, HeldLock, LockId, LockState, Manager, Result, Store, StoreSpec, wrong_scheme,
@@ -148,6 +149,32 @@ fn first_gap(from: u32, to: u32, ids: &[u32]) -> Free {
     } else {
         Free::None
     }
+}
+
+/// The ids the allocation keys `kvs` (under `prefix`) name, sorted.
+///
+/// # Errors
+///
+/// [`Error::Corrupt`] for a key that lock-etcd would not write: not ten digits, or an id at or
+/// beyond the capacity.
+fn alloc_ids(kvs: &[PbKeyValue], prefix: &str, capacity: u32) -> Result<Vec<u32>> {
+    let mut ids = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        let key = String::from_utf8_lossy(&kv.key);
+        let id = key
+            .strip_prefix(prefix)
+            .and_then(parse_alloc_id)
+            .filter(|id| *id < capacity)
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "etcd allocation key {key:?} (ids are 10 digits below the capacity \
+                     {capacity})"
+                ))
+            })?;
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 fn parse_alloc_id(text: &str) -> Option<u32> {
@@ -393,23 +420,7 @@ impl EtcdTable {
     /// beyond the capacity.
     async fn allocated(ctx: &Ctx, prefix: &str, capacity: u32) -> Result<Vec<u32>> {
         let (_, kvs) = range_all(ctx, prefix, true).await?;
-        let mut ids = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            let key = String::from_utf8_lossy(&kv.key);
-            let id = key
-                .strip_prefix(prefix)
-                .and_then(parse_alloc_id)
-                .filter(|id| *id < capacity)
-                .ok_or_else(|| {
-                    Error::corrupt(format!(
-                        "etcd allocation key {key:?} (ids are 10 digits below the capacity \
-                         {capacity})"
-                    ))
-                })?;
-            ids.push(id);
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        alloc_ids(&kvs, prefix, capacity)
     }
 
     /// The lowest id without an allocation key, as the server says at one moment.
@@ -539,23 +550,7 @@ impl EtcdTable {
             })
             .await?;
         let kvs = txn_range(&answer.0, 0).map_or(&[][..], |range| &range.kvs[..]);
-        let mut ids = Vec::with_capacity(kvs.len());
-        for kv in kvs {
-            let key = String::from_utf8_lossy(&kv.key);
-            let id = key
-                .strip_prefix(prefix)
-                .and_then(parse_alloc_id)
-                .filter(|id| *id < capacity)
-                .ok_or_else(|| {
-                    Error::corrupt(format!(
-                        "etcd allocation key {key:?} (ids are 10 digits below the capacity \
-                         {capacity})"
-                    ))
-                })?;
-            ids.push(id);
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        alloc_ids(kvs, prefix, capacity)
     }
 
     /// Marks `id` allocated; `false` when it already was.
