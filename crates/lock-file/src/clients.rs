@@ -104,14 +104,14 @@ impl Entry {
 pub(crate) fn claim(file: &File, path: &Path, me: &Entry) -> Option<u64> {
     for k in 0..MAX_CLIENTS {
         let off = k * ENTRY_LEN;
-        if !lock(file, path, off, libc::F_OFD_SETLK).ok()? {
+        if !ofd(file, path, off, Op::TryLock).ok()? {
             continue;
         }
         if file.write_all_at(&me.encode(), off).is_ok() {
             return Some(k);
         }
         // If even the unlock fails, the description's close ends the lock.
-        let _ = lock(file, path, off, UNLOCK);
+        let _ = ofd(file, path, off, Op::Unlock);
         return None;
     }
     None
@@ -145,23 +145,31 @@ pub(crate) fn others(file: &File, path: &Path) -> Result<Vec<Entry>> {
             continue;
         };
         // Locked through another description: a live manager (never this one).
-        if !lock(file, path, k as u64 * ENTRY_LEN, libc::F_OFD_GETLK)? {
+        if !ofd(file, path, k as u64 * ENTRY_LEN, Op::Probe)? {
             out.push(entry);
         }
     }
     Ok(out)
 }
 
-/// [`lock`]'s command for releasing this description's lock on the byte.
-const UNLOCK: libc::c_int = -1;
+/// What [`ofd`] does with an entry's byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `F_OFD_SETLK` of a write lock: whether it was taken.
+    TryLock,
+    /// `F_OFD_SETLK` of `F_UNLCK`: always `true`.
+    Unlock,
+    /// `F_OFD_GETLK` of a write lock: whether it could be taken (no other description holds a
+    /// lock on the byte).
+    Probe,
+}
 
-/// `F_OFD_SETLK` of a write lock on byte `off` of `file`: whether it was taken. `F_OFD_GETLK`
-/// of the same: whether it could be (no other description holds a lock on the byte).
-/// [`UNLOCK`]: `F_OFD_SETLK` of `F_UNLCK`, always `true`.
-fn lock(file: &File, path: &Path, off: u64, cmd: libc::c_int) -> Result<bool> {
-    let (cmd, l_type) = match cmd {
-        UNLOCK => (libc::F_OFD_SETLK, libc::F_UNLCK),
-        cmd => (cmd, libc::F_WRLCK),
+/// `op` on byte `off` of `file` (at `path`), through the file's own description.
+fn ofd(file: &File, path: &Path, off: u64, op: Op) -> Result<bool> {
+    let (cmd, l_type) = match op {
+        Op::TryLock => (libc::F_OFD_SETLK, libc::F_WRLCK),
+        Op::Unlock => (libc::F_OFD_SETLK, libc::F_UNLCK),
+        Op::Probe => (libc::F_OFD_GETLK, libc::F_WRLCK),
     };
     // SAFETY: `struct flock` is plain old data for which all-zero bytes are a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -174,19 +182,19 @@ fn lock(file: &File, path: &Path, off: u64, cmd: libc::c_int) -> Result<bool> {
         // caller's descriptor is open for the call.
         let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };
         if r == 0 {
-            return Ok(cmd == libc::F_OFD_SETLK || fl.l_type == libc::F_UNLCK as libc::c_short);
+            return Ok(op != Op::Probe || fl.l_type == libc::F_UNLCK as libc::c_short);
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => {}
-            Some(libc::EAGAIN | libc::EACCES) if cmd == libc::F_OFD_SETLK => return Ok(false),
+            Some(libc::EAGAIN | libc::EACCES) if op == Op::TryLock => return Ok(false),
             _ => {
-                let op = if cmd == libc::F_OFD_SETLK {
-                    "fcntl(F_OFD_SETLK)"
-                } else {
+                let name = if op == Op::Probe {
                     "fcntl(F_OFD_GETLK)"
+                } else {
+                    "fcntl(F_OFD_SETLK)"
                 };
-                return Err(Error::io(op, path, e));
+                return Err(Error::io(name, path, e));
             }
         }
     }
@@ -283,7 +291,7 @@ mod tests {
                 return 3;
             }
             let other = open(&path);
-            match lock(&other, &path, 0, libc::F_OFD_GETLK) {
+            match ofd(&other, &path, 0, Op::Probe) {
                 Ok(true) => 0,
                 _ => 4,
             }
