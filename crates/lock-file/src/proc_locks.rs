@@ -23,17 +23,38 @@ pub(crate) struct FlockHolders {
     pub(crate) exclusive: Vec<Option<u32>>,
 }
 
+/// How many times [`flock_holders`] reads `/proc/locks` at most to get two reads that agree.
+const READS: usize = 6;
+
 /// The `flock` locks held on `file` now, or `None` when `/proc/locks` or the file's identity
-/// cannot be read.
+/// cannot be read, or no two consecutive reads of it agree.
+///
+/// `/proc/locks` is no snapshot: a read returns at most a page of lines, and the next read
+/// finds its place again by counting lines, so locks taken or dropped anywhere on the system
+/// between two reads make a line appear twice or not at all (seen under parallel tests: three
+/// shared locks listed for two managers). So the file is read whole until two reads in a row
+/// list the same locks on this file.
 pub(crate) fn flock_holders(file: &File) -> Option<FlockHolders> {
     let st = rustix::fs::fstat(file).ok()?;
-    let text = std::fs::read_to_string("/proc/locks").ok()?;
     let dev = (
         rustix::fs::major(st.st_dev),
         rustix::fs::minor(st.st_dev),
         st.st_ino,
     );
-    Some(parse(&text, dev))
+    let read = || {
+        std::fs::read_to_string("/proc/locks")
+            .ok()
+            .map(|text| parse(&text, dev))
+    };
+    let mut last = read()?;
+    for _ in 1..READS {
+        let now = read()?;
+        if now == last {
+            return Some(now);
+        }
+        last = now;
+    }
+    None
 }
 
 /// The `flock` locks in `text` (the contents of `/proc/locks`) held on the file whose device
