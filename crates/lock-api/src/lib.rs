@@ -19,6 +19,8 @@ pub use guard::LockGuard;
 pub use id::LockId;
 pub use locker::{Acquired, Locker};
 pub use manager::{BoxedManager, DynLocker, DynManager, HeldLock, Holder, LockState, Manager};
-pub use process::{OnceValue, PerProcess, coarse_now_ms, host_name, pid_namespace, pid_seen_here};
+pub use process::{
+    OnceValue, PerProcess, coarse_now_ms, host_name, managers_open, pid_namespace, pid_seen_here,
+};
 pub use spec::{EtcdSpec, MAX_NAME_LEN, StoreSpec, format_duration, parse_duration};
 pub use store::{Store, wrong_scheme};

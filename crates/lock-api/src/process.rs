@@ -232,6 +232,32 @@ pub fn pid_seen_here(pid: u32, theirs: u32, here: u32) -> Option<u32> {
     (pid != 0 && shared).then_some(pid)
 }
 
+/// How a refusal names the managers that have a store open, each by its pid as
+/// [`pid_seen_here`] gives it (`None`: in another pid namespace): `1 manager has it open: pid
+/// 12`, `3 managers have it open: pid 3, 12 and 1 in another pid namespace`. Pids are listed
+/// once each, in numeric order.
+#[must_use]
+pub fn managers_open(open: &[Option<u32>]) -> String {
+    let mut pids: Vec<u32> = open.iter().flatten().copied().collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let mut parts = Vec::new();
+    if !pids.is_empty() {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        parts.push(format!("pid {}", pids.join(", ")));
+    }
+    let elsewhere = open.iter().filter(|p| p.is_none()).count();
+    if elsewhere > 0 {
+        parts.push(format!("{elsewhere} in another pid namespace"));
+    }
+    let managers = if open.len() == 1 {
+        "manager has"
+    } else {
+        "managers have"
+    };
+    format!("{} {managers} it open: {}", open.len(), parts.join(" and "))
+}
+
 /// Now, in milliseconds since the Unix epoch, from the coarse real-time clock: a few nanoseconds
 /// through the vDSO, cheap enough for a lock path, and fine to the few milliseconds a
 /// [`Holder`](crate::Holder)'s `since` needs. 0 for a clock set before 1970.
@@ -247,6 +273,19 @@ pub fn coarse_now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_managers_are_named_by_pid() {
+        assert_eq!(managers_open(&[Some(12)]), "1 manager has it open: pid 12");
+        assert_eq!(
+            managers_open(&[Some(12), None, Some(3), Some(12)]),
+            "4 managers have it open: pid 3, 12 and 1 in another pid namespace"
+        );
+        assert_eq!(
+            managers_open(&[None, None]),
+            "2 managers have it open: 2 in another pid namespace"
+        );
+    }
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 

@@ -14,7 +14,6 @@ mod manager;
 #[cfg(test)]
 mod model;
 mod owner;
-mod proc_locks;
 mod record;
 mod registry;
 #[cfg(test)]

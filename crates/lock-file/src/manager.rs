@@ -663,7 +663,7 @@ impl FileManager {
     /// # Errors
     ///
     /// [`Error::InUse`] when a manager has the store open (nothing is removed; the message names
-    /// the processes by pid when `/proc/locks` can say); otherwise as
+    /// the managers by pid from their `clients` entries); otherwise as
     /// [`remove`](FileManager::remove).
     pub fn remove_unused(path: impl AsRef<Path>) -> Result<()> {
         store::remove_unused(path.as_ref())

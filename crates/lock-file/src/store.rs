@@ -555,41 +555,35 @@ pub(crate) fn remove_unused(path: &Path) -> Result<()> {
         .marker_file
         .try_clone()
         .map_err(|e| Error::io("dup", &marker_path, e))?;
+    // Opened before the store may go, to name its managers should it be in use; a store of an
+    // older format has no such file, and is refused in plainer words.
+    let clients_path = path.join(CLIENTS_FILE);
+    let clients = open_file(&found.dir, &clients_path, OsStr::new(CLIENTS_FILE), false).ok();
     let sys = Registry::new(&marker, path, &marker_path);
     let what = format!("lock-file store {}", path.display());
     let claimed = crate::registry::claim(&sys, &what, || remove_found(found, path));
     match claimed {
         Err(Error::InUse { what: said }) => Err(Error::InUse {
-            what: name_users(&marker, &what).unwrap_or(said),
+            what: clients
+                .and_then(|file| name_users(&file, &clients_path, &what))
+                .unwrap_or(said),
         }),
         other => other,
     }
 }
 
-/// What keeps the store `what` in use, naming the processes that hold `flock` locks on its
-/// `marker` (`proc_locks.rs`); `None` when `/proc/locks` cannot say (it cannot be read, or the
-/// locks went meanwhile), and the error keeps its plainer words.
-fn name_users(marker: &File, what: &str) -> Option<String> {
-    let holders = crate::proc_locks::flock_holders(marker)?;
-    let describe = crate::proc_locks::describe;
-    let n = holders.shared.len();
-    if n > 0 {
-        let managers = if n == 1 {
-            "manager has"
-        } else {
-            "managers have"
-        };
-        return Some(format!(
-            "{what} ({n} {managers} it open: {})",
-            describe(&holders.shared)
-        ));
-    }
-    (!holders.exclusive.is_empty()).then(|| {
-        format!(
-            "{what} (another process is removing it: {})",
-            describe(&holders.exclusive)
-        )
-    })
+/// What keeps the store `what` in use: the managers listed in its `clients` file (clients.rs),
+/// by pid where this process's pid namespace is theirs. This process holds no entry there, so
+/// every live one is seen. `None` when the file cannot be read or lists nobody (a manager
+/// beyond the entries, or another remover), and the error keeps its plainer words.
+fn name_users(clients: &File, clients_path: &Path, what: &str) -> Option<String> {
+    let here = lockyard_fork::pid_namespace();
+    let open: Vec<Option<u32>> = crate::clients::others(clients, clients_path)
+        .ok()?
+        .iter()
+        .map(|entry| lock_api::pid_seen_here(entry.pid, entry.pid_ns, here))
+        .collect();
+    (!open.is_empty()).then(|| format!("{what} ({})", lock_api::managers_open(&open)))
 }
 
 /// The system calls of registry.rs, on one store's marker.

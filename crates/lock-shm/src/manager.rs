@@ -383,32 +383,11 @@ impl ShmManager {
         if open.is_empty() {
             return Ok(());
         }
-        let mut pids: Vec<u32> = open.iter().flatten().copied().collect();
-        pids.sort_unstable();
-        pids.dedup();
-        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-        let elsewhere = open.iter().filter(|p| p.is_none()).count();
-        let mut whose = if pids.is_empty() {
-            String::new()
-        } else {
-            format!("pid {}", pids.join(", "))
-        };
-        if elsewhere > 0 {
-            if !whose.is_empty() {
-                whose.push_str(" and ");
-            }
-            whose.push_str(&format!("{elsewhere} in another pid namespace"));
-        }
-        let managers = if open.len() == 1 {
-            "manager has"
-        } else {
-            "managers have"
-        };
         Err(Error::InUse {
             what: format!(
-                "segment {} ({} {managers} it open: {whose})",
+                "segment {} ({})",
                 segment::path_of(name).display(),
-                open.len()
+                lock_api::managers_open(&open)
             ),
         })
     }
