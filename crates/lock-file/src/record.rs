@@ -18,8 +18,8 @@
 //! the pid only when the holder's pid namespace is its own (`lock_api::pid_seen_here`): a holder
 //! in a container is pid 1 there, and pid 1 here is another process.
 //!
-//! The holder writes the record right after `flock` succeeds (words 1 and 2, then word 0) and clears
-//! word 0 right before it unlocks. An acquirer that finds word 0 non-zero knows the previous
+//! The holder writes the record right after `flock` succeeds (words 1 and 2, then word 0) and
+//! clears word 0 right before it unlocks. An acquirer that finds word 0 non-zero knows the previous
 //! holder never cleared it: it died holding the lock (or unlocked through a dropped manager), so
 //! the acquirer reports `OwnerDied`. Both windows are safe: dying after `flock` but before the
 //! record is written means `lock()` never returned, so nothing was protected yet and `Clean` is
