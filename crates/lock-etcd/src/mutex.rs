@@ -563,8 +563,10 @@ async fn enqueue_and_wait(
         })
         .await
         .map_err(|e| match e {
-            // The put named a lease etcd no longer has: nothing was written.
-            Error::Lost => AcquireError::StaleSession,
+            // The put named a lease etcd no longer has. Nothing was written if this was the
+            // first attempt; after an unanswered one, our key may have been written and gone
+            // with the lease while we waited unknowingly, and such a waiter is told `Lost`.
+            Error::Lost if attempts == 1 => AcquireError::StaleSession,
             e => AcquireError::Other(e),
         })?;
     // An earlier attempt may still be applied late by a member that did not answer.

@@ -443,6 +443,93 @@ fn stopped_waiter_whose_lease_expired_is_never_told_it_holds() -> Result<(), Fai
     Ok(())
 }
 
+/// The same contract when the waiter never learned that it had joined the queue: its enqueue
+/// was applied, the answer was lost, and its session's lease ended before the retry. The retry's
+/// "no such lease" does not mean that nothing was written (the first attempt was), so the waiter
+/// is told `Lost`; before, it took that answer as a stale session's, started again on a new
+/// default session and returned `Ok(Clean)` (seen once in CI through the stopped waiter above,
+/// whose first answer arrived after its attempt timeout).
+#[test]
+#[serial]
+fn a_waiter_whose_unanswered_enqueue_lost_its_lease_is_told_lost() {
+    let tc = TestCluster::start();
+    let prefix = common::prefix("lost-enqueue");
+    let holder_locks = tc.connect(&prefix, Duration::from_secs(10));
+    let holder = holder_locks.named("q").expect("named");
+    let _ = holder.lock().expect("holder lock");
+    let proxies: Vec<Proxy> = tc.endpoints.iter().map(|e| Proxy::start(e)).collect();
+    // Attempt timeout 1 s: the enqueue is retried on another member 1 s after its answer was lost.
+    let locks = connect_through(
+        &proxies,
+        &prefix,
+        Duration::from_secs(10),
+        Duration::from_secs(4),
+    );
+    let waiter = locks.named("q").expect("named");
+    let before: Vec<usize> = proxies.iter().map(Proxy::lost_answers).collect();
+    let queue = format!("{prefix}/lock/q/");
+    for p in &proxies {
+        p.lose_answers_to(queue.as_bytes());
+    }
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(waiter.try_lock_for(Duration::from_secs(20)));
+        waiter
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lost = loop {
+        let lost: Vec<bool> = proxies
+            .iter()
+            .zip(&before)
+            .map(|(p, was)| p.lost_answers() > *was)
+            .collect();
+        if lost.contains(&true) {
+            break lost;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiter's enqueue was not answered within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The enqueue was applied: the waiter's key is in the queue behind the holder's. End its
+    // lease, as an expiry while the process was stopped would, before the retry.
+    let keys = common::queue_keys(&tc.endpoints, &queue);
+    assert_eq!(keys.len(), 2, "holder and waiter queued: {keys:?}");
+    let holder_lease = holder.lease_id().expect("held");
+    let (_, lease) = keys
+        .iter()
+        .find(|(_, lease)| *lease != holder_lease)
+        .expect("the waiter's key");
+    let lease = *lease;
+    common::raw(&tc.endpoints, async move |c| c.lease_revoke(lease).await);
+    for (p, lost) in proxies.iter().zip(&lost) {
+        if !lost {
+            p.set_mode(Mode::Forward);
+        }
+    }
+    holder.unlock().expect("holder unlock");
+    let result = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the waiter did not return within 30 s");
+    let waiter = worker.join().expect("waiter thread");
+    assert!(matches!(result, Err(Error::Lost)), "waiter: {result:?}");
+    assert!(
+        matches!(waiter.fencing_token(), Err(Error::NotHeld(_))),
+        "the waiter holds nothing"
+    );
+    for p in &proxies {
+        p.set_mode(Mode::Forward);
+    }
+    let how = holder.try_lock().expect("try_lock").expect("free again");
+    assert_eq!(how, Acquired::Clean, "a dead waiter is not a dead holder");
+    holder.unlock().expect("unlock");
+    drop((holder, waiter));
+    drop((holder_locks, locks));
+    drop(proxies);
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(15));
+}
+
 /// A SIGKILLed holder's lease expires and the next acquirer gets the lock with a higher token.
 #[test]
 #[serial]
