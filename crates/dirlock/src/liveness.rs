@@ -18,27 +18,21 @@
 //! descriptor) and so is the lock test (exec keeps the pid). A record without the promise, or
 //! a file system that cannot answer, leaves the pid test alone, as before.
 //!
-//! A zombie thread-group leader is not a dead process: the main thread may have ended alone
-//! (`SYS_exit`, `pthread_exit` from `main`) while another thread runs on, holding the lock.
-//! `/proc/<pid>/stat` then shows the leader's state, `Z`, but its `num_threads` (field 20,
-//! the kernel's count of the group's tasks not yet released, the zombie leader included) is
-//! above one. A process is dead only when its leader is a zombie and that count is one (or
-//! zero, when the group is being released): only a live task can start another one, so no
-//! thread can appear after that.
+//! The pid and start-time test is `lock_api::process_state`, which also tells a zombie leader
+//! whose other threads run on (alive, holding the lock) from a process that has ended.
 
 use std::io;
 use std::sync::Arc;
 
-use lock_api::{Error, PerProcess, Result};
+use lock_api::{Error, PerProcess, ProcessState, Result, process_start_time, process_state};
 use std::os::fd::OwnedFd;
 
-use rustix::process::{Pid, PidfdFlags, getuid, pidfd_open, test_kill_process};
+use rustix::process::{Pid, PidfdFlags, getuid, pidfd_open};
 
 use crate::ofd::Probe;
 use crate::record::{Record, checked_word};
 use crate::wipeonfork::{self, getpid};
 
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const PID_NS: &str = "/proc/self/ns/pid";
 
 /// The identity of this process, as written into its records.
@@ -77,13 +71,12 @@ pub(crate) fn current() -> Result<Arc<Identity>> {
     if let Some(identity) = cache.as_ref() {
         return Ok(Arc::clone(identity));
     }
-    let boot_id = std::fs::read_to_string(BOOT_ID).map_err(|e| Error::io("read", BOOT_ID, e))?;
-    let boot_id = checked_word(boot_id.trim(), "boot_id").map_err(Error::invalid)?;
+    let boot_id = checked_word(&lock_api::boot_id()?, "boot_id").map_err(Error::invalid)?;
     let pid_ns = rustix::fs::stat(PID_NS)
         .map_err(|e| Error::io("stat", PID_NS, e.into()))?
         .st_ino;
-    let start_time = match read_stat(pid)? {
-        Some(stat) => stat.start_time,
+    let start_time = match process_start_time(pid.as_raw_nonzero().get() as u32)? {
+        Some(start_time) => start_time,
         None => {
             return Err(Error::io(
                 "read",
@@ -236,25 +229,14 @@ fn judge_pid(record: &Record, me: &Identity) -> Result<Verdict> {
     if record.pid_ns != me.pid_ns {
         return Ok(Verdict::Held(HeldBecause::ForeignPidNamespace));
     }
-    let Some(pid) = i32::try_from(record.pid).ok().and_then(Pid::from_raw) else {
-        // Record::parse refuses such pids; a forged record in memory is still not "stale".
-        return Ok(Verdict::Held(HeldBecause::Unverifiable));
-    };
-    // Our own pid with another start time is the reuse case too, and is handled below.
-    if !exists(pid)? {
-        return Ok(Verdict::Stale(StaleBecause::NoSuchProcess));
-    }
-    match read_stat(pid)? {
-        Some(stat) if stat.all_exited() => Ok(Verdict::Stale(StaleBecause::Zombie)),
-        Some(stat) if stat.start_time != record.start_time => {
-            Ok(Verdict::Stale(StaleBecause::PidReused))
-        }
-        Some(_) => Ok(Verdict::Held(HeldBecause::Alive)),
-        // /proc/<pid> vanished after kill(2) saw it (the process just exited) or is hidden;
-        // only a second ESRCH is certain.
-        None if !exists(pid)? => Ok(Verdict::Stale(StaleBecause::NoSuchProcess)),
-        None => Ok(Verdict::Held(HeldBecause::Unverifiable)),
-    }
+    Ok(match process_state(record.pid, record.start_time)? {
+        ProcessState::Alive => Verdict::Held(HeldBecause::Alive),
+        ProcessState::Gone => Verdict::Stale(StaleBecause::NoSuchProcess),
+        ProcessState::Zombie => Verdict::Stale(StaleBecause::Zombie),
+        ProcessState::Reused => Verdict::Stale(StaleBecause::PidReused),
+        // Also a pid that Record::parse refuses: a forged record in memory is not "stale".
+        ProcessState::Unverifiable => Verdict::Held(HeldBecause::Unverifiable),
+    })
 }
 
 /// What [`holder_pidfd`] found of a record's process.
@@ -295,121 +277,9 @@ pub(crate) fn holder_pidfd(record: &Record, me: &Identity) -> HolderPidfd {
     }
 }
 
-/// `kill(pid, 0)`: whether a process with this pid exists. `EPERM` means it exists.
-fn exists(pid: Pid) -> Result<bool> {
-    match test_kill_process(pid) {
-        Ok(()) | Err(rustix::io::Errno::PERM) => Ok(true),
-        Err(rustix::io::Errno::SRCH) => Ok(false),
-        Err(e) => Err(Error::io(
-            "kill",
-            format!("pid {}", pid.as_raw_nonzero()),
-            e.into(),
-        )),
-    }
-}
-
-/// The fields of `/proc/<pid>/stat` that liveness needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcStat {
-    /// The thread-group leader (the main thread) has exited: state `Z`, `X` or `x`.
-    leader_exited: bool,
-    /// Field 20: the group's tasks not yet released, the leader included even as a zombie.
-    threads: u64,
-    /// Field 22: start time of the process, in clock ticks after boot.
-    start_time: u64,
-}
-
-impl ProcStat {
-    /// Whether every thread of the process has exited: the leader is a zombie and is the only
-    /// task left (a count of zero means the group is being released).
-    fn all_exited(&self) -> bool {
-        self.leader_exited && self.threads <= 1
-    }
-}
-
-/// Reads `/proc/<pid>/stat`; `None` when it does not exist or cannot be read.
-///
-/// # Errors
-///
-/// [`Error::Io`] (kind `InvalidData`) when the file exists but cannot be parsed.
-fn read_stat(pid: Pid) -> Result<Option<ProcStat>> {
-    let path = format!("/proc/{}/stat", pid.as_raw_nonzero());
-    // One read for the whole line (a few hundred bytes): `fs::read` would start with 32-byte
-    // probes, since /proc files have no size, and this is on every contended attempt's path.
-    let read = || {
-        use std::io::Read as _;
-        let mut text = Vec::with_capacity(1024);
-        std::fs::File::open(&path)?.read_to_end(&mut text)?;
-        Ok::<_, io::Error>(text)
-    };
-    let text = match read() {
-        Ok(text) => text,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
-            ) || e.raw_os_error() == Some(libc_esrch()) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(Error::io("read", path, e)),
-    };
-    parse_stat(&text)
-        .map(Some)
-        .ok_or_else(|| Error::io("parse", path, io::ErrorKind::InvalidData.into()))
-}
-
-/// `ESRCH`, which reading a `/proc` file of an exiting process may return.
-fn libc_esrch() -> i32 {
-    rustix::io::Errno::SRCH.raw_os_error()
-}
-
-/// Parses the state (field 3), thread count (field 20) and start time (field 22) of a
-/// `/proc/<pid>/stat` line.
-///
-/// The command name (field 2) is in parentheses and may itself contain `)` and spaces, so the
-/// fields are counted from the last `)`.
-fn parse_stat(text: &[u8]) -> Option<ProcStat> {
-    let close = text.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?;
-    // Field 3 was just taken: field 20 is 17 further on, field 22 two after that.
-    let threads = fields.nth(16)?.parse().ok()?;
-    let start_time = fields.nth(1)?.parse().ok()?;
-    Some(ProcStat {
-        leader_exited: matches!(state, "Z" | "X" | "x"),
-        threads,
-        start_time,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_hostile_command_names() {
-        let line =
-            b"42 (a) b) c (d) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10\n";
-        assert_eq!(
-            parse_stat(line),
-            Some(ProcStat {
-                leader_exited: false,
-                threads: 1,
-                start_time: 987654
-            })
-        );
-        let zombie = b"7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0\n";
-        assert!(parse_stat(zombie).unwrap().all_exited());
-        // The main thread exited alone; two tasks remain (the zombie leader and a live thread).
-        let leader_gone = b"7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 2 0 55 0 0\n";
-        let stat = parse_stat(leader_gone).unwrap();
-        assert!(stat.leader_exited && !stat.all_exited());
-        assert_eq!(stat.start_time, 55);
-        assert_eq!(parse_stat(b"7 (x) S 1 2"), None);
-        assert_eq!(parse_stat(b"no parenthesis"), None);
-    }
 
     #[test]
     fn record_bytes_are_a_record_of_ours() {

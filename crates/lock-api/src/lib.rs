@@ -6,6 +6,7 @@ mod deadlock;
 mod error;
 mod guard;
 mod id;
+mod local;
 mod locker;
 mod manager;
 mod process;
@@ -17,6 +18,7 @@ pub use deadlock::{Cycle, WaitEdge, find_cycle};
 pub use error::{Error, Result};
 pub use guard::LockGuard;
 pub use id::LockId;
+pub use local::{ProcessState, boot_id, process_start_time, process_state};
 pub use locker::{Acquired, Locker};
 pub use manager::{BoxedManager, DynLocker, DynManager, HeldLock, Holder, LockState, Manager};
 pub use process::{
