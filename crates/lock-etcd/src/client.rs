@@ -20,7 +20,9 @@ use lock_api::{Error, Result};
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::time::{sleep, timeout_at};
 
+use crate::clients::Registration;
 use crate::options::EtcdOptions;
+use crate::record::Local;
 use crate::session::SessionCore;
 
 /// Who this process is, written into every owner record.
@@ -28,6 +30,9 @@ use crate::session::SessionCore;
 pub(crate) struct Identity {
     pub(crate) pid: u32,
     pub(crate) host: String,
+    /// Where this process runs on its host, written into its client records (`clients.rs`);
+    /// `None` when `/proc` cannot tell.
+    pub(crate) local: Option<Local>,
 }
 
 impl Identity {
@@ -43,9 +48,11 @@ impl Identity {
 
     fn current() -> Identity {
         let uname = rustix::system::uname();
+        let pid = std::process::id();
         Identity {
-            pid: std::process::id(),
+            pid,
             host: uname.nodename().to_string_lossy().into_owned(),
+            local: Local::current(pid),
         }
     }
 }
@@ -94,6 +101,9 @@ pub(crate) struct Shared {
     pub(crate) ttl_secs: i64,
     /// The session of every handle not made through an explicit session; replaced when lost.
     session: tokio::sync::Mutex<Option<Arc<SessionCore>>>,
+    /// The client keys of this connection's open tables (`clients.rs`), put again on each new
+    /// default session. Changed only under `session`'s lock.
+    registrations: std::sync::Mutex<Vec<Registration>>,
 }
 
 impl Drop for Shared {
@@ -207,20 +217,64 @@ impl Shared {
             options,
             ttl_secs,
             session: tokio::sync::Mutex::new(None),
+            registrations: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
     /// The default session, granted on first use and replaced when it was lost.
     pub(crate) async fn default_session(&self) -> Result<Arc<SessionCore>> {
         let mut session = self.session.lock().await;
-        if let Some(current) = session.as_ref()
+        self.live_session(&mut session).await
+    }
+
+    /// The default session, given its lock: a new one when there is none or it was lost, with
+    /// the client key of every table open on this connection put on it again (best effort: a
+    /// table removed meanwhile gets none).
+    async fn live_session(&self, slot: &mut Option<Arc<SessionCore>>) -> Result<Arc<SessionCore>> {
+        if let Some(current) = slot.as_ref()
             && !current.is_lost()
         {
             return Ok(Arc::clone(current));
         }
         let fresh = SessionCore::grant(&self.ctx, self.ttl_secs).await?;
-        *session = Some(Arc::clone(&fresh));
+        *slot = Some(Arc::clone(&fresh));
+        let again = self.registrations().clone();
+        for registration in &again {
+            let _ = registration.put(&self.ctx, fresh.lease()).await;
+        }
         Ok(fresh)
+    }
+
+    fn registrations(&self) -> std::sync::MutexGuard<'_, Vec<Registration>> {
+        self.registrations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Puts an opening table's client key on the default session and keeps it for the next
+    /// ones; `Ok(false)` when the table no longer exists.
+    pub(crate) async fn register(&self, registration: Registration) -> Result<bool> {
+        let mut slot = self.session.lock().await;
+        // A session lost without anyone noticing yet is seen at the put: once more on a new one.
+        for _ in 0..2 {
+            let session = self.live_session(&mut slot).await?;
+            match registration.put(&self.ctx, session.lease()).await {
+                Err(Error::Lost) => session.monitor.fire(),
+                Ok(true) => {
+                    self.registrations().push(registration);
+                    return Ok(true);
+                }
+                other => return other,
+            }
+        }
+        Err(Error::Lost)
+    }
+
+    /// Deletes a closing table's client key, which is then never put again.
+    pub(crate) async fn unregister(&self, key: &str) -> Result<()> {
+        let _slot = self.session.lock().await;
+        self.registrations().retain(|r| r.key != key);
+        Registration::delete(&self.ctx, key).await
     }
 
     /// The default session if one is alive, without granting one.

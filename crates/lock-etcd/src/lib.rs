@@ -3,6 +3,7 @@
 
 mod cancel;
 mod client;
+mod clients;
 mod data;
 mod deadlock;
 mod handle;
@@ -274,5 +275,20 @@ impl EtcdLocks {
     pub fn remove_table(&self, store: &str) -> Result<()> {
         let root = self.table_root(store)?;
         EtcdTable::remove_at(&self.shared, &root)
+    }
+
+    /// Deletes the lock table `store` only if no other manager has it open, deciding that and
+    /// deleting in one Txn: a table opened meanwhile is either seen, or finds the table gone at
+    /// its first request. Managers of processes of this host that have ended do not count (their
+    /// client keys stay until their lease expires); those of other hosts count until then.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InUse`] naming the managers that have it open; otherwise as
+    /// [`remove_table`](Self::remove_table), and [`Error::Corrupt`] for a client key that is not
+    /// a client record.
+    pub fn remove_unused_table(&self, store: &str) -> Result<()> {
+        let root = self.table_root(store)?;
+        EtcdTable::remove_unused_at(&self.shared, &root)
     }
 }

@@ -30,11 +30,29 @@
 //!
 //! ```
 //!
+//! Client record (version 1), the value of a table's client key (`clients.rs`): the owner
+//! record's header under its own first line, with no data, and where the process runs, so that
+//! a reader on the same host can tell whether it has ended: the boot id, the pid namespace's
+//! inode and the process's start time in clock ticks after boot (all three or none).
+//!
+//! ```text
+//! lockyard-etcd-client 1
+//! boot=5c1b2e0a-8d7f-4c44-9a0e-2f8e1d3b6a77
+//! pidns=4026531836
+//! start=912345
+//! pid=4242
+//! host=build-7
+//! owner=4242@build-7/1f3a9c0d5e7b2a64
+//! since=1767225600456
+//!
+//! ```
+//!
 //! `since` is milliseconds since the Unix epoch: in an owner record when the acquisition started
-//! (for a waiter, when it started waiting), in a marker when the lock was claimed. `owner` is the
-//! owner key that tells owners apart in a wait-for graph (one per table handle, one per named
-//! lock handle); records without it are read as having none. Fields this version does not know
-//! are ignored, so a later version can add some; a different first line is refused.
+//! (for a waiter, when it started waiting), in a marker when the lock was claimed, in a client
+//! record when the table was opened. `owner` is the owner key that tells owners apart in a
+//! wait-for graph (one per table handle, one per named lock handle); records without it are read
+//! as having none. Fields this version does not know are ignored, so a later version can add
+//! some; a different first line is refused.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +60,7 @@ use lock_api::{Error, Holder, Result};
 
 const OWNER_MAGIC: &str = "lockyard-etcd-owner";
 const MARKER_MAGIC: &str = "lockyard-etcd-held";
+const CLIENT_MAGIC: &str = "lockyard-etcd-client";
 const VERSION: &str = "1";
 
 /// What an acquisition says about itself.
@@ -62,6 +81,91 @@ pub(crate) struct Marker {
     /// The CreateRevision of that key, when it was not created with the marker.
     pub(crate) rev: Option<i64>,
     pub(crate) record: Record,
+}
+
+/// A manager's registration, the value of its client key: its owner record (`since`: when it
+/// opened the table; no data), and where its process runs, for a reader on the same host to
+/// tell whether that process has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Client {
+    pub(crate) record: Record,
+    /// `None` where `/proc` could not tell (the process is then never judged dead).
+    pub(crate) local: Option<Local>,
+}
+
+/// Where a process runs on its host: the boot, the pid namespace (its inode) and the process's
+/// start time (clock ticks after boot), which together with the pid name one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Local {
+    pub(crate) boot: String,
+    pub(crate) pid_ns: u32,
+    pub(crate) start: u64,
+}
+
+impl Local {
+    /// This process's, or `None` when `/proc` cannot tell.
+    pub(crate) fn current(pid: u32) -> Option<Local> {
+        let boot = clean(&lock_api::boot_id().ok()?);
+        let pid_ns = lock_api::pid_namespace();
+        let start = lock_api::process_start_time(pid).ok()??;
+        (!boot.is_empty() && pid_ns != 0).then_some(Local {
+            boot,
+            pid_ns,
+            start,
+        })
+    }
+}
+
+impl Client {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        use std::fmt::Write as _;
+        let mut out = format!("{CLIENT_MAGIC} {VERSION}\n");
+        if let Some(local) = &self.local {
+            let _ = write!(
+                out,
+                "boot={}\npidns={}\nstart={}\n",
+                local.boot, local.pid_ns, local.start
+            );
+        }
+        self.record.header(&mut out);
+        out.into_bytes()
+    }
+
+    /// Parses a client key's value read from `key`.
+    pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Client> {
+        let (fields, _) = split(key, CLIENT_MAGIC, "client record", value)?;
+        let local = match (&fields.boot, fields.pid_ns, fields.start) {
+            (Some(boot), Some(pid_ns), Some(start)) => Some(Local {
+                boot: boot.clone(),
+                pid_ns,
+                start,
+            }),
+            _ => None,
+        };
+        Ok(Client {
+            record: fields.record(key, "client record")?,
+            local,
+        })
+    }
+
+    /// Whether the process that wrote this record has certainly ended, as seen by a process
+    /// of host `host` at `here`: only a process of the same host, boot and pid namespace can
+    /// be checked (its pid and start time, `lock_api::process_state`), and one of the same host
+    /// in another boot has ended with that boot. Everything else counts as running.
+    pub(crate) fn has_ended(&self, host: &str, here: Option<&Local>) -> bool {
+        let (Some(theirs), Some(here)) = (&self.local, here) else {
+            return false;
+        };
+        if self.record.host != host {
+            return false;
+        }
+        if theirs.boot != here.boot {
+            return true;
+        }
+        theirs.pid_ns == here.pid_ns
+            && lock_api::process_state(self.record.pid, theirs.start)
+                .is_ok_and(lock_api::ProcessState::is_dead)
+    }
 }
 
 fn millis(t: SystemTime) -> u128 {
@@ -179,6 +283,9 @@ struct Fields {
     host: Option<String>,
     owner: Option<String>,
     since: Option<SystemTime>,
+    boot: Option<String>,
+    pid_ns: Option<u32>,
+    start: Option<u64>,
 }
 
 impl Fields {
@@ -237,6 +344,21 @@ fn split<'v>(key: &str, magic: &str, what: &str, value: &'v [u8]) -> Result<(Fie
                 );
             }
             "host" => fields.host = Some(value.to_owned()),
+            "boot" => fields.boot = Some(value.to_owned()),
+            "pidns" => {
+                fields.pid_ns = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| corrupt(key, what, "bad pidns"))?,
+                );
+            }
+            "start" => {
+                fields.start = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| corrupt(key, what, "bad start"))?,
+                );
+            }
             "owner" => fields.owner = Some(value.to_owned()),
             "since" => {
                 let ms = value
@@ -280,6 +402,54 @@ mod tests {
             Record::decode("k", &anonymous.encode()).ok(),
             Some(anonymous)
         );
+    }
+
+    #[test]
+    fn a_client_round_trips_and_only_a_local_ended_process_has_ended() {
+        let me = std::process::id();
+        let here = Local::current(me).expect("this process's boot, namespace and start");
+        let client = |pid: u32, host: &str, local: Option<Local>| Client {
+            record: Record {
+                pid,
+                host: host.into(),
+                ..sample(b"")
+            },
+            local,
+        };
+        let mine = client(me, "h1", Some(here.clone()));
+        assert_eq!(Client::decode("k", &mine.encode()).ok(), Some(mine.clone()));
+        let unknown = client(me, "h1", None);
+        assert_eq!(
+            Client::decode("k", &unknown.encode()).ok(),
+            Some(unknown.clone())
+        );
+        assert!(!mine.has_ended("h1", Some(&here)));
+        assert!(!unknown.has_ended("h1", Some(&here)));
+        let restarted = Local {
+            start: here.start + 1,
+            ..here.clone()
+        };
+        assert!(client(me, "h1", Some(restarted.clone())).has_ended("h1", Some(&here)));
+        // Another host, namespace or nothing known here: never judged.
+        assert!(!client(me, "h2", Some(restarted.clone())).has_ended("h1", Some(&here)));
+        let other_ns = Local {
+            pid_ns: here.pid_ns ^ 1,
+            ..restarted.clone()
+        };
+        assert!(!client(me, "h1", Some(other_ns)).has_ended("h1", Some(&here)));
+        assert!(!client(me, "h1", Some(restarted)).has_ended("h1", None));
+        let earlier_boot = Local {
+            boot: "another-boot".into(),
+            ..here.clone()
+        };
+        assert!(client(me, "h1", Some(earlier_boot)).has_ended("h1", Some(&here)));
+        assert!(matches!(
+            Client::decode(
+                "k",
+                b"lockyard-etcd-client 1\npid=1\nhost=h\nsince=1\npidns=x\n\n"
+            ),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (see the mutex recipe) |
 //! | `lock/<id>` | held marker (`lockyard-etcd-held 1`, the claimer's key and record) | claimed and not released cleanly |
 //! | `deadlock` | the detector's own key | the detection lock (attached to the detector's lease) |
+//! | `clients/<nonce>` | client record (`record.rs`) | a table open somewhere (`clients.rs`) |
 //!
 //! Allocation state lives in etcd, so every process sees the same table. Ids are zero-padded so
 //! that key order is id order.
@@ -21,10 +22,12 @@ use std::time::Duration;
 use etcd_client::proto::PbKeyValue;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use lock_api::{
-    Error, EtcdSpec, HeldLock, LockId, LockState, Manager, Result, Store, StoreSpec, wrong_scheme,
+    Error, EtcdSpec, HeldLock, Holder, LockId, LockState, Manager, Result, Store, StoreSpec,
+    wrong_scheme,
 };
 
 use crate::client::{Ctx, Shared, prefix_end, range_all, txn_first_kv, txn_range};
+use crate::clients::Registration;
 use crate::deadlock::{DEFAULT_DEADLOCK_TIMEOUT, Detector, timeout_ms};
 use crate::handle::EtcdLock;
 use crate::mutex::Target;
@@ -42,6 +45,7 @@ const META_VERSION: &str = "1";
 /// | `lock/<id>/<lease hex>` | owner record | lock `id`'s queue (the mutex recipe) |
 /// | `lock/<id>` | held marker: the claimer's key and owner record | claimed, not released cleanly |
 /// | `deadlock` | the detector's own key | the table's deadlock detection lock |
+/// | `clients/<nonce>` | client record: pid, host, owner, since | a table open somewhere |
 ///
 /// Ownership of a lock is per handle (per [`EtcdLock`]), not per table: two handles on one id
 /// exclude each other even in one process. For deadlock detection the table is the owner: every
@@ -57,6 +61,24 @@ pub struct EtcdTable {
     owner: Arc<str>,
     /// The deadlock timeout in milliseconds, shared with every handle; 0 is off.
     deadlock_ms: Arc<AtomicU64>,
+    /// This table's client key (`clients.rs`), deleted on drop.
+    client_key: String,
+}
+
+impl Drop for EtcdTable {
+    /// Deletes the table's client key (bounded by the request timeout; in an outage it goes with
+    /// the lease, when the connection closes or the lease expires).
+    fn drop(&mut self) {
+        if self.shared.ctx.usable().is_err() {
+            // A forked child: the connection is its parent's.
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let key = std::mem::take(&mut self.client_key);
+        let _ = self
+            .shared
+            .block_on(async move { shared.unregister(&key).await });
+    }
 }
 
 impl fmt::Debug for EtcdTable {
@@ -295,6 +317,16 @@ impl EtcdTable {
             (found, revision)
         };
         let owner = shared.ctx.identity.new_owner();
+        let registration = Registration::new(&shared.ctx, &root, meta, meta_rev, &owner);
+        let client_key = registration.key.clone();
+        let registering = Arc::clone(&shared);
+        let registered =
+            shared.block_on(async move { registering.register(registration).await })?;
+        if !registered {
+            return Err(Error::NotFound {
+                what: format!("etcd lock table {root} (removed while it was being opened)"),
+            });
+        }
         Ok((
             EtcdTable {
                 shared,
@@ -303,6 +335,7 @@ impl EtcdTable {
                 meta_rev,
                 owner,
                 deadlock_ms: Arc::new(AtomicU64::new(timeout_ms(DEFAULT_DEADLOCK_TIMEOUT))),
+                client_key,
             },
             created.is_some(),
         ))
@@ -353,6 +386,11 @@ impl EtcdTable {
                 )))
             }
         })
+    }
+
+    /// Deletes the table at `root` only if no other manager has it open (`clients.rs`).
+    pub(crate) fn remove_unused_at(shared: &Shared, root: &str) -> Result<()> {
+        crate::clients::remove_unused_at(shared, root, Self::meta_key(root), parse_meta)
     }
 
     /// The table's root key (`<prefix>/table/<store>`).
@@ -718,6 +756,17 @@ impl Manager for EtcdTable {
         self.states()
     }
 
+    /// The other managers that have this table open, from their client keys (`clients.rs`):
+    /// those of processes of this host that have ended are left out at once, those of other
+    /// hosts once their lease expires.
+    fn clients(&self) -> Result<Vec<Holder>> {
+        let ctx = self.shared.ctx.clone();
+        let root = Arc::clone(&self.root);
+        let own = self.client_key.clone();
+        self.shared
+            .block_on(async move { crate::clients::list(&ctx, &root, &own).await })
+    }
+
     fn deadlock_timeout(&self) -> Option<Duration> {
         match self.deadlock_ms.load(Ordering::Relaxed) {
             0 => None,
@@ -773,6 +822,10 @@ impl Store for EtcdTable {
 
     fn remove(spec: &EtcdSpec) -> Result<()> {
         crate::EtcdLocks::for_spec(spec)?.remove_table(&spec.table)
+    }
+
+    fn remove_unused(spec: &EtcdSpec) -> Result<()> {
+        crate::EtcdLocks::for_spec(spec)?.remove_unused_table(&spec.table)
     }
 }
 

@@ -624,9 +624,122 @@ fn a_removed_tables_handle_locks_nothing(eps: &[String]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Every open table is listed by the others through its client key (`Manager::clients`); one
+/// whose session lease was revoked behind its back is listed again once its connection's next
+/// acquisition has granted a new session; a dropped one is not listed.
+fn open_tables_are_listed_again_after_a_lost_session(eps: &[String]) -> Result<(), Failed> {
+    let (a, prefix) = connect(eps, "clients-again");
+    let (b, _) = connect(eps, "clients-again");
+    let ta = a.create_table("t", 4)?;
+    let tb = b.open_table("t")?;
+    let me = std::process::id();
+    let seen = tb.clients()?;
+    check!(
+        seen.len() == 1 && seen[0].pid == Some(me) && seen[0].owner.as_deref() == Some(ta.owner()),
+        "the other connection's table, listed: {seen:?}"
+    );
+    let nonce = ta.owner().rsplit('/').next().unwrap_or_default().to_owned();
+    let clients = format!("{}/clients/", ta.root());
+    let (_, lease) = keys(eps, &clients)
+        .into_iter()
+        .find(|(key, _)| key.ends_with(&nonce))
+        .ok_or("no client key of the first table")?;
+    raw(eps, async move |c| c.lease_revoke(lease).await);
+    let seen = tb.clients()?;
+    check!(
+        seen.is_empty(),
+        "listed after its lease was revoked: {seen:?}"
+    );
+    let lock = ta.allocate()?;
+    let _ = lock.lock()?;
+    lock.unlock()?;
+    let seen = tb.clients()?;
+    check!(
+        seen.len() == 1 && seen[0].owner.as_deref() == Some(ta.owner()),
+        "after an acquisition on a new session, listed: {seen:?}"
+    );
+    drop(lock);
+    drop(ta);
+    let seen = tb.clients()?;
+    check!(seen.is_empty(), "listed after it was dropped: {seen:?}");
+    drop(tb);
+    a.remove_unused_table("t")?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    Ok(())
+}
+
+/// `remove_unused_table` refuses while another manager has the table open and names it, counts
+/// a manager of this host whose process has ended as closed (its key stays until its lease
+/// expires), names one of another host by host, and refuses a client key it cannot read.
+fn remove_unused_counts_open_managers_only(eps: &[String]) -> Result<(), Failed> {
+    let (locks, prefix) = connect(eps, "remove-unused");
+    let (remover, _) = connect(eps, "remove-unused");
+    let table = locks.create_table("t", 4)?;
+    let me = std::process::id();
+    let refused = remover.remove_unused_table("t");
+    check!(
+        matches!(&refused, Err(Error::InUse { what }) if what.contains(&format!("pid {me}"))),
+        "remove_unused with a table open in this process: {refused:?}"
+    );
+    let clients = format!("{}/clients/", table.root());
+    drop(table);
+    let mut child = std::process::Command::new("true").spawn()?;
+    let ended = child.id();
+    child.wait()?;
+    let boot = lock_etcd::lock_api::boot_id()?;
+    let pid_ns = lock_etcd::lock_api::pid_namespace();
+    let record = move |pid: u32, host: &str| {
+        format!(
+            "lockyard-etcd-client 1\nboot={boot}\npidns={pid_ns}\nstart=1\npid={pid}\n\
+             host={host}\nowner=x\nsince=1\n\n"
+        )
+    };
+    let here = lock_etcd::lock_api::host_name();
+    let put = |key: &str, value: String| {
+        let key = format!("{clients}{key}");
+        raw(eps, async move |c| c.put(key, value, None).await);
+    };
+    let delete = |key: &str| {
+        let key = format!("{clients}{key}");
+        raw(eps, async move |c| c.delete(key, None).await);
+    };
+    put("far", record(77, "lockyard-another-host"));
+    let refused = remover.remove_unused_table("t");
+    let named = "1 manager on another host has it open: pid 77 on lockyard-another-host";
+    check!(
+        matches!(&refused, Err(Error::InUse { what }) if what.contains(named)),
+        "remove_unused with a manager on another host: {refused:?}"
+    );
+    delete("far");
+    put("junk", "not a client record".into());
+    let refused = remover.remove_unused_table("t");
+    check!(
+        matches!(refused, Err(Error::Corrupt { .. })),
+        "remove_unused with a damaged client key: {refused:?}"
+    );
+    check!(
+        !keys(eps, &format!("{prefix}/table/t/meta")).is_empty(),
+        "a refused removal deleted the table"
+    );
+    delete("junk");
+    put("ended", record(ended, here));
+    remover.remove_unused_table("t")?;
+    assert_no_keys(eps, &prefix, Duration::from_secs(5));
+    drop(locks);
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let tests: &[(&str, Test)] = &[
         ("inside_another_runtime", inside_another_runtime),
+        (
+            "open_tables_are_listed_again_after_a_lost_session",
+            open_tables_are_listed_again_after_a_lost_session,
+        ),
+        (
+            "remove_unused_counts_open_managers_only",
+            remove_unused_counts_open_managers_only,
+        ),
         (
             "a_removed_tables_handle_locks_nothing",
             a_removed_tables_handle_locks_nothing,

@@ -50,6 +50,7 @@ impl Backend for EtcdBackend {
             | Capabilities::DEADLOCK
             | Capabilities::DAMAGEABLE
             | Capabilities::FORK_REFUSED
+            | Capabilities::CLIENTS
     }
 
     fn spec(&self, store: &str) -> String {

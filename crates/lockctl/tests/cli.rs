@@ -483,6 +483,20 @@ fn refuses_a_store_another_process_has_open(spec: &str) {
     drop(manager);
 }
 
+/// The same on an etcd:// table (feature `etcd`), on a cluster of the test's own: the table's
+/// client keys name who has it open.
+#[cfg(feature = "etcd")]
+#[test]
+fn remove_refuses_an_etcd_table_another_process_has_open() {
+    let cluster = lock_etcd::testkit::EtcdCluster::start_members(1).expect("etcd cluster");
+    let endpoint = cluster.endpoints()[0]
+        .trim_start_matches("http://")
+        .to_owned();
+    let spec = format!("etcd://{endpoint}/lockctl-test/{}", std::process::id());
+    refuses_a_store_another_process_has_open(&spec);
+    drop(cluster);
+}
+
 /// `status --json` says `clients: null` where the backend cannot tell who has a store open
 /// (dirlock registers its handles nowhere).
 #[test]
