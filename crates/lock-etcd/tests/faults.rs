@@ -466,61 +466,32 @@ fn a_waiter_whose_unanswered_enqueue_lost_its_lease_is_told_lost() {
         Duration::from_secs(4),
     );
     let waiter = locks.named("q").expect("named");
-    let before: Vec<usize> = proxies.iter().map(Proxy::lost_answers).collect();
     let queue = format!("{prefix}/lock/q/");
-    for p in &proxies {
-        p.lose_answers_to(queue.as_bytes());
-    }
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(waiter.try_lock_for(Duration::from_secs(20)));
-        waiter
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lost = loop {
-        let lost: Vec<bool> = proxies
-            .iter()
-            .zip(&before)
-            .map(|(p, was)| p.lost_answers() > *was)
-            .collect();
-        if lost.contains(&true) {
-            break lost;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the waiter's enqueue was not answered within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    // The enqueue was applied: the waiter's key is in the queue behind the holder's. End its
-    // lease, as an expiry while the process was stopped would, before the retry.
-    let keys = common::queue_keys(&tc.endpoints, &queue);
-    assert_eq!(keys.len(), 2, "holder and waiter queued: {keys:?}");
-    let holder_lease = holder.lease_id().expect("held");
-    let (_, lease) = keys
-        .iter()
-        .find(|(_, lease)| *lease != holder_lease)
-        .expect("the waiter's key");
-    let lease = *lease;
-    common::raw(&tc.endpoints, async move |c| c.lease_revoke(lease).await);
-    for (p, lost) in proxies.iter().zip(&lost) {
-        if !lost {
-            p.set_mode(Mode::Forward);
-        }
-    }
-    holder.unlock().expect("holder unlock");
-    let result = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the waiter did not return within 30 s");
-    let waiter = worker.join().expect("waiter thread");
+    let (result, waiter) = with_the_answer_lost_then(
+        &proxies,
+        &queue,
+        move || (waiter.try_lock_for(Duration::from_secs(20)), waiter),
+        || {
+            // The enqueue was applied: the waiter's key is in the queue behind the holder's.
+            // End its lease, as an expiry while the process was stopped would, before the
+            // retry.
+            let keys = common::queue_keys(&tc.endpoints, &queue);
+            assert_eq!(keys.len(), 2, "holder and waiter queued: {keys:?}");
+            let holder_lease = holder.lease_id().expect("held");
+            let (_, lease) = keys
+                .iter()
+                .find(|(_, lease)| *lease != holder_lease)
+                .expect("the waiter's key");
+            let lease = *lease;
+            common::raw(&tc.endpoints, async move |c| c.lease_revoke(lease).await);
+            holder.unlock().expect("holder unlock");
+        },
+    );
     assert!(matches!(result, Err(Error::Lost)), "waiter: {result:?}");
     assert!(
         matches!(waiter.fencing_token(), Err(Error::NotHeld(_))),
         "the waiter holds nothing"
     );
-    for p in &proxies {
-        p.set_mode(Mode::Forward);
-    }
     let how = holder.try_lock().expect("try_lock").expect("free again");
     assert_eq!(how, Acquired::Clean, "a dead waiter is not a dead holder");
     holder.unlock().expect("unlock");
@@ -1012,6 +983,17 @@ fn with_the_answer_lost<T: Send + 'static>(
     pattern: &str,
     op: impl FnOnce() -> T + Send + 'static,
 ) -> T {
+    with_the_answer_lost_then(proxies, pattern, op, || {})
+}
+
+/// [`with_the_answer_lost`], running `meanwhile` once the answer was dropped and before traffic
+/// passes again.
+fn with_the_answer_lost_then<T: Send + 'static>(
+    proxies: &[Proxy],
+    pattern: &str,
+    op: impl FnOnce() -> T + Send + 'static,
+    meanwhile: impl FnOnce(),
+) -> T {
     let before: Vec<usize> = proxies.iter().map(Proxy::lost_answers).collect();
     for p in proxies {
         p.lose_answers_to(pattern.as_bytes());
@@ -1036,6 +1018,7 @@ fn with_the_answer_lost<T: Send + 'static>(
         );
         std::thread::sleep(Duration::from_millis(5));
     };
+    meanwhile();
     for (p, lost) in proxies.iter().zip(&lost) {
         if !lost {
             p.set_mode(Mode::Forward);
