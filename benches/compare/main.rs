@@ -140,17 +140,31 @@ impl Ctx {
         self.dir.path()
     }
 
-    /// The subjects of `list` this run measures: every peer, and the backends asked for.
+    /// The subjects of `list` this run measures: the backends asked for, and the peers of
+    /// their kind: etcd's peer where etcd is asked for (and its cluster runs), the local peers
+    /// where a local backend is. `cargo xtask bench --etcd` measures the local backends and the
+    /// etcd ones in two runs, so that the cluster is not running beside the local figures.
     fn subjects(&self, list: &[Subject]) -> Vec<Subject> {
+        let asked = |s: &Subject| {
+            self.only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|o| o == s.name()))
+        };
+        let kind_asked = |etcd: bool| {
+            Subject::ALL
+                .iter()
+                .any(|b| b.is_backend() && b.needs_etcd() == etcd && asked(b))
+        };
         list.iter()
             .copied()
             .filter(|s| {
-                // Peers always run (etcd's only where its cluster does).
-                (!s.is_backend() && (s.name() != "etcd-lock-rpc" || self.has_etcd()))
-                    || self
-                        .only
-                        .as_ref()
-                        .is_none_or(|only| only.iter().any(|o| o == s.name()))
+                if s.is_backend() {
+                    asked(s)
+                } else if s.needs_etcd() {
+                    self.has_etcd() && kind_asked(true)
+                } else {
+                    kind_asked(false)
+                }
             })
             .collect()
     }

@@ -79,6 +79,15 @@ impl Subject {
         Subject::ALL.iter().copied().find(|s| s.name() == name)
     }
 
+    /// Whether it needs the run's etcd cluster (lock-etcd, and etcd's own Lock RPC).
+    pub(crate) fn needs_etcd(self) -> bool {
+        match self {
+            #[cfg(feature = "etcd")]
+            Subject::Etcd | Subject::EtcdRpc => true,
+            _ => false,
+        }
+    }
+
     /// Whether it is one of lockyard's backends (as opposed to a peer).
     pub(crate) fn is_backend(self) -> bool {
         match self {

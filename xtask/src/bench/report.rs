@@ -791,7 +791,7 @@ const NOTES: &str = "
 - **takeover**: a holder process is SIGKILLed while a thread of the bench waits in `lock` (a 30 s bound); the figure is from the kill to the waiter holding the lock.
   The kill comes a uniformly random 10-30 ms after the waiter started waiting, so it falls at a random phase of any probe or backoff cycle of the wait; the share of takeovers reported as owner death is listed too (1.00: all).
 - **idle**: 50 processes wait in `lock` on a lock this process holds and never releases; the CPU they burn in the window (from `/proc/PID/schedstat`) and their context switches (from `/proc/PID/status`).
-- **etcd** (with `--etcd`, or `cargo xtask bench etcd`): a 3-member cluster on 127.0.0.1 started by the bench, tables with a 2 s lease TTL (so a killed holder's lock is taken over within the TTL); the peer is etcd's Lock and Unlock RPCs on one session lease granted once per process (in the contention group, each process has its own lease).
+- **etcd** (with `--etcd`, or `cargo xtask bench etcd`): a 3-member cluster on 127.0.0.1 started by the bench in a second invocation of each run, after the local backends and their peers (so that its heartbeats do not run beside their figures), tables with a 2 s lease TTL (so a killed holder's lock is taken over within the TTL); the peer is etcd's Lock and Unlock RPCs on one session lease granted once per process (in the contention group, each process has its own lease).
 - **coldstart**: execute a process that opens an existing store, takes lock 0, runs `true`, releases the lock and exits (`lockyard-coldstart SPEC -- true`), against `flock FILE true`.
   An in-process mem table cannot outlive its process, so the mem process creates its table.
 
