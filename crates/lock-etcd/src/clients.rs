@@ -29,8 +29,9 @@
 use etcd_client::{Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
 use lock_api::{Error, Holder, Result};
 
-use crate::client::{Ctx, Shared, prefix_end, range_all, txn_first_kv, txn_kvs};
-use crate::record::{Client, Local};
+use crate::client::{Ctx, Identity, Shared, prefix_end, range_all, txn_first_kv, txn_kvs};
+use crate::record::Client;
+use crate::table::{EtcdTable, parse_meta};
 
 /// The prefix of a table's client keys.
 pub(crate) fn prefix(root: &str) -> String {
@@ -104,22 +105,16 @@ impl Registration {
     }
 }
 
-/// What a reader needs to judge client records: its host, and where it runs on it.
-struct Here<'a> {
-    host: &'a str,
-    local: Option<&'a Local>,
-}
-
-/// The client records under `prefix` that have not ended, with their keys, decoded.
+/// The client records `kvs` that have not ended as seen by `here`, with their keys, decoded.
 fn running<'k>(
     kvs: &'k [etcd_client::proto::PbKeyValue],
-    here: &Here<'_>,
+    here: &Identity,
 ) -> Result<Vec<(&'k [u8], Client)>> {
     let mut out = Vec::new();
     for kv in kvs {
         let key = String::from_utf8_lossy(&kv.key);
         let client = Client::decode(&key, &kv.value)?;
-        if !client.has_ended(here.host, here.local) {
+        if !client.has_ended(&here.host, here.local.as_ref()) {
             out.push((kv.key.as_slice(), client));
         }
     }
@@ -128,8 +123,8 @@ fn running<'k>(
 
 /// The pid a reader at `here` may show for `client`: none for a process of this host in
 /// another pid namespace.
-fn pid_seen(client: &Client, here: &Here<'_>) -> Option<u32> {
-    match (&client.local, here.local) {
+fn pid_seen(client: &Client, here: &Identity) -> Option<u32> {
+    match (&client.local, &here.local) {
         (Some(theirs), Some(ours)) if client.record.host == here.host => {
             lock_api::pid_seen_here(client.record.pid, theirs.pid_ns, ours.pid_ns)
         }
@@ -145,16 +140,12 @@ fn pid_seen(client: &Client, here: &Here<'_>) -> Option<u32> {
 /// [`Error::Corrupt`] for a client key whose value is not a client record; request errors.
 pub(crate) async fn list(ctx: &Ctx, root: &str, own: &str) -> Result<Vec<Holder>> {
     let (_, kvs) = range_all(ctx, &prefix(root), false).await?;
-    let here = Here {
-        host: &ctx.identity.host,
-        local: ctx.identity.local.as_ref(),
-    };
-    Ok(running(&kvs, &here)?
+    Ok(running(&kvs, &ctx.identity)?
         .into_iter()
         .filter(|(key, _)| *key != own.as_bytes())
         .map(|(_, client)| {
             let mut holder = client.record.holder();
-            holder.pid = pid_seen(&client, &here);
+            holder.pid = pid_seen(&client, &ctx.identity);
             holder
         })
         .collect())
@@ -168,18 +159,14 @@ const REMOVE_TRIES: usize = 5;
 ///
 /// # Errors
 ///
-/// [`Error::NotFound`] when there is no table; `Incompatible` or `Corrupt` (via `check_meta`)
-/// for a header that is not a lockyard table's, `Corrupt` for a client key that is not a client
-/// record, with nothing deleted; [`Error::InUse`] naming the open managers; `Unavailable` when
-/// client keys kept changing.
-pub(crate) fn remove_unused_at(
-    shared: &Shared,
-    root: &str,
-    meta: String,
-    check_meta: fn(&str, &[u8]) -> Result<u32>,
-) -> Result<()> {
+/// [`Error::NotFound`] when there is no table; `Incompatible` or `Corrupt` for a header that is
+/// not a lockyard table's, `Corrupt` for a client key that is not a client record, with nothing
+/// deleted; [`Error::InUse`] naming the open managers; `Unavailable` when client keys kept
+/// changing.
+pub(crate) fn remove_unused_at(shared: &Shared, root: &str) -> Result<()> {
     let ctx = shared.ctx.clone();
     let root = root.to_owned();
+    let meta = EtcdTable::meta_key(&root);
     shared.block_on(async move {
         let clients = prefix(&root);
         let end = prefix_end(clients.as_bytes());
@@ -203,16 +190,15 @@ pub(crate) fn remove_unused_at(
                     what: format!("etcd lock table {root}"),
                 });
             };
-            check_meta(meta, &header.value)?;
+            parse_meta(meta, &header.value)?;
             let revision = raw.header.as_ref().map_or(0, |h| h.revision);
-            let here = Here {
-                host: &ctx.identity.host,
-                local: ctx.identity.local.as_ref(),
-            };
-            let open = running(txn_kvs(raw, 1), &here)?;
+            let open = running(txn_kvs(raw, 1), &ctx.identity)?;
             if !open.is_empty() {
                 return Err(Error::InUse {
-                    what: format!("etcd lock table {root} ({})", managers_open(&open, &here)),
+                    what: format!(
+                        "etcd lock table {root} ({})",
+                        managers_open(&open, &ctx.identity)
+                    ),
                 });
             }
             let table = format!("{root}/");
@@ -246,7 +232,7 @@ pub(crate) fn remove_unused_at(
 
 /// How a refusal names the open managers: by pid, as `lock_api::managers_open` words it, and
 /// by host for those of other hosts.
-fn managers_open(open: &[(&[u8], Client)], here: &Here<'_>) -> String {
+fn managers_open(open: &[(&[u8], Client)], here: &Identity) -> String {
     let local: Vec<Option<u32>> = open
         .iter()
         .filter(|(_, c)| c.record.host == here.host)

@@ -289,6 +289,6 @@ impl EtcdLocks {
     /// a client record.
     pub fn remove_unused_table(&self, store: &str) -> Result<()> {
         let root = self.table_root(store)?;
-        EtcdTable::remove_unused_at(&self.shared, &root)
+        crate::clients::remove_unused_at(&self.shared, &root)
     }
 }

@@ -96,7 +96,7 @@ fn meta_value(capacity: u32) -> String {
 }
 
 /// Parses the `meta` value; returns the capacity.
-fn parse_meta(key: &str, value: &[u8]) -> Result<u32> {
+pub(crate) fn parse_meta(key: &str, value: &[u8]) -> Result<u32> {
     let text = std::str::from_utf8(value)
         .map_err(|_| Error::corrupt(format!("etcd table header {key}: not UTF-8")))?;
     let mut lines = text.lines();
@@ -205,7 +205,7 @@ fn parse_alloc_id(text: &str) -> Option<u32> {
 }
 
 impl EtcdTable {
-    fn meta_key(root: &str) -> String {
+    pub(crate) fn meta_key(root: &str) -> String {
         format!("{root}/meta")
     }
 
@@ -386,11 +386,6 @@ impl EtcdTable {
                 )))
             }
         })
-    }
-
-    /// Deletes the table at `root` only if no other manager has it open (`clients.rs`).
-    pub(crate) fn remove_unused_at(shared: &Shared, root: &str) -> Result<()> {
-        crate::clients::remove_unused_at(shared, root, Self::meta_key(root), parse_meta)
     }
 
     /// The table's root key (`<prefix>/table/<store>`).
