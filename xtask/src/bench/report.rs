@@ -783,6 +783,7 @@ const NOTES: &str = "
   The processes start together: all wait on one futex word in shared memory, which the bench releases with a single `FUTEX_WAKE`; the pool empties for all of them at once, so every process is measured over the same window.
   The time is from the first process's start to the taking of the last ticket on CLOCK_MONOTONIC, divided by N; fairness is the fewest pairs one process did divided by the most, over all samples. It is made of two parts, each its own row: the CPU share (the least CPU time one process used divided by the most; every thread, warm-up included, from /proc), which the scheduler decides and the lock too (a process it keeps asleep uses no CPU), and the pairs per CPU-second (least ÷ most), which is the lock's alone.
   With more processes than the 2 cores, the scheduler decides much of both.
+  The process counts are the outer loop and the subjects the inner one, so ours and its peer at one count are measured seconds apart; each measures for 3 s (other process groups 0.9 s), since fairness over 0.9 s swung by ±0.1 between runs on a quiet machine.
 - **podman**: 8 processes each lock a random lock of 2048, spin 1 µs inside, unlock; the figure is operations per second, all processes together.
   A sample splits its operations evenly over the processes, which start together as in the contention group; it lasts from the first process's start to the last one's end.
 - **alloc**: allocate+free with every id but the last one allocated.
