@@ -56,8 +56,8 @@ pub(crate) enum Pace {
     /// Operations that involve several processes or a process start.
     Procs,
     /// Processes contending for one lock: a longer window, because fairness (min ÷ max pairs
-    /// per process) over 0.9 s swung by ±0.1 between runs on a quiet machine, as the scheduler
-    /// gave one process a few extra slices, and settled to a few hundredths over 3 s.
+    /// per process) over 0.9 s spread by up to 0.2 across three runs on a quiet machine, and over
+    /// 3 s by about half that (ARCHITECTURE.md, lock-shm's figures).
     Contended,
 }
 
