@@ -10,8 +10,8 @@
 //! runtime: they continue while the caller is busy inside its critical section.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use etcd_client::proto::{PbKeyValue, PbRangeResponse, PbTxnOpResponse, PbTxnResponse};
@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     /// The client keys of this connection's open tables (`clients.rs`), put again on each new
     /// default session. Changed only under `session`'s lock.
     registrations: std::sync::Mutex<Vec<Registration>>,
+    /// Whether [`keep_listed`] runs. Changed only under `session`'s lock.
+    keeping: AtomicBool,
 }
 
 impl Drop for Shared {
@@ -218,6 +220,7 @@ impl Shared {
             ttl_secs,
             session: tokio::sync::Mutex::new(None),
             registrations: std::sync::Mutex::new(Vec::new()),
+            keeping: AtomicBool::new(false),
         }))
     }
 
@@ -252,8 +255,9 @@ impl Shared {
     }
 
     /// Puts an opening table's client key on the default session and keeps it for the next
-    /// ones; `Ok(false)` when the table no longer exists.
-    pub(crate) async fn register(&self, registration: Registration) -> Result<bool> {
+    /// ones, which [`keep_listed`] grants as soon as one is lost; `Ok(false)` when the table no
+    /// longer exists.
+    pub(crate) async fn register(self: &Arc<Self>, registration: Registration) -> Result<bool> {
         let mut slot = self.session.lock().await;
         // A session lost without anyone noticing yet is seen at the put: once more on a new one.
         for _ in 0..2 {
@@ -262,6 +266,9 @@ impl Shared {
                 Err(Error::Lost) => session.monitor.fire(),
                 Ok(true) => {
                     self.registrations().push(registration);
+                    if !self.keeping.swap(true, Ordering::Relaxed) {
+                        self.handle.spawn(keep_listed(Arc::downgrade(self)));
+                    }
                     return Ok(true);
                 }
                 other => return other,
@@ -294,6 +301,39 @@ impl Shared {
         // Before the runtime is touched: in a forked child its threads are gone.
         self.ctx.usable()?;
         run(&self.handle, fut)
+    }
+}
+
+/// How long [`keep_listed`] waits before it tries again to grant a default session it could
+/// not: about what an acquisition's own attempt would cost in an outage, so the keeper adds a
+/// request or so per second to a cluster that does not answer.
+const RELIST_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps the tables open on a connection listed (`clients.rs`): whenever the default session
+/// is lost while one is open, grants the next one, which puts their client keys again, rather
+/// than leave them unlisted, and `remove_unused` free to delete them, until the connection's
+/// next acquisition. Ends when no table is open (the next registration starts it again) or the
+/// connection is gone; holds the connection only while it looks, never while it waits.
+async fn keep_listed(shared: Weak<Shared>) {
+    loop {
+        let next = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut slot = shared.session.lock().await;
+            if shared.registrations().is_empty() {
+                shared.keeping.store(false, Ordering::Relaxed);
+                return;
+            }
+            shared
+                .live_session(&mut slot)
+                .await
+                .map(|session| Arc::clone(&session.monitor))
+        };
+        match next {
+            Ok(monitor) => monitor.lost().await,
+            Err(_) => sleep(RELIST_RETRY).await,
+        }
     }
 }
 

@@ -22,7 +22,8 @@
 //! 3. A session that is closed, or whose last handle is dropped, revokes its lease, after the
 //!    clean-ups of cancelled acquisitions still under way (they delete held markers, which have
 //!    no lease). A lost session is never revived: the blocking API's default session is
-//!    replaced by a new one at the next acquisition.
+//!    replaced by a new one at the next acquisition, or at once while a table is open on the
+//!    connection (`client.rs`, `keep_listed`).
 //! 4. *Ghosts.* A request that went unanswered (a stopped or partitioned member) may still be
 //!    applied later, when that member wakes up, although the library gave up on it and retried
 //!    elsewhere. With a lease per acquisition such a late write failed (the lease was revoked);
