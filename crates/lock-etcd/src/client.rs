@@ -29,6 +29,8 @@ use crate::session::SessionCore;
 #[derive(Debug)]
 pub(crate) struct Identity {
     pub(crate) pid: u32,
+    /// The inode of this process's pid namespace (0: unknown), written into its records.
+    pub(crate) pid_ns: u32,
     pub(crate) host: String,
     /// Where this process runs on its host, written into its client records (`clients.rs`);
     /// `None` when `/proc` cannot tell.
@@ -46,11 +48,12 @@ impl Identity {
         format!("{}@{}/{nonce:016x}", self.pid, self.host).into()
     }
 
-    fn current() -> Identity {
+    pub(crate) fn current() -> Identity {
         let uname = rustix::system::uname();
         let pid = std::process::id();
         Identity {
             pid,
+            pid_ns: lock_api::pid_namespace(),
             host: uname.nodename().to_string_lossy().into_owned(),
             local: Local::current(pid),
         }

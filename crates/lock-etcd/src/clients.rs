@@ -57,6 +57,8 @@ impl Registration {
         let client = Client {
             record: crate::record::Record {
                 pid: identity.pid,
+                // The pid namespace goes with the boot and start, in `local`.
+                pid_ns: 0,
                 host: identity.host.clone(),
                 owner: Some(owner.to_owned()),
                 since: std::time::SystemTime::now(),
@@ -144,7 +146,7 @@ pub(crate) async fn list(ctx: &Ctx, root: &str, own: &str) -> Result<Vec<Holder>
         .into_iter()
         .filter(|(key, _)| *key != own.as_bytes())
         .map(|(_, client)| {
-            let mut holder = client.record.holder();
+            let mut holder = client.record.holder(&ctx.identity);
             holder.pid = pid_seen(&client, &ctx.identity);
             holder
         })

@@ -309,7 +309,7 @@ impl Detector {
         // In pages at one revision: one Range failed past tonic's 4 MiB answer limit (five
         // holders of 1 MiB of data), which failed every contended wait at its first check.
         let (_, kvs) = range_all(ctx, &prefix, false).await?;
-        let states = lock_states(&prefix, self.capacity, &kvs)?;
+        let states = lock_states(&prefix, self.capacity, &kvs, &ctx.identity)?;
         Ok(find_cycle(&states, &self.owner))
     }
 

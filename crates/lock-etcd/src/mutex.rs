@@ -401,6 +401,7 @@ pub(crate) async fn acquire(
     let since = SystemTime::now();
     let record = Record {
         pid: ctx.identity.pid,
+        pid_ns: ctx.identity.pid_ns,
         host: ctx.identity.host.clone(),
         owner: Some(target.owner.to_string()),
         since,
@@ -904,14 +905,17 @@ pub(crate) async fn holder_info(
         .map(|(kv, leaf)| (leaf, kv.create_revision));
     match standing(&marker, found.mod_revision, head) {
         Standing::Premature => Ok(None),
-        Standing::Dead => Ok(Some((marker.record.holder().dead(true), None))),
+        Standing::Dead => Ok(Some((marker.record.holder(&ctx.identity).dead(true), None))),
         Standing::Alive => {
             let Some(kv) = first else {
                 return Ok(None);
             };
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let record = Record::decode(&key, &kv.value)?;
-            Ok(Some((marker.record.holder(), Some((record, kv.lease)))))
+            Ok(Some((
+                marker.record.holder(&ctx.identity),
+                Some((record, kv.lease)),
+            )))
         }
     }
 }
@@ -942,7 +946,7 @@ pub(crate) async fn read_info(held: &HeldView) -> Result<crate::Info> {
         (false, Some(expires)) => crate::info::to_ms(expires),
         _ => return Err(Error::Lost),
     };
-    let mut holder = record.holder().since(since).expires(expires);
+    let mut holder = record.holder(&ctx.identity).since(since).expires(expires);
     holder.dead = false;
     Ok(crate::Info {
         holder,
@@ -992,6 +996,7 @@ mod tests {
     fn a_marker_of_another_acquisition_means_owner_died() {
         let record = Record {
             pid: 1,
+            pid_ns: 0,
             host: "h".into(),
             owner: None,
             since: SystemTime::now(),

@@ -7,6 +7,7 @@
 //! ```text
 //! lockyard-etcd-owner 1
 //! pid=4242
+//! pidns=4026531836
 //! host=build-7
 //! owner=4242@build-7/1f3a9c0d5e7b2a64
 //! since=1767225600123
@@ -24,6 +25,7 @@
 //! key=000000000000a1b2-0
 //! rev=8812
 //! pid=4242
+//! pidns=4026531836
 //! host=build-7
 //! owner=4242@build-7/1f3a9c0d5e7b2a64
 //! since=1767225600456
@@ -47,6 +49,10 @@
 //!
 //! ```
 //!
+//! `pidns` is the inode of the writer's pid namespace (absent when `/proc` could not tell, and in
+//! records written before it was added): a reader of the same host shows the pid only from its
+//! own namespace, since a pid of another one names another process here (DESIGN §7; lock-shm and
+//! lock-file record it likewise). A client record carries it with its boot and start.
 //! `since` is milliseconds since the Unix epoch: in an owner record when the acquisition started
 //! (for a waiter, when it started waiting), in a marker when the lock was claimed, in a client
 //! record when the table was opened. `owner` is the owner key that tells owners apart in a
@@ -58,6 +64,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_api::{Error, Holder, Result};
 
+use crate::client::Identity;
+
 const OWNER_MAGIC: &str = "lockyard-etcd-owner";
 const MARKER_MAGIC: &str = "lockyard-etcd-held";
 const CLIENT_MAGIC: &str = "lockyard-etcd-client";
@@ -67,6 +75,8 @@ const VERSION: &str = "1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) pid: u32,
+    /// The inode of the writer's pid namespace; 0 when not recorded.
+    pub(crate) pid_ns: u32,
     pub(crate) host: String,
     pub(crate) owner: Option<String>,
     pub(crate) since: SystemTime,
@@ -183,7 +193,11 @@ fn clean(value: &str) -> String {
 impl Record {
     fn header(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let _ = write!(out, "pid={}\nhost={}\n", self.pid, clean(&self.host));
+        let _ = writeln!(out, "pid={}", self.pid);
+        if self.pid_ns != 0 {
+            let _ = writeln!(out, "pidns={}", self.pid_ns);
+        }
+        let _ = writeln!(out, "host={}", clean(&self.host));
         if let Some(owner) = &self.owner {
             let _ = writeln!(out, "owner={}", clean(owner));
         }
@@ -206,11 +220,15 @@ impl Record {
         Ok(record)
     }
 
-    /// The record as a lock-api [`Holder`] (not dead, no expiry).
-    pub(crate) fn holder(&self) -> Holder {
-        let mut holder = Holder::with_pid(self.pid)
-            .host(self.host.clone())
-            .since(self.since);
+    /// The record as a lock-api [`Holder`] (not dead, no expiry), as a reader at `here` may show
+    /// it: without a pid for a process of this host in another pid namespace.
+    pub(crate) fn holder(&self, here: &Identity) -> Holder {
+        let mut holder = Holder::default().host(self.host.clone()).since(self.since);
+        holder.pid = if self.host == here.host {
+            lock_api::pid_seen_here(self.pid, self.pid_ns, here.pid_ns)
+        } else {
+            Some(self.pid)
+        };
         holder.owner = self.owner.clone();
         holder
     }
@@ -292,6 +310,7 @@ impl Fields {
     fn record(self, key: &str, what: &str) -> Result<Record> {
         Ok(Record {
             pid: self.pid.ok_or_else(|| corrupt(key, what, "no pid"))?,
+            pid_ns: self.pid_ns.unwrap_or(0),
             host: self.host.ok_or_else(|| corrupt(key, what, "no host"))?,
             owner: self.owner,
             since: self.since.ok_or_else(|| corrupt(key, what, "no since"))?,
@@ -383,6 +402,7 @@ mod tests {
     fn sample(data: &[u8]) -> Record {
         Record {
             pid: 42,
+            pid_ns: 4_026_531_836,
             host: "h1".into(),
             owner: Some("42@h1/7".into()),
             since: UNIX_EPOCH + Duration::from_millis(1_767_225_600_123),
@@ -402,6 +422,25 @@ mod tests {
             Record::decode("k", &anonymous.encode()).ok(),
             Some(anonymous)
         );
+    }
+
+    #[test]
+    fn a_pid_of_another_pid_namespace_of_this_host_is_not_shown() {
+        let here = Identity::current();
+        assert_ne!(here.pid_ns, 0, "this process's pid namespace");
+        let record = |host: &str, pid_ns: u32| Record {
+            host: host.into(),
+            pid_ns,
+            ..sample(b"")
+        };
+        let shown = |r: Record| r.holder(&here).pid;
+        assert_eq!(shown(record(&here.host, here.pid_ns)), Some(42));
+        assert_eq!(shown(record(&here.host, here.pid_ns ^ 1)), None);
+        assert_eq!(shown(record(&here.host, 0)), Some(42), "not recorded");
+        assert_eq!(shown(record("elsewhere", here.pid_ns ^ 1)), Some(42));
+        // A record written before `pidns` existed reads as not recorded.
+        let old = b"lockyard-etcd-owner 1\npid=7\nhost=h\nsince=1\n\n";
+        assert_eq!(Record::decode("k", old).map(|r| r.pid_ns).ok(), Some(0));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use etcd_client::proto::PbKeyValue;
 use lock_api::{Error, LockId, LockState, Result};
 
+use crate::client::Identity;
 use crate::record::{Marker, Record};
 use crate::table::parse_decimal;
 
@@ -74,6 +75,7 @@ pub(crate) fn lock_states(
     lock_prefix: &str,
     capacity: u32,
     kvs: &[PbKeyValue],
+    here: &Identity,
 ) -> Result<Vec<LockState>> {
     let mut locks: BTreeMap<u32, Lock<'_>> = BTreeMap::new();
     for kv in kvs {
@@ -114,10 +116,10 @@ pub(crate) fn lock_states(
                 match standing(&marker, kv.mod_revision, first) {
                     Standing::Alive => {
                         holder_leaf = Some(marker.key.clone());
-                        Some(marker.record.holder())
+                        Some(marker.record.holder(here))
                     }
                     Standing::Premature => None,
-                    Standing::Dead => Some(marker.record.holder().dead(true)),
+                    Standing::Dead => Some(marker.record.holder(here).dead(true)),
                 }
             }
             None => None,
@@ -129,7 +131,7 @@ pub(crate) fn lock_states(
             .map(|kv| {
                 let key = String::from_utf8_lossy(&kv.key);
                 Record::decode(&key, &kv.value)
-                    .map(|r| r.holder())
+                    .map(|r| r.holder(here))
                     .unwrap_or_default()
             })
             .collect();
@@ -156,6 +158,7 @@ mod tests {
     fn record(pid: u32, owner: &str) -> Record {
         Record {
             pid,
+            pid_ns: 0,
             host: "h".into(),
             owner: Some(owner.into()),
             since: UNIX_EPOCH + Duration::from_secs(pid.into()),
@@ -193,7 +196,7 @@ mod tests {
             kv("t/lock/3/b", record(2, "B").encode(), 7),
             kv("t/lock/3/a", record(1, "A").encode(), 5),
         ];
-        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs, &Identity::current()).expect("snapshot");
         assert_eq!(states.len(), 1);
         let state = &states[0];
         assert_eq!(state.id, LockId(3));
@@ -210,7 +213,7 @@ mod tests {
             with_mod(kv("t/lock/0", marker("a", 1, "A"), 5), 5),
             kv("t/lock/0/b", record(2, "B").encode(), 9),
         ];
-        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs, &Identity::current()).expect("snapshot");
         let holder = states[0].holder.as_ref().expect("holder");
         assert!(holder.dead);
         assert_eq!(holder.pid, Some(1));
@@ -225,7 +228,7 @@ mod tests {
             kv("t/lock/0/b", record(2, "B").encode(), 9),
             kv("t/lock/0/c", record(3, "C").encode(), 12),
         ];
-        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs, &Identity::current()).expect("snapshot");
         assert_eq!(states[0].holder, None);
         assert_eq!(states[0].waiters.len(), 2);
     }
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn a_queue_without_a_marker_has_no_holder() {
         let kvs = [kv("t/lock/1/b", record(2, "B").encode(), 9)];
-        let states = lock_states("t/lock/", 4, &kvs).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &kvs, &Identity::current()).expect("snapshot");
         assert_eq!(states[0].holder, None);
         assert_eq!(states[0].waiters.len(), 1);
     }
@@ -249,12 +252,15 @@ mod tests {
         ] {
             let kvs = [kv(bad, record(2, "B").encode(), 1)];
             assert!(
-                matches!(lock_states("t/lock/", 4, &kvs), Err(Error::Corrupt { .. })),
+                matches!(
+                    lock_states("t/lock/", 4, &kvs, &Identity::current()),
+                    Err(Error::Corrupt { .. })
+                ),
                 "{bad}"
             );
         }
         let garbled = [kv("t/lock/2/b", b"garbage".to_vec(), 1)];
-        let states = lock_states("t/lock/", 4, &garbled).expect("snapshot");
+        let states = lock_states("t/lock/", 4, &garbled, &Identity::current()).expect("snapshot");
         assert_eq!(states[0].waiters, vec![Holder::default()]);
     }
 
@@ -264,12 +270,12 @@ mod tests {
     fn an_unreadable_marker_fails_the_snapshot() {
         let garbled = [kv("t/lock/2", b"\xff\xfegarbage".to_vec(), 1)];
         assert!(matches!(
-            lock_states("t/lock/", 4, &garbled),
+            lock_states("t/lock/", 4, &garbled, &Identity::current()),
             Err(Error::Corrupt { .. })
         ));
         let newer = [kv("t/lock/2", b"lockyard-etcd-held 9\n\n".to_vec(), 1)];
         assert!(matches!(
-            lock_states("t/lock/", 4, &newer),
+            lock_states("t/lock/", 4, &newer, &Identity::current()),
             Err(Error::Incompatible { .. })
         ));
     }

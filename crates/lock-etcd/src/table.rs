@@ -439,7 +439,7 @@ impl EtcdTable {
         let capacity = self.capacity;
         self.shared.block_on(async move {
             let (_, kvs) = range_all(&ctx, &prefix, false).await?;
-            lock_states(&prefix, capacity, &kvs)
+            lock_states(&prefix, capacity, &kvs, &ctx.identity)
         })
     }
 

@@ -13,7 +13,9 @@ use common::{
     FencedResource, ROLE_ENV, TestCluster, assert_no_leases, assert_nothing_left, spawn_child, tell,
 };
 use lock_conformance::Failed;
-use lock_etcd::{Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Leased, Locker};
+use lock_etcd::{
+    Acquired, Error, EtcdLocks, EtcdOptions, Fenced, Inspect, Leased, LockId, Locker, Manager,
+};
 use rustix::process::Signal;
 use serial_test::serial;
 
@@ -1159,4 +1161,83 @@ fn a_retried_create_does_not_take_another_processs_table() {
         other.remove_table(store).expect("remove the table");
     }
     common::delete_prefix(&tc.endpoints, &prefix);
+}
+
+/// A pid is shown only to readers of this host in the pid namespace it was recorded in: a process
+/// in a container of its own is pid 1 there, and pid 1 here is init (`lockctl status` named it as
+/// the holder). A holder and a waiter in another pid namespace are listed without a pid, by
+/// `holder()` and by a table's snapshot; one of this namespace keeps its pid.
+#[test]
+#[serial]
+fn a_holder_in_another_pid_namespace_is_listed_without_a_pid() -> Result<(), Failed> {
+    const ROLE: &str = "pid-namespace-holder";
+    if role().as_deref() == Some(ROLE) {
+        let locks = child_locks();
+        let table = locks.open_table("t").expect("open table");
+        let lock = table.retrieve(LockId(1)).expect("retrieve");
+        tell(&format!("LOCKED {:?}", lock.lock()));
+        let _ = common::read_stdin_line();
+        tell(&format!("UNLOCKED {:?}", lock.unlock()));
+        return Ok(());
+    }
+    let tc = TestCluster::get();
+    let prefix = common::prefix("pid-namespace");
+    let locks = tc.connect(&prefix, Duration::from_secs(2));
+    let table = locks.create_table("t", 4)?;
+    let lock = table.retrieve(LockId(1))?;
+    let me = std::process::id();
+    // Ours, and ours waiting behind the other namespace's hold.
+    assert_eq!(lock.lock()?, Acquired::Clean);
+    assert_eq!(lock.holder()?.and_then(|h| h.pid), Some(me), "our own hold");
+    lock.unlock()?;
+    let mut child = common::spawn_child_in_pid_namespace(
+        "a_holder_in_another_pid_namespace_is_listed_without_a_pid",
+        ROLE,
+        &[
+            ("ETCD_EPS", tc.endpoints.join(",")),
+            ("ETCD_PREFIX", prefix.clone()),
+        ],
+    );
+    assert_eq!(
+        child.expect("LOCKED", Duration::from_secs(20))?,
+        "Ok(Clean)"
+    );
+    let holder = lock.holder()?.expect("a holder");
+    assert!(
+        holder.pid.is_none() && holder.owner.is_some() && !holder.dead,
+        "a holder in another pid namespace, by holder(): {holder:?}"
+    );
+    let waiter = {
+        let table = locks.open_table("t")?;
+        let lock = table.retrieve(LockId(1))?;
+        std::thread::spawn(move || lock.try_lock_for(Duration::from_secs(20)).map(drop))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let snapshot = table.snapshot()?;
+        let state = snapshot.into_iter().find(|s| s.id == LockId(1));
+        if state.as_ref().is_some_and(|s| !s.waiters.is_empty()) || Instant::now() > deadline {
+            break state.expect("lock 1 in the snapshot");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let holder = state.holder.as_ref().expect("a holder in the snapshot");
+    assert!(
+        holder.pid.is_none() && holder.owner.is_some(),
+        "a holder in another pid namespace, in a snapshot: {holder:?}"
+    );
+    assert!(
+        state.waiters.len() == 1 && state.waiters[0].pid == Some(me),
+        "our waiter, in a snapshot: {:?}",
+        state.waiters
+    );
+    child.send("go")?;
+    assert_eq!(child.expect("UNLOCKED", Duration::from_secs(20))?, "Ok(())");
+    assert!(child.wait(Duration::from_secs(10))?.success());
+    waiter.join().expect("waiter thread")?;
+    drop((lock, table));
+    locks.remove_table("t")?;
+    drop(locks);
+    assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
+    Ok(())
 }

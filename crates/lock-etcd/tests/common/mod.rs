@@ -207,6 +207,20 @@ pub fn spawn_child(test: &str, role: &str, env: &[(&str, String)]) -> ChildProce
     ChildProcess::start(cmd, role, Some(CHILD_MARK)).expect("spawn child")
 }
 
+/// [`spawn_child`], in a new pid namespace (and user namespace, so no privilege is needed).
+pub fn spawn_child_in_pid_namespace(
+    test: &str,
+    role: &str,
+    env: &[(&str, String)],
+) -> ChildProcess {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = lock_conformance::child::in_new_pid_namespace(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE_ENV, role)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    ChildProcess::start(cmd, role, Some(CHILD_MARK)).expect("spawn child")
+}
+
 /// Reads one line from stdin (a child waiting for its parent's go).
 pub fn read_stdin_line() -> String {
     let mut line = String::new();
