@@ -21,6 +21,7 @@ use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::time::{sleep, timeout_at};
 
 use crate::clients::Registration;
+use crate::lease::Monitor;
 use crate::options::EtcdOptions;
 use crate::record::Local;
 use crate::session::SessionCore;
@@ -270,7 +271,8 @@ impl Shared {
                 Ok(true) => {
                     self.registrations().push(registration);
                     if !self.keeping.swap(true, Ordering::Relaxed) {
-                        self.handle.spawn(keep_listed(Arc::downgrade(self)));
+                        let lost = Arc::clone(&session.monitor);
+                        self.handle.spawn(keep_listed(Arc::downgrade(self), lost));
                     }
                     return Ok(true);
                 }
@@ -313,30 +315,35 @@ impl Shared {
 const RELIST_RETRY: Duration = Duration::from_secs(1);
 
 /// Keeps the tables open on a connection listed (`clients.rs`): whenever the default session
-/// is lost while one is open, grants the next one, which puts their client keys again, rather
-/// than leave them unlisted, and `remove_unused` free to delete them, until the connection's
-/// next acquisition. Ends when no table is open (the next registration starts it again) or the
-/// connection is gone; holds the connection only while it looks, never while it waits.
-async fn keep_listed(shared: Weak<Shared>) {
+/// (first the one whose lost signal is `current`) is lost while a table is open, grants the next
+/// one, which puts their client keys again, rather than leave them unlisted, and `remove_unused`
+/// free to delete them, until the connection's next acquisition. Ends when no table is open
+/// (the next registration starts it again) or the connection is gone. It holds the connection
+/// only while it grants after a loss, never while it waits: a connection dropped during a
+/// grant is dropped on the runtime's thread, where its lease may be left to expire (one TTL).
+async fn keep_listed(shared: Weak<Shared>, mut current: Arc<Monitor>) {
     loop {
-        let next = {
-            let Some(shared) = shared.upgrade() else {
-                return;
+        current.lost().await;
+        current = loop {
+            let next = {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let mut slot = shared.session.lock().await;
+                if shared.registrations().is_empty() {
+                    shared.keeping.store(false, Ordering::Relaxed);
+                    return;
+                }
+                shared
+                    .live_session(&mut slot)
+                    .await
+                    .map(|session| Arc::clone(&session.monitor))
             };
-            let mut slot = shared.session.lock().await;
-            if shared.registrations().is_empty() {
-                shared.keeping.store(false, Ordering::Relaxed);
-                return;
+            match next {
+                Ok(monitor) => break monitor,
+                Err(_) => sleep(RELIST_RETRY).await,
             }
-            shared
-                .live_session(&mut slot)
-                .await
-                .map(|session| Arc::clone(&session.monitor))
         };
-        match next {
-            Ok(monitor) => monitor.lost().await,
-            Err(_) => sleep(RELIST_RETRY).await,
-        }
     }
 }
 
