@@ -1241,3 +1241,45 @@ fn a_holder_in_another_pid_namespace_is_listed_without_a_pid() -> Result<(), Fai
     assert_nothing_left(&tc.endpoints, &prefix, Duration::from_secs(10));
     Ok(())
 }
+
+/// A connection regrants its lost default session by itself only while a table is open on it
+/// (`keep_listed`): with its last table dropped, a revoked lease is not replaced, so an idle
+/// connection holds no lease it does not need; with a table open, it is.
+#[test]
+#[serial]
+fn a_lost_session_is_regranted_only_while_a_table_is_open() -> Result<(), Failed> {
+    // Its own cluster: every lease on it is this test's.
+    let tc = TestCluster::start();
+    let eps = tc.endpoints.clone();
+    let prefix = common::prefix("regrant");
+    let ttl = Duration::from_secs(2);
+    let locks = tc.connect(&prefix, ttl);
+    let only_lease = || {
+        let leases = common::leases(&eps);
+        assert_eq!(leases.len(), 1, "leases: {leases:?}");
+        leases[0]
+    };
+    let revoke = |lease: i64| common::raw(&eps, async move |c| c.lease_revoke(lease).await);
+    let table = locks.create_table("t", 4)?;
+    let first = only_lease();
+    revoke(first);
+    let deadline = Instant::now() + ttl * 4;
+    while common::leases(&eps).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = only_lease();
+    assert_ne!(second, first, "a table open: the session is granted again");
+    drop(table);
+    revoke(second);
+    // Its keepalive notices within a third of the TTL; give a regrant three TTLs to show.
+    std::thread::sleep(ttl * 3);
+    let left = common::leases(&eps);
+    assert!(
+        left.is_empty(),
+        "no table open, yet the lost session was granted again: {left:?}"
+    );
+    locks.remove_table("t")?;
+    drop(locks);
+    assert_nothing_left(&eps, &prefix, Duration::from_secs(10));
+    Ok(())
+}
