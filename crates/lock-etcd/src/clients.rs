@@ -57,8 +57,7 @@ impl Registration {
         let client = Client {
             record: crate::record::Record {
                 pid: identity.pid,
-                // The pid namespace goes with the boot and start, in `local`.
-                pid_ns: 0,
+                pid_ns: identity.pid_ns,
                 host: identity.host.clone(),
                 owner: Some(owner.to_owned()),
                 since: std::time::SystemTime::now(),
@@ -116,22 +115,11 @@ fn running<'k>(
     for kv in kvs {
         let key = String::from_utf8_lossy(&kv.key);
         let client = Client::decode(&key, &kv.value)?;
-        if !client.has_ended(&here.host, here.local.as_ref()) {
+        if !client.has_ended(here) {
             out.push((kv.key.as_slice(), client));
         }
     }
     Ok(out)
-}
-
-/// The pid a reader at `here` may show for `client`: none for a process of this host in
-/// another pid namespace.
-fn pid_seen(client: &Client, here: &Identity) -> Option<u32> {
-    match (&client.local, &here.local) {
-        (Some(theirs), Some(ours)) if client.record.host == here.host => {
-            lock_api::pid_seen_here(client.record.pid, theirs.pid_ns, ours.pid_ns)
-        }
-        _ => Some(client.record.pid),
-    }
 }
 
 /// The other open managers of the table at `root`: every client key but `own`, less those whose
@@ -145,11 +133,7 @@ pub(crate) async fn list(ctx: &Ctx, root: &str, own: &str) -> Result<Vec<Holder>
     Ok(running(&kvs, &ctx.identity)?
         .into_iter()
         .filter(|(key, _)| *key != own.as_bytes())
-        .map(|(_, client)| {
-            let mut holder = client.record.holder(&ctx.identity);
-            holder.pid = pid_seen(&client, &ctx.identity);
-            holder
-        })
+        .map(|(_, client)| client.record.holder(&ctx.identity))
         .collect())
 }
 
@@ -238,7 +222,7 @@ fn managers_open(open: &[(&[u8], Client)], here: &Identity) -> String {
     let local: Vec<Option<u32>> = open
         .iter()
         .filter(|(_, c)| c.record.host == here.host)
-        .map(|(_, c)| pid_seen(c, here))
+        .map(|(_, c)| c.record.pid_seen(here))
         .collect();
     let mut remote: Vec<String> = open
         .iter()

@@ -33,16 +33,16 @@
 //! ```
 //!
 //! Client record (version 1), the value of a table's client key (`clients.rs`): the owner
-//! record's header under its own first line, with no data, and where the process runs, so that
-//! a reader on the same host can tell whether it has ended: the boot id, the pid namespace's
-//! inode and the process's start time in clock ticks after boot (all three or none).
+//! record's header under its own first line, with no data, and when the process runs, so that
+//! a reader on the same host can tell, with the header's `pidns`, whether it has ended: the boot
+//! id and the process's start time in clock ticks after boot (both or none).
 //!
 //! ```text
 //! lockyard-etcd-client 1
 //! boot=5c1b2e0a-8d7f-4c44-9a0e-2f8e1d3b6a77
-//! pidns=4026531836
 //! start=912345
 //! pid=4242
+//! pidns=4026531836
 //! host=build-7
 //! owner=4242@build-7/1f3a9c0d5e7b2a64
 //! since=1767225600456
@@ -52,7 +52,8 @@
 //! `pidns` is the inode of the writer's pid namespace (absent when `/proc` could not tell, and in
 //! records written before it was added): a reader of the same host shows the pid only from its
 //! own namespace, since a pid of another one names another process here (DESIGN §7; lock-shm and
-//! lock-file record it likewise). A client record carries it with its boot and start.
+//! lock-file record it likewise). In a client record it also tells, with `boot` and `start`,
+//! whether the process has ended.
 //! `since` is milliseconds since the Unix epoch: in an owner record when the acquisition started
 //! (for a waiter, when it started waiting), in a marker when the lock was claimed, in a client
 //! record when the table was opened. `owner` is the owner key that tells owners apart in a
@@ -103,12 +104,11 @@ pub(crate) struct Client {
     pub(crate) local: Option<Local>,
 }
 
-/// Where a process runs on its host: the boot, the pid namespace (its inode) and the process's
-/// start time (clock ticks after boot), which together with the pid name one process.
+/// When a process runs on its host: the boot and the process's start time (clock ticks after
+/// boot), which together with the pid and the pid namespace (the record's) name one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Local {
     pub(crate) boot: String,
-    pub(crate) pid_ns: u32,
     pub(crate) start: u64,
 }
 
@@ -116,13 +116,8 @@ impl Local {
     /// This process's, or `None` when `/proc` cannot tell.
     pub(crate) fn current(pid: u32) -> Option<Local> {
         let boot = clean(&lock_api::boot_id().ok()?);
-        let pid_ns = lock_api::pid_namespace();
         let start = lock_api::process_start_time(pid).ok()??;
-        (!boot.is_empty() && pid_ns != 0).then_some(Local {
-            boot,
-            pid_ns,
-            start,
-        })
+        (!boot.is_empty()).then_some(Local { boot, start })
     }
 }
 
@@ -131,11 +126,7 @@ impl Client {
         use std::fmt::Write as _;
         let mut out = format!("{CLIENT_MAGIC} {VERSION}\n");
         if let Some(local) = &self.local {
-            let _ = write!(
-                out,
-                "boot={}\npidns={}\nstart={}\n",
-                local.boot, local.pid_ns, local.start
-            );
+            let _ = write!(out, "boot={}\nstart={}\n", local.boot, local.start);
         }
         self.record.header(&mut out);
         out.into_bytes()
@@ -144,10 +135,9 @@ impl Client {
     /// Parses a client key's value read from `key`.
     pub(crate) fn decode(key: &str, value: &[u8]) -> Result<Client> {
         let (fields, _) = split(key, CLIENT_MAGIC, "client record", value)?;
-        let local = match (&fields.boot, fields.pid_ns, fields.start) {
-            (Some(boot), Some(pid_ns), Some(start)) => Some(Local {
+        let local = match (&fields.boot, fields.start) {
+            (Some(boot), Some(start)) => Some(Local {
                 boot: boot.clone(),
-                pid_ns,
                 start,
             }),
             _ => None,
@@ -159,20 +149,21 @@ impl Client {
     }
 
     /// Whether the process that wrote this record has certainly ended, as seen by a process
-    /// of host `host` at `here`: only a process of the same host, boot and pid namespace can
-    /// be checked (its pid and start time, `lock_api::process_state`), and one of the same host
+    /// at `here`: only a process of the same host, boot and (known) pid namespace can be
+    /// checked (its pid and start time, `lock_api::process_state`), and one of the same host
     /// in another boot has ended with that boot. Everything else counts as running.
-    pub(crate) fn has_ended(&self, host: &str, here: Option<&Local>) -> bool {
-        let (Some(theirs), Some(here)) = (&self.local, here) else {
+    pub(crate) fn has_ended(&self, here: &Identity) -> bool {
+        let (Some(theirs), Some(ours)) = (&self.local, &here.local) else {
             return false;
         };
-        if self.record.host != host {
+        if self.record.host != here.host {
             return false;
         }
-        if theirs.boot != here.boot {
+        if theirs.boot != ours.boot {
             return true;
         }
-        theirs.pid_ns == here.pid_ns
+        self.record.pid_ns != 0
+            && self.record.pid_ns == here.pid_ns
             && lock_api::process_state(self.record.pid, theirs.start)
                 .is_ok_and(lock_api::ProcessState::is_dead)
     }
@@ -220,15 +211,21 @@ impl Record {
         Ok(record)
     }
 
-    /// The record as a lock-api [`Holder`] (not dead, no expiry), as a reader at `here` may show
-    /// it: without a pid for a process of this host in another pid namespace.
-    pub(crate) fn holder(&self, here: &Identity) -> Holder {
-        let mut holder = Holder::default().host(self.host.clone()).since(self.since);
-        holder.pid = if self.host == here.host {
+    /// The pid a reader at `here` may show: none for a process of this host in another pid
+    /// namespace, whose pid names another process here.
+    pub(crate) fn pid_seen(&self, here: &Identity) -> Option<u32> {
+        if self.host == here.host {
             lock_api::pid_seen_here(self.pid, self.pid_ns, here.pid_ns)
         } else {
             Some(self.pid)
-        };
+        }
+    }
+
+    /// The record as a lock-api [`Holder`] (not dead, no expiry), as a reader at `here` may show
+    /// it ([`pid_seen`](Self::pid_seen)).
+    pub(crate) fn holder(&self, here: &Identity) -> Holder {
+        let mut holder = Holder::default().host(self.host.clone()).since(self.since);
+        holder.pid = self.pid_seen(here);
         holder.owner = self.owner.clone();
         holder
     }
@@ -446,42 +443,48 @@ mod tests {
     #[test]
     fn a_client_round_trips_and_only_a_local_ended_process_has_ended() {
         let me = std::process::id();
-        let here = Local::current(me).expect("this process's boot, namespace and start");
-        let client = |pid: u32, host: &str, local: Option<Local>| Client {
+        let ns = lock_api::pid_namespace();
+        let local = Local::current(me).expect("this process's boot and start");
+        let reader = |local: Option<Local>| Identity {
+            pid: me,
+            pid_ns: ns,
+            host: "h1".into(),
+            local,
+        };
+        let here = reader(Some(local.clone()));
+        let client = |pid: u32, host: &str, pid_ns: u32, local: Option<Local>| Client {
             record: Record {
                 pid,
+                pid_ns,
                 host: host.into(),
                 ..sample(b"")
             },
             local,
         };
-        let mine = client(me, "h1", Some(here.clone()));
+        let mine = client(me, "h1", ns, Some(local.clone()));
         assert_eq!(Client::decode("k", &mine.encode()).ok(), Some(mine.clone()));
-        let unknown = client(me, "h1", None);
+        let unknown = client(me, "h1", ns, None);
         assert_eq!(
             Client::decode("k", &unknown.encode()).ok(),
             Some(unknown.clone())
         );
-        assert!(!mine.has_ended("h1", Some(&here)));
-        assert!(!unknown.has_ended("h1", Some(&here)));
+        assert!(!mine.has_ended(&here));
+        assert!(!unknown.has_ended(&here));
         let restarted = Local {
-            start: here.start + 1,
-            ..here.clone()
+            start: local.start + 1,
+            ..local.clone()
         };
-        assert!(client(me, "h1", Some(restarted.clone())).has_ended("h1", Some(&here)));
+        assert!(client(me, "h1", ns, Some(restarted.clone())).has_ended(&here));
         // Another host, namespace or nothing known here: never judged.
-        assert!(!client(me, "h2", Some(restarted.clone())).has_ended("h1", Some(&here)));
-        let other_ns = Local {
-            pid_ns: here.pid_ns ^ 1,
-            ..restarted.clone()
-        };
-        assert!(!client(me, "h1", Some(other_ns)).has_ended("h1", Some(&here)));
-        assert!(!client(me, "h1", Some(restarted)).has_ended("h1", None));
+        assert!(!client(me, "h2", ns, Some(restarted.clone())).has_ended(&here));
+        assert!(!client(me, "h1", ns ^ 1, Some(restarted.clone())).has_ended(&here));
+        assert!(!client(me, "h1", 0, Some(restarted.clone())).has_ended(&here));
+        assert!(!client(me, "h1", ns, Some(restarted)).has_ended(&reader(None)));
         let earlier_boot = Local {
             boot: "another-boot".into(),
-            ..here.clone()
+            ..local.clone()
         };
-        assert!(client(me, "h1", Some(earlier_boot)).has_ended("h1", Some(&here)));
+        assert!(client(me, "h1", ns, Some(earlier_boot)).has_ended(&here));
         assert!(matches!(
             Client::decode(
                 "k",
