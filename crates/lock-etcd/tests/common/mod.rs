@@ -200,11 +200,7 @@ pub fn tell(line: &str) {
 /// SIGKILLed and reaped when the handle is dropped.
 pub fn spawn_child(test: &str, role: &str, env: &[(&str, String)]) -> ChildProcess {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE_ENV, role)
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    ChildProcess::start(cmd, role, Some(CHILD_MARK)).expect("spawn child")
+    start_child(Command::new(exe), test, role, env)
 }
 
 /// [`spawn_child`], in a new pid namespace (and user namespace, so no privilege is needed).
@@ -214,7 +210,12 @@ pub fn spawn_child_in_pid_namespace(
     env: &[(&str, String)],
 ) -> ChildProcess {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = lock_conformance::child::in_new_pid_namespace(exe);
+    let command = lock_conformance::child::in_new_pid_namespace(exe);
+    start_child(command, test, role, env)
+}
+
+/// Starts `cmd` (this test binary, or a program that runs it) running only `test` in `role`.
+fn start_child(mut cmd: Command, test: &str, role: &str, env: &[(&str, String)]) -> ChildProcess {
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE_ENV, role)
         .envs(env.iter().map(|(k, v)| (k, v)));
