@@ -225,7 +225,7 @@ pub(crate) fn unlock_fast(word: &Le32, token: u32) -> bool {
 
 /// Releases the word if `token` holds it; returns whether it did. One compare-and-swap, and a
 /// `FUTEX_WAKE` only when someone waits; `clear` runs first on the contended path only, and
-/// returns whether a starving waiter asked for a hand-off (lockword.rs, "Handing off").
+/// returns whether to hand the lock over (lockword.rs, "Handing off").
 #[inline]
 pub(crate) fn unlock(word: &Le32, token: u32, clear: impl FnMut() -> bool) -> Result<bool> {
     lockword::unlock(word, token, clear, wake)

@@ -14,6 +14,7 @@ mod observe;
 mod removal;
 mod segment;
 mod slice;
+mod turn;
 mod wait;
 mod watch;
 

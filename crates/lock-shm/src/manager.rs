@@ -28,6 +28,7 @@ use crate::futex;
 use crate::layout::{Layout, field};
 use crate::life::Sentinel;
 use crate::segment::{self, Le32, Segment, SlotLock};
+use crate::turn::Turn;
 use crate::wait::LockWaiter;
 use crate::watch::Watchers;
 use lockyard_fork as fork;
@@ -414,6 +415,7 @@ impl ShmManager {
             shared: Arc::clone(&self.shared),
             id,
             word,
+            turn: Turn::default(),
         })
     }
 }
@@ -601,6 +603,8 @@ pub struct ShmLocker {
     id: u32,
     /// Lock `id`'s word in `shared`'s mapping (invariant 1).
     word: NonNull<Le32>,
+    /// Where this handle's holds are in their turn under contention (turn.rs).
+    turn: Turn,
 }
 
 // SAFETY: `word` points into the mapping that `shared` owns and this locker keeps alive
@@ -642,8 +646,24 @@ impl ShmLocker {
     #[inline(never)]
     fn unlock_slow(&self) -> Result<()> {
         let word = self.word()?;
+        let turn = &self.turn;
+        let counted = turn.counted();
+        if counted {
+            if crate::observe::hand_off_requested(&self.shared, self.id) {
+                // The turn is over and someone asks for the lock: the waiters bit sends this
+                // unlock down the contended path, which hands it over.
+                crate::lockword::mark(word, self.shared.token);
+            } else {
+                turn.defer();
+            }
+        }
         if futex::unlock(word, self.shared.token, || {
-            crate::observe::clear_since(&self.shared, self.id)
+            let over = counted || turn.expired();
+            let hand = crate::observe::clear_since(&self.shared, self.id, over) && over;
+            if hand {
+                turn.begin();
+            }
+            hand
         })? {
             Ok(())
         } else {
@@ -661,9 +681,11 @@ impl ShmLocker {
         let acquired = crate::lockword::lock_contended(word, self.shared.token, &mut waiter)?;
         // A hold taken after waiting carries the waiters bit, so its unlock takes the contended
         // path, which takes the record back (observe.rs, rule 1).
-        if acquired.is_some() && word.load(Relaxed) == self.shared.token | crate::lockword::WAITERS
-        {
-            waiter.record_hold()?;
+        if acquired.is_some() {
+            self.turn.begin();
+            if word.load(Relaxed) == self.shared.token | crate::lockword::WAITERS {
+                waiter.record_hold()?;
+            }
         }
         drop(waiter);
         Ok(acquired)
@@ -714,7 +736,8 @@ impl Locker for ShmLocker {
 
     #[inline]
     fn unlock(&self) -> Result<()> {
-        if let Some(word) = self.fast_word()
+        if self.turn.count()
+            && let Some(word) = self.fast_word()
             && futex::unlock_fast(word, self.shared.token)
         {
             return Ok(());

@@ -139,6 +139,20 @@ struct World {
     since: AtomicU32,
     /// Hand-offs made (unlocks that released the word as `HANDED`), over one execution.
     hand_offs: AtomicUsize,
+    /// Where every unlock stands in its holder's turn (turn.rs).
+    turns: Turns,
+}
+
+/// Where the modelled unlocks stand in their holder's turn (turn.rs): which end it, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turns {
+    /// Every turn has lasted its time: a contended unlock hands the lock to a waiter that asked.
+    Timed,
+    /// Every unlock's count has run out: an unlock that finds a request marks its own word and
+    /// hands the lock over, even from the fast path.
+    Counted,
+    /// No turn ends: a request stays in the since word, unanswered, and unlocks wake as always.
+    Endless,
 }
 
 impl World {
@@ -160,7 +174,17 @@ impl World {
             weakened: false,
             since: AtomicU32::new(0),
             hand_offs: AtomicUsize::new(0),
+            turns: Turns::Timed,
         })
+    }
+
+    /// As [`World::new`], with the unlocks' turns as `turns` says.
+    fn with_turns(value: u32, live: &[u32], turns: Turns) -> Arc<World> {
+        let mut world = World::new(value, live);
+        if let Some(w) = Arc::get_mut(&mut world) {
+            w.turns = turns;
+        }
+        world
     }
 
     /// As [`World::new`], with the orderings weakened (see `weakened`).
@@ -433,7 +457,7 @@ impl Sys<World> for ModelSys<'_> {
         Ok(self.world.dead(owner))
     }
 
-    /// Production asks after `STARVE_AFTER`; here at once, if this waiter `starves`.
+    /// Production always asks; here only if this waiter `starves`.
     fn starving(&mut self) -> bool {
         if self.starves {
             self.world.since.fetch_or(STARVING, Relaxed);
@@ -446,6 +470,12 @@ impl Sys<World> for ModelSys<'_> {
     /// waiter then sleeps, so the hand-off must reach it through the unlock's wake-up.
     fn watching(&mut self) -> bool {
         false
+    }
+
+    /// Production looks again for about 2 µs; here once more, so that the checks see both a
+    /// word that stays free and one taken back in between.
+    fn lingering(&mut self, looks: u32) -> bool {
+        looks < 1
     }
 
     /// Production spins; here, after a lost race, every other thread may run in the meantime.
@@ -528,8 +558,15 @@ fn unlock_steps<S: lockword::Steps>(
     token: u32,
     wake: impl FnOnce(&World) -> Result<()>,
 ) -> bool {
+    // As manager.rs's `unlock_slow`: at the end of a counted turn, a request sends the unlock
+    // down the contended path.
+    let counted = world.turns == Turns::Counted && world.since.load(SeqCst) & STARVING != 0;
+    if counted {
+        lockword::mark(world, token);
+    }
+    let over = world.turns != Turns::Endless;
     let clear = || {
-        let hand = lockword::clear(&world.since);
+        let hand = lockword::clear(&world.since, over) && over;
         if hand {
             world.hand_offs.fetch_add(1, SeqCst);
         }
@@ -675,20 +712,41 @@ fn model_a_waiter_that_lost_the_race_backs_off() {
 /// ends free, and some execution hands off.
 #[test]
 fn model_a_starving_waiter_is_handed_the_lock() {
-    let hand_offs = starving_waiter_is_handed_the_lock(World::wake_one);
+    let hand_offs = starving_waiter_is_handed_the_lock(World::wake_one, Turns::Timed);
     assert!(
         hand_offs > 0,
         "no execution handed the lock over: the check says nothing about hand-offs"
     );
 }
 
+/// As [`model_a_starving_waiter_is_handed_the_lock`], with turns that end by their count
+/// (turn.rs): the holder marks its own word when it finds a request, so that even an unlock
+/// that would have taken the fast path hands the lock over.
+#[test]
+fn model_a_counted_turn_hands_the_lock_over() {
+    let hand_offs = starving_waiter_is_handed_the_lock(World::wake_one, Turns::Counted);
+    assert!(
+        hand_offs > 0,
+        "no execution handed the lock over: the check says nothing about hand-offs"
+    );
+}
+
+/// As [`model_a_starving_waiter_is_handed_the_lock`], with turns that never end: the request
+/// stands unanswered, and the waiter that asked, which takes a free word only after a second
+/// look, is still woken and gets the lock; nothing is handed over.
+#[test]
+fn model_a_request_left_standing_breaks_nothing() {
+    let hand_offs = starving_waiter_is_handed_the_lock(World::wake_one, Turns::Endless);
+    assert_eq!(hand_offs, 0, "a turn that never ends handed the lock over");
+}
+
 /// Runs the check of [`model_a_starving_waiter_is_handed_the_lock`] with `wake` as every unlock's
-/// wake-up; returns the hand-offs made over all executions.
-fn starving_waiter_is_handed_the_lock(wake: fn(&World) -> Result<()>) -> usize {
+/// wake-up and `turns` as the unlocks' turns; returns the hand-offs made over all executions.
+fn starving_waiter_is_handed_the_lock(wake: fn(&World) -> Result<()>, turns: Turns) -> usize {
     let hand_offs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = hand_offs.clone();
     check(move || {
-        let world = World::new(0, &[1, 2, 3]);
+        let world = World::with_turns(0, &[1, 2, 3], turns);
         let data = Arc::new(Protected::new());
         let waiters: Vec<_> = [(2, true), (3, false)]
             .into_iter()
@@ -737,13 +795,16 @@ fn model_catches_a_hand_off_that_wakes_nobody() {
 #[test]
 fn model_planted_hand_off_child() {
     if std::env::var_os(PLANTED_HAND_OFF_ENV).is_some() {
-        starving_waiter_is_handed_the_lock(|world| {
-            if world.word.load(SeqCst) == lockword::HANDED {
-                Ok(())
-            } else {
-                world.wake_one()
-            }
-        });
+        starving_waiter_is_handed_the_lock(
+            |world| {
+                if world.word.load(SeqCst) == lockword::HANDED {
+                    Ok(())
+                } else {
+                    world.wake_one()
+                }
+            },
+            Turns::Timed,
+        );
     }
 }
 
@@ -868,9 +929,13 @@ fn model_planted_beaten_child() {
 /// word without the waiters bit has no time recorded beside it. (A recorded time there would be
 /// shown with the fast-path hold, and nothing would clear it before that hold's successor: with
 /// the lock idle in between, the holder would look older than it is.)
-fn a_sighting_never_outlives_its_hold<S: lockword::Steps>() {
-    check(|| {
-        let world = World::new(token(1), &[1, 2]);
+fn a_sighting_never_outlives_its_hold<S: lockword::Steps>(turns: Turns) {
+    check(move || {
+        let world = World::with_turns(token(1), &[1, 2], turns);
+        if turns == Turns::Endless {
+            // A request that the unlock keeps while it clears the sighting beside it.
+            world.since.store(STARVING, SeqCst);
+        }
         let reader = {
             let world = world.clone();
             thread::spawn(move || {
@@ -889,12 +954,23 @@ fn a_sighting_never_outlives_its_hold<S: lockword::Steps>() {
             !fast || word & WAITERS != 0 || since & !STARVING == 0,
             "a sighting outlived its hold: word {word:#x}, since word {since:#x}"
         );
+        assert!(
+            turns != Turns::Endless || since & STARVING != 0,
+            "the unlock dropped a request its turn did not answer: since word {since:#x}"
+        );
     });
 }
 
 #[test]
 fn model_a_sighting_never_outlives_its_hold() {
-    a_sighting_never_outlives_its_hold::<lockword::Every>();
+    a_sighting_never_outlives_its_hold::<lockword::Every>(Turns::Timed);
+}
+
+/// As [`model_a_sighting_never_outlives_its_hold`], with a request standing in the since word,
+/// which the unlock keeps (its turn goes on) while it clears the sighting beside it.
+#[test]
+fn model_a_sighting_never_outlives_a_hold_whose_turn_goes_on() {
+    a_sighting_never_outlives_its_hold::<lockword::Every>(Turns::Endless);
 }
 
 /// Unlock steps that clear the since word while the waiters bit is still on (the order before
@@ -908,9 +984,9 @@ impl lockword::Steps for ClearBeforeUnmarking {
 /// The defect that lock-mem's model found in this protocol is caught here too.
 #[test]
 fn model_catches_the_clear_before_the_unmarking() {
-    let caught = catch_unwind(AssertUnwindSafe(
-        a_sighting_never_outlives_its_hold::<ClearBeforeUnmarking>,
-    ));
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        a_sighting_never_outlives_its_hold::<ClearBeforeUnmarking>(Turns::Timed)
+    }));
     let message = panic_message(&caught);
     assert!(
         message.contains("a sighting outlived its hold"),

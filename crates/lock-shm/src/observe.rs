@@ -27,12 +27,11 @@
 //!    while the bit was still on, a reader's record could land after the clear and outlive the
 //!    hold).
 //!
-//! Its top bit ([`STARVING`]) is not part of the time: a starving waiter sets it to ask the
-//! holder's contended unlock, which clears the word anyway, for a hand-off (lockword.rs,
-//! "Handing off"); readers ignore it.
+//! Its top bit ([`STARVING`]) is not part of the time: a waiter sets it to ask the holder for a
+//! hand-off at the end of its turn (lockword.rs, "Handing off"; turn.rs); a contended unlock
+//! clears it only when it hands the lock over, and readers ignore it.
 //!
-//! So a since word is non-zero only while the word has the waiters bit (but for a request that
-//! lands after the hold it was meant for ended, which the next contended unlock clears), and is
+//! So the time in a since word is non-zero only while the word has the waiters bit, and is
 //! cleared before the hold that owns it ends: a fast-path hold that follows finds it clear. A
 //! reader re-checks the word after recording and takes its record back if the word is no longer
 //! the one it marked, and the unlock's unmarking makes sure that either the reader sees it or
@@ -110,10 +109,11 @@ pub(crate) fn record_since(shared: &Shared, id: u32) -> Result<()> {
 }
 
 /// On the contended unlock path, before the word is released: takes back this hold's record and
-/// forgets any sighting of it, and any request for a hand-off, which it returns. The since word
-/// is written only when it holds something, so that contenders do not pass its cache line around
-/// for nothing.
-pub(crate) fn clear_since(shared: &Shared, id: u32) -> bool {
+/// forgets any sighting of it. Returns whether a waiter asked for a hand-off; the request is
+/// forgotten too when `honour` says this unlock hands the lock over, and otherwise stands for a
+/// later unlock (turn.rs). The since word is written only when it holds something to clear, so
+/// that contenders do not pass its cache line around for nothing.
+pub(crate) fn clear_since(shared: &Shared, id: u32, honour: bool) -> bool {
     if let Ok(Some(entry)) = client::take_hold(&shared.seg, &shared.layout, shared.slot, id) {
         shared
             .entries
@@ -122,12 +122,20 @@ pub(crate) fn clear_since(shared: &Shared, id: u32) -> bool {
     let Ok(word) = shared.since_word(id) else {
         return false;
     };
-    lockword::clear(word)
+    lockword::clear(word, honour)
 }
 
-/// Set in a since word by a starving waiter: the hold's contended unlock hands the lock over
-/// (lockword.rs, "Handing off"). The rest of the word is the since value, which never reaches it.
+/// Set in a since word by a waiter that asks for the lock: the holder's unlock at the end of its
+/// turn hands the lock over (lockword.rs, "Handing off"; turn.rs). The rest of the word is the
+/// since value, which never reaches it.
 pub(crate) const STARVING: u32 = 1 << 31;
+
+/// Whether a waiter asked for lock `id` to be handed over (a damaged id asks nothing).
+pub(crate) fn hand_off_requested(shared: &Shared, id: u32) -> bool {
+    shared
+        .since_word(id)
+        .is_ok_and(|since| since.load(Relaxed) & STARVING != 0)
+}
 
 /// Takes back a request for a hand-off, if one is still in the since word `since`.
 pub(crate) fn withdraw_hand_off(since: &Le32) {

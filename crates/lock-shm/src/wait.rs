@@ -15,10 +15,10 @@
 //! The protocol (lockword.rs) may spin first (a table lock's waiter does not: see
 //! [`LockWaiter::spins`]); then it calls [`Sys::publish`], which writes this wait into a waiter
 //! entry of the manager's slot (client.rs).
-//! A waiter that a release woke, but that finds the lock taken by another owner first, spins off
-//! the word for a moment before it sleeps again ([`BACKOFF`], [`BACKOFFS`]), or, once it has
-//! waited [`STARVE_AFTER`], asks for a hand-off and watches for it ([`WATCH`]; lockword.rs,
-//! "Handing off").
+//! A waiter that finds the lock taken by another owner, at its first look or after a release woke
+//! it, asks for a hand-off at the end of the holder's turn (turn.rs) and watches for it awake for
+//! a moment ([`WATCH`]) before it sleeps; one that finds the word free takes it only once it has
+//! stayed free for a moment ([`LINGER_LOOKS`]; lockword.rs, "Handing off").
 //! The entry is withdrawn when the waiter is dropped, however the wait ended, or earlier, by a
 //! deadlock victim, while it still holds the detection lock (observe.rs).
 
@@ -43,23 +43,6 @@ const BUSY_RETRY: Duration = Duration::from_millis(10);
 /// watcher could not do its job. Rare on purpose: every wake-up of an idle waiter costs tens of
 /// microseconds of CPU (a timer, two context switches).
 const SAFETY_PROBE: Duration = Duration::from_secs(30);
-/// How long a waiter stays off the lock word before it marks the word and sleeps: at its first
-/// sight of another owner's hold, and when it woke to find the lock taken by another owner first
-/// (lockword.rs, "Backing off"). About what going back to sleep would cost on this VM (marking the
-/// word, `futex_waitv`, and the holder's `FUTEX_WAKE` at its next unlock), so the spin costs the
-/// waiter no more CPU than the sleep it replaces. Measured in the comparison bench (2, 4 and 8
-/// processes on one lock, two sittings): 40-45 ns per pair without it, 24-30 ns with 2 µs, 21-22 ns
-/// with 5 µs. Backing off at the first sight too (three sittings each, glibc in the same runs):
-/// 21.4-23.1 ns a pair where the wake-up alone gave 23.5-27.1, and fairness ÷ glibc's 0.93-0.99 /
-/// 0.85-0.97 / 0.94-1.04 at 2 / 4 / 8 processes; with 3 or 4 µs, faster (17-20 ns) and less fair at
-/// 4 and 8 (0.62-0.89).
-const BACKOFF: Duration = Duration::from_micros(2);
-/// How many times one wait backs off, the first sight included, each time half as long as the time
-/// before (2, 1 and 0.5 µs): a waiter that keeps losing the race stops deferring, so the back-off
-/// adds at most 3.5 µs to any wait. Backing off every time let one of four processes fall behind:
-/// fairness 0.39-0.72 against glibc's 0.79-0.93 in three sittings, 0.80-0.89 against 0.73-0.83 with
-/// the halving, at the same speed.
-const BACKOFFS: u32 = 3;
 /// How many deadlock timeouts apart the checks of one wait come: the first one timeout after
 /// the wait began, the second 16 after the first, then every 64 (with the default 1 s: 1, 17,
 /// 81, 145, ... s into the wait). Only the first check is needed for a cycle of owners that wait
@@ -81,17 +64,19 @@ const RECHECK: [u32; 3] = [1, 16, 64];
 /// queues the waiter first, the takeover median was 146-178 µs: the kernel woke the watcher,
 /// which then woke the waiter.
 const URGENT_AFTER: Duration = Duration::from_millis(1);
-/// How long a wait lasts before a waiter that loses the lock once more to another owner is
-/// starving and asks for a hand-off (lockword.rs, "Handing off"). Measured in the comparison
-/// bench (2, 4 and 8 processes on one lock, 3 sittings each): at 20 µs and more hand-offs were
-/// too rare to change the fairness at 2 processes (0.74-0.86 against glibc's 0.76-0.99); at 5 µs
-/// and less they halved the speed (46-67 ns a pair against 25); at 10 µs the speed held (24-34
-/// ns, against glibc's 41-65) and the fairness at 2 processes rose to 0.88-0.98.
-const STARVE_AFTER: Duration = Duration::from_micros(10);
-/// How long a starving waiter watches the word awake for the hand-off before it sleeps: about
-/// one critical section of the benches' holders plus an unlock's wake-up, and bounded so that a
-/// holder that runs long (or is preempted) does not have a waiter spinning behind it.
+/// How long a waiter that asked for a hand-off watches the word awake for it before it sleeps:
+/// a fifth of a turn of the benches' holders (turn.rs), so that a waiter that arrives late in a
+/// turn takes the lock within a few cache misses, and bounded so that a holder that runs long (or
+/// is preempted) does not have a waiter spinning behind it. Measured as in turn.rs: with 2 µs or
+/// 30 µs, fairness at 2 processes fell to 0.90-0.91 in single runs where 10 µs gave 0.96-1.00.
 const WATCH: Duration = Duration::from_micros(10);
+/// How many looks, about 0.15 µs apart, a waiter that asked for a hand-off gives a free word
+/// before it takes it (about 2 µs): a holder that takes the lock again in a loop does so within
+/// nanoseconds, and a waiter that took the word in between would end its turn early, by a race
+/// that the faster CPU wins. A holder that does not come back costs the waiter these 2 µs, next
+/// to the tens of microseconds of its wake-up. Without it, half the changes of hands at 2
+/// processes were such races, and fairness 0.86-0.96 in single runs.
+const LINGER_LOOKS: u32 = 12;
 /// How long a waiter that has not slept sleeps on a handed word before it may take it itself:
 /// long enough for the sleeper it was handed to to wake, short enough that a hand-off whose
 /// taker is gone stalls nobody for long (lockword.rs, "Handing off").
@@ -124,9 +109,9 @@ pub(crate) struct LockWaiter<'a> {
     deadline: Option<Instant>,
     last_probe: Instant,
     now: Instant,
-    /// When the wait began (for [`STARVE_AFTER`]).
+    /// When the wait began (for [`URGENT_AFTER`]).
     start: Instant,
-    /// Until when a starving waiter watches for its hand-off.
+    /// Until when a waiter that asked for the lock watches for its hand-off.
     watch_until: Option<Instant>,
     entry: Entry,
     /// When the next deadlock check is due (`None`: detection off).
@@ -137,8 +122,6 @@ pub(crate) struct LockWaiter<'a> {
     checks: u32,
     /// The owner whose watcher this wait made sure of last.
     watched: Option<u32>,
-    /// Back-offs taken so far in this wait.
-    backoffs: u32,
     /// This thread's short slice, from its first sleep on a holder's life word once the wait
     /// has lasted [`URGENT_AFTER`], to the end of the wait (slice.rs).
     urgent: Option<slice::Urgent>,
@@ -160,7 +143,6 @@ impl<'a> LockWaiter<'a> {
             watching: futex::waitv_available(),
             checks: 0,
             watched: None,
-            backoffs: 0,
             urgent: None,
         }
     }
@@ -255,32 +237,11 @@ impl Sys<Le32> for LockWaiter<'_> {
         0
     }
 
-    /// Spins without touching shared memory (lockword.rs, "Backing off"): [`BACKOFF`] the first
-    /// time in this wait, half as long each next time, not at all after [`BACKOFFS`] times. Reads
-    /// the clock every 32 spin hints (about 0.3 µs here).
-    fn backoff(&mut self) {
-        if self.backoffs >= BACKOFFS {
-            return;
-        }
-        let until = Instant::now() + BACKOFF / (1 << self.backoffs);
-        self.backoffs += 1;
-        loop {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= until {
-                break;
-            }
-        }
-    }
-
-    /// After [`STARVE_AFTER`] of waiting: sets the starving bit of the lock's since word
-    /// (observe.rs), which the holder's contended unlock reads, and watches for [`WATCH`].
+    /// Always, on a table lock: sets the starving bit of the lock's since word (observe.rs),
+    /// which the holder's unlock reads at the end of its turn (turn.rs), and watches for
+    /// [`WATCH`].
     fn starving(&mut self) -> bool {
         let now = Instant::now();
-        if now.duration_since(self.start) < STARVE_AFTER {
-            return false;
-        }
         let Ok(since) = self.shared.since_word(self.id) else {
             return false;
         };
@@ -295,6 +256,15 @@ impl Sys<Le32> for LockWaiter<'_> {
             std::hint::spin_loop();
         }
         self.watch_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Spins without touching shared memory for about 0.15 µs per look, for [`LINGER_LOOKS`]
+    /// looks.
+    fn lingering(&mut self, looks: u32) -> bool {
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
+        looks < LINGER_LOOKS
     }
 
     fn wait_handed(&mut self, word: &Le32) -> Result<()> {
