@@ -527,14 +527,8 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             && v != before
         {
             // Woken by a release, but another owner took the lock first.
-            if sys.starving() {
-                requested = true;
-                if watch_for_hand_off(word, token, v, sys) {
-                    return Ok(Some(Acquired::Clean));
-                }
-            } else {
-                // Let it run before marking the word again (module docs, "Backing off").
-                sys.backoff();
+            if ask_or_back_off(word, token, v, sys, &mut requested) {
+                return Ok(Some(Acquired::Clean));
             }
             v = word.load(Acquire);
         }
@@ -557,19 +551,15 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             // marking the word, which would make the holder's unlock a system call (module docs,
             // "Backing off").
             first_sight = false;
-            if sys.starving() {
-                requested = true;
-                if watch_for_hand_off(word, token, v, sys) {
-                    return Ok(Some(Acquired::Clean));
-                }
-            } else {
-                sys.backoff();
+            if ask_or_back_off(word, token, v, sys, &mut requested) {
+                return Ok(Some(Acquired::Clean));
             }
             continue;
         }
         let tick = sys.tick();
         if v == HANDED {
-            // Handed to those who slept: this waiter has not, so it sleeps a moment first.
+            // Handed to those who asked or slept: this waiter has done neither, so it sleeps a
+            // moment first.
             // A timeout still takes it, as `try_lock` would.
             if tick.expired {
                 let taken = word.compare_exchange(HANDED, token | WAITERS, AcqRel, Relaxed);
@@ -621,6 +611,25 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
         sys.wait(word, v | WAITERS, seen)?;
         slept_on = Some(v | WAITERS);
         slept = true;
+    }
+}
+
+/// A waiter that found the word `v` held by another owner asks for a hand-off and watches for it
+/// when `sys` asks, and otherwise backs off (module docs, "Backing off"); returns whether it took
+/// the lock, and notes in `requested` that it asked.
+fn ask_or_back_off<W: Word, S: Sys<W>>(
+    word: &W,
+    token: u32,
+    v: u32,
+    sys: &mut S,
+    requested: &mut bool,
+) -> bool {
+    if sys.starving() {
+        *requested = true;
+        watch_for_hand_off(word, token, v, sys)
+    } else {
+        sys.backoff();
+        false
     }
 }
 

@@ -70,12 +70,13 @@ const URGENT_AFTER: Duration = Duration::from_millis(1);
 /// is preempted) does not have a waiter spinning behind it. Measured as in turn.rs: with 2 µs or
 /// 30 µs, fairness at 2 processes fell to 0.90-0.91 in single runs where 10 µs gave 0.96-1.00.
 const WATCH: Duration = Duration::from_micros(10);
-/// How many looks, about 0.15 µs apart, a waiter that asked for a hand-off gives a free word
-/// before it takes it (about 2 µs): a holder that takes the lock again in a loop does so within
-/// nanoseconds, and a waiter that took the word in between would end its turn early, by a race
-/// that the faster CPU wins. A holder that does not come back costs the waiter these 2 µs, next
-/// to the tens of microseconds of its wake-up. Without it, half the changes of hands at 2
-/// processes were such races, and fairness 0.86-0.96 in single runs.
+/// How many looks, about 0.15 µs apart, a waiter gives a free word before it takes it (about
+/// 2 µs): a holder that takes the lock again in a loop does so within nanoseconds, and a waiter
+/// that took the word in between would end that holder's turn early, by a race that the faster
+/// CPU wins. A holder that does not come back costs the waiter these 2 µs, next to the tens of
+/// microseconds of its wake-up. Without it, two in five changes of hands at 2 processes were such
+/// races (counted in a throwaway build), and fairness was 0.86-0.96 in single runs; with 30 looks
+/// (5 µs), no fairer than with 12.
 const LINGER_LOOKS: u32 = 12;
 /// How long a waiter that has not slept sleeps on a handed word before it may take it itself:
 /// long enough for the sleeper it was handed to to wake, short enough that a hand-off whose
