@@ -21,9 +21,10 @@
 //!    the new holder's unlock takes the contended path (which clears the since word; see
 //!    manager.rs) and wakes whoever slept behind the dead owner.
 //! 4. unlock: `token -> 0` (fast path), or, when the word has the waiters bit, `token | WAITERS ->
-//!    token` and then `token -> 0` (or `-> HANDED`, when a waiter asked for the lock and the turn is over;
-//!    see "Unlocking under a reader" for the two steps), each compared against the exact value
-//!    read, in a loop that retries only while the owner bits are still the caller's own token.
+//!    token` and then `token -> 0` (or `-> HANDED`, when a waiter asked for the lock and the
+//!    holder's turn is over; see "Unlocking under a reader" for the two steps), each compared
+//!    against the exact value read, in a loop that retries only while the owner bits are still
+//!    the caller's own token.
 //!    Only the waiters bit can change under an owner that lives, and it comes back only when
 //!    someone marks the word again, so an unlock never clears a word whose owner bits are not
 //!    its own token: of two racing unlocks of one hold, exactly one succeeds (and the one that

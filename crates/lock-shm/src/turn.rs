@@ -5,19 +5,21 @@
 //! likes: a woken waiter arrives microseconds later and finds it taken. So a waiter that finds the
 //! lock taken asks for a hand-off (a bit in the lock's since word, observe.rs), and the holder
 //! hands the lock over at the end of its turn: once it has unlocked [`HOLDS`] times since the
-//! turn began, or, at a contended unlock, once the turn has lasted [`TIME`]. A turn ends after a
-//! number of holds rather than a time, so that two processes that take turns do as many holds
-//! each, whichever CPU runs faster; the time bounds the wait behind a holder whose holds are long.
+//! turn began, or, at a contended unlock, once the turn has lasted [`TIME_NS`]. A turn ends
+//! after a number of holds rather than a time, so that two processes that take turns do as many
+//! holds each, whichever CPU runs faster; the time bounds the wait behind a holder whose holds
+//! are long.
 //!
 //! The count costs the uncontended unlock a load and a store of this handle's own memory; the
 //! since word is read only when the count runs out, and then again every [`RECHECK`] holds while
 //! nobody asks.
 //!
-//! Measured in the comparison bench (P processes taking one lock in a loop, 3 runs in one
-//! sitting, glibc's robust mutex in the same runs): fairness (fewest ÷ most pairs per process)
-//! 0.98 / 0.96-0.98 / 0.95 at 2 / 4 / 8 processes, against glibc's 0.86-0.96 / 0.85-0.92 /
-//! 0.77-0.84, at 15-19 ns a pair against glibc's 29-50. Before, with a hand-off after a waiter
-//! had starved 10 µs: 0.87-0.91 / 0.90-0.96 / 0.82-0.93 (report at 3534e31), at 13-14 ns a pair.
+//! Measured in the comparison bench (P processes taking one lock in a loop, glibc's robust mutex
+//! in the same runs): fairness (fewest ÷ most pairs per process) 0.98 [0.95–0.99] / 0.99
+//! [0.97–0.99] / 0.96 [0.95–0.97] at 2 / 4 / 8 processes in the report at d614fe5, against
+//! glibc's 0.90 [0.77–0.99] / 0.94 [0.84–0.99] / 0.82 [0.76–0.84], at 13-17 ns a pair against
+//! glibc's 34-54. Before, with a hand-off after a waiter had starved 10 µs: 0.89 [0.87–0.91] /
+//! 0.93 [0.90–0.96] / 0.88 [0.82–0.93] (report at 3534e31), at 13-14 ns a pair.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
