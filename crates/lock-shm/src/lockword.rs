@@ -36,8 +36,10 @@
 //!
 //! # Memory ordering (the Rust, that is C++20, model)
 //!
-//! - Every transition that writes a token (1 and 3) is `AcqRel`; unlock (4) is `Release`;
-//!   announce (2) is `Relaxed`, and as a read-modify-write it continues the release sequence
+//! - Every transition that writes a token (1 and 3) is `AcqRel` (a take of a handed word
+//!   `SeqCst`, for the hand-off requests: see `Ask`); unlock (4) is `Release`;
+//!   announce (2) is `Relaxed` (a mark by a waiter that asked for a hand-off `SeqCst`), and as
+//!   a read-modify-write it continues the release sequence
 //!   of whatever wrote the word before it.
 //! - Clean handover: the unlocker's `Release` RMW writes 0; the next locker's `Acquire` CAS reads
 //!   that 0, so everything the unlocker did in its critical section happens-before the new
@@ -130,8 +132,12 @@
 //! and takes it within a few cache misses; if it has gone to sleep by then, the sleeper the
 //! unlock woke takes it. Only a waiter that asked or slept in this wait takes a handed word (each
 //! one did, or was woken by, the wait that the hand-off serves), and a newcomer that finds it
-//! handed sleeps on it first ([`Sys::wait_handed`]); the taker writes `token | WAITERS`, so its
-//! own unlock wakes the next sleeper, the newcomer included. A waiter that finds the word free
+//! handed (typically the releaser, back for its next hold) asks for the hand-off after this one
+//! and sleeps on the word first ([`Sys::wait_handed`]); the taker writes `token | WAITERS`, so
+//! its own unlock wakes the next sleeper, the newcomer included, and its turn ends in a hand-off
+//! to whoever asked. (A newcomer that asked only once the taker's unlock had woken it came too
+//! late for that turn's end when its wake-up was slow, and the taker kept the lock for as long
+//! as the newcomer took to wake: the process on the slower CPU had the fewer holds.) A waiter that finds the word free
 //! looks again for a moment before it takes it ([`Sys::lingering`]): a holder that takes the lock
 //! again in a loop does so within nanoseconds, and the waiter leaves it the rest of its turn
 //! rather than end it early by a race; a word that stays free has no holder coming back.
@@ -140,9 +146,12 @@
 //! has slept and may take it, and a `try_lock` takes it at once. So a hand-off whose taker died
 //! or timed out in between costs the others at most that grace, like a wake-up swallowed by a
 //! waiter that dies (which the protocol without hand-offs has too). A request may outlive its
-//! requester (a waiter that got the lock takes its request back, and with it any other waiter's,
-//! which asks again when it next finds the lock taken): it costs one hand-off to whoever sleeps
-//! then. Hand-offs cost the uncontended paths only the turn's count (a load and a store of the
+//! requester: a waiter that got the lock other than by a hand-off, or gave up, takes its request
+//! back, and with it any other waiter's, which asks again when it next finds the lock taken; a
+//! waiter that took a handed word leaves the request standing ([`Sys::took_handed`]), since the
+//! hand-off consumed its own and one that stands now was made for the next turn. A request left
+//! standing costs one hand-off to whoever sleeps then, or, with nobody waiting, the holder's next
+//! `lock` the grace. Hand-offs cost the uncontended paths only the turn's count (a load and a store of the
 //! handle's own memory in `unlock`); the since word is read when the count runs out.
 
 use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release, SeqCst};
@@ -241,6 +250,12 @@ pub(crate) trait Sys<W: Word> {
     fn starving(&mut self) -> bool {
         false
     }
+    /// Called when a waiter finds the word handed to others at its first look: it asks for the
+    /// hand-off after this one, as [`starving`](Sys::starving) does, and returns whether it
+    /// asked.
+    fn starving_next(&mut self) -> bool {
+        self.starving()
+    }
     /// Called between the looks of a waiter that asked and watches for the hand-off awake;
     /// `false` once it has watched long enough and should sleep instead. The default looks once.
     fn watching(&mut self) -> bool {
@@ -262,6 +277,14 @@ pub(crate) trait Sys<W: Word> {
     /// Whatever the sleep's system call fails with.
     fn wait_handed(&mut self, word: &W) -> Result<()> {
         self.wait(word, HANDED, None)
+    }
+    /// Called when this waiter took a handed word. `in_time`: its last request for a hand-off
+    /// ([`starving`](Sys::starving)) is known to have reached the unlock that handed the word
+    /// over, which consumed it, so a request that stands now is another waiter's, made for the
+    /// next turn, and stays (module docs, "Handing off"). Otherwise its own request may still
+    /// stand. The default does nothing.
+    fn took_handed(&mut self, in_time: bool) {
+        let _ = in_time;
     }
     /// Called before each sleep with the live holder's token (never the caller's own): the
     /// place for a deadlock check, which ends the wait with its error.
@@ -472,7 +495,8 @@ pub(crate) fn try_lock<W: Word>(
     };
     if v == HANDED {
         // Free: a try does not wait, so it takes a handed word as it takes an unlocked one.
-        let taken = word.compare_exchange(v, token | WAITERS, AcqRel, Relaxed);
+        // SeqCst, as every take of a handed word (see `Ask`).
+        let taken = word.compare_exchange(v, token | WAITERS, SeqCst, Relaxed);
         return Ok(taken.is_ok().then_some(Acquired::Clean));
     }
     if v & OWNER == token {
@@ -516,33 +540,43 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
     let mut slept = false;
     // Whether this waiter has yet to ask or back off at its first sight of another owner's hold.
     let mut first_sight = true;
-    // Whether this waiter asked for a hand-off: it may then take a handed word without having
-    // slept (module docs, "Handing off").
-    let mut requested = false;
+    // This waiter's request for a hand-off.
+    let mut ask = Ask::default();
+    // Whether this waiter's last sleep was on a handed word.
+    let mut slept_on_handed = false;
     loop {
         // Acquire: the probe below must see at least what the owner named in `v` published
         // before it wrote its token (module docs, "Probing").
         let mut v = word.load(Acquire);
+        if std::mem::take(&mut slept_on_handed) && v == HANDED {
+            // Still handed, as far as this waiter can tell the same hand-off it asked on: no
+            // unlock has consumed its request since.
+            ask.in_time = false;
+        }
         if let Some(before) = slept_on.take()
             && !is_free(v)
             && v != before
         {
             // Woken by a release, but another owner took the lock first.
-            if ask_or_back_off(word, token, v, sys, &mut requested) {
+            if ask_or_back_off(word, token, v, sys, &mut ask) {
                 return Ok(Some(Acquired::Clean));
             }
             v = word.load(Acquire);
         }
-        if v == 0 || (v == HANDED && (slept || requested)) {
+        if v == 0 || (v == HANDED && (slept || ask.made)) {
             // A free word may be its holder's between two holds of a turn: leave it to it.
             if v == 0 && !stays_free(word, sys) {
                 continue;
             }
             // Others may still sleep behind us: keep the waiters bit so our unlock wakes them.
+            // SeqCst: see `Ask`.
             if word
-                .compare_exchange(v, token | WAITERS, AcqRel, Relaxed)
+                .compare_exchange(v, token | WAITERS, SeqCst, Relaxed)
                 .is_ok()
             {
+                if v == HANDED {
+                    sys.took_handed(ask.in_time);
+                }
                 return Ok(Some(Acquired::Clean));
             }
             continue;
@@ -552,7 +586,7 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             // marking the word, which would make the holder's unlock a system call (module docs,
             // "Backing off").
             first_sight = false;
-            if ask_or_back_off(word, token, v, sys, &mut requested) {
+            if ask_or_back_off(word, token, v, sys, &mut ask) {
                 return Ok(Some(Acquired::Clean));
             }
             continue;
@@ -563,11 +597,25 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
             // moment first.
             // A timeout still takes it, as `try_lock` would.
             if tick.expired {
-                let taken = word.compare_exchange(HANDED, token | WAITERS, AcqRel, Relaxed);
+                let taken = word.compare_exchange(HANDED, token | WAITERS, SeqCst, Relaxed);
+                if taken.is_ok() {
+                    sys.took_handed(ask.in_time);
+                }
                 return Ok(taken.is_ok().then_some(Acquired::Clean));
+            }
+            if first_sight {
+                // This hand-off is someone else's, but the taker's turn is the next to end: ask
+                // for the one after it now, rather than once the taker's first unlock has woken
+                // this waiter. Not `made`: the request is for the next hand-off, not this one.
+                first_sight = false;
+                if sys.starving_next() {
+                    // The taker's clear comes after its take, which comes after this look.
+                    ask.in_time = word.load(SeqCst) == HANDED;
+                }
             }
             sys.wait_handed(word)?;
             slept = true;
+            slept_on_handed = true;
             continue;
         }
         let owner = v & OWNER;
@@ -615,19 +663,42 @@ pub(crate) fn lock_contended<W: Word, S: Sys<W>>(
     }
 }
 
+/// What a waiter knows of its request for a hand-off.
+///
+/// A hand-off consumes the requests that its unlock's `clear` finds; a request made after that
+/// `clear` stands, and would hand the lock over at the end of the taker's own turn, to nobody if
+/// nobody waits then. So a waiter that takes a handed word leaves the requests that stand only
+/// when its own is known to have reached the unlock that handed it over (`in_time`): it looked at
+/// the word after asking and found a hold, which it marked, or the handed word before anyone took
+/// it. The request, that look, the unlock's unmarking and `clear`, and every take of a handed
+/// word are `SeqCst`, so in their single total order the request comes before the look, the look
+/// before the unmarking of the mark it saw (or, for a handed word, before the take that ends it),
+/// and so before the `clear` that follows in the unlock; a word marked so becomes handed only
+/// through an unlock whose `clear` comes after that one's. A waiter that
+/// sleeps on a handed word and finds it still handed when it wakes cannot tell it from the one it
+/// asked on, and its request is no longer known to be consumed.
+#[derive(Debug, Default)]
+struct Ask {
+    /// It asked for a hand-off while the word was held: it may take a handed word without having
+    /// slept (module docs, "Handing off").
+    made: bool,
+    /// Its last request is known to reach the next unlock that hands the word over.
+    in_time: bool,
+}
+
 /// A waiter that found the word `v` held by another owner asks for a hand-off and watches for it
 /// when `sys` asks, and otherwise backs off (module docs, "Backing off"); returns whether it took
-/// the lock, and notes in `requested` that it asked.
+/// the lock, and notes in `ask` that it asked.
 fn ask_or_back_off<W: Word, S: Sys<W>>(
     word: &W,
     token: u32,
     v: u32,
     sys: &mut S,
-    requested: &mut bool,
+    ask: &mut Ask,
 ) -> bool {
     if sys.starving() {
-        *requested = true;
-        watch_for_hand_off(word, token, v, sys)
+        ask.made = true;
+        watch_for_hand_off(word, token, v, sys, ask)
     } else {
         sys.backoff();
         false
@@ -639,23 +710,45 @@ fn ask_or_back_off<W: Word, S: Sys<W>>(
 /// turn that has lasted its time ends, and watches the word awake for a hand-off for as long as
 /// `sys` says; returns whether it took the lock. (Without the mark, the holder's unlocks stayed
 /// on the fast path while it watched: fairness at 8 processes fell from 0.95 to 0.85-0.89.)
-fn watch_for_hand_off<W: Word, S: Sys<W>>(word: &W, token: u32, v: u32, sys: &mut S) -> bool {
-    if v & WAITERS == 0 {
-        let _ = word.compare_exchange(v, v | WAITERS, Relaxed, Relaxed);
-    }
+fn watch_for_hand_off<W: Word, S: Sys<W>>(
+    word: &W,
+    token: u32,
+    v: u32,
+    sys: &mut S,
+    ask: &mut Ask,
+) -> bool {
+    ask.in_time = mark_after_asking(word, v);
     loop {
         // Relaxed: the compare-and-swap below is the acquiring read.
         let now = word.load(Relaxed);
         if now == HANDED
             && word
-                .compare_exchange(now, token | WAITERS, AcqRel, Relaxed)
+                .compare_exchange(now, token | WAITERS, SeqCst, Relaxed)
                 .is_ok()
         {
+            sys.took_handed(ask.in_time);
             return true;
+        }
+        if !ask.in_time && !is_free(now) {
+            // The first mark missed (the holder was between two holds): mark the hold there now.
+            ask.in_time = mark_after_asking(word, now);
         }
         if !sys.watching() {
             return false;
         }
+    }
+}
+
+/// Marks the hold `v` for a waiter that has just asked for a hand-off; returns whether the word
+/// holds `v | WAITERS` now, which makes the request in time (see `Ask`). `SeqCst`, the failure
+/// too: this is the look after the request that `Ask` describes.
+fn mark_after_asking<W: Word>(word: &W, v: u32) -> bool {
+    if v & WAITERS != 0 {
+        return word.load(SeqCst) == v;
+    }
+    match word.compare_exchange(v, v | WAITERS, SeqCst, SeqCst) {
+        Ok(_) => true,
+        Err(now) => now == v | WAITERS,
     }
 }
 

@@ -661,7 +661,7 @@ impl ShmLocker {
             let over = counted || turn.expired();
             let hand = crate::observe::clear_since(&self.shared, self.id, over) && over;
             if hand {
-                turn.begin();
+                turn.hand_over();
             }
             hand
         })? {

@@ -139,6 +139,8 @@ struct World {
     since: AtomicU32,
     /// Hand-offs made (unlocks that released the word as `HANDED`), over one execution.
     hand_offs: AtomicUsize,
+    /// The slots whose unlocks handed the word over, as a mask, over one execution.
+    handers: AtomicU32,
     /// Where every unlock stands in its holder's turn (turn.rs).
     turns: Turns,
 }
@@ -174,6 +176,7 @@ impl World {
             weakened: false,
             since: AtomicU32::new(0),
             hand_offs: AtomicUsize::new(0),
+            handers: AtomicU32::new(0),
             turns: Turns::Timed,
         })
     }
@@ -388,6 +391,18 @@ struct ModelSys<'a> {
     starves: bool,
     /// It asked, and withdraws the request when the wait ends (wait.rs, `LockWaiter`'s drop).
     asked: bool,
+    /// It asked while the word was handed to another waiter, for the turn after the taker's, and
+    /// the word was still handed after it asked.
+    asked_on_handed: bool,
+    /// Its sleeps on a handed word end at once, as production's do once their grace has passed
+    /// (wait.rs, `HANDED_GRACE`). Without it, such a sleep lasts until a wake-up.
+    grace: bool,
+    /// It took a handed word, its request known to be in time or not.
+    took_handed: Option<bool>,
+    /// Planted bug: a waiter that took a handed word still withdraws the requests that stand, as
+    /// lockword.rs did before the releaser asked on a handed word, and with them the one made for
+    /// the next turn.
+    withdraws_on_taking: bool,
     /// It joined a life word's sleepers, waking the first of them as it did (wait.rs,
     /// `URGENT_AFTER`: production does so once the wait has lasted that long; here at once).
     joined_life: bool,
@@ -411,6 +426,10 @@ impl<'a> ModelSys<'a> {
             slept: false,
             starves: false,
             asked: false,
+            asked_on_handed: false,
+            grace: false,
+            took_handed: None,
+            withdraws_on_taking: false,
             joined_life: false,
         }
     }
@@ -460,16 +479,46 @@ impl Sys<World> for ModelSys<'_> {
     /// Production always asks; here only if this waiter `starves`.
     fn starving(&mut self) -> bool {
         if self.starves {
-            self.world.since.fetch_or(STARVING, Relaxed);
+            // SeqCst, as observe.rs's `request_hand_off`.
+            self.world.since.fetch_or(STARVING, SeqCst);
             self.asked = true;
         }
         self.starves
+    }
+
+    /// Asks as [`starving`](Sys::starving), and notes whether the word was still handed after
+    /// it: the taker's unlock then finds the request.
+    fn starving_next(&mut self) -> bool {
+        let asked = self.starving();
+        if asked && self.world.load(SeqCst) == lockword::HANDED {
+            self.asked_on_handed = true;
+        }
+        asked
+    }
+
+    /// As wait.rs: when the hand-off consumed this waiter's request, one that stands now is
+    /// another's, and is not withdrawn (unless the planted bug says so).
+    fn took_handed(&mut self, in_time: bool) {
+        self.took_handed = Some(in_time);
+        if in_time && !self.withdraws_on_taking {
+            self.asked = false;
+        }
     }
 
     /// Production watches for `WATCH` after its first look; here the first look is all, and the
     /// waiter then sleeps, so the hand-off must reach it through the unlock's wake-up.
     fn watching(&mut self) -> bool {
         false
+    }
+
+    /// Sleeps on the handed word, or, with `grace`, lets the others run and returns, as a sleep
+    /// whose grace has passed.
+    fn wait_handed(&mut self, world: &World) -> Result<()> {
+        if self.grace {
+            thread::yield_now();
+            return Ok(());
+        }
+        self.wait(world, lockword::HANDED, None)
     }
 
     /// Production looks again for about 2 µs; here once more, so that the checks see both a
@@ -569,6 +618,7 @@ fn unlock_steps<S: lockword::Steps>(
         let hand = lockword::clear(&world.since, over) && over;
         if hand {
             world.hand_offs.fetch_add(1, SeqCst);
+            world.handers.fetch_or(1 << client::decode(token).0, SeqCst);
         }
         hand
     };
@@ -738,6 +788,87 @@ fn model_a_counted_turn_hands_the_lock_over() {
 fn model_a_request_left_standing_breaks_nothing() {
     let hand_offs = starving_waiter_is_handed_the_lock(World::wake_one, Turns::Endless);
     assert_eq!(hand_offs, 0, "a turn that never ends handed the lock over");
+}
+
+/// The releaser of a counted turn comes back for its next hold, finds the word handed to the
+/// starving waiter, and asks for the turn after the taker's (lockword.rs, "Handing off"):
+/// exclusion holds, nobody sleeps forever (the releaser's sleep on the handed word ends as
+/// production's grace would), the word ends free, and whenever the releaser asked while the word
+/// was still handed and the taker took it with its own request known to be in time (lockword.rs,
+/// `Ask`), the taker's turn ended in a hand-off. Some execution is such.
+#[test]
+fn model_the_releaser_asks_for_the_next_turn() {
+    let asked = releaser_asks_for_the_next_turn(false);
+    assert!(
+        asked > 0,
+        "no execution asked on a handed word: the check says nothing about it"
+    );
+}
+
+/// Planted bug: the waiter that takes a handed word withdraws the requests that stand, and with
+/// them the releaser's request for the next turn, which the taker's unlock then never answers.
+#[test]
+fn model_catches_a_taker_that_withdraws_the_next_request() {
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        releaser_asks_for_the_next_turn(true);
+    }));
+    let message = panic_message(&caught);
+    assert!(
+        message.contains("never answered"),
+        "the planted bug was not caught as an unanswered request: {message}"
+    );
+}
+
+/// Runs the check of [`model_the_releaser_asks_for_the_next_turn`], with the taker withdrawing
+/// standing requests when `withdraws_on_taking`; returns how many executions the hand-off check
+/// applied to.
+fn releaser_asks_for_the_next_turn(withdraws_on_taking: bool) -> usize {
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = asked.clone();
+    check(move || {
+        let world = World::with_turns(token(1), &[1, 2], Turns::Counted);
+        let data = Arc::new(Protected::new());
+        let taker = {
+            let (world, data) = (world.clone(), data.clone());
+            thread::spawn(move || {
+                let mut sys = ModelSys::new(&world);
+                sys.starves = true;
+                sys.withdraws_on_taking = withdraws_on_taking;
+                assert_eq!(lock_with(&world, token(2), &mut sys), Acquired::Clean);
+                let took_handed = sys.took_handed;
+                drop(sys);
+                data.enter();
+                assert!(unlock(&world, token(2)));
+                took_handed
+            })
+        };
+        data.enter();
+        assert!(unlock(&world, token(1)));
+        let mut sys = ModelSys::new(&world);
+        sys.starves = true;
+        // The taker may take the word and hand it back before this sleep begins, and then this
+        // sleep would miss the hand-off's wake-up; production's grace ends it.
+        sys.grace = true;
+        assert_eq!(lock_with(&world, token(1), &mut sys), Acquired::Clean);
+        // Asked in time on the word it handed over, and did not take that word itself once its
+        // grace had passed (when it takes a handed word with a request not known to be in time).
+        let asked_in_time = sys.asked_on_handed && sys.took_handed != Some(false);
+        drop(sys);
+        data.enter();
+        assert!(unlock(&world, token(1)));
+        // The taker leaves the requests that stand only when its own is known to be in time.
+        let taker_in_time = join(taker) == Some(true);
+        assert_eq!(data.total(), 3);
+        assert_eq!(world.load(SeqCst), 0);
+        if asked_in_time && taker_in_time {
+            assert!(
+                world.handers.load(SeqCst) & (1 << 2) != 0,
+                "the releaser's request for the next turn was never answered"
+            );
+            asked.fetch_add(1, SeqCst);
+        }
+    });
+    counted.load(SeqCst)
 }
 
 /// Runs the check of [`model_a_starving_waiter_is_handed_the_lock`] with `wake` as every unlock's

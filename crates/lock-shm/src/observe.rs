@@ -59,7 +59,7 @@
 //! through waits that were each re-read has every edge present at each read.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_api::{Cycle, Error, Holder, LockId, LockState, Result, find_cycle, host_name};
@@ -146,9 +146,10 @@ pub(crate) fn withdraw_hand_off(since: &Le32) {
 
 /// Asks the holder of the lock whose since word is `since` to hand it over at its unlock.
 pub(crate) fn request_hand_off(since: &Le32) {
-    // Read first: a request already made costs no write of the shared line.
-    if since.load(Relaxed) & STARVING == 0 {
-        since.fetch_or(STARVING, Relaxed);
+    // Read first: a request already made costs no write of the shared line. SeqCst: the waiter
+    // then looks at the lock word to learn whether its request was in time (lockword.rs, `Ask`).
+    if since.load(SeqCst) & STARVING == 0 {
+        since.fetch_or(STARVING, SeqCst);
     }
 }
 

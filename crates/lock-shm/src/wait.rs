@@ -17,8 +17,10 @@
 //! entry of the manager's slot (client.rs).
 //! A waiter that finds the lock taken by another owner, at its first look or after a release woke
 //! it, asks for a hand-off at the end of the holder's turn (turn.rs) and watches for it awake for
-//! a moment ([`WATCH`]) before it sleeps; one that finds the word free takes it only once it has
-//! stayed free for a moment ([`LINGER_LOOKS`]; lockword.rs, "Handing off").
+//! a moment ([`WATCH`]) before it sleeps; one that finds the word handed to another waiter asks
+//! for the turn after the taker's and sleeps ([`HANDED_GRACE`]); one that finds the word free
+//! takes it only once it has stayed free for a moment ([`LINGER_LOOKS`]; lockword.rs, "Handing
+//! off").
 //! The entry is withdrawn when the waiter is dropped, however the wait ended, or earlier, by a
 //! deadlock victim, while it still holds the detection lock (observe.rs).
 
@@ -215,9 +217,10 @@ impl Drop for LockWaiter<'_> {
         // claimed again, which shows a stale waiter but breaks nothing.
         let _ = self.withdraw();
         // A request for a hand-off that this wait no longer needs (it took the lock some other
-        // way, or gave up) would hand the lock to whoever sleeps at the next contended unlock,
-        // or to nobody: withdraw it. Another starver's request goes with it; that one asks
-        // again when it next loses.
+        // way than by a hand-off, or gave up) would hand the lock to whoever sleeps at the next
+        // contended unlock, or to nobody: withdraw it. Another starver's request goes with it;
+        // that one asks again when it next loses. (A wait that took a handed word has no
+        // request left to withdraw: `took_handed`.)
         if self.watch_until.is_some()
             && let Ok(since) = self.shared.since_word(self.id)
         {
@@ -266,6 +269,14 @@ impl Sys<Le32> for LockWaiter<'_> {
             std::hint::spin_loop();
         }
         looks < LINGER_LOOKS
+    }
+
+    /// When the hand-off consumed this wait's request, a request that stands now is another
+    /// waiter's, for the next turn, and stays: the drop does not withdraw it.
+    fn took_handed(&mut self, in_time: bool) {
+        if in_time {
+            self.watch_until = None;
+        }
     }
 
     fn wait_handed(&mut self, word: &Le32) -> Result<()> {
