@@ -19,7 +19,11 @@
 //! [0.97–0.99] / 0.96 [0.95–0.97] at 2 / 4 / 8 processes in the report at d614fe5, against
 //! glibc's 0.90 [0.77–0.99] / 0.94 [0.84–0.99] / 0.82 [0.76–0.84], at 13-17 ns a pair against
 //! glibc's 34-54. Before, with a hand-off after a waiter had starved 10 µs: 0.89 [0.87–0.91] /
-//! 0.93 [0.90–0.96] / 0.88 [0.82–0.93] (report at 3534e31), at 13-14 ns a pair.
+//! 0.93 [0.90–0.96] / 0.88 [0.82–0.93] (report at 3534e31), at 13-14 ns a pair. With the
+//! releaser asking for the next turn and a won-back hold a short turn ([`Turn::hand_over`]; the
+//! report at 3a8a41a, another host): 0.99 [0.99–1.00] / 0.94 [0.93–0.98] / 0.93 [0.91–0.94]
+//! against glibc's 0.91 [0.85–0.91] / 0.89 [0.69–0.93] / 0.86 [0.79–0.87], at 6-7 ns a pair
+//! against glibc's 29-37.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
