@@ -37,10 +37,9 @@
 //! # Memory ordering (the Rust, that is C++20, model)
 //!
 //! - Every transition that writes a token (1 and 3) is `AcqRel` (a take of a handed word
-//!   `SeqCst`, for the hand-off requests: see `Ask`); unlock (4) is `Release`;
-//!   announce (2) is `Relaxed` (a mark by a waiter that asked for a hand-off `SeqCst`), and as
-//!   a read-modify-write it continues the release sequence
-//!   of whatever wrote the word before it.
+//!   `SeqCst`, for the hand-off requests: see `Ask`); unlock (4) is `Release`; announce (2) is
+//!   `Relaxed` (a mark by a waiter that asked for a hand-off `SeqCst`), and as a
+//!   read-modify-write it continues the release sequence of whatever wrote the word before it.
 //! - Clean handover: the unlocker's `Release` RMW writes 0; the next locker's `Acquire` CAS reads
 //!   that 0, so everything the unlocker did in its critical section happens-before the new
 //!   holder's.
@@ -127,32 +126,33 @@
 //! request standing (`clear`'s `honour`) and wakes as always: nobody's progress rests on a
 //! request, since a waiter that asked sleeps on a marked word like any other.
 //!
-//! `HANDED` fails every fast path (which compares against 0), so the releaser's next `lock`
-//! cannot barge. The waiter that asked watches the word awake for a moment ([`Sys::watching`])
-//! and takes it within a few cache misses; if it has gone to sleep by then, the sleeper the
-//! unlock woke takes it. Only a waiter that asked or slept in this wait takes a handed word (each
-//! one did, or was woken by, the wait that the hand-off serves), and a newcomer that finds it
-//! handed (typically the releaser, back for its next hold) asks for the hand-off after this one
-//! and sleeps on the word first ([`Sys::wait_handed`]); the taker writes `token | WAITERS`, so
-//! its own unlock wakes the next sleeper, the newcomer included, and its turn ends in a hand-off
-//! to whoever asked. (A newcomer that asked only once the taker's unlock had woken it came too
-//! late for that turn's end when its wake-up was slow, and the taker kept the lock for as long
-//! as the newcomer took to wake: the process on the slower CPU had the fewer holds.) A waiter that finds the word free
-//! looks again for a moment before it takes it ([`Sys::lingering`]): a holder that takes the lock
-//! again in a loop does so within nanoseconds, and the waiter leaves it the rest of its turn
-//! rather than end it early by a race; a word that stays free has no holder coming back.
+//! `HANDED` fails every fast path (which compares against 0), so the releaser's next `lock` cannot
+//! barge. The waiter that asked watches the word awake for a moment ([`Sys::watching`]) and takes
+//! it within a few cache misses; if it has gone to sleep by then, the sleeper the unlock woke takes
+//! it. Only a waiter that asked or slept in this wait takes a handed word (each one did, or was
+//! woken by, the wait that the hand-off serves), and a newcomer that finds it handed (typically the
+//! releaser, back for its next hold) asks for the hand-off after this one and sleeps on the word
+//! first ([`Sys::wait_handed`]); the taker writes `token | WAITERS`, so its own unlock wakes the
+//! next sleeper, the newcomer included, and its turn ends in a hand-off to whoever asked. (A
+//! newcomer that asked only once the taker's unlock had woken it came too late for that turn's end
+//! when its wake-up was slow, and the taker kept the lock for as long as the newcomer took to wake:
+//! the process on the slower CPU had the fewer holds.) A waiter that finds the word free looks
+//! again for a moment before it takes it ([`Sys::lingering`]): a holder that takes the lock again
+//! in a loop does so within nanoseconds, and the waiter leaves it the rest of its turn rather than
+//! end it early by a race; a word that stays free has no holder coming back.
 //!
-//! Nobody waits on a handed word for ever: a newcomer's sleep has a short grace, after which it
-//! has slept and may take it, and a `try_lock` takes it at once. So a hand-off whose taker died
-//! or timed out in between costs the others at most that grace, like a wake-up swallowed by a
-//! waiter that dies (which the protocol without hand-offs has too). A request may outlive its
-//! requester: a waiter that got the lock other than by a hand-off, or gave up, takes its request
-//! back, and with it any other waiter's, which asks again when it next finds the lock taken; a
-//! waiter that took a handed word leaves the request standing ([`Sys::took_handed`]), since the
-//! hand-off consumed its own and one that stands now was made for the next turn. A request left
-//! standing costs one hand-off to whoever sleeps then, or, with nobody waiting, the holder's next
-//! `lock` the grace. Hand-offs cost the uncontended paths only the turn's count (a load and a store of the
-//! handle's own memory in `unlock`); the since word is read when the count runs out.
+//! Nobody waits on a handed word for ever: a newcomer's sleep has a short grace, after which it has
+//! slept and may take it, and a `try_lock` takes it at once. So a hand-off whose taker died or
+//! timed out in between costs the others at most that grace, like a wake-up swallowed by a waiter
+//! that dies (which the protocol without hand-offs has too). A request may outlive its requester: a
+//! waiter that got the lock other than by a hand-off, or gave up, takes its request back, and with
+//! it any other waiter's, which asks again when it next finds the lock taken; a waiter that took a
+//! handed word leaves the request standing ([`Sys::took_handed`]) when its own is known to have
+//! reached the hand-off, which consumed it (`Ask`): one that stands now was made for the next
+//! turn. A request left standing costs one hand-off to whoever sleeps then, or, with nobody
+//! waiting, the holder's next `lock` the grace. Hand-offs cost the uncontended paths only the
+//! turn's count (a load and a store of the handle's own memory in `unlock`); the since word is
+//! read when the count runs out.
 
 use std::sync::atomic::Ordering::{self, AcqRel, Acquire, Relaxed, Release, SeqCst};
 
