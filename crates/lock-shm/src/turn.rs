@@ -82,7 +82,7 @@ impl Turn {
     /// rival: a fifth of the hand-offs at 2 processes were won back so (counted in a throwaway
     /// build).
     pub(crate) fn hand_over(&self) {
-        self.holds.store(HOLDS - RECHECK, Relaxed);
+        self.defer();
         self.began.store(monotonic_ns(), Relaxed);
     }
 
