@@ -29,6 +29,7 @@ mod contention;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod held;
+mod host;
 mod idle;
 mod podman;
 mod roles;
@@ -289,6 +290,9 @@ fn main() {
     )
     .expect("record meta");
     record_meta("mode", if ctx.quick { "quick" } else { "full" }).expect("record meta");
+    let syscall_return = host::syscall_return(ctx.dir());
+    eprintln!("compare: the first return after a system call costs {syscall_return}");
+    record_meta("syscall-return", &syscall_return).expect("record meta");
     let mut c = Criterion::default().configure_from_args();
     let timed = |name: &str, f: &mut dyn FnMut()| {
         let start = std::time::Instant::now();

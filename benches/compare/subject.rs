@@ -162,6 +162,13 @@ impl Mutexish for GlibcMutex {
 }
 
 /// A bare flock pair on this process's own open file description.
+///
+/// Each half is a call that returns, as in any lock API (and in libc's `flock`): its methods
+/// are never inlined. Inlined, the system calls sat in the contention worker's loop with no
+/// return between them, which on hosts whose first return after a system call is slow
+/// (`host.rs`: about 125 ns a `flock` call on this project's VMs since `fc-v1252`) made the peer
+/// 535 ns a pair where every library's pair costs 790 and the peer itself, called from
+/// criterion's loop in this process, 793.
 #[derive(Debug)]
 pub(crate) struct FlockLock(File);
 
@@ -178,7 +185,7 @@ impl FlockLock {
 }
 
 impl Mutexish for FlockLock {
-    #[inline]
+    #[inline(never)]
     fn acquire(&self) -> bool {
         rustix::fs::flock(&self.0, FlockOperation::LockExclusive).expect("flock");
         false
@@ -188,7 +195,7 @@ impl Mutexish for FlockLock {
         poll_for(timeout, || self.try_acquire())
     }
 
-    #[inline]
+    #[inline(never)]
     fn try_acquire(&self) -> bool {
         match rustix::fs::flock(&self.0, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => true,
@@ -197,7 +204,7 @@ impl Mutexish for FlockLock {
         }
     }
 
-    #[inline]
+    #[inline(never)]
     fn release(&self) {
         rustix::fs::flock(&self.0, FlockOperation::Unlock).expect("flock");
     }

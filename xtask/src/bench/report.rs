@@ -710,6 +710,11 @@ impl Report {
         );
         let _ = writeln!(
             md,
+            "- the first return after a system call (`benches/compare/host.rs`; every subject, the flock peer included, makes its system calls behind a call that returns): {}",
+            meta("syscall-return")
+        );
+        let _ = writeln!(
+            md,
             "- {} comparison run(s) in {:.1} min, together with each backend crate's own benches",
             self.runs,
             self.elapsed.as_secs_f64() / 60.0
@@ -923,7 +928,8 @@ mod tests {
             RunFigures::parse(&format!(
                 "uncontended\tlock+unlock, uncontended\tshm\t{v}\tns\n\
                  uncontended\tlock+unlock, uncontended\tglibc-robust\t20\tns\n\
-                 meta\tstore-dir\t/tmp (ext4)\n"
+                 meta\tstore-dir\t/tmp (ext4)\n\
+                 meta\tsyscall-return\t128 ns after a flock call\n"
             ))
         };
         let r = Report::new(
@@ -937,6 +943,11 @@ mod tests {
         assert!(md.contains("20.0 ns [10.0–30.0]"), "{md}");
         assert!(md.contains("met in 1 of 2 runs"), "{md}");
         assert!(md.contains("/tmp (ext4)"));
+        assert!(
+            md.contains("system call (`benches/compare/host.rs`"),
+            "{md}"
+        );
+        assert!(md.contains("128 ns after a flock call"), "{md}");
         assert!(r.text().contains("shm"));
         assert_eq!(
             r.lines(),
