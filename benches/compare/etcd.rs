@@ -47,6 +47,7 @@ impl LockRpc {
 }
 
 impl Mutexish for LockRpc {
+    #[inline(never)]
     fn acquire(&self) -> bool {
         let mut client = self.client.clone();
         let key = self
@@ -63,10 +64,12 @@ impl Mutexish for LockRpc {
         panic!("the Lock RPC peer only runs in the uncontended and contention groups")
     }
 
+    #[inline(never)]
     fn try_acquire(&self) -> bool {
         panic!("etcd's Lock RPC has no try_lock")
     }
 
+    #[inline(never)]
     fn release(&self) {
         let key = self.key.lock().expect("key").take().expect("held");
         let mut client = self.client.clone();

@@ -100,6 +100,15 @@ impl Subject {
 }
 
 /// One lock, whatever implements it. Failures panic: this is a benchmark.
+///
+/// Every implementation's `acquire`, `try_acquire` and `release` is `#[inline(never)]`, so each
+/// subject's timed loop makes one out-of-line call per half, as a program calling any lock
+/// library does, whatever the compiler would inline for one subject and not for another. It
+/// matters for the subjects that make system calls: on hosts where the first return after a
+/// system call is slow (`host.rs`: about 125 ns after a `flock` on this project's VMs since
+/// kernel build `fc-v1252`), a pair whose system calls were inlined into the loop paid none of
+/// it. The flock peer was: 535 ns a pair in the contention group's worker, where lock-file,
+/// called, paid 800 and the peer itself, called from criterion's loop, 793.
 pub(crate) trait Mutexish: Send + Sync {
     /// Blocks until held; `true` when the previous holder died holding it.
     fn acquire(&self) -> bool;
@@ -116,7 +125,7 @@ pub(crate) trait Mutexish: Send + Sync {
 pub(crate) struct Ours<L>(pub(crate) L);
 
 impl<L: Locker> Mutexish for Ours<L> {
-    #[inline]
+    #[inline(never)]
     fn acquire(&self) -> bool {
         black_box(Locker::lock(&self.0).expect("lock")).owner_died()
     }
@@ -129,19 +138,19 @@ impl<L: Locker> Mutexish for Ours<L> {
         }
     }
 
-    #[inline]
+    #[inline(never)]
     fn try_acquire(&self) -> bool {
         black_box(Locker::try_lock(&self.0).expect("try_lock")).is_some()
     }
 
-    #[inline]
+    #[inline(never)]
     fn release(&self) {
         Locker::unlock(&self.0).expect("unlock");
     }
 }
 
 impl Mutexish for GlibcMutex {
-    #[inline]
+    #[inline(never)]
     fn acquire(&self) -> bool {
         self.lock()
     }
@@ -150,25 +159,18 @@ impl Mutexish for GlibcMutex {
         self.lock_for(timeout)
     }
 
-    #[inline]
+    #[inline(never)]
     fn try_acquire(&self) -> bool {
         self.try_lock()
     }
 
-    #[inline]
+    #[inline(never)]
     fn release(&self) {
         self.unlock();
     }
 }
 
 /// A bare flock pair on this process's own open file description.
-///
-/// Each half is a call that returns, as in any lock API (and in libc's `flock`): its methods
-/// are never inlined. Inlined, the system calls sat in the contention worker's loop with no
-/// return between them, which on hosts whose first return after a system call is slow
-/// (`host.rs`: about 125 ns a `flock` call on this project's VMs since `fc-v1252`) made the peer
-/// 535 ns a pair where every library's pair costs 790 and the peer itself, called from
-/// criterion's loop in this process, 793.
 #[derive(Debug)]
 pub(crate) struct FlockLock(File);
 
@@ -215,6 +217,7 @@ impl Mutexish for FlockLock {
 pub(crate) struct PidFile(pub(crate) PathBuf);
 
 impl Mutexish for PidFile {
+    #[inline(never)]
     fn acquire(&self) -> bool {
         while !self.try_acquire() {
             std::thread::sleep(Duration::from_millis(1));
@@ -226,7 +229,7 @@ impl Mutexish for PidFile {
         poll_for(timeout, || self.try_acquire())
     }
 
-    #[inline]
+    #[inline(never)]
     fn try_acquire(&self) -> bool {
         match OpenOptions::new()
             .write(true)
@@ -243,7 +246,7 @@ impl Mutexish for PidFile {
         }
     }
 
-    #[inline]
+    #[inline(never)]
     fn release(&self) {
         std::fs::remove_file(&self.0).expect("unlink pid file");
     }
