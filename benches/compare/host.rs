@@ -6,8 +6,8 @@
 //! mitigation), the first `ret` a process makes after a `flock` call costs about 125 ns, and
 //! about 45 ns after a `getppid`: a `flock` pair with both calls inlined into the loop (no `ret`
 //! between the system calls) took 535 ns, the same pair behind a call each 790 ns. A lock API is
-//! a call that returns, so the peer calls an out-of-line function for each half
-//! ([`FlockLock`](crate::subject::FlockLock)); with the calls inlined, the peer's loop paid none of
+//! a call that returns, so every subject calls an out-of-line function for each half
+//! ([`Mutexish`](crate::subject::Mutexish)); with the calls inlined, the peer's loop paid none of
 //! what every library's (and every C program's, through libc's `flock`) pays. lock-file met the
 //! same effect on earlier hosts (about 100 ns a return; `crates/lock-file/src/flock.rs`) and
 //! inlines its uncontended system calls into its own frames for it, but its `lock` and `unlock`
@@ -52,11 +52,6 @@ fn time(mut body: impl FnMut()) -> f64 {
     start.elapsed().as_nanos() as f64 / f64::from(ITERATIONS)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Measures, on a file in `dir`, a `flock` pair and a `getppid` with the system calls inlined
 /// into the loop and behind a call each (medians of five interleaved rounds, about a second in
 /// all), and says what the first return after each system call cost.
@@ -79,7 +74,10 @@ pub(crate) fn syscall_return(dir: &Path) -> String {
     }
     drop(file);
     let _ = std::fs::remove_file(&path);
-    let [pair_inlined, pair_called, ppid_inlined, ppid_called] = rows.map(median);
+    let [pair_inlined, pair_called, ppid_inlined, ppid_called] = rows.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        crate::takeover::median(&v)
+    });
     format!(
         "{:.0} ns after a flock call, {:.0} ns after a getppid (a flock pair: {pair_inlined:.0} ns \
          inlined into the loop, {pair_called:.0} ns behind a call each; a getppid: \
